@@ -72,21 +72,22 @@ def encode_int(value: int) -> bytes:
     return _head(1, -1 - value)
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, *, max_depth: int = MAX_DEPTH) -> bytes:
     """Encode ``obj`` as deterministic CBOR.
 
     Accepts None, bool, int, float, str, bytes, list/tuple and dict with
     int or str keys. Raises WireError for anything else, for integers
-    outside 64 bits and for NaN or infinity.
+    outside 64 bits, for NaN or infinity and for arrays and maps nested
+    deeper than ``max_depth``.
     """
     out = bytearray()
-    _encode(obj, out, 0)
+    _encode(obj, out, 0, max_depth)
     return bytes(out)
 
 
-def _encode(obj: Any, out: bytearray, depth: int) -> None:
-    if isinstance(obj, (list, tuple, dict)) and depth >= MAX_DEPTH:
-        raise WireError(f"nesting deeper than {MAX_DEPTH} levels")
+def _encode(obj: Any, out: bytearray, depth: int, max_depth: int) -> None:
+    if isinstance(obj, (list, tuple, dict)) and depth >= max_depth:
+        raise WireError(f"nesting deeper than {max_depth} levels")
     if obj is None:
         out.append(0xF6)
     elif obj is True:
@@ -111,7 +112,7 @@ def _encode(obj: Any, out: bytearray, depth: int) -> None:
     elif isinstance(obj, (list, tuple)):
         out += _head(4, len(obj))
         for item in obj:
-            _encode(item, out, depth + 1)
+            _encode(item, out, depth + 1, max_depth)
     elif isinstance(obj, dict):
         pairs = []
         for key, value in obj.items():
@@ -122,7 +123,7 @@ def _encode(obj: Any, out: bytearray, depth: int) -> None:
         out += _head(5, len(pairs))
         for encoded_key, value in pairs:
             out += encoded_key
-            _encode(value, out, depth + 1)
+            _encode(value, out, depth + 1, max_depth)
     else:
         raise WireError(f"value of type {type(obj).__name__} cannot be encoded")
 

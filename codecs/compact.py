@@ -49,6 +49,9 @@ FLAG_SENDER = 0x04
 #: Largest compact message accepted or produced (the Matrix event size limit).
 MAX_MESSAGE_BYTES = 65536
 
+#: Deepest nesting of a generic message (the device codec's limit too).
+MAX_DEPTH = 16
+
 #: Content key under which telemetry events carry their SenML records.
 SENML_KEY = "org.lowband.senml"
 
@@ -105,7 +108,7 @@ def decode_form(data: bytes, ctx: Context) -> CompactForm:
         nonlocal pos
         if pos >= len(data):
             raise WireError("compact message is truncated")
-        value, pos = cbor.decode_item(data, pos)
+        value, pos = cbor.decode_item(data, pos, max_depth=MAX_DEPTH)
         return value
 
     def next_uint(what: str, limit: int | None = None) -> int:
@@ -125,10 +128,14 @@ def decode_form(data: bytes, ctx: Context) -> CompactForm:
     else:
         if header & FLAG_ROOM:
             form.room = next_uint("room index", len(ctx.rooms))
+            if form.room == 0:
+                raise WireError("room index 0 is implied and must not be sent")
         elif not ctx.rooms:
             raise WireError("context has no default room")
         if header & FLAG_SENDER:
             form.sender = next_uint("sender index", len(ctx.senders))
+            if form.sender == 0:
+                raise WireError("sender index 0 is implied and must not be sent")
         elif not ctx.senders:
             raise WireError("context has no default sender")
         form.age = next_uint("age")
@@ -279,7 +286,7 @@ def encode_form(form: CompactForm, ctx: Context) -> bytes:
     elif form.kind == KIND_TEXT:
         parts += cbor.dumps(form.body)
     elif form.kind == KIND_GENERIC:
-        parts += cbor.dumps(form.item)
+        parts += cbor.dumps(form.item, max_depth=MAX_DEPTH)
     else:
         raise WireError(f"compact kind {form.kind} is not defined")
     message = bytes((header,)) + bytes(parts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import json_values, load_json
@@ -90,6 +90,9 @@ BAD_MESSAGES = {
     "generic_bytes": "10 41 00",
     "special_key_nested": "10 a1 00 a1 20 00",
     "age_before_1970": "12 1b 00 00 01 00 00 00 00 00 60",
+    "room_index_zero_sent": "19 00 00 01 01",
+    "sender_index_zero_sent": "15 00 00 01 01",
+    "generic_nested_too_deep": "10" + "81" * 17 + "00",
 }
 
 
@@ -135,16 +138,37 @@ def events(draw):
     return event
 
 
+def depth(value) -> int:
+    """Nesting depth of arrays and maps (a scalar is 0)."""
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
+
 @settings(max_examples=400, deadline=None)
 @given(events(), st.integers(0, 1 << 50))
 def test_any_event_round_trips(ctx, event, ref):
+    assume(depth(event) <= compact.MAX_DEPTH)
     assert compact.decode(compact.encode(event, ctx, ref), ctx, ref) == event
 
 
 @settings(max_examples=200, deadline=None)
 @given(json_values())
 def test_any_json_value_round_trips(ctx, value):
+    assume(depth(value) <= compact.MAX_DEPTH)
     assert compact.decode(compact.encode(value, ctx), ctx) == value
+
+
+def test_nesting_limit_is_the_device_limit(ctx):
+    nested: list = []
+    for _ in range(compact.MAX_DEPTH - 1):
+        nested = [nested]
+    assert depth(nested) == compact.MAX_DEPTH
+    assert compact.decode(compact.encode(nested, ctx), ctx) == nested
+    with pytest.raises(WireError, match="nesting"):
+        compact.encode([nested], ctx)
 
 
 @settings(max_examples=300, deadline=None)
