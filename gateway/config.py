@@ -1,0 +1,184 @@
+"""Gateway configuration: a TOML file, overridden by command-line flags.
+
+Every setting has a default that runs a gateway on embedded SQLite with no
+outside services. The file is optional; ``lowband serve --help`` lists the
+flags, and ``docs/config.md`` documents every key. Unknown keys and wrong
+types are refused with :class:`ConfigError` naming the key, so a typo never
+silently falls back to a default.
+
+Example::
+
+    [server]
+    server_name = "gw.example"
+    data_dir = "/var/lib/lowband"
+
+    [http]
+    listen = "127.0.0.1:8008"
+
+    [registration]
+    enabled = false
+
+    [media]
+    max_upload_bytes = 10485760
+
+    [rate_limits]
+    enabled = true
+    per_user_per_s = 10.0
+    per_user_burst = 50
+    per_ip_per_s = 20.0
+    per_ip_burst = 100
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+_SERVER_NAME = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+class ConfigError(ValueError):
+    """The configuration file or a flag is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Token buckets for requests that write (sends, joins, registrations)."""
+
+    enabled: bool = True
+    per_user_per_s: float = 10.0
+    per_user_burst: int = 50
+    per_ip_per_s: float = 20.0
+    per_ip_burst: int = 100
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything ``lowband serve`` needs to run."""
+
+    server_name: str = "localhost"
+    data_dir: Path = Path("lowband-data")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8008
+    registration_enabled: bool = False
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file inside the data dir."""
+        return self.data_dir / "lowband.db"
+
+    @property
+    def signing_key_path(self) -> Path:
+        """The server's ed25519 signing key, created on first start."""
+        return self.data_dir / "signing.key"
+
+    @property
+    def media_dir(self) -> Path:
+        """Where uploaded media bytes live."""
+        return self.data_dir / "media"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port); ConfigError if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {value!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_server_name(name: str) -> str:
+    """Return ``name`` if it is a valid Matrix server name, else ConfigError."""
+    if not name or len(name) > 230 or not _SERVER_NAME.fullmatch(name):
+        raise ConfigError(f"server name {name!r} is not a valid Matrix server name")
+    return name
+
+
+def _take(section: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = section.pop(key)
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}.{key} must be {getattr(kind, '__name__', 'a number')}, not a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _rate_limits(section: dict[str, Any]) -> RateLimits:
+    values: dict[str, Any] = {}
+    for f in fields(RateLimits):
+        if f.name in section:
+            kind: type | tuple[type, ...] = bool if f.type == "bool" else (int, float) if f.type == "float" else int
+            value = _take(section, f.name, kind, "rate_limits")
+            if not isinstance(value, bool) and value <= 0:
+                raise ConfigError(f"rate_limits.{f.name} must be positive")
+            values[f.name] = value
+    return RateLimits(**values)
+
+
+def load_config(path: str | Path | None, **overrides: Any) -> Config:
+    """Read ``path`` (if given), then apply non-None ``overrides``.
+
+    ``overrides`` use :class:`Config` field names. Raises ConfigError for a
+    missing or unreadable file, invalid TOML, unknown sections or keys, wrong
+    types and invalid values.
+    """
+    config = Config()
+    if path is not None:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            doc = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        config = _apply_file(config, doc)
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if "data_dir" in values:
+        values["data_dir"] = Path(values["data_dir"])
+    config = replace(config, **values)
+    check_server_name(config.server_name)
+    return config
+
+
+def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
+    values: dict[str, Any] = {}
+    sections = {k: dict(v) if isinstance(v, dict) else v for k, v in doc.items()}
+    for name, section in sections.items():
+        if name not in ("server", "http", "registration", "media", "rate_limits"):
+            raise ConfigError(f"unknown config section [{name}]")
+        if not isinstance(section, dict):
+            raise ConfigError(f"[{name}] must be a table")
+    server = sections.get("server", {})
+    if "server_name" in server:
+        values["server_name"] = check_server_name(_take(server, "server_name", str, "server"))
+    if "data_dir" in server:
+        values["data_dir"] = Path(_take(server, "data_dir", str, "server"))
+    http = sections.get("http", {})
+    if "listen" in http:
+        values["http_host"], values["http_port"] = parse_listen(_take(http, "listen", str, "http"))
+    if "max_request_bytes" in http:
+        values["max_request_bytes"] = _positive(_take(http, "max_request_bytes", int, "http"), "http.max_request_bytes")
+    registration = sections.get("registration", {})
+    if "enabled" in registration:
+        values["registration_enabled"] = _take(registration, "enabled", bool, "registration")
+    media = sections.get("media", {})
+    if "max_upload_bytes" in media:
+        values["max_upload_bytes"] = _positive(_take(media, "max_upload_bytes", int, "media"), "media.max_upload_bytes")
+    if "rate_limits" in sections:
+        values["rate_limits"] = _rate_limits(sections["rate_limits"])
+    for name, section in sections.items():
+        if section:
+            raise ConfigError(f"unknown config key {name}.{next(iter(section))}")
+    return replace(config, **values)
+
+
+def _positive(value: int, key: str) -> int:
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive")
+    return value
