@@ -1,0 +1,222 @@
+"""What every client-server handler shares: services, auth, JSON, limits.
+
+Handlers are plain ``async def handler(request) -> web.Response`` functions;
+each API area is a module with ``routes(services) -> list[web.RouteDef]``.
+Errors are raised as :class:`~lowband.gateway.errors.MatrixError` and turned
+into the spec's JSON error bodies by the middleware in ``app.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from lowband.gateway.config import Config, RateLimits
+from lowband.gateway.errors import MatrixError, bad_json
+from lowband.gateway.notifier import Notifier
+from lowband.gateway.rooms import RoomService
+from lowband.gateway.store.sqlite_store import SQLiteStore
+from lowband.gateway.sync import SyncHandler
+from lowband.gateway.typing import TypingTracker
+
+CLIENT = "/_matrix/client/{version:(?:v3|r0)}"
+
+
+class RateLimiter:
+    """Token buckets keyed by user or IP; refusals carry the wait in ms."""
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def check(self, key: str) -> None:
+        """Take one token for ``key``; M_LIMIT_EXCEEDED (429) when empty."""
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            retry = int((1.0 - tokens) / self.rate * 1000) + 1
+            self._buckets[key] = (tokens, now)
+            raise MatrixError(429, "M_LIMIT_EXCEEDED", "too many requests", retry_after_ms=retry)
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > 100_000:  # forget idle keys rather than grow without bound
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 3600}
+
+
+@dataclass
+class Services:
+    """Everything handlers reach, built once per running gateway."""
+
+    config: Config
+    store: SQLiteStore
+    rooms: RoomService
+    sync: SyncHandler
+    typing: TypingTracker
+    notifier: Notifier
+    user_limiter: RateLimiter | None = None
+    ip_limiter: RateLimiter | None = None
+    login_sessions: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def rate_limiters(cls, limits: RateLimits) -> tuple[RateLimiter | None, RateLimiter | None]:
+        """The user and IP limiters the config asks for (None when disabled)."""
+        if not limits.enabled:
+            return None, None
+        return RateLimiter(limits.per_user_per_s, limits.per_user_burst), RateLimiter(limits.per_ip_per_s, limits.per_ip_burst)
+
+    @property
+    def server_name(self) -> str:
+        """This gateway's Matrix server name."""
+        return self.config.server_name
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    """The services of the app serving ``request``."""
+    return request.app[SERVICES]
+
+
+@dataclass(frozen=True)
+class Requester:
+    """The authenticated user behind a request."""
+
+    user_id: str
+    device_id: str
+    token: str
+
+
+def access_token(request: web.Request) -> str | None:
+    """The access token from the Authorization header or the query string."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[7:].strip() or None
+    return request.query.get("access_token") or None
+
+
+def authenticate(request: web.Request) -> Requester:
+    """The requester, or 401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN."""
+    token = access_token(request)
+    if token is None:
+        raise MatrixError(401, "M_MISSING_TOKEN", "missing access token")
+    found = services(request).store.lookup_token(token)
+    if found is None:
+        raise MatrixError(401, "M_UNKNOWN_TOKEN", "unknown access token", soft_logout=False)
+    return Requester(found[0], found[1], token)
+
+
+def rate_limit(request: web.Request, requester: Requester | None = None) -> None:
+    """Apply the per-IP and (when authenticated) per-user limits."""
+    svc = services(request)
+    if svc.ip_limiter is not None:
+        svc.ip_limiter.check(request.remote or "unknown")
+    if svc.user_limiter is not None and requester is not None:
+        svc.user_limiter.check(requester.user_id)
+
+
+async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    M_NOT_JSON when it is not JSON, M_BAD_JSON when it is not an object,
+    M_TOO_LARGE when over the configured size (aiohttp's limit).
+    """
+    limit = services(request).config.max_request_bytes
+    if (request.content_length or 0) > limit:
+        raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
+    raw = await request.read()
+    if len(raw) > limit:
+        raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise MatrixError(400, "M_NOT_JSON", "the request body must be a JSON object")
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise MatrixError(400, "M_NOT_JSON", "the request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise bad_json("the request body must be a JSON object")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def ok(body: Any = None, status: int = 200) -> web.Response:
+    """A JSON response (``{}`` by default)."""
+    return web.json_response({} if body is None else body, status=status, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def get_str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    """A string field of a JSON body; M_BAD_JSON / M_MISSING_PARAM otherwise."""
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise MatrixError(400, "M_MISSING_PARAM", f"missing '{key}'")
+        return None
+    if not isinstance(value, str):
+        raise bad_json(f"'{key}' must be a string")
+    return value
+
+
+def query_int(request: web.Request, key: str, default: int, *, low: int = 0, high: int = 1 << 31) -> int:
+    """An integer query parameter within [low, high]; M_INVALID_PARAM otherwise."""
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MatrixError(400, "M_INVALID_PARAM", f"'{key}' must be an integer") from None
+    return max(low, min(high, value))
+
+
+# ----------------------------------------------------------------- passwords
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    """A salted scrypt hash in the form ``scrypt$n$r$p$salt$hash``."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a hash from :func:`hash_password`."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), dklen=32, n=int(n), r=int(r), p=int(p))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+def new_token() -> str:
+    """A fresh access token."""
+    return "lb_" + secrets.token_urlsafe(24)
+
+
+def new_device_id() -> str:
+    """A fresh device ID."""
+    return "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(10))

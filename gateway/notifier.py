@@ -1,0 +1,37 @@
+"""Wakes long-polling /sync requests when something they may want arrives.
+
+Deliberately coarse: every change wakes every waiter, and each waiter checks
+for itself whether there is anything new for its user. With the handful of
+clients a gateway serves this costs less than bookkeeping per user, and it
+cannot miss a wake-up: a waiter first takes the current generation, then
+checks, then waits for a later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Notifier:
+    """A generation counter with an awaitable "changed since" check."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        """Something changed: wake every waiter."""
+        self.generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, generation: int, timeout: float) -> bool:
+        """Wait until the generation passes ``generation``; False on timeout."""
+        if self.generation != generation:
+            return True
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,85 @@
+"""Assembles a running gateway from its configuration.
+
+``open_services`` builds the store, signing key and services for a data dir;
+``serve`` runs the HTTP API until SIGTERM or SIGINT, then stops cleanly
+(stops accepting, finishes queued writes, closes the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import suppress
+
+from aiohttp import web
+
+from lowband.gateway.config import Config
+from lowband.gateway.http.app import make_app
+from lowband.gateway.http.base import Services
+from lowband.gateway.notifier import Notifier
+from lowband.gateway.rooms import RoomService
+from lowband.gateway.signing import SigningKey
+from lowband.gateway.store.sqlite_store import SQLiteStore
+from lowband.gateway.sync import SyncHandler, typing_expiry_loop
+from lowband.gateway.typing import TypingTracker
+
+log = logging.getLogger("lowband")
+
+
+def open_services(config: Config) -> Services:
+    """Open (creating on first start) the data dir and build the services.
+
+    Must be called inside a running event loop (the room service uses
+    asyncio locks).
+    """
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.media_dir.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.load_or_create(config.signing_key_path)
+    store = SQLiteStore(config.db_path)
+    notifier = Notifier()
+    typing = TypingTracker()
+    rooms = RoomService(store, config.server_name, key, on_new_event=lambda sent: notifier.notify())
+    sync = SyncHandler(store, rooms, typing, notifier)
+    user_limiter, ip_limiter = Services.rate_limiters(config.rate_limits)
+    return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter)
+
+
+async def run_gateway(config: Config, started: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
+    services = open_services(config)
+    app = make_app(services)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        services.store.close()
+        raise OSError(f"cannot listen on {config.http_host}:{config.http_port}: {exc.strerror}") from None
+    expiry = asyncio.create_task(typing_expiry_loop(services.typing, services.notifier))
+    stop_event = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_event.set)
+    log.info(
+        "lowband gateway %s listening on http://%s:%d (data in %s, registration %s)",
+        config.server_name, config.http_host, config.http_port, config.data_dir,
+        "open" if config.registration_enabled else "closed",
+    )  # fmt: skip
+    if started is not None:
+        started.set()
+    try:
+        await stop_event.wait()
+    finally:
+        log.info("lowband gateway stopping")
+        expiry.cancel()
+        with suppress(asyncio.CancelledError):
+            await expiry
+        await runner.cleanup()
+        services.store.close()
+        if stop is None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,144 @@
+"""SQLite connection handling with group commit.
+
+Rules:
+
+* one writer thread owns the only connection that writes; every write is a
+  function ``fn(conn) -> T`` queued with :meth:`Database.write`;
+* the writer runs every job waiting in the queue inside one transaction and
+  one fsync (``synchronous=FULL``, WAL), each job inside its own savepoint so
+  a failing job rolls back alone and its caller gets the exception;
+* a job's future resolves only after COMMIT returned, so "acknowledged" means
+  "on disk": ``kill -9`` after an acknowledgement loses nothing;
+* jobs commit in the order they were queued;
+* reads run on the event loop's thread with a separate connection (WAL lets
+  them proceed while the writer commits); they are short indexed queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_STOP = object()
+_MAX_BATCH = 512
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the pragmas every Lowband connection uses."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Database:
+    """A SQLite file with one group-committing writer and one reader."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        writer = connect(path)
+        writer.executescript(schema)
+        self._writer_conn = writer
+        self.reader = connect(path)
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="lowband-db-writer", daemon=True)
+        self._thread.start()
+        self.commits = 0
+
+    # ------------------------------------------------------------- writing
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Queue a write job; the future resolves after its COMMIT."""
+        future: Future[T] = Future()
+        self._jobs.put((fn, future))
+        return future
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the writer's next transaction and wait until committed."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Blocking form of :meth:`write`, for command-line tools."""
+        return self.submit(fn).result()
+
+    def _run(self) -> None:
+        conn = self._writer_conn
+        while True:
+            first = self._jobs.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stop = True
+                    break
+                batch.append(job)
+            self._commit_batch(conn, batch)
+            if stop:
+                break
+        conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        results: list[tuple[Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = fn(conn)
+                except BaseException as exc:  # the caller gets it; the batch goes on
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((future, False, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((future, True, value))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            log.error("database commit failed: %s", exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, ok, value in results:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    # ------------------------------------------------------------- reading
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """All rows of a read-only query on the reader connection."""
+        return self.reader.execute(sql, args).fetchall()
+
+    def query_one(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        """The first row of a read-only query, or None."""
+        return self.reader.execute(sql, args).fetchone()
+
+    def close(self) -> None:
+        """Finish queued writes, then close both connections."""
+        self._jobs.put(_STOP)
+        self._thread.join(timeout=30)
+        self.reader.close()

@@ -1,0 +1,61 @@
+"""Typing notifications: ephemeral, in memory, expiring.
+
+The serial is a millisecond clock value, so it keeps growing across
+restarts and a client's sync token from before a restart stays comparable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+MAX_TIMEOUT_MS = 120_000
+
+
+class TypingTracker:
+    """Who is typing in which room, until when."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._typing: dict[str, dict[str, float]] = {}
+        self._changed: dict[str, int] = {}
+        self.serial = int(clock() * 1000)
+
+    def _bump(self, room_id: str) -> None:
+        self.serial = max(self.serial + 1, int(self.clock() * 1000))
+        self._changed[room_id] = self.serial
+
+    def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+        """Start (for at most two minutes) or stop a user's typing notice."""
+        room = self._typing.setdefault(room_id, {})
+        if typing:
+            room[user_id] = self.clock() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
+        elif room.pop(user_id, None) is None:
+            return
+        self._bump(room_id)
+
+    def expire(self) -> bool:
+        """Drop notices whose time ran out; True if any did."""
+        now = self.clock()
+        changed = False
+        for room_id, users in self._typing.items():
+            gone = [u for u, until in users.items() if until <= now]
+            for user in gone:
+                del users[user]
+            if gone:
+                self._bump(room_id)
+                changed = True
+        return changed
+
+    def next_expiry(self) -> float | None:
+        """Earliest time a notice runs out, or None."""
+        times = [t for users in self._typing.values() for t in users.values()]
+        return min(times) if times else None
+
+    def changed_since(self, room_id: str, serial: int) -> bool:
+        """Whether the room's typing list changed after ``serial``."""
+        return self._changed.get(room_id, 0) > serial
+
+    def typing_users(self, room_id: str) -> list[str]:
+        """Users typing in a room now."""
+        return sorted(self._typing.get(room_id, {}))

@@ -1,0 +1,178 @@
+"""Running real gateways in tests: as a subprocess or inside the test's loop.
+
+Every gateway a test starts is stopped by it (context managers), every wait
+has a timeout, and only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+LOWBAND = str(Path(sys.executable).parent / "lowband")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; raise on timeout or process exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+class GatewayProcess:
+    """``lowband serve`` in a subprocess; ``start``/``stop``/``kill`` for restart tests."""
+
+    def __init__(self, data_dir: Path, server_name: str = "localhost", registration: bool = True,
+                 config: str | None = None) -> None:  # fmt: skip
+        self.data_dir = data_dir
+        self.server_name = server_name
+        self.registration = registration
+        self.config_text = config
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the client-server API."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        """Start (or restart) the gateway and wait until it answers."""
+        args = [LOWBAND, "serve", "--data-dir", str(self.data_dir), "--server-name", self.server_name,
+                "--http", f"127.0.0.1:{self.port}"]  # fmt: skip
+        if self.registration:
+            args.append("--enable-registration")
+        if self.config_text is not None:
+            path = self.data_dir.parent / f"{self.data_dir.name}.toml"
+            path.write_text(self.config_text)
+            args += ["--config", str(path)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_http(self.url + "/_matrix/client/versions", timeout, self.proc)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if needed; returns the exit status."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        if proc.stderr:
+            proc.stderr.close()
+        return proc.returncode
+
+    def kill(self) -> None:
+        """``kill -9``: no chance to flush anything."""
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(15)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def gateway_process(tmp_path: Path, **kwargs: Any) -> Iterator[GatewayProcess]:
+    """A running subprocess gateway with its data in ``tmp_path``."""
+    with GatewayProcess(tmp_path / "data", **kwargs) as gateway:
+        yield gateway
+
+
+@contextlib.asynccontextmanager
+async def gateway_in_loop(tmp_path: Path, **config: Any) -> AsyncIterator[str]:
+    """A gateway running inside the current event loop; yields its base URL."""
+    from lowband.gateway.config import load_config
+    from lowband.gateway.server import run_gateway
+
+    port = free_port()
+    settings = {"data_dir": tmp_path / "data", "server_name": "localhost", "http_port": port,
+                "registration_enabled": True, **config}  # fmt: skip
+    started, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_gateway(load_config(None, **settings), started, stop))
+    waiter = asyncio.create_task(started.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()
+    if waiter not in done:
+        task.cancel()
+        raise TimeoutError("gateway did not start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+class Client:
+    """A tiny raw-HTTP Matrix client over aiohttp, for what matrix-nio does not call."""
+
+    def __init__(self, session: Any, base: str, token: str | None = None) -> None:
+        self.session = session
+        self.base = base
+        self.token = token
+        self.user_id: str | None = None
+
+    async def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                      headers: dict[str, str] | None = None, token: bool = True) -> tuple[int, Any]:  # fmt: skip
+        """(status, parsed JSON or bytes) of one request; 30 s timeout."""
+        import aiohttp
+
+        all_headers = dict(headers or {})
+        if token and self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        url = path if path.startswith("http") else self.base + path
+        async with self.session.request(method, url, data=data, headers=all_headers,
+                                        timeout=aiohttp.ClientTimeout(total=30)) as response:  # fmt: skip
+            payload = await response.read()
+            try:
+                return response.status, json.loads(payload)
+            except ValueError:
+                return response.status, payload
+
+    async def register(self, username: str, password: str = "secret-pw") -> str:
+        """Register (m.login.dummy) and keep the token; returns the user ID."""
+        status, body = await self.request("POST", "/_matrix/client/v3/register", {
+            "username": username, "password": password, "auth": {"type": "m.login.dummy"}}, token=False)  # fmt: skip
+        assert status == 200, body
+        self.token, self.user_id = body["access_token"], body["user_id"]
+        return body["user_id"]
