@@ -2,27 +2,35 @@
 
 Each benchmark is a function returning a JSON-able dict and a readable
 table; ``--json`` prints the dict as one line, last. Benchmarks are listed
-in :data:`BENCHMARKS` explicitly.
+in :data:`BENCHMARKS` explicitly, each with the options it takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from lowband.gateway import bench_wire
+from lowband.gateway import bench_homeserver, bench_wire
 
-#: name → (one-line description, function returning (result dict, table text)).
-BENCHMARKS: dict[str, tuple[str, Callable[[], tuple[dict[str, Any], str]]]] = {
-    "wire": ("bytes per event in each encoding (HTTP+JSON, MSC3079, compact, framed)", bench_wire.run),
+Runner = Callable[..., tuple[dict[str, Any], str]]
+
+#: name → (one-line description, function, names of the options it takes).
+BENCHMARKS: dict[str, tuple[str, Runner, tuple[str, ...]]] = {
+    "wire": ("bytes per event in each encoding (HTTP+JSON, MSC3079, compact, framed)", bench_wire.run, ()),
+    "homeserver": (
+        "sends/s, send-to-sync latency and memory, side by side with a real Synapse",
+        bench_homeserver.run,
+        ("only", "messages", "seconds", "latency_rounds"),
+    ),
 }
 
 
 def register(subparsers: Any) -> None:
     """Add ``bench``."""
-    names = "; ".join(f"{name}: {desc}" for name, (desc, _) in BENCHMARKS.items())
+    names = "; ".join(f"{name}: {desc}" for name, (desc, _, _) in BENCHMARKS.items())
     bench = subparsers.add_parser(
         "bench",
         help="run a benchmark and print its numbers",
@@ -30,13 +38,27 @@ def register(subparsers: Any) -> None:
     )
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    bench.add_argument("--only", choices=("lowband", "synapse"), help="homeserver: measure one server only")
+    bench.add_argument("--messages", type=int, help="homeserver: at most this many sends per phase")
+    bench.add_argument("--seconds", type=float, help="homeserver: at most this long per phase")
+    bench.add_argument("--latency-rounds", type=int, help="homeserver: send-to-sync samples")
     bench.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``bench``."""
-    _, function = BENCHMARKS[args.name]
-    result, table = function()
+    _, function, accepted = BENCHMARKS[args.name]
+    options = {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
+    given = [name for name in ("only", "messages", "seconds", "latency_rounds") if getattr(args, name) is not None]
+    unsupported = [name for name in given if name not in accepted]
+    if unsupported:
+        sys.stderr.write(f"lowband: error: bench {args.name} takes no --{unsupported[0].replace('_', '-')}\n")
+        return 2
+    try:
+        result, table = function(**options)
+    except bench_homeserver.BenchError as exc:
+        sys.stderr.write(f"lowband: bench {args.name} failed: {exc}\n")
+        return 1
     if args.json:
         print(json.dumps(result))
     else:
