@@ -52,7 +52,7 @@ class CanonicalJSONError(ValueError):
     """
 
 
-def encode_canonical_json(value: Any) -> bytes:
+def encode_canonical_json(value: Any, *, checked: bool = False) -> bytes:
     """Return the canonical JSON encoding of ``value`` as UTF-8 bytes.
 
     ``value`` is made of ``dict`` (string keys), ``list``/``tuple``, ``str``,
@@ -61,9 +61,14 @@ def encode_canonical_json(value: Any) -> bytes:
     (including NaN and infinities), integers outside the safe range,
     non-string keys, strings containing lone surrogates, other types, and
     values nested too deeply for the interpreter's recursion limit.
+
+    ``checked=True`` skips the value check for data already checked by an
+    earlier call (the caller vouches for it; used on the hot path that
+    hashes, signs and sizes the same event several times).
     """
     try:
-        _check(value, "$")
+        if not checked:
+            _check(value, "$")
         text = _ENCODER.encode(value)
     except RecursionError:
         raise CanonicalJSONError("value is nested too deeply") from None

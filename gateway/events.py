@@ -275,7 +275,7 @@ def compute_event_id(pdu: Mapping[str, Any]) -> str:
 
     Raises :class:`CanonicalJSONError` if the PDU has no canonical form.
     """
-    pruned = redact(pdu)
+    pruned = _redacted_view(pdu)
     pruned.pop("signatures", None)
     pruned.pop("unsigned", None)  # redaction already drops both; the spec lists them
     pruned.pop("age_ts", None)
@@ -289,12 +289,17 @@ def redact(pdu: Mapping[str, Any]) -> dict[str, Any]:
     keys listed for its event type (none for other types). A ``content``
     that is not an object becomes ``{}``. ``pdu`` is not modified.
     """
-    out = {k: copy.deepcopy(v) for k, v in pdu.items() if k in _KEPT_TOP_LEVEL}
+    return copy.deepcopy(_redacted_view(pdu))
+
+
+def _redacted_view(pdu: Mapping[str, Any]) -> dict[str, Any]:
+    """The redacted form sharing values with ``pdu``: for hashing only, never mutate."""
+    out = {k: v for k, v in pdu.items() if k in _KEPT_TOP_LEVEL}
     content = pdu.get("content")
     event_type = pdu.get("type")
     kept = _KEPT_CONTENT.get(event_type, frozenset()) if isinstance(event_type, str) else frozenset()
     if isinstance(content, dict):
-        out["content"] = {k: copy.deepcopy(v) for k, v in content.items() if k in kept}
+        out["content"] = {k: v for k, v in content.items() if k in kept}
     elif "content" in out:
         out["content"] = {}
     return out
@@ -433,15 +438,18 @@ def build_event(
     if redacts is not None:
         pdu["redacts"] = redacts
     try:
-        pdu["hashes"] = {"sha256": compute_content_hash(pdu)}
+        pdu["hashes"] = {"sha256": encode_base64(hashlib.sha256(encode_canonical_json(pdu)).digest())}
     except CanonicalJSONError as err:
         raise EventFormatError(f"not canonical JSON: {err}") from None
-    signed = sign_json(redact(pdu), server_name, signing_key)
-    pdu["signatures"] = signed["signatures"]
+    # The signed bytes and the reference hash cover the same thing: the
+    # redacted PDU without signatures (none yet) and unsigned (not kept by
+    # redaction). Encode it once; its values were checked just above.
+    reference = encode_canonical_json(_redacted_view(pdu), checked=True)
+    pdu["signatures"] = {server_name: {signing_key.key_id: encode_base64(signing_key.sign(reference))}}
     if unsigned:
         pdu["unsigned"] = copy.deepcopy(unsigned)
     check_event_format(pdu)
-    return Event(compute_event_id(pdu), pdu)
+    return Event("$" + encode_base64_urlsafe(hashlib.sha256(reference).digest()), pdu)
 
 
 def add_signature(pdu: dict[str, Any], server_name: str, signing_key: SigningKey) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 from lowband.gateway import auth_rules
 from lowband.gateway.auth_rules import AuthError
 from lowband.gateway.errors import MatrixError, bad_json, forbidden, not_found
-from lowband.gateway.events import ROOM_VERSION, Event, EventFormatError, build_event, check_event_format
+from lowband.gateway.events import ROOM_VERSION, Event, EventFormatError, build_event
 from lowband.gateway.signing import SigningKey
 from lowband.gateway.store.sqlite_store import SQLiteStore, StateMap
 
@@ -267,8 +267,7 @@ class RoomService:
                 prev_events=list(head.extremities), auth_events=auth_ids, depth=head.depth + 1,
                 origin_server_ts=self.now_ms(), server_name=self.server_name, signing_key=self.signing_key,
                 state_key=state_key, redacts=redacts,
-            )  # fmt: skip
-            check_event_format(event.pdu)
+            )  # fmt: skip (build_event runs check_event_format on what it built)
         except EventFormatError as exc:
             if "65536" in str(exc) or "too large" in str(exc).lower():
                 raise MatrixError(413, "M_TOO_LARGE", str(exc)) from None
@@ -340,13 +339,18 @@ class RoomService:
         if version != ROOM_VERSION:
             raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"only room version {ROOM_VERSION} is supported")
         visibility = body.get("visibility", "private")
+        if visibility not in ("public", "private"):
+            raise bad_json("'visibility' must be 'public' or 'private'")
         preset_name = body.get("preset") or ("public_chat" if visibility == "public" else "private_chat")
-        if preset_name not in PRESETS:
+        if not isinstance(preset_name, str) or preset_name not in PRESETS:
             raise bad_json(f"unknown preset {preset_name!r}")
         preset = PRESETS[preset_name]
         invites = body.get("invite", [])
         if not isinstance(invites, list) or not all(isinstance(u, str) for u in invites):
             raise bad_json("'invite' must be a list of user IDs")
+        for user in invites:
+            if not user.startswith("@") or ":" not in user or len(user.encode()) > 255:
+                raise MatrixError(400, "M_INVALID_PARAM", f"{user[:80]!r} is not a user ID")
         initial_state = body.get("initial_state", [])
         if not isinstance(initial_state, list) or not all(isinstance(e, dict) for e in initial_state):
             raise bad_json("'initial_state' must be a list of state events")

@@ -783,7 +783,10 @@ _INTERESTING = st.sampled_from([
     "content": {"membership": "join"}}], "10", "1", "public", "private", "m.text", 2**53, -1, True, None,
     _LONE, f"@{_LONE}:localhost", f"#{_LONE}:localhost", [_LONE], {_LONE: 1}, [1], {"a": 1}, [],
 ])  # fmt: skip
-_SCALARS = _INTERESTING | st.text(st.characters(codec=None, categories=["L", "N", "P", "Cs"]), max_size=6)
+# Strings with lone surrogates are a third of the generated characters: each one must be
+# refused before it reaches the database or an encoder.
+_STRINGS = st.text(st.characters(codec=None, categories=["Ll", "Nd", "Cs"]), max_size=6)
+_SCALARS = _INTERESTING | _STRINGS
 
 
 def _json(max_leaves: int) -> st.SearchStrategy[Any]:
@@ -819,7 +822,7 @@ _TEMPLATES: dict[str, dict[str, Any]] = {  # valid bodies, so a mutation gets pa
 def _shaped_body(endpoint: str) -> st.SearchStrategy[bytes]:
     """A valid body of ``endpoint`` with one to three fields replaced or added."""
     keys = st.sampled_from(_KEYS[endpoint]) | st.text(max_size=6)
-    changes = st.dictionaries(keys, _SCALARS | _json(6), min_size=1, max_size=3)
+    changes = st.dictionaries(keys, st.one_of(_INTERESTING, _STRINGS, _json(4)), min_size=1, max_size=3)
     return changes.map(lambda extra: json.dumps({**_TEMPLATES[endpoint], **extra}).encode())
 
 

@@ -147,6 +147,10 @@ async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[
         raise MatrixError(400, "M_NOT_JSON", "the request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise bad_json("the request body must be a JSON object")
+    try:  # JSON escapes can spell lone surrogates, which have no UTF-8 form
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_json("the request body contains a lone surrogate (\\ud800-\\udfff)") from None
     return value
 
 

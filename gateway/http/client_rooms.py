@@ -180,9 +180,17 @@ async def put_state(request: web.Request) -> web.Response:
     if event_type == "m.room.member":
         raise bad_json("use the membership endpoints to change membership")
     if event_type == "m.room.canonical_alias":
-        for alias in [content.get("alias"), *(content.get("alt_aliases") or [])]:
-            if alias is not None and (not isinstance(alias, str) or svc.store.get_alias(alias) is None):
-                raise MatrixError(400, "M_BAD_ALIAS", f"alias {alias!r} does not point to this room")
+        alt = content.get("alt_aliases", [])
+        if not isinstance(alt, list):
+            raise bad_json("'alt_aliases' must be a list of aliases")
+        for alias in [content.get("alias"), *alt]:
+            if alias is None:
+                continue
+            if not isinstance(alias, str):
+                raise bad_json("aliases must be strings")
+            found = svc.store.get_alias(alias)
+            if found is None or found[0] != room_id:
+                raise MatrixError(400, "M_BAD_ALIAS", f"alias {alias[:80]!r} does not point to this room")
     sent = await svc.rooms.send(requester.user_id, room_id, event_type, content, state_key=state_key)
     return ok({"event_id": sent.event.event_id})
 

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from lowband.gateway.errors import MatrixError, invalid_param, not_found
 from lowband.gateway.http.base import Services, authenticate, ok, rate_limit, services
@@ -140,14 +141,18 @@ async def _receive(request: web.Request, svc: Services, media_id: str, limit: in
     size = 0
     try:
         with open(temp, "xb") as file:
-            async for chunk in request.content.iter_chunked(_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                hasher.update(chunk)
-                # File writes go to a thread: on a gateway's SD card a write
-                # can stall for long enough to freeze every other request.
-                await asyncio.to_thread(file.write, chunk)
+            try:
+                async for chunk in request.content.iter_chunked(_CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit)
+                    hasher.update(chunk)
+                    # File writes go to a thread: on a gateway's SD card a
+                    # write can stall long enough to freeze every other request.
+                    await asyncio.to_thread(file.write, chunk)
+            except (ConnectionError, HttpProcessingError):
+                # The peer hung up or broke the body's framing: its fault, not ours.
+                raise MatrixError(400, "M_UNKNOWN", "the upload was cut short") from None
             await asyncio.to_thread(_place, file, temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)

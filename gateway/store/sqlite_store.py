@@ -47,6 +47,7 @@ class SQLiteStore:
         self._next_group = (gid[0] or 0) + 1 if gid else 1
         self._group_cache: OrderedDict[int, StateMap] = OrderedDict()
         self._chains: dict[int, int] = {}
+        self._tokens: dict[str, tuple[str, str]] = {}
 
     def close(self) -> None:
         """Flush queued writes and close."""
@@ -103,16 +104,29 @@ class SQLiteStore:
         await self.db.write(fn)
 
     def lookup_token(self, token: str) -> tuple[str, str] | None:
-        """(user_id, device_id) for a live token, else None."""
+        """(user_id, device_id) for a live token, else None.
+
+        Found tokens are cached: only :meth:`delete_token` ends a token, and
+        it drops the cache entry first.
+        """
+        cached = self._tokens.get(token)
+        if cached is not None:
+            return cached
         row = self.db.query_one(
             "SELECT t.user_id, t.device_id FROM access_tokens t JOIN users u USING (user_id) "
             "WHERE t.token = ? AND u.deactivated = 0",
             (token,),
         )
-        return (row[0], row[1]) if row else None
+        if row is None:
+            return None
+        if len(self._tokens) > 50_000:
+            self._tokens.clear()
+        self._tokens[token] = (row[0], row[1])
+        return self._tokens[token]
 
     async def delete_token(self, token: str) -> None:
         """Log a token out."""
+        self._tokens.pop(token, None)
         await self.db.write(lambda c: c.execute("DELETE FROM access_tokens WHERE token = ?", (token,)))
 
     async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
