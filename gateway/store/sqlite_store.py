@@ -127,7 +127,18 @@ class SQLiteStore:
     async def delete_token(self, token: str) -> None:
         """Log a token out."""
         self._tokens.pop(token, None)
-        await self.db.write(lambda c: c.execute("DELETE FROM access_tokens WHERE token = ?", (token,)))
+
+        def fn(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT user_id, device_id FROM access_tokens WHERE token = ?", (token,)).fetchone()
+            c.execute("DELETE FROM access_tokens WHERE token = ?", (token,))
+            if row is not None:  # a device goes with its last token
+                c.execute(
+                    "DELETE FROM devices WHERE user_id = ? AND device_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM access_tokens WHERE user_id = ? AND device_id = ?)",
+                    (row[0], row[1], row[0], row[1]),
+                )
+
+        await self.db.write(fn)
 
     async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
         """Set displayname or avatar_url."""
