@@ -37,6 +37,8 @@ from lowband.gateway.store.sqlite_store import SQLiteStore, StateMap
 
 log = logging.getLogger(__name__)
 
+_EVENT_CACHE_SIZE = 5000
+
 PRESETS: dict[str, dict[str, str]] = {
     "private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join"},
     "trusted_private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join"},
@@ -130,10 +132,16 @@ class RoomService:
         if row is None:
             return None
         event = row["event"]
-        if len(self._event_cache) > 20000:
-            self._event_cache.clear()
-        self._event_cache[event_id] = event
+        self._remember(event)
         return event
+
+    def _remember(self, event: Event) -> None:
+        # Only state events are looked up again and again (auth events,
+        # membership, power levels); messages would just fill memory.
+        if event.is_state:
+            if len(self._event_cache) >= _EVENT_CACHE_SIZE:
+                self._event_cache.pop(next(iter(self._event_cache)))
+            self._event_cache[event.event_id] = event
 
     def current_state(self, room_id: str) -> StateMap:
         """Current state map of a room ({} when unknown)."""
@@ -316,7 +324,7 @@ class RoomService:
             "room_version": ROOM_VERSION, "creator": head.creator, "state_group": state_after,
             "extremities": head.extremities, "depth": head.depth,
         }  # fmt: skip
-        self._event_cache[event.event_id] = event
+        self._remember(event)
         committed = self.store.persist_event(
             event, position, state_before=state_before, state_after=state_after,
             new_group_job=group_job, room_row=room_row, txn=txn,

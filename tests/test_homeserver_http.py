@@ -570,6 +570,46 @@ def test_sync_with_inline_filter_is_limited_with_a_usable_prev_batch(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_limited_incremental_sync_carries_state_changed_in_the_gap(tmp_path):
+    async def scenario(base, session):
+        alice, bob = await users(session, base, "alice", "bob")
+        room = await create_room(alice, preset="public_chat", topic="old topic")
+        await join(bob, room)
+        token = (await sync(bob))["next_batch"]
+        expect_ok(await alice.request("PUT", f"{V3}/rooms/{room}/state/m.room.topic", {"topic": "new topic"}))
+        for n in range(15):
+            await send_text(alice, room, f"g{n}")
+        joined = (await sync(bob, since=token))["rooms"]["join"][room]
+        assert joined["timeline"]["limited"] is True
+        assert bodies(joined["timeline"]["events"]) == [f"g{n}" for n in range(5, 15)]
+        # The topic changed before the timeline starts, so the state section must carry it; nothing else changed.
+        assert [(e["type"], e["content"]) for e in joined["state"]["events"]] == [("m.room.topic", {"topic": "new topic"})]
+
+    run(tmp_path, scenario)
+
+
+def test_redacting_a_state_event_empties_it_in_the_current_state(tmp_path):
+    async def scenario(base, session):
+        (alice,) = await users(session, base, "alice")
+        room = await create_room(alice, topic="to be redacted")
+        topic = expect_ok(await alice.request("GET", f"{V3}/rooms/{room}/state/m.room.topic?format=event"))
+        assert topic["content"] == {"topic": "to be redacted"}
+        redaction = expect_ok(await alice.request("PUT", f"{V3}/rooms/{room}/redact/{topic['event_id']}/r1",
+                                                  {"reason": "tidy"}))  # fmt: skip
+        assert await state_content(alice, room, "m.room.topic") == {}
+        full = expect_ok(await alice.request("GET", f"{V3}/rooms/{room}/state"))
+        [served] = [e for e in full if e["type"] == "m.room.topic"]
+        assert served["content"] == {} and served["unsigned"]["redacted_because"]["event_id"] == redaction["event_id"]
+        initial = (await sync(alice))["rooms"]["join"][room]
+        in_sync = [e for e in initial["state"]["events"] + initial["timeline"]["events"] if e["type"] == "m.room.topic"]
+        assert in_sync and all(e["content"] == {} for e in in_sync)
+        # Redacting twice is harmless; redacting an unknown event is not found.
+        expect_ok(await alice.request("PUT", f"{V3}/rooms/{room}/redact/{topic['event_id']}/r2", {}))
+        assert await state_content(alice, room, "m.room.topic") == {}
+
+    run(tmp_path, scenario)
+
+
 def test_sync_with_a_stored_filter_and_full_state(tmp_path):
     async def scenario(base, session):
         alice, bob = await users(session, base, "alice", "bob")
@@ -633,6 +673,41 @@ def test_history_visibility_joined_hides_earlier_messages_and_shared_shows_them(
         for visibility, room in rooms.items():
             page = await messages(alice, room, dir="b", limit=50)
             assert bodies(page["chunk"]) == [f"{visibility}: after bob", f"{visibility}: before bob"]
+
+    run(tmp_path, scenario)
+
+
+def test_history_visibility_invited_world_readable_and_after_leaving(tmp_path):
+    async def scenario(base, session):
+        alice, bob, carol = await users(session, base, "alice", "bob", "carol")
+        room = await create_room(alice, initial_state=[
+            {"type": "m.room.history_visibility", "content": {"history_visibility": "invited"}}])  # fmt: skip
+        await send_text(alice, room, "before the invite")
+        expect_ok(await alice.request("POST", f"{V3}/rooms/{room}/invite", {"user_id": bob.user_id}))
+        await send_text(alice, room, "after the invite")
+        await join(bob, room)
+        await send_text(alice, room, "after the join")
+        page = await messages(bob, room, dir="b", limit=50)
+        assert bodies(page["chunk"]) == ["after the join", "after the invite"]
+
+        # After leaving, bob sees what happened up to his leave and nothing after it.
+        expect_ok(await bob.request("POST", f"{V3}/rooms/{room}/leave", {}))
+        later = await send_text(alice, room, "after bob left")
+        page = await messages(bob, room, dir="b", limit=50)
+        assert bodies(page["chunk"]) == ["after the join", "after the invite"]
+        assert page["chunk"][0]["type"] == "m.room.member" and page["chunk"][0]["content"]["membership"] == "leave"
+        expect_error(await bob.request("GET", f"{V3}/rooms/{room}/event/{later}"), 404, "M_NOT_FOUND")
+
+        # world_readable: someone who never joined may read what was sent while it was set.
+        public = await create_room(alice, preset="public_chat")
+        await send_text(alice, public, "shared era")
+        expect_ok(await alice.request("PUT", f"{V3}/rooms/{public}/state/m.room.history_visibility",
+                                      {"history_visibility": "world_readable"}))  # fmt: skip
+        await send_text(alice, public, "world era")
+        page = await messages(carol, public, dir="b", limit=50)
+        assert bodies(page["chunk"]) == ["world era"]
+        expect_error(await carol.request("PUT", f"{V3}/rooms/{public}/send/m.room.message/w", {"body": "x"}), 403,
+                     "M_FORBIDDEN")  # fmt: skip
 
     run(tmp_path, scenario)
 
@@ -729,6 +804,56 @@ def test_create_room_initial_state_and_alias(tmp_path):
             ("m.room.guest_access", ""), ("org.example.config", "k"), ("m.room.history_visibility", ""),
             ("m.room.name", ""),
         ]  # fmt: skip
+
+    run(tmp_path, scenario)
+
+
+def test_a_refused_create_room_leaves_no_room_behind(tmp_path):
+    async def scenario(base, session):
+        alice, bob = await users(session, base, "alice", "bob")
+        before = await sync(alice)
+        refused_bodies = [
+            {"name": 5},
+            {"topic": {"t": 1}},
+            {"power_level_content_override": 5},
+            {"initial_state": [{"type": 5, "content": {}}]},
+            {"initial_state": [{"type": "org.example.x", "content": "not an object"}]},
+            {"initial_state": [{"type": "m.room.member", "state_key": bob.user_id, "content": {"membership": "join"}}]},
+            {"name": "ok", "room_alias_name": "kept", "initial_state": [{"type": "m.room.create", "content": {}}]},
+            {"invite": [bob.user_id], "topic": 7},
+        ]
+        for body in refused_bodies:
+            status, answer = await alice.request("POST", f"{V3}/createRoom", body)
+            assert 400 <= status < 500 and isinstance(answer.get("errcode"), str), (body, status, answer)
+        assert expect_ok(await alice.request("GET", f"{V3}/joined_rooms"))["joined_rooms"] == []
+        after = await sync(alice, since=before["next_batch"])
+        assert after["rooms"]["join"] == {}, list(after["rooms"]["join"])
+        assert (await sync(bob))["rooms"]["invite"] == {}, "a refused room still invited bob"
+        expect_error(await alice.request("GET", f"{V3}/directory/room/%23kept%3Alocalhost"), 404, "M_NOT_FOUND")
+        # The alias of a refused room is still free.
+        room = await create_room(alice, room_alias_name="kept")
+        assert expect_ok(await alice.request("GET", f"{V3}/directory/room/%23kept%3Alocalhost"))["room_id"] == room
+
+    run(tmp_path, scenario)
+
+
+def test_concurrent_create_room_with_one_alias_gives_it_to_one_room(tmp_path):
+    async def scenario(base, session):
+        (alice,) = await users(session, base, "alice")
+        results = await asyncio.gather(*(alice.request("POST", f"{V3}/createRoom", {"room_alias_name": "race"})
+                                         for _ in range(3)))  # fmt: skip
+        won = [body["room_id"] for status, body in results if status == 200]
+        assert len(won) == 1, results
+        for result in results:
+            if result[0] != 200:
+                expect_error(result, 400, "M_ROOM_IN_USE")
+        resolved = expect_ok(await alice.request("GET", f"{V3}/directory/room/%23race%3Alocalhost"))
+        assert resolved["room_id"] == won[0]
+        # No room claims an alias that points elsewhere.
+        for room in expect_ok(await alice.request("GET", f"{V3}/joined_rooms"))["joined_rooms"]:
+            status, content = await alice.request("GET", f"{V3}/rooms/{room}/state/m.room.canonical_alias")
+            if status == 200 and content.get("alias") == "#race:localhost":
+                assert room == won[0], room
 
     run(tmp_path, scenario)
 
