@@ -100,7 +100,7 @@ class RoomService:
         self.store = store
         self.server_name = server_name
         self.signing_key = signing_key
-        self.on_new_event = on_new_event
+        self.listeners: list[Callable[[Sent], None]] = [on_new_event] if on_new_event else []
         self.clock = clock
         self._heads: dict[str, RoomHead] = {}
         self._pending_txns: dict[tuple[str, str, str], asyncio.Future[str]] = {}
@@ -250,9 +250,16 @@ class RoomService:
             self._heads.pop(room_id, None)
             raise MatrixError(500, "M_UNKNOWN", "the event could not be stored") from None
         sent = Sent(event, position)
-        if self.on_new_event is not None:
-            self.on_new_event(sent)
+        for listener in self.listeners:
+            try:
+                listener(sent)
+            except Exception:  # a bridge's bug must not fail the sender
+                log.exception("event listener failed on %s", event.event_id)
         return sent
+
+    def add_listener(self, listener: Callable[[Sent], None]) -> None:
+        """Call ``listener`` with every committed local event (in commit order per room)."""
+        self.listeners.append(listener)
 
     def _build(
         self,
