@@ -250,12 +250,15 @@ class RoomService:
             self._heads.pop(room_id, None)
             raise MatrixError(500, "M_UNKNOWN", "the event could not be stored") from None
         sent = Sent(event, position)
+        self._announce(sent)
+        return sent
+
+    def _announce(self, sent: Sent) -> None:
         for listener in self.listeners:
             try:
                 listener(sent)
             except Exception:  # a bridge's bug must not fail the sender
-                log.exception("event listener failed on %s", event.event_id)
-        return sent
+                log.exception("event listener failed on %s", sent.event.event_id)
 
     def add_listener(self, listener: Callable[[Sent], None]) -> None:
         """Call ``listener`` with every committed local event (in commit order per room)."""
@@ -381,12 +384,6 @@ class RoomService:
             if self.store.get_alias(alias) is not None:
                 raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
 
-        room_id = self.new_room_id()
-        head = RoomHead(room_id, creator, None, [], 0)
-        self._heads[room_id] = head
-        create_content = {**creation_content, "creator": creator, "room_version": ROOM_VERSION}
-        await self.send(creator, room_id, "m.room.create", create_content, state_key="")
-        await self.send(creator, room_id, "m.room.member", {"membership": "join", **self._profile(creator)}, state_key=creator)
         levels = default_power_levels(creator)
         if preset_name == "trusted_private_chat":
             for user in invites:
@@ -396,31 +393,78 @@ class RoomService:
             if not isinstance(override, dict):
                 raise bad_json("'power_level_content_override' must be an object")
             levels.update(override)
-        await self.send(creator, room_id, "m.room.power_levels", levels, state_key="")
+        plan: list[tuple[str, str, dict[str, Any]]] = [
+            ("m.room.create", "", {**creation_content, "creator": creator, "room_version": ROOM_VERSION}),
+            ("m.room.member", creator, {"membership": "join", **self._profile(creator)}),
+            ("m.room.power_levels", "", levels),
+        ]
         if alias is not None:
-            await self.send(creator, room_id, "m.room.canonical_alias", {"alias": alias}, state_key="")
-        await self.send(creator, room_id, "m.room.join_rules", {"join_rule": preset["join_rule"]}, state_key="")
-        await self.send(creator, room_id, "m.room.history_visibility",
-                        {"history_visibility": preset["history_visibility"]}, state_key="")  # fmt: skip
-        await self.send(creator, room_id, "m.room.guest_access", {"guest_access": preset["guest_access"]}, state_key="")
+            plan.append(("m.room.canonical_alias", "", {"alias": alias}))
+        plan += [
+            ("m.room.join_rules", "", {"join_rule": preset["join_rule"]}),
+            ("m.room.history_visibility", "", {"history_visibility": preset["history_visibility"]}),
+            ("m.room.guest_access", "", {"guest_access": preset["guest_access"]}),
+        ]
         for item in initial_state:
             event_type, state_key, content = item.get("type"), item.get("state_key", ""), item.get("content")
             if not isinstance(event_type, str) or not isinstance(state_key, str) or not isinstance(content, dict):
                 raise bad_json("each initial_state entry needs type, state_key and content")
-            await self.send(creator, room_id, event_type, content, state_key=state_key)
+            if event_type in ("m.room.create", "m.room.member"):
+                raise bad_json(f"initial_state cannot hold {event_type} events")
+            plan.append((event_type, state_key, content))
         for key, event_type in (("name", "m.room.name"), ("topic", "m.room.topic")):
             if key in body:
                 if not isinstance(body[key], str):
                     raise bad_json(f"'{key}' must be a string")
-                await self.send(creator, room_id, event_type, {key: body[key]}, state_key="")
+                plan.append((event_type, "", {key: body[key]}))
         for user in invites:
-            content = {"membership": "invite", **({"is_direct": True} if body.get("is_direct") is True else {})}
-            await self.send(creator, room_id, "m.room.member", content, state_key=user)
-        if alias is not None:
-            await self.store.create_alias(alias, room_id, creator)
+            plan.append(("m.room.member", user, {"membership": "invite", **({"is_direct": True} if body.get("is_direct") is True else {})}))
+
+        room_id = self.new_room_id()
+        head = RoomHead(room_id, creator, None, [], 0)
+        # Build and authorise every event in memory first: a room that would
+        # be refused half-way is never stored, and its alias stays free.
+        events = self._dry_run(head, creator, plan)
+        if alias is not None and not await self.store.create_alias(alias, room_id, creator):
+            raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
+        self._heads[room_id] = head
+        async with head.lock:
+            pending = []
+            for event in events:
+                state = self.store.state_for_group(head.state_group)
+                pending.append(self._queue(head, state, event, None))
+        for position, committed in pending:
+            await committed
+        for event, (position, _) in zip(events, pending, strict=True):
+            self._announce(Sent(event, position))
         if visibility == "public":
             await self.store.set_room_public(room_id, True)
         return room_id
+
+    def _dry_run(self, head: RoomHead, sender: str, plan: list[tuple[str, str, dict[str, Any]]]) -> list[Event]:
+        """Build and authorise a new room's first events without storing anything."""
+        state: dict[tuple[str, str], Event] = {}
+        events: list[Event] = []
+        for event_type, state_key, content in plan:
+            selected = auth_rules.auth_types_for_event(event_type, sender, state_key, content)
+            auth = {key: state[key] for key in selected if key in state}
+            try:
+                event = build_event(
+                    room_id=head.room_id, sender=sender, type=event_type, content=content,
+                    prev_events=[events[-1].event_id] if events else [],
+                    auth_events=[e.event_id for e in auth.values()], depth=len(events) + 1,
+                    origin_server_ts=self.now_ms(), server_name=self.server_name, signing_key=self.signing_key,
+                    state_key=state_key,
+                )  # fmt: skip
+            except EventFormatError as exc:
+                raise bad_json(str(exc)) from None
+            try:
+                auth_rules.check_auth(event, auth)
+            except AuthError as exc:
+                raise forbidden(str(exc)) from None
+            state[(event_type, state_key)] = event
+            events.append(event)
+        return events
 
     def _profile(self, user_id: str) -> dict[str, str]:
         row = self.store.get_user(user_id)
