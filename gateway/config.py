@@ -40,6 +40,10 @@ from typing import Any
 _SERVER_NAME = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
+#: Sections handed raw to the components that own them (they validate them).
+COMPONENT_SECTIONS = ("mqtt", "links", "devices")
+
+
 class ConfigError(ValueError):
     """The configuration file or a flag is wrong; the message names the key."""
 
@@ -67,6 +71,9 @@ class Config:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     rate_limits: RateLimits = field(default_factory=RateLimits)
+    #: Raw tables of sections owned by components (``[mqtt]``, ``[links]`` …);
+    #: each component validates its own with ConfigError.
+    components: dict[str, Any] = field(default_factory=dict)
 
     @property
     def db_path(self) -> Path:
@@ -149,6 +156,9 @@ def load_config(path: str | Path | None, **overrides: Any) -> Config:
 def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
     values: dict[str, Any] = {}
     sections = {k: dict(v) if isinstance(v, dict) else v for k, v in doc.items()}
+    components = {k: sections.pop(k) for k in list(sections) if k in COMPONENT_SECTIONS}
+    if components:
+        values["components"] = components
     for name, section in sections.items():
         if name not in ("server", "http", "registration", "media", "rate_limits"):
             raise ConfigError(f"unknown config section [{name}]")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from aiohttp import web
@@ -25,6 +26,12 @@ from lowband.gateway.sync import SyncHandler, typing_expiry_loop
 from lowband.gateway.typing import TypingTracker
 
 log = logging.getLogger("lowband")
+
+#: Components started after the HTTP API, in order: ``async start(services)``
+#: returns an ``async stop()`` (or None when the config does not enable it).
+#: Each validates its own config section and raises ConfigError.
+Component = Callable[[Services], Awaitable[Callable[[], Awaitable[None]] | None]]
+COMPONENTS: list[Component] = []
 
 
 def open_services(config: Config) -> Services:
@@ -59,6 +66,19 @@ async def run_gateway(config: Config, started: asyncio.Event | None = None, stop
         services.store.close()
         raise OSError(f"cannot listen on {config.http_host}:{config.http_port}: {exc.strerror}") from None
     expiry = asyncio.create_task(typing_expiry_loop(services.typing, services.notifier))
+    stoppers = []
+    try:
+        for component in COMPONENTS:
+            stopper = await component(services)
+            if stopper is not None:
+                stoppers.append(stopper)
+    except BaseException:
+        for stopper in reversed(stoppers):
+            await stopper()
+        expiry.cancel()
+        await runner.cleanup()
+        services.store.close()
+        raise
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     if stop is None:
@@ -75,6 +95,11 @@ async def run_gateway(config: Config, started: asyncio.Event | None = None, stop
         await stop_event.wait()
     finally:
         log.info("lowband gateway stopping")
+        for stopper in reversed(stoppers):
+            try:
+                await stopper()
+            except Exception:
+                log.exception("a component failed to stop cleanly")
         expiry.cancel()
         with suppress(asyncio.CancelledError):
             await expiry

@@ -158,6 +158,8 @@ class SQLiteStore:
 
     def get_filter(self, user_id: str, filter_id: int) -> dict[str, Any] | None:
         """A stored filter, or None."""
+        if not 0 <= filter_id < 1 << 63:
+            return None
         row = self.db.query_one("SELECT filter_json FROM filters WHERE user_id = ? AND filter_id = ?", (user_id, filter_id))
         return json.loads(row[0]) if row else None
 

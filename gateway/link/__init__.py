@@ -1,0 +1,1 @@
+"""Constrained links: frames, secure sessions, reliability, transports."""
