@@ -461,7 +461,7 @@ class RoomService:
             try:
                 auth_rules.check_auth(event, auth)
             except AuthError as exc:
-                raise forbidden(str(exc)) from None
+                raise MatrixError(400, "M_INVALID_ROOM_STATE", f"{event_type}: {exc}") from None
             state[(event_type, state_key)] = event
             events.append(event)
         return events

@@ -292,6 +292,8 @@ def test_unknown_rooms_events_aliases_and_filters_are_m_not_found(tmp_path):
         expect_error(await alice.request("POST", f"{V3}/join/!nosuchroom:localhost", {}), 404, "M_NOT_FOUND")
         expect_error(await alice.request("DELETE", f"{V3}/directory/room/%23nowhere%3Alocalhost"), 404, "M_NOT_FOUND")
         expect_error(await alice.request("GET", f"{V3}/user/{alice.user_id}/filter/4711"), 404, "M_NOT_FOUND")
+        # A filter ID too big for any integer column is just as unknown.
+        expect_error(await alice.request("GET", f"{V3}/user/{alice.user_id}/filter/{10**25}"), 404, "M_NOT_FOUND")
         # An event of another room is not found through this one.
         other = await create_room(alice)
         elsewhere = await send_text(alice, other, "elsewhere")
@@ -422,6 +424,32 @@ def test_transaction_ids_are_idempotent_per_device_even_when_concurrent(tmp_path
         assert expect_ok(await new_device.request("PUT", path, {"body": "once"}))["event_id"] != first
         page = await messages(alice, room, dir="b", limit=50)
         assert bodies(page["chunk"]) == ["once", "once"]
+
+    run(tmp_path, scenario)
+
+
+def test_the_sending_device_gets_its_transaction_id_back_in_unsigned(tmp_path):
+    # ClientEvent.unsigned.transaction_id: present when the client given the event is the one
+    # that sent it, so it can match its local echo; absent for everyone else.
+    async def scenario(base, session):
+        alice, bob = await users(session, base, "alice", "bob")
+        room = await create_room(alice, preset="public_chat")
+        await join(bob, room)
+        body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                "password": "secret-pw"}  # fmt: skip
+        login = expect_ok(await alice.request("POST", f"{V3}/login", body))
+        other_device = Client(session, base, token=login["access_token"])
+        sent = expect_ok(await alice.request("PUT", f"{V3}/rooms/{room}/send/m.room.message/echo-1", {"body": "echo"}))
+
+        def find(events: list[dict[str, Any]]) -> dict[str, Any]:
+            [event] = [e for e in events if e["event_id"] == sent["event_id"]]
+            return event
+
+        own = find((await sync(alice))["rooms"]["join"][room]["timeline"]["events"])
+        assert own.get("unsigned", {}).get("transaction_id") == "echo-1", own
+        for client in (bob, other_device):
+            theirs = find((await sync(client))["rooms"]["join"][room]["timeline"]["events"])
+            assert "transaction_id" not in theirs.get("unsigned", {}), theirs
 
     run(tmp_path, scenario)
 
@@ -694,6 +722,7 @@ def test_sync_with_a_stored_filter_and_full_state(tmp_path):
         events = filtered["rooms"]["join"][room]["timeline"]["events"]
         assert {e["type"] for e in events} == {"m.room.topic", "m.room.name"}
         expect_error(await alice.request("GET", f"{V3}/sync?filter=999"), 400, "M_INVALID_PARAM")
+        expect_error(await alice.request("GET", f"{V3}/sync?filter={10**25}"), 400, "M_INVALID_PARAM")
 
         # full_state: all state even though `since` is given; the timeline still starts at `since`.
         first = await sync(alice)
@@ -901,6 +930,24 @@ def test_a_refused_create_room_leaves_no_room_behind(tmp_path):
         # The alias of a refused room is still free.
         room = await create_room(alice, room_alias_name="kept")
         assert expect_ok(await alice.request("GET", f"{V3}/directory/room/%23kept%3Alocalhost"))["room_id"] == room
+
+    run(tmp_path, scenario)
+
+
+def test_create_room_with_an_impossible_initial_state_is_m_invalid_room_state(tmp_path):
+    # The spec's createRoom errors are all 400s; an initial state the creator cannot build
+    # (their own power below what the preset's events need) is named M_INVALID_ROOM_STATE.
+    async def scenario(base, session):
+        alice, bob = await users(session, base, "alice", "bob")
+        locked_out = {"power_level_content_override": {"users": {alice.user_id: 0}}, "name": "x"}
+        expect_error(await alice.request("POST", f"{V3}/createRoom", locked_out), 400, "M_INVALID_ROOM_STATE")
+        for initial_state in (
+            [{"type": "m.room.member", "state_key": bob.user_id, "content": {"membership": "join"}}],
+            [{"type": "m.room.create", "content": {"creator": bob.user_id}}],
+        ):
+            status, body = await alice.request("POST", f"{V3}/createRoom", {"initial_state": initial_state})
+            assert status == 400 and body["errcode"] in ("M_INVALID_ROOM_STATE", "M_BAD_JSON"), (initial_state, body)
+        assert expect_ok(await alice.request("GET", f"{V3}/joined_rooms"))["joined_rooms"] == []
 
     run(tmp_path, scenario)
 
