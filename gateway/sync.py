@@ -119,10 +119,19 @@ class SyncHandler:
             return True
         return visibility == "shared" and joined_now
 
-    def client_event(self, row: dict[str, Any], *, with_room_id: bool = True) -> dict[str, Any]:
-        """The client-format event of a stored row, redacted if it was redacted."""
+    def client_event(
+        self, row: dict[str, Any], *, with_room_id: bool = True, device: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The client-format event of a stored row, redacted if it was redacted.
+
+        ``device`` = (user_id, device_id) of the reader: the device that sent
+        the event gets its ``transaction_id`` back in ``unsigned``.
+        """
         event: Event = row["event"]
         unsigned: dict[str, Any] = {"age": max(0, self.rooms.now_ms() - event.origin_server_ts)}
+        txn = row.get("txn")
+        if txn is not None and device is not None and txn[:2] == device and not txn[2].startswith("redact:"):
+            unsigned["transaction_id"] = txn[2]
         if row.get("redacted_by"):
             redaction = self.rooms.event(row["redacted_by"])
             event = Event(event.event_id, redact(event.pdu))
@@ -136,13 +145,14 @@ class SyncHandler:
     # ---------------------------------------------------------------- sync
 
     async def sync(
-        self, user_id: str, since: SyncToken | None, timeout_ms: int, full_state: bool, filter_doc: dict[str, Any]
+        self, user_id: str, since: SyncToken | None, timeout_ms: int, full_state: bool, filter_doc: dict[str, Any],
+        device_id: str = "",
     ) -> dict[str, Any]:
         """The /sync response; long-polls up to ``timeout_ms`` when nothing is new."""
         deadline = time.monotonic() + max(0, min(timeout_ms, 300_000)) / 1000
         while True:
             generation = self.notifier.generation
-            response, empty = self._sync_once(user_id, since, full_state, filter_doc)
+            response, empty = self._sync_once(user_id, since, full_state, filter_doc, device_id)
             remaining = deadline - time.monotonic()
             if since is None or full_state or not empty or remaining <= 0:
                 return response
@@ -150,8 +160,9 @@ class SyncHandler:
                 return response
 
     def _sync_once(
-        self, user_id: str, since: SyncToken | None, full_state: bool, filter_doc: dict[str, Any]
+        self, user_id: str, since: SyncToken | None, full_state: bool, filter_doc: dict[str, Any], device_id: str
     ) -> tuple[dict[str, Any], bool]:
+        device = (user_id, device_id)
         upto = self.store.persisted
         typing_serial = self.typing.serial
         room_filter = filter_doc.get("room") if isinstance(filter_doc.get("room"), dict) else {}
@@ -168,7 +179,7 @@ class SyncHandler:
             fresh = since is None or mstream > since_stream
             if membership == "join":
                 room = self._joined_room(user_id, room_id, since, fresh, full_state, upto,
-                                         timeline_filter, state_filter)  # fmt: skip
+                                         timeline_filter, state_filter, device)  # fmt: skip
                 if room is not None:
                     join[room_id] = room
             elif membership == "invite" and fresh:
@@ -192,7 +203,7 @@ class SyncHandler:
 
     def _joined_room(
         self, user_id: str, room_id: str, since: SyncToken | None, initial: bool, full_state: bool, upto: int,
-        timeline_filter: EventFilter, state_filter: EventFilter,
+        timeline_filter: EventFilter, state_filter: EventFilter, device: tuple[str, str],
     ) -> dict[str, Any] | None:  # fmt: skip
         after = 0 if initial or since is None else since.stream
         rows, limited = self._visible_events(user_id, room_id, after, upto, timeline_filter, joined_now=True)
@@ -221,7 +232,7 @@ class SyncHandler:
         prev_batch = f"s{rows[0]['stream'] - 1}" if rows else f"s{after}"
         return {
             "timeline": {
-                "events": [self.client_event(r, with_room_id=False) for r in rows],
+                "events": [self.client_event(r, with_room_id=False, device=device) for r in rows],
                 "limited": limited,
                 "prev_batch": prev_batch,
             },
@@ -306,7 +317,7 @@ class SyncHandler:
 
     def messages(
         self, user_id: str, room_id: str, from_token: str | None, to_token: str | None, direction: str, limit: int,
-        filter_doc: dict[str, Any] | None,
+        filter_doc: dict[str, Any] | None, device_id: str = "",
     ) -> dict[str, Any]:  # fmt: skip
         """The /messages response: a page of visible events in one direction."""
         if direction not in ("b", "f"):
@@ -343,14 +354,14 @@ class SyncHandler:
             chunk += [r for r in batch if event_filter.allows(r["event"]) and self.visible(user_id, r, joined_now)]
         response: dict[str, Any] = {
             "start": from_token or f"s{min(start, ceiling)}",
-            "chunk": [self.client_event(r) for r in chunk],
+            "chunk": [self.client_event(r, device=(user_id, device_id)) for r in chunk],
             "state": [],
         }
         if not exhausted:
             response["end"] = f"s{position}"
         return response
 
-    def get_event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
+    def get_event(self, user_id: str, room_id: str, event_id: str, device_id: str = "") -> dict[str, Any]:
         """One event the user may see; M_NOT_FOUND otherwise (no hint whether it exists)."""
         row = self.store.get_event(event_id)
         if row is None or row["event"].room_id != room_id or row["rejected"]:
@@ -358,7 +369,7 @@ class SyncHandler:
         joined_now = self.store.membership(room_id, user_id) == "join"
         if not self.visible(user_id, row, joined_now):
             raise MatrixError(404, "M_NOT_FOUND", "event not found")
-        return self.client_event(row)
+        return self.client_event(row, device=(user_id, device_id))
 
 
 async def typing_expiry_loop(typing: TypingTracker, notifier: Notifier) -> None:

@@ -240,7 +240,8 @@ async def get_event(request: web.Request) -> web.Response:
     """GET /rooms/{roomId}/event/{eventId}."""
     requester = authenticate(request)
     room_id = _room_id(request)
-    return ok(services(request).sync.get_event(requester.user_id, room_id, request.match_info["event_id"]))
+    return ok(services(request).sync.get_event(requester.user_id, room_id, request.match_info["event_id"],
+                                               requester.device_id))  # fmt: skip
 
 
 async def messages(request: web.Request) -> web.Response:
@@ -259,6 +260,7 @@ async def messages(request: web.Request) -> web.Response:
     return ok(services(request).sync.messages(
         requester.user_id, room_id, request.query.get("from"), request.query.get("to"),
         request.query.get("dir", "b"), query_int(request, "limit", 10, low=1, high=1000), filter_doc,
+        requester.device_id,
     ))  # fmt: skip
 
 

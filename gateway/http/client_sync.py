@@ -45,7 +45,7 @@ async def sync(request: web.Request) -> web.Response:
     timeout = query_int(request, "timeout", 0, high=300_000)
     full_state = request.query.get("full_state", "false") == "true"
     filter_doc = _filter_for(request, requester.user_id)
-    return ok(await svc.sync.sync(requester.user_id, since, timeout, full_state, filter_doc))
+    return ok(await svc.sync.sync(requester.user_id, since, timeout, full_state, filter_doc, requester.device_id))
 
 
 def _own_user(request: web.Request) -> str:

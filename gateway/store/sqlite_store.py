@@ -354,7 +354,8 @@ class SQLiteStore:
     def get_event(self, event_id: str) -> dict[str, Any] | None:
         """An event row: event, stream, state groups, rejected reason, redacted_by."""
         row = self.db.query_one(
-            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by FROM events WHERE event_id = ?",
+            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device, txn_id"
+            " FROM events WHERE event_id = ?",
             (event_id,),
         )
         return _event_row(row) if row else None
@@ -365,8 +366,8 @@ class SQLiteStore:
         """Accepted events of a room with after < stream <= upto, oldest or newest first."""
         order = "DESC" if backwards else "ASC"
         rows = self.db.query(
-            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by FROM events"
-            f" WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL ORDER BY stream {order} LIMIT ?",
+            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device, txn_id"
+            f" FROM events WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL ORDER BY stream {order} LIMIT ?",
             (room_id, after, upto, limit),
         )
         return [_event_row(r) for r in rows]
@@ -476,4 +477,5 @@ def _event_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "state_after": row[4],
         "rejected": row[5],
         "redacted_by": row[6],
+        "txn": (row[7], row[8], row[9]) if row[9] is not None else None,
     }
