@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,22 @@ class EventFilter:
         return self.senders is None or event.sender in self.senders
 
 
+def transaction_key(room_id: str, event_type: str, txn_id: str) -> str:
+    """The stored idempotency key of a client send: scoped to room and event type, as clients expect."""
+    return json.dumps(["send", room_id, event_type, txn_id])
+
+
+def client_transaction_id(key: str) -> str | None:
+    """The client's own transaction ID inside a key from :func:`transaction_key`, else None."""
+    if not key.startswith('["send"'):
+        return None
+    try:
+        parts = json.loads(key)
+    except ValueError:
+        return None
+    return parts[3] if isinstance(parts, list) and len(parts) == 4 else None
+
+
 def _string_list(value: Any) -> list[str] | None:
     if not isinstance(value, list):
         return None
@@ -130,8 +147,10 @@ class SyncHandler:
         event: Event = row["event"]
         unsigned: dict[str, Any] = {"age": max(0, self.rooms.now_ms() - event.origin_server_ts)}
         txn = row.get("txn")
-        if txn is not None and device is not None and txn[:2] == device and not txn[2].startswith("redact:"):
-            unsigned["transaction_id"] = txn[2]
+        if txn is not None and device is not None and txn[:2] == device:
+            client_txn = client_transaction_id(txn[2])
+            if client_txn is not None:
+                unsigned["transaction_id"] = client_txn
         if row.get("redacted_by"):
             redaction = self.rooms.event(row["redacted_by"])
             event = Event(event.event_id, redact(event.pdu))
@@ -169,6 +188,7 @@ class SyncHandler:
         timeline_filter = EventFilter(room_filter.get("timeline"))
         state_filter = EventFilter(room_filter.get("state"), MAX_LIMIT)
         rooms_only = EventFilter(room_filter)
+        include_leave = room_filter.get("include_leave") is True
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
@@ -184,7 +204,7 @@ class SyncHandler:
                     join[room_id] = room
             elif membership == "invite" and fresh:
                 invite[room_id] = {"invite_state": {"events": self._stripped_state(room_id, user_id)}}
-            elif membership in ("leave", "ban") and since is not None and fresh:
+            elif membership in ("leave", "ban") and (fresh if since is not None else include_leave):
                 leave[room_id] = self._left_room(user_id, room_id, since_stream, mstream, timeline_filter)
         account_data = [
             {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, since_stream, upto) if r == ""

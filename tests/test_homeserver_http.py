@@ -741,6 +741,33 @@ def test_sync_with_a_stored_filter_and_full_state(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_sync_room_filters_select_rooms_senders_and_left_rooms(tmp_path):
+    async def scenario(base, session):
+        alice, bob = await users(session, base, "alice", "bob")
+        rooms = []
+        for n in range(3):
+            room = await create_room(alice, preset="public_chat", name=f"R{n}")
+            await join(bob, room)
+            await send_text(bob, room, f"bob {n}")
+            await send_text(alice, room, f"alice {n}")
+            rooms.append(room)
+        expect_ok(await bob.request("POST", f"{V3}/rooms/{rooms[2]}/leave", {}))
+        assert set((await sync(bob))["rooms"]["join"]) == {rooms[0], rooms[1]}
+        assert (await sync(bob))["rooms"]["leave"] == {}  # an initial sync leaves left rooms out ...
+        assert set((await sync(bob, filter={"room": {"rooms": [rooms[0]]}}))["rooms"]["join"]) == {rooms[0]}
+        assert set((await sync(bob, filter={"room": {"not_rooms": [rooms[0]]}}))["rooms"]["join"]) == {rooms[1]}
+        quiet = await sync(bob, filter={"room": {"timeline": {"not_senders": [alice.user_id]}}})
+        for joined in quiet["rooms"]["join"].values():
+            assert {e["sender"] for e in joined["timeline"]["events"]} == {bob.user_id}
+        # ... unless the filter asks for them (RoomFilter.include_leave).
+        with_left = await sync(bob, filter={"room": {"include_leave": True}})
+        assert set(with_left["rooms"]["leave"]) == {rooms[2]}
+        left = with_left["rooms"]["leave"][rooms[2]]["timeline"]["events"]
+        assert left[-1]["type"] == "m.room.member" and left[-1]["content"]["membership"] == "leave"
+
+    run(tmp_path, scenario)
+
+
 # ------------------------------------------------------ visibility, power
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from lowband.gateway.errors import MatrixError, bad_json, forbidden, not_found
+from lowband.gateway.sync import transaction_key
 from lowband.gateway.http.base import CLIENT, Requester, authenticate, get_str, json_body, ok, query_int, rate_limit, services
 
 MAX_ID_BYTES = 255
@@ -147,8 +148,9 @@ async def send(request: web.Request) -> web.Response:
     if event_type == "m.room.redaction":
         raise bad_json("use the /redact endpoint to redact events")
     sent = await services(request).rooms.send(
-        requester.user_id, room_id, event_type, content, txn=(requester.user_id, requester.device_id, txn_id)
-    )
+        requester.user_id, room_id, event_type, content,
+        txn=(requester.user_id, requester.device_id, transaction_key(room_id, event_type, txn_id)),
+    )  # fmt: skip
     return ok({"event_id": sent.event.event_id})
 
 
@@ -163,7 +165,8 @@ async def redact(request: web.Request) -> web.Response:
         content["reason"] = get_str(body, "reason")
     sent = await services(request).rooms.send(
         requester.user_id, room_id, "m.room.redaction", content, redacts=request.match_info["event_id"],
-        txn=(requester.user_id, requester.device_id, "redact:" + request.match_info["txn_id"]),
+        txn=(requester.user_id, requester.device_id,
+             transaction_key(room_id, "m.room.redaction", request.match_info["txn_id"])),
     )  # fmt: skip
     return ok({"event_id": sent.event.event_id})
 
