@@ -188,8 +188,12 @@ class RoomService:
         state_key: str | None = None,
         redacts: str | None = None,
         txn: tuple[str, str, str] | None = None,
+        origin_server_ts: int | None = None,
     ) -> Sent:
         """Build, authorise and persist one event as ``sender``.
+
+        ``origin_server_ts`` defaults to now; bridges and links pass the time
+        a reading was taken.
 
         ``txn`` = (user_id, device_id, txn_id) makes the send idempotent: a
         repeated transaction returns the first event. Raises MatrixError:
@@ -203,7 +207,7 @@ class RoomService:
             future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             self._pending_txns[txn] = future
         try:
-            sent = await self._send(sender, room_id, event_type, content, state_key, redacts, txn)
+            sent = await self._send(sender, room_id, event_type, content, state_key, redacts, txn, origin_server_ts)
         except BaseException as exc:
             if txn is not None:
                 self._pending_txns.pop(txn).set_exception(exc)
@@ -232,13 +236,14 @@ class RoomService:
         state_key: str | None,
         redacts: str | None,
         txn: tuple[str, str, str] | None,
+        origin_server_ts: int | None = None,
     ) -> Sent:
         head = self.head(room_id)
         if head is None:
             raise not_found(f"unknown room {room_id}")
         async with head.lock:
             state = self.store.state_for_group(head.state_group)
-            event = self._build(head, state, sender, event_type, content, state_key, redacts)
+            event = self._build(head, state, sender, event_type, content, state_key, redacts, origin_server_ts)
             self._authorise(event, state)
             if redacts is not None:
                 self._check_redaction(event, state)
@@ -273,6 +278,7 @@ class RoomService:
         content: dict[str, Any],
         state_key: str | None,
         redacts: str | None,
+        origin_server_ts: int | None = None,
     ) -> Event:
         auth_ids = [
             state[key]
@@ -283,8 +289,8 @@ class RoomService:
             event = build_event(
                 room_id=head.room_id, sender=sender, type=event_type, content=content,
                 prev_events=list(head.extremities), auth_events=auth_ids, depth=head.depth + 1,
-                origin_server_ts=self.now_ms(), server_name=self.server_name, signing_key=self.signing_key,
-                state_key=state_key, redacts=redacts,
+                origin_server_ts=self.now_ms() if origin_server_ts is None else origin_server_ts,
+                server_name=self.server_name, signing_key=self.signing_key, state_key=state_key, redacts=redacts,
             )  # fmt: skip (build_event runs check_event_format on what it built)
         except EventFormatError as exc:
             if "65536" in str(exc) or "too large" in str(exc).lower():

@@ -80,15 +80,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _check_server_name(config: Any) -> None:
-    """Refuse to start a data dir under another server name (its events carry the old one)."""
-    marker = config.data_dir / "server_name"
-    if marker.exists():
-        recorded = marker.read_text().strip()
-        if recorded != config.server_name:
-            raise UsageError(f"data dir {config.data_dir} belongs to server {recorded!r}, not {config.server_name!r}")
-    else:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(config.server_name + "\n")
+    from lowband.gateway.config import ConfigError
+    from lowband.gateway.server import claim_data_dir
+
+    try:
+        claim_data_dir(config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_user_add(args: argparse.Namespace) -> int:

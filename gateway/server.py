@@ -15,9 +15,10 @@ from contextlib import suppress
 
 from aiohttp import web
 
-from lowband.gateway.config import Config
+from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.http.app import make_app
 from lowband.gateway.http.base import Services
+from lowband.gateway.link.runtime import start_links
 from lowband.gateway.notifier import Notifier
 from lowband.gateway.rooms import RoomService
 from lowband.gateway.signing import SigningKey
@@ -31,7 +32,23 @@ log = logging.getLogger("lowband")
 #: returns an ``async stop()`` (or None when the config does not enable it).
 #: Each validates its own config section and raises ConfigError.
 Component = Callable[[Services], Awaitable[Callable[[], Awaitable[None]] | None]]
-COMPONENTS: list[Component] = []
+COMPONENTS: list[Component] = [start_links]
+
+
+def claim_data_dir(config: Config) -> None:
+    """Create the data dir for this server name, or refuse one made for another name.
+
+    A data dir keeps the server name it was first started with (its events,
+    users and keys carry it); ConfigError otherwise.
+    """
+    marker = config.data_dir / "server_name"
+    if marker.exists():
+        recorded = marker.read_text().strip()
+        if recorded != config.server_name:
+            raise ConfigError(f"data dir {config.data_dir} belongs to server {recorded!r}, not {config.server_name!r}")
+        return
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(config.server_name + "\n")
 
 
 def open_services(config: Config) -> Services:
@@ -40,7 +57,7 @@ def open_services(config: Config) -> Services:
     Must be called inside a running event loop (the room service uses
     asyncio locks).
     """
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    claim_data_dir(config)
     config.media_dir.mkdir(parents=True, exist_ok=True)
     key = SigningKey.load_or_create(config.signing_key_path)
     store = SQLiteStore(config.db_path)

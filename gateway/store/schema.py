@@ -1,6 +1,8 @@
 """The SQLite schema. Every statement is idempotent, so it runs on each start."""
 
-SCHEMA = """
+from lowband.gateway.link.registry import LINK_SCHEMA
+
+_CORE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     user_id TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -112,3 +114,5 @@ CREATE TABLE IF NOT EXISTS media (
     created_ts INTEGER NOT NULL
 );
 """
+
+SCHEMA = _CORE_SCHEMA + LINK_SCHEMA

@@ -1,0 +1,348 @@
+"""The gateway's side of the link (docs/protocol/link.md), sans-I/O.
+
+Rules:
+
+* frames come in through :meth:`GatewayLink.receive` with ``now``; what to
+  do comes back as a list of actions, to be carried out **in order** (a
+  ``Persist`` must be durable before the ``Transmit`` after it);
+* a device unknown to the gateway, a malformed frame, a bad tag, a stale
+  epoch or a replay produces ``Refused`` and nothing else: no plaintext of
+  such a frame ever leaves this module;
+* a handshake (HS1) is answered with HS2; the new session stays *pending*
+  beside the current one until the device's first valid DATA frame under
+  it, so a replayed HS1 cannot cut a working session off; a retransmitted
+  identical HS1 gets the identical HS2;
+* every uplink that carries a plaintext is answered at once (the device
+  listens right after it sends, then may sleep): with the next queued
+  command carrying the ACK, or with a pure ACK — followed by the unacked
+  command, resent byte for byte;
+* commands wait per device in a bounded queue (oldest dropped, reported)
+  until the device next sends: store and forward for sleeping devices;
+* uplink fragments are reassembled here; ``Deliver`` always carries a whole
+  compact message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from lowband.codecs import fragment as fragmentation
+from lowband.gateway.link import crypto
+from lowband.gateway.link.frames import TYPE_DATA, TYPE_HS1, TYPE_HS2, Frame, LinkFrameError, parse_frame
+from lowband.gateway.link.handshake import HandshakeError, Responder, SessionKeys
+
+UP, DOWN = 0, 1
+MAX_COMMANDS = 16
+
+
+@dataclass
+class Session:
+    """One handshake's keys and counters for one device."""
+
+    keys: SessionKeys
+    window: crypto.ReplayWindow = field(default_factory=crypto.ReplayWindow)
+    send: crypto.SendCounter = field(default_factory=crypto.SendCounter)
+    outstanding: tuple[int, bytes] | None = None  # (counter, frame bytes) of the unacked command
+
+    @property
+    def epoch(self) -> int:
+        """Session epoch (0–7)."""
+        return self.keys.epoch
+
+    @property
+    def session_id(self) -> str:
+        """A stable name for this session (never on the air): hash of its keys."""
+        return hashlib.sha256(self.keys.k_up + self.keys.k_down).hexdigest()[:16]
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able state for the database (keys included: keep the file private)."""
+        return {
+            "epoch": self.keys.epoch, "k_up": self.keys.k_up.hex(), "k_down": self.keys.k_down.hex(),
+            "window": self.window.to_state(), "send_limit": self.send.persisted_limit,
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Session:
+        """Rebuild a stored session; its send counter resumes at the stored limit."""
+        keys = SessionKeys(epoch=state["epoch"], k_up=bytes.fromhex(state["k_up"]), k_down=bytes.fromhex(state["k_down"]))
+        return cls(keys, crypto.ReplayWindow.from_state(state["window"]), crypto.SendCounter.resume(state["send_limit"]))
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    """What the gateway knows of a provisioned device."""
+
+    address: int
+    name: str
+    static_public: bytes
+
+
+# ----------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """Send these frame bytes to the device (serial: COBS-encode them first)."""
+
+    address: int
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Write this session state durably before carrying out the next actions."""
+
+    address: int
+    state: dict[str, Any] | None  # None: the device has no session (forget it)
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """A whole compact message from the device; ``message_id`` is unique per device forever."""
+
+    address: int
+    message_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    """The device proved a new session (its first valid DATA frame under it)."""
+
+    address: int
+    session_id: str
+
+
+@dataclass(frozen=True)
+class CommandAcked:
+    """The device acknowledged the command frame with this counter."""
+
+    address: int
+    counter: int
+
+
+@dataclass(frozen=True)
+class CommandDropped:
+    """A queued command was dropped (queue full); the room should be told."""
+
+    address: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A frame was refused; ``reason`` is a short code for counters and logs."""
+
+    address: int | None
+    reason: str
+
+
+Action = Transmit | Persist | Deliver | SessionStarted | CommandAcked | CommandDropped | Refused
+
+
+@dataclass
+class _Device:
+    entry: DeviceEntry
+    session: Session | None = None
+    pending: Session | None = None
+    last_hs: tuple[bytes, bytes, Session] | None = None  # (HS1 body, HS2 frame, pending session)
+    commands: deque[tuple[bytes, bool]] = field(default_factory=deque)  # (plaintext, is fragment)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class GatewayLink:
+    """All devices on one link, seen from the gateway."""
+
+    def __init__(self, static_private: bytes, *, mtu: int = 255, max_commands: int = MAX_COMMANDS) -> None:
+        self.static_private = static_private
+        self.mtu = mtu
+        self.max_commands = max_commands
+        self._devices: dict[int, _Device] = {}
+        self._reassembler = fragmentation.Reassembler(max_messages=8, max_message_bytes=4096, max_age=600.0)
+        self._fragment_ids: dict[int, int] = {}
+        self.refused: dict[str, int] = {}
+
+    # ------------------------------------------------------------ devices
+
+    def add_device(self, entry: DeviceEntry, session_state: dict[str, Any] | None = None) -> None:
+        """Register a device (and its stored session, if any)."""
+        device = _Device(entry)
+        if session_state is not None:
+            device.session = Session.from_state(session_state)
+        self._devices[entry.address] = device
+
+    def remove_device(self, address: int) -> None:
+        """Forget a revoked device: its frames are refused from now on."""
+        self._devices.pop(address, None)
+
+    def counters(self, address: int) -> dict[str, int]:
+        """Per-device counters of refused frames by reason."""
+        device = self._devices.get(address)
+        return dict(device.counters) if device else {}
+
+    def has_session(self, address: int) -> bool:
+        """Whether the device has a confirmed session."""
+        device = self._devices.get(address)
+        return bool(device and device.session)
+
+    # ----------------------------------------------------------- commands
+
+    def queue_command(self, address: int, payload: bytes) -> list[Action]:
+        """Queue a compact message for the device's next uplink; returns drops, if any.
+
+        Messages longer than the MTU allows are fragmented here.
+        """
+        device = self._devices.get(address)
+        if device is None:
+            raise KeyError(f"no device at address {address}")
+        room = self.mtu - 4 - crypto.TAG_LEN
+        if len(payload) <= room:
+            items = [(payload, False)]
+        else:
+            msg_id = self._fragment_ids.get(address, 0)
+            self._fragment_ids[address] = (msg_id + 1) % 256
+            items = [(piece, True) for piece in fragmentation.fragment(payload, msg_id, room)]
+        actions: list[Action] = []
+        for item in items:
+            if len(device.commands) >= self.max_commands:
+                dropped, _ = device.commands.popleft()
+                actions.append(CommandDropped(address, dropped))
+            device.commands.append(item)
+        return actions
+
+    def pending_commands(self, address: int) -> int:
+        """Commands waiting for the device (including an unacked one)."""
+        device = self._devices.get(address)
+        if device is None:
+            return 0
+        outstanding = 1 if device.session and device.session.outstanding else 0
+        return len(device.commands) + outstanding
+
+    # ------------------------------------------------------------ receive
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        """Handle one frame from the link."""
+        try:
+            frame = parse_frame(data)
+        except LinkFrameError:
+            return [self._refuse(None, "malformed")]
+        device = self._devices.get(frame.address)
+        if device is None:
+            return [self._refuse(frame.address, "unknown_device")]
+        if frame.type == TYPE_HS1:
+            return self._handshake(device, frame)
+        if frame.type == TYPE_HS2:
+            return [self._refuse(frame.address, "unexpected_hs2", device)]
+        return self._data(device, frame, now)
+
+    def _refuse(self, address: int | None, reason: str, device: _Device | None = None) -> Refused:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if device is not None:
+            device.counters[reason] = device.counters.get(reason, 0) + 1
+        return Refused(address, reason)
+
+    def _handshake(self, device: _Device, frame: Frame) -> list[Action]:
+        if device.last_hs is not None and device.last_hs[0] == frame.body:
+            return [Transmit(frame.address, device.last_hs[1])]  # HS2 was lost: same answer
+        responder = Responder(self.static_private, device.entry.static_public, frame.address, frame.epoch)
+        try:
+            message2, keys = responder.respond(frame.body)
+        except HandshakeError:
+            return [self._refuse(frame.address, "bad_handshake", device)]
+        pending = Session(keys)
+        hs2 = Frame(TYPE_HS2, frame.epoch, frame.address, message2).encode()
+        device.pending = pending
+        device.last_hs = (frame.body, hs2, pending)
+        return [Transmit(frame.address, hs2)]
+
+    def _data(self, device: _Device, frame: Frame, now: float) -> list[Action]:
+        actions: list[Action] = []
+        session, fresh = self._session_for(device, frame)
+        if session is None:
+            return [self._refuse(frame.address, "no_session", device)]
+        counter = session.window.candidate(frame.seq)
+        verdict = session.window.check(counter)
+        try:
+            plaintext = crypto.open_(session.keys.k_up, UP, counter, frame.aad, frame.body)
+        except crypto.TagError:
+            return [self._refuse(frame.address, "bad_tag", device)]
+        if fresh:  # the device proved the pending session: it replaces the old one
+            device.session, device.pending, device.last_hs = session, None, None
+            actions.append(SessionStarted(frame.address, session.session_id))
+        if verdict in ("new", "late"):
+            session.window.accept(counter)
+            if plaintext:
+                payload = self._reassemble(frame, plaintext, now)
+                if payload is not None:
+                    actions.append(Deliver(frame.address, f"{session.session_id}:{counter}", payload))
+        elif plaintext:
+            self._refuse(frame.address, "duplicate", device)  # counted; still acknowledged below
+        else:
+            return [self._refuse(frame.address, "replay", device)]
+        if frame.ack is not None and session.outstanding is not None:
+            sent_counter, _ = session.outstanding
+            if frame.ack == sent_counter & 0xFF:
+                session.outstanding = None
+                actions.append(CommandAcked(frame.address, sent_counter))
+        if plaintext:
+            actions += self._answer(device, session, counter)
+        else:
+            actions.append(Persist(frame.address, session.to_state()))
+        return actions
+
+    def _session_for(self, device: _Device, frame: Frame) -> tuple[Session | None, bool]:
+        if device.pending is not None and frame.epoch == device.pending.epoch:
+            if device.session is None or device.session.epoch != frame.epoch:
+                return device.pending, True
+            # Same epoch for old and pending (8 handshakes apart): try the pending one first.
+            try:
+                crypto.open_(device.pending.keys.k_up, UP, device.pending.window.candidate(frame.seq), frame.aad, frame.body)
+                return device.pending, True
+            except crypto.TagError:
+                pass
+        if device.session is not None and frame.epoch == device.session.epoch:
+            return device.session, False
+        return None, False
+
+    def _reassemble(self, frame: Frame, plaintext: bytes, now: float) -> bytes | None:
+        if not frame.frag:
+            return plaintext
+        return self._reassembler.feed(frame.address, plaintext, now)
+
+    def _answer(self, device: _Device, session: Session, acked: int) -> list[Action]:
+        actions: list[Action] = []
+        frames: list[bytes] = []
+        if session.outstanding is None and device.commands:
+            plaintext, frag = device.commands.popleft()
+            counter = self._next_counter(session)
+            frame = self._seal(device, session, counter, acked, plaintext, frag)
+            session.outstanding = (counter, frame)
+            frames.append(frame)
+        else:
+            counter = self._next_counter(session)
+            frames.append(self._seal(device, session, counter, acked, b"", False))
+            if session.outstanding is not None:
+                frames.append(session.outstanding[1])
+        actions.append(Persist(device.entry.address, session.to_state()))
+        actions += [Transmit(device.entry.address, f) for f in frames]
+        return actions
+
+    def _next_counter(self, session: Session) -> int:
+        # The Persist action that follows carries the reserved limit; the
+        # runtime writes it before it transmits (crypto.SendCounter's protocol).
+        if session.send.needs_block():
+            session.send.reserve_block()
+        return session.send.next()
+
+    def _seal(self, device: _Device, session: Session, counter: int, acked: int, plaintext: bytes, frag: bool) -> bytes:
+        shell = Frame(TYPE_DATA, session.epoch, device.entry.address, b"", seq=counter & 0xFF, ack=acked & 0xFF, frag=frag)
+        return shell.aad + crypto.seal(session.keys.k_down, DOWN, counter, shell.aad, plaintext)
+
+
+__all__ = [
+    "Action", "CommandAcked", "CommandDropped", "Deliver", "DeviceEntry", "GatewayLink", "Persist", "Refused",
+    "Session", "SessionStarted", "Transmit",
+]  # fmt: skip

@@ -1,0 +1,394 @@
+"""Links at run time: serial transports, the link cores, rooms.
+
+One :class:`LinkRuntime` per gateway. It
+
+* keeps one transport per distinct ``link`` of the provisioned devices
+  (``serial:/dev/ttyUSB0?bps=100``), reopening a port that disappears;
+* feeds received frames to that link's :class:`GatewayLink` and carries out
+  the actions in order — a ``Persist`` is durable before the ``Transmit``
+  after it, and a reading's room event is committed before its
+  acknowledgement goes out, so nothing acknowledged is lost;
+* turns readings into room events sent as the device's Matrix user (the
+  link's message ID is the transaction ID, so a replay after a crash never
+  makes a second event);
+* watches the rooms for commands: ``!NAME text`` from a member whose power
+  level reaches the room's ``org.lowband.command`` level (default 50)
+  queues ``text`` for device NAME, delivered at its next uplink;
+* joins each device's user to its rooms, posts a notice when a device joins
+  a room or gets a new key, and picks up ``lowband device`` changes within
+  :data:`RECONCILE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from lowband.codecs import compact
+from lowband.codecs.context import Context, parse_context
+from lowband.codecs.errors import WireError
+from lowband.gateway.errors import MatrixError
+from lowband.gateway.link import gateway_core as core
+from lowband.gateway.link.frames import SerialFramer, serial_encode
+from lowband.gateway.link.registry import DeviceRecord, Registry, fingerprint, load_or_create_link_key
+from lowband.gateway.rooms import Sent
+
+log = logging.getLogger("lowband.link")
+RECONCILE_SECONDS = 2.0
+COMMAND_LEVEL_KEY = "org.lowband.command"
+
+
+def parse_link(spec: str) -> tuple[str, str, dict[str, str]]:
+    """``serial:/dev/ttyUSB0?bps=100`` → ("serial", "/dev/ttyUSB0", {"bps": "100"})."""
+    kind, _, rest = spec.partition(":")
+    path, _, query = rest.partition("?")
+    return kind, path, {k: v[-1] for k, v in parse_qs(query).items()}
+
+
+class SerialTransport:
+    """A serial port (or pty) read through the event loop; reopened when it disappears."""
+
+    def __init__(self, path: str, bps: int, on_bytes: Any) -> None:
+        self.path = path
+        self.bps = bps
+        self.on_bytes = on_bytes
+        self._port: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        """Open the port now or keep trying in the background."""
+        self._task = asyncio.create_task(self._keep_open())
+
+    async def _keep_open(self) -> None:
+        import serial  # pyserial
+
+        delay = 0.2
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            if self._port is None:
+                try:
+                    self._port = serial.Serial(self.path, baudrate=self.bps if self.bps >= 50 else 9600, timeout=0)
+                    loop.add_reader(self._port.fileno(), self._readable)
+                    self.connected.set()
+                    log.info("link %s open", self.path)
+                    delay = 0.2
+                except (OSError, serial.SerialException) as exc:
+                    log.debug("cannot open %s yet: %s", self.path, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+            await asyncio.sleep(1.0)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._port.fileno(), 4096)
+        except OSError as exc:
+            data, error = b"", exc
+        else:
+            error = None
+        if not data:
+            log.warning("link %s went away (%s); reopening", self.path, error or "end of file")
+            self._drop()
+            return
+        self.on_bytes(data)
+
+    def _drop(self) -> None:
+        if self._port is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._port.fileno())
+            except (ValueError, OSError):
+                pass
+            try:
+                self._port.close()
+            except OSError:
+                pass
+        self._port = None
+        self.connected.clear()
+
+    def write(self, data: bytes) -> None:
+        """Send bytes (dropped with a log line while the port is closed; the ARQ resends)."""
+        if self._port is None:
+            log.info("link %s closed; %d bytes not sent", self.path, len(data))
+            return
+        try:
+            os.write(self._port.fileno(), data)
+        except OSError as exc:
+            log.warning("write to %s failed: %s", self.path, exc)
+            self._drop()
+
+    async def close(self) -> None:
+        """Stop reopening and close the port."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._drop()
+
+
+@dataclass
+class _Link:
+    spec: str
+    core: core.GatewayLink
+    transport: SerialTransport
+    framer: SerialFramer = field(default_factory=SerialFramer)
+    queue: asyncio.Queue[list[Any]] = field(default_factory=asyncio.Queue)
+    worker: asyncio.Task[None] | None = None
+
+
+class LinkRuntime:
+    """Every link of the gateway and the devices on them."""
+
+    def __init__(self, services: Any, registry: Registry) -> None:
+        self.services = services
+        self.registry = registry
+        self.key = load_or_create_link_key(services.config.data_dir / "link.key")
+        self.links: dict[str, _Link] = {}
+        self.devices: dict[str, DeviceRecord] = {}
+        self.contexts: dict[str, Context] = {}
+        self._version: tuple[int, int, int] | None = None
+        self._reconciler: asyncio.Task[None] | None = None
+        self.stats: dict[str, int] = {}
+
+    # ------------------------------------------------------------- life
+
+    async def start(self) -> None:
+        """Reconcile once, then keep watching the registry; listen to the rooms."""
+        self.services.rooms.add_listener(self._on_room_event)
+        await self.reconcile()
+        self._reconciler = asyncio.create_task(self._reconcile_loop())
+
+    async def stop(self) -> None:
+        """Stop the workers and close every port."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+        for link in self.links.values():
+            if link.worker is not None:
+                link.worker.cancel()
+            await link.transport.close()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_SECONDS)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("device reconciliation failed; retrying")
+
+    async def reconcile(self) -> None:
+        """Bring links, users, memberships and notices in line with the registry."""
+        version = self.registry.version()
+        pending = [r for r in self.devices.values() if not self._settled(r)]
+        if version == self._version and not pending:
+            return
+        self._version = version
+        records = self.registry.devices(include_revoked=True)
+        for record in records:
+            if record.revoked:
+                await self._retire(record)
+                continue
+            known = self.devices.get(record.name)
+            link = self._link_for(record.link)
+            if known is None or known.key_ts != record.key_ts:
+                if known is not None and known.link in self.links:
+                    self.links[known.link].core.remove_device(known.address)
+                link.core.add_device(
+                    core.DeviceEntry(record.address, record.name, record.static_public),
+                    self.registry.session_state(record.name, record.key_ts),
+                )
+                self.contexts[record.name] = parse_context(record.context)
+                self.devices[record.name] = record
+            await self._join_rooms(record)
+
+    def _settled(self, record: DeviceRecord) -> bool:
+        return all(self.services.store.membership(r, record.user_id) == "join" for r in record.rooms)
+
+    def _link_for(self, spec: str) -> _Link:
+        link = self.links.get(spec)
+        if link is not None:
+            return link
+        kind, path, query = parse_link(spec)
+        bps = int(query.get("bps", "9600"))
+        mtu = int(query.get("mtu", "255"))
+        holder: dict[str, _Link] = {}
+        transport = SerialTransport(path, bps, lambda data: self._on_bytes(holder["link"], data))
+        link = _Link(spec, core.GatewayLink(self.key, mtu=mtu), transport)
+        holder["link"] = link
+        self.links[spec] = link
+        link.worker = asyncio.create_task(self._work(link))
+        transport.start()
+        log.info("link %s (%s) watching %s", spec, kind, path)
+        return link
+
+    async def _retire(self, record: DeviceRecord) -> None:
+        known = self.devices.pop(record.name, None)
+        if known is not None and known.link in self.links:
+            self.links[known.link].core.remove_device(known.address)
+            log.info("device %s revoked: its frames are refused", record.name)
+            for room_id in known.rooms:
+                if self.services.store.membership(room_id, record.user_id) == "join":
+                    await self._notice(record.user_id, room_id, f"Device {record.name} was revoked and leaves the room.")
+                    await self.services.rooms.set_membership(record.user_id, room_id, record.user_id, "leave")
+
+    async def _join_rooms(self, record: DeviceRecord) -> None:
+        store = self.services.store
+        if store.get_user(record.user_id) is None:
+            from lowband.gateway.http.base import hash_password
+            from lowband.gateway.store.sqlite_store import UserExists
+
+            try:  # a device user never logs in with a password
+                await store.create_user(record.user_id, hash_password(secrets.token_urlsafe(32)), False,
+                                        int(time.time() * 1000))  # fmt: skip
+            except UserExists:
+                pass
+        for room_id in record.rooms:
+            if store.membership(room_id, record.user_id) != "join":
+                try:
+                    await self.services.rooms.set_membership(record.user_id, room_id, record.user_id, "join")
+                except MatrixError as exc:
+                    log.warning("device %s cannot join %s yet (%s): invite %s to the room", record.name, room_id,
+                                exc.message, record.user_id)  # fmt: skip
+                    continue
+            if not self.registry.announced(record.name, room_id, record.key_ts):
+                what = "joined this room" if record.key_ts == record.created_ts else "has a NEW link key"
+                await self._notice(record.user_id, room_id,
+                                   f"Device {record.name} {what}: link address {record.address} on {record.link}, "
+                                   f"key fingerprint {fingerprint(record.static_public)}.")  # fmt: skip
+                await self.registry.mark_announced(record.name, room_id, record.key_ts)
+
+    async def _notice(self, sender: str, room_id: str, text: str) -> None:
+        try:
+            await self.services.rooms.send(sender, room_id, "m.room.message", {"msgtype": "m.notice", "body": text})
+        except MatrixError as exc:
+            log.warning("cannot post a notice in %s: %s", room_id, exc.message)
+
+    # ------------------------------------------------------------- frames
+
+    def _on_bytes(self, link: _Link, data: bytes) -> None:
+        now = time.monotonic()
+        for frame in link.framer.feed(data):
+            actions = link.core.receive(frame, now)
+            if actions:
+                link.queue.put_nowait(actions)
+
+    async def _work(self, link: _Link) -> None:
+        while True:
+            actions = await link.queue.get()
+            for action in actions:
+                try:
+                    await self._carry_out(link, action)
+                except Exception:
+                    log.exception("link %s: %s failed", link.spec, type(action).__name__)
+
+    def _device_at(self, link: _Link, address: int) -> DeviceRecord | None:
+        for record in self.devices.values():
+            if record.address == address and record.link == link.spec:
+                return record
+        return None
+
+    async def _carry_out(self, link: _Link, action: Any) -> None:
+        record = self._device_at(link, getattr(action, "address", -1) or -1)
+        if isinstance(action, core.Transmit):
+            link.transport.write(serial_encode(action.frame))
+        elif isinstance(action, core.Persist) and record is not None:
+            await self.registry.save_session(record.name, record.key_ts, action.state)
+        elif isinstance(action, core.Deliver) and record is not None:
+            await self._uplink(record, action)
+        elif isinstance(action, core.Refused):
+            self._count(f"refused_{action.reason}")
+            log.info("link %s: refused a frame from address %s: %s", link.spec, action.address, action.reason)
+        elif isinstance(action, core.SessionStarted) and record is not None:
+            log.info("device %s: new link session %s", record.name, action.session_id)
+        elif isinstance(action, core.CommandAcked) and record is not None:
+            self._count("commands_acked")
+            log.info("device %s acknowledged a command", record.name)
+        elif isinstance(action, core.CommandDropped) and record is not None:
+            await self._notice(record.user_id, record.rooms[0],
+                               f"Device {record.name} has too many waiting commands; the oldest was dropped.")  # fmt: skip
+
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    async def _uplink(self, record: DeviceRecord, action: core.Deliver) -> None:
+        ctx = self.contexts[record.name]
+        try:
+            form = compact.decode_form(action.payload, ctx)
+            if form.kind != compact.KIND_GENERIC and form.sender != 0:
+                raise WireError("a device may only speak as itself")
+            event = compact.expand(form, ctx, int(time.time() * 1000))
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not isinstance(event.get("content"), dict):
+                raise WireError("a generic message from a device must be an event with type and content")
+        except WireError as exc:
+            self._count("refused_payload")
+            log.warning("device %s sent an unusable message: %s", record.name, exc)
+            return
+        room_id = event.get("room_id", ctx.rooms[0])
+        if room_id not in record.rooms:
+            self._count("refused_room")
+            log.warning("device %s may not post to %s", record.name, room_id)
+            return
+        ts = event.get("origin_server_ts")
+        try:
+            await self.services.rooms.send(
+                record.user_id, room_id, event["type"], event["content"],
+                txn=(record.user_id, "link", action.message_id), origin_server_ts=ts if isinstance(ts, int) else None,
+            )  # fmt: skip
+            self._count("readings")
+        except MatrixError as exc:
+            self._count("refused_room_event")
+            log.warning("device %s: room refused the event: %s", record.name, exc.message)
+
+    # ------------------------------------------------------------- commands
+
+    def _on_room_event(self, sent: Sent) -> None:
+        event = sent.event
+        if event.type != "m.room.message" or event.sender.startswith("@dev."):
+            return
+        body = event.content.get("body")
+        if not isinstance(body, str) or not body.startswith("!"):
+            return
+        name, _, text = body[1:].partition(" ")
+        name = name.removeprefix("dev.")
+        record = self.devices.get(name)
+        if record is None or event.room_id not in record.rooms or not text.strip():
+            return
+        rooms = self.services.rooms
+        levels = rooms.state_event(event.room_id, "m.room.power_levels")
+        needed = 50
+        if levels is not None:
+            value = (levels.content.get("events") or {}).get(COMMAND_LEVEL_KEY, 50)
+            needed = value if isinstance(value, int) else 50
+        if rooms.power_level(event.room_id, event.sender) < needed:
+            log.info("%s may not command %s (power level below %d)", event.sender, name, needed)
+            asyncio.ensure_future(self._notice(record.user_id, event.room_id,
+                                               f"{event.sender} may not command {name} (needs power level {needed})."))  # fmt: skip
+            return
+        ctx = self.contexts[name]
+        room_index = ctx.rooms.index(event.room_id) if event.room_id in ctx.rooms else 0
+        payload = compact.encode_form(compact.CompactForm(kind=compact.KIND_TEXT, room=room_index, body=text.strip()), ctx)
+        link = self.links.get(record.link)
+        if link is None:
+            return
+        drops = link.core.queue_command(record.address, payload)
+        if drops:
+            link.queue.put_nowait(drops)
+        self._count("commands_queued")
+        log.info("command for %s queued by %s (%d waiting)", name, event.sender, link.core.pending_commands(record.address))
+
+
+async def start_links(services: Any) -> Any:
+    """Component entry (see gateway/server.py); also watches for the first `lowband device add`."""
+    runtime = LinkRuntime(services, Registry(services.store.db))
+    services.links = runtime
+    await runtime.start()
+    return runtime.stop
