@@ -13,13 +13,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lowband.gateway import bench_homeserver, bench_wire
+from lowband.gateway import bench_homeserver, bench_link, bench_wire
 
 Runner = Callable[..., tuple[dict[str, Any], str]]
 
 #: name → (one-line description, function, names of the options it takes).
 BENCHMARKS: dict[str, tuple[str, Runner, tuple[str, ...]]] = {
     "wire": ("bytes per event in each encoding (HTTP+JSON, MSC3079, compact, framed)", bench_wire.run, ()),
+    "link": ("bytes on the air, handshake, goodput and reading-to-sync latency at 100 bps, LoRa airtime",
+             bench_link.run, ()),
     "homeserver": (
         "sends/s, send-to-sync latency and memory, side by side with a real Synapse",
         bench_homeserver.run,
