@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lowband.gateway.link.device_core import DeviceLink
+from lowband.gateway.link.device_core import DeviceLink, rto_for_bps
 from lowband.gateway.link.frames import serial_encode
 from lowband.gateway.link.gateway_core import Deliver, DeviceEntry, GatewayLink, Transmit
 from lowband.gateway.link.handshake import generate_keypair
@@ -46,12 +46,12 @@ ANCHORS = {"lorawan_overhead_bytes": 13, "lorawan_mic_bits": 32, "noise_xx_hands
            "edhoc_static_dh_bytes": 101}  # fmt: skip
 
 
-def _pair(mtu: int = 255) -> tuple[GatewayLink, DeviceLink]:
+def _pair(mtu: int = 255, bps: float = 100.0) -> tuple[GatewayLink, DeviceLink]:
     gw_private, gw_public = generate_keypair()
     dev_private, dev_public = generate_keypair()
     gateway = GatewayLink(gw_private, mtu=mtu)
     gateway.add_device(DeviceEntry(7, "bench", dev_public))
-    return gateway, DeviceLink(7, dev_private, gw_public, rto=10.0, mtu=mtu)
+    return gateway, DeviceLink(7, dev_private, gw_public, rto=rto_for_bps(bps), mtu=mtu)
 
 
 def frame_sizes() -> dict[str, int]:
@@ -72,7 +72,7 @@ def frame_sizes() -> dict[str, int]:
 
 def simulated_goodput(bps: float = 100.0, readings: int = 20) -> dict[str, float]:
     """Payload bits per second through the real cores over a LinkModel, in simulated time."""
-    gateway, device = _pair()
+    gateway, device = _pair(bps=bps)
     model = LinkModel(bps, seed=1)
     now, delivered, start = 0.0, 0, None
     from lowband.gateway.link.frames import SerialFramer
@@ -145,7 +145,7 @@ async def _latency(bps: int, rounds: int) -> list[float]:
                                           channel=None, data_dir=str(Path(tmp) / "data"), out=None, rekey=False)  # fmt: skip
                 with contextlib.redirect_stdout(io.StringIO()):
                     run_add(args)
-                device = ScriptedDevice(Path(tmp) / "data" / "devices" / "bench.json", link.path_b, rto=30.0)
+                device = ScriptedDevice(Path(tmp) / "data" / "devices" / "bench.json", link.path_b, rto=rto_for_bps(bps))
                 await device.start()
                 since = (await call("GET", "/sync?timeout=0", token=token))["next_batch"]
                 device.publish_text("hello")  # the handshake and the join happen first

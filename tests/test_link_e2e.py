@@ -17,6 +17,7 @@ import nio
 import pytest
 
 from harness import LOWBAND, gateway_in_loop
+from lowband.gateway.link.device_core import rto_for_bps
 from lowband.sim.device_peer import ScriptedDevice
 from lowband.sim.pty_link import PtyLink
 
@@ -24,8 +25,7 @@ READING_BODY = "temperature 21.5 Cel, humidity 40 %RH, battery 3.70 V"
 
 
 def rto_for(bps: float) -> float:
-    """Retransmission timeout: a reading out, the gateway's answer and a command back, with margin."""
-    return max(0.3, 1.5 * (23 + 14 + 40) * 10 / bps)
+    return rto_for_bps(bps)
 
 
 async def _client(base: str, name: str) -> nio.AsyncClient:

@@ -33,6 +33,16 @@ from lowband.gateway.link.handshake import HandshakeError, Initiator, SessionKey
 UP, DOWN = 0, 1
 
 
+def rto_for_bps(bps: float, bits_per_byte: int = 10) -> float:
+    """A base retransmission timeout for a line of ``bps``.
+
+    Covers the longest exchange without a retransmission racing its own
+    answer: a 52-byte handshake frame out and its 52-byte answer back, plus
+    half again for turnaround and processing.
+    """
+    return max(0.2, 1.5 * (52 + 52) * bits_per_byte / bps)
+
+
 @dataclass
 class DeviceEvent:
     """Something :meth:`DeviceLink.receive` noticed: kind is command, acked, session or refused."""
