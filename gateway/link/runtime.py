@@ -140,7 +140,7 @@ class SerialTransport:
 class _Link:
     spec: str
     core: core.GatewayLink
-    transport: SerialTransport
+    transport: Any  # SerialTransport or LoRaModemTransport
     framer: SerialFramer = field(default_factory=SerialFramer)
     queue: asyncio.Queue[list[Any]] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
@@ -219,9 +219,15 @@ class LinkRuntime:
             return link
         kind, path, query = parse_link(spec)
         bps = int(query.get("bps", "9600"))
-        mtu = int(query.get("mtu", "255"))
+        mtu = int(query.get("mtu", "253"))
         holder: dict[str, _Link] = {}
-        transport = SerialTransport(path, bps, lambda data: self._on_bytes(holder["link"], data))
+        transport: Any = SerialTransport(path, bps, lambda data: self._on_bytes(holder["link"], data))
+        if kind == "lora":  # a transparent UART modem: same frames, within the duty cycle
+            from lowband.gateway.link.lora_modem import LoRaModemTransport, scheduler_for
+
+            scheduler = scheduler_for(query)
+            transport = LoRaModemTransport(transport, scheduler)
+            mtu = min(mtu, scheduler.mtu)
         link = _Link(spec, core.GatewayLink(self.key, mtu=mtu), transport)
         holder["link"] = link
         self.links[spec] = link
