@@ -114,3 +114,53 @@ def test_lossy_line_every_reading_exactly_once(tmp_path, seed):
     readings = [e["content"]["org.lowband.senml"][0]["v"] for e in history if "org.lowband.senml" in e["content"]]
     assert sorted(readings) == sorted([215 + i for i in range(12)] + [300])  # each once, none corrupted
     assert device.commands == ["led on"]
+
+
+def test_port_that_disappears_is_reopened_and_forged_frames_never_reach_the_room(tmp_path):
+    """The gateway's port is a symlink; the line is cut (the pty vanishes) and comes back on a new pty."""
+    import os
+
+    from lowband.gateway.link.frames import serial_encode
+
+    port = tmp_path / "ttyLINK"
+
+    async def scenario() -> tuple[list[dict], ScriptedDevice]:
+        async with gateway_in_loop(tmp_path) as base:
+            alice = await _client(base, "alice")
+            try:
+                created = await alice.room_create(alias="sensors", preset=nio.RoomPreset.public_chat)
+                room_id = created.room_id
+                first = PtyLink(bps=19200, seed=5).start()
+                os.symlink(first.path_a, port)
+                config = _provision(tmp_path / "data", str(port), 19200)
+                device = ScriptedDevice(config, first.path_b, rto=rto_for(19200))
+                await device.start()
+                device.publish_reading([(0, 1), (1, 40), (2, 370)])
+                await _wait_for_body(alice, room_id, lambda s, b: b.startswith("temperature 0.1 Cel"), 30)
+                # An attacker on the line: a frame with a forged tag, and garbage.
+                with open(first.path_b, "wb", buffering=0) as line:
+                    line.write(b"\x13\x37" + serial_encode(bytes([0x41, config["address"], 9]) + bytes(18)))
+                await device.stop()
+                first.stop()  # the cable is pulled: the gateway's reads fail
+                os.unlink(port)
+                await asyncio.sleep(1.0)
+                second = PtyLink(bps=19200, seed=6).start()
+                try:
+                    os.symlink(second.path_a, port)
+                    device = ScriptedDevice(config, second.path_b, rto=rto_for(19200))  # it lost its session too
+                    await device.start()
+                    device.publish_reading([(0, 2), (1, 40), (2, 370)])
+                    await _wait_for_body(alice, room_id, lambda s, b: b.startswith("temperature 0.2 Cel"), 60)
+                    await device.stop()
+                finally:
+                    second.stop()
+                history = await alice.room_messages(room_id, start="", limit=100)
+                return [e.source for e in history.chunk], device
+            finally:
+                await alice.close()
+
+    events, _ = asyncio.run(asyncio.wait_for(scenario(), 180))
+    bodies = [e["content"].get("body", "") for e in events if e.get("type") == "m.room.message"]
+    readings = [b for b in bodies if b.startswith("temperature")]
+    assert sorted(readings) == ["temperature 0.1 Cel, humidity 40 %RH, battery 3.70 V",
+                                "temperature 0.2 Cel, humidity 40 %RH, battery 3.70 V"]  # fmt: skip
