@@ -138,7 +138,28 @@ def prologue(address: int, epoch: int) -> bytes:
     return PROLOGUE_PREFIX + bytes([address, epoch])
 
 
-class Initiator:
+class _Party:
+    """What both sides keep: checked keys, prologue, address, epoch, ephemeral key."""
+
+    def __init__(
+        self, static_private: bytes, peer_static_public: bytes, address: int, epoch: int,
+        ephemeral_private: bytes | None,
+    ) -> None:  # fmt: skip
+        _check_key(static_private, "static private key")
+        _check_key(peer_static_public, "peer static public key")
+        _check_epoch(epoch)
+        self._prologue = prologue(address, epoch)
+        self._static_private = bytes(static_private)
+        self._peer_static_public = bytes(peer_static_public)
+        self.address = address
+        self.epoch = epoch
+        if ephemeral_private is None:
+            ephemeral_private = generate_keypair()[0]
+        _check_key(ephemeral_private, "ephemeral private key")
+        self._ephemeral_private: bytes | None = bytes(ephemeral_private)
+
+
+class Initiator(_Party):
     """The device's side of the handshake.
 
     ``ephemeral_private`` fixes the ephemeral key (golden vectors and tests
@@ -155,18 +176,7 @@ class Initiator:
         epoch: int,
         ephemeral_private: bytes | None = None,
     ) -> None:
-        _check_key(static_private, "static private key")
-        _check_key(responder_static_public, "responder static public key")
-        _check_epoch(epoch)
-        self._prologue = prologue(address, epoch)
-        self._static_private = bytes(static_private)
-        self._peer_static_public = bytes(responder_static_public)
-        self.address = address
-        self.epoch = epoch
-        if ephemeral_private is None:
-            ephemeral_private = generate_keypair()[0]
-        _check_key(ephemeral_private, "ephemeral private key")
-        self._ephemeral_private: bytes | None = bytes(ephemeral_private)
+        _Party.__init__(self, static_private, responder_static_public, address, epoch, ephemeral_private)
         connection = self._start()
         self._message1 = bytes(connection.write_message(b""))
         self._completed: tuple[bytes, SessionKeys] | None = None
@@ -221,7 +231,7 @@ class Initiator:
         )
 
 
-class Responder:
+class Responder(_Party):
     """The gateway's side of the handshake, one object per new HS1.
 
     Arguments as for :class:`Initiator`, with the device's static public key.
@@ -236,18 +246,7 @@ class Responder:
         epoch: int,
         ephemeral_private: bytes | None = None,
     ) -> None:
-        _check_key(static_private, "static private key")
-        _check_key(initiator_static_public, "initiator static public key")
-        _check_epoch(epoch)
-        self._prologue = prologue(address, epoch)
-        self._static_private = bytes(static_private)
-        self._peer_static_public = bytes(initiator_static_public)
-        self.address = address
-        self.epoch = epoch
-        if ephemeral_private is None:
-            ephemeral_private = generate_keypair()[0]
-        _check_key(ephemeral_private, "ephemeral private key")
-        self._ephemeral_private: bytes | None = bytes(ephemeral_private)
+        _Party.__init__(self, static_private, initiator_static_public, address, epoch, ephemeral_private)
         self._completed: tuple[bytes, bytes, SessionKeys] | None = None
 
     @property
