@@ -11,10 +11,10 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 
 from aiohttp import web
 
+from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.http.app import make_app
 from lowband.gateway.http.base import Services
@@ -117,9 +117,7 @@ async def run_gateway(config: Config, started: asyncio.Event | None = None, stop
                 await stopper()
             except Exception:
                 log.exception("a component failed to stop cleanly")
-        expiry.cancel()
-        with suppress(asyncio.CancelledError):
-            await expiry
+        await cancel_and_wait(expiry)
         await runner.cleanup()
         services.store.close()
         if stop is None:

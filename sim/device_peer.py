@@ -24,6 +24,7 @@ from typing import Any
 
 from lowband.codecs import compact
 from lowband.codecs.context import parse_context
+from lowband.gateway.aio import cancel_and_wait, wait_until
 from lowband.gateway.link.device_core import DeviceLink
 from lowband.gateway.link.frames import SerialFramer, serial_encode
 
@@ -92,22 +93,11 @@ class ScriptedDevice:
             for frame in self.link.poll(time.monotonic()):
                 os.write(self._fd, serial_encode(frame))
                 self.sent_frames += 1
-            deadline = self.link.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout if timeout is None or timeout > 0 else 0.001)
-            except TimeoutError:
-                pass
+            await wait_until(self._wake, self.link.next_deadline())  # the link's clock is time.monotonic()
 
     async def stop(self) -> None:
         """Stop and close the port."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self._fd is not None:
             asyncio.get_running_loop().remove_reader(self._fd)
             self._port.close()

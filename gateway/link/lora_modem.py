@@ -24,6 +24,7 @@ import time
 from collections import deque
 from typing import Any
 
+from lowband.gateway.aio import cancel_and_wait, wait_until
 from lowband.hardware.lora import DutyCycleBudget
 from lowband.hardware.radio import Region, load_region
 
@@ -108,22 +109,11 @@ class LoRaModemTransport:
             now = time.monotonic()
             for packet in self.scheduler.pop_due(now):
                 self.serial.write(packet)
-            deadline = self.scheduler.next_deadline(time.monotonic())
-            self._wake.clear()
-            timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+            await wait_until(self._wake, self.scheduler.next_deadline(time.monotonic()))
 
     async def close(self) -> None:
         """Stop sending and close the port."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self.serial.close()
 
 

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs
 from lowband.codecs import compact
 from lowband.codecs.context import Context, parse_context
 from lowband.codecs.errors import WireError
+from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.errors import MatrixError
 from lowband.gateway.link import gateway_core as core
 from lowband.gateway.link.frames import SerialFramer, serial_encode
@@ -127,12 +128,7 @@ class SerialTransport:
     async def close(self) -> None:
         """Stop reopening and close the port."""
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         self._drop()
 
 
