@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lowband.gateway import bench_homeserver, bench_link, bench_wire
+from lowband.gateway import bench_homeserver, bench_link, bench_mqtt, bench_wire
 
 Runner = Callable[..., tuple[dict[str, Any], str]]
 
@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, tuple[str, Runner, tuple[str, ...]]] = {
     "wire": ("bytes per event in each encoding (HTTP+JSON, MSC3079, compact, framed)", bench_wire.run, ()),
     "link": ("bytes on the air, handshake, goodput and reading-to-sync latency at 100 bps, LoRa airtime",
              bench_link.run, ()),
+    "mqtt": ("MQTT to room events/s, durable, against raw Mosquitto QoS 1 in the same run; lost and duplicated",
+             bench_mqtt.run, ("messages", "seconds")),
     "homeserver": (
         "sends/s, send-to-sync latency and memory, side by side with a real Synapse",
         bench_homeserver.run,
@@ -41,8 +43,8 @@ def register(subparsers: Any) -> None:
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     bench.add_argument("--only", choices=("lowband", "synapse"), help="homeserver: measure one server only")
-    bench.add_argument("--messages", type=int, help="homeserver: at most this many sends per phase")
-    bench.add_argument("--seconds", type=float, help="homeserver: at most this long per phase")
+    bench.add_argument("--messages", type=int, help="homeserver, mqtt: how many messages (homeserver: per phase)")
+    bench.add_argument("--seconds", type=float, help="homeserver, mqtt: at most this long (homeserver: per phase)")
     bench.add_argument("--latency-rounds", type=int, help="homeserver: send-to-sync samples")
     bench.set_defaults(handler=run)
 

@@ -248,8 +248,16 @@ class RoomService:
             if redacts is not None:
                 self._check_redaction(event, state)
             position, committed = self._queue(head, state, event, txn)
+        stored = asyncio.ensure_future(committed)
         try:
-            await committed
+            # Shielded: a client that hangs up must not make us forget an
+            # event that still commits (the head already builds on it).
+            await asyncio.shield(stored)
+        except asyncio.CancelledError:
+            stored.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() else self._announce(Sent(event, position))
+            )
+            raise
         except BaseException:
             log.exception("event %s was not stored; reloading room %s", event.event_id, room_id)
             self._heads.pop(room_id, None)

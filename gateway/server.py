@@ -18,6 +18,7 @@ from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.http.app import make_app
 from lowband.gateway.http.base import Services
+from lowband.gateway.bridges.mqtt_bridge import start_mqtt
 from lowband.gateway.link.runtime import start_links
 from lowband.gateway.notifier import Notifier
 from lowband.gateway.rooms import RoomService
@@ -32,7 +33,7 @@ log = logging.getLogger("lowband")
 #: returns an ``async stop()`` (or None when the config does not enable it).
 #: Each validates its own config section and raises ConfigError.
 Component = Callable[[Services], Awaitable[Callable[[], Awaitable[None]] | None]]
-COMPONENTS: list[Component] = [start_links]
+COMPONENTS: list[Component] = [start_links, start_mqtt]
 
 
 def claim_data_dir(config: Config) -> None:

@@ -35,7 +35,7 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(f"gateway exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -73,8 +73,13 @@ class GatewayProcess:
             path = self.data_dir.parent / f"{self.data_dir.name}.toml"
             path.write_text(self.config_text)
             args += ["--config", str(path)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_http(self.url + "/_matrix/client/versions", timeout, self.proc)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-gateway.log"
+        with open(self.log_path, "ab") as log:  # a file, not a pipe nobody reads: a chatty gateway never blocks
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_http(self.url + "/_matrix/client/versions", timeout, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; log: {self.log_path.read_text()[-2000:]}") from None
         return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
@@ -89,8 +94,6 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout)
-        if proc.stderr:
-            proc.stderr.close()
         return proc.returncode
 
     def kill(self) -> None:
@@ -98,8 +101,6 @@ class GatewayProcess:
         if self.proc is not None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(15)
-            if self.proc.stderr:
-                self.proc.stderr.close()
             self.proc = None
 
     def __enter__(self) -> GatewayProcess:

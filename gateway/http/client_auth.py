@@ -15,6 +15,7 @@ from lowband.gateway.http.base import (
     CLIENT, authenticate, check_password, get_str, hash_password, json_body, new_device_id, new_token, ok,
     rate_limit, services,
 )  # fmt: skip
+from lowband.gateway.bridges.mqtt_config import reserved_localpart
 from lowband.gateway.store.sqlite_store import UserExists
 
 SPEC_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"]
@@ -116,6 +117,8 @@ async def register(request: web.Request) -> web.Response:
     if len(password) > 512:
         raise bad_json("password too long")
     user_id = user_id_for(username, svc.server_name)
+    if reserved_localpart(svc.config.components, username):
+        raise MatrixError(400, "M_EXCLUSIVE", f"{user_id} is reserved for the MQTT bridge")
     try:
         password_hash = await asyncio.to_thread(hash_password, password)
         await svc.store.create_user(user_id, password_hash, False, int(time.time() * 1000))
@@ -129,7 +132,10 @@ async def register(request: web.Request) -> web.Response:
 async def register_available(request: web.Request) -> web.Response:
     """GET /register/available?username=."""
     svc = services(request)
-    user_id = user_id_for(request.query.get("username", ""), svc.server_name)
+    username = request.query.get("username", "")
+    user_id = user_id_for(username, svc.server_name)
+    if reserved_localpart(svc.config.components, username):
+        raise MatrixError(400, "M_EXCLUSIVE", f"{user_id} is reserved for the MQTT bridge")
     if svc.store.get_user(user_id) is not None:
         raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is taken")
     return ok({"available": True})

@@ -99,6 +99,9 @@ class Database:
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         results: list[tuple[Future[Any], bool, Any]] = []
+        # A caller may have given up waiting (its future was cancelled): the
+        # job still runs, in order, but nobody is told its result.
+        alive = {id(future): future.set_running_or_notify_cancel() for _, future in batch}
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future in batch:
@@ -119,10 +122,12 @@ class Database:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for _, future in batch:
-                if not future.done():
+                if alive[id(future)] and not future.done():
                     future.set_exception(exc)
             return
         for future, ok, value in results:
+            if not alive[id(future)]:
+                continue
             if ok:
                 future.set_result(value)
             else:
