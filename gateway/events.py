@@ -331,7 +331,7 @@ def _check_event_id_list(name: str, value: list[Any], limit: int) -> None:
         _check_sigil_id(f"{name} entry", item, "$")
 
 
-def check_event_format(pdu: Any) -> None:
+def check_event_format(pdu: Any, *, values_checked: bool = False) -> None:
     """Check that ``pdu`` has the room version 10 PDU format.
 
     Checks: an object; the required keys (``room_id``, ``sender``,
@@ -345,6 +345,10 @@ def check_event_format(pdu: Any) -> None:
     ``[0, 2**53-1]``; ``hashes.sha256`` a string; ``signatures`` a map of
     maps of strings; the whole PDU valid canonical JSON (so integers only)
     of at most 65536 bytes. Raises :class:`EventFormatError`.
+
+    ``values_checked=True`` skips re-checking that every value is canonical
+    JSON (the size is still measured): for a PDU this process just built
+    from checked values.
     """
     if not isinstance(pdu, dict):
         raise EventFormatError("a PDU must be a JSON object")
@@ -386,7 +390,7 @@ def check_event_format(pdu: Any) -> None:
             raise EventFormatError(f"signatures for {server[:80]!r} must map key IDs to strings")
 
     try:
-        size = len(encode_canonical_json(pdu))
+        size = len(encode_canonical_json(pdu, checked=values_checked))
     except CanonicalJSONError as err:
         raise EventFormatError(f"not canonical JSON: {err}") from None
     if size > MAX_PDU_BYTES:
@@ -448,7 +452,9 @@ def build_event(
     pdu["signatures"] = {server_name: {signing_key.key_id: encode_base64(signing_key.sign(reference))}}
     if unsigned:
         pdu["unsigned"] = copy.deepcopy(unsigned)
-    check_event_format(pdu)
+        check_event_format(pdu)  # unsigned was not part of the hashed, checked body
+    else:
+        check_event_format(pdu, values_checked=True)
     return Event("$" + encode_base64_urlsafe(hashlib.sha256(reference).digest()), pdu)
 
 
