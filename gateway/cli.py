@@ -32,7 +32,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser with every subcommand registered."""
-    from lowband.gateway import bench_cli, serve_cli, wire_cli
+    from lowband.gateway import bench_cli, demo_cli, serve_cli, wire_cli
     from lowband.gateway.link import device_cli
 
     parser = OneLineParser(
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    for module in (serve_cli, device_cli, wire_cli, bench_cli):
+    for module in (serve_cli, demo_cli, device_cli, wire_cli, bench_cli):
         module.register(subparsers)
     return parser
 

@@ -70,8 +70,16 @@ def open_services(config: Config) -> Services:
     return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter)
 
 
-async def run_gateway(config: Config, started: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
+async def run_gateway(
+    config: Config,
+    started: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Services], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    ``on_ready`` is called with the running services once everything listens.
+    """
     services = open_services(config)
     app = make_app(services)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -107,6 +115,8 @@ async def run_gateway(config: Config, started: asyncio.Event | None = None, stop
         config.server_name, config.http_host, config.http_port, config.data_dir,
         "open" if config.registration_enabled else "closed",
     )  # fmt: skip
+    if on_ready is not None:
+        on_ready(services)
     if started is not None:
         started.set()
     try:
