@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lowband.gateway import bench_homeserver, bench_link, bench_mqtt, bench_wire
+from lowband.gateway import bench_firmware, bench_homeserver, bench_link, bench_mqtt, bench_wire
 
 Runner = Callable[..., tuple[dict[str, Any], str]]
 
@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, tuple[str, Runner, tuple[str, ...]]] = {
     "wire": ("bytes per event in each encoding (HTTP+JSON, MSC3079, compact, framed)", bench_wire.run, ()),
     "link": ("bytes on the air, handshake, goodput and reading-to-sync latency at 100 bps, LoRa airtime",
              bench_link.run, ()),
+    "firmware": ("peak heap, .mpy size, handshake and per-reading CPU time of the device stack on the MicroPython unix port",
+                 bench_firmware.run, ("messages", "rounds")),
     "mqtt": ("MQTT to room events/s, durable, against raw Mosquitto QoS 1 in the same run; lost and duplicated",
              bench_mqtt.run, ("messages", "seconds")),
     "homeserver": (
@@ -46,6 +48,7 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--messages", type=int, help="homeserver, mqtt: how many messages (homeserver: per phase)")
     bench.add_argument("--seconds", type=float, help="homeserver, mqtt: at most this long (homeserver: per phase)")
     bench.add_argument("--latency-rounds", type=int, help="homeserver: send-to-sync samples")
+    bench.add_argument("--rounds", type=int, help="firmware: timing repetitions")
     bench.set_defaults(handler=run)
 
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``bench``."""
     _, function, accepted = BENCHMARKS[args.name]
     options = {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
-    given = [name for name in ("only", "messages", "seconds", "latency_rounds") if getattr(args, name) is not None]
+    given = [name for name in ("only", "messages", "seconds", "latency_rounds", "rounds") if getattr(args, name) is not None]
     unsupported = [name for name in given if name not in accepted]
     if unsupported:
         sys.stderr.write(f"lowband: error: bench {args.name} takes no --{unsupported[0].replace('_', '-')}\n")

@@ -1,0 +1,161 @@
+"""A gateway link core on a serial port, without the homeserver.
+
+:class:`GatewayPeer` runs the real :class:`~lowband.gateway.link.gateway_core.GatewayLink`
+in a thread on one end of a serial line (a pty from
+:mod:`lowband.sim.pty_link`): it answers handshakes, acknowledges
+uplinks, records every delivered message (decoded with the device's
+context table) and sends queued commands — all a device needs to talk to,
+when a test or a benchmark wants the device's side and not the rooms. The
+full gateway (``lowband serve``) does the same plus the Matrix side.
+
+Actions are carried out in order as the runtime does, except that
+``Persist`` only keeps the latest state in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lowband.codecs import compact
+from lowband.codecs.context import parse_context
+from lowband.gateway.link import gateway_core as core
+from lowband.gateway.link.frames import SerialFramer, serial_encode
+
+from .pty_link import set_raw
+
+__all__ = ["Delivered", "GatewayPeer"]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A whole message from the device: its compact form and when it arrived."""
+
+    message_id: str
+    form: compact.CompactForm
+    at: float
+
+
+class GatewayPeer:
+    """A GatewayLink on ``path`` for the device of ``config`` (a device config dict)."""
+
+    def __init__(self, config: dict[str, Any], path: str, gateway_private: bytes, *, mtu: int = 253) -> None:
+        self.config = config
+        self.path = path
+        self.address = int(config["address"])
+        self.context = parse_context(config["context"])
+        self.core = core.GatewayLink(gateway_private, mtu=mtu)
+        self.core.add_device(core.DeviceEntry(self.address, config["name"], bytes.fromhex(config["device_public"])))
+        self.delivered: list[Delivered] = []
+        self.actions: list[Any] = []
+        self.state: dict[str, Any] | None = None
+        self._framer = SerialFramer()
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+
+    def start(self) -> GatewayPeer:
+        """Open the port and serve it in a thread."""
+        self._fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        set_raw(self._fd)
+        self._thread = threading.Thread(target=self._run, name="gateway-peer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and close the port; safe to call twice."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            os.write(self._wake_w, b"x")
+            thread.join(5)
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> GatewayPeer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def command(self, text: str, room: int = 0) -> None:
+        """Queue a text command for the device's next uplink."""
+        payload = compact.encode_form(compact.CompactForm(kind=compact.KIND_TEXT, room=room, body=text), self.context)
+        with self._lock:
+            self.actions += self.core.queue_command(self.address, payload)
+
+    def texts(self) -> list[str]:
+        """Bodies of the text messages delivered so far."""
+        with self._lock:
+            return [d.form.body for d in self.delivered if d.form.kind == compact.KIND_TEXT]
+
+    def readings(self) -> list[list[tuple[int, int]]]:
+        """The (channel, mantissa) values of the telemetry delivered so far."""
+        with self._lock:
+            return [list(d.form.values) for d in self.delivered if d.form.kind == compact.KIND_TELEMETRY]
+
+    def wait(self, predicate: Any, timeout: float) -> bool:
+        """Poll ``predicate(self)`` until it holds (True) or ``timeout`` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.02)
+        return bool(predicate(self))
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._fd, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(1.0):
+                    if key.fd == self._wake_r:
+                        continue
+                    try:
+                        data = os.read(self._fd, 4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        time.sleep(0.05)  # the line went away; keep the thread until stop()
+                        continue
+                    self._feed(data)
+        finally:
+            sel.close()
+
+    def _feed(self, data: bytes) -> None:
+        now = time.monotonic()
+        for frame in self._framer.feed(data):
+            with self._lock:
+                actions = self.core.receive(frame, now)
+                self.actions += actions
+            for action in actions:
+                if isinstance(action, core.Transmit):
+                    self._write(serial_encode(action.frame))
+                elif isinstance(action, core.Persist):
+                    self.state = action.state
+                elif isinstance(action, core.Deliver):
+                    form = compact.decode_form(action.payload, self.context)
+                    with self._lock:
+                        self.delivered.append(Delivered(action.message_id, form, now))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            view = view[written:]
