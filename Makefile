@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo venv clean
+.PHONY: run serve test wire-demo venv clean
 
 # Where `make run` keeps the gateway's database, signing key and media.
 DATA ?= run/data
@@ -17,14 +17,17 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on embedded defaults: the gateway on SQLite, registration open on loopback.
+# The main job on embedded defaults: the gateway on SQLite with one emulated
+# board (the real firmware on the MicroPython unix port, 100 bps line).
 run: $(STAMP)
-	@echo "Lowband gateway on http://$(HTTP) (server name localhost, data in $(DATA))."
-	@echo "Point any Matrix client at that URL and register an account; Ctrl-C stops it."
+	$(VENV)/bin/lowband demo --data-dir $(DATA) --http $(HTTP)
+
+# Only the gateway, registration open on loopback.
+serve: $(STAMP)
 	$(VENV)/bin/lowband serve --data-dir $(DATA) --server-name localhost --http $(HTTP) --enable-registration
 
 # One reading through every wire step, byte by byte.
-demo: $(STAMP)
+wire-demo: $(STAMP)
 	$(VENV)/bin/lowband wire demo
 
 # The whole test suite.

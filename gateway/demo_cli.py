@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import signal
 import subprocess
@@ -88,7 +89,7 @@ async def _ensure_room(services: Any) -> str:
                                                         "name": "Sensors", "topic": "Readings from board1"}))  # fmt: skip
 
 
-def _provision(data_dir: Path, port_link: Path) -> Path:
+def _provision(data_dir: Path, port_link: Path, bps: int) -> Path:
     from lowband.gateway.link.device_cli import run_add
     from lowband.gateway.link.registry import Registry, RegistryError
 
@@ -101,9 +102,9 @@ def _provision(data_dir: Path, port_link: Path) -> Path:
         exists = False
     finally:
         registry.db.close()
-    if not exists:
-        add = argparse.Namespace(name=DEVICE, room=[f"#{ROOM_ALIAS}:localhost"], link=f"serial:{port_link}",
-                                 channel=None, data_dir=str(data_dir), out=None, rekey=False)  # fmt: skip
+    if not exists or f"?bps={bps}" not in json.loads(config_path.read_text()).get("link", ""):
+        add = argparse.Namespace(name=DEVICE, room=[f"#{ROOM_ALIAS}:localhost"], link=f"serial:{port_link}?bps={bps}",
+                                 channel=None, data_dir=str(data_dir), out=None, rekey=exists)  # fmt: skip
         with contextlib.redirect_stdout(io.StringIO()):
             run_add(add)
     return config_path
@@ -142,7 +143,7 @@ async def _demo(config: Any, args: argparse.Namespace) -> None:
         with contextlib.suppress(FileNotFoundError):
             port_link.unlink()
         port_link.symlink_to(line.path_a)  # the gateway's port; it reopens it when it changes
-        config_path = await asyncio.to_thread(_provision, data_dir, port_link)
+        config_path = await asyncio.to_thread(_provision, data_dir, port_link, args.bps)
         device_proc, peer = await _start_device(args, config_path, line.path_b, rto_for_bps(args.bps))
         url = f"http://{config.http_host}:{config.http_port}"
         print(

@@ -282,7 +282,7 @@ class GatewayLink:
             self._refuse(frame.address, "duplicate", device)  # counted; still acknowledged below
         else:
             return [self._refuse(frame.address, "replay", device)]
-        if frame.ack is not None and session.outstanding is not None:
+        if verdict in ("new", "late") and frame.ack is not None and session.outstanding is not None:
             sent_counter, _ = session.outstanding
             if frame.ack == sent_counter & 0xFF:
                 session.outstanding = None
