@@ -98,7 +98,7 @@ def test_flash_dry_run_lists_firmware_config_and_board(data_dir):
                    "--board", "heltec-wifi-lora-32-v3")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert ":lib/lbwire/frame.py" in done.stdout and ":lib/lbcrypto/x25519.py" in done.stdout
-    assert ":lowband.json" in done.stdout and ":board.json" in done.stdout
+    assert ":lowband.json" in done.stdout and ":board.json" in done.stdout and ":region.json" in done.stdout
     assert "nothing written" in done.stdout
     compiled = lowband("device", "flash", "kitchen", "--port", "/dev/ttyUSB9", "--data-dir", str(data_dir), "--dry-run", "--mpy")
     assert compiled.returncode == 0 and ":lib/lbwire/frame.mpy" in compiled.stdout

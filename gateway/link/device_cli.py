@@ -231,10 +231,14 @@ def flash_plan(config_path: Path, board: str | None, mpy_dir: Path | None) -> li
         from lowband.hardware.radio import HardwareError, load_board
 
         try:
-            load_board(board)
+            profile = load_board(board)
         except HardwareError as exc:
             raise UsageError(str(exc)) from None
-        plan.append((Path(__file__).resolve().parents[2] / "hardware" / f"board-{board}.json", "board.json"))
+        hardware = Path(__file__).resolve().parents[2] / "hardware"
+        plan.append((hardware / f"board-{board}.json", "board.json"))
+        region = hardware / f"region-{profile.region_name.lower()}.json"
+        if region.exists():  # LoRa boards read their radio parameters from it
+            plan.append((region, "region.json"))
     return plan
 
 
