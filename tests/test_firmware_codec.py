@@ -13,13 +13,13 @@ Two halves:
 from __future__ import annotations
 
 import json
-import re
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from vector_runs import need_tool, run_vector_script
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -41,9 +41,6 @@ from lbwire import cbor, compact, frag, frame  # noqa: E402
 
 # ------------------------------------------------------------- vector runs
 
-_SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$")
-
-
 def _expected_vectors() -> int:
     total = 0
     for name in VECTOR_FILES:
@@ -55,23 +52,10 @@ def _expected_vectors() -> int:
 
 def _run(cmd: list[str]) -> tuple[int, int, str]:
     """Run the vector script; returns (passed, failed, full output)."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=ROOT)
-    output = f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
-    lines = proc.stdout.strip().splitlines()
-    match = _SUMMARY.match(lines[-1]) if lines else None
-    assert match, f"no 'N passed, M failed' line:\n{output}"
-    passed, failed = int(match.group(1)), int(match.group(2))
-    assert proc.returncode == (1 if failed else 0), output
-    assert failed == 0, output
-    return passed, failed, output
+    return run_vector_script(cmd, cwd=ROOT, timeout=RUN_TIMEOUT)
 
 
-def _need(tool: Path) -> None:
-    if not tool.exists():
-        pytest.fail(
-            f"{tool.name} not found at {tool}: it is a dev dependency "
-            "(pip install -e '.[dev]'), and these tests must not be skipped"
-        )
+_need = need_tool
 
 
 @pytest.fixture(scope="module")
