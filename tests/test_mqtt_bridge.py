@@ -215,6 +215,15 @@ async def login(base: str, name: str = "alice") -> AsyncClient:
     return client
 
 
+async def first_room(tmp_path: Path, alias: str) -> str:
+    """Start a gateway without the bridge, let alice create a public room, stop it; returns the room ID."""
+    async with gateway(tmp_path, None) as (base, _):
+        alice = await register(base)
+        room = await create_room(alice, alias)
+        await alice.close()
+    return room
+
+
 async def create_room(client: AsyncClient, alias: str, public: bool = True) -> str:
     response = await client.room_create(visibility=RoomVisibility.public if public else RoomVisibility.private,
                                         alias=alias, preset=RoomPreset.public_chat if public else RoomPreset.private_chat)  # fmt: skip
@@ -271,10 +280,7 @@ def test_both_directions_with_nio_and_home_assistant_discovery(tmp_path: Path, e
     p = env.prefix
 
     async def scenario() -> None:
-        async with gateway(tmp_path, None) as (base, _):
-            alice = await register(base)
-            room = await create_room(alice, f"sensors-{env.id}")
-            await alice.close()
+        room = await first_room(tmp_path, f"sensors-{env.id}")
         config = env.config(
             inbound=[{"name": "z2m", "topic": f"{p}/z2m/+", "room": f"#sensors-{env.id}:localhost",
                       "fields": {"temperature": {"u": "Cel"}, "humidity": {"u": "%RH"}}}],
@@ -339,10 +345,7 @@ def test_wildcards_retained_and_what_is_refused(tmp_path: Path, env: Env) -> Non
     p = env.prefix
 
     async def scenario() -> None:
-        async with gateway(tmp_path, None) as (base, _):
-            alice = await register(base)
-            room = await create_room(alice, f"plant-{env.id}")
-            await alice.close()
+        room = await first_room(tmp_path, f"plant-{env.id}")
         probe = Probe()
         probe.publish(f"{p}/home/porch/temperature", b"12.5", retain=True)
         config = env.config(inbound=[
@@ -395,10 +398,7 @@ def test_a_flood_is_delayed_not_dropped(tmp_path: Path, env: Env) -> None:
     p = env.prefix
 
     async def scenario() -> None:
-        async with gateway(tmp_path, None) as (base, _):
-            alice = await register(base)
-            room = await create_room(alice, f"flood-{env.id}")
-            await alice.close()
+        room = await first_room(tmp_path, f"flood-{env.id}")
         config = env.config(inbound=[{"name": "flood", "topic": f"{p}/flood", "room": room, "rate_per_s": 20.0,
                                       "burst": 5}])  # fmt: skip
         probe = Probe()
@@ -424,10 +424,7 @@ def test_loops_are_broken_on_mqtt5_and_mqtt311(tmp_path: Path, env: Env) -> None
     p = env.prefix
 
     async def scenario() -> None:
-        async with gateway(tmp_path, None) as (base, _):
-            alice = await register(base)
-            room = await create_room(alice, f"loop-{env.id}")
-            await alice.close()
+        room = await first_room(tmp_path, f"loop-{env.id}")
         brokers = [env.broker("v5"), env.broker("v3", protocol="3.1.1")]
         config = env.config(
             brokers=brokers,
@@ -499,10 +496,7 @@ def test_outbound_queue_survives_broker_outage_and_gateway_restart(tmp_path: Pat
         p = env.prefix
 
         async def scenario() -> None:
-            async with gateway(tmp_path, None) as (base, _):
-                alice = await register(base)
-                room = await create_room(alice, f"out-{env.id}")
-                await alice.close()
+            room = await first_room(tmp_path, f"out-{env.id}")
             config = env.config(outbound=[{"name": "out", "room": room, "topic": f"{p}/say"}])
             probe = Probe(broker.port, client_id="durable-probe", persistent=True)
             probe.subscribe(f"{p}/say")
@@ -556,10 +550,7 @@ def test_mqtt311_fallback_when_the_broker_refuses_mqtt5(tmp_path: Path, env: Env
 
         proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
         port = proxy.sockets[0].getsockname()[1]
-        async with gateway(tmp_path, None) as (base, _):
-            alice = await register(base)
-            room = await create_room(alice, f"v311-{env.id}")
-            await alice.close()
+        room = await first_room(tmp_path, f"v311-{env.id}")
         config = env.config(brokers=[env.broker(port=port)], inbound=[{"name": "old", "topic": f"{p}/old", "room": room}])
         probe = Probe()
         async with gateway(tmp_path, config) as (base, bridge):
@@ -581,10 +572,7 @@ def test_publisher_message_ids_deduplicate_when_configured(tmp_path: Path, env: 
     p = env.prefix
 
     async def scenario() -> None:
-        async with gateway(tmp_path, None) as (base, _):
-            alice = await register(base)
-            room = await create_room(alice, f"ids-{env.id}")
-            await alice.close()
+        room = await first_room(tmp_path, f"ids-{env.id}")
         config = env.config(inbound=[{"name": "ids", "topic": f"{p}/ids", "room": room, "dedup_property": "msg-id"}])
         probe = Probe()
         async with gateway(tmp_path, config) as (base, bridge):
@@ -672,10 +660,7 @@ def test_tls_with_client_certificate_and_password(tmp_path: Path) -> None:
         env = Env(broker.port)
 
         async def scenario() -> None:
-            async with gateway(tmp_path, None) as (base, _):
-                alice = await register(base)
-                room = await create_room(alice, f"tls-{env.id}")
-                await alice.close()
+            room = await first_room(tmp_path, f"tls-{env.id}")
             secure = env.broker(tls=True, ca_file=str(certs["ca_cert"]), cert_file=str(certs["client_cert"]),
                                 key_file=str(certs["client_key"]), username="gateway",
                                 password_file=str(tmp_path / "gateway-password"))  # fmt: skip
