@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from lowband.gateway.cli import UsageError
@@ -155,13 +157,24 @@ def _summary(record: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_list(args: argparse.Namespace) -> int:
-    """Handler of ``device list``."""
-    db, registry, _ = _open(args.data_dir)
+@contextlib.contextmanager
+def _registry(data_dir: str) -> Iterator[Any]:
+    """The data dir's device registry, closed afterwards; RegistryError becomes a UsageError."""
+    from lowband.gateway.link.registry import RegistryError
+
+    db, registry, _ = _open(data_dir)
     try:
-        records = registry.devices(include_revoked=args.all)
+        yield registry
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         db.close()
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Handler of ``device list``."""
+    with _registry(args.data_dir) as registry:
+        records = registry.devices(include_revoked=args.all)
     if not records:
         print("no devices")
     for record in records:
@@ -172,30 +185,16 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Handler of ``device show``."""
-    from lowband.gateway.link.registry import RegistryError
-
-    db, registry, _ = _open(args.data_dir)
-    try:
+    with _registry(args.data_dir) as registry:
         record = registry.device(args.name)
-    except RegistryError as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        db.close()
     print(json.dumps(_summary(record), indent=2))
     return 0
 
 
 def run_revoke(args: argparse.Namespace) -> int:
     """Handler of ``device revoke``."""
-    from lowband.gateway.link.registry import RegistryError
-
-    db, registry, _ = _open(args.data_dir)
-    try:
+    with _registry(args.data_dir) as registry:
         record = registry.revoke(args.name)
-    except RegistryError as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        db.close()
     print(f"revoked {record.user_id}: its frames are refused from now on")
     return 0
 
