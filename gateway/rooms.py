@@ -33,7 +33,7 @@ from lowband.gateway.auth_rules import AuthError
 from lowband.gateway.errors import MatrixError, bad_json, forbidden, not_found
 from lowband.gateway.events import ROOM_VERSION, Event, EventFormatError, build_event
 from lowband.gateway.signing import SigningKey
-from lowband.gateway.store.sqlite_store import SQLiteStore, StateMap
+from lowband.gateway.store.sqlite_store import EventWrite, SQLiteStore, StateMap
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,19 @@ class RoomHead:
 
 
 @dataclass(frozen=True)
+class SendRequest:
+    """One event for :meth:`RoomService.send_batch` (the arguments of :meth:`RoomService.send`)."""
+
+    sender: str
+    event_type: str
+    content: dict[str, Any]
+    state_key: str | None = None
+    redacts: str | None = None
+    txn: tuple[str, str, str] | None = None
+    origin_server_ts: int | None = None
+
+
+@dataclass(frozen=True)
 class Sent:
     """A committed event and its stream position."""
 
@@ -103,7 +116,8 @@ class RoomService:
         self.listeners: list[Callable[[Sent], None]] = [on_new_event] if on_new_event else []
         self.clock = clock
         self._heads: dict[str, RoomHead] = {}
-        self._pending_txns: dict[tuple[str, str, str], asyncio.Future[str]] = {}
+        # txn → (the future of the send_batch call making it, its index there)
+        self._pending_txns: dict[tuple[str, str, str], tuple[asyncio.Future[Any], int]] = {}
         self._event_cache: dict[str, Event] = {}
 
     # ------------------------------------------------------------- lookups
@@ -200,71 +214,130 @@ class RoomService:
         M_NOT_FOUND for an unknown room, M_FORBIDDEN when the auth rules
         refuse, M_BAD_JSON / M_TOO_LARGE for a malformed event.
         """
-        if txn is not None:
-            existing = await self._existing_txn(txn)
-            if existing is not None:
-                return existing
-            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self._pending_txns[txn] = future
-        try:
-            sent = await self._send(sender, room_id, event_type, content, state_key, redacts, txn, origin_server_ts)
-        except BaseException as exc:
-            if txn is not None:
-                self._pending_txns.pop(txn).set_exception(exc)
-                future.exception()  # mark retrieved
-            raise
-        if txn is not None:
-            self._pending_txns.pop(txn).set_result(sent.event.event_id)
-        return sent
+        request = SendRequest(sender, event_type, content, state_key, redacts, txn, origin_server_ts)
+        result = (await self.send_batch(room_id, [request]))[0]
+        if isinstance(result, MatrixError):
+            raise result
+        return result
 
-    async def _existing_txn(self, txn: tuple[str, str, str]) -> Sent | None:
-        pending = self._pending_txns.get(txn)
-        event_id = await asyncio.shield(pending) if pending is not None else self.store.event_for_txn(*txn)
-        if event_id is None:
-            return None
+    async def send_batch(self, room_id: str, requests: list[SendRequest]) -> list[Sent | MatrixError]:
+        """Send several events into one room, in order; one result per request.
+
+        Like :meth:`send` for each request, but the events are built under
+        one hold of the room's lock and written in one job, so they commit
+        together (one fsync) and the caller wakes once. A request that is
+        refused gets its MatrixError in its place and does not stop the
+        others; if the write fails every new event gets an M_UNKNOWN (500).
+        A transaction already sent, or in flight in another call, gets the
+        event it made.
+        """
+        results: list[Sent | MatrixError | None] = [None] * len(requests)
+        loop = asyncio.get_running_loop()
+        batch: asyncio.Future[list[Sent | MatrixError | None]] = loop.create_future()
+        todo: list[int] = []
+        elsewhere: list[tuple[int, tuple[asyncio.Future[Any], int]]] = []
+        repeats: list[tuple[int, int]] = []  # (index, index of the first request with that txn)
+        first: dict[tuple[str, str, str], int] = {}
+        for index, request in enumerate(requests):
+            txn = request.txn
+            if txn is None:
+                todo.append(index)
+            elif txn in first:
+                repeats.append((index, first[txn]))
+            elif txn in self._pending_txns:
+                elsewhere.append((index, self._pending_txns[txn]))
+            else:
+                first[txn] = index
+                todo.append(index)
+        if first:
+            done = self.store.events_for_txns(list(first))
+            if done:
+                todo = [i for i in todo if requests[i].txn not in done]
+                for txn, event_id in done.items():
+                    results[first[txn]] = self._sent_by_id(event_id)
+        mine = [requests[i].txn for i in todo if requests[i].txn is not None]
+        for index in todo:
+            txn = requests[index].txn
+            if txn is not None:
+                self._pending_txns[txn] = (batch, index)
+        try:
+            if todo:
+                for index, result in zip(todo, await self._send_many(room_id, [requests[i] for i in todo]),
+                                         strict=True):  # fmt: skip
+                    results[index] = result
+        except BaseException as exc:
+            batch.set_exception(exc)
+            batch.exception()  # mark retrieved
+            raise
+        finally:
+            for txn in mine:
+                self._pending_txns.pop(txn, None)
+            if not batch.done():
+                batch.set_result(results)
+        for index, (other, at) in elsewhere:
+            theirs = await asyncio.shield(other)
+            results[index] = theirs[at]
+        for index, at in repeats:
+            results[index] = results[at]
+        return [r if r is not None else MatrixError(500, "M_UNKNOWN", "transaction lost") for r in results]
+
+    def _sent_by_id(self, event_id: str) -> Sent | MatrixError:
         row = self.store.get_event(event_id)
-        if row is None:  # pragma: no cover - the pending send committed it
-            raise MatrixError(500, "M_UNKNOWN", "transaction lost")
+        if row is None:  # pragma: no cover - the index said it was there
+            return MatrixError(500, "M_UNKNOWN", "transaction lost")
         return Sent(row["event"], row["stream"])
 
-    async def _send(
-        self,
-        sender: str,
-        room_id: str,
-        event_type: str,
-        content: dict[str, Any],
-        state_key: str | None,
-        redacts: str | None,
-        txn: tuple[str, str, str] | None,
-        origin_server_ts: int | None = None,
-    ) -> Sent:
+    async def _send_many(self, room_id: str, requests: list[SendRequest]) -> list[Sent | MatrixError]:
+        """Build, authorise and queue ``requests`` under the room's lock, then wait for the commit."""
         head = self.head(room_id)
         if head is None:
-            raise not_found(f"unknown room {room_id}")
+            return [not_found(f"unknown room {room_id}") for _ in requests]
+        results: list[Sent | MatrixError] = []
+        made: list[tuple[int, Sent]] = []
+        writes: list[EventWrite] = []
         async with head.lock:
-            state = self.store.state_for_group(head.state_group)
-            event = self._build(head, state, sender, event_type, content, state_key, redacts, origin_server_ts)
-            self._authorise(event, state)
-            if redacts is not None:
-                self._check_redaction(event, state)
-            position, committed = self._queue(head, state, event, txn)
+            group, state = head.state_group, self.store.state_for_group(head.state_group)
+            for request in requests:
+                if head.state_group != group:
+                    group, state = head.state_group, self.store.state_for_group(head.state_group)
+                try:
+                    event = self._build(head, state, request)
+                    self._authorise(event, state)
+                    if request.redacts is not None:
+                        self._check_redaction(event, state)
+                except MatrixError as exc:
+                    results.append(exc)
+                    continue
+                write = self._advance(head, state, event, request.txn)
+                made.append((len(results), Sent(event, write.position)))
+                results.append(made[-1][1])
+                writes.append(write)
+            if not writes:
+                return results
+            committed = self.store.persist_events(writes, self._room_row(head))
         stored = asyncio.ensure_future(committed)
         try:
-            # Shielded: a client that hangs up must not make us forget an
-            # event that still commits (the head already builds on it).
+            # Shielded: a client that hangs up must not make us forget events
+            # that still commit (the head already builds on them).
             await asyncio.shield(stored)
         except asyncio.CancelledError:
             stored.add_done_callback(
-                lambda done: None if done.cancelled() or done.exception() else self._announce(Sent(event, position))
+                lambda done: None if done.cancelled() or done.exception() else self._announce_all(made)
             )
             raise
         except BaseException:
-            log.exception("event %s was not stored; reloading room %s", event.event_id, room_id)
+            log.exception("%d events were not stored; reloading room %s", len(writes), room_id)
             self._heads.pop(room_id, None)
-            raise MatrixError(500, "M_UNKNOWN", "the event could not be stored") from None
-        sent = Sent(event, position)
-        self._announce(sent)
-        return sent
+            lost = MatrixError(500, "M_UNKNOWN", "the event could not be stored")
+            for index, _ in made:
+                results[index] = lost
+            return results
+        self._announce_all(made)
+        return results
+
+    def _announce_all(self, made: list[tuple[int, Sent]]) -> None:
+        for _, sent in made:
+            self._announce(sent)
 
     def _announce(self, sent: Sent) -> None:
         for listener in self.listeners:
@@ -277,28 +350,20 @@ class RoomService:
         """Call ``listener`` with every committed local event (in commit order per room)."""
         self.listeners.append(listener)
 
-    def _build(
-        self,
-        head: RoomHead,
-        state: StateMap,
-        sender: str,
-        event_type: str,
-        content: dict[str, Any],
-        state_key: str | None,
-        redacts: str | None,
-        origin_server_ts: int | None = None,
-    ) -> Event:
+    def _build(self, head: RoomHead, state: StateMap, request: SendRequest) -> Event:
         auth_ids = [
             state[key]
-            for key in auth_rules.auth_types_for_event(event_type, sender, state_key, content)
+            for key in auth_rules.auth_types_for_event(request.event_type, request.sender, request.state_key,
+                                                       request.content)
             if key in state
-        ]
+        ]  # fmt: skip
         try:
             event = build_event(
-                room_id=head.room_id, sender=sender, type=event_type, content=content,
+                room_id=head.room_id, sender=request.sender, type=request.event_type, content=request.content,
                 prev_events=list(head.extremities), auth_events=auth_ids, depth=head.depth + 1,
-                origin_server_ts=self.now_ms() if origin_server_ts is None else origin_server_ts,
-                server_name=self.server_name, signing_key=self.signing_key, state_key=state_key, redacts=redacts,
+                origin_server_ts=self.now_ms() if request.origin_server_ts is None else request.origin_server_ts,
+                server_name=self.server_name, signing_key=self.signing_key, state_key=request.state_key,
+                redacts=request.redacts,
             )  # fmt: skip (build_event runs check_event_format on what it built)
         except EventFormatError as exc:
             if "65536" in str(exc) or "too large" in str(exc).lower():
@@ -333,7 +398,8 @@ class RoomService:
         if not isinstance(needed, int) or level < needed:
             raise forbidden("you may only redact your own events")
 
-    def _queue(self, head: RoomHead, state: StateMap, event: Event, txn: tuple[str, str, str] | None) -> tuple[int, Any]:
+    def _advance(self, head: RoomHead, state: StateMap, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
+        """Move the room's head onto ``event`` and return its write (queued by the caller, in order)."""
         state_before = head.state_group
         state_after, group_job = state_before, None
         if event.is_state:
@@ -344,16 +410,15 @@ class RoomService:
         head.extremities = [event.event_id]
         head.depth = event.depth
         head.state_group = state_after
-        room_row = {
-            "room_version": ROOM_VERSION, "creator": head.creator, "state_group": state_after,
+        self._remember(event)
+        return EventWrite(event, position, state_before, state_after, group_job, txn)
+
+    @staticmethod
+    def _room_row(head: RoomHead) -> dict[str, Any]:
+        return {
+            "room_version": ROOM_VERSION, "creator": head.creator, "state_group": head.state_group,
             "extremities": head.extremities, "depth": head.depth,
         }  # fmt: skip
-        self._remember(event)
-        committed = self.store.persist_event(
-            event, position, state_before=state_before, state_after=state_after,
-            new_group_job=group_job, room_row=room_row, txn=txn,
-        )  # fmt: skip
-        return position, committed
 
     # ------------------------------------------------------------- creating
 
@@ -443,14 +508,12 @@ class RoomService:
             raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
         self._heads[room_id] = head
         async with head.lock:
-            pending = []
-            for event in events:
-                state = self.store.state_for_group(head.state_group)
-                pending.append(self._queue(head, state, event, None))
-        for position, committed in pending:
-            await committed
-        for event, (position, _) in zip(events, pending, strict=True):
-            self._announce(Sent(event, position))
+            writes = [self._advance(head, self.store.state_for_group(head.state_group), event, None)
+                      for event in events]  # fmt: skip
+            committed = self.store.persist_events(writes, self._room_row(head))
+        await committed
+        for write in writes:
+            self._announce(Sent(write.event, write.position))
         if visibility == "public":
             await self.store.set_room_public(room_id, True)
         return room_id

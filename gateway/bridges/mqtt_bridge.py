@@ -9,12 +9,14 @@ Inbound path of one QoS 1 message (rules in ``mqtt_ingest``)::
       route by topic filter → size / loop / payload checks (refused: counted, acknowledged)
       → ingestion row claimed (a redelivery) or queued for writing (new)
       → the mapping's FIFO queue → pump: token bucket (delays, never drops)
-      → rooms.send(txn) as the bridged user (many in flight)
+      → rooms.send_batch(txn each) as the bridged users (several batches in flight)
       → committed → PUBACK in arrival order → barrier answered → row deleted
 
-Sends are not awaited one by one: the pump starts them in order (events of
-a room are created in that order under the room's lock) and the store's
-writer commits everything queued in one transaction and one fsync.
+Sends are not awaited one by one: the pump takes what its queue holds (up
+to ``_LAUNCH_BATCH``) and starts one ``send_batch`` for it, whose events are
+created in order under the room's lock and written as one job; the store's
+writer commits every job queued meanwhile in one transaction and one fsync.
+While a batch commits, the next one gathers.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from lowband.gateway.bridges.mqtt_store import BridgeTables
 from lowband.gateway.config import ConfigError
 from lowband.gateway.errors import MatrixError
 from lowband.gateway.http.base import Services
-from lowband.gateway.rooms import Sent
+from lowband.gateway.rooms import SendRequest, Sent
 
 log = logging.getLogger(__name__)
 
@@ -390,16 +392,25 @@ class MqttBridge:
                 state.flooding = False
 
     async def _launch(self, state: InboundState, batch: list[Item]) -> None:
-        """Start the sends of a batch, in order (creating bridged users first when new)."""
+        """Start sending a batch, in order (creating bridged users first when new)."""
         mapping = state.mapping
         assert state.room_id is not None
-        senders = [await self._sender(state, item) for item in batch]
-        for item, sender in zip(batch, senders, strict=True):
+        senders: dict[str, str | None] = {}
+        items: list[Item] = []
+        requests: list[SendRequest] = []
+        for item in batch:
+            if item.device not in senders:
+                senders[item.device] = await self._sender(state, item)
+            sender = senders[item.device]
             if sender is None:
                 self._refuse(self.links[item.broker], mapping.name, item.ticket, "user_unavailable",
                              "the bridged user cannot be used", item.topic)  # fmt: skip
                 continue
-            task = asyncio.create_task(self._send(state, item, sender))
+            txn = (sender, "mqtt", item.txn_id) if item.txn_id is not None else None
+            items.append(item)
+            requests.append(SendRequest(sender, "m.room.message", item.translated.content, txn=txn))
+        if items:
+            task = asyncio.create_task(self._send(state, items, requests))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
@@ -423,29 +434,34 @@ class MqttBridge:
             return None
         return user_id
 
-    async def _send(self, state: InboundState, item: Item, sender: str) -> None:
+    async def _send(self, state: InboundState, items: list[Item], requests: list[SendRequest]) -> None:
+        """Send a batch as one room write; acknowledge what was posted or refused, retry what failed."""
         mapping = state.mapping
         assert state.room_id is not None
-        txn = (sender, "mqtt", item.txn_id) if item.txn_id is not None else None
-        while True:
-            try:
-                await self.rooms.send(sender, state.room_id, "m.room.message", item.translated.content, txn=txn)
-            except MatrixError as exc:
-                if exc.status >= 500 and not self._stopped:
-                    await asyncio.sleep(_SEND_RETRY_S)
+        while items:
+            results = await self.rooms.send_batch(state.room_id, requests)
+            retry_items: list[Item] = []
+            retry_requests: list[SendRequest] = []
+            for item, request, result in zip(items, requests, results, strict=True):
+                if isinstance(result, MatrixError):
+                    if result.status >= 500 and not self._stopped:
+                        retry_items.append(item)
+                        retry_requests.append(request)
+                        continue
+                    if result.status == 403:
+                        self.access.forget_membership(request.sender, state.room_id)
+                    self._refuse(self.links[item.broker], mapping.name, item.ticket, "rejected_by_room",
+                                 result.message, item.topic)  # fmt: skip
                     continue
-                if exc.status == 403:
-                    self.access.forget_membership(sender, state.room_id)
-                self._refuse(self.links[item.broker], mapping.name, item.ticket, "rejected_by_room", exc.message,
-                             item.topic)  # fmt: skip
-                return
-            break
-        if not item.redelivery:
-            self.counters.add(mapping.name, "posted")
-        if item.ticket is not None:
-            self._complete(item.broker, item.ticket)
-        if self.config.discovery and mapping.discovery:
-            self._announce(mapping, item)
+                if not item.redelivery:
+                    self.counters.add(mapping.name, "posted")
+                if item.ticket is not None:
+                    self._complete(item.broker, item.ticket)
+                if self.config.discovery and mapping.discovery:
+                    self._announce(mapping, item)
+            items, requests = retry_items, retry_requests
+            if items:
+                await asyncio.sleep(_SEND_RETRY_S)
 
     # ----------------------------------------------------------------- acks
 

@@ -15,6 +15,7 @@ import json
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,26 @@ StateMap = dict[tuple[str, str], str]
 
 _SNAPSHOT_EVERY = 32  # a state group stores its full state after this many deltas
 _CACHE_GROUPS = 2048
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu,"
+    " state_before, state_after, rejected, txn_user, txn_device, txn_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """One event for :meth:`SQLiteStore.persist_events`, with its place in the room."""
+
+    event: Event
+    position: int
+    state_before: int | None
+    state_after: int | None
+    new_group_job: Any = None  # from new_state_group, for a state event
+    txn: tuple[str, str, str] | None = None
+    rejected: str | None = None
 
 
 class UserExists(Exception):
@@ -282,74 +303,94 @@ class SQLiteStore:
         self._cache_group(group, base)
         return base
 
-    def persist_event(
-        self,
-        event: Event,
-        position: int,
-        *,
-        state_before: int | None,
-        state_after: int | None,
-        new_group_job: Any,
-        room_row: dict[str, Any] | None,
-        txn: tuple[str, str, str] | None = None,
-        rejected: str | None = None,
-    ) -> Awaitable[None]:
-        """Queue an event with its state group and room row; await the result.
+    def persist_events(self, writes: list[EventWrite], room_row: dict[str, Any] | None) -> Awaitable[None]:
+        """Queue events (in order) with their state groups and the room row; await the result.
 
-        The write is queued before this returns (so events commit in the
-        order they were created); the returned awaitable completes when it is
-        committed.
+        One writer job for the whole list: the events commit together or
+        not at all. The write is queued before this returns (so events
+        commit in the order they were created); the returned awaitable
+        completes when it is committed.
 
-        ``room_row`` (extremities, depth, current state group) is written in
-        the same transaction, so a restart resumes exactly where the last
-        acknowledged event left the room. Raises sqlite3.IntegrityError for a
-        duplicate transaction ID (see :meth:`event_for_txn`).
+        ``room_row`` (extremities, depth, current state group after the last
+        event) is written in the same transaction, so a restart resumes
+        exactly where the last acknowledged event left the room. Raises
+        sqlite3.IntegrityError for a duplicate transaction ID (see
+        :meth:`events_for_txns`).
         """
-        pdu_text = json.dumps(event.pdu, ensure_ascii=False, separators=(",", ":"))
-        txn_user, txn_device, txn_id = txn if txn else (None, None, None)
+        rows = []
+        for w in writes:
+            event = w.event
+            txn_user, txn_device, txn_id = w.txn if w.txn else (None, None, None)
+            pdu_text = json.dumps(event.pdu, ensure_ascii=False, separators=(",", ":"))
+            rows.append((w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
+                         event.depth, event.origin_server_ts, pdu_text, w.state_before, w.state_after, w.rejected,
+                         txn_user, txn_device, txn_id))  # fmt: skip
+        room_args = None
+        if room_row is not None and writes:
+            room_args = (writes[-1].event.room_id, room_row["room_version"], room_row["creator"],
+                         room_row["state_group"], json.dumps(room_row["extremities"]), room_row["depth"])  # fmt: skip
 
         def fn(c: sqlite3.Connection) -> None:
-            if new_group_job is not None:
-                new_group_job(c)
-            c.execute(
-                "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu,"
-                " state_before, state_after, rejected, txn_user, txn_device, txn_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (position, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
-                 event.origin_server_ts, pdu_text, state_before, state_after, rejected, txn_user, txn_device, txn_id),
-            )  # fmt: skip
-            if room_row is not None:
+            plain: list[tuple[Any, ...]] = []  # rows with nothing else to write, inserted in one call
+            for w, row in zip(writes, rows, strict=True):
+                event = w.event
+                member = w.rejected is None and event.type == "m.room.member" and event.state_key is not None
+                redaction = w.rejected is None and event.redacts is not None
+                if w.new_group_job is None and not member and not redaction:
+                    plain.append(row)
+                    continue
+                if plain:
+                    c.executemany(_INSERT_EVENT, plain)
+                    plain = []
+                if w.new_group_job is not None:
+                    w.new_group_job(c)
+                c.execute(_INSERT_EVENT, row)
+                if member:
+                    c.execute(
+                        "INSERT INTO memberships VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT DO UPDATE SET membership ="
+                        " excluded.membership, event_id = excluded.event_id, stream = excluded.stream, forgotten = 0",
+                        (event.room_id, event.state_key, event.content.get("membership", ""), event.event_id,
+                         w.position),
+                    )  # fmt: skip
+                if redaction:
+                    c.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
+                              (event.event_id, event.redacts, event.room_id))  # fmt: skip
+            if plain:
+                c.executemany(_INSERT_EVENT, plain)
+            if room_args is not None:
                 c.execute(
                     "INSERT INTO rooms (room_id, room_version, creator, state_group, extremities, depth)"
                     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET state_group = excluded.state_group,"
                     " extremities = excluded.extremities, depth = excluded.depth",
-                    (event.room_id, room_row["room_version"], room_row["creator"], room_row["state_group"],
-                     json.dumps(room_row["extremities"]), room_row["depth"]),
+                    room_args,
                 )  # fmt: skip
-            if rejected is None and event.type == "m.room.member" and event.state_key is not None:
-                c.execute(
-                    "INSERT INTO memberships VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT DO UPDATE SET "
-                    "membership = excluded.membership, event_id = excluded.event_id, stream = excluded.stream, forgotten = 0",
-                    (event.room_id, event.state_key, event.content.get("membership", ""), event.event_id, position),
-                )
-            if rejected is None and event.redacts:
-                c.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
-                          (event.event_id, event.redacts, event.room_id))  # fmt: skip
 
         future = self.db.submit(fn)
+        last = max((w.position for w in writes), default=0)
 
         async def committed() -> None:
             await asyncio.wrap_future(future)
-            self._mark_persisted(position)
+            self._mark_persisted(last)
 
         return committed()
 
-    def event_for_txn(self, user_id: str, device_id: str, txn_id: str) -> str | None:
-        """Event ID already sent with this transaction ID, or None."""
-        row = self.db.query_one(
-            "SELECT event_id FROM events WHERE txn_user = ? AND txn_device = ? AND txn_id = ?", (user_id, device_id, txn_id)
-        )
-        return row[0] if row else None
+    def events_for_txns(self, txns: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+        """Event IDs already sent with any of these transaction IDs (missing ones are absent)."""
+        found: dict[tuple[str, str, str], str] = {}
+        by_device: dict[tuple[str, str], list[str]] = {}
+        for user, device, txn_id in txns:
+            by_device.setdefault((user, device), []).append(txn_id)
+        for (user, device), ids in by_device.items():
+            for start in range(0, len(ids), 500):  # well under SQLite's bound-parameter limit
+                chunk = ids[start:start + 500]
+                rows = self.db.query(
+                    "SELECT txn_id, event_id FROM events WHERE txn_user = ? AND txn_device = ? AND txn_id IN"
+                    f" ({','.join('?' * len(chunk))})",
+                    (user, device, *chunk),
+                )  # fmt: skip
+                for txn_id, event_id in rows:
+                    found[(user, device, txn_id)] = event_id
+        return found
 
     def get_event(self, event_id: str) -> dict[str, Any] | None:
         """An event row: event, stream, state groups, rejected reason, redacted_by."""
