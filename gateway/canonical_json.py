@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["CanonicalJSONError", "MAX_SAFE_INTEGER", "MIN_SAFE_INTEGER", "encode_canonical_json"]
+__all__ = ["CanonicalJSONError", "MAX_SAFE_INTEGER", "MIN_SAFE_INTEGER", "checked_copy", "encode_canonical_json"]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MIN_SAFE_INTEGER = -(2**53) + 1
@@ -76,6 +76,47 @@ def encode_canonical_json(value: Any, *, checked: bool = False) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         raise CanonicalJSONError("string contains a lone surrogate") from None
+
+
+def checked_copy(value: Any, path: str = "$") -> Any:
+    """A copy of ``value`` (new dicts and lists, tuples become lists) after the checks
+    :func:`encode_canonical_json` makes; raises :class:`CanonicalJSONError` like it.
+
+    ``path`` names ``value`` in error messages. One walk does both, so a caller that keeps its own copy of an object it
+    then hashes need not also deep-copy it.
+    """
+    try:
+        return _copy(value)
+    except _Refused:
+        pass
+    # Something unusual (a float, a huge integer, a subclass of dict or str...):
+    # the slow check names the offending path, or passes and the copy goes through JSON.
+    _check(value, path)
+    return json.loads(_ENCODER.encode(value))
+
+
+class _Refused(Exception):
+    pass
+
+
+def _copy(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value
+    if kind is int:
+        if MIN_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return value
+        raise _Refused
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Refused
+            out[key] = _copy(item)
+        return out
+    if kind is list or kind is tuple:
+        return [_copy(item) for item in value]
+    raise _Refused  # floats, other types, and subclasses (which _check judges)
 
 
 def _check(value: Any, path: str) -> None:

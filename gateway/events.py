@@ -23,13 +23,14 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lowband.gateway.canonical_json import (
     MAX_SAFE_INTEGER,
     MIN_SAFE_INTEGER,
     CanonicalJSONError,
+    checked_copy,
     encode_canonical_json,
 )
 from lowband.gateway.signing import (
@@ -146,6 +147,8 @@ class Event:
 
     event_id: str
     pdu: dict[str, Any]
+    #: The PDU's canonical JSON when this process built it (what the store writes), else None.
+    canonical: bytes | None = field(default=None, compare=False, repr=False)
 
     def __hash__(self) -> int:
         return hash(self.event_id)
@@ -331,7 +334,7 @@ def _check_event_id_list(name: str, value: list[Any], limit: int) -> None:
         _check_sigil_id(f"{name} entry", item, "$")
 
 
-def check_event_format(pdu: Any, *, values_checked: bool = False) -> None:
+def check_event_format(pdu: Any, *, values_checked: bool = False) -> bytes:
     """Check that ``pdu`` has the room version 10 PDU format.
 
     Checks: an object; the required keys (``room_id``, ``sender``,
@@ -344,7 +347,8 @@ def check_event_format(pdu: Any, *, values_checked: bool = False) -> None:
     ``auth_events``, each a ``$`` event ID; ``depth`` an integer in
     ``[0, 2**53-1]``; ``hashes.sha256`` a string; ``signatures`` a map of
     maps of strings; the whole PDU valid canonical JSON (so integers only)
-    of at most 65536 bytes. Raises :class:`EventFormatError`.
+    of at most 65536 bytes. Returns that canonical JSON. Raises
+    :class:`EventFormatError`.
 
     ``values_checked=True`` skips re-checking that every value is canonical
     JSON (the size is still measured): for a PDU this process just built
@@ -390,11 +394,12 @@ def check_event_format(pdu: Any, *, values_checked: bool = False) -> None:
             raise EventFormatError(f"signatures for {server[:80]!r} must map key IDs to strings")
 
     try:
-        size = len(encode_canonical_json(pdu, checked=values_checked))
+        encoded = encode_canonical_json(pdu, checked=values_checked)
     except CanonicalJSONError as err:
         raise EventFormatError(f"not canonical JSON: {err}") from None
-    if size > MAX_PDU_BYTES:
-        raise EventFormatError(f"PDU is {size} bytes of canonical JSON; at most {MAX_PDU_BYTES} allowed")
+    if len(encoded) > MAX_PDU_BYTES:
+        raise EventFormatError(f"PDU is {len(encoded)} bytes of canonical JSON; at most {MAX_PDU_BYTES} allowed")
+    return encoded
 
 
 # -- building and verifying ---------------------------------------------------
@@ -427,9 +432,13 @@ def build_event(
     """
     # No `origin` key: v10 still tolerates one, but it is deprecated, covered
     # by nothing the receiver checks, and only costs bytes on slow links.
+    try:
+        content = checked_copy(content, "$.content")
+    except CanonicalJSONError as err:
+        raise EventFormatError(f"not canonical JSON: {err}") from None
     pdu: dict[str, Any] = {
         "auth_events": list(auth_events),
-        "content": copy.deepcopy(content),
+        "content": content,
         "depth": depth,
         "origin_server_ts": origin_server_ts,
         "prev_events": list(prev_events),
@@ -442,7 +451,8 @@ def build_event(
     if redacts is not None:
         pdu["redacts"] = redacts
     try:
-        pdu["hashes"] = {"sha256": encode_base64(hashlib.sha256(encode_canonical_json(pdu)).digest())}
+        # content is checked; the other values are strings, integers and lists check_event_format checks
+        pdu["hashes"] = {"sha256": encode_base64(hashlib.sha256(encode_canonical_json(pdu, checked=True)).digest())}
     except CanonicalJSONError as err:
         raise EventFormatError(f"not canonical JSON: {err}") from None
     # The signed bytes and the reference hash cover the same thing: the
@@ -452,10 +462,10 @@ def build_event(
     pdu["signatures"] = {server_name: {signing_key.key_id: encode_base64(signing_key.sign(reference))}}
     if unsigned:
         pdu["unsigned"] = copy.deepcopy(unsigned)
-        check_event_format(pdu)  # unsigned was not part of the hashed, checked body
+        encoded = check_event_format(pdu)  # unsigned was not part of the hashed, checked body
     else:
-        check_event_format(pdu, values_checked=True)
-    return Event("$" + encode_base64_urlsafe(hashlib.sha256(reference).digest()), pdu)
+        encoded = check_event_format(pdu, values_checked=True)
+    return Event("$" + encode_base64_urlsafe(hashlib.sha256(reference).digest()), pdu, encoded)
 
 
 def add_signature(pdu: dict[str, Any], server_name: str, signing_key: SigningKey) -> dict[str, Any]:

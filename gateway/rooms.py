@@ -295,19 +295,34 @@ class RoomService:
         results: list[Sent | MatrixError] = []
         made: list[tuple[int, Sent]] = []
         writes: list[EventWrite] = []
+        # A plain message's auth events and verdict depend only on its sender, its type and the
+        # room's state: within one batch they are worked out once per (sender, type) and state.
+        known: dict[tuple[str, str], list[str]] = {}
+        allowed: set[tuple[str, str]] = set()
         async with head.lock:
             group, state = head.state_group, self.store.state_for_group(head.state_group)
             for request in requests:
                 if head.state_group != group:
                     group, state = head.state_group, self.store.state_for_group(head.state_group)
+                    known.clear()
+                    allowed.clear()
+                plain = request.state_key is None and request.redacts is None
+                key = (request.sender, request.event_type)
                 try:
-                    event = self._build(head, state, request)
-                    self._authorise(event, state)
+                    auth_ids = known.get(key) if plain else None
+                    if auth_ids is None:
+                        auth_ids = self._auth_ids(state, request)
+                    event = self._build(head, request, auth_ids)
+                    if not plain or key not in allowed:
+                        self._authorise(event, state)
                     if request.redacts is not None:
                         self._check_redaction(event, state)
                 except MatrixError as exc:
                     results.append(exc)
                     continue
+                if plain:
+                    known[key] = auth_ids
+                    allowed.add(key)
                 write = self._advance(head, state, event, request.txn)
                 made.append((len(results), Sent(event, write.position)))
                 results.append(made[-1][1])
@@ -350,13 +365,14 @@ class RoomService:
         """Call ``listener`` with every committed local event (in commit order per room)."""
         self.listeners.append(listener)
 
-    def _build(self, head: RoomHead, state: StateMap, request: SendRequest) -> Event:
-        auth_ids = [
-            state[key]
-            for key in auth_rules.auth_types_for_event(request.event_type, request.sender, request.state_key,
-                                                       request.content)
-            if key in state
-        ]  # fmt: skip
+    @staticmethod
+    def _auth_ids(state: StateMap, request: SendRequest) -> list[str]:
+        """The auth events the rules select for ``request`` from ``state``."""
+        selected = auth_rules.auth_types_for_event(request.event_type, request.sender, request.state_key,
+                                                   request.content)  # fmt: skip
+        return [state[key] for key in selected if key in state]
+
+    def _build(self, head: RoomHead, request: SendRequest, auth_ids: list[str]) -> Event:
         try:
             event = build_event(
                 room_id=head.room_id, sender=request.sender, type=request.event_type, content=request.content,

@@ -321,7 +321,10 @@ class SQLiteStore:
         for w in writes:
             event = w.event
             txn_user, txn_device, txn_id = w.txn if w.txn else (None, None, None)
-            pdu_text = json.dumps(event.pdu, ensure_ascii=False, separators=(",", ":"))
+            if event.canonical is not None:  # built here: its canonical JSON is at hand
+                pdu_text = event.canonical.decode()
+            else:
+                pdu_text = json.dumps(event.pdu, ensure_ascii=False, separators=(",", ":"))
             rows.append((w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
                          event.depth, event.origin_server_ts, pdu_text, w.state_before, w.state_after, w.rejected,
                          txn_user, txn_device, txn_id))  # fmt: skip
