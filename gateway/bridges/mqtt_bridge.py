@@ -5,7 +5,7 @@ it returns None when the config has no ``[mqtt]`` section.
 
 Inbound path of one QoS 1 message (rules in ``mqtt_ingest``)::
 
-    paho thread ─on_message─▶ BrokerLink queue ─call_soon_threadsafe─▶ link_messages
+    worker process (paho) ─on_message─▶ socket pair, batched ─▶ BrokerLink ─▶ link_messages
       route by topic filter → size / loop / payload checks (refused: counted, acknowledged)
       → ingestion row claimed (a redelivery) or queued for writing (new)
       → the mapping's FIFO queue → pump: token bucket (delays, never drops)
@@ -30,10 +30,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
 
 from lowband.gateway.bridges import mqtt_discovery as discovery
-from lowband.gateway.bridges.mqtt_client import ORIGIN_PROPERTY, BrokerLink
+from lowband.gateway.bridges.mqtt_client import ORIGIN_PROPERTY, BrokerLink, Received
 from lowband.gateway.bridges.mqtt_config import InboundMapping, MqttConfig, OutboundMapping, parse_mqtt_config
 from lowband.gateway.bridges.mqtt_ingest import (
     AckSequencer, Counters, Deduper, EchoGuard, PendingRow, Ticket, TokenBucket,
@@ -54,6 +53,9 @@ log = logging.getLogger(__name__)
 _ROOM_RETRY_S = 5.0
 _SEND_RETRY_S = 1.0
 _STOP_WAIT_S = 10.0
+_CONNECT_WAIT_S = 5.0
+_ROUTE_CACHE = 10_000  # topics whose mapping is remembered (the cache starts over when full)
+_UNROUTED = object()
 _LAUNCH_BATCH = 512
 _BARRIER_DELAY_S = 0.02
 #: After a reconnect, rows of the old connection that no redelivery claimed
@@ -110,6 +112,7 @@ class MqttBridge:
         self.outbound = Outbound(config.outbound, self.links, self.store, self.tables, self.access, self.echo,
                                  self.counters, self._announce_published)  # fmt: skip
         self._routes: dict[str, list[InboundMapping]] = {b.name: [] for b in config.brokers}
+        self._routed: dict[str, dict[str, Any]] = {b.name: {} for b in config.brokers}  # topic → route() result
         for mapping in config.inbound:
             self._routes[mapping.broker].append(mapping)
         self._acked: dict[str, list[str]] = {}
@@ -162,6 +165,15 @@ class MqttBridge:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="mqtt-stats"))
         for link in self.links.values():
             link.start()
+        # A gateway that says it is ready should be subscribed: give the brokers a moment (one that is
+        # down is not waited for longer; its link keeps trying).
+        waits = [asyncio.ensure_future(link.connected.wait()) for link in self.links.values()]
+        _, slow = await asyncio.wait(waits, timeout=_CONNECT_WAIT_S)
+        for waiter in slow:
+            waiter.cancel()
+        for name, link in self.links.items():
+            if not link.connected.is_set():
+                log.warning("mqtt broker %s is not reachable yet; the bridge keeps trying", name)
 
     async def stop(self) -> None:
         """Finish sends in flight (and acknowledge them), publish "offline", disconnect.
@@ -278,10 +290,11 @@ class MqttBridge:
         """Remember which filters the broker session holds."""
         self._background(self.tables.set_subscriptions(link.name, filters))
 
-    def link_messages(self, link: BrokerLink, batch: list[tuple[int, mqtt.MQTTMessage]]) -> None:
+    def link_messages(self, link: BrokerLink, batch: list[tuple[int, Received]]) -> None:
         """Route, check and queue a batch of received messages (refused ones are acknowledged)."""
         sequencer = self.sequencers[link.name]
         routes = self._routes[link.name]
+        routed = self._routed[link.name]
         now_ms = int(time.time() * 1000)
         now = time.monotonic()
         woken: set[str] = set()
@@ -294,7 +307,12 @@ class MqttBridge:
             except UnicodeDecodeError:
                 self._refuse(link, "_bridge", ticket, "invalid_topic", "topic is not UTF-8", "?")
                 continue
-            found = route(routes, topic)
+            cached = routed.get(topic, _UNROUTED)
+            if cached is _UNROUTED:
+                if len(routed) >= _ROUTE_CACHE:
+                    routed.clear()
+                cached = routed[topic] = route(routes, topic)
+            found = cached
             if found is None:
                 self._refuse(link, "_bridge", ticket, "unmapped", "no mapping takes this topic", topic)
                 continue
@@ -308,7 +326,7 @@ class MqttBridge:
                 self._refuse(link, mapping.name, ticket, "retained_skipped", "", topic, quiet=True)
                 continue
             digest = payload_digest(payload)
-            properties = _user_properties(message)
+            properties = message.user_properties
             if properties.get(ORIGIN_PROPERTY) == self.server_name or self.echo.is_echo(topic, digest, now):
                 self._refuse(link, mapping.name, ticket, "loop", "published by this gateway", topic)
                 continue
@@ -593,12 +611,6 @@ class MqttBridge:
             for link in self.links.values():
                 if link.connected.is_set():
                     link.publish(self.config.stats_topic, payload, 0, False).add_done_callback(_ignore_result)
-
-
-def _user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:
-    properties = getattr(message, "properties", None)
-    pairs = getattr(properties, "UserProperty", None) if properties is not None else None
-    return dict(pairs) if pairs else {}
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:

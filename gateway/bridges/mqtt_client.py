@@ -1,43 +1,70 @@
-"""One broker connection: paho-mqtt's network thread on one side, the event loop on the other.
+"""One broker connection: a worker process running paho-mqtt on one side, the event loop on the other.
 
-paho runs its own thread (``loop_start``); its callbacks only append to a
-queue and, at most once until the loop has drained it, schedule
-:meth:`BrokerLink._drain` with ``call_soon_threadsafe``. Everything else —
-routing, acknowledging, publishing — happens on the event loop's thread,
-in the order the callbacks fired.
+The worker (``mqtt_worker``) owns the paho client and its network thread, so
+decoding MQTT packets does not compete with the gateway's own work for the
+interpreter. Its reports arrive in batches on a socket pair and are handled
+on the event loop's thread in the order the worker's callbacks fired;
+commands (acknowledge, publish, barrier) go back in one frame per loop turn.
 
 * MQTT 5 first (clean start off, a session expiry, a receive maximum);
   when the broker answers "unsupported protocol version" and the broker's
-  ``protocol`` is ``auto``, the link starts again with MQTT 3.1.1 and clean
-  session off.
-* Manual acknowledgements (``manual_ack=True``): the bridge calls
-  :meth:`ack` once a message's event is committed. ``net_gen`` counts
-  connects and disconnects in the network thread; a ticket taken on one
-  connection is never acknowledged on another, where the same packet id
-  may name a different message.
-* Subscriptions are made in the network thread right after CONNACK, QoS 1,
-  with No Local and "retained only for a new subscription" on MQTT 5.
+  ``protocol`` is ``auto``, the link starts a new worker with MQTT 3.1.1
+  and clean session off.
+* Manual acknowledgements: the bridge calls :meth:`ack` once a message's
+  event is committed. ``net_gen`` counts connects and disconnects; a ticket
+  taken on one connection is never acknowledged on another, where the same
+  packet id may name a different message (the worker checks again).
+* Subscriptions are made by the worker right after CONNACK, QoS 1, with No
+  Local and "retained only for a new subscription" on MQTT 5.
+* A worker that dies is a disconnect: a new one is started after
+  ``reconnect_min_s`` and resumes the broker session; everything not
+  acknowledged is delivered again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-from collections import deque
+import marshal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.bridges.mqtt_config import BrokerConfig
+from lowband.gateway.bridges.mqtt_worker import MAX_FRAME, ORIGIN_PROPERTY, encode_frame
 
 log = logging.getLogger(__name__)
 
-_UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported Protocol Version" (0x84; 3.1.1 return code 1)
-ORIGIN_PROPERTY = "lowband-origin"
+__all__ = ["ORIGIN_PROPERTY", "BrokerLink", "LinkHandler", "Received"]
+
+_STOP_WAIT_S = 5.0
+
+
+class Received:
+    """One PUBLISH as the worker reported it (the attributes of paho's MQTTMessage the bridge reads)."""
+
+    __slots__ = ("mid", "qos", "retain", "dup", "raw_topic", "payload", "user_properties")
+
+    def __init__(self, mid: int, qos: int, retain: bool, dup: bool, raw_topic: bytes, payload: bytes,
+                 user_properties: dict[str, str]) -> None:  # fmt: skip
+        self.mid = mid
+        self.qos = qos
+        self.retain = retain
+        self.dup = dup
+        self.raw_topic = raw_topic
+        self.payload = payload
+        self.user_properties = user_properties
+
+    @property
+    def topic(self) -> str:
+        """The topic name; raises UnicodeDecodeError when it is not UTF-8."""
+        return self.raw_topic.decode("utf-8")
 
 
 class LinkHandler(Protocol):
@@ -47,7 +74,7 @@ class LinkHandler(Protocol):
 
     def link_disconnected(self, link: BrokerLink, reason: str) -> None: ...
 
-    def link_messages(self, link: BrokerLink, batch: list[tuple[int, mqtt.MQTTMessage]]) -> None: ...
+    def link_messages(self, link: BrokerLink, batch: list[tuple[int, Received]]) -> None: ...
 
     def link_subscribed(self, link: BrokerLink, filters: set[str]) -> None: ...
 
@@ -55,7 +82,7 @@ class LinkHandler(Protocol):
 
 
 class BrokerLink:
-    """A paho client for one ``[[mqtt.brokers]]`` entry."""
+    """The gateway's side of one ``[[mqtt.brokers]]`` entry and its worker process."""
 
     def __init__(
         self,
@@ -77,87 +104,111 @@ class BrokerLink:
         self.origin = origin
         self.barrier_topic = barrier_topic
         self.protocol = mqtt.MQTTv311 if config.protocol == "3.1.1" else mqtt.MQTTv5
-        self.net_gen = 0  # written by the network thread only
+        self.net_gen = 0  # the worker's count of connects and disconnects, as last reported
         self.connected = asyncio.Event()
         self.session_present = False
-        self.client: mqtt.Client | None = None
         self._loop = asyncio.get_running_loop()
-        self._items: deque[tuple[Any, ...]] = deque()
-        self._scheduled = False
         self._publishes: dict[int, asyncio.Future[None]] = {}
+        self._next_id = 0
+        self._commands: list[tuple[Any, ...]] = []
+        self._flush_scheduled = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._runner: asyncio.Task[None] | None = None
         self._stopping = False
-        self._restart: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Create the paho client and start its network thread (connects in the background)."""
-        self.client = self._make_client()
-        props = None
-        if self.protocol == mqtt.MQTTv5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.config.session_expiry_s
-            props.ReceiveMaximum = self.config.receive_maximum
-            self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s,
-                                      clean_start=False, properties=props)  # fmt: skip
-        else:
-            self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
-        self.client.loop_start()
-
-    def _make_client(self) -> mqtt.Client:
-        kwargs: dict[str, Any] = {
-            "callback_api_version": mqtt.CallbackAPIVersion.VERSION2,
-            "client_id": self.config.client_id,
-            "protocol": self.protocol,
-            "manual_ack": True,
-            "reconnect_on_failure": True,
-        }
-        if self.protocol != mqtt.MQTTv5:
-            kwargs["clean_session"] = False
-        client = mqtt.Client(**kwargs)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        client.on_subscribe = self._on_subscribe
-        client.on_unsubscribe = self._on_unsubscribe
-        client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
-        client.max_inflight_messages_set(100)
-        client.max_queued_messages_set(0)
-        client.will_set(self.will[0], self.will[1], qos=1, retain=True)
-        if self.config.username is not None:
-            client.username_pw_set(self.config.username, self.config.password)
-        if self.config.tls:
-            client.tls_set(ca_certs=self.config.ca_file, certfile=self.config.cert_file, keyfile=self.config.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED)  # fmt: skip
-            if self.config.tls_insecure:
-                client.tls_insecure_set(True)
-        return client
+        """Start the worker (it connects in the background, and again after any failure)."""
+        self._runner = asyncio.create_task(self._run(), name=f"mqtt-link-{self.name}")
 
     async def stop(self) -> None:
-        """Disconnect cleanly and stop the network thread."""
+        """Disconnect cleanly and end the worker."""
         self._stopping = True
-        if self._restart is not None:
-            self._restart.cancel()
-        client, self.client = self.client, None
-        if client is not None:
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+        if self._writer is not None and self._proc is not None and self._proc.poll() is None:
+            self._send(("stop",))
+            self._flush()
+            await asyncio.to_thread(_wait, self._proc, _STOP_WAIT_S)
+        if self._runner is not None:
+            await cancel_and_wait(self._runner)
         self.connected.clear()
         self._fail_publishes(ConnectionError("the bridge is stopping"))
 
-    async def _fall_back(self) -> None:
-        """Start again with MQTT 3.1.1 (the broker refused MQTT 5)."""
-        old, self.client = self.client, None
-        if old is not None:
-            old.disconnect()
-            await asyncio.to_thread(old.loop_stop)
-        self._fail_publishes(ConnectionError("reconnecting with MQTT 3.1.1"))
-        if self._stopping:
-            return
-        log.warning("mqtt broker %s does not speak MQTT 5; using MQTT 3.1.1", self.name)
-        self.protocol = mqtt.MQTTv311
-        self.start()
+    async def _run(self) -> None:
+        """Run workers one after another until stopped."""
+        while not self._stopping:
+            fallback = False
+            try:
+                fallback = await self._run_worker()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("mqtt broker %s: the worker failed", self.name)
+            finally:
+                self._end_worker()
+            if self._stopping:
+                return
+            if fallback:
+                log.warning("mqtt broker %s does not speak MQTT 5; using MQTT 3.1.1", self.name)
+                self.protocol = mqtt.MQTTv311
+                self._fail_publishes(ConnectionError("reconnecting with MQTT 3.1.1"))
+                continue
+            self.net_gen += 1  # acknowledgements still queued name the old connection: the worker drops them
+            self._fail_publishes(ConnectionError("the MQTT worker process ended"))
+            if self.connected.is_set():
+                self.connected.clear()
+                self.handler.link_disconnected(self, "the worker process ended")
+            await asyncio.sleep(self.config.reconnect_min_s)
+
+    async def _run_worker(self) -> bool:
+        """One worker process, until its socket closes; True when it asks for MQTT 3.1.1."""
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "lowband.gateway.bridges.mqtt_worker", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        reader, self._writer = await asyncio.open_connection(sock=ours)
+        self._writer.write(encode_frame([self._settings()]))
+        self._flush()  # commands queued while no worker ran
+        while True:
+            try:
+                head = await reader.readexactly(4)
+                (size,) = struct.unpack(">I", head)
+                if size > MAX_FRAME:
+                    raise ValueError(f"frame of {size} bytes")
+                items = _decode(await reader.readexactly(size))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return False
+            if self._handle(items):
+                return True
+
+    def _end_worker(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            proc.wait()
+
+    def _settings(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "name": c.name, "host": c.host, "port": c.port, "client_id": c.client_id,
+            "protocol": "3.1.1" if self.protocol == mqtt.MQTTv311 else "5", "auto": c.protocol == "auto",
+            "username": c.username, "password": c.password, "tls": c.tls, "ca_file": c.ca_file,
+            "cert_file": c.cert_file, "key_file": c.key_file, "tls_insecure": c.tls_insecure,
+            "keepalive_s": c.keepalive_s, "session_expiry_s": c.session_expiry_s,
+            "receive_maximum": c.receive_maximum, "reconnect_min_s": c.reconnect_min_s,
+            "reconnect_max_s": c.reconnect_max_s, "will_topic": self.will[0], "will_payload": self.will[1],
+            "filters": self.filters, "known_filters": sorted(self.known_filters), "origin": self.origin,
+            "barrier_topic": self.barrier_topic, "gen": self.net_gen,
+        }  # fmt: skip
 
     # ------------------------------------------------------------ loop side
 
@@ -165,51 +216,51 @@ class BrokerLink:
         """Publish; the future completes on PUBACK (QoS 1) or once written (QoS 0).
 
         paho keeps unacknowledged QoS 1 publishes and sends them again after
-        a reconnect; the future fails only if the link is stopped or
-        replaced first.
+        a reconnect; the future fails if the link is stopped, or its worker
+        replaced, first.
         """
         future: asyncio.Future[None] = self._loop.create_future()
-        client = self.client
-        if client is None:
+        if self._stopping:
             future.set_exception(ConnectionError("not connected"))
             return future
-        properties = None
-        if self.protocol == mqtt.MQTTv5:
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.UserProperty = [(ORIGIN_PROPERTY, self.origin)]
-        info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-        queued = info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0  # paho sends it after reconnecting
-        if info.rc != mqtt.MQTT_ERR_SUCCESS and not queued:
-            future.set_exception(ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}"))
-            return future
-        # The PUBACK is handled on this thread after this returns (call_soon_threadsafe), so no race.
-        self._publishes[info.mid] = future
+        self._next_id += 1
+        self._publishes[self._next_id] = future
+        self._send(("publish", self._next_id, topic, bytes(payload), qos, bool(retain)))
         return future
 
     def ack(self, gen: int, mid: int) -> bool:
         """Send the PUBACK of ``mid`` if the connection it arrived on is still the current one."""
-        client = self.client
-        if client is None or gen != self.net_gen:
+        if self._writer is None or gen != self.net_gen:
             return False
-        client.ack(mid, 1)
+        self._send(("ack", gen, mid))
         return True
 
     def barrier(self) -> tuple[int, int] | None:
-        """Send a packet the broker must answer: (connection gen, mid), or None when not connected.
+        """Send a packet the broker must answer: (connection gen, id), or None when not connected.
 
         An UNSUBSCRIBE of a filter the bridge never subscribes to has no
         effect but an UNSUBACK, and a broker answers a connection's packets
         in order: when it arrives (``link_barrier``), every PUBACK written
         before on that connection was processed.
         """
-        client = self.client
-        gen = self.net_gen
-        if client is None or not self.connected.is_set():
+        if self._writer is None or not self.connected.is_set():
             return None
-        rc, mid = client.unsubscribe(self.barrier_topic)
-        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
-            return None
-        return gen, mid
+        self._next_id += 1
+        self._send(("barrier", self._next_id))
+        return self.net_gen, self._next_id
+
+    def _send(self, command: tuple[Any, ...]) -> None:
+        self._commands.append(command)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._writer is None or not self._commands:
+            return  # kept for the next worker
+        commands, self._commands = self._commands, []
+        self._writer.write(encode_frame(commands))
 
     def _fail_publishes(self, exc: Exception) -> None:
         publishes, self._publishes = self._publishes, {}
@@ -218,39 +269,44 @@ class BrokerLink:
                 future.set_exception(exc)
                 future.exception()
 
-    def _drain(self) -> None:
-        self._scheduled = False
-        batch: list[tuple[int, mqtt.MQTTMessage]] = []
-        items = self._items
-        while items:
-            item = items.popleft()
+    def _handle(self, items: Iterable[tuple[Any, ...]]) -> bool:
+        """Dispatch a worker's batch; True when it asks for MQTT 3.1.1."""
+        batch: list[tuple[int, Received]] = []
+        for item in items:
             if item[0] == "msg":
-                batch.append((item[1], item[2]))
+                _, gen, mid, qos, retain, dup, topic, payload, pairs = item
+                batch.append((gen, Received(mid, qos, retain, dup, topic, payload, dict(pairs) if pairs else {})))
                 continue
             if batch:
                 self._deliver(batch)
                 batch = []
-            self._handle(item)
+            if item[0] == "fallback":
+                return True
+            self._report(item)
         if batch:
             self._deliver(batch)
+        return False
 
-    def _deliver(self, batch: list[tuple[int, mqtt.MQTTMessage]]) -> None:
+    def _deliver(self, batch: list[tuple[int, Received]]) -> None:
         try:
             self.handler.link_messages(self, batch)
         except Exception:  # a bug must not stop the link; the messages stay unacknowledged
             log.exception("mqtt broker %s: handling %d messages failed", self.name, len(batch))
 
-    def _handle(self, item: tuple[Any, ...]) -> None:
+    def _report(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         try:
             if kind == "connect":
+                self.net_gen = item[1]
                 self.session_present = item[2]
                 self.connected.set()
                 self.handler.link_connected(self, item[1], item[2])
             elif kind == "disconnect":
+                self.net_gen += 1
                 self.connected.clear()
-                self.handler.link_disconnected(self, item[1])
-            elif kind == "puback":
+                if not self._stopping:
+                    self.handler.link_disconnected(self, item[1])
+            elif kind == "published":
                 future = self._publishes.pop(item[1], None)
                 if future is not None and not future.done():
                     if item[2]:
@@ -261,76 +317,24 @@ class BrokerLink:
             elif kind == "unsuback":
                 self.handler.link_barrier(self, item[1], item[2])
             elif kind == "subscribed":
-                self.known_filters = item[1]
-                self.handler.link_subscribed(self, item[1])
-            elif kind == "fallback" and self._restart is None:
-                self._restart = asyncio.ensure_future(self._fall_back())
+                self.known_filters = set(item[1])
+                self.handler.link_subscribed(self, self.known_filters)
+            elif kind == "log":
+                log.log(item[1], "%s", item[2])
         except Exception:
             log.exception("mqtt broker %s: handling %s failed", self.name, kind)
 
-    # ------------------------------------------------------- network thread
 
-    def _push(self, item: tuple[Any, ...]) -> None:
-        self._items.append(item)
-        if not self._scheduled:
-            self._scheduled = True
-            try:
-                self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: the gateway is gone
-                pass
+def _decode(body: bytes) -> list[tuple[Any, ...]]:
+    items = marshal.loads(body)
+    if not isinstance(items, list):
+        raise ValueError("a frame must hold a list")
+    return items
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        try:
-            if reason.is_failure:
-                downgrade = self.protocol == mqtt.MQTTv5 and self.config.protocol == "auto"
-                if reason.value == _UNSUPPORTED_PROTOCOL and downgrade:
-                    self._push(("fallback",))
-                else:
-                    log.warning("mqtt broker %s refused the connection: %s", self.name, reason)
-                return
-            self.net_gen += 1
-            session_present = bool(flags.session_present)
-            self._subscribe(client, session_present)
-            self._push(("connect", self.net_gen, session_present))
-            version = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
-            log.info("mqtt broker %s connected (MQTT %s, session %s)", self.name, version,
-                     "resumed" if session_present else "new")  # fmt: skip
-        except Exception:
-            log.exception("mqtt broker %s: on_connect failed", self.name)
 
-    def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
-        current = set(self.filters)
-        stale = sorted(self.known_filters - current) if session_present else []
-        if stale:
-            client.unsubscribe(stale)
-        if self.protocol == mqtt.MQTTv5:
-            # Retain handling 1: retained messages only for a subscription the session did not have.
-            wanted = [(f, SubscribeOptions(qos=q, noLocal=True, retainAsPublished=False,
-                                           retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
-                      for f, q in sorted(self.filters.items())]  # fmt: skip
-        else:
-            # MQTT 3.1.1 re-sends retained messages on every SUBSCRIBE: skip what the session holds.
-            known = self.known_filters if session_present else set()
-            wanted = [(f, q) for f, q in sorted(self.filters.items()) if f not in known]
-        if wanted:
-            client.subscribe(wanted)
-        self._push(("subscribed", current))
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        self.net_gen += 1
-        self._push(("disconnect", str(reason)))
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._push(("msg", self.net_gen, message))
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        failed = str(reason) if reason is not None and getattr(reason, "is_failure", False) else ""
-        self._push(("puback", mid, failed))
-
-    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
-        self._push(("unsuback", self.net_gen, mid))
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
-        for reason in reasons:
-            if getattr(reason, "is_failure", False):
-                log.error("mqtt broker %s refused a subscription: %s", self.name, reason)
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,338 @@
+"""The MQTT network process: one paho-mqtt client per broker, outside the gateway's interpreter.
+
+Why a process: paho decodes every PUBLISH in Python. In the gateway's own
+interpreter that work competes for the one GIL with building, signing and
+storing events; in a process of its own it runs on the other core. The
+gateway (``mqtt_client.BrokerLink``) starts ``python -m
+lowband.gateway.bridges.mqtt_worker FD`` with one end of a socket pair.
+
+Frames both ways: 4-byte big-endian length, then a ``marshal`` (version 4)
+list of tuples. Only the gateway's own child reads and writes them.
+
+* gateway → worker: first frame ``[settings]`` (a dict, see ``BrokerLink``);
+  then ``("ack", gen, mid)``, ``("publish", id, topic, payload, qos,
+  retain)``, ``("barrier", id)``, ``("stop",)``;
+* worker → gateway: ``("msg", gen, mid, qos, retain, dup, topic bytes,
+  payload, user properties or None)``, ``("connect", gen,
+  session_present)``, ``("disconnect", reason)``, ``("published", id,
+  error)``, ``("unsuback", gen, id)``, ``("subscribed", filters)``,
+  ``("fallback",)``, ``("log", level, text)``.
+
+Rules:
+
+* manual acknowledgements: a PUBACK goes out only when the gateway says
+  ``ack``, and only on the connection (``gen``) the message came on;
+* the worker never outlives the gateway: end of file on the socket (the
+  gateway exited, even by ``kill -9``) ends the process at once without a
+  DISCONNECT, so the broker publishes the last will;
+* ``("stop",)`` disconnects cleanly (no will) and exits;
+* MQTT 5 is refused with "unsupported protocol version" and the protocol
+  is ``auto``: the worker reports ``fallback`` and the gateway starts a new
+  worker with MQTT 3.1.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+import socket
+import ssl
+import struct
+import sys
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+_UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported Protocol Version" (0x84; 3.1.1 return code 1)
+ORIGIN_PROPERTY = "lowband-origin"
+_HEADER = struct.Struct(">I")
+MAX_FRAME = 1 << 30
+
+
+def read_frame(sock: socket.socket) -> list[Any] | None:
+    """The next frame's list, or None at end of file (blocking socket)."""
+    head = _read_exactly(sock, 4)
+    if head is None:
+        return None
+    (size,) = _HEADER.unpack(head)
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    body = _read_exactly(sock, size)
+    if body is None:
+        return None
+    value = marshal.loads(body)
+    if not isinstance(value, list):
+        raise ValueError("a frame must hold a list")
+    return value
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def encode_frame(items: list[Any]) -> bytes:
+    """Length prefix and marshalled list."""
+    body = marshal.dumps(items, 4)
+    return _HEADER.pack(len(body)) + body
+
+
+class _MidMap:
+    """paho message ID → the gateway's ID, whichever of bind() and done() comes first.
+
+    paho can report a PUBACK (in its network thread) before ``publish()``
+    has returned the mid to the caller, so either side may arrive first.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[int, int] = {}
+        self._early: set[int] = set()
+
+    def bind(self, mid: int, ident: int) -> bool:
+        """Remember ``mid`` → ``ident``; True if its answer already came."""
+        with self._lock:
+            if mid in self._early:
+                self._early.discard(mid)
+                return True
+            self._ids[mid] = ident
+            return False
+
+    def done(self, mid: int) -> int | None:
+        """The gateway's ID of an answered mid, or None if bind() has not happened yet."""
+        with self._lock:
+            ident = self._ids.pop(mid, None)
+            if ident is None:
+                self._early.add(mid)
+            return ident
+
+
+class Worker:
+    """One broker connection, driven by the gateway's commands."""
+
+    def __init__(self, sock: socket.socket, settings: dict[str, Any]) -> None:
+        self.sock = sock
+        self.s = settings
+        self.protocol = mqtt.MQTTv311 if settings["protocol"] == "3.1.1" else mqtt.MQTTv5
+        self.net_gen: int = settings["gen"]
+        self.filters: dict[str, int] = dict(settings["filters"])
+        self.known_filters: set[str] = set(settings["known_filters"])
+        self._out: list[Any] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._published = _MidMap()
+        self._barriers = _MidMap()
+        self.client = self._make_client()
+
+    # ------------------------------------------------------------ output
+
+    def emit(self, item: tuple[Any, ...]) -> None:
+        with self._cond:
+            self._out.append(item)
+            if len(self._out) == 1:
+                self._cond.notify()
+
+    def log(self, level: int, text: str) -> None:
+        self.emit(("log", level, text))
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._out and not self._closing:
+                    self._cond.wait()
+                items, self._out = self._out, []
+            if items:
+                try:
+                    self.sock.sendall(encode_frame(items))
+                except OSError:
+                    os._exit(1)  # the gateway is gone
+            elif self._closing:
+                return
+
+    # ------------------------------------------------------------ client
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.s
+        kwargs: dict[str, Any] = {
+            "callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": s["client_id"],
+            "protocol": self.protocol, "manual_ack": True, "reconnect_on_failure": True,
+        }  # fmt: skip
+        if self.protocol != mqtt.MQTTv5:
+            kwargs["clean_session"] = False
+        client = mqtt.Client(**kwargs)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
+        client.reconnect_delay_set(s["reconnect_min_s"], s["reconnect_max_s"])
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)
+        client.will_set(s["will_topic"], s["will_payload"], qos=1, retain=True)
+        if s["username"] is not None:
+            client.username_pw_set(s["username"], s["password"])
+        if s["tls"]:
+            client.tls_set(ca_certs=s["ca_file"], certfile=s["cert_file"], keyfile=s["key_file"],
+                           cert_reqs=ssl.CERT_REQUIRED)  # fmt: skip
+            if s["tls_insecure"]:
+                client.tls_insecure_set(True)
+        return client
+
+    def connect(self) -> None:
+        s = self.s
+        if self.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s["session_expiry_s"]
+            props.ReceiveMaximum = s["receive_maximum"]
+            self.client.connect_async(s["host"], s["port"], s["keepalive_s"], clean_start=False, properties=props)
+        else:
+            self.client.connect_async(s["host"], s["port"], s["keepalive_s"])
+        self.client.loop_start()
+
+    # ---------------------------------------------------------- commands
+
+    def run(self) -> None:
+        sender = threading.Thread(target=self._send_loop, name="mqtt-worker-send", daemon=True)
+        sender.start()
+        self.connect()
+        while True:
+            try:
+                frame = read_frame(self.sock)
+            except (OSError, ValueError):
+                frame = None
+            if frame is None:
+                os._exit(0)  # the gateway is gone: no DISCONNECT, so the broker sends the will
+            for command in frame:
+                if command[0] == "stop":
+                    self.client.disconnect()
+                    self.client.loop_stop()
+                    with self._cond:
+                        self._closing = True
+                        self._cond.notify()
+                    sender.join(5)
+                    return
+                try:
+                    self._command(command)
+                except Exception as exc:  # a bad command must not end the connection
+                    self.log(logging.ERROR, f"command {command[0]!r} failed: {exc!r}")
+
+    def _command(self, command: tuple[Any, ...]) -> None:
+        kind = command[0]
+        if kind == "ack":
+            if command[1] == self.net_gen:
+                self.client.ack(command[2], 1)
+        elif kind == "publish":
+            _, ident, topic, payload, qos, retain = command
+            properties = None
+            if self.protocol == mqtt.MQTTv5:
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.UserProperty = [(ORIGIN_PROPERTY, self.s["origin"])]
+            info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            queued = info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0  # paho sends it after reconnecting
+            if info.rc != mqtt.MQTT_ERR_SUCCESS and not queued:
+                self.emit(("published", ident, f"publish failed: {mqtt.error_string(info.rc)}"))
+            elif self._published.bind(info.mid, ident):
+                self.emit(("published", ident, ""))
+        elif kind == "barrier":
+            gen = self.net_gen
+            rc, mid = self.client.unsubscribe(self.s["barrier_topic"])
+            if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+                self.emit(("unsuback", -1, command[1]))  # no barrier on this connection: it never completes
+            elif self._barriers.bind(mid, command[1]):  # answered before bind() could run
+                self.emit(("unsuback", gen, command[1]))
+
+    # --------------------------------------------------- network thread
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        try:
+            if reason.is_failure:
+                if reason.value == _UNSUPPORTED_PROTOCOL and self.protocol == mqtt.MQTTv5 and self.s["auto"]:
+                    self.emit(("fallback",))
+                else:
+                    self.log(logging.WARNING, f"mqtt broker {self.s['name']} refused the connection: {reason}")
+                return
+            self.net_gen += 1
+            session_present = bool(flags.session_present)
+            self._subscribe(client, session_present)
+            self.emit(("connect", self.net_gen, session_present))
+            version = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
+            self.log(logging.INFO, f"mqtt broker {self.s['name']} connected (MQTT {version}, session "
+                                   f"{'resumed' if session_present else 'new'})")  # fmt: skip
+        except Exception as exc:
+            self.log(logging.ERROR, f"mqtt broker {self.s['name']}: on_connect failed: {exc!r}")
+
+    def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
+        current = set(self.filters)
+        stale = sorted(self.known_filters - current) if session_present else []
+        if stale:
+            rc, mid = client.unsubscribe(stale)
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._barriers.bind(mid, -1)  # not a barrier: its UNSUBACK is ignored
+        if self.protocol == mqtt.MQTTv5:
+            # Retain handling 1: retained messages only for a subscription the session did not have.
+            wanted = [(f, SubscribeOptions(qos=q, noLocal=True, retainAsPublished=False,
+                                           retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
+                      for f, q in sorted(self.filters.items())]  # fmt: skip
+        else:
+            # MQTT 3.1.1 re-sends retained messages on every SUBSCRIBE: skip what the session holds.
+            known = self.known_filters if session_present else set()
+            wanted = [(f, q) for f, q in sorted(self.filters.items()) if f not in known]
+        if wanted:
+            client.subscribe(wanted)
+        self.known_filters = current
+        self.emit(("subscribed", sorted(current)))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.net_gen += 1
+        self.emit(("disconnect", str(reason)))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        pairs = getattr(getattr(message, "properties", None), "UserProperty", None)
+        self.emit(("msg", self.net_gen, message.mid, message.qos, bool(message.retain), bool(message.dup),
+                   message._topic, message.payload, [tuple(p) for p in pairs] if pairs else None))  # fmt: skip
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        failed = str(reason) if reason is not None and getattr(reason, "is_failure", False) else ""
+        ident = self._published.done(mid)
+        if ident is not None:
+            self.emit(("published", ident, failed))
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        ident = self._barriers.done(mid)
+        if ident is not None and ident >= 0:
+            self.emit(("unsuback", self.net_gen, ident))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        for reason in reasons:
+            if getattr(reason, "is_failure", False):
+                self.log(logging.ERROR, f"mqtt broker {self.s['name']} refused a subscription: {reason}")
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``mqtt_worker FD`` (FD: this end of the socket pair)."""
+    if len(argv) != 1 or not argv[0].isdigit():
+        sys.stderr.write("usage: python -m lowband.gateway.bridges.mqtt_worker FD (started by the gateway)\n")
+        return 2
+    sock = socket.socket(fileno=int(argv[0]))
+    sock.setblocking(True)
+    first = read_frame(sock)
+    if not first or not isinstance(first[0], dict):
+        return 1
+    Worker(sock, first[0]).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
