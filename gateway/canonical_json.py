@@ -82,6 +82,7 @@ def checked_copy(value: Any, path: str = "$") -> Any:
     """A copy of ``value`` (new dicts and lists, tuples become lists) after the checks
     :func:`encode_canonical_json` makes; raises :class:`CanonicalJSONError` like it.
 
+    Strings are not looked at (a lone surrogate fails when encoded).
     ``path`` names ``value`` in error messages. One walk does both, so a caller that keeps its own copy of an object it
     then hashes need not also deep-copy it.
     """
@@ -89,6 +90,8 @@ def checked_copy(value: Any, path: str = "$") -> Any:
         return _copy(value)
     except _Refused:
         pass
+    except RecursionError:
+        raise CanonicalJSONError("value is nested too deeply") from None
     # Something unusual (a float, a huge integer, a subclass of dict or str...):
     # the slow check names the offending path, or passes and the copy goes through JSON.
     _check(value, path)

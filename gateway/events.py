@@ -334,7 +334,7 @@ def _check_event_id_list(name: str, value: list[Any], limit: int) -> None:
         _check_sigil_id(f"{name} entry", item, "$")
 
 
-def check_event_format(pdu: Any, *, values_checked: bool = False) -> bytes:
+def check_event_format(pdu: Any, *, values_checked: bool = False, encoded: bytes | None = None) -> bytes:
     """Check that ``pdu`` has the room version 10 PDU format.
 
     Checks: an object; the required keys (``room_id``, ``sender``,
@@ -349,6 +349,9 @@ def check_event_format(pdu: Any, *, values_checked: bool = False) -> bytes:
     maps of strings; the whole PDU valid canonical JSON (so integers only)
     of at most 65536 bytes. Returns that canonical JSON. Raises
     :class:`EventFormatError`.
+
+    ``encoded`` is the PDU's canonical JSON when the caller already has it
+    (it is measured, not made again).
 
     ``values_checked=True`` skips re-checking that every value is canonical
     JSON (the size is still measured): for a PDU this process just built
@@ -393,10 +396,11 @@ def check_event_format(pdu: Any, *, values_checked: bool = False) -> bytes:
         if not isinstance(sigs, dict) or not all(isinstance(s, str) for s in sigs.values()):
             raise EventFormatError(f"signatures for {server[:80]!r} must map key IDs to strings")
 
-    try:
-        encoded = encode_canonical_json(pdu, checked=values_checked)
-    except CanonicalJSONError as err:
-        raise EventFormatError(f"not canonical JSON: {err}") from None
+    if encoded is None:
+        try:
+            encoded = encode_canonical_json(pdu, checked=values_checked)
+        except CanonicalJSONError as err:
+            raise EventFormatError(f"not canonical JSON: {err}") from None
     if len(encoded) > MAX_PDU_BYTES:
         raise EventFormatError(f"PDU is {len(encoded)} bytes of canonical JSON; at most {MAX_PDU_BYTES} allowed")
     return encoded
@@ -452,9 +456,10 @@ def build_event(
         pdu["redacts"] = redacts
     try:
         # content is checked; the other values are strings, integers and lists check_event_format checks
-        pdu["hashes"] = {"sha256": encode_base64(hashlib.sha256(encode_canonical_json(pdu, checked=True)).digest())}
+        body = encode_canonical_json(pdu, checked=True)
     except CanonicalJSONError as err:
         raise EventFormatError(f"not canonical JSON: {err}") from None
+    pdu["hashes"] = {"sha256": encode_base64(hashlib.sha256(body).digest())}
     # The signed bytes and the reference hash cover the same thing: the
     # redacted PDU without signatures (none yet) and unsigned (not kept by
     # redaction). Encode it once; its values were checked just above.
@@ -464,8 +469,23 @@ def build_event(
         pdu["unsigned"] = copy.deepcopy(unsigned)
         encoded = check_event_format(pdu)  # unsigned was not part of the hashed, checked body
     else:
-        encoded = check_event_format(pdu, values_checked=True)
+        encoded = check_event_format(pdu, values_checked=True, encoded=_spliced(body, pdu))
     return Event("$" + encode_base64_urlsafe(hashlib.sha256(reference).digest()), pdu, encoded)
+
+
+def _spliced(body: bytes, pdu: dict[str, Any]) -> bytes:
+    """The whole PDU's canonical JSON, from that of its hashed body and its two new maps.
+
+    Top-level keys sort as auth_events, content, depth, hashes,
+    origin_server_ts, prev_events, [redacts,] room_id, sender, signatures,
+    [state_key,] type. Every member after ``content`` holds integers and
+    strings only, whose quotes are escaped, so the last ``,"origin_server_ts":``
+    and the last ``,"state_key":`` (or ``,"type":``) are the top-level ones.
+    """
+    at = body.rindex(b',"origin_server_ts":')
+    text = body[:at] + b',"hashes":' + encode_canonical_json(pdu["hashes"], checked=True) + body[at:]
+    at = text.rindex(b',"state_key":' if "state_key" in pdu else b',"type":')
+    return text[:at] + b',"signatures":' + encode_canonical_json(pdu["signatures"], checked=True) + text[at:]
 
 
 def add_signature(pdu: dict[str, Any], server_name: str, signing_key: SigningKey) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from lowband.gateway.canonical_json import (
     MAX_SAFE_INTEGER,
     MIN_SAFE_INTEGER,
     CanonicalJSONError,
+    checked_copy,
     encode_canonical_json,
 )
 
@@ -118,6 +120,28 @@ def test_deep_nesting_is_a_canonical_json_error():
         value = [value]
     with pytest.raises(CanonicalJSONError):
         encode_canonical_json(value)
+    with pytest.raises(CanonicalJSONError):
+        checked_copy(value)
+
+
+@pytest.mark.parametrize("value", [1.5, {"a": [1, 2.5]}, MAX_SAFE_INTEGER + 1, {"n": 2**63}, {1: "int key"},
+                                   {None: "null key"}, b"bytes", {1, 2}, object()], ids=repr)  # fmt: skip
+def test_checked_copy_refuses_what_the_encoder_refuses_with_the_same_message(value):
+    with pytest.raises(CanonicalJSONError) as encoded:
+        encode_canonical_json({"x": value})
+    with pytest.raises(CanonicalJSONError) as copied:
+        checked_copy({"x": value})
+    assert str(copied.value) == str(encoded.value)
+
+
+def test_checked_copy_accepts_subclasses_as_the_encoder_does():
+    class Text(str):
+        pass
+
+    value = OrderedDict([("b", (1, Text("t"))), ("a", True)])
+    copy = checked_copy(value)
+    assert copy == {"a": True, "b": [1, "t"]} and type(copy) is dict
+    assert encode_canonical_json(copy) == encode_canonical_json(value)
 
 
 _SAFE_INT = st.integers(min_value=MIN_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
@@ -136,6 +160,18 @@ def test_parses_back_to_the_same_value(value):
     assert json.loads(encoded.decode("utf-8")) == value
     # Canonical: re-encoding what was parsed gives the same bytes.
     assert encode_canonical_json(json.loads(encoded)) == encoded
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES)
+def test_checked_copy_is_an_equal_value_sharing_no_container(value):
+    before = encode_canonical_json({"v": value})
+    copy = checked_copy({"v": value})
+    assert copy == {"v": value} and encode_canonical_json(copy) == before
+    if isinstance(value, (dict, list)):
+        assert copy["v"] is not value
+        copy["v"].clear()
+        assert encode_canonical_json({"v": value}) == before  # changing the copy leaves the original alone
 
 
 @settings(max_examples=200, deadline=None)

@@ -287,9 +287,13 @@ def translate(
     return Translated(content, kind, tuple(records.paths), units)
 
 
+#: One decoder for every payload (json.loads with options would build a new one per call).
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
 def _parse_json(text: str) -> tuple[Any, str | None]:
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant), None
+        return _DECODER.decode(text), None
     except RecursionError:
         return None, "JSON nested too deeply"
     except ValueError as exc:
