@@ -4,9 +4,10 @@ Both phases use one private Mosquitto on loopback, configured to lose
 nothing (queue and in-flight limits lifted, see ``bridges/mosquitto.py``),
 one paho publisher and 60-byte payloads at QoS 1:
 
-* ``raw_per_s`` — the anchor: a paho subscriber (MQTT 5, QoS 1, automatic
-  acknowledgements) receives the messages; from the first publish to the
-  last message received;
+* ``raw_per_s`` — the anchor: a paho subscriber in its own process (MQTT 5,
+  QoS 1, automatic acknowledgements) receives the messages; from the first
+  publish to the last message received. The publisher is in this process
+  in both phases, the receiver in another;
 * ``events_per_s`` — ``lowband serve`` in a subprocess with an ``[mqtt]``
   mapping from the bench topic to a room; from the first publish until the
   database holds an event for every message (each acknowledged to the
@@ -39,12 +40,14 @@ from paho.mqtt.properties import Properties
 
 from lowband.gateway.bench_homeserver import BenchError
 from lowband.gateway.bridges.mosquitto import MosquittoError, PrivateMosquitto, free_port
+from lowband.gateway.bridges.mqtt_discovery import ONLINE
 
 PAYLOAD_BYTES = 60
 WARMUP = 200
 TARGET_EVENTS = 5000.0
 TARGET_RATIO = 0.7
 TOPIC = "bench/sensor"
+STATUS_TOPIC = "lowband/localhost/status"  # the bridge's default status topic for server name "localhost"
 
 #: Runs ``lowband`` with the MQTT bridge registered as a component, whether
 #: or not ``server.COMPONENTS`` lists it already.
@@ -100,30 +103,52 @@ def _publish_all(port: int, first: int, count: int) -> float:
         publisher.loop_stop()
 
 
+#: The raw subscriber: its own process, as the gateway is, so the publisher and
+#: the subscriber do not share one interpreter lock (that would lower the anchor).
+RAW_SUBSCRIBER = (
+    "import sys, time\n"
+    "from lowband.gateway import bench_mqtt as b\n"
+    "port, count = int(sys.argv[1]), int(sys.argv[2])\n"
+    "got = [0]\n"
+    "def on_message(client, userdata, message):\n"
+    "    got[0] += 1\n"
+    "    if got[0] == count:\n"
+    "        print(time.perf_counter(), flush=True)\n"
+    "        client.disconnect()\n"
+    "client = b._client('bench-raw-sub', port)\n"
+    "client.on_message = on_message\n"
+    "client.on_subscribe = lambda *args: print('ready', flush=True)\n"
+    "client.subscribe(b.TOPIC, qos=1)\n"
+    "client.loop_forever()\n"
+)
+
+
 def measure_raw(port: int, count: int, timeout: float) -> float:
-    """Messages/s from the first publish to the last one a paho subscriber received."""
-    done = threading.Event()
-    received = [0, 0.0]
+    """Messages/s from the first publish to the last one a paho subscriber (another process) received.
 
-    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        received[0] += 1
-        if received[0] == count:
-            received[1] = time.perf_counter()
-            done.set()
-
-    subscriber = _client("bench-raw-sub", port)
-    subscriber.on_message = on_message
-    subscriber.subscribe(TOPIC, qos=1)
-    subscriber.loop_start()
-    time.sleep(0.3)
+    ``time.perf_counter`` is the system-wide monotonic clock on Linux, so the
+    two processes' readings compare.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", RAW_SUBSCRIBER, str(port), str(count)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
     try:
+        deadline = time.monotonic() + 30
+        while "ready\n" not in lines:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError("the raw subscriber did not subscribe")
+            time.sleep(0.01)
         start = _publish_all(port, 0, count)
-        if not done.wait(timeout):
-            raise BenchError(f"raw subscriber got {received[0]} of {count} messages in {timeout:.0f} s")
-        return count / (received[1] - start)
+        reader.join(timeout)
+        if reader.is_alive() or len(lines) < 2:
+            raise BenchError(f"the raw subscriber did not get all {count} messages in {timeout:.0f} s")
+        return count / (float(lines[1]) - start)
     finally:
-        subscriber.disconnect()
-        subscriber.loop_stop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 class _Gateway:
@@ -141,6 +166,7 @@ class _Gateway:
             "rate_per_s = 1000000.0\nburst = 1000000\n"
         )  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "gateway.log"
 
     @property
     def url(self) -> str:
@@ -151,12 +177,13 @@ class _Gateway:
             "serve", "--data-dir", str(self.data_dir), "--server-name", "localhost",
             "--http", f"127.0.0.1:{self.port}", "--enable-registration", "--config", str(self.config),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The log goes to a file: a pipe nobody reads would stop the gateway once it filled up.
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log_file)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise BenchError(f"gateway exited with {self.proc.returncode}: {err.strip()[-300:]}")
+                raise BenchError(f"gateway exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/_matrix/client/versions", timeout=2):
                     return
@@ -193,8 +220,28 @@ class _Gateway:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+
+    def log_tail(self, size: int = 600) -> str:
+        """The end of the gateway's log, for error messages."""
+        try:
+            return self.log_path.read_bytes()[-size:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+
+def _wait_online(port: int, timeout: float) -> None:
+    """Wait for the gateway's retained status "online": it is published after the bridge subscribed."""
+    seen = threading.Event()
+    watcher = _client("bench-status", port)
+    watcher.on_message = lambda client, userdata, message: seen.set() if message.payload == ONLINE.encode() else None
+    watcher.subscribe(STATUS_TOPIC, qos=1)
+    watcher.loop_start()
+    try:
+        if not seen.wait(timeout):
+            raise BenchError(f"the gateway did not report itself online on {STATUS_TOPIC} within {timeout:.0f} s")
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
 
 
 def count_sequences(db_path: Path, room_id: str) -> dict[int, int]:
@@ -213,18 +260,25 @@ def count_sequences(db_path: Path, room_id: str) -> dict[int, int]:
 
 
 def _wait_for_events(db_path: Path, room_id: str, want: int, timeout: float) -> float:
-    """Poll the database until ``want`` message events exist; returns when that was seen."""
+    """Poll the database until ``want`` message events exist; returns when that was seen.
+
+    Each poll counts only rows newer than the last one seen, every 20 ms, so
+    the watching costs the gateway next to no CPU on a machine both share.
+    """
     deadline = time.perf_counter() + timeout
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
-        have = 0
+        have, after = 0, -1
         while time.perf_counter() < deadline:
-            row = conn.execute("SELECT COUNT(*) FROM events WHERE room_id = ? AND type = 'm.room.message'",
-                               (room_id,)).fetchone()  # fmt: skip
-            have = int(row[0])
+            count, last = conn.execute(
+                "SELECT COUNT(*), MAX(stream) FROM events WHERE room_id = ? AND stream > ? AND type = 'm.room.message'",
+                (room_id, after),
+            ).fetchone()  # fmt: skip
+            have += int(count)
+            after = last if last is not None else after
             if have >= want:
                 return time.perf_counter()
-            time.sleep(0.01)
+            time.sleep(0.02)
         raise BenchError(f"only {have} of {want} events arrived within {timeout:.0f} s")
     finally:
         conn.close()
@@ -249,11 +303,15 @@ def run(messages: int = 20000, seconds: float = 180.0) -> tuple[dict[str, Any], 
             gateway.start()
             room_id = gateway.create_room()
             db_path = gateway.data_dir / "lowband.db"
-            _publish_all(broker.port, 10_000_000, WARMUP)
-            _wait_for_events(db_path, room_id, WARMUP, seconds)
-            _progress(f"gateway bridging; publishing {messages} messages")
-            start = _publish_all(broker.port, 0, messages)
-            end = _wait_for_events(db_path, room_id, WARMUP + messages, seconds)
+            try:
+                _wait_online(broker.port, 30)
+                _publish_all(broker.port, 10_000_000, WARMUP)
+                _wait_for_events(db_path, room_id, WARMUP, seconds)
+                _progress(f"gateway bridging; publishing {messages} messages")
+                start = _publish_all(broker.port, 0, messages)
+                end = _wait_for_events(db_path, room_id, WARMUP + messages, seconds)
+            except BenchError as exc:
+                raise BenchError(f"{exc}; the gateway's log ends with: {gateway.log_tail()}") from None
             events = messages / (end - start)
             time.sleep(1.0)  # anything posted twice would show up now
         finally:
