@@ -460,32 +460,49 @@ def build_event(
     except CanonicalJSONError as err:
         raise EventFormatError(f"not canonical JSON: {err}") from None
     pdu["hashes"] = {"sha256": encode_base64(hashlib.sha256(body).digest())}
+    hashed = _insert(body, b',"origin_server_ts":', b'"hashes":', pdu["hashes"])
     # The signed bytes and the reference hash cover the same thing: the
     # redacted PDU without signatures (none yet) and unsigned (not kept by
-    # redaction). Encode it once; its values were checked just above.
-    reference = encode_canonical_json(_redacted_view(pdu), checked=True)
+    # redaction); its values were checked just above.
+    reference = _redacted_text(hashed, pdu)
     pdu["signatures"] = {server_name: {signing_key.key_id: encode_base64(signing_key.sign(reference))}}
     if unsigned:
         pdu["unsigned"] = copy.deepcopy(unsigned)
         encoded = check_event_format(pdu)  # unsigned was not part of the hashed, checked body
     else:
-        encoded = check_event_format(pdu, values_checked=True, encoded=_spliced(body, pdu))
+        marker = b',"state_key":' if "state_key" in pdu else b',"type":'
+        encoded = check_event_format(pdu, values_checked=True,
+                                     encoded=_insert(hashed, marker, b'"signatures":', pdu["signatures"]))  # fmt: skip
     return Event("$" + encode_base64_urlsafe(hashlib.sha256(reference).digest()), pdu, encoded)
 
 
-def _spliced(body: bytes, pdu: dict[str, Any]) -> bytes:
-    """The whole PDU's canonical JSON, from that of its hashed body and its two new maps.
+# build_event makes the canonical JSON of the whole PDU and of its redacted form
+# from that of the hashed body, instead of encoding the content three times.
+# Top-level keys sort as auth_events, content, depth, hashes,
+# origin_server_ts, prev_events, [redacts,] room_id, sender, signatures,
+# [state_key,] type. Members before content hold event IDs and members after
+# it integers and strings, whose quotes are escaped: so the first
+# ``,"content":`` and the last ``,"depth":``, ``,"origin_server_ts":``,
+# ``,"state_key":`` and ``,"type":`` in the text are the top-level ones.
+# tests/test_events.py holds the results to encode_canonical_json.
 
-    Top-level keys sort as auth_events, content, depth, hashes,
-    origin_server_ts, prev_events, [redacts,] room_id, sender, signatures,
-    [state_key,] type. Every member after ``content`` holds integers and
-    strings only, whose quotes are escaped, so the last ``,"origin_server_ts":``
-    and the last ``,"state_key":`` (or ``,"type":``) are the top-level ones.
-    """
-    at = body.rindex(b',"origin_server_ts":')
-    text = body[:at] + b',"hashes":' + encode_canonical_json(pdu["hashes"], checked=True) + body[at:]
-    at = text.rindex(b',"state_key":' if "state_key" in pdu else b',"type":')
-    return text[:at] + b',"signatures":' + encode_canonical_json(pdu["signatures"], checked=True) + text[at:]
+
+def _insert(text: bytes, before: bytes, name: bytes, value: Any) -> bytes:
+    """``text`` with the member ``name: value`` added in front of the top-level member ``before``."""
+    at = text.rindex(before)
+    return text[:at] + b"," + name + encode_canonical_json(value, checked=True) + text[at:]
+
+
+def _redacted_text(hashed: bytes, pdu: dict[str, Any]) -> bytes:
+    """Canonical JSON of the redacted PDU, from that of the PDU with hashes and without signatures."""
+    if "redacts" in pdu or not isinstance(pdu["content"], dict) or not isinstance(pdu["type"], str):
+        # v10 redaction drops redacts (rare: not worth splicing); a malformed PDU fails its format check later
+        return encode_canonical_json(_redacted_view(pdu), checked=True)
+    kept = _KEPT_CONTENT.get(pdu["type"], frozenset())
+    content = {k: v for k, v in pdu["content"].items() if k in kept}
+    start = hashed.index(b',"content":') + len(b',"content":')
+    end = hashed.rindex(b',"depth":')
+    return hashed[:start] + encode_canonical_json(content, checked=True) + hashed[end:]
 
 
 def add_signature(pdu: dict[str, Any], server_name: str, signing_key: SigningKey) -> dict[str, Any]:

@@ -461,6 +461,10 @@ def test_build_event_refuses_to_make_a_malformed_event():
         make(prev_events=[f"$e{i}" for i in range(21)])
     with pytest.raises(EventFormatError):
         make(content={"big": "x" * 70000})
+    for bad in ({"content": [1, 2]}, {"content": "text"}, {"type": ["m.room.message"]}, {"depth": 2**60},
+                {"origin_server_ts": 1.5}, {"sender": "@\ud800:a.test"}, {"room_id": 7}):  # fmt: skip
+        with pytest.raises(EventFormatError):
+            make(**bad)
 
 
 # -- property -------------------------------------------------------------------
@@ -503,3 +507,17 @@ def test_the_kept_canonical_json_is_exact_whatever_the_keys_and_strings(content,
     # look like the top-level members it looks for must not fool it.
     event = make(content=content, state_key=state_key, type=event_type, redacts=redacts)
     assert event.canonical == encode_canonical_json(event.pdu)
+    assert event.event_id == compute_event_id(copy.deepcopy(event.pdu))  # the redacted form was right
+    verify_event(event.pdu, lookup)
+
+
+@settings(max_examples=100, deadline=None)
+@given(content=_CONTENT, state_key=st.none() | _TEXT, event_type=st.sampled_from(
+    ["m.room.member", "m.room.power_levels", "m.room.join_rules", "m.room.history_visibility", "m.room.create",
+     "m.room.aliases"]))  # fmt: skip
+def test_redacted_forms_of_types_that_keep_content_keys_are_exact(content, state_key, event_type):
+    keys = {"membership": "join", "users": {"@a:b": 1}, "join_rule": "public", "history_visibility": "shared",
+            "creator": "@a:b", "aliases": ["#a:b"], "ban": 50}  # fmt: skip
+    event = make(content={**content, **keys}, state_key=state_key, type=event_type)
+    assert event.event_id == compute_event_id(copy.deepcopy(event.pdu))
+    verify_event(event.pdu, lookup)
