@@ -33,6 +33,7 @@ Rules:
 
 from __future__ import annotations
 
+import gc
 import logging
 import marshal
 import os
@@ -330,7 +331,10 @@ def main(argv: list[str]) -> int:
     first = read_frame(sock)
     if not first or not isinstance(first[0], dict):
         return 1
-    Worker(sock, first[0]).run()
+    worker = Worker(sock, first[0])
+    gc.freeze()  # as the gateway does (server.py)
+    gc.set_threshold(20_000, 20, 20)
+    worker.run()
     return 0
 
 
