@@ -74,13 +74,26 @@ class GatewayProcess:
             path.write_text(self.config_text)
             args += ["--config", str(path)]
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-gateway.log"
+        ready_lines = self._ready_lines()
         with open(self.log_path, "ab") as log:  # a file, not a pipe nobody reads: a chatty gateway never blocks
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
         try:
             wait_http(self.url + "/_matrix/client/versions", timeout, self.proc)
+            # HTTP listens before the components (links, MQTT) start; the "listening" line comes after them.
+            deadline = time.monotonic() + timeout
+            while self._ready_lines() == ready_lines:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the gateway did not finish starting")
+                time.sleep(0.02)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; log: {self.log_path.read_text()[-2000:]}") from None
         return self
+
+    def _ready_lines(self) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count(" listening on http://")
+        except FileNotFoundError:
+            return 0
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; returns the exit status."""

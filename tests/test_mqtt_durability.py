@@ -4,8 +4,9 @@ A private Mosquitto (persistence on, queue limits lifted) and ``lowband
 serve`` in a subprocess with an ``[mqtt]`` mapping. The messages are
 published in two parts; meanwhile the gateway is killed and restarted
 twice and the broker is restarted once, each while messages are queued for
-or in flight to the gateway. At the end every sequence number is in the
-room exactly once, read through ``/messages`` with matrix-nio.
+or in flight to the gateway, and the gateway's MQTT worker process is
+killed on its own once. At the end every sequence number is in the room
+exactly once, read through ``/messages`` with matrix-nio.
 
 The publisher stops (its publishes acknowledged) before the broker
 restarts: a publisher's own QoS 1 retry after a broker restart can make the
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
 import sqlite3
 import stat
 import sys
@@ -109,6 +112,38 @@ async def create_room(url: str) -> str:
         return str(body["room_id"])
 
 
+def worker_pid(gateway_pid: int, timeout: float = 10.0) -> int:
+    """The MQTT worker process the gateway started (its child running mqtt_worker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == gateway_pid and b"mqtt_worker" in cmdline and fields[0] != "Z":
+                return int(entry.name)
+        assert time.monotonic() < deadline, "the gateway has no MQTT worker process"
+        time.sleep(0.05)
+
+
+def wait_exited(pid: int, timeout: float) -> None:
+    """Until ``pid`` is gone or a zombie (a container's init may never reap it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        assert time.monotonic() < deadline, f"process {pid} outlived its gateway"
+        time.sleep(0.05)
+
+
 def run_stream(tmp_path: Path, total: int) -> None:
     part_a = total * 6 // 10
     with PrivateMosquitto(tmp_path / "broker") as broker:
@@ -127,11 +162,17 @@ def run_stream(tmp_path: Path, total: int) -> None:
             db = gateway.data_dir / "lowband.db"
             publish(broker.port, 0, part_a)
             wait_count(db, total // 8, 60)
+            assert gateway.proc is not None
+            worker = worker_pid(gateway.proc.pid)
             gateway.kill()  # kill -9 with messages committed, in flight and queued at the broker
+            wait_exited(worker, 10)  # the worker noticed and went (the broker then sends the will)
             gateway.start()
             wait_count(db, total * 3 // 8, 60)
             broker.restart()  # the gateway's session and its queued messages survive (persistence)
             publish(broker.port, part_a, total - part_a)
+            assert gateway.proc is not None
+            os.kill(worker_pid(gateway.proc.pid), signal.SIGKILL)  # the worker alone dies; the gateway starts another
+            wait_count(db, total * 5 // 8, 60)
             wait_count(db, total * 3 // 4, 60)
             gateway.kill()
             gateway.start()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import marshal
 import socket
 import struct
 import subprocess
@@ -37,7 +36,7 @@ import paho.mqtt.client as mqtt
 
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.bridges.mqtt_config import BrokerConfig
-from lowband.gateway.bridges.mqtt_worker import MAX_FRAME, ORIGIN_PROPERTY, encode_frame
+from lowband.gateway.bridges.mqtt_worker import MAX_FRAME, ORIGIN_PROPERTY, decode_frame, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +179,7 @@ class BrokerLink:
                 (size,) = struct.unpack(">I", head)
                 if size > MAX_FRAME:
                     raise ValueError(f"frame of {size} bytes")
-                items = _decode(await reader.readexactly(size))
+                items = decode_frame(await reader.readexactly(size))
             except (asyncio.IncompleteReadError, ConnectionError):
                 return False
             if self._handle(items):
@@ -323,13 +322,6 @@ class BrokerLink:
                 log.log(item[1], "%s", item[2])
         except Exception:
             log.exception("mqtt broker %s: handling %s failed", self.name, kind)
-
-
-def _decode(body: bytes) -> list[tuple[Any, ...]]:
-    items = marshal.loads(body)
-    if not isinstance(items, list):
-        raise ValueError("a frame must hold a list")
-    return items
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -66,7 +66,15 @@ def read_frame(sock: socket.socket) -> list[Any] | None:
     body = _read_exactly(sock, size)
     if body is None:
         return None
-    value = marshal.loads(body)
+    return decode_frame(body)
+
+
+def decode_frame(body: bytes) -> list[Any]:
+    """The list a frame's body holds; ValueError when it holds anything else or is cut."""
+    try:
+        value = marshal.loads(body)
+    except (EOFError, TypeError, ValueError):
+        raise ValueError("malformed frame") from None
     if not isinstance(value, list):
         raise ValueError("a frame must hold a list")
     return value
