@@ -17,6 +17,7 @@ from lowband.gateway.events import (
     EventFormatError,
     add_signature,
     build_event,
+    build_event_signed_later,
     check_event_format,
     compute_content_hash,
     compute_event_id,
@@ -452,6 +453,32 @@ def test_check_event_format_limits_are_inclusive():
     pdu["content"]["name"] = "x" * (65536 - len(encode_canonical_json(pdu)))
     assert len(encode_canonical_json(pdu)) == 65536
     check_event_format(pdu)
+
+
+@settings(max_examples=60, deadline=None)
+@given(content=st.dictionaries(st.text(max_size=8), st.text(max_size=20) | st.integers(0, 10**6), max_size=5),
+       redacts=st.none() | st.just("$target"))  # fmt: skip
+def test_signing_later_gives_the_same_event_as_signing_at_once(content, redacts):
+    fields = dict(room_id="!room:a.test", sender="@alice:a.test", type="m.room.message", content=content,
+                  prev_events=["$prev"], auth_events=["$create"], depth=5, origin_server_ts=1_700_000_000_000,
+                  server_name="a.test", signing_key=KEY_A, redacts=redacts)  # fmt: skip
+    now = build_event(**fields)
+    later, sign = build_event_signed_later(**fields)
+    assert later.event_id == now.event_id  # final before the signature exists
+    text = sign()
+    assert later.pdu == now.pdu and text == now.canonical == encode_canonical_json(later.pdu)  # Ed25519 is deterministic
+    verify_event(later.pdu, lookup)
+
+
+def test_signing_later_still_refuses_an_event_that_would_be_too_large_with_its_signature():
+    fields = dict(room_id="!room:a.test", sender="@alice:a.test", type="m.room.message", prev_events=["$prev"],
+                  auth_events=["$create"], depth=5, origin_server_ts=1_700_000_000_000, server_name="a.test",
+                  signing_key=KEY_A)  # fmt: skip
+    limit = 65536 - len(build_event(content={"b": ""}, **fields).canonical)  # room left for the string
+    event, sign = build_event_signed_later(content={"b": "x" * limit}, **fields)
+    assert len(sign()) == 65536
+    with pytest.raises(EventFormatError, match="65536"):
+        build_event_signed_later(content={"b": "x" * (limit + 1)}, **fields)
 
 
 def test_build_event_refuses_to_make_a_malformed_event():

@@ -21,6 +21,7 @@ for an ``[[mqtt.outbound]]`` mapping.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -110,6 +111,12 @@ def localpart_for(prefix: str, name: str) -> str:
     return prefix + clean
 
 
+@functools.lru_cache(maxsize=4096)
+def _default_spec(key: str) -> FieldSpec:
+    """The record spec of a JSON key no mapping names (made once per key, not per message)."""
+    return FieldSpec(field_name(key))
+
+
 def field_name(key: str) -> str:
     """An RFC 8428 record name for a JSON key (bad characters become ``_``)."""
     name = _NAME_BAD.sub("_", key)[:64]
@@ -171,7 +178,7 @@ class _Records:
         spec = self.mapping.fields.get(key)
         if spec is None and self.mapping.only_fields:
             return None
-        return spec or FieldSpec(field_name(key))
+        return spec or _default_spec(key)
 
     def add(self, key: str, value: Any, path: str = "") -> None:
         if len(self.records) >= _MAX_RECORDS:

@@ -47,6 +47,7 @@ class EventWrite:
     new_group_job: Any = None  # from new_state_group, for a state event
     txn: tuple[str, str, str] | None = None
     rejected: str | None = None
+    sign: Any = None  # from build_event_signed_later: run by the writer, it returns the PDU's canonical JSON
 
 
 class UserExists(Exception):
@@ -317,17 +318,19 @@ class SQLiteStore:
         sqlite3.IntegrityError for a duplicate transaction ID (see
         :meth:`events_for_txns`).
         """
-        rows = []
-        for w in writes:
+        def row(w: EventWrite) -> tuple[Any, ...]:
             event = w.event
             txn_user, txn_device, txn_id = w.txn if w.txn else (None, None, None)
-            if event.canonical is not None:  # built here: its canonical JSON is at hand
+            if w.sign is not None:  # signed here, in the writer thread, in parallel with the event loop
+                pdu_text = w.sign().decode()
+            elif event.canonical is not None:  # built here: its canonical JSON is at hand
                 pdu_text = event.canonical.decode()
             else:
                 pdu_text = json.dumps(event.pdu, ensure_ascii=False, separators=(",", ":"))
-            rows.append((w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
-                         event.depth, event.origin_server_ts, pdu_text, w.state_before, w.state_after, w.rejected,
-                         txn_user, txn_device, txn_id))  # fmt: skip
+            return (w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
+                    event.depth, event.origin_server_ts, pdu_text, w.state_before, w.state_after, w.rejected,
+                    txn_user, txn_device, txn_id)  # fmt: skip
+
         room_args = None
         if room_row is not None and writes:
             room_args = (writes[-1].event.room_id, room_row["room_version"], room_row["creator"],
@@ -335,19 +338,19 @@ class SQLiteStore:
 
         def fn(c: sqlite3.Connection) -> None:
             plain: list[tuple[Any, ...]] = []  # rows with nothing else to write, inserted in one call
-            for w, row in zip(writes, rows, strict=True):
+            for w in writes:
                 event = w.event
                 member = w.rejected is None and event.type == "m.room.member" and event.state_key is not None
                 redaction = w.rejected is None and event.redacts is not None
                 if w.new_group_job is None and not member and not redaction:
-                    plain.append(row)
+                    plain.append(row(w))
                     continue
                 if plain:
                     c.executemany(_INSERT_EVENT, plain)
                     plain = []
                 if w.new_group_job is not None:
                     w.new_group_job(c)
-                c.execute(_INSERT_EVENT, row)
+                c.execute(_INSERT_EVENT, row(w))
                 if member:
                     c.execute(
                         "INSERT INTO memberships VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT DO UPDATE SET membership ="
