@@ -151,6 +151,36 @@ def measure_raw(port: int, count: int, timeout: float) -> float:
         proc.wait()
 
 
+def measure_raw_one_process(port: int, count: int, timeout: float) -> float:
+    """As :func:`measure_raw`, with the subscriber in this process (sharing its interpreter lock).
+
+    Shown for comparison only: it is how the anchor was first measured, and
+    it is lower because the publisher and the subscriber take turns.
+    """
+    done = threading.Event()
+    received = [0, 0.0]
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received[0] += 1
+        if received[0] == count:
+            received[1] = time.perf_counter()
+            done.set()
+
+    subscriber = _client("bench-raw-sub-1", port)
+    subscriber.on_message = on_message
+    subscriber.subscribe(TOPIC, qos=1)
+    subscriber.loop_start()
+    time.sleep(0.3)
+    try:
+        start = _publish_all(port, 0, count)
+        if not done.wait(timeout):
+            raise BenchError(f"raw subscriber got {received[0]} of {count} messages in {timeout:.0f} s")
+        return count / (received[1] - start)
+    finally:
+        subscriber.disconnect()
+        subscriber.loop_stop()
+
+
 class _Gateway:
     """``lowband serve`` with the bridge, in a subprocess."""
 
@@ -299,7 +329,8 @@ def run(messages: int = 20000, seconds: float = 180.0) -> tuple[dict[str, Any], 
         try:
             _progress(f"raw Mosquitto pub→sub, {messages} QoS 1 messages of {PAYLOAD_BYTES} bytes")
             raw = measure_raw(broker.port, messages, seconds)
-            _progress(f"raw: {raw:.0f} msg/s; starting the gateway")
+            raw_shared = measure_raw_one_process(broker.port, messages, seconds)
+            _progress(f"raw: {raw:.0f} msg/s ({raw_shared:.0f} with both clients in one process); starting the gateway")
             gateway.start()
             room_id = gateway.create_room()
             db_path = gateway.data_dir / "lowband.db"
@@ -328,6 +359,7 @@ def run(messages: int = 20000, seconds: float = 180.0) -> tuple[dict[str, Any], 
         f"MQTT → room, QoS 1, {PAYLOAD_BYTES}-byte payloads, {messages} messages, durable (fsync per commit)",
         f"{'':28}{'measured':>12}{'target':>12}",
         f"{'raw Mosquitto pub→sub /s':28}{raw:12.0f}{'anchor':>12}",
+        f"{'  (pub and sub one process)':28}{raw_shared:12.0f}{'':>12}",
         f"{'MQTT → room events/s':28}{events:12.0f}{TARGET_EVENTS:12.0f}",
         f"{'ratio':28}{ratio:12.2f}{TARGET_RATIO:12.2f}",
         f"{'lost':28}{lost:12d}{0:12d}",
