@@ -149,6 +149,8 @@ class Event:
     pdu: dict[str, Any]
     #: The PDU's canonical JSON when this process built it (what the store writes), else None.
     canonical: bytes | None = field(default=None, compare=False, repr=False)
+    #: Built with ``sign_later``: signs, completes the PDU and returns its canonical JSON (see build_event).
+    sign: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
 
     def __hash__(self) -> int:
         return hash(self.event_id)
@@ -424,6 +426,7 @@ def build_event(
     state_key: str | None = None,
     redacts: str | None = None,
     unsigned: dict[str, Any] | None = None,
+    sign_later: bool = False,
 ) -> Event:
     """Build, hash and sign a v10 event of this server, and compute its ID.
 
@@ -433,48 +436,14 @@ def build_event(
     covered by neither. Raises :class:`EventFormatError` if the result
     would not pass :func:`check_event_format` (e.g. over 65536 bytes, a
     float in ``content``, too many ``prev_events``).
+
+    With ``sign_later`` (and no ``unsigned``) everything but the signature
+    is done: the event ID, the content hash, every check (the size counted
+    with a signature of the real length). ``signatures`` holds a stand-in
+    and ``event.sign()`` signs (it releases the interpreter lock, so another
+    thread may run it), puts the signature in the PDU and returns the PDU's
+    canonical JSON. Do not let the event be seen before then.
     """
-    event, _ = _make_event(
-        room_id=room_id, sender=sender, type=type, content=content, prev_events=prev_events,
-        auth_events=auth_events, depth=depth, origin_server_ts=origin_server_ts, server_name=server_name,
-        signing_key=signing_key, state_key=state_key, redacts=redacts, unsigned=unsigned,
-    )  # fmt: skip
-    return event
-
-
-def build_event_signed_later(**fields: Any) -> tuple[Event, Callable[[], bytes]]:
-    """:func:`build_event` without ``unsigned``, except for the signature: returns it with ``sign``.
-
-    The event ID, the content hash and every check are there already (the
-    size counted with a signature of the real length); until ``sign()`` runs
-    ``signatures`` holds a stand-in. ``sign()`` signs (it releases the
-    interpreter lock, so another thread may do it), puts the signature in
-    the PDU and returns the PDU's canonical JSON. Do not let the event be
-    seen before then.
-    """
-    event, sign = _make_event(**fields, defer=True)
-    assert sign is not None
-    return event, sign
-
-
-def _make_event(
-    *,
-    room_id: str,
-    sender: str,
-    type: str,
-    content: dict[str, Any],
-    prev_events: list[str],
-    auth_events: list[str],
-    depth: int,
-    origin_server_ts: int,
-    server_name: str,
-    signing_key: SigningKey,
-    state_key: str | None = None,
-    redacts: str | None = None,
-    unsigned: dict[str, Any] | None = None,
-    defer: bool = False,
-) -> tuple[Event, Callable[[], bytes] | None]:
-    """The body of :func:`build_event`; with ``defer`` the signing is left to the returned function."""
     # No `origin` key: v10 still tolerates one, but it is deprecated, covered
     # by nothing the receiver checks, and only costs bytes on slow links.
     try:
@@ -513,19 +482,19 @@ def _make_event(
         pdu["signatures"] = {server_name: {signing_key.key_id: encode_base64(signing_key.sign(reference))}}
         return _insert(hashed, marker, b'"signatures":', pdu["signatures"])
 
-    if defer and not unsigned:
+    if sign_later and not unsigned:
         # Checked with a stand-in of the signature's exact length; sign() puts the real one in.
         pdu["signatures"] = {server_name: {signing_key.key_id: _SIGNATURE_STAND_IN}}
         check_event_format(pdu, values_checked=True, encoded=_insert(hashed, marker, b'"signatures":',
                                                                      pdu["signatures"]))  # fmt: skip
-        return Event(event_id, pdu), sign
+        return Event(event_id, pdu, sign=sign)
     encoded = sign()
     if unsigned:
         pdu["unsigned"] = copy.deepcopy(unsigned)
         encoded = check_event_format(pdu)  # unsigned was not part of the hashed, checked body
     else:
         check_event_format(pdu, values_checked=True, encoded=encoded)
-    return Event(event_id, pdu, encoded), None
+    return Event(event_id, pdu, encoded)
 
 
 _SIGNATURE_STAND_IN = "A" * 86  # an Ed25519 signature is 64 bytes: 86 characters of unpadded base64

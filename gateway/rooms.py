@@ -31,7 +31,7 @@ from typing import Any
 from lowband.gateway import auth_rules
 from lowband.gateway.auth_rules import AuthError
 from lowband.gateway.errors import MatrixError, bad_json, forbidden, not_found
-from lowband.gateway.events import ROOM_VERSION, Event, EventFormatError, build_event, build_event_signed_later
+from lowband.gateway.events import ROOM_VERSION, Event, EventFormatError, build_event
 from lowband.gateway.signing import SigningKey
 from lowband.gateway.store.sqlite_store import EventWrite, SQLiteStore, StateMap
 
@@ -312,7 +312,7 @@ class RoomService:
                     auth_ids = known.get(key) if plain else None
                     if auth_ids is None:
                         auth_ids = self._auth_ids(state, request)
-                    event, sign = self._build(head, request, auth_ids)
+                    event = self._build(head, request, auth_ids)
                     if not plain or key not in allowed:
                         self._authorise(event, state)
                     if request.redacts is not None:
@@ -323,7 +323,7 @@ class RoomService:
                 if plain:
                     known[key] = auth_ids
                     allowed.add(key)
-                write = self._advance(head, state, event, request.txn, sign)
+                write = self._advance(head, state, event, request.txn)
                 made.append((len(results), Sent(event, write.position)))
                 results.append(made[-1][1])
                 writes.append(write)
@@ -372,21 +372,18 @@ class RoomService:
                                                    request.content)  # fmt: skip
         return [state[key] for key in selected if key in state]
 
-    def _build(self, head: RoomHead, request: SendRequest, auth_ids: list[str]) -> tuple[Event, Any]:
-        """The event and, for a non-state event, its signing left to the store's writer (or None)."""
-        fields = dict(
-            room_id=head.room_id, sender=request.sender, type=request.event_type, content=request.content,
-            prev_events=list(head.extremities), auth_events=auth_ids, depth=head.depth + 1,
-            origin_server_ts=self.now_ms() if request.origin_server_ts is None else request.origin_server_ts,
-            server_name=self.server_name, signing_key=self.signing_key, state_key=request.state_key,
-            redacts=request.redacts,
-        )  # fmt: skip
+    def _build(self, head: RoomHead, request: SendRequest, auth_ids: list[str]) -> Event:
+        """The event; a non-state one is left for the store's writer thread to sign (``event.sign``)."""
         try:
             # State events are cached and looked up before they commit: those are signed at once. Signing
             # releases the interpreter lock, so the writer thread signs the rest while this one goes on.
-            if request.state_key is None:
-                return build_event_signed_later(**fields)
-            return build_event(**fields), None
+            return build_event(
+                room_id=head.room_id, sender=request.sender, type=request.event_type, content=request.content,
+                prev_events=list(head.extremities), auth_events=auth_ids, depth=head.depth + 1,
+                origin_server_ts=self.now_ms() if request.origin_server_ts is None else request.origin_server_ts,
+                server_name=self.server_name, signing_key=self.signing_key, state_key=request.state_key,
+                redacts=request.redacts, sign_later=request.state_key is None,
+            )  # fmt: skip (build_event runs check_event_format on what it built)
         except EventFormatError as exc:
             if "65536" in str(exc) or "too large" in str(exc).lower():
                 raise MatrixError(413, "M_TOO_LARGE", str(exc)) from None
@@ -419,8 +416,7 @@ class RoomService:
         if not isinstance(needed, int) or level < needed:
             raise forbidden("you may only redact your own events")
 
-    def _advance(self, head: RoomHead, state: StateMap, event: Event, txn: tuple[str, str, str] | None,
-                 sign: Any = None) -> EventWrite:  # fmt: skip
+    def _advance(self, head: RoomHead, state: StateMap, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
         """Move the room's head onto ``event`` and return its write (queued by the caller, in order)."""
         state_before = head.state_group
         state_after, group_job = state_before, None
@@ -433,7 +429,7 @@ class RoomService:
         head.depth = event.depth
         head.state_group = state_after
         self._remember(event)
-        return EventWrite(event, position, state_before, state_after, group_job, txn, sign=sign)
+        return EventWrite(event, position, state_before, state_after, group_job, txn)
 
     @staticmethod
     def _room_row(head: RoomHead) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from lowband.gateway.events import (
     EventFormatError,
     add_signature,
     build_event,
-    build_event_signed_later,
     check_event_format,
     compute_content_hash,
     compute_event_id,
@@ -463,9 +462,9 @@ def test_signing_later_gives_the_same_event_as_signing_at_once(content, redacts)
                   prev_events=["$prev"], auth_events=["$create"], depth=5, origin_server_ts=1_700_000_000_000,
                   server_name="a.test", signing_key=KEY_A, redacts=redacts)  # fmt: skip
     now = build_event(**fields)
-    later, sign = build_event_signed_later(**fields)
-    assert later.event_id == now.event_id  # final before the signature exists
-    text = sign()
+    later = build_event(**fields, sign_later=True)
+    assert later.event_id == now.event_id and later.sign is not None  # the ID is final before the signature
+    text = later.sign()
     assert later.pdu == now.pdu and text == now.canonical == encode_canonical_json(later.pdu)  # Ed25519 is deterministic
     verify_event(later.pdu, lookup)
 
@@ -475,10 +474,10 @@ def test_signing_later_still_refuses_an_event_that_would_be_too_large_with_its_s
                   auth_events=["$create"], depth=5, origin_server_ts=1_700_000_000_000, server_name="a.test",
                   signing_key=KEY_A)  # fmt: skip
     limit = 65536 - len(build_event(content={"b": ""}, **fields).canonical)  # room left for the string
-    event, sign = build_event_signed_later(content={"b": "x" * limit}, **fields)
-    assert len(sign()) == 65536
+    event = build_event(content={"b": "x" * limit}, sign_later=True, **fields)
+    assert event.sign is not None and len(event.sign()) == 65536
     with pytest.raises(EventFormatError, match="65536"):
-        build_event_signed_later(content={"b": "x" * (limit + 1)}, **fields)
+        build_event(content={"b": "x" * (limit + 1)}, sign_later=True, **fields)
 
 
 def test_build_event_refuses_to_make_a_malformed_event():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,19 @@ class Rooms:
         return [r[0] for r in rows]
 
 
+def with_rooms(tmp_path: Path, key: SigningKey, scenario: Callable[[Rooms], Awaitable[None]]) -> None:
+    """Run ``scenario`` on a fresh store and room service, closed afterwards."""
+
+    async def main() -> None:
+        r = Rooms(tmp_path, key)
+        try:
+            await scenario(r)
+        finally:
+            r.close()
+
+    asyncio.run(main())
+
+
 async def new_room(rooms: RoomService) -> str:
     room_id = await rooms.create_room(ALICE, {"preset": "public_chat"})
     await rooms.set_membership(BOB, room_id, BOB, "join")
@@ -61,116 +75,96 @@ def key() -> SigningKey:
 
 
 def test_a_batch_keeps_order_and_refuses_only_what_the_rules_refuse(tmp_path: Path, key: SigningKey) -> None:
-    async def main() -> None:
-        r = Rooms(tmp_path, key)
-        try:
-            room_id = await new_room(r.rooms)
-            commits = r.store.db.commits
-            requests = [message(ALICE, 1), message(MALLORY, 2), message(BOB, 3), message(ALICE, 4)]
-            results = await r.rooms.send_batch(room_id, requests)
-            assert isinstance(results[1], MatrixError) and results[1].errcode == "M_FORBIDDEN"
-            sent = [results[0], results[2], results[3]]
-            assert all(isinstance(s, Sent) for s in sent)
-            assert r.store.db.commits - commits == 1  # one transaction for the whole batch
-            assert r.bodies(room_id) == ["message 1", "message 3", "message 4"]
-            # each builds on the one before it, in stream order
-            assert sent[1].event.prev_events == [sent[0].event.event_id]  # type: ignore[union-attr]
-            assert sent[2].event.prev_events == [sent[1].event.event_id]  # type: ignore[union-attr]
-            assert [s.stream for s in sent] == sorted(s.stream for s in sent)  # type: ignore[union-attr]
-            assert r.seen[-3:] == sent  # listeners told in commit order
-        finally:
-            r.close()
+    async def scenario(r: Rooms) -> None:
+        room_id = await new_room(r.rooms)
+        commits = r.store.db.commits
+        requests = [message(ALICE, 1), message(MALLORY, 2), message(BOB, 3), message(ALICE, 4)]
+        results = await r.rooms.send_batch(room_id, requests)
+        assert isinstance(results[1], MatrixError) and results[1].errcode == "M_FORBIDDEN"
+        sent = [results[0], results[2], results[3]]
+        assert all(isinstance(s, Sent) for s in sent)
+        assert r.store.db.commits - commits == 1  # one transaction for the whole batch
+        assert r.bodies(room_id) == ["message 1", "message 3", "message 4"]
+        # each builds on the one before it, in stream order
+        assert sent[1].event.prev_events == [sent[0].event.event_id]  # type: ignore[union-attr]
+        assert sent[2].event.prev_events == [sent[1].event.event_id]  # type: ignore[union-attr]
+        assert [s.stream for s in sent] == sorted(s.stream for s in sent)  # type: ignore[union-attr]
+        assert r.seen[-3:] == sent  # listeners told in commit order
 
-    asyncio.run(main())
+    with_rooms(tmp_path, key, scenario)
 
 
 def test_transactions_repeated_in_a_batch_or_already_sent_return_the_first_event(tmp_path: Path, key: SigningKey) -> None:
-    async def main() -> None:
-        r = Rooms(tmp_path, key)
-        try:
-            room_id = await new_room(r.rooms)
-            first = await r.rooms.send(ALICE, room_id, "m.room.message", {"body": "message 0", "msgtype": "m.text"},
-                                       txn=(ALICE, "DEV", "t0"))  # fmt: skip
-            results = await r.rooms.send_batch(
-                room_id, [message(ALICE, 1, "t0"), message(ALICE, 2, "t1"), message(ALICE, 3, "t1"),
-                          message(BOB, 4, "t1")],  # same txn id, another user: a different transaction
-            )  # fmt: skip
-            assert isinstance(results[0], Sent) and results[0].event.event_id == first.event.event_id
-            assert isinstance(results[1], Sent) and isinstance(results[2], Sent) and isinstance(results[3], Sent)
-            assert results[2].event.event_id == results[1].event.event_id
-            assert results[3].event.event_id != results[1].event.event_id
-            assert r.bodies(room_id) == ["message 0", "message 2", "message 4"]
-        finally:
-            r.close()
+    async def scenario(r: Rooms) -> None:
+        room_id = await new_room(r.rooms)
+        first = await r.rooms.send(ALICE, room_id, "m.room.message", {"body": "message 0", "msgtype": "m.text"},
+                                   txn=(ALICE, "DEV", "t0"))  # fmt: skip
+        results = await r.rooms.send_batch(
+            room_id, [message(ALICE, 1, "t0"), message(ALICE, 2, "t1"), message(ALICE, 3, "t1"),
+                      message(BOB, 4, "t1")],  # same txn id, another user: a different transaction
+        )  # fmt: skip
+        assert isinstance(results[0], Sent) and results[0].event.event_id == first.event.event_id
+        assert isinstance(results[1], Sent) and isinstance(results[2], Sent) and isinstance(results[3], Sent)
+        assert results[2].event.event_id == results[1].event.event_id
+        assert results[3].event.event_id != results[1].event.event_id
+        assert r.bodies(room_id) == ["message 0", "message 2", "message 4"]
 
-    asyncio.run(main())
+    with_rooms(tmp_path, key, scenario)
 
 
 def test_a_transaction_in_flight_in_another_batch_waits_for_it(tmp_path: Path, key: SigningKey) -> None:
-    async def main() -> None:
-        r = Rooms(tmp_path, key)
-        try:
-            room_id = await new_room(r.rooms)
-            one = asyncio.create_task(r.rooms.send_batch(room_id, [message(ALICE, 1, "a"), message(ALICE, 2, "b")]))
-            await asyncio.sleep(0)  # the first call now holds "b" in flight
-            two = asyncio.create_task(r.rooms.send_batch(room_id, [message(ALICE, 3, "b"), message(ALICE, 4, "c")]))
-            first, second = await asyncio.wait_for(asyncio.gather(one, two), 10)
-            assert isinstance(first[1], Sent) and isinstance(second[0], Sent)
-            assert second[0].event.event_id == first[1].event.event_id
-            assert r.bodies(room_id) == ["message 1", "message 2", "message 4"]
-        finally:
-            r.close()
+    async def scenario(r: Rooms) -> None:
+        room_id = await new_room(r.rooms)
+        one = asyncio.create_task(r.rooms.send_batch(room_id, [message(ALICE, 1, "a"), message(ALICE, 2, "b")]))
+        await asyncio.sleep(0)  # the first call now holds "b" in flight
+        two = asyncio.create_task(r.rooms.send_batch(room_id, [message(ALICE, 3, "b"), message(ALICE, 4, "c")]))
+        first, second = await asyncio.wait_for(asyncio.gather(one, two), 10)
+        assert isinstance(first[1], Sent) and isinstance(second[0], Sent)
+        assert second[0].event.event_id == first[1].event.event_id
+        assert r.bodies(room_id) == ["message 1", "message 2", "message 4"]
 
-    asyncio.run(main())
+    with_rooms(tmp_path, key, scenario)
 
 
 def test_a_state_change_in_a_batch_applies_to_the_events_after_it(tmp_path: Path, key: SigningKey) -> None:
-    async def main() -> None:
-        r = Rooms(tmp_path, key)
-        try:
-            room_id = await new_room(r.rooms)
-            levels = dict(r.rooms.state_event(room_id, "m.room.power_levels").content)  # type: ignore[union-attr]
-            levels["events_default"] = 50  # from now on only Alice may post
-            results = await r.rooms.send_batch(room_id, [
-                message(BOB, 1),
-                SendRequest(ALICE, "m.room.power_levels", levels, state_key=""),
-                message(BOB, 2),
-                message(ALICE, 3),
-            ])  # fmt: skip
-            assert isinstance(results[0], Sent) and isinstance(results[1], Sent) and isinstance(results[3], Sent)
-            assert isinstance(results[2], MatrixError) and results[2].errcode == "M_FORBIDDEN"
-            assert r.bodies(room_id) == ["message 1", "message 3"]
-            assert r.rooms.state_event(room_id, "m.room.power_levels").event_id == results[1].event.event_id  # type: ignore[union-attr]
-        finally:
-            r.close()
+    async def scenario(r: Rooms) -> None:
+        room_id = await new_room(r.rooms)
+        levels = dict(r.rooms.state_event(room_id, "m.room.power_levels").content)  # type: ignore[union-attr]
+        levels["events_default"] = 50  # from now on only Alice may post
+        results = await r.rooms.send_batch(room_id, [
+            message(BOB, 1),
+            SendRequest(ALICE, "m.room.power_levels", levels, state_key=""),
+            message(BOB, 2),
+            message(ALICE, 3),
+        ])  # fmt: skip
+        assert isinstance(results[0], Sent) and isinstance(results[1], Sent) and isinstance(results[3], Sent)
+        assert isinstance(results[2], MatrixError) and results[2].errcode == "M_FORBIDDEN"
+        assert r.bodies(room_id) == ["message 1", "message 3"]
+        assert r.rooms.state_event(room_id, "m.room.power_levels").event_id == results[1].event.event_id  # type: ignore[union-attr]
 
-    asyncio.run(main())
+    with_rooms(tmp_path, key, scenario)
 
 
 def test_a_failed_write_fails_every_event_of_the_batch_and_stores_none(tmp_path: Path, key: SigningKey) -> None:
-    async def main() -> None:
-        r = Rooms(tmp_path, key)
-        try:
-            room_id = await new_room(r.rooms)
-            before = r.bodies(room_id)
-            # A txn row that collides at INSERT time, as if another process had written it.
-            (one,) = await r.rooms.send_batch(room_id, [message(ALICE, 1, "x")])
-            assert isinstance(one, Sent)
-            r.rooms._pending_txns.clear()
-            original = r.store.events_for_txns
-            r.store.events_for_txns = lambda txns: {}  # type: ignore[method-assign]
-            results = await r.rooms.send_batch(room_id, [message(ALICE, 2), message(ALICE, 3, "x")])
-            assert all(isinstance(x, MatrixError) and x.status == 500 for x in results)
-            assert r.bodies(room_id) == [*before, "message 1"]
-            r.store.events_for_txns = original  # type: ignore[method-assign]
-            # The room was reloaded from disk: the next event builds on what was committed.
-            again = await r.rooms.send(ALICE, room_id, "m.room.message", {"body": "message 4", "msgtype": "m.text"})
-            assert again.event.prev_events == [one.event.event_id]
-            assert r.bodies(room_id) == [*before, "message 1", "message 4"]
-        finally:
-            r.close()
+    async def scenario(r: Rooms) -> None:
+        room_id = await new_room(r.rooms)
+        before = r.bodies(room_id)
+        # A txn row that collides at INSERT time, as if another process had written it.
+        (one,) = await r.rooms.send_batch(room_id, [message(ALICE, 1, "x")])
+        assert isinstance(one, Sent)
+        r.rooms._pending_txns.clear()
+        original = r.store.events_for_txns
+        r.store.events_for_txns = lambda txns: {}  # type: ignore[method-assign]
+        results = await r.rooms.send_batch(room_id, [message(ALICE, 2), message(ALICE, 3, "x")])
+        assert all(isinstance(x, MatrixError) and x.status == 500 for x in results)
+        assert r.bodies(room_id) == [*before, "message 1"]
+        r.store.events_for_txns = original  # type: ignore[method-assign]
+        # The room was reloaded from disk: the next event builds on what was committed.
+        again = await r.rooms.send(ALICE, room_id, "m.room.message", {"body": "message 4", "msgtype": "m.text"})
+        assert again.event.prev_events == [one.event.event_id]
+        assert r.bodies(room_id) == [*before, "message 1", "message 4"]
 
-    asyncio.run(main())
+    with_rooms(tmp_path, key, scenario)
 
 
 def test_a_batch_survives_a_restart_with_the_head_on_its_last_event(tmp_path: Path, key: SigningKey) -> None:
@@ -205,12 +199,8 @@ def test_a_batch_survives_a_restart_with_the_head_on_its_last_event(tmp_path: Pa
 
 
 def test_an_unknown_room_refuses_every_request(tmp_path: Path, key: SigningKey) -> None:
-    async def main() -> None:
-        r = Rooms(tmp_path, key)
-        try:
-            results = await r.rooms.send_batch("!nowhere:localhost", [message(ALICE, 1), message(ALICE, 2, "t")])
-            assert [x.errcode for x in results if isinstance(x, MatrixError)] == ["M_NOT_FOUND", "M_NOT_FOUND"]
-        finally:
-            r.close()
+    async def scenario(r: Rooms) -> None:
+        results = await r.rooms.send_batch("!nowhere:localhost", [message(ALICE, 1), message(ALICE, 2, "t")])
+        assert [x.errcode for x in results if isinstance(x, MatrixError)] == ["M_NOT_FOUND", "M_NOT_FOUND"]
 
-    asyncio.run(main())
+    with_rooms(tmp_path, key, scenario)

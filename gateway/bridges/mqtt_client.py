@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -45,20 +46,17 @@ __all__ = ["ORIGIN_PROPERTY", "BrokerLink", "LinkHandler", "Received"]
 _STOP_WAIT_S = 5.0
 
 
+@dataclass(slots=True)
 class Received:
     """One PUBLISH as the worker reported it (the attributes of paho's MQTTMessage the bridge reads)."""
 
-    __slots__ = ("mid", "qos", "retain", "dup", "raw_topic", "payload", "user_properties")
-
-    def __init__(self, mid: int, qos: int, retain: bool, dup: bool, raw_topic: bytes, payload: bytes,
-                 user_properties: dict[str, str]) -> None:  # fmt: skip
-        self.mid = mid
-        self.qos = qos
-        self.retain = retain
-        self.dup = dup
-        self.raw_topic = raw_topic
-        self.payload = payload
-        self.user_properties = user_properties
+    mid: int
+    qos: int
+    retain: bool
+    dup: bool
+    raw_topic: bytes
+    payload: bytes
+    user_properties: dict[str, str]
 
     @property
     def topic(self) -> str:

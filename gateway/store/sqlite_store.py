@@ -47,7 +47,6 @@ class EventWrite:
     new_group_job: Any = None  # from new_state_group, for a state event
     txn: tuple[str, str, str] | None = None
     rejected: str | None = None
-    sign: Any = None  # from build_event_signed_later: run by the writer, it returns the PDU's canonical JSON
 
 
 class UserExists(Exception):
@@ -321,8 +320,8 @@ class SQLiteStore:
         def row(w: EventWrite) -> tuple[Any, ...]:
             event = w.event
             txn_user, txn_device, txn_id = w.txn if w.txn else (None, None, None)
-            if w.sign is not None:  # signed here, in the writer thread, in parallel with the event loop
-                pdu_text = w.sign().decode()
+            if event.sign is not None:  # signed here, in the writer thread, in parallel with the event loop
+                pdu_text = event.sign().decode()
             elif event.canonical is not None:  # built here: its canonical JSON is at hand
                 pdu_text = event.canonical.decode()
             else:
