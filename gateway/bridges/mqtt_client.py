@@ -146,12 +146,15 @@ class BrokerLink:
                 self._end_worker()
             if self._stopping:
                 return
+            # What is still queued belonged to the worker that ended: acknowledgements and barriers of
+            # its connection, and publishes whose futures fail here (their owners publish them again).
+            self._commands.clear()
+            self.net_gen += 1
             if fallback:
                 log.warning("mqtt broker %s does not speak MQTT 5; using MQTT 3.1.1", self.name)
                 self.protocol = mqtt.MQTTv311
                 self._fail_publishes(ConnectionError("reconnecting with MQTT 3.1.1"))
                 continue
-            self.net_gen += 1  # acknowledgements still queued name the old connection: the worker drops them
             self._fail_publishes(ConnectionError("the MQTT worker process ended"))
             if self.connected.is_set():
                 self.connected.clear()
