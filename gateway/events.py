@@ -469,8 +469,10 @@ def build_event(
         body = encode_canonical_json(pdu, checked=True)
     except CanonicalJSONError as err:
         raise EventFormatError(f"not canonical JSON: {err}") from None
-    pdu["hashes"] = {"sha256": encode_base64(hashlib.sha256(body).digest())}
-    hashed = _insert(body, b',"origin_server_ts":', b'"hashes":', pdu["hashes"])
+    content_hash = encode_base64(hashlib.sha256(body).digest())
+    pdu["hashes"] = {"sha256": content_hash}
+    at = body.rindex(b',"origin_server_ts":')  # base64 needs no escaping: written directly
+    hashed = body[:at] + b',"hashes":{"sha256":"' + content_hash.encode("ascii") + b'"}' + body[at:]
     # The signed bytes and the reference hash cover the same thing: the
     # redacted PDU without signatures (none yet) and unsigned (not kept by
     # redaction); its values were checked just above.
@@ -522,11 +524,11 @@ def _redacted_text(hashed: bytes, pdu: dict[str, Any]) -> bytes:
     if "redacts" in pdu or not isinstance(pdu["content"], dict) or not isinstance(pdu["type"], str):
         # v10 redaction drops redacts (rare: not worth splicing); a malformed PDU fails its format check later
         return encode_canonical_json(_redacted_view(pdu), checked=True)
-    kept = _KEPT_CONTENT.get(pdu["type"], frozenset())
-    content = {k: v for k, v in pdu["content"].items() if k in kept}
+    kept = _KEPT_CONTENT.get(pdu["type"])
+    content = {k: v for k, v in pdu["content"].items() if k in kept} if kept else {}
     start = hashed.index(b',"content":') + len(b',"content":')
     end = hashed.rindex(b',"depth":')
-    return hashed[:start] + encode_canonical_json(content, checked=True) + hashed[end:]
+    return hashed[:start] + (encode_canonical_json(content, checked=True) if content else b"{}") + hashed[end:]
 
 
 def add_signature(pdu: dict[str, Any], server_name: str, signing_key: SigningKey) -> dict[str, Any]:
