@@ -314,7 +314,7 @@ class RoomService:
                         auth_ids = self._auth_ids(state, request)
                     event = self._build(head, request, auth_ids)
                     if not plain or key not in allowed:
-                        self._authorise(event, state)
+                        self._authorise(event)
                     if request.redacts is not None:
                         self._check_redaction(event, state)
                 except MatrixError as exc:
@@ -323,7 +323,7 @@ class RoomService:
                 if plain:
                     known[key] = auth_ids
                     allowed.add(key)
-                write = self._advance(head, state, event, request.txn)
+                write = self._advance(head, event, request.txn)
                 made.append((len(results), Sent(event, write.position)))
                 results.append(made[-1][1])
                 writes.append(write)
@@ -391,7 +391,7 @@ class RoomService:
         except ValueError as exc:  # canonical JSON refused a value (float, huge int)
             raise bad_json(str(exc)) from None
 
-    def _authorise(self, event: Event, state: StateMap) -> None:
+    def _authorise(self, event: Event) -> None:
         auth_state: dict[tuple[str, str], Event] = {}
         for event_id in event.auth_events:
             auth_event = self.event(event_id)
@@ -416,7 +416,7 @@ class RoomService:
         if not isinstance(needed, int) or level < needed:
             raise forbidden("you may only redact your own events")
 
-    def _advance(self, head: RoomHead, state: StateMap, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
+    def _advance(self, head: RoomHead, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
         """Move the room's head onto ``event`` and return its write (queued by the caller, in order)."""
         state_before = head.state_group
         state_after, group_job = state_before, None
@@ -526,8 +526,7 @@ class RoomService:
             raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
         self._heads[room_id] = head
         async with head.lock:
-            writes = [self._advance(head, self.store.state_for_group(head.state_group), event, None)
-                      for event in events]  # fmt: skip
+            writes = [self._advance(head, event, None) for event in events]
             committed = self.store.persist_events(writes, self._room_row(head))
         await committed
         for write in writes:
