@@ -83,8 +83,9 @@ def checked_copy(value: Any, path: str = "$") -> Any:
     :func:`encode_canonical_json` makes; raises :class:`CanonicalJSONError` like it.
 
     Strings are not looked at (a lone surrogate fails when encoded).
-    ``path`` names ``value`` in error messages. One walk does both, so a caller that keeps its own copy of an object it
-    then hashes need not also deep-copy it.
+    ``path`` names ``value`` in error messages. One walk does both, so a
+    caller that keeps its own copy of an object it then hashes need not
+    also deep-copy it.
     """
     try:
         return _copy(value)

@@ -471,8 +471,8 @@ def build_event(
         raise EventFormatError(f"not canonical JSON: {err}") from None
     content_hash = encode_base64(hashlib.sha256(body).digest())
     pdu["hashes"] = {"sha256": content_hash}
-    at = body.rindex(b',"origin_server_ts":')  # base64 needs no escaping: written directly
-    hashed = body[:at] + b',"hashes":{"sha256":"' + content_hash.encode("ascii") + b'"}' + body[at:]
+    # base64 needs no escaping: the member is written directly
+    hashed = _insert(body, b',"origin_server_ts":', b'"hashes":{"sha256":"' + content_hash.encode("ascii") + b'"}')
     # The signed bytes and the reference hash cover the same thing: the
     # redacted PDU without signatures (none yet) and unsigned (not kept by
     # redaction); its values were checked just above.
@@ -482,13 +482,13 @@ def build_event(
 
     def sign() -> bytes:
         pdu["signatures"] = {server_name: {signing_key.key_id: encode_base64(signing_key.sign(reference))}}
-        return _insert(hashed, marker, b'"signatures":', pdu["signatures"])
+        return _insert(hashed, marker, b'"signatures":' + encode_canonical_json(pdu["signatures"], checked=True))
 
     if sign_later and not unsigned:
         # Checked with a stand-in of the signature's exact length; sign() puts the real one in.
         pdu["signatures"] = {server_name: {signing_key.key_id: _SIGNATURE_STAND_IN}}
-        check_event_format(pdu, values_checked=True, encoded=_insert(hashed, marker, b'"signatures":',
-                                                                     pdu["signatures"]))  # fmt: skip
+        stand_in = b'"signatures":' + encode_canonical_json(pdu["signatures"], checked=True)
+        check_event_format(pdu, values_checked=True, encoded=_insert(hashed, marker, stand_in))
         return Event(event_id, pdu, sign=sign)
     encoded = sign()
     if unsigned:
@@ -513,10 +513,10 @@ _SIGNATURE_STAND_IN = "A" * 86  # an Ed25519 signature is 64 bytes: 86 character
 # tests/test_events.py holds the results to encode_canonical_json.
 
 
-def _insert(text: bytes, before: bytes, name: bytes, value: Any) -> bytes:
-    """``text`` with the member ``name: value`` added in front of the top-level member ``before``."""
+def _insert(text: bytes, before: bytes, member: bytes) -> bytes:
+    """``text`` with ``member`` (``"name":value``, encoded) added in front of the top-level member ``before``."""
     at = text.rindex(before)
-    return text[:at] + b"," + name + encode_canonical_json(value, checked=True) + text[at:]
+    return text[:at] + b"," + member + text[at:]
 
 
 def _redacted_text(hashed: bytes, pdu: dict[str, Any]) -> bytes:
