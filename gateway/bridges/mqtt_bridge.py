@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from lowband.gateway.bridges import mqtt_discovery as discovery
 from lowband.gateway.bridges.mqtt_client import ORIGIN_PROPERTY, BrokerLink, Received
 from lowband.gateway.bridges.mqtt_config import InboundMapping, MqttConfig, OutboundMapping, parse_mqtt_config
@@ -55,7 +54,6 @@ _SEND_RETRY_S = 1.0
 _STOP_WAIT_S = 10.0
 _CONNECT_WAIT_S = 5.0
 _ROUTE_CACHE = 10_000  # topics whose mapping is remembered (the cache starts over when full)
-_UNROUTED = object()
 _LAUNCH_BATCH = 512
 _BARRIER_DELAY_S = 0.02
 #: After a reconnect, rows of the old connection that no redelivery claimed
@@ -307,12 +305,11 @@ class MqttBridge:
             except UnicodeDecodeError:
                 self._refuse(link, "_bridge", ticket, "invalid_topic", "topic is not UTF-8", "?")
                 continue
-            cached = routed.get(topic, _UNROUTED)
-            if cached is _UNROUTED:
+            if topic not in routed:
                 if len(routed) >= _ROUTE_CACHE:
                     routed.clear()
-                cached = routed[topic] = route(routes, topic)
-            found = cached
+                routed[topic] = route(routes, topic)
+            found = routed[topic]
             if found is None:
                 self._refuse(link, "_bridge", ticket, "unmapped", "no mapping takes this topic", topic)
                 continue

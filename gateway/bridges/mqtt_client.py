@@ -26,18 +26,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import subprocess
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.bridges.mqtt_config import BrokerConfig
-from lowband.gateway.bridges.mqtt_worker import MAX_FRAME, ORIGIN_PROPERTY, decode_frame, encode_frame
+from lowband.gateway.bridges.mqtt_worker import ORIGIN_PROPERTY, decode_frame, encode_frame, frame_size
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +175,7 @@ class BrokerLink:
         self._flush()  # commands queued while no worker ran
         while True:
             try:
-                head = await reader.readexactly(4)
-                (size,) = struct.unpack(">I", head)
-                if size > MAX_FRAME:
-                    raise ValueError(f"frame of {size} bytes")
+                size = frame_size(await reader.readexactly(4))
                 items = decode_frame(await reader.readexactly(size))
             except (asyncio.IncompleteReadError, ConnectionError):
                 return False
@@ -197,17 +193,13 @@ class BrokerLink:
             proc.wait()
 
     def _settings(self) -> dict[str, Any]:
-        c = self.config
+        """The worker's first frame: the broker's config, and what this link adds to it."""
         return {
-            "name": c.name, "host": c.host, "port": c.port, "client_id": c.client_id,
-            "protocol": "3.1.1" if self.protocol == mqtt.MQTTv311 else "5", "auto": c.protocol == "auto",
-            "username": c.username, "password": c.password, "tls": c.tls, "ca_file": c.ca_file,
-            "cert_file": c.cert_file, "key_file": c.key_file, "tls_insecure": c.tls_insecure,
-            "keepalive_s": c.keepalive_s, "session_expiry_s": c.session_expiry_s,
-            "receive_maximum": c.receive_maximum, "reconnect_min_s": c.reconnect_min_s,
-            "reconnect_max_s": c.reconnect_max_s, "will_topic": self.will[0], "will_payload": self.will[1],
-            "filters": self.filters, "known_filters": sorted(self.known_filters), "origin": self.origin,
-            "barrier_topic": self.barrier_topic, "gen": self.net_gen,
+            **asdict(self.config),
+            "protocol": "3.1.1" if self.protocol == mqtt.MQTTv311 else "5", "auto": self.config.protocol == "auto",
+            "will_topic": self.will[0], "will_payload": self.will[1], "filters": self.filters,
+            "known_filters": sorted(self.known_filters), "origin": self.origin, "barrier_topic": self.barrier_topic,
+            "gen": self.net_gen,
         }  # fmt: skip
 
     # ------------------------------------------------------------ loop side

@@ -60,13 +60,18 @@ def read_frame(sock: socket.socket) -> list[Any] | None:
     head = _read_exactly(sock, 4)
     if head is None:
         return None
-    (size,) = _HEADER.unpack(head)
-    if size > MAX_FRAME:
-        raise ValueError(f"frame of {size} bytes")
-    body = _read_exactly(sock, size)
+    body = _read_exactly(sock, frame_size(head))
     if body is None:
         return None
     return decode_frame(body)
+
+
+def frame_size(head: bytes) -> int:
+    """The body length a frame's 4-byte head announces; ValueError above MAX_FRAME."""
+    (size,) = _HEADER.unpack(head)
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    return int(size)
 
 
 def decode_frame(body: bytes) -> list[Any]:
