@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ WARMUP = 200
 TARGET_EVENTS = 5000.0
 TARGET_RATIO = 0.7
 TOPIC = "bench/sensor"
-STATUS_TOPIC = "lowband/localhost/status"  # the bridge's default status topic for server name "localhost"
+STATUS_TOPIC = "bench/status"  # the bridge's availability topic, set in the gateway's config below
 
 #: Runs ``lowband`` with the MQTT bridge registered as a component, whether
 #: or not ``server.COMPONENTS`` lists it already.
@@ -103,20 +104,29 @@ def _publish_all(port: int, first: int, count: int) -> float:
         publisher.loop_stop()
 
 
+def _counter(count: int, finished: Callable[[mqtt.Client], None]) -> Callable[..., None]:
+    """An on_message callback that calls ``finished(client)`` when the ``count``-th message arrives."""
+    got = [0]
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        got[0] += 1
+        if got[0] == count:
+            finished(client)
+
+    return on_message
+
+
 #: The raw subscriber: its own process, as the gateway is, so the publisher and
 #: the subscriber do not share one interpreter lock (that would lower the anchor).
 RAW_SUBSCRIBER = (
     "import sys, time\n"
     "from lowband.gateway import bench_mqtt as b\n"
     "port, count = int(sys.argv[1]), int(sys.argv[2])\n"
-    "got = [0]\n"
-    "def on_message(client, userdata, message):\n"
-    "    got[0] += 1\n"
-    "    if got[0] == count:\n"
-    "        print(time.perf_counter(), flush=True)\n"
-    "        client.disconnect()\n"
+    "def finished(client):\n"
+    "    print(time.perf_counter(), flush=True)\n"
+    "    client.disconnect()\n"
     "client = b._client('bench-raw-sub', port)\n"
-    "client.on_message = on_message\n"
+    "client.on_message = b._counter(count, finished)\n"
     "client.on_subscribe = lambda *args: print('ready', flush=True)\n"
     "client.subscribe(b.TOPIC, qos=1)\n"
     "client.loop_forever()\n"
@@ -158,24 +168,17 @@ def measure_raw_one_process(port: int, count: int, timeout: float) -> float:
     it is lower because the publisher and the subscriber take turns.
     """
     done = threading.Event()
-    received = [0, 0.0]
-
-    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        received[0] += 1
-        if received[0] == count:
-            received[1] = time.perf_counter()
-            done.set()
-
+    ended: list[float] = []
     subscriber = _client("bench-raw-sub-1", port)
-    subscriber.on_message = on_message
+    subscriber.on_message = _counter(count, lambda client: (ended.append(time.perf_counter()), done.set()))
     subscriber.subscribe(TOPIC, qos=1)
     subscriber.loop_start()
     time.sleep(0.3)
     try:
         start = _publish_all(port, 0, count)
         if not done.wait(timeout):
-            raise BenchError(f"raw subscriber got {received[0]} of {count} messages in {timeout:.0f} s")
-        return count / (received[1] - start)
+            raise BenchError(f"the raw subscriber did not get all {count} messages in {timeout:.0f} s")
+        return count / (ended[0] - start)
     finally:
         subscriber.disconnect()
         subscriber.loop_stop()
@@ -190,7 +193,7 @@ class _Gateway:
         self.config = root / "gateway.toml"
         self.config.write_text(
             "[rate_limits]\nenabled = false\n\n"
-            "[mqtt]\nstats_interval_s = 0\ndiscovery = false\n\n"
+            f'[mqtt]\nstats_interval_s = 0\ndiscovery = false\nstatus_topic = "{STATUS_TOPIC}"\n\n'
             f'[[mqtt.brokers]]\nname = "bench"\nhost = "127.0.0.1"\nport = {broker_port}\nreceive_maximum = 5000\n\n'
             f'[[mqtt.inbound]]\nname = "bench"\ntopic = "bench/+"\nroom = "#bench:localhost"\nsender = "mapping"\n'
             "rate_per_s = 1000000.0\nburst = 1000000\n"
