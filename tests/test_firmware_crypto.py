@@ -14,14 +14,13 @@ Two halves:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from vector_runs import need_tool, run_vector_script
+from vector_runs import host_cryptolib, load_script, need_tool, run_vector_script
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 from hypothesis import HealthCheck, assume, given, settings
@@ -43,37 +42,9 @@ RUN_TIMEOUT = 120
 BOUNDED = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("firmware_crypto_vectors", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vectors_script = _load_script()
-
-
-def _import_firmware():
-    """Import lbcrypto on CPython behind the script's cryptolib stand-in.
-
-    The stand-in is unregistered again afterwards: aes_modes keeps its own
-    reference, and nothing else in the test process should find a module
-    named cryptolib.
-    """
-    had = "cryptolib" in sys.modules
-    vectors_script.install_host_cryptolib()
-    if str(FIRMWARE) not in sys.path:
-        sys.path.insert(0, str(FIRMWARE))
-    try:
-        from lbcrypto import aes_modes, link_aead, noise_kk, x25519
-    finally:
-        if not had:
-            sys.modules.pop("cryptolib", None)
-    return aes_modes, link_aead, noise_kk, x25519
-
-
-aes_modes, link_aead, noise_kk, x25519 = _import_firmware()
+vectors_script = load_script(SCRIPT)
+with host_cryptolib(vectors_script):
+    from lbcrypto import aes_modes, link_aead, noise_kk, x25519
 
 # ------------------------------------------------------------- vector runs
 

@@ -22,11 +22,9 @@ to a running gateway and matrix-nio) is in tests/test_firmware_e2e.py.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import random
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +43,7 @@ from lowband.gateway.link.frames import SerialFramer, serial_encode
 from lowband.gateway.link.gateway_core import CommandAcked, Deliver, DeviceEntry, GatewayLink, Transmit
 from lowband.gateway.link.handshake import Responder, public_from_private
 from lowband.sim.firmware import MICROPYTHON, MPY_CROSS, build_mpy
+from vector_runs import host_cryptolib, load_script, run_vector_script
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
@@ -54,26 +53,14 @@ VECTORS = json.loads((DATA / "link_vectors.json").read_text())
 COMPACT = json.loads((DATA / "compact_vectors.json").read_text())
 
 
-def _import_firmware() -> Any:
-    """Import lbnode on CPython behind tests/firmware_crypto_vectors.py's cryptolib stand-in."""
-    spec = importlib.util.spec_from_file_location("firmware_crypto_vectors", ROOT / "tests" / "firmware_crypto_vectors.py")
-    assert spec and spec.loader
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    had = "cryptolib" in sys.modules
-    script.install_host_cryptolib()
-    if str(FIRMWARE) not in sys.path:
-        sys.path.insert(0, str(FIRMWARE))
-    try:
-        import lbnode  # noqa: F401
-        from lbnode import link, msgring, node, state, stream, wire
-    finally:
-        if not had:
-            sys.modules.pop("cryptolib", None)
-    return link, msgring, node, state, stream, wire
-
-
-fw_link, fw_msgring, fw_node, fw_state, fw_stream, fw_wire = _import_firmware()
+with host_cryptolib(load_script(ROOT / "tests" / "firmware_crypto_vectors.py")):
+    import lbnode  # noqa: F401
+    from lbnode import link as fw_link
+    from lbnode import msgring as fw_msgring
+    from lbnode import node as fw_node
+    from lbnode import state as fw_state
+    from lbnode import stream as fw_stream
+    from lbnode import wire as fw_wire
 
 GW_PRIVATE = hashlib.sha256(b"lowband test gateway static").digest()
 DEV_PRIVATE = hashlib.sha256(b"lowband test device static").digest()
@@ -110,17 +97,8 @@ def new_gateway(mtu: int = 255) -> GatewayLink:
 
 # ------------------------------------------------------------- vectors, both runtimes
 
-def _vector_counts(proc: subprocess.CompletedProcess[str]) -> tuple[int, int]:
-    last = proc.stdout.strip().splitlines()[-1]
-    passed, _, failed, _ = last.split()
-    return int(passed), int(failed)
-
-
 def test_node_vectors_cpython() -> None:
-    spec = importlib.util.spec_from_file_location("firmware_node_vectors", NODE_VECTORS)
-    assert spec and spec.loader
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(NODE_VECTORS)
     assert script.main(["x", str(FIRMWARE), str(DATA)]) == 0
     assert script.T.failed == 0 and script.T.passed == 5 + len(COMPACT["vectors"])
 
@@ -129,10 +107,9 @@ def test_node_vectors_cpython() -> None:
 def test_node_vectors_micropython_from_source() -> None:
     if not MICROPYTHON.exists():
         pytest.skip("no micropython")
-    proc = subprocess.run([str(MICROPYTHON), "-X", "heapsize=160k", str(NODE_VECTORS), str(FIRMWARE), str(DATA)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _vector_counts(proc) == (5 + len(COMPACT["vectors"]), 0)
+    passed, _, _ = run_vector_script([str(MICROPYTHON), "-X", "heapsize=160k", str(NODE_VECTORS), str(FIRMWARE),
+                                      str(DATA)], cwd=ROOT, timeout=120)  # fmt: skip
+    assert passed == 5 + len(COMPACT["vectors"])
 
 
 @pytest.mark.micropython
@@ -143,10 +120,9 @@ def test_node_vectors_micropython_mpy(tmp_path: Path) -> None:
     if not (MICROPYTHON.exists() and MPY_CROSS.exists()):
         pytest.skip("no micropython or mpy-cross")
     build_mpy(tmp_path / "lib")
-    proc = subprocess.run([str(MICROPYTHON), "-X", "heapsize=96k", str(NODE_VECTORS), str(tmp_path / "lib"), str(DATA)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _vector_counts(proc) == (5 + len(COMPACT["vectors"]), 0)
+    passed, _, _ = run_vector_script([str(MICROPYTHON), "-X", "heapsize=96k", str(NODE_VECTORS), str(tmp_path / "lib"),
+                                      str(DATA)], cwd=ROOT, timeout=120)  # fmt: skip
+    assert passed == 5 + len(COMPACT["vectors"])
 
 
 # ------------------------------------------------------------- lockstep with the reference
