@@ -166,15 +166,23 @@ class Client:
         self.user_id: str | None = None
 
     async def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                      headers: dict[str, str] | None = None, token: bool = True) -> tuple[int, Any]:  # fmt: skip
-        """(status, parsed JSON or bytes) of one request; 30 s timeout."""
+                      headers: dict[str, str] | None = None, token: bool = True,
+                      exact_path: bool = False) -> tuple[int, Any]:  # fmt: skip
+        """(status, parsed JSON or bytes) of one request; 30 s timeout.
+
+        ``exact_path`` sends the path byte for byte (no re-quoting, no
+        dot-segment removal).
+        """
         import aiohttp
+        import yarl
 
         all_headers = dict(headers or {})
         if token and self.token:
             all_headers["Authorization"] = f"Bearer {self.token}"
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        url = path if path.startswith("http") else self.base + path
+        url: Any = path if path.startswith("http") else self.base + path
+        if exact_path:
+            url = yarl.URL(url, encoded=True)
         async with self.session.request(method, url, data=data, headers=all_headers,
                                         timeout=aiohttp.ClientTimeout(total=30)) as response:  # fmt: skip
             payload = await response.read()

@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import yarl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,16 +77,7 @@ def expect_ok(result: tuple[int, Any]) -> Any:
 
 async def raw_request(client: Client, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """A request whose path is sent byte for byte (no re-quoting, no dot-segment removal)."""
-    headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
-    data = json.dumps(body).encode() if body is not None else None
-    url = yarl.URL(client.base + path, encoded=True)
-    async with client.session.request(method, url, data=data, headers=headers,
-                                      timeout=aiohttp.ClientTimeout(total=30)) as response:  # fmt: skip
-        payload = await response.read()
-        try:
-            return response.status, json.loads(payload)
-        except ValueError:
-            return response.status, payload
+    return await client.request(method, path, body, exact_path=True)
 
 
 async def create_room(client: Client, **body: Any) -> str:
