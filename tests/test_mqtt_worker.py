@@ -24,7 +24,7 @@ import pytest
 
 from lowband.gateway.bridges.mqtt_client import BrokerLink, Received
 from lowband.gateway.bridges.mqtt_config import BrokerConfig
-from lowband.gateway.bridges.mqtt_worker import _MidMap, decode_frame, encode_frame, read_frame
+from lowband.gateway.bridges.mqtt_worker import _Client, _MidMap, decode_frame, encode_frame, read_frame
 
 BROKER_PORT = 1883
 
@@ -64,6 +64,89 @@ def test_mid_map_matches_answers_that_come_before_or_after_the_mid_is_known() ->
     assert ids.done(2) is None and ids.bind(2, 200) is True  # the PUBACK won the race
     assert ids.done(1) is None  # answered once only: a second answer is early for a future bind
     assert ids.bind(1, 101) is True
+
+
+class FakeSocket:
+    """A non-blocking socket stand-in: recv() hands out queued chunks, send() takes at most ``limit`` bytes."""
+
+    def __init__(self, chunks: list[bytes], limit: int = 1 << 20) -> None:
+        self.chunks = list(chunks)
+        self.recv_calls = 0
+        self.sent: list[bytes] = []
+        self.limit = limit
+
+    def recv(self, size: int) -> bytes:
+        self.recv_calls += 1
+        if not self.chunks:
+            raise BlockingIOError
+        chunk = self.chunks.pop(0)
+        assert len(chunk) <= size
+        return chunk
+
+    def send(self, data: bytes) -> int:
+        taken = bytes(data[: self.limit])
+        self.sent.append(taken)
+        return len(taken)
+
+    def close(self) -> None:
+        pass
+
+
+def _client(messages: list[Any]) -> _Client:
+    client = _Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5,
+                     manual_ack=True, after_read=lambda: messages.append("read done"))  # fmt: skip
+    client.on_message = lambda c, u, m: messages.append((m.mid, m.topic, m.payload))
+    return client
+
+
+def _publish_packet(mid: int, topic: bytes, payload: bytes) -> bytes:
+    """An MQTT 5 QoS 1 PUBLISH (no properties)."""
+    body = struct.pack(">H", len(topic)) + topic + struct.pack(">H", mid) + b"\x00" + payload
+    return bytes([0x32, len(body)]) + body
+
+
+def test_the_worker_client_reads_every_available_packet_with_few_recv_calls() -> None:
+    packets = [_publish_packet(mid, b"s/%d" % mid, b"x" * mid) for mid in range(1, 41)]
+    stream = b"".join(packets)
+    messages: list[Any] = []
+    client = _client(messages)
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED  # as after CONNACK
+    # Forty packets in two chunks, the cut falling inside a packet's remaining length and body.
+    sock = FakeSocket([stream[:101], stream[101:]])
+    client._sock = sock  # type: ignore[assignment]
+    assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert messages[:-1] == [(mid, f"s/{mid}", b"x" * mid) for mid in range(1, 41)]
+    assert messages[-1] == "read done"  # once, after every packet
+    assert sock.recv_calls == 3  # two chunks, then "would block" (paho alone: three or more per packet)
+    # A new connection starts with nothing buffered, even if the old one left bytes behind.
+    messages.clear()
+    old = FakeSocket([_publish_packet(1, b"a", b"1")[:3]])
+    client._sock = old  # type: ignore[assignment]
+    client._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                         "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}  # fmt: skip
+    client._sock_recv(1)  # one byte of three taken; two stay in the buffer
+    client._sock = FakeSocket([_publish_packet(9, b"b", b"2")])  # type: ignore[assignment]
+    assert client._sock_recv(1) == b"\x32"  # from the new socket, not the old buffer
+
+
+def test_the_worker_client_writes_queued_pubacks_in_one_send_and_wakes_once() -> None:
+    client = _client([])
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    wakes = FakeSocket([])
+    client._sockpairW = wakes  # type: ignore[assignment]
+    client._thread = object()  # type: ignore[assignment]  # as under loop_start: queued packets wait for the thread
+    sock = FakeSocket([], limit=7)  # the first send() takes only 7 of the 12 PUBACK bytes
+    client._sock = sock  # type: ignore[assignment]
+    client.ack_many([1, 2, 300])
+    client.unsubscribe("barrier/topic")  # a barrier after the acks keeps its place
+    assert len(wakes.sent) == 2  # one for the three acks, one for the UNSUBSCRIBE
+    while client.want_write():
+        assert client._packet_write() in (mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS, mqtt.MQTTErrorCode.MQTT_ERR_AGAIN)
+    pubacks = b"\x40\x02\x00\x01" + b"\x40\x02\x00\x02" + b"\x40\x02\x01\x2c"
+    assert sock.sent[:2] == [pubacks[:7], pubacks[7:]]
+    unsubscribe = b"".join(sock.sent[2:])  # then the UNSUBSCRIBE, on its own (in 7-byte pieces here)
+    assert unsubscribe[0] == 0xA2 and unsubscribe.endswith(b"barrier/topic") and len(unsubscribe) == 20
+    client._thread = None
 
 
 def test_the_worker_explains_its_usage() -> None:
