@@ -24,6 +24,7 @@ import copy
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from lowband.gateway.canonical_json import (
@@ -481,13 +482,14 @@ def build_event(
     marker = b',"state_key":' if "state_key" in pdu else b',"type":'
 
     def sign() -> bytes:
-        pdu["signatures"] = {server_name: {signing_key.key_id: encode_base64(signing_key.sign(reference))}}
-        return _insert(hashed, marker, b'"signatures":' + encode_canonical_json(pdu["signatures"], checked=True))
+        signature = encode_base64(signing_key.sign(reference))
+        pdu["signatures"] = {server_name: {signing_key.key_id: signature}}
+        return _insert(hashed, marker, _signatures_member(server_name, signing_key.key_id, signature))
 
     if sign_later and not unsigned:
         # Checked with a stand-in of the signature's exact length; sign() puts the real one in.
         pdu["signatures"] = {server_name: {signing_key.key_id: _SIGNATURE_STAND_IN}}
-        stand_in = b'"signatures":' + encode_canonical_json(pdu["signatures"], checked=True)
+        stand_in = _signatures_member(server_name, signing_key.key_id, _SIGNATURE_STAND_IN)
         check_event_format(pdu, values_checked=True, encoded=_insert(hashed, marker, stand_in))
         return Event(event_id, pdu, sign=sign)
     encoded = sign()
@@ -517,6 +519,16 @@ def _insert(text: bytes, before: bytes, member: bytes) -> bytes:
     """``text`` with ``member`` (``"name":value``, encoded) added in front of the top-level member ``before``."""
     at = text.rindex(before)
     return text[:at] + b"," + member + text[at:]
+
+
+def _signatures_member(server_name: str, key_id: str, signature: str) -> bytes:
+    """``"signatures":{server_name:{key_id:signature}}`` as canonical JSON (one key per level: no sorting)."""
+    return b'"signatures":{%s:{%s:%s}}' % (_json_string(server_name), _json_string(key_id), _json_string(signature))
+
+
+def _json_string(text: str) -> bytes:
+    """A string as canonical JSON writes it (non-ASCII as UTF-8, as the canonical encoder does)."""
+    return encode_basestring(text).encode("utf-8")
 
 
 def _redacted_text(hashed: bytes, pdu: dict[str, Any]) -> bytes:

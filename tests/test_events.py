@@ -21,6 +21,7 @@ from lowband.gateway.events import (
     compute_content_hash,
     compute_event_id,
     content_hash_matches,
+    _signatures_member,
     redact,
     verify_event,
 )
@@ -519,6 +520,14 @@ def test_random_content_builds_a_valid_verifiable_event(content, state_key, even
     assert compute_event_id(redact(event.pdu)) == event.event_id
     assert make(content=content, state_key=state_key, type=event_type).event_id == event.event_id
     assert event.canonical == encode_canonical_json(event.pdu)  # what the store writes
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(st.text(st.characters(blacklist_categories=["Cs"])), min_size=3, max_size=3))
+def test_the_signatures_member_is_written_as_the_canonical_encoder_would(names):
+    server, key_id, signature = names  # any text: quotes, backslashes, control characters, non-ASCII
+    expected = b'"signatures":' + encode_canonical_json({server: {key_id: signature}})
+    assert _signatures_member(server, key_id, signature) == expected
 
 
 _TRAPS = st.sampled_from(['origin_server_ts', 'type', 'state_key', ',"type":', ',"state_key":"x"',

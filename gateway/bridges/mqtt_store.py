@@ -5,7 +5,9 @@ store's group-committing writer (``Database.submit``/``write``), so a row
 queued before an event commits no later than that event.
 
 * ``mqtt_inflight`` — received, not yet acknowledged QoS 1 messages and the
-  txn_id their event is (being) sent with (see ``mqtt_ingest``);
+  txn_id their event is (being) sent with (see ``mqtt_ingest``). Every
+  message adds a row and soon deletes it: WITHOUT ROWID keeps that to one
+  B-tree (a database made before has the rowid table, which works the same);
 * ``mqtt_cursor`` — per outbound mapping, the stream position up to which
   room events were published and acknowledged by the broker; the room
   itself is the durable outbound queue;
@@ -34,7 +36,7 @@ CREATE TABLE IF NOT EXISTS mqtt_inflight (
     mid INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
     PRIMARY KEY (broker, txn_id)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mqtt_cursor (
     mapping TEXT NOT NULL,
     room_id TEXT NOT NULL,
