@@ -24,7 +24,9 @@ import pytest
 
 from lowband.gateway.bridges.mqtt_client import BrokerLink, Received
 from lowband.gateway.bridges.mqtt_config import BrokerConfig
-from lowband.gateway.bridges.mqtt_worker import _Client, _MidMap, decode_frame, encode_frame, read_frame
+from lowband.gateway.bridges.mqtt_worker import (
+    _Client, _MidMap, _share_property_tables, _SharedTablesProperties, decode_frame, encode_frame, read_frame,
+)  # fmt: skip
 
 BROKER_PORT = 1883
 
@@ -147,6 +149,36 @@ def test_the_worker_client_writes_queued_pubacks_in_one_send_and_wakes_once() ->
     unsubscribe = b"".join(sock.sent[2:])  # then the UNSUBSCRIBE, on its own (in 7-byte pieces here)
     assert unsubscribe[0] == 0xA2 and unsubscribe.endswith(b"barrier/topic") and len(unsubscribe) == 20
     client._thread = None
+
+
+def test_shared_property_tables_decode_publishes_as_paho_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import paho.mqtt._packet as packet_module
+    from paho.mqtt.properties import MQTTException, Properties
+
+    def utf8(text: bytes) -> bytes:
+        return struct.pack(">H", len(text)) + text
+
+    # User properties (twice), a content type and a message expiry, then none at all.
+    props = b"\x26" + utf8(b"lowband-origin") + utf8(b"gw1") + b"\x26" + utf8(b"k") + utf8(b"v")
+    props += b"\x03" + utf8(b"application/json") + b"\x02" + struct.pack(">I", 60)
+    bodies = [utf8(b"a/b") + struct.pack(">H", 7) + bytes([len(p)]) + p + b"payload" for p in (props, b"")]
+    before = [packet_module.decode_publish(0x32, body, mqtt.MQTTv5) for body in bodies]
+    for module in (packet_module, mqtt):
+        monkeypatch.setattr(module, "Properties", Properties)  # put back after the test
+    _share_property_tables()
+    assert packet_module.Properties is _SharedTablesProperties and mqtt.Properties is _SharedTablesProperties
+    after = [packet_module.decode_publish(0x32, body, mqtt.MQTTv5) for body in bodies]
+    for old, new in zip(before, after, strict=True):
+        assert isinstance(new.properties, _SharedTablesProperties)
+        assert (new.topic, new.mid, new.payload) == (old.topic, old.mid, old.payload)
+        assert new.properties.json() == old.properties.json()
+    assert after[0].properties.UserProperty == [("lowband-origin", "gw1"), ("k", "v")]
+    assert not hasattr(after[1].properties, "UserProperty")
+    # An instance is cleared of its values, not of the shared tables, and paho's checks still apply.
+    after[0].properties.clear()
+    assert after[0].properties.json() == {} and after[1].properties.names is after[0].properties.names
+    with pytest.raises(MQTTException):
+        after[1].properties.NotAProperty = 1
 
 
 def test_the_worker_explains_its_usage() -> None:
