@@ -26,6 +26,9 @@ Rules:
   gateway exited, even by ``kill -9``) ends the process at once without a
   DISCONNECT, so the broker publishes the last will;
 * ``("stop",)`` disconnects cleanly (no will) and exits;
+* what paho reports while it reads (messages, connects, disconnects,
+  answers) goes to the gateway in the order the callbacks fired, one frame
+  per read; the acks of one command frame are written together (``_Client``);
 * MQTT 5 is refused with "unsupported protocol version" and the protocol
   is ``auto``: the worker reports ``fallback`` and the gateway starts a new
   worker with MQTT 3.1.1.
@@ -472,7 +475,7 @@ class Worker:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         pairs = getattr(getattr(message, "properties", None), "UserProperty", None)
         self.emit_network(("msg", self.net_gen, message.mid, message.qos, bool(message.retain), bool(message.dup),
-                   message._topic, message.payload, [tuple(p) for p in pairs] if pairs else None))  # fmt: skip
+                           message._topic, message.payload, [tuple(p) for p in pairs] if pairs else None))  # fmt: skip
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         failed = str(reason) if reason is not None and getattr(reason, "is_failure", False) else ""
