@@ -312,7 +312,8 @@ class ServerProcess:
                 continue
 
 
-def _lowband_argv() -> list[str]:
+def lowband_argv() -> list[str]:
+    """argv prefix that runs this installation's ``lowband`` command."""
     script = Path(sys.executable).with_name("lowband")
     if script.exists():
         return [str(script)]
@@ -335,7 +336,7 @@ def prepare_lowband(workdir: Path) -> ServerProcess:
     data.mkdir()
     config = workdir / "lowband.toml"
     config.write_text("[rate_limits]\nenabled = false\n")
-    argv = _lowband_argv() + [
+    argv = lowband_argv() + [
         "serve",
         "--data-dir", str(data),
         "--server-name", _SERVER_NAME,

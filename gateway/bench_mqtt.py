@@ -39,7 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lowband.gateway.bench_homeserver import BenchError
+from lowband.gateway.bench_homeserver import BenchError, lowband_argv
 from lowband.gateway.bridges.mosquitto import MosquittoError, PrivateMosquitto, free_port
 from lowband.gateway.bridges.mqtt_discovery import ONLINE
 
@@ -49,23 +49,6 @@ TARGET_EVENTS = 5000.0
 TARGET_RATIO = 0.7
 TOPIC = "bench/sensor"
 STATUS_TOPIC = "bench/status"  # the bridge's availability topic, set in the gateway's config below
-
-#: Runs ``lowband`` with the MQTT bridge registered as a component, whether
-#: or not ``server.COMPONENTS`` lists it already.
-GATEWAY_SHIM = (
-    "import sys\n"
-    "from lowband.gateway import server\n"
-    "from lowband.gateway.bridges.mqtt_bridge import start_mqtt\n"
-    "if not any(getattr(c, '__name__', '') == 'start_mqtt' for c in server.COMPONENTS):\n"
-    "    server.COMPONENTS.append(start_mqtt)\n"
-    "from lowband.gateway.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
-def gateway_command() -> list[str]:
-    """argv prefix that runs ``lowband`` with the MQTT bridge component."""
-    return [sys.executable, "-c", GATEWAY_SHIM]
 
 
 def payload(seq: int) -> bytes:
@@ -206,7 +189,7 @@ class _Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        args = gateway_command() + [
+        args = lowband_argv() + [
             "serve", "--data-dir", str(self.data_dir), "--server-name", "localhost",
             "--http", f"127.0.0.1:{self.port}", "--enable-registration", "--config", str(self.config),
         ]  # fmt: skip

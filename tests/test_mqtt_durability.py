@@ -22,8 +22,6 @@ import collections
 import os
 import signal
 import sqlite3
-import stat
-import sys
 import time
 from pathlib import Path
 
@@ -31,21 +29,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from nio import AsyncClient, LoginResponse, RoomMessagesResponse
 
-import harness
 from harness import Client, GatewayProcess
-from lowband.gateway.bench_mqtt import GATEWAY_SHIM, payload
+from lowband.gateway.bench_mqtt import payload
 from lowband.gateway.bridges.mosquitto import PrivateMosquitto
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def bridged_lowband(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run ``lowband`` with the MQTT component registered (whether or not server.py lists it)."""
-    script = tmp_path / "lowband-with-mqtt"
-    script.write_text(f"#!{sys.executable}\n{GATEWAY_SHIM}")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setattr(harness, "LOWBAND", str(script))
 
 
 def publish(port: int, first: int, count: int) -> None:
@@ -188,10 +176,10 @@ def run_stream(tmp_path: Path, total: int) -> None:
     assert len(seqs) == total
 
 
-def test_kill_9_and_broker_restart_lose_nothing_and_duplicate_nothing(tmp_path: Path, bridged_lowband: None) -> None:
+def test_kill_9_and_broker_restart_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:
     run_stream(tmp_path, 1600)
 
 
 @pytest.mark.slow
-def test_ten_thousand_messages_through_kill_9_and_a_broker_restart(tmp_path: Path, bridged_lowband: None) -> None:
+def test_ten_thousand_messages_through_kill_9_and_a_broker_restart(tmp_path: Path) -> None:
     run_stream(tmp_path, 10_000)
