@@ -102,7 +102,6 @@ class BrokerLink:
         self.protocol = mqtt.MQTTv311 if config.protocol == "3.1.1" else mqtt.MQTTv5
         self.net_gen = 0  # the worker's count of connects and disconnects, as last reported
         self.connected = asyncio.Event()
-        self.session_present = False
         self._loop = asyncio.get_running_loop()
         self._publishes: dict[int, asyncio.Future[None]] = {}
         self._next_id = 0
@@ -290,7 +289,6 @@ class BrokerLink:
         try:
             if kind == "connect":
                 self.net_gen = item[1]
-                self.session_present = item[2]
                 self.connected.set()
                 self.handler.link_connected(self, item[1], item[2])
             elif kind == "disconnect":
