@@ -92,7 +92,6 @@ class MqttBridge:
     """Everything the ``[mqtt]`` section asks for, on one gateway."""
 
     def __init__(self, services: Services, config: MqttConfig) -> None:
-        self.services = services
         self.config = config
         self.rooms = services.rooms
         self.store = services.store
@@ -189,7 +188,6 @@ class MqttBridge:
         deadline = time.monotonic() + 2.0
         for _ in range(2):  # one may be in flight already; it covers fewer PUBACKs than a new one
             for name in self.links:
-                self._barrier_due.discard(name)
                 if self._barriers[name] is None:
                     self._send_barrier(name)
             while any(b is not None for b in self._barriers.values()) and time.monotonic() < deadline:
@@ -201,8 +199,6 @@ class MqttBridge:
                 offline.append(link.publish(self.config.status_topic, discovery.OFFLINE.encode(), 1, True))
         if offline:
             await asyncio.wait(offline, timeout=2.0)
-            for future in offline:
-                future.add_done_callback(_ignore_result)
         await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -276,7 +272,7 @@ class MqttBridge:
             announcements.append(discovery.gateway_config(self.origin))
             announcements += self.tables.discovery(link.name)
         for topic, payload in announcements:
-            link.publish(topic, payload, 1, True).add_done_callback(_ignore_result)
+            link.publish(topic, payload, 1, True)
         self.outbound.wake_all()
 
     def link_disconnected(self, link: BrokerLink, reason: str) -> None:
@@ -548,15 +544,8 @@ class MqttBridge:
             return
         records = translated.content.get("org.lowband.senml", [])
         for (name, path), record in zip(translated.paths, records, strict=False):
-            kind = discovery.record_kind(record)
-            if kind is None or (item.topic, name) in self._announced:
-                continue
-            self._announced.add((item.topic, name))
-            topic, payload = discovery.reading_config(
-                self.origin, device=item.device, device_name=item.device, reading=name, state_topic=item.topic,
-                json_path=path if translated.kind == "object" else None, unit=str(record.get("u", "")), kind=kind,
-            )  # fmt: skip
-            self._publish_discovery(mapping.broker, topic, payload)
+            self._announce_reading(mapping.broker, item.topic, item.device, name,
+                                   path if translated.kind == "object" else None, record)  # fmt: skip
 
     def _announce_published(self, mapping: OutboundMapping, topic: str, sender: str, content: dict[str, Any]) -> None:
         """Discovery for device telemetry republished by a ``state`` outbound mapping."""
@@ -565,21 +554,26 @@ class MqttBridge:
         records = content.get("org.lowband.senml")
         device = sender[1:].split(":", 1)[0]
         for record in records if isinstance(records, list) else []:
-            name = record.get("n") if isinstance(record, dict) else None
-            kind = discovery.record_kind(record) if isinstance(name, str) else None
-            if kind is None or (topic, name) in self._announced:
-                continue
-            self._announced.add((topic, name))
-            config_topic, payload = discovery.reading_config(
-                self.origin, device=device, device_name=device, reading=name, state_topic=topic,
-                json_path=name, unit=str(record.get("u", "")), kind=kind,
-            )  # fmt: skip
-            self._publish_discovery(mapping.broker, config_topic, payload)
+            if isinstance(record, dict) and isinstance(record.get("n"), str):
+                self._announce_reading(mapping.broker, topic, device, record["n"], record["n"], record)
+
+    def _announce_reading(self, broker: str, state_topic: str, device: str, name: str, json_path: str | None,
+                          record: dict[str, Any]) -> None:  # fmt: skip
+        """Publish (once per topic and reading) the discovery config of one SenML record, if HA can show it."""
+        kind = discovery.record_kind(record)
+        if kind is None or (state_topic, name) in self._announced:
+            return
+        self._announced.add((state_topic, name))
+        topic, payload = discovery.reading_config(
+            self.origin, device=device, device_name=device, reading=name, state_topic=state_topic,
+            json_path=json_path, unit=str(record.get("u", "")), kind=kind,
+        )  # fmt: skip
+        self._publish_discovery(broker, topic, payload)
 
     def _publish_discovery(self, broker: str, topic: str, payload: bytes) -> None:
         link = self.links[broker]
         if link.connected.is_set():
-            link.publish(topic, payload, 1, True).add_done_callback(_ignore_result)
+            link.publish(topic, payload, 1, True)
         self._background(self.tables.add_discovery(broker, topic, payload))
 
     # ---------------------------------------------------------------- misc
@@ -607,12 +601,7 @@ class MqttBridge:
             log.info("mqtt counters: %s", payload.decode())
             for link in self.links.values():
                 if link.connected.is_set():
-                    link.publish(self.config.stats_topic, payload, 0, False).add_done_callback(_ignore_result)
-
-
-def _ignore_result(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+                    link.publish(self.config.stats_topic, payload, 0, False)
 
 
 async def start_mqtt(services: Services) -> Callable[[], Awaitable[None]] | None:

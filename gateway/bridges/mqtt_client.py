@@ -208,11 +208,13 @@ class BrokerLink:
 
         paho keeps unacknowledged QoS 1 publishes and sends them again after
         a reconnect; the future fails if the link is stopped, or its worker
-        replaced, first.
+        replaced, first. A failure is marked as retrieved, so a caller that
+        does not care about the outcome may drop the future.
         """
         future: asyncio.Future[None] = self._loop.create_future()
         if self._stopping:
             future.set_exception(ConnectionError("not connected"))
+            future.exception()
             return future
         self._next_id += 1
         self._publishes[self._next_id] = future

@@ -23,7 +23,6 @@ OUT_FORMATS = ("body", "content", "state", "senml")
 PROTOCOLS = ("auto", "5", "3.1.1")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
-_LOCALPART = re.compile(r"[a-z0-9._=\-/+]+")
 _FIELD_NAME = re.compile(r"[A-Za-z0-9][-:./_A-Za-z0-9]*")  # RFC 8428 section 4.5.1
 _PLACEHOLDERS = re.compile(r"\{([a-z_]*)\}")
 
@@ -113,10 +112,6 @@ class MqttConfig:
     discovery_prefix: str = "homeassistant"
     discovery: bool = True
     max_payload_bytes: int = 65536
-
-    def broker(self, name: str) -> BrokerConfig:
-        """The broker called ``name`` (validated to exist)."""
-        return next(b for b in self.brokers if b.name == name)
 
     def payload_limit(self, mapping: InboundMapping) -> int:
         """Largest payload ``mapping`` accepts."""
@@ -234,13 +229,16 @@ def parse_mqtt_config(raw: Any, server_name: str) -> MqttConfig | None:
 
     Raises ConfigError naming the key for every problem.
     """
+    # Imported here: client_auth imports this module (reserved_localpart) at its top.
+    from lowband.gateway.http.client_auth import valid_localpart
+
     if raw is None:
         return None
     top = _Table(raw, "mqtt")
     bot = top.text("bot", "mqtt")
     prefix = top.text("user_prefix", "mqtt_")
     for key, value in (("bot", bot), ("user_prefix", prefix)):
-        if not _LOCALPART.fullmatch(value):
+        if not valid_localpart(value):
             raise ConfigError(f"mqtt.{key}: {value!r} may only contain a-z, 0-9 and ._=-/+")
     status = check_topic_name(top.text("status_topic", "lowband/{server}/status"), "mqtt.status_topic", ("server",))
     stats = check_topic_name(top.text("stats_topic", "lowband/{server}/bridge/stats"), "mqtt.stats_topic", ("server",))
@@ -270,7 +268,7 @@ def parse_mqtt_config(raw: Any, server_name: str) -> MqttConfig | None:
     if not inbound and not outbound:
         raise ConfigError("mqtt needs at least one [[mqtt.inbound]] or [[mqtt.outbound]] mapping")
     for mapping in inbound:
-        if mapping.sender == "mapping" and mapping.user and not _LOCALPART.fullmatch(mapping.user):
+        if mapping.sender == "mapping" and mapping.user and not valid_localpart(mapping.user):
             raise ConfigError(f"mqtt.inbound ({mapping.name}).user: {mapping.user!r} is not a valid localpart")
     return MqttConfig(brokers=brokers, inbound=inbound, outbound=outbound, **config_values)
 

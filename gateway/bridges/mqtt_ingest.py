@@ -156,8 +156,7 @@ class Deduper:
             if row.gen == gen and row.acked_gen == gen and self.release(row):
                 done.append(row)
         if purge_older:
-            old = [row for rows in self._index.values() for row in rows if row.gen < gen]
-            done += [row for row in old if self.release(row)]
+            done += [row for row in self.older_than(gen) if self.release(row)]
         return done
 
     def release(self, row: PendingRow) -> bool:
@@ -220,10 +219,6 @@ class Counters:
     def add(self, mapping: str, name: str, count: int = 1) -> None:
         """Increase one counter."""
         self.values[mapping][name] += count
-
-    def get(self, mapping: str, name: str) -> int:
-        """One counter's value (0 if never increased)."""
-        return self.values.get(mapping, {}).get(name, 0)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """A plain copy of every counter."""

@@ -58,7 +58,7 @@ class Outbound:
         access: RoomAccess,
         echo: EchoGuard,
         counters: Counters,
-        on_published: Callable[[OutboundMapping, str, str, dict], None] | None = None,
+        on_published: Callable[[OutboundMapping, str, str, dict], None],
     ) -> None:
         self.states = [OutboundState(m) for m in mappings]
         self.links = links
@@ -68,10 +68,6 @@ class Outbound:
         self.echo = echo
         self.counters = counters
         self.on_published = on_published
-
-    def rooms(self) -> set[str]:
-        """Rooms named by outbound mappings (IDs or aliases as configured)."""
-        return {s.mapping.room for s in self.states}
 
     async def room_ready(self, room: str, room_id: str) -> None:
         """A room became usable: load or set the cursors of its mappings and wake them."""
@@ -139,8 +135,7 @@ class Outbound:
             topic, payload = result
             self.echo.published(topic, payload_digest(payload), now)
             pending.append(link.publish(topic, payload, mapping.qos, mapping.retain))
-            if self.on_published is not None:
-                self.on_published(mapping, topic, event.sender, event.content)
+            self.on_published(mapping, topic, event.sender, event.content)
         if pending:
             results = await asyncio.gather(*pending, return_exceptions=True)
             failed = [r for r in results if isinstance(r, BaseException)]

@@ -229,7 +229,6 @@ class Translated:
     content: dict[str, Any]
     kind: str  # "object", "value" or "pack"
     paths: tuple[tuple[str, str], ...]  # (SenML name, JSON path) of each record
-    units: tuple[str, ...]
 
 
 def translate(
@@ -290,8 +289,7 @@ def translate(
         origin["retained"] = True
     body = ", ".join(records.words)
     content = {"msgtype": mapping.msgtype, "body": body, SENML_KEY: records.records, MQTT_KEY: origin}
-    units = tuple(str(r.get("u", "")) for r in records.records)
-    return Translated(content, kind, tuple(records.paths), units)
+    return Translated(content, kind, tuple(records.paths))
 
 
 #: One decoder for every payload (json.loads with options would build a new one per call).
