@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,19 @@ pytestmark = pytest.mark.skipif(not shared_broker_up(), reason="no Mosquitto on 
 # ------------------------------------------------------------------ helpers
 
 
+#: Probes not closed yet: a test that fails before closing its probes has them closed after it (autouse fixture).
+_open_probes: list[Probe] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_probes() -> Iterator[None]:
+    yield
+    while _open_probes:
+        _open_probes[-1].close()
+
+
 class Probe:
-    """A paho client in its own thread that records every message it receives."""
+    """A paho client in its own thread that records every message it receives (closed at the latest after the test)."""
 
     def __init__(self, port: int = BROKER_PORT, *, client_id: str | None = None, persistent: bool = False,
                  protocol: int = mqtt.MQTTv5) -> None:  # fmt: skip
@@ -66,6 +77,7 @@ class Probe:
         self.client.max_queued_messages_set(0)
         self.port = port
         self.persistent = persistent
+        _open_probes.append(self)
         self.connect()
 
     def connect(self) -> None:
@@ -111,6 +123,8 @@ class Probe:
             await asyncio.sleep(0.05)
 
     def close(self) -> None:
+        if self in _open_probes:
+            _open_probes.remove(self)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -201,6 +215,18 @@ async def gateway(tmp_path: Path, mqtt_config: dict[str, Any] | None) -> AsyncIt
         server.COMPONENTS[:] = saved
 
 
+@contextlib.asynccontextmanager
+async def bridged_session(tmp_path: Path, mqtt_config: dict[str, Any]) -> AsyncIterator[tuple[AsyncClient, MqttBridge]]:
+    """:func:`gateway` with the bridge running and alice logged in; yields (alice, bridge), closes alice."""
+    async with gateway(tmp_path, mqtt_config) as (base, bridge):
+        assert bridge is not None
+        alice = await login(base)
+        try:
+            yield alice, bridge
+        finally:
+            await alice.close()
+
+
 async def register(base: str, name: str = "alice") -> AsyncClient:
     client = AsyncClient(base)
     response = await client.register(name, PASSWORD, device_name="mqtt test")
@@ -289,9 +315,7 @@ def test_both_directions_with_nio_and_home_assistant_discovery(tmp_path: Path, e
         )  # fmt: skip
         probe = Probe()
         probe.subscribe(f"{p}/#")
-        async with gateway(tmp_path, config) as (base, bridge):
-            assert bridge is not None
-            alice = await login(base)
+        async with bridged_session(tmp_path, config) as (alice, bridge):
             probe.publish(f"{p}/z2m/kitchen", json.dumps({"temperature": 21.5, "humidity": 40, "contact": True}))
             events = await wait_messages(alice, room, lambda e: len(bridged(e)) == 1)
             event = bridged(events)[0]
@@ -334,7 +358,6 @@ def test_both_directions_with_nio_and_home_assistant_discovery(tmp_path: Path, e
             assert status[-1].payload == b"online"
             assert counter(bridge, "cmd", "published") == 1 and counter(bridge, "cmd", "skipped.no_device") == 1
             assert counter(bridge, "say", "published") == 2 and counter(bridge, "z2m", "posted") == 1
-            await alice.close()
         await probe.wait_for(lambda m: m[-1].payload == b"offline", topic_prefix=f"{p}/status")
         probe.close()
 
@@ -353,9 +376,7 @@ def test_wildcards_retained_and_what_is_refused(tmp_path: Path, env: Env) -> Non
             {"name": "plant", "topic": f"{p}/plant/#", "room": room, "exclude": [f"{p}/plant/debug/#"]},
             {"name": "strict", "topic": f"{p}/json/+", "room": room, "payload": "json", "sender": "mapping"},
         ])  # fmt: skip
-        async with gateway(tmp_path, config) as (base, bridge):
-            assert bridge is not None
-            alice = await login(base)
+        async with bridged_session(tmp_path, config) as (alice, bridge):
             events = await wait_messages(alice, room, lambda e: len(bridged(e)) == 1)
             porch = bridged(events)[0]
             assert porch["sender"] == "@mqtt_porch:localhost" and porch["content"]["body"] == "temperature 12.5"
@@ -380,15 +401,12 @@ def test_wildcards_retained_and_what_is_refused(tmp_path: Path, env: Env) -> Non
             assert counter(bridge, "home", "refused.oversize") == 1
             assert counter(bridge, "plant", "refused.oversize") == 1
             assert counter(bridge, "_bridge", "refused.unmapped") == 1  # plant/# also delivers the excluded topic
-            await alice.close()
         # Restarted on the same session: the retained message is not posted a second time.
-        async with gateway(tmp_path, config) as (base, bridge):
-            alice = await login(base)
+        async with bridged_session(tmp_path, config) as (alice, bridge):
             probe.publish(f"{p}/home/kitchen/temperature", b"22")
             events = await wait_messages(alice, room, lambda e: len(bridged(e)) == 5)
             assert [e["content"]["body"] for e in bridged(events)][-1] == "temperature 22"
             assert sum(1 for e in bridged(events) if e["sender"] == "@mqtt_porch:localhost") == 1
-            await alice.close()
         probe.close()
 
     asyncio.run(scenario())
@@ -402,9 +420,7 @@ def test_a_flood_is_delayed_not_dropped(tmp_path: Path, env: Env) -> None:
         config = env.config(inbound=[{"name": "flood", "topic": f"{p}/flood", "room": room, "rate_per_s": 20.0,
                                       "burst": 5}])  # fmt: skip
         probe = Probe()
-        async with gateway(tmp_path, config) as (base, bridge):
-            assert bridge is not None
-            alice = await login(base)
+        async with bridged_session(tmp_path, config) as (alice, bridge):
             started = time.monotonic()
             for i in range(60):
                 probe.publish(f"{p}/flood", str(i).encode())
@@ -414,7 +430,6 @@ def test_a_flood_is_delayed_not_dropped(tmp_path: Path, env: Env) -> None:
             assert elapsed >= (60 - 5) / 20 * 0.8, elapsed
             assert counter(bridge, "flood", "delayed") > 0
             assert counter(bridge, "flood", "posted") == 60
-            await alice.close()
         probe.close()
 
     asyncio.run(scenario())
@@ -435,9 +450,7 @@ def test_loops_are_broken_on_mqtt5_and_mqtt311(tmp_path: Path, env: Env) -> None
         )  # fmt: skip
         probe = Probe()
         probe.subscribe(f"{p}/#")
-        async with gateway(tmp_path, config) as (base, bridge):
-            assert bridge is not None
-            alice = await login(base)
+        async with bridged_session(tmp_path, config) as (alice, bridge):
             await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "ping"})
             await probe.wait_for(lambda m: len(m) == 2, topic_prefix=f"{p}/v")
             # A sensor on the same tree is bridged in, and its event is not published back out.
@@ -451,7 +464,6 @@ def test_loops_are_broken_on_mqtt5_and_mqtt311(tmp_path: Path, env: Env) -> None
             commands = [m.payload for m in probe.received(f"{p}/v") if m.topic.endswith("/cmd")]
             assert commands == [b"ping", b"ping"]
             assert [e["content"]["body"] for e in await room_messages(alice, room)].count("ping") == 1
-            await alice.close()
         probe.close()
 
     asyncio.run(scenario())
@@ -471,9 +483,7 @@ def test_private_room_waits_for_the_bot_and_mappings_keep_to_their_rooms(tmp_pat
             {"name": "b", "topic": f"{p}/b/+", "room": public},
         ])  # fmt: skip
         probe = Probe()
-        async with gateway(tmp_path, config) as (base, bridge):
-            assert bridge is not None
-            alice = await login(base)
+        async with bridged_session(tmp_path, config) as (alice, bridge):
             for i in range(3):
                 probe.publish(f"{p}/a/door", json.dumps({"open": i, "room_id": public}))
             probe.publish(f"{p}/b/window", b"1")
@@ -484,7 +494,6 @@ def test_private_room_waits_for_the_bot_and_mappings_keep_to_their_rooms(tmp_pat
             events = await wait_messages(alice, private, lambda e: len(bridged(e)) == 3)
             assert [e["content"]["body"] for e in bridged(events)] == [f"open {i}, room_id {public}" for i in range(3)]
             assert [e["sender"] for e in bridged(await room_messages(alice, public))] == ["@mqtt_window:localhost"]
-            await alice.close()
         probe.close()
 
     asyncio.run(scenario())
@@ -501,24 +510,20 @@ def test_outbound_queue_survives_broker_outage_and_gateway_restart(tmp_path: Pat
             probe = Probe(broker.port, client_id="durable-probe", persistent=True)
             probe.subscribe(f"{p}/say")
             probe.close()
-            async with gateway(tmp_path, config) as (base, bridge):
-                alice = await login(base)
+            async with bridged_session(tmp_path, config) as (alice, bridge):
                 await until(lambda: bridge.links["local"].connected.is_set())
                 broker.stop()
                 await until(lambda: not bridge.links["local"].connected.is_set())
                 for i in range(3):
                     await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": f"while down {i}"})
-                await alice.close()
             # The gateway stopped with three messages unpublished; both come back.
-            async with gateway(tmp_path, config) as (base, bridge):
-                alice = await login(base)
+            async with bridged_session(tmp_path, config) as (alice, bridge):
                 await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "after restart"})
                 await asyncio.to_thread(broker.start)
                 probe2 = Probe(broker.port, client_id="durable-probe", persistent=True)
                 got = await probe2.wait_for(lambda m: len(m) == 4, timeout=20)
                 assert [m.payload for m in got] == [b"while down 0", b"while down 1", b"while down 2", b"after restart"]
                 probe2.close()
-                await alice.close()
 
         asyncio.run(scenario())
 
@@ -553,15 +558,12 @@ def test_mqtt311_fallback_when_the_broker_refuses_mqtt5(tmp_path: Path, env: Env
         room = await first_room(tmp_path, f"v311-{env.id}")
         config = env.config(brokers=[env.broker(port=port)], inbound=[{"name": "old", "topic": f"{p}/old", "room": room}])
         probe = Probe()
-        async with gateway(tmp_path, config) as (base, bridge):
-            assert bridge is not None
-            alice = await login(base)
+        async with bridged_session(tmp_path, config) as (alice, bridge):
             await until(lambda: bridge.links["local"].connected.is_set())
             assert bridge.links["local"].protocol == mqtt.MQTTv311
             probe.publish(f"{p}/old", b"7")
             events = await wait_messages(alice, room, lambda e: len(bridged(e)) == 1)
             assert bridged(events)[0]["content"]["body"] == "old 7"
-            await alice.close()
         probe.close()
         proxy.close()
 
@@ -575,8 +577,7 @@ def test_publisher_message_ids_deduplicate_when_configured(tmp_path: Path, env: 
         room = await first_room(tmp_path, f"ids-{env.id}")
         config = env.config(inbound=[{"name": "ids", "topic": f"{p}/ids", "room": room, "dedup_property": "msg-id"}])
         probe = Probe()
-        async with gateway(tmp_path, config) as (base, bridge):
-            alice = await login(base)
+        async with bridged_session(tmp_path, config) as (alice, bridge):
             probe.publish(f"{p}/ids", b"5", user_properties=[("msg-id", "a")])
             probe.publish(f"{p}/ids", b"5", user_properties=[("msg-id", "a")])  # a publisher's retry
             probe.publish(f"{p}/ids", b"5", user_properties=[("msg-id", "b")])
@@ -584,7 +585,6 @@ def test_publisher_message_ids_deduplicate_when_configured(tmp_path: Path, env: 
             await until(lambda: counter(bridge, "ids", "posted") == 4)
             events = bridged(await room_messages(alice, room))
             assert [e["content"]["body"] for e in events] == ["ids 5", "ids 5", "ids 6"]
-            await alice.close()
         probe.close()
 
     asyncio.run(scenario())
