@@ -459,11 +459,8 @@ def test_check_event_format_limits_are_inclusive():
 @given(content=st.dictionaries(st.text(max_size=8), st.text(max_size=20) | st.integers(0, 10**6), max_size=5),
        redacts=st.none() | st.just("$target"))  # fmt: skip
 def test_signing_later_gives_the_same_event_as_signing_at_once(content, redacts):
-    fields = dict(room_id="!room:a.test", sender="@alice:a.test", type="m.room.message", content=content,
-                  prev_events=["$prev"], auth_events=["$create"], depth=5, origin_server_ts=1_700_000_000_000,
-                  server_name="a.test", signing_key=KEY_A, redacts=redacts)  # fmt: skip
-    now = build_event(**fields)
-    later = build_event(**fields, sign_later=True)
+    now = make(content=content, redacts=redacts)
+    later = make(content=content, redacts=redacts, sign_later=True)
     assert later.event_id == now.event_id and later.sign is not None  # the ID is final before the signature
     text = later.sign()
     assert later.pdu == now.pdu and text == now.canonical == encode_canonical_json(later.pdu)  # Ed25519 is deterministic
@@ -471,14 +468,11 @@ def test_signing_later_gives_the_same_event_as_signing_at_once(content, redacts)
 
 
 def test_signing_later_still_refuses_an_event_that_would_be_too_large_with_its_signature():
-    fields = dict(room_id="!room:a.test", sender="@alice:a.test", type="m.room.message", prev_events=["$prev"],
-                  auth_events=["$create"], depth=5, origin_server_ts=1_700_000_000_000, server_name="a.test",
-                  signing_key=KEY_A)  # fmt: skip
-    limit = 65536 - len(build_event(content={"b": ""}, **fields).canonical)  # room left for the string
-    event = build_event(content={"b": "x" * limit}, sign_later=True, **fields)
+    limit = 65536 - len(make(content={"b": ""}).canonical)  # room left for the string
+    event = make(content={"b": "x" * limit}, sign_later=True)
     assert event.sign is not None and len(event.sign()) == 65536
     with pytest.raises(EventFormatError, match="65536"):
-        build_event(content={"b": "x" * (limit + 1)}, sign_later=True, **fields)
+        make(content={"b": "x" * (limit + 1)}, sign_later=True)
 
 
 def test_build_event_refuses_to_make_a_malformed_event():

@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import lowband.gateway.server as server
-from harness import gateway_in_loop
+from harness import gateway_in_loop, until
 from lowband.codecs.compact import SENML_KEY
 from lowband.gateway.bridges.mosquitto import PrivateMosquitto
 from lowband.gateway.bridges.mqtt_bridge import MqttBridge, start_mqtt
@@ -290,13 +290,6 @@ def bridged(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def counter(bridge: MqttBridge, mapping: str, name: str) -> int:
     return bridge.stats().get(mapping, {}).get(name, 0)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 # ------------------------------------------------------------------ tests
@@ -646,7 +639,7 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     return files
 
 
-def test_tls_with_client_certificate_and_password(tmp_path: Path) -> None:
+def test_tls_with_client_certificate_and_password(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import subprocess
 
     certs = make_certificates(tmp_path)
@@ -685,7 +678,8 @@ def test_tls_with_client_certificate_and_password(tmp_path: Path) -> None:
             wrong = {k: v for k, v in secure.items() if k != "password_file"} | {"password": "wrong"}
             config = env.config(brokers=[wrong], inbound=[{"name": "secure", "topic": "secure/+", "room": room}])
             async with gateway(tmp_path, config) as (base, bridge):
-                await asyncio.sleep(0.5)
+                # The worker reports the broker's refusal (and keeps retrying).
+                await until(lambda: "refused the connection" in caplog.text)
                 assert not bridge.links["local"].connected.is_set()
 
         asyncio.run(scenario())

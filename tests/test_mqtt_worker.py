@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from harness import until
 from lowband.gateway.bridges.mqtt_client import BrokerLink, Received
 from lowband.gateway.bridges.mqtt_config import BrokerConfig
 from lowband.gateway.bridges.mqtt_worker import (
@@ -212,14 +213,6 @@ class Recorder:
 
     def link_barrier(self, link: BrokerLink, gen: int, mid: int) -> None:
         self.barriers.append((gen, mid))
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def publish(topic: str, payload: bytes) -> None:
