@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +19,8 @@ from lowband.gateway.errors import MatrixError
 from lowband.gateway.rooms import RoomService, SendRequest, Sent
 from lowband.gateway.signing import SigningKey
 from lowband.gateway.store.sqlite_store import SQLiteStore
+
+T = TypeVar("T")
 
 ALICE = "@alice:localhost"
 BOB = "@bob:localhost"
@@ -50,17 +53,17 @@ class Rooms:
         return [r[0] for r in rows]
 
 
-def with_rooms(tmp_path: Path, key: SigningKey, scenario: Callable[[Rooms], Awaitable[None]]) -> None:
-    """Run ``scenario`` on a fresh store and room service, closed afterwards."""
+def with_rooms(tmp_path: Path, key: SigningKey, scenario: Callable[[Rooms], Awaitable[T]]) -> T:
+    """Run ``scenario`` on a store and room service opened on ``tmp_path``, closed afterwards; its result."""
 
-    async def main() -> None:
+    async def main() -> T:
         r = Rooms(tmp_path, key)
         try:
-            await scenario(r)
+            return await scenario(r)
         finally:
             r.close()
 
-    asyncio.run(main())
+    return asyncio.run(main())
 
 
 async def new_room(rooms: RoomService) -> str:
@@ -168,34 +171,26 @@ def test_a_failed_write_fails_every_event_of_the_batch_and_stores_none(tmp_path:
 
 
 def test_a_batch_survives_a_restart_with_the_head_on_its_last_event(tmp_path: Path, key: SigningKey) -> None:
-    async def main() -> str:
-        r = Rooms(tmp_path, key)
-        try:
-            room_id = await new_room(r.rooms)
-            results = await r.rooms.send_batch(room_id, [message(ALICE, n, f"t{n}") for n in range(50)])
-            assert all(isinstance(x, Sent) for x in results)
-            return room_id
-        finally:
-            r.close()
+    async def first(r: Rooms) -> str:
+        room_id = await new_room(r.rooms)
+        results = await r.rooms.send_batch(room_id, [message(ALICE, n, f"t{n}") for n in range(50)])
+        assert all(isinstance(x, Sent) for x in results)
+        return room_id
 
-    room_id = asyncio.run(main())
+    room_id = with_rooms(tmp_path, key, first)
     with sqlite3.connect(tmp_path / "lowband.db") as conn:
         last = conn.execute("SELECT event_id, depth FROM events WHERE room_id = ? ORDER BY stream DESC LIMIT 1",
                             (room_id,)).fetchone()  # fmt: skip
         row = conn.execute("SELECT extremities, depth FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
     assert row == (f'["{last[0]}"]', last[1])
 
-    async def again() -> None:
-        r = Rooms(tmp_path, key)
-        try:
-            results = await r.rooms.send_batch(room_id, [message(ALICE, 1, "t1"), message(ALICE, 99, "t99")])
-            assert isinstance(results[0], Sent) and results[0].event.content["body"] == "message 1"
-            assert isinstance(results[1], Sent) and results[1].event.prev_events == [last[0]]
-            assert r.bodies(room_id) == [f"message {n}" for n in range(50)] + ["message 99"]
-        finally:
-            r.close()
+    async def again(r: Rooms) -> None:
+        results = await r.rooms.send_batch(room_id, [message(ALICE, 1, "t1"), message(ALICE, 99, "t99")])
+        assert isinstance(results[0], Sent) and results[0].event.content["body"] == "message 1"
+        assert isinstance(results[1], Sent) and results[1].event.prev_events == [last[0]]
+        assert r.bodies(room_id) == [f"message {n}" for n in range(50)] + ["message 99"]
 
-    asyncio.run(again())
+    with_rooms(tmp_path, key, again)
 
 
 def test_an_unknown_room_refuses_every_request(tmp_path: Path, key: SigningKey) -> None:
