@@ -74,7 +74,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _check_server_name(config)
     try:
         asyncio.run(run_gateway(config))
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:  # ConfigError: a component (links, MQTT) refused its section at start
         raise UsageError(str(exc)) from None
     return 0
 

@@ -141,3 +141,14 @@ def test_bench_wire_table_has_ratios(capsys):
 def test_demo_checks_its_own_round_trip(capsys):
     status, out, _ = run(capsys, "wire", "demo")
     assert status == 0 and "identical to step 1" in out
+
+
+def test_serve_reports_a_bad_component_section_in_one_line(tmp_path):
+    # The [mqtt] section is checked when its component starts, after the config file itself loaded.
+    config = tmp_path / "gateway.toml"
+    config.write_text('[mqtt]\nbot = "mqtt"\n')
+    done = subprocess.run([LOWBAND, "serve", "--data-dir", str(tmp_path / "data"), "--config", str(config),
+                           "--http", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "lowband: error: mqtt.brokers is required"
+    assert "Traceback" not in done.stderr
