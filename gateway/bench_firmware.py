@@ -48,7 +48,7 @@ from lowband.gateway.link import crypto
 from lowband.gateway.link.frames import Frame, TYPE_DATA
 from lowband.gateway.link.handshake import Responder, generate_keypair, public_from_private
 from lowband.gateway.link.registry import DEFAULT_CHANNELS
-from lowband.sim.firmware import FIRMWARE, MICROPYTHON, FirmwareError, build_mpy, device_command, device_env
+from lowband.sim.firmware import FIRMWARE, MICROPYTHON, PACKAGES, FirmwareError, build_mpy, device_command, device_env
 from lowband.sim.gateway_peer import GatewayPeer
 from lowband.sim.pty_link import PtyLink
 
@@ -229,7 +229,7 @@ def _run(messages: int, rounds: int) -> tuple[dict[str, Any], str]:
         "handshake_ms": round(handshake_ms, 2),
         "reading_ms": round(reading_ms, 3),
     }
-    per_package = {p: sum(v for k, v in sizes.items() if k.startswith(p + "/")) for p in ("lbwire", "lbcrypto", "lbnode")}
+    per_package = {p: sum(v for k, v in sizes.items() if k.startswith(p + "/")) for p in PACKAGES}
     lines_out = [
         f"heap needed by the whole device job  {peak:>7} B of {HEAPSIZE} (smallest -X heapsize that completes, 1 KiB steps)",
         f"live heap after GC, at readings      {live if live is not None else '-':>7} B (in a 64 KiB run)",

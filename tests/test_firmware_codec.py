@@ -23,15 +23,12 @@ from vector_runs import need_tool, run_vector_script
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lowband.sim.firmware import build_mpy
+from lowband.sim.firmware import MICROPYTHON, MPY_CROSS, build_mpy
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 DATA = ROOT / "tests" / "data"
 SCRIPT = ROOT / "tests" / "firmware_vectors.py"
-BIN = Path(sys.executable).parent
-MICROPYTHON = BIN / "micropython"
-MPY_CROSS = BIN / "mpy-cross"
 VECTOR_FILES = ("framing_vectors.json", "fragment_vectors.json", "compact_vectors.json")
 RUN_TIMEOUT = 120
 
@@ -56,9 +53,6 @@ def _run(cmd: list[str]) -> tuple[int, int, str]:
     return run_vector_script(cmd, cwd=ROOT, timeout=RUN_TIMEOUT)
 
 
-_need = need_tool
-
-
 @pytest.fixture(scope="module")
 def cpython_counts() -> tuple[int, int]:
     passed, failed, _ = _run([sys.executable, str(SCRIPT), str(FIRMWARE), str(DATA)])
@@ -76,7 +70,7 @@ def test_vectors_cpython(cpython_counts: tuple[int, int]) -> None:
 def test_vectors_micropython_from_source(cpython_counts: tuple[int, int]) -> None:
     # Compiling cbor.py on the target peaks near 60 KB of heap, so the
     # unchanged sources get a larger heap; the 64 KB run below uses .mpy.
-    _need(MICROPYTHON)
+    need_tool(MICROPYTHON)
     counts = _run([str(MICROPYTHON), "-X", "heapsize=128k", str(SCRIPT), str(FIRMWARE), str(DATA)])
     assert counts[:2] == cpython_counts
     assert counts[0] == _expected_vectors() > 0
@@ -84,8 +78,8 @@ def test_vectors_micropython_from_source(cpython_counts: tuple[int, int]) -> Non
 
 @pytest.mark.micropython
 def test_vectors_micropython_64k_heap(cpython_counts: tuple[int, int], tmp_path: Path) -> None:
-    _need(MICROPYTHON)
-    _need(MPY_CROSS)
+    need_tool(MICROPYTHON)
+    need_tool(MPY_CROSS)
     build_mpy(tmp_path, ("lbwire",))  # every module of the package, as a board loads them
     counts = _run([str(MICROPYTHON), "-X", "heapsize=64k", str(SCRIPT), str(tmp_path), str(DATA)])
     assert counts[:2] == cpython_counts
@@ -189,7 +183,7 @@ print(digest)
 
 @pytest.mark.micropython
 def test_same_results_on_both_runtimes() -> None:
-    _need(MICROPYTHON)
+    need_tool(MICROPYTHON)
     results = []
     for cmd in (
         [sys.executable, "-c", _SAME_ON_BOTH, str(FIRMWARE)],
@@ -243,7 +237,7 @@ check("Reassembler.add duplicate", lambda: r.add(frags[1], 2))
 
 @pytest.mark.micropython
 def test_hot_paths_do_not_allocate_on_micropython() -> None:
-    _need(MICROPYTHON)
+    need_tool(MICROPYTHON)
     proc = subprocess.run(
         [str(MICROPYTHON), "-X", "heapsize=256k", "-c", _HOT_PATHS, str(FIRMWARE)],
         capture_output=True, text=True, timeout=RUN_TIMEOUT,

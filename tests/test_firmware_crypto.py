@@ -28,15 +28,12 @@ from hypothesis import strategies as st
 
 from lowband.gateway.link import crypto as gateway_crypto
 from lowband.gateway.link.handshake import HandshakeError, Responder
-from lowband.sim.firmware import build_mpy
+from lowband.sim.firmware import MICROPYTHON, MPY_CROSS, build_mpy
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 DATA = ROOT / "tests" / "data"
 SCRIPT = ROOT / "tests" / "firmware_crypto_vectors.py"
-BIN = Path(sys.executable).parent
-MICROPYTHON = BIN / "micropython"
-MPY_CROSS = BIN / "mpy-cross"
 RUN_TIMEOUT = 120
 # Bounded: every example of an X25519 property costs a pure-Python ladder.
 BOUNDED = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -61,9 +58,6 @@ def _run(cmd: list[str]) -> tuple[int, int, str]:
     return run_vector_script(cmd, cwd=ROOT, timeout=RUN_TIMEOUT)
 
 
-_need = need_tool
-
-
 @pytest.fixture(scope="module")
 def cpython_counts() -> tuple[int, int]:
     passed, failed, _ = _run([sys.executable, str(SCRIPT), str(FIRMWARE), str(DATA)])
@@ -81,15 +75,15 @@ def test_vectors_micropython_from_source(cpython_counts: tuple[int, int]) -> Non
     # Compiling aes_modes.py on the target peaks near 34 KB of heap next to
     # this script and the parsed vectors, so the sources get a larger heap;
     # the 64 KB run below uses .mpy.
-    _need(MICROPYTHON)
+    need_tool(MICROPYTHON)
     counts = _run([str(MICROPYTHON), "-X", "heapsize=128k", str(SCRIPT), str(FIRMWARE), str(DATA)])
     assert counts[:2] == cpython_counts
 
 
 @pytest.mark.micropython
 def test_vectors_micropython_64k_heap(cpython_counts: tuple[int, int], tmp_path: Path) -> None:
-    _need(MICROPYTHON)
-    _need(MPY_CROSS)
+    need_tool(MICROPYTHON)
+    need_tool(MPY_CROSS)
     build_mpy(tmp_path, ("lbcrypto",))  # every module of the package, as a board loads them
     counts = _run([str(MICROPYTHON), "-X", "heapsize=64k", str(SCRIPT), str(tmp_path), str(DATA)])
     assert counts[:2] == cpython_counts

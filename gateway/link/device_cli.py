@@ -199,19 +199,12 @@ def run_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-FIRMWARE_PACKAGES = ("lbwire", "lbcrypto", "lbnode")
-
-
-def firmware_root() -> Path:
-    """The firmware/ folder of this checkout (firmware is deployed as files, not imported)."""
-    return Path(__file__).resolve().parents[2] / "firmware"
-
-
 def flash_plan(config_path: Path, board: str | None, mpy_dir: Path | None) -> list[tuple[Path, str]]:
     """(local file, path on the board) for everything ``device flash`` copies."""
-    root = firmware_root()
+    from lowband.sim.firmware import FIRMWARE as root, PACKAGES
+
     plan: list[tuple[Path, str]] = []
-    for package in FIRMWARE_PACKAGES:
+    for package in PACKAGES:
         folder = root / package
         if not folder.is_dir():
             continue
@@ -233,7 +226,7 @@ def flash_plan(config_path: Path, board: str | None, mpy_dir: Path | None) -> li
             profile = load_board(board)
         except HardwareError as exc:
             raise UsageError(str(exc)) from None
-        hardware = Path(__file__).resolve().parents[2] / "hardware"
+        hardware = root.parent / "hardware"
         plan.append((hardware / f"board-{board}.json", "board.json"))
         region = hardware / f"region-{profile.region_name.lower()}.json"
         if region.exists():  # LoRa boards read their radio parameters from it
@@ -242,10 +235,10 @@ def flash_plan(config_path: Path, board: str | None, mpy_dir: Path | None) -> li
 
 
 def _compile_mpy(target: Path) -> Path:
-    from lowband.sim.firmware import FirmwareError, build_mpy
+    from lowband.sim.firmware import PACKAGES, FirmwareError, build_mpy
 
     try:
-        build_mpy(target, FIRMWARE_PACKAGES)
+        build_mpy(target, PACKAGES)
     except FirmwareError as exc:
         raise UsageError(str(exc)) from None
     return target
