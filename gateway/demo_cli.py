@@ -90,31 +90,25 @@ async def _ensure_room(services: Any) -> str:
 
 
 def _provision(data_dir: Path, port_link: Path, bps: int) -> Path:
-    from lowband.gateway.link.device_cli import run_add
-    from lowband.gateway.link.registry import Registry, RegistryError
+    from lowband.gateway.link.device_cli import _open, run_add
+    from lowband.gateway.link.registry import RegistryError
 
     config_path = data_dir / "devices" / f"{DEVICE}.json"
-    registry = Registry(_db(data_dir))
+    link = f"serial:{port_link}?bps={bps}"
+    db, registry, _ = _open(str(data_dir))
     try:
         registry.device(DEVICE)
         exists = config_path.exists()
     except RegistryError:
         exists = False
     finally:
-        registry.db.close()
-    if not exists or f"?bps={bps}" not in json.loads(config_path.read_text()).get("link", ""):
-        add = argparse.Namespace(name=DEVICE, room=[f"#{ROOM_ALIAS}:localhost"], link=f"serial:{port_link}?bps={bps}",
-                                 channel=None, data_dir=str(data_dir), out=None, rekey=exists)  # fmt: skip
+        db.close()
+    if not exists or json.loads(config_path.read_text()).get("link") != link:
+        add = argparse.Namespace(name=DEVICE, room=[f"#{ROOM_ALIAS}:localhost"], link=link, channel=None,
+                                 data_dir=str(data_dir), out=None, rekey=exists)  # fmt: skip
         with contextlib.redirect_stdout(io.StringIO()):
             run_add(add)
     return config_path
-
-
-def _db(data_dir: Path) -> Any:
-    from lowband.gateway.store.database import Database
-    from lowband.gateway.store.schema import SCHEMA
-
-    return Database(data_dir / "lowband.db", SCHEMA)
 
 
 async def _demo(config: Any, args: argparse.Namespace) -> None:
