@@ -46,10 +46,9 @@ from typing import Any
 
 from lowband.gateway.link import crypto
 from lowband.gateway.link.frames import Frame, TYPE_DATA
-from lowband.gateway.link.handshake import Responder, generate_keypair, public_from_private
-from lowband.gateway.link.registry import DEFAULT_CHANNELS
+from lowband.gateway.link.handshake import Responder, public_from_private
 from lowband.sim.firmware import FIRMWARE, MICROPYTHON, PACKAGES, FirmwareError, build_mpy, device_command, device_env
-from lowband.sim.gateway_peer import GatewayPeer
+from lowband.sim.gateway_peer import GatewayPeer, new_device_config
 from lowband.sim.pty_link import PtyLink
 
 HEAPSIZE = 65536
@@ -131,25 +130,11 @@ def cpu_times(lib: Path, work: Path, rounds: int, messages: int) -> dict[str, li
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _device_config(work: Path, bps: int) -> tuple[Path, dict[str, Any], bytes]:
-    gw_private, gw_public = generate_keypair()
-    dev_private, dev_public = generate_keypair()
-    config = {
-        "format": "lowband-device", "version": 1, "name": "bench", "user_id": "@dev.bench:localhost",
-        "address": ADDRESS, "device_private": dev_private.hex(), "device_public": dev_public.hex(),
-        "gateway_public": gw_public.hex(), "link": f"serial:/dev/null?bps={bps}",
-        "context": {"format": "lowband-context", "version": 1, "rooms": ["!bench:localhost"],
-                    "senders": ["@dev.bench:localhost"], "event_types": ["m.room.message"],
-                    "keys": ["content", "msgtype", "body"], "channels": DEFAULT_CHANNELS},
-    }  # fmt: skip
-    path = work / "bench.json"
-    path.write_text(json.dumps(config))
-    return path, config, gw_private
-
-
 def device_job(lib: Path, work: Path, heapsize: int, bps: int = 115200) -> tuple[bool, list[str]]:
     """The whole job in a heap of ``heapsize`` bytes; (completed, the device's output lines)."""
-    path, config, gw_private = _device_config(work, bps)
+    path = work / "bench.json"
+    config, gw_private = new_device_config(path, "bench", address=ADDRESS, room_id="!bench:localhost",
+                                           link=f"serial:/dev/null?bps={bps}")  # fmt: skip
     state = work / "bench.state"
     state.unlink(missing_ok=True)
     with PtyLink(bps=bps, seed=0) as link, GatewayPeer(config, link.path_a, gw_private) as gateway:

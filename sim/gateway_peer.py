@@ -9,26 +9,50 @@ when a test or a benchmark wants the device's side and not the rooms. The
 full gateway (``lowband serve``) does the same plus the Matrix side.
 
 Actions are carried out in order as the runtime does, except that
-``Persist`` only keeps the latest state in memory.
+``Persist`` is not kept: a peer lives for one test or benchmark run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lowband.codecs import compact
 from lowband.codecs.context import parse_context
 from lowband.gateway.link import gateway_core as core
 from lowband.gateway.link.frames import SerialFramer, serial_encode
+from lowband.gateway.link.handshake import generate_keypair
+from lowband.gateway.link.registry import DEFAULT_CHANNELS
 
 from .pty_link import set_raw
 
-__all__ = ["Delivered", "GatewayPeer"]
+__all__ = ["Delivered", "GatewayPeer", "new_device_config"]
+
+
+def new_device_config(path: Path, name: str, *, address: int, room_id: str, link: str) -> tuple[dict[str, Any], bytes]:
+    """A device config with fresh keys on both sides, for ``@dev.NAME:localhost`` in one room, written to ``path``.
+
+    Returns (the config, the gateway's private key): what :class:`GatewayPeer` takes.
+    """
+    gw_private, gw_public = generate_keypair()
+    dev_private, dev_public = generate_keypair()
+    user_id = f"@dev.{name}:localhost"
+    config = {
+        "format": "lowband-device", "version": 1, "name": name, "user_id": user_id, "address": address,
+        "device_private": dev_private.hex(), "device_public": dev_public.hex(), "gateway_public": gw_public.hex(),
+        "link": link,
+        "context": {"format": "lowband-context", "version": 1, "rooms": [room_id], "senders": [user_id],
+                    "event_types": ["m.room.message"], "keys": ["content", "msgtype", "body"],
+                    "channels": DEFAULT_CHANNELS},
+    }  # fmt: skip
+    path.write_text(json.dumps(config))
+    return config, gw_private
 
 
 @dataclass(frozen=True)
@@ -51,8 +75,6 @@ class GatewayPeer:
         self.core = core.GatewayLink(gateway_private, mtu=mtu)
         self.core.add_device(core.DeviceEntry(self.address, config["name"], bytes.fromhex(config["device_public"])))
         self.delivered: list[Delivered] = []
-        self.actions: list[Any] = []
-        self.state: dict[str, Any] | None = None
         self._framer = SerialFramer()
         self._lock = threading.Lock()
         self._fd = -1
@@ -93,7 +115,7 @@ class GatewayPeer:
         """Queue a text command for the device's next uplink."""
         payload = compact.encode_form(compact.CompactForm(kind=compact.KIND_TEXT, room=room, body=text), self.context)
         with self._lock:
-            self.actions += self.core.queue_command(self.address, payload)
+            self.core.queue_command(self.address, payload)  # what it returns (drops of older commands) is not kept
 
     def texts(self) -> list[str]:
         """Bodies of the text messages delivered so far."""
@@ -139,12 +161,9 @@ class GatewayPeer:
         for frame in self._framer.feed(data):
             with self._lock:
                 actions = self.core.receive(frame, now)
-                self.actions += actions
             for action in actions:
                 if isinstance(action, core.Transmit):
                     self._write(serial_encode(action.frame))
-                elif isinstance(action, core.Persist):
-                    self.state = action.state
                 elif isinstance(action, core.Deliver):
                     form = compact.decode_form(action.payload, self.context)
                     with self._lock:

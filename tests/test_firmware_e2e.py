@@ -34,10 +34,8 @@ import pytest
 
 from harness import LOWBAND, gateway_in_loop
 from lowband.gateway.link.frames import SerialFramer, serial_encode
-from lowband.gateway.link.handshake import generate_keypair
-from lowband.gateway.link.registry import DEFAULT_CHANNELS
 from lowband.sim.firmware import MICROPYTHON, MPY_CROSS, build_mpy, device_command, device_env
-from lowband.sim.gateway_peer import GatewayPeer
+from lowband.sim.gateway_peer import GatewayPeer, new_device_config
 from lowband.sim.pty_link import PtyLink
 
 pytestmark = [
@@ -121,18 +119,9 @@ def assert_no_counter_reuse(frames: list[tuple[int, str, int, bytes]]) -> None:
 
 
 def _config(tmp_path: Path, bps: int) -> tuple[Path, dict[str, Any], bytes]:
-    gw_private, gw_public = generate_keypair()
-    dev_private, dev_public = generate_keypair()
-    config = {
-        "format": "lowband-device", "version": 1, "name": "kitchen", "user_id": DEVICE, "address": 7,
-        "device_private": dev_private.hex(), "device_public": dev_public.hex(), "gateway_public": gw_public.hex(),
-        "link": f"serial:/dev/ttyLINK?bps={bps}",
-        "context": {"format": "lowband-context", "version": 1, "rooms": ["!sensors:localhost"], "senders": [DEVICE],
-                    "event_types": ["m.room.message"], "keys": ["content", "msgtype", "body"],
-                    "channels": DEFAULT_CHANNELS},
-    }  # fmt: skip
     path = tmp_path / "kitchen.json"
-    path.write_text(json.dumps(config))
+    config, gw_private = new_device_config(path, "kitchen", address=7, room_id="!sensors:localhost",
+                                           link=f"serial:/dev/ttyLINK?bps={bps}")  # fmt: skip
     return path, config, gw_private
 
 
