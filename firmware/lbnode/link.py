@@ -24,7 +24,7 @@ Rules:
   window. The gateway never acknowledges in a repeated frame (a resent
   command carries the ack of its first sending), so this loses nothing and
   keeps a replayed old frame from acknowledging a reading that was lost
-  (reference DeviceLink also honours the ack byte of duplicates);
+  (the reference DeviceLink, gateway/link/device_core.py, does the same);
 - with a store (lbnode.state), the session survives restarts: counters are
   reserved in blocks written before use, the receive window is written
   before a command is handed out. See lbnode/state.py for why and how.

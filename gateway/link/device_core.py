@@ -188,13 +188,12 @@ class DeviceLink:
         except crypto.TagError:
             return [DeviceEvent("refused", detail="bad tag")]
         events: list[DeviceEvent] = []
-        fresh = verdict in ("new", "late")
-        # An ack counts only in a frame new to the window: a replayed old
-        # frame must not acknowledge a reading that was lost since.
-        if fresh and frame.ack is not None and self._outstanding is not None and frame.ack == self._outstanding.counter & 0xFF:
-            events.append(DeviceEvent("acked", detail=str(self._outstanding.counter)))
-            self._outstanding = None
-        if fresh:
+        if verdict in ("new", "late"):
+            # An ack counts only in a frame new to the window: a replayed old
+            # frame must not acknowledge a reading that was lost since.
+            if frame.ack is not None and self._outstanding is not None and frame.ack == self._outstanding.counter & 0xFF:
+                events.append(DeviceEvent("acked", detail=str(self._outstanding.counter)))
+                self._outstanding = None
             self._window.accept(counter)
             if plaintext:
                 whole = self._reassembler.feed("gw", plaintext, now) if frame.frag else plaintext

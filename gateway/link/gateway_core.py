@@ -278,15 +278,16 @@ class GatewayLink:
                 payload = self._reassemble(frame, plaintext, now)
                 if payload is not None:
                     actions.append(Deliver(frame.address, f"{session.session_id}:{counter}", payload))
+            # An ack counts only in a frame new to the window (a replayed old frame must not acknowledge).
+            if frame.ack is not None and session.outstanding is not None:
+                sent_counter, _ = session.outstanding
+                if frame.ack == sent_counter & 0xFF:
+                    session.outstanding = None
+                    actions.append(CommandAcked(frame.address, sent_counter))
         elif plaintext:
             self._refuse(frame.address, "duplicate", device)  # counted; still acknowledged below
         else:
             return [self._refuse(frame.address, "replay", device)]
-        if verdict in ("new", "late") and frame.ack is not None and session.outstanding is not None:
-            sent_counter, _ = session.outstanding
-            if frame.ack == sent_counter & 0xFF:
-                session.outstanding = None
-                actions.append(CommandAcked(frame.address, sent_counter))
         if plaintext:
             actions += self._answer(device, session, counter)
         else:
