@@ -190,3 +190,27 @@ class Client:
         assert status == 200, body
         self.token, self.user_id = body["access_token"], body["user_id"]
         return body["user_id"]
+
+
+def provision_kitchen(data_dir: Path, link_path: str, bps: int) -> Path:
+    """``lowband device add kitchen`` into ``#sensors:localhost`` on a serial line; the device config's path."""
+    out = subprocess.run(
+        [LOWBAND, "device", "add", "kitchen", "--room", "#sensors:localhost", "--link", f"serial:{link_path}?bps={bps}",
+         "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return data_dir / "devices" / "kitchen.json"
+
+
+async def nio_client(base: str, name: str, register: bool = True) -> Any:
+    """A matrix-nio client for ``name`` (password ``secret-pw``), registered first or logged in."""
+    import nio
+
+    client = nio.AsyncClient(base, name)
+    if register:
+        response = await client.register(name, "secret-pw")
+        assert isinstance(response, nio.RegisterResponse), response
+    else:
+        response = await client.login("secret-pw")
+        assert isinstance(response, nio.LoginResponse), response
+    return client

@@ -32,7 +32,7 @@ from typing import Any
 import nio
 import pytest
 
-from harness import LOWBAND, gateway_in_loop
+from harness import gateway_in_loop, nio_client, provision_kitchen
 from lowband.gateway.link.frames import SerialFramer, serial_encode
 from lowband.sim.firmware import MICROPYTHON, MPY_CROSS, build_mpy, device_command, device_env
 from lowband.sim.gateway_peer import GatewayPeer, new_device_config
@@ -152,17 +152,6 @@ def test_device_in_64k_heap_publishes_and_obeys(tmp_path: Path, mpy_lib: Path, m
 # ------------------------------------------------------------- with a gateway and matrix-nio
 
 
-async def _client(base: str, name: str, register: bool = True) -> nio.AsyncClient:
-    client = nio.AsyncClient(base, name)
-    if register:
-        response = await client.register(name, "secret-pw")
-        assert isinstance(response, nio.RegisterResponse), response
-    else:
-        response = await client.login("secret-pw")
-        assert isinstance(response, nio.LoginResponse), response
-    return client
-
-
 async def _bodies(client: nio.AsyncClient, room_id: str) -> list[tuple[str, str]]:
     history = await client.room_messages(room_id, start="", limit=500, direction=nio.MessageDirection.back)
     assert isinstance(history, nio.RoomMessagesResponse), history
@@ -178,15 +167,6 @@ async def _wait_body(client: nio.AsyncClient, room_id: str, predicate: Callable[
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"not in the room within {timeout} s: {(await _bodies(client, room_id))[-10:]}")
-
-
-def _provision(data_dir: Path, link_path: str, bps: int) -> Path:
-    out = subprocess.run(
-        [LOWBAND, "device", "add", "kitchen", "--room", "#sensors:localhost", "--link", f"serial:{link_path}?bps={bps}",
-         "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return data_dir / "devices" / "kitchen.json"
 
 
 def _temperature(body: str) -> int | None:
@@ -210,12 +190,12 @@ def test_readings_and_a_command_over_a_lossy_line(tmp_path: Path, mpy_lib: Path,
 
     async def scenario() -> tuple[list[tuple[str, str]], DeviceProcess]:
         async with gateway_in_loop(tmp_path) as base:
-            alice = await _client(base, "alice")
+            alice = await nio_client(base, "alice")
             try:
                 created = await alice.room_create(alias="sensors", name="Sensors", preset=nio.RoomPreset.public_chat)
                 assert isinstance(created, nio.RoomCreateResponse), created
                 room_id = created.room_id
-                config = _provision(tmp_path / "data", link.path_a, bps)
+                config = provision_kitchen(tmp_path / "data", link.path_a, bps)
                 await asyncio.sleep(3)  # the gateway opens the port within 2 s of `device add`
                 device = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", str(interval)).start()
                 try:
@@ -255,10 +235,10 @@ def test_device_survives_gateway_restart_cut_line_own_restart_and_forgeries(tmp_
         result: dict[str, Any] = {}
         # ---- 1. a first reading
         async with gateway_in_loop(tmp_path) as base:
-            alice = await _client(base, "alice")
+            alice = await nio_client(base, "alice")
             created = await alice.room_create(alias="sensors", preset=nio.RoomPreset.public_chat)
             room_id = created.room_id
-            config = _provision(tmp_path / "data", link.path_a, bps)
+            config = provision_kitchen(tmp_path / "data", link.path_a, bps)
             await asyncio.sleep(3)
             device = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", "3", "--state", str(state)).start()
             await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 21.5"), 30)
@@ -267,7 +247,7 @@ def test_device_survives_gateway_restart_cut_line_own_restart_and_forgeries(tmp_
         down_at = len(device.lines)
         await asyncio.sleep(5)
         async with gateway_in_loop(tmp_path) as base:
-            alice = await _client(base, "alice", register=False)
+            alice = await nio_client(base, "alice", register=False)
             await alice.join(room_id)
             mark = len(device.lines)
             await device.wait_line(lambda line: line.startswith("acked"), 30, mark)
@@ -287,7 +267,7 @@ def test_device_survives_gateway_restart_cut_line_own_restart_and_forgeries(tmp_
             last = max(int(line.split()[1]) for line in device.lines if line.startswith("reading"))
             await _wait_body(alice, room_id, lambda s, b: _temperature(b) == 215 + last - 1, 30)
             # ---- 4. forgeries: a frame with a forged tag, a replayed command, an unprivileged user
-            bob = await _client(base, "bob")
+            bob = await nio_client(base, "bob")
             await bob.join(room_id)
             commands_before = device.count("command")
             framer = SerialFramer()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 
 import nio
 import pytest
 
-from harness import LOWBAND, gateway_in_loop
+from harness import gateway_in_loop, nio_client, provision_kitchen
 from lowband.gateway.link.device_core import rto_for_bps
 from lowband.sim.device_peer import ScriptedDevice
 from lowband.sim.pty_link import PtyLink
@@ -26,13 +25,6 @@ READING_BODY = "temperature 21.5 Cel, humidity 40 %RH, battery 3.70 V"
 
 def rto_for(bps: float) -> float:
     return rto_for_bps(bps)
-
-
-async def _client(base: str, name: str) -> nio.AsyncClient:
-    client = nio.AsyncClient(base, name)
-    response = await client.register(name, "secret-pw")
-    assert isinstance(response, nio.RegisterResponse), response
-    return client
 
 
 async def _wait_for_body(client: nio.AsyncClient, room_id: str, predicate, timeout: float) -> list[dict]:
@@ -52,24 +44,15 @@ async def _wait_for_body(client: nio.AsyncClient, room_id: str, predicate, timeo
     raise AssertionError(f"not seen within {timeout} s; saw {[e['content'].get('body') for e in seen]}")
 
 
-def _provision(data_dir, link_path: str, bps: int) -> dict:
-    out = subprocess.run(
-        [LOWBAND, "device", "add", "kitchen", "--room", "#sensors:localhost", "--link", f"serial:{link_path}?bps={bps}",
-         "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return json.loads((data_dir / "devices" / "kitchen.json").read_text())
-
-
 async def _scenario(tmp_path, link: PtyLink, bps: int, readings: int) -> tuple[ScriptedDevice, list[dict]]:
     async with gateway_in_loop(tmp_path) as base:
-        alice = await _client(base, "alice")
+        alice = await nio_client(base, "alice")
         try:
             created = await alice.room_create(alias="sensors", name="Sensors", preset=nio.RoomPreset.public_chat)
             assert isinstance(created, nio.RoomCreateResponse), created
             room_id = created.room_id
             await alice.sync(timeout=0)
-            config = _provision(tmp_path / "data", link.path_a, bps)
+            config = json.loads(provision_kitchen(tmp_path / "data", link.path_a, bps).read_text())
             device = ScriptedDevice(config, link.path_b, rto=rto_for(bps))
             await device.start()
             try:
@@ -126,13 +109,13 @@ def test_port_that_disappears_is_reopened_and_forged_frames_never_reach_the_room
 
     async def scenario() -> tuple[list[dict], ScriptedDevice]:
         async with gateway_in_loop(tmp_path) as base:
-            alice = await _client(base, "alice")
+            alice = await nio_client(base, "alice")
             try:
                 created = await alice.room_create(alias="sensors", preset=nio.RoomPreset.public_chat)
                 room_id = created.room_id
                 first = PtyLink(bps=19200, seed=5).start()
                 os.symlink(first.path_a, port)
-                config = _provision(tmp_path / "data", str(port), 19200)
+                config = json.loads(provision_kitchen(tmp_path / "data", str(port), 19200).read_text())
                 device = ScriptedDevice(config, first.path_b, rto=rto_for(19200))
                 await device.start()
                 device.publish_reading([(0, 1), (1, 40), (2, 370)])
