@@ -52,4 +52,6 @@ def test_airtime_within_any_window_never_exceeds_the_duty_cycle(arrivals):
     # The documented rule (docs/protocol/lora.md, section 4): in every window of duty_cycle_window_s, the time
     # on air inside it (a transmission across an edge counts with its part inside) is at most the budget.
     on_air = [(t * 1000, t * 1000 + air) for t, air in sends]
-    assert _max_window_usage(on_air, window_ms) <= limit + 1e-6
+    # The budget grants itself 1e-6 ms (hardware/lora.py, _EPS_MS); float sums of hour-long times add a little:
+    # 1e-5 ms, as test_hardware allows the budget itself.
+    assert _max_window_usage(on_air, window_ms) <= limit + 1e-5
