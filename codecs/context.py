@@ -171,3 +171,15 @@ def load_context(path: str | Path) -> Context:
     except (ValueError, RecursionError) as exc:
         raise ContextError(f"context file {path} is not valid JSON: {exc}") from None
     return parse_context(doc)
+
+
+def default_context() -> Context:
+    """The example context table shipped with the package (``context_v1.json``, version 1).
+
+    It is the table of the compact vectors in ``tests/data`` and of the
+    README's ``lowband wire`` examples; a deployment makes its own per device.
+    """
+    from importlib import resources
+
+    raw = resources.files("lowband.codecs").joinpath("context_v1.json").read_bytes()
+    return parse_context(json.loads(raw))

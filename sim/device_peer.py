@@ -2,7 +2,7 @@
 
 It reads a device config file written by ``lowband device add``, opens the
 port (a pty from :mod:`lowband.sim.pty_link` in tests, a real port on a
-bench), runs :class:`~lowband.gateway.link.device_core.DeviceLink`, and
+bench), runs :class:`~lowband.sim.device_core.DeviceLink`, and
 
 * publishes readings given to :meth:`ScriptedDevice.publish_reading`;
 * answers every command it receives with a text message ``ok: <command>``
@@ -24,9 +24,9 @@ from typing import Any
 
 from lowband.codecs import compact
 from lowband.codecs.context import parse_context
+from lowband.codecs.link_frame import SerialFramer, serial_encode
 from lowband.gateway.aio import cancel_and_wait, wait_until
-from lowband.gateway.link.device_core import DeviceLink
-from lowband.gateway.link.frames import SerialFramer, serial_encode
+from lowband.sim.device_core import DeviceLink
 
 
 class ScriptedDevice:

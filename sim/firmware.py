@@ -9,12 +9,13 @@ sources on the target needs more heap than the running stack — so
 :func:`device_command` starts ``firmware/main_unix.py`` with
 ``LBNODE_LIB`` pointing there.
 
-Used by the firmware tests, gateway/bench_firmware.py, ``lowband demo`` and
+Used by the firmware tests, gateway/bench/firmware.py, ``lowband demo`` and
 ``lowband device flash --mpy``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -24,7 +25,17 @@ from pathlib import Path
 __all__ = ["FIRMWARE", "MICROPYTHON", "MPY_CROSS", "PACKAGES", "FirmwareError", "build_mpy", "device_command",
            "device_env"]  # fmt: skip
 
-FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
+def _firmware_tree() -> Path:
+    # lowband.firmware is a folder of data (a namespace package): the same lookup finds it in the
+    # source tree (editable install) and in site-packages (wheel), never beside this file's folder.
+    spec = importlib.util.find_spec("lowband.firmware")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ImportError("lowband.firmware is not installed: reinstall the lowband package")
+    return Path(locations[0])
+
+
+FIRMWARE = _firmware_tree()
 BIN = Path(sys.executable).parent
 MICROPYTHON = BIN / "micropython"
 #: Next to this interpreter (the dev extra installs it there), else on PATH.

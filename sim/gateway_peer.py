@@ -25,10 +25,10 @@ from typing import Any
 
 from lowband.codecs import compact
 from lowband.codecs.context import parse_context
+from lowband.codecs.link_frame import SerialFramer, serial_encode
+from lowband.gateway.devices.registry import DEFAULT_CHANNELS
 from lowband.gateway.link import gateway_core as core
-from lowband.gateway.link.frames import SerialFramer, serial_encode
 from lowband.gateway.link.handshake import generate_keypair
-from lowband.gateway.link.registry import DEFAULT_CHANNELS
 
 from .pty_link import set_raw
 

@@ -43,7 +43,7 @@ import threading
 import time
 from typing import Any
 
-from .link_model import A, B, SIDES, LinkCounters, LinkModel
+from .link_model import SIDES, A, B, LinkCounters, LinkModel
 
 __all__ = ["PtyLink", "set_raw", "main"]
 

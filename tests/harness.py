@@ -125,8 +125,8 @@ def gateway_process(tmp_path: Path, **kwargs: Any) -> Iterator[GatewayProcess]:
 @contextlib.asynccontextmanager
 async def gateway_in_loop(tmp_path: Path, **config: Any) -> AsyncIterator[str]:
     """A gateway running inside the current event loop; yields its base URL."""
+    from lowband.gateway.app import run_gateway
     from lowband.gateway.config import load_config
-    from lowband.gateway.server import run_gateway
 
     port = free_port()
     settings = {"data_dir": tmp_path / "data", "server_name": "localhost", "http_port": port,

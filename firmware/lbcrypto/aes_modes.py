@@ -22,7 +22,7 @@ a seal allocates little more than its AES key schedule and its result.
 
 On CPython there is no `cryptolib`: whoever imports this module on a host
 (the tests) first installs a stand-in module named `cryptolib` with the
-same `aes(key, 1)` -- see tests/firmware_crypto_vectors.py, which builds
+same `aes(key, 1)` -- see tests/firmware/firmware_crypto_vectors.py, which builds
 one on the `cryptography` package. The board needs nothing of it.
 """
 

@@ -15,7 +15,7 @@ for, since the default context table of `lowband device add` has no
 pressure channel (add one with --channel pressure:hPa:-1).
 
 The compensation is checked under CPython against the datasheet's example
-values (tests/test_firmware_node.py); the I2C access is untested on
+values (tests/firmware/test_firmware_node.py); the I2C access is untested on
 hardware here.
 """
 

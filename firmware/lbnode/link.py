@@ -1,7 +1,7 @@
 """The device's side of the link (docs/protocol/link.md), sans-I/O, for MicroPython.
 
 Runs unchanged on CPython 3.11 and MicroPython. It behaves like the
-reference device, gateway/link/device_core.py (DeviceLink), with its state
+reference device, sim/device_core.py (DeviceLink), with its state
 in preallocated buffers and its times in ticks_ms.
 
 Rules:
@@ -24,7 +24,7 @@ Rules:
   window. The gateway never acknowledges in a repeated frame (a resent
   command carries the ack of its first sending), so this loses nothing and
   keeps a replayed old frame from acknowledging a reading that was lost
-  (the reference DeviceLink, gateway/link/device_core.py, does the same);
+  (the reference DeviceLink, sim/device_core.py, does the same);
 - with a store (lbnode.state), the session survives restarts: counters are
   reserved in blocks written before use, the receive window is written
   before a command is handed out. See lbnode/state.py for why and how.

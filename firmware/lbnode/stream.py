@@ -117,7 +117,7 @@ class StreamTransport:
         self._end = 0
 
     def rto_ms(self):
-        """Base retransmission timeout: gateway/link/device_core.py rto_for_bps.
+        """Base retransmission timeout: sim/device_core.py rto_for_bps.
 
         A 52-byte handshake frame out and its 52-byte answer back, plus half
         again for turnaround and processing; never below 200 ms.

@@ -2,7 +2,7 @@
 
 Runs unchanged on CPython 3.11 and MicroPython. Format: docs/protocol/compact.md;
 lbwire.compact is the device's full codec and the reference this module
-must match byte for byte (tests/test_firmware_node.py checks both on
+must match byte for byte (tests/firmware/test_firmware_node.py checks both on
 compact_vectors.json and on random messages).
 
 Why a subset here: lbwire.compact imports all of lbwire.cbor (floats,

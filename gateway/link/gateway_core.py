@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lowband.codecs import fragment as fragmentation
+from lowband.codecs.link_frame import TYPE_DATA, TYPE_HS1, TYPE_HS2, Frame, LinkFrameError, parse_frame
 from lowband.gateway.link import crypto
-from lowband.gateway.link.frames import TYPE_DATA, TYPE_HS1, TYPE_HS2, Frame, LinkFrameError, parse_frame
 from lowband.gateway.link.handshake import HandshakeError, Responder, SessionKeys
 
 UP, DOWN = 0, 1

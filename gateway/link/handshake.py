@@ -36,7 +36,7 @@ the initiator ``encrypt`` is the first split key and ``decrypt`` the second;
 for the responder it is the other way round. The library deletes the
 handshake state (including the peer's static key) on completion, which
 does not matter here: both static keys are arguments of this module.
-``tests/test_link_crypto.py`` proves the extraction by encrypting with the
+``tests/link/test_link_crypto.py`` proves the extraction by encrypting with the
 library's own transport cipher and decrypting with ``AESGCM(k)``.
 """
 
@@ -47,9 +47,10 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import NoiseInvalidMessage, NoiseValueError
+
+from lowband.gateway.devices.keys import generate_keypair, public_from_private
 
 __all__ = [
     "HANDSHAKE_MESSAGE_LEN",
@@ -107,23 +108,6 @@ class SessionKeys:
     def __repr__(self) -> str:
         # Keys stay out of logs and tracebacks.
         return f"SessionKeys(epoch={self.epoch}, k_up=<{len(self.k_up)} bytes>, k_down=<{len(self.k_down)} bytes>)"
-
-
-def generate_keypair() -> tuple[bytes, bytes]:
-    """Return a fresh X25519 key pair as ``(private, public)``, 32 bytes each."""
-    private = X25519PrivateKey.generate()
-    private_bytes = private.private_bytes_raw()
-    return private_bytes, public_from_private(private_bytes)
-
-
-def public_from_private(private: bytes) -> bytes:
-    """Return the 32-byte X25519 public key of a 32-byte private key.
-
-    Raises :class:`ValueError` if ``private`` is not 32 bytes.
-    """
-    _check_key(private, "private key")
-    key = X25519PrivateKey.from_private_bytes(bytes(private))
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def prologue(address: int, epoch: int) -> bytes:

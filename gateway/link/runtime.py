@@ -33,12 +33,12 @@ from urllib.parse import parse_qs
 from lowband.codecs import compact
 from lowband.codecs.context import Context, parse_context
 from lowband.codecs.errors import WireError
+from lowband.codecs.link_frame import SerialFramer, serial_encode
 from lowband.gateway.aio import cancel_and_wait
-from lowband.gateway.errors import MatrixError
+from lowband.gateway.devices.registry import DeviceRecord, Registry, fingerprint, load_or_create_link_key
+from lowband.gateway.homeserver.rooms import Sent
 from lowband.gateway.link import gateway_core as core
-from lowband.gateway.link.frames import SerialFramer, serial_encode
-from lowband.gateway.link.registry import DeviceRecord, Registry, fingerprint, load_or_create_link_key
-from lowband.gateway.rooms import Sent
+from lowband.gateway.matrix.errors import MatrixError
 
 log = logging.getLogger("lowband.link")
 RECONCILE_SECONDS = 2.0
@@ -245,8 +245,8 @@ class LinkRuntime:
     async def _join_rooms(self, record: DeviceRecord) -> None:
         store = self.services.store
         if store.get_user(record.user_id) is None:
-            from lowband.gateway.http.base import hash_password
-            from lowband.gateway.store.sqlite_store import UserExists
+            from lowband.gateway.homeserver.accounts import hash_password
+            from lowband.gateway.store.sqlite.store import UserExists
 
             try:  # a device user never logs in with a password
                 await store.create_user(record.user_id, hash_password(secrets.token_urlsafe(32)), False,
@@ -389,8 +389,8 @@ class LinkRuntime:
 
 
 async def start_links(services: Any) -> Any:
-    """Component entry (see gateway/server.py); also watches for the first `lowband device add`."""
+    """Component entry (see gateway/app.py); also watches for the first `lowband device add`."""
     runtime = LinkRuntime(services, Registry(services.store.db))
-    services.links = runtime
+    services.components["links"] = runtime
     await runtime.start()
     return runtime.stop

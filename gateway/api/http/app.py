@@ -1,0 +1,67 @@
+"""The aiohttp application: routes from each API module, errors as Matrix JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from lowband.gateway.api.http import client_auth, client_misc, client_rooms, client_sync, media
+from lowband.gateway.api.http.base import SERVICES
+from lowband.gateway.homeserver.services import Services
+from lowband.gateway.matrix.errors import MatrixError
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
+}
+
+
+def _error_response(status: int, errcode: str, message: str, **extra: object) -> web.Response:
+    body = json.dumps({"errcode": errcode, "error": message, **extra})
+    return web.Response(status=status, text=body, content_type="application/json", headers=_CORS)
+
+
+@web.middleware
+async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the spec's JSON error body; add CORS headers."""
+    if request.method == "OPTIONS":
+        return web.Response(headers=_CORS)
+    try:
+        response = await handler(request)
+    except MatrixError as exc:
+        return _error_response(exc.status, exc.errcode, exc.message, **exc.extra)
+    except web.HTTPRequestEntityTooLarge:
+        return _error_response(413, "M_TOO_LARGE", "the request body is too large")
+    except web.HTTPMethodNotAllowed:
+        return _error_response(405, "M_UNRECOGNIZED", "method not allowed on this endpoint")
+    except web.HTTPNotFound:
+        return _error_response(404, "M_UNRECOGNIZED", "unrecognized request")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error_response(exc.status, "M_UNKNOWN", exc.reason)
+        raise
+    except Exception:
+        log.exception("error handling %s %s", request.method, request.path)
+        return _error_response(500, "M_UNKNOWN", "internal server error")
+    if not response.prepared:
+        response.headers.update(_CORS)
+    return response
+
+
+def make_app(services: Services) -> web.Application:
+    """The application serving the client-server and media APIs."""
+    # The largest body any endpoint takes is a media upload; JSON endpoints
+    # check their own, smaller limit in json_body via max_request_bytes.
+    limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
+    app = web.Application(middlewares=[matrix_errors], client_max_size=limit)
+    app[SERVICES] = services
+    for module in (client_auth, client_rooms, client_sync, client_misc, media):
+        app.router.add_routes(module.routes())
+    return app

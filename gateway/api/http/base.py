@@ -1,0 +1,131 @@
+"""What every HTTP handler shares: the services, auth, JSON bodies, limits.
+
+Handlers are plain ``async def handler(request) -> web.Response`` functions;
+each API area is a module with ``routes(services) -> list[web.RouteDef]``.
+Errors are raised as :class:`~lowband.gateway.matrix.errors.MatrixError` and turned
+into the spec's JSON error bodies by the middleware in ``app.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from lowband.gateway.homeserver.services import Services
+from lowband.gateway.matrix.errors import MatrixError, bad_json
+
+CLIENT = "/_matrix/client/{version:(?:v3|r0)}"
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    """The services of the app serving ``request``."""
+    return request.app[SERVICES]
+
+
+@dataclass(frozen=True)
+class Requester:
+    """The authenticated user behind a request."""
+
+    user_id: str
+    device_id: str
+    token: str
+
+
+def access_token(request: web.Request) -> str | None:
+    """The access token from the Authorization header or the query string."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[7:].strip() or None
+    return request.query.get("access_token") or None
+
+
+def authenticate(request: web.Request) -> Requester:
+    """The requester, or 401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN."""
+    token = access_token(request)
+    if token is None:
+        raise MatrixError(401, "M_MISSING_TOKEN", "missing access token")
+    found = services(request).store.lookup_token(token)
+    if found is None:
+        raise MatrixError(401, "M_UNKNOWN_TOKEN", "unknown access token", soft_logout=False)
+    return Requester(found[0], found[1], token)
+
+
+def rate_limit(request: web.Request, requester: Requester | None = None) -> None:
+    """Apply the per-IP and (when authenticated) per-user limits."""
+    svc = services(request)
+    if svc.ip_limiter is not None:
+        svc.ip_limiter.check(request.remote or "unknown")
+    if svc.user_limiter is not None and requester is not None:
+        svc.user_limiter.check(requester.user_id)
+
+
+async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    M_NOT_JSON when it is not JSON, M_BAD_JSON when it is not an object,
+    M_TOO_LARGE when over the configured size (aiohttp's limit).
+    """
+    limit = services(request).config.max_request_bytes
+    if (request.content_length or 0) > limit:
+        raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
+    raw = await request.read()
+    if len(raw) > limit:
+        raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise MatrixError(400, "M_NOT_JSON", "the request body must be a JSON object")
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise MatrixError(400, "M_NOT_JSON", "the request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise bad_json("the request body must be a JSON object")
+    try:  # JSON escapes can spell lone surrogates, which have no UTF-8 form
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_json("the request body contains a lone surrogate (\\ud800-\\udfff)") from None
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def ok(body: Any = None, status: int = 200) -> web.Response:
+    """A JSON response (``{}`` by default)."""
+    return web.json_response({} if body is None else body, status=status, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def get_str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    """A string field of a JSON body; M_BAD_JSON / M_MISSING_PARAM otherwise."""
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise MatrixError(400, "M_MISSING_PARAM", f"missing '{key}'")
+        return None
+    if not isinstance(value, str):
+        raise bad_json(f"'{key}' must be a string")
+    return value
+
+
+def query_int(request: web.Request, key: str, default: int, *, low: int = 0, high: int = 1 << 31) -> int:
+    """An integer query parameter within [low, high]; M_INVALID_PARAM otherwise."""
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MatrixError(400, "M_INVALID_PARAM", f"'{key}' must be an integer") from None
+    return max(low, min(high, value))

@@ -1,0 +1,149 @@
+"""Versions, capabilities, login, logout, registration, whoami."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from aiohttp import web
+
+from lowband.gateway.api.http.base import CLIENT, authenticate, get_str, json_body, ok, rate_limit, services
+from lowband.gateway.homeserver.accounts import (
+    check_password,
+    hash_password,
+    new_device_id,
+    new_token,
+    user_id_for,
+    valid_localpart,
+)
+from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
+from lowband.gateway.matrix.events import ROOM_VERSION
+from lowband.gateway.store.sqlite.store import UserExists
+
+SPEC_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"]
+
+
+async def versions(request: web.Request) -> web.Response:
+    """GET /_matrix/client/versions."""
+    return ok({"versions": SPEC_VERSIONS, "unstable_features": {}})
+
+
+async def capabilities(request: web.Request) -> web.Response:
+    """GET /capabilities."""
+    authenticate(request)
+    return ok({
+        "capabilities": {
+            "m.room_versions": {"default": ROOM_VERSION, "available": {ROOM_VERSION: "stable"}},
+            "m.change_password": {"enabled": False},
+            "m.set_displayname": {"enabled": True},
+            "m.set_avatar_url": {"enabled": True},
+            "m.3pid_changes": {"enabled": False},
+        }
+    })  # fmt: skip
+
+
+async def login_flows(request: web.Request) -> web.Response:
+    """GET /login."""
+    return ok({"flows": [{"type": "m.login.password"}]})
+
+
+async def _issue_token(request: web.Request, user_id: str, body: dict) -> dict:
+    svc = services(request)
+    device_id = get_str(body, "device_id", required=False) or new_device_id()
+    display_name = get_str(body, "initial_device_display_name", required=False)
+    token = new_token()
+    await svc.store.add_token(token, user_id, device_id, display_name, int(time.time() * 1000))
+    return {"user_id": user_id, "access_token": token, "device_id": device_id, "home_server": svc.server_name}
+
+
+async def login(request: web.Request) -> web.Response:
+    """POST /login with m.login.password and an m.id.user identifier."""
+    rate_limit(request)
+    svc = services(request)
+    body = await json_body(request)
+    if body.get("type") != "m.login.password":
+        raise MatrixError(400, "M_UNKNOWN", "only m.login.password is supported")
+    identifier = body.get("identifier")
+    if isinstance(identifier, dict):
+        if identifier.get("type") != "m.id.user":
+            raise MatrixError(400, "M_UNKNOWN", "only m.id.user identifiers are supported")
+        user = get_str(identifier, "user")
+    else:
+        user = get_str(body, "user")
+    password = get_str(body, "password")
+    assert user is not None and password is not None
+    user_id = user if user.startswith("@") else f"@{user.lower()}:{svc.server_name}"
+    row = svc.store.get_user(user_id)
+    if row is None or row["deactivated"] or not await asyncio.to_thread(check_password, password, row["password_hash"]):
+        raise forbidden("invalid user name or password")
+    return ok(await _issue_token(request, user_id, body))
+
+
+async def logout(request: web.Request) -> web.Response:
+    """POST /logout."""
+    requester = authenticate(request)
+    await services(request).store.delete_token(requester.token)
+    return ok()
+
+
+async def register(request: web.Request) -> web.Response:
+    """POST /register (m.login.dummy), only when registration is enabled."""
+    rate_limit(request)
+    svc = services(request)
+    if request.query.get("kind", "user") != "user":
+        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "guest accounts are not available")
+    if not svc.config.registration_enabled:
+        raise forbidden("registration is disabled on this gateway")
+    body = await json_body(request)
+    auth = body.get("auth")
+    if not isinstance(auth, dict) or auth.get("type") != "m.login.dummy":
+        session = secrets.token_urlsafe(12)
+        return ok({"flows": [{"stages": ["m.login.dummy"]}], "params": {}, "session": session}, status=401)
+    username = get_str(body, "username", required=False) or secrets.token_hex(6)
+    password = get_str(body, "password", required=False)
+    if password is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "a password is required")
+    if len(password) > 512:
+        raise bad_json("password too long")
+    user_id = user_id_for(username, svc.server_name)
+    svc.namespaces.check_registrable(username, user_id)
+    try:
+        password_hash = await asyncio.to_thread(hash_password, password)
+        await svc.store.create_user(user_id, password_hash, False, int(time.time() * 1000))
+    except UserExists:
+        raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is taken") from None
+    if body.get("inhibit_login") is True:
+        return ok({"user_id": user_id, "home_server": svc.server_name})
+    return ok(await _issue_token(request, user_id, body))
+
+
+async def register_available(request: web.Request) -> web.Response:
+    """GET /register/available?username=."""
+    svc = services(request)
+    username = request.query.get("username", "")
+    user_id = user_id_for(username, svc.server_name)
+    svc.namespaces.check_registrable(username, user_id)
+    if svc.store.get_user(user_id) is not None:
+        raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is taken")
+    return ok({"available": True})
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """GET /account/whoami."""
+    requester = authenticate(request)
+    return ok({"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False})
+
+
+def routes() -> list[web.RouteDef]:
+    """Routes of this module."""
+    return [
+        web.get("/_matrix/client/versions", versions),
+        web.get(CLIENT + "/capabilities", capabilities),
+        web.get(CLIENT + "/login", login_flows),
+        web.post(CLIENT + "/login", login),
+        web.post(CLIENT + "/logout", logout),
+        web.post(CLIENT + "/register", register),
+        web.get(CLIENT + "/register/available", register_available),
+        web.get(CLIENT + "/account/whoami", whoami),
+    ]

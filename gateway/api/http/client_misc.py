@@ -1,0 +1,532 @@
+"""Profiles, account data, receipts, read markers, typing, the room directory,
+and the small endpoints clients call on start (push rules, devices, TURN,
+presence).
+
+Everything a long-polling /sync must deliver (typing, receipts, account
+data) calls ``notifier.notify()`` once it is stored; profile changes reach
+other members as fresh ``m.room.member`` events, which notify by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from lowband.gateway.api.http.base import (
+    CLIENT,
+    Requester,
+    authenticate,
+    get_str,
+    json_body,
+    ok,
+    query_int,
+    rate_limit,
+    services,
+)  # fmt: skip
+from lowband.gateway.homeserver.services import Services
+from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
+
+log = logging.getLogger(__name__)
+
+MAX_ID_BYTES = 255
+MAX_PROFILE_CHARS = 256
+DEFAULT_TYPING_MS = 30_000
+MAX_PUBLIC_ROOMS = 1000
+PROFILE_FIELDS = ("displayname", "avatar_url")
+# Receipt types this server stores; m.fully_read is the read marker, kept in
+# room account data as the spec's read-markers module says.
+RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
+# Account data the server maintains itself; clients get 405 M_BAD_JSON.
+SERVER_ACCOUNT_DATA = ("m.fully_read", "m.push_rules")
+_MXC = re.compile(r"mxc://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?/[A-Za-z0-9_-]+")
+# Not copied into a profile update's member event: who vouched for a join
+# that already happened means nothing later, and a federation peer would
+# want the authorising server's signature on it.
+_NOT_CARRIED = ("join_authorised_via_users_server",)
+
+
+# ------------------------------------------------------------ parameters
+
+
+def _user_param(request: web.Request) -> str:
+    user_id = request.match_info["user_id"]
+    if not user_id.startswith("@") or ":" not in user_id or len(user_id.encode()) > MAX_ID_BYTES:
+        raise invalid_param("not a user ID")
+    return user_id
+
+
+def _room_param(request: web.Request) -> str:
+    room_id = request.match_info["room_id"]
+    if not room_id.startswith("!") or ":" not in room_id or len(room_id.encode()) > MAX_ID_BYTES:
+        raise invalid_param("not a room ID")
+    return room_id
+
+
+def _own_user(request: web.Request, requester: Requester, what: str) -> str:
+    user_id = _user_param(request)
+    if user_id != requester.user_id:
+        raise forbidden(f"you can only change your own {what}")
+    return user_id
+
+
+def _require_joined(svc: Services, room_id: str, user_id: str) -> None:
+    if svc.store.membership(room_id, user_id) != "join":
+        raise forbidden("you are not joined to this room")
+
+
+def _local_user(svc: Services, user_id: str) -> dict[str, Any]:
+    """The stored user row of a local user; 404 M_NOT_FOUND otherwise."""
+    row = svc.store.get_user(user_id) if user_id.endswith(":" + svc.server_name) else None
+    if row is None:
+        raise not_found("no such user")
+    return row
+
+
+# --------------------------------------------------------------- profile
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    """GET /profile/{userId} (no auth): displayname and avatar_url, when set."""
+    row = _local_user(services(request), _user_param(request))
+    return ok({k: row[k] for k in PROFILE_FIELDS if row.get(k)})
+
+
+async def get_profile_field(request: web.Request) -> web.Response:
+    """GET /profile/{userId}/{displayname|avatar_url}; 404 when unset."""
+    field = request.match_info["field"]
+    row = _local_user(services(request), _user_param(request))
+    if not row.get(field):
+        raise not_found(f"{field} is not set")
+    return ok({field: row[field]})
+
+
+async def put_profile_field(request: web.Request) -> web.Response:
+    """PUT /profile/{userId}/{displayname|avatar_url}, then refresh room memberships.
+
+    The value is a string of at most 256 characters (an ``mxc://`` URI for
+    avatar_url); empty or null clears the field. M_FORBIDDEN for another
+    user, M_MISSING_PARAM / M_BAD_JSON / M_TOO_LARGE / M_INVALID_PARAM for
+    a bad value.
+    """
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    user_id = _own_user(request, requester, "profile")
+    field = request.match_info["field"]
+    body = await json_body(request)
+    if field not in body:
+        raise MatrixError(400, "M_MISSING_PARAM", f"missing '{field}'")
+    value = body[field]
+    if value is not None and not isinstance(value, str):
+        raise bad_json(f"'{field}' must be a string")
+    if value and len(value) > MAX_PROFILE_CHARS:
+        raise MatrixError(400, "M_TOO_LARGE", f"'{field}' is longer than {MAX_PROFILE_CHARS} characters")
+    if field == "avatar_url" and value and not _MXC.fullmatch(value):
+        raise invalid_param("avatar_url must be an mxc:// URI")
+    svc = services(request)
+    await svc.store.set_profile_field(user_id, field, value or None)
+    await _refresh_memberships(svc, user_id, field, value or None)
+    return ok()
+
+
+async def _refresh_memberships(svc: Services, user_id: str, field: str, value: str | None) -> None:
+    """Send an updated join event into every room the user is joined to.
+
+    A room that refuses (say, a power level change raced us) is logged and
+    skipped: the profile itself is already stored.
+    """
+    for room_id, membership, _, _ in svc.store.rooms_for_user(user_id):
+        if membership != "join":
+            continue
+        current = svc.rooms.state_content(svc.rooms.current_state(room_id), "m.room.member", user_id) or {}
+        if current.get("membership") != "join":
+            continue
+        content = {k: v for k, v in current.items() if k not in _NOT_CARRIED}
+        if value is None:
+            content.pop(field, None)
+        else:
+            content[field] = value
+        if content == current:
+            continue
+        try:
+            await svc.rooms.send(user_id, room_id, "m.room.member", content, state_key=user_id)
+        except MatrixError as exc:
+            log.warning("profile update of %s not sent to %s: %s", user_id, room_id, exc.message)
+
+
+# ---------------------------------------------------------- account data
+
+
+def _data_type(request: web.Request) -> str:
+    data_type = request.match_info["data_type"]
+    if len(data_type.encode()) > MAX_ID_BYTES:
+        raise invalid_param("account data type too long")
+    return data_type
+
+
+async def get_account_data(request: web.Request) -> web.Response:
+    """GET /user/{userId}[/rooms/{roomId}]/account_data/{type}; 404 when unset."""
+    requester = authenticate(request)
+    user_id = _own_user(request, requester, "account data")
+    room_id = _room_param(request) if "room_id" in request.match_info else ""
+    content = services(request).store.get_account_data(user_id, room_id, _data_type(request))
+    if content is None:
+        raise not_found("no account data of this type")
+    return ok(content)
+
+
+async def put_account_data(request: web.Request) -> web.Response:
+    """PUT /user/{userId}[/rooms/{roomId}]/account_data/{type}: any JSON object.
+
+    405 M_BAD_JSON for the types the server keeps itself (m.fully_read is
+    set through /read_markers).
+    """
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    user_id = _own_user(request, requester, "account data")
+    room_id = _room_param(request) if "room_id" in request.match_info else ""
+    data_type = _data_type(request)
+    if data_type in SERVER_ACCOUNT_DATA:
+        raise MatrixError(405, "M_BAD_JSON", f"{data_type} cannot be set through this API")
+    content = await json_body(request)
+    svc = services(request)
+    await svc.store.set_account_data(user_id, room_id, data_type, content)
+    svc.notifier.notify()
+    return ok()
+
+
+# ------------------------------------------------ receipts, read markers
+
+
+def _marker_target(svc: Services, user_id: str, room_id: str, event_id: str) -> int:
+    """Stream position of an event the user may see in the room; 404 otherwise."""
+    svc.sync.get_event(user_id, room_id, event_id)  # raises 404 when missing or invisible
+    row = svc.store.get_event(event_id)
+    assert row is not None
+    return int(row["stream"])
+
+
+def _stream_of(svc: Services, event_id: str | None) -> int:
+    row = svc.store.get_event(event_id) if event_id else None
+    return int(row["stream"]) if row else -1
+
+
+async def _set_marker(svc: Services, user_id: str, room_id: str, marker: str, event_id: str, stream: int) -> bool:
+    """Move one receipt or the read marker forward; False when it is already there or ahead.
+
+    Markers say "read up to", so one pointing at an older event than the
+    stored one is ignored rather than moving the marker back.
+    """
+    if marker == "m.fully_read":
+        current = svc.store.get_account_data(user_id, room_id, "m.fully_read") or {}
+        if _stream_of(svc, current.get("event_id")) >= stream:
+            return False
+        await svc.store.set_account_data(user_id, room_id, "m.fully_read", {"event_id": event_id})
+        return True
+    row = svc.store.db.query_one(
+        "SELECT event_id FROM receipts WHERE room_id = ? AND receipt_type = ? AND user_id = ?",
+        (room_id, marker, user_id),
+    )
+    if row is not None and _stream_of(svc, row[0]) >= stream:
+        return False
+    await svc.store.set_receipt(room_id, marker, user_id, event_id, svc.rooms.now_ms())
+    return True
+
+
+async def post_receipt(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/receipt/{receiptType}/{eventId}.
+
+    m.read, m.read.private or m.fully_read; the body may carry ``thread_id``
+    (accepted, not stored: receipts here are unthreaded). M_INVALID_PARAM
+    for another type, M_FORBIDDEN unless joined, M_NOT_FOUND for an event
+    that is not in the room.
+    """
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id = _room_param(request)
+    receipt_type = request.match_info["receipt_type"]
+    if receipt_type not in RECEIPT_TYPES:
+        raise invalid_param(f"receipt type must be one of {', '.join(RECEIPT_TYPES)}")
+    body = await json_body(request, allow_empty=True)
+    get_str(body, "thread_id", required=False)
+    svc = services(request)
+    _require_joined(svc, room_id, requester.user_id)
+    event_id = request.match_info["event_id"]
+    stream = _marker_target(svc, requester.user_id, room_id, event_id)
+    if await _set_marker(svc, requester.user_id, room_id, receipt_type, event_id, stream):
+        svc.notifier.notify()
+    return ok()
+
+
+async def post_read_markers(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/read_markers {m.fully_read, m.read, m.read.private}, all optional.
+
+    Every given event is checked before anything is stored, so a bad one
+    changes nothing.
+    """
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id = _room_param(request)
+    body = await json_body(request, allow_empty=True)
+    wanted = {marker: get_str(body, marker, required=False) for marker in RECEIPT_TYPES}
+    svc = services(request)
+    _require_joined(svc, room_id, requester.user_id)
+    targets = [
+        (marker, event_id, _marker_target(svc, requester.user_id, room_id, event_id))
+        for marker, event_id in wanted.items() if event_id is not None
+    ]  # fmt: skip
+    changed = False
+    for marker, event_id, stream in targets:
+        changed |= await _set_marker(svc, requester.user_id, room_id, marker, event_id, stream)
+    if changed:
+        svc.notifier.notify()
+    return ok()
+
+
+# ---------------------------------------------------------------- typing
+
+
+async def put_typing(request: web.Request) -> web.Response:
+    """PUT /rooms/{roomId}/typing/{userId} {"typing": bool, "timeout": ms}."""
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    user_id = _own_user(request, requester, "typing state")
+    room_id = _room_param(request)
+    body = await json_body(request)
+    typing = body.get("typing")
+    if typing is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "missing 'typing'")
+    if not isinstance(typing, bool):
+        raise bad_json("'typing' must be a boolean")
+    timeout = body.get("timeout", DEFAULT_TYPING_MS)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        raise bad_json("'timeout' must be a non-negative integer")
+    svc = services(request)
+    _require_joined(svc, room_id, user_id)
+    svc.typing.set_typing(room_id, user_id, typing, timeout)
+    svc.notifier.notify()
+    return ok()
+
+
+# -------------------------------------------------------- room directory
+
+
+def _room_summary(svc: Services, room_id: str) -> dict[str, Any]:
+    """The public rooms chunk entry of a room."""
+    state = svc.rooms.current_state(room_id)
+
+    def content(event_type: str) -> dict[str, Any]:
+        return svc.rooms.state_content(state, event_type) or {}
+
+    entry: dict[str, Any] = {
+        "room_id": room_id,
+        "num_joined_members": len(svc.rooms.joined_members(room_id)),
+        "world_readable": content("m.room.history_visibility").get("history_visibility") == "world_readable",
+        "guest_can_join": content("m.room.guest_access").get("guest_access") == "can_join",
+        # Without a join rules event nobody may join uninvited; say so rather
+        # than let the client assume the documented default of "public".
+        "join_rule": content("m.room.join_rules").get("join_rule", "invite"),
+    }
+    optional = {
+        "name": content("m.room.name").get("name"),
+        "topic": content("m.room.topic").get("topic"),
+        "canonical_alias": content("m.room.canonical_alias").get("alias"),
+        "avatar_url": content("m.room.avatar").get("url"),
+        "room_type": content("m.room.create").get("type"),
+    }
+    entry.update({k: v for k, v in optional.items() if isinstance(v, str) and v})
+    return entry
+
+
+def _matches(entry: dict[str, Any], term: str | None, room_types: list[Any] | None) -> bool:
+    if room_types is not None and entry.get("room_type") not in room_types:
+        return False
+    if not term:
+        return True
+    term = term.casefold()
+    return any(term in str(entry.get(k, "")).casefold() for k in ("name", "topic", "canonical_alias", "room_id"))
+
+
+def _public_rooms_page(
+    svc: Services, limit: int | None, since: str | None, term: str | None, room_types: list[Any] | None
+) -> dict[str, Any]:
+    """One page of the directory, largest rooms first; ``since`` is an offset token."""
+    if since is not None and not (since.isdigit() and len(since) < 10):
+        raise invalid_param("invalid 'since' token")
+    start = int(since) if since else 0
+    entries = [_room_summary(svc, room_id) for room_id in svc.store.public_rooms()]
+    entries = [e for e in entries if _matches(e, term, room_types)]
+    entries.sort(key=lambda e: (-e["num_joined_members"], e["room_id"]))
+    size = min(limit if limit else MAX_PUBLIC_ROOMS, MAX_PUBLIC_ROOMS)
+    page: dict[str, Any] = {"chunk": entries[start : start + size], "total_room_count_estimate": len(entries)}
+    if start + size < len(entries):
+        page["next_batch"] = str(start + size)
+    if start > 0:
+        page["prev_batch"] = str(max(0, start - size))
+    return page
+
+
+def _check_server(request: web.Request, svc: Services) -> None:
+    server = request.query.get("server")
+    if server is not None and server != svc.server_name:
+        raise invalid_param("this gateway lists only its own public rooms")
+
+
+async def get_public_rooms(request: web.Request) -> web.Response:
+    """GET /publicRooms (no auth) with ``limit`` and ``since``."""
+    svc = services(request)
+    _check_server(request, svc)
+    limit = query_int(request, "limit", 0, high=MAX_PUBLIC_ROOMS)
+    return ok(_public_rooms_page(svc, limit, request.query.get("since"), None, None))
+
+
+async def post_public_rooms(request: web.Request) -> web.Response:
+    """POST /publicRooms with ``limit``, ``since`` and ``filter.generic_search_term`` / ``room_types``."""
+    authenticate(request)
+    svc = services(request)
+    _check_server(request, svc)
+    body = await json_body(request, allow_empty=True)
+    limit = body.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise bad_json("'limit' must be a non-negative integer")
+    since = get_str(body, "since", required=False)
+    room_filter = body.get("filter")
+    room_filter = {} if room_filter is None else room_filter
+    if not isinstance(room_filter, dict):
+        raise bad_json("'filter' must be an object")
+    term = get_str(room_filter, "generic_search_term", required=False)
+    room_types = room_filter.get("room_types")
+    if room_types is not None and not (
+        isinstance(room_types, list) and all(t is None or isinstance(t, str) for t in room_types)
+    ):
+        raise bad_json("'room_types' must be a list of strings or nulls")
+    return ok(_public_rooms_page(svc, limit, since, term, room_types))
+
+
+async def get_room_visibility(request: web.Request) -> web.Response:
+    """GET /directory/list/room/{roomId} (no auth); 404 for an unknown room."""
+    room = services(request).store.get_room(_room_param(request))
+    if room is None:
+        raise not_found("unknown room")
+    return ok({"visibility": "public" if room["is_public"] else "private"})
+
+
+async def put_room_visibility(request: web.Request) -> web.Response:
+    """PUT /directory/list/room/{roomId} {"visibility": "public"|"private"}.
+
+    Only a joined member whose power level reaches the room's
+    ``state_default`` may publish or unpublish a room.
+    """
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id = _room_param(request)
+    svc = services(request)
+    if svc.rooms.head(room_id) is None:
+        raise not_found("unknown room")
+    body = await json_body(request)
+    visibility = get_str(body, "visibility", required=False) or "public"
+    if visibility not in ("public", "private"):
+        raise invalid_param("visibility must be 'public' or 'private'")
+    _require_joined(svc, room_id, requester.user_id)
+    levels = svc.rooms.state_event(room_id, "m.room.power_levels")
+    needed = levels.content.get("state_default", 50) if levels else 0
+    if not isinstance(needed, int) or svc.rooms.power_level(room_id, requester.user_id) < needed:
+        raise forbidden("you may not change this room's directory visibility")
+    await svc.store.set_room_public(room_id, visibility == "public")
+    return ok()
+
+
+# ----------------------------------------------------- start-up endpoints
+
+
+async def get_push_rules(request: web.Request) -> web.Response:
+    """GET /pushrules/: an empty global rule set (this gateway sends no pushes)."""
+    authenticate(request)
+    kinds = ("override", "content", "room", "sender", "underride")
+    return ok({"global": {kind: [] for kind in kinds}})
+
+
+def _device(row: tuple[Any, ...]) -> dict[str, Any]:
+    device: dict[str, Any] = {"device_id": row[0]}
+    if row[1] is not None:
+        device["display_name"] = row[1]
+    return device
+
+
+async def get_devices(request: web.Request) -> web.Response:
+    """GET /devices: the requester's devices."""
+    requester = authenticate(request)
+    rows = services(request).store.db.query(
+        "SELECT device_id, display_name FROM devices WHERE user_id = ? ORDER BY device_id", (requester.user_id,)
+    )
+    return ok({"devices": [_device(r) for r in rows]})
+
+
+async def get_device(request: web.Request) -> web.Response:
+    """GET /devices/{deviceId}; 404 for a device the requester does not have."""
+    requester = authenticate(request)
+    row = services(request).store.db.query_one(
+        "SELECT device_id, display_name FROM devices WHERE user_id = ? AND device_id = ?",
+        (requester.user_id, request.match_info["device_id"]),
+    )
+    if row is None:
+        raise not_found("no such device")
+    return ok(_device(row))
+
+
+async def get_turn_server(request: web.Request) -> web.Response:
+    """GET /voip/turnServer: no TURN server here, so an empty object."""
+    authenticate(request)
+    return ok()
+
+
+async def get_presence(request: web.Request) -> web.Response:
+    """GET /presence/{userId}/status: presence is not tracked, everyone is offline."""
+    authenticate(request)
+    _local_user(services(request), _user_param(request))
+    return ok({"presence": "offline"})
+
+
+async def put_presence(request: web.Request) -> web.Response:
+    """PUT /presence/{userId}/status: validated, then dropped (presence is not tracked)."""
+    requester = authenticate(request)
+    _own_user(request, requester, "presence")
+    body = await json_body(request)
+    presence = get_str(body, "presence")
+    if presence not in ("online", "offline", "unavailable"):
+        raise invalid_param("presence must be online, offline or unavailable")
+    get_str(body, "status_msg", required=False)
+    return ok()
+
+
+def routes() -> list[web.RouteDef]:
+    """Routes of this module."""
+    profile = CLIENT + "/profile/{user_id}"
+    field = profile + "/{field:(?:displayname|avatar_url)}"
+    user = CLIENT + "/user/{user_id}"
+    room = CLIENT + "/rooms/{room_id}"
+    return [
+        web.get(profile, get_profile),
+        web.get(field, get_profile_field),
+        web.put(field, put_profile_field),
+        web.get(user + "/account_data/{data_type}", get_account_data),
+        web.put(user + "/account_data/{data_type}", put_account_data),
+        web.get(user + "/rooms/{room_id}/account_data/{data_type}", get_account_data),
+        web.put(user + "/rooms/{room_id}/account_data/{data_type}", put_account_data),
+        web.post(room + "/receipt/{receipt_type}/{event_id}", post_receipt),
+        web.post(room + "/read_markers", post_read_markers),
+        web.put(room + "/typing/{user_id}", put_typing),
+        web.get(CLIENT + "/publicRooms", get_public_rooms),
+        web.post(CLIENT + "/publicRooms", post_public_rooms),
+        web.get(CLIENT + "/directory/list/room/{room_id}", get_room_visibility),
+        web.put(CLIENT + "/directory/list/room/{room_id}", put_room_visibility),
+        web.get(CLIENT + "/pushrules/", get_push_rules),
+        web.get(CLIENT + "/pushrules", get_push_rules),
+        web.get(CLIENT + "/devices", get_devices),
+        web.get(CLIENT + "/devices/{device_id}", get_device),
+        web.get(CLIENT + "/voip/turnServer", get_turn_server),
+        web.get(CLIENT + "/presence/{user_id}/status", get_presence),
+        web.put(CLIENT + "/presence/{user_id}/status", put_presence),
+    ]

@@ -1,0 +1,406 @@
+"""Rooms: create, membership, send, state, events, history, aliases."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from lowband.gateway.api.http.base import (
+    CLIENT,
+    Requester,
+    authenticate,
+    get_str,
+    json_body,
+    ok,
+    query_int,
+    rate_limit,
+    services,
+)
+from lowband.gateway.homeserver.sync import transaction_key
+from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
+
+MAX_ID_BYTES = 255
+
+
+def _room_id(request: web.Request) -> str:
+    room_id = request.match_info["room_id"]
+    if not room_id.startswith("!") or ":" not in room_id or len(room_id.encode()) > MAX_ID_BYTES:
+        raise MatrixError(400, "M_INVALID_PARAM", "not a room ID")
+    return room_id
+
+
+def _user_param(body: dict[str, Any]) -> str:
+    user_id = get_str(body, "user_id")
+    assert user_id is not None
+    if not user_id.startswith("@") or ":" not in user_id or len(user_id.encode()) > MAX_ID_BYTES:
+        raise MatrixError(400, "M_INVALID_PARAM", "not a user ID")
+    return user_id
+
+
+def _require_joined(request: web.Request, requester: Requester, room_id: str) -> None:
+    if services(request).store.membership(room_id, requester.user_id) != "join":
+        raise forbidden("you are not joined to this room")
+
+
+async def create_room(request: web.Request) -> web.Response:
+    """POST /createRoom."""
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    body = await json_body(request, allow_empty=True)
+    room_id = await services(request).rooms.create_room(requester.user_id, body)
+    return ok({"room_id": room_id})
+
+
+def _resolve_room(request: web.Request, target: str) -> str:
+    svc = services(request)
+    if target.startswith("#"):
+        found = svc.store.get_alias(target)
+        if found is None:
+            raise not_found(f"no room has the alias {target}")
+        return found[0]
+    if target.startswith("!"):
+        return target
+    raise MatrixError(400, "M_INVALID_PARAM", "expected a room ID or alias")
+
+
+async def join(request: web.Request) -> web.Response:
+    """POST /join/{roomIdOrAlias} and /rooms/{roomId}/join."""
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    target = request.match_info.get("room_id") or request.match_info["room_or_alias"]
+    room_id = _resolve_room(request, target)
+    body = await json_body(request, allow_empty=True)
+    svc = services(request)
+    if svc.rooms.head(room_id) is None:
+        raise not_found("this gateway does not know that room")
+    if svc.store.membership(room_id, requester.user_id) != "join":
+        await svc.rooms.set_membership(requester.user_id, room_id, requester.user_id, "join", body.get("reason"))
+    return ok({"room_id": room_id})
+
+
+async def _membership_change(request: web.Request, membership: str, on_target: bool) -> web.Response:
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id = _room_id(request)
+    body = await json_body(request, allow_empty=not on_target)
+    target = _user_param(body) if on_target else requester.user_id
+    svc = services(request)
+    if svc.rooms.head(room_id) is None:
+        raise not_found("unknown room")
+    reason = body.get("reason")
+    if membership == "unban":
+        if svc.rooms.membership_in(svc.rooms.current_state(room_id), target) != "ban":
+            raise forbidden(f"{target} is not banned")
+        membership = "leave"
+    elif membership == "kick":
+        if svc.rooms.membership_in(svc.rooms.current_state(room_id), target) not in ("join", "invite", "knock"):
+            raise forbidden(f"{target} is not in the room")
+        membership = "leave"
+    elif membership == "leave" and svc.rooms.membership_in(svc.rooms.current_state(room_id), target) in (None, "leave"):
+        return ok()
+    await svc.rooms.set_membership(requester.user_id, room_id, target, membership, reason)
+    return ok()
+
+
+async def leave(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/leave."""
+    return await _membership_change(request, "leave", on_target=False)
+
+
+async def invite(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/invite."""
+    return await _membership_change(request, "invite", on_target=True)
+
+
+async def kick(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/kick."""
+    return await _membership_change(request, "kick", on_target=True)
+
+
+async def ban(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/ban."""
+    return await _membership_change(request, "ban", on_target=True)
+
+
+async def unban(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/unban."""
+    return await _membership_change(request, "unban", on_target=True)
+
+
+async def forget(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/forget (only after leaving)."""
+    requester = authenticate(request)
+    room_id = _room_id(request)
+    svc = services(request)
+    if svc.store.membership(room_id, requester.user_id) in ("join", "invite"):
+        raise MatrixError(400, "M_UNKNOWN", "leave the room before forgetting it")
+    await svc.store.forget_room(room_id, requester.user_id)
+    return ok()
+
+
+async def joined_rooms(request: web.Request) -> web.Response:
+    """GET /joined_rooms."""
+    requester = authenticate(request)
+    rows = services(request).store.rooms_for_user(requester.user_id)
+    return ok({"joined_rooms": sorted(r[0] for r in rows if r[1] == "join")})
+
+
+async def send(request: web.Request) -> web.Response:
+    """PUT /rooms/{roomId}/send/{eventType}/{txnId} — idempotent per device and txn ID."""
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id = _room_id(request)
+    event_type = request.match_info["event_type"]
+    txn_id = request.match_info["txn_id"]
+    content = await json_body(request)
+    if event_type == "m.room.redaction":
+        raise bad_json("use the /redact endpoint to redact events")
+    sent = await services(request).rooms.send(
+        requester.user_id, room_id, event_type, content,
+        txn=(requester.user_id, requester.device_id, transaction_key(room_id, event_type, txn_id)),
+    )  # fmt: skip
+    return ok({"event_id": sent.event.event_id})
+
+
+async def redact(request: web.Request) -> web.Response:
+    """PUT /rooms/{roomId}/redact/{eventId}/{txnId}."""
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id = _room_id(request)
+    body = await json_body(request, allow_empty=True)
+    content: dict[str, Any] = {}
+    if "reason" in body:
+        content["reason"] = get_str(body, "reason")
+    sent = await services(request).rooms.send(
+        requester.user_id, room_id, "m.room.redaction", content, redacts=request.match_info["event_id"],
+        txn=(requester.user_id, requester.device_id,
+             transaction_key(room_id, "m.room.redaction", request.match_info["txn_id"])),
+    )  # fmt: skip
+    return ok({"event_id": sent.event.event_id})
+
+
+async def put_state(request: web.Request) -> web.Response:
+    """PUT /rooms/{roomId}/state/{eventType}[/{stateKey}]."""
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id = _room_id(request)
+    content = await json_body(request)
+    event_type = request.match_info["event_type"]
+    state_key = request.match_info.get("state_key", "")
+    svc = services(request)
+    if event_type == "m.room.member":
+        raise bad_json("use the membership endpoints to change membership")
+    if event_type == "m.room.canonical_alias":
+        alt = content.get("alt_aliases", [])
+        if not isinstance(alt, list):
+            raise bad_json("'alt_aliases' must be a list of aliases")
+        for alias in [content.get("alias"), *alt]:
+            if alias is None:
+                continue
+            if not isinstance(alias, str):
+                raise bad_json("aliases must be strings")
+            found = svc.store.get_alias(alias)
+            if found is None or found[0] != room_id:
+                raise MatrixError(400, "M_BAD_ALIAS", f"alias {alias[:80]!r} does not point to this room")
+    sent = await svc.rooms.send(requester.user_id, room_id, event_type, content, state_key=state_key)
+    return ok({"event_id": sent.event.event_id})
+
+
+def _visible_state(request: web.Request, requester: Requester, room_id: str) -> dict[tuple[str, str], str]:
+    svc = services(request)
+    rows = [r for r in svc.store.rooms_for_user(requester.user_id) if r[0] == room_id]
+    if not rows or rows[0][1] not in ("join", "leave", "ban"):
+        raise forbidden("you are not a member of this room")
+    if rows[0][1] == "join":
+        return svc.rooms.current_state(room_id)
+    row = svc.store.get_event(rows[0][3])  # state when the user left
+    return svc.store.state_for_group(row["state_after"]) if row else {}
+
+
+async def get_state(request: web.Request) -> web.Response:
+    """GET /rooms/{roomId}/state."""
+    requester = authenticate(request)
+    room_id = _room_id(request)
+    svc = services(request)
+    state = _visible_state(request, requester, room_id)
+    events = []
+    for event_id in state.values():
+        row = svc.store.get_event(event_id)
+        if row is not None:
+            events.append(svc.sync.client_event(row))
+    return ok(events)
+
+
+async def get_state_event(request: web.Request) -> web.Response:
+    """GET /rooms/{roomId}/state/{eventType}[/{stateKey}]."""
+    requester = authenticate(request)
+    room_id = _room_id(request)
+    svc = services(request)
+    state = _visible_state(request, requester, room_id)
+    key = (request.match_info["event_type"], request.match_info.get("state_key", ""))
+    event = svc.rooms.event(state[key]) if key in state else None
+    if event is None:
+        raise not_found("no such state event")
+    row = svc.store.get_event(event.event_id)
+    if request.query.get("format") == "event" and row is not None:
+        return ok(svc.sync.client_event(row))
+    return ok(svc.sync.client_event(row)["content"] if row else event.content)
+
+
+async def get_event(request: web.Request) -> web.Response:
+    """GET /rooms/{roomId}/event/{eventId}."""
+    requester = authenticate(request)
+    room_id = _room_id(request)
+    return ok(services(request).sync.get_event(requester.user_id, room_id, request.match_info["event_id"],
+                                               requester.device_id))  # fmt: skip
+
+
+async def messages(request: web.Request) -> web.Response:
+    """GET /rooms/{roomId}/messages."""
+    requester = authenticate(request)
+    room_id = _room_id(request)
+    raw_filter = request.query.get("filter")
+    filter_doc = None
+    if raw_filter:
+        try:
+            filter_doc = json.loads(raw_filter)
+        except ValueError:
+            raise MatrixError(400, "M_NOT_JSON", "filter is not valid JSON") from None
+        if not isinstance(filter_doc, dict):
+            raise bad_json("filter must be an object")
+    return ok(services(request).sync.messages(
+        requester.user_id, room_id, request.query.get("from"), request.query.get("to"),
+        request.query.get("dir", "b"), query_int(request, "limit", 10, low=1, high=1000), filter_doc,
+        requester.device_id,
+    ))  # fmt: skip
+
+
+async def members(request: web.Request) -> web.Response:
+    """GET /rooms/{roomId}/members (optionally filtered by membership)."""
+    requester = authenticate(request)
+    room_id = _room_id(request)
+    svc = services(request)
+    state = _visible_state(request, requester, room_id)
+    wanted = request.query.get("membership")
+    unwanted = request.query.get("not_membership")
+    chunk = []
+    for (event_type, _), event_id in sorted(state.items()):
+        if event_type != "m.room.member":
+            continue
+        row = svc.store.get_event(event_id)
+        if row is None:
+            continue
+        membership = row["event"].content.get("membership")
+        if (wanted and membership != wanted) or (unwanted and membership == unwanted):
+            continue
+        chunk.append(svc.sync.client_event(row))
+    return ok({"chunk": chunk})
+
+
+async def joined_members(request: web.Request) -> web.Response:
+    """GET /rooms/{roomId}/joined_members."""
+    requester = authenticate(request)
+    room_id = _room_id(request)
+    _require_joined(request, requester, room_id)
+    svc = services(request)
+    state = svc.rooms.current_state(room_id)
+    joined = {}
+    for user in svc.rooms.joined_members(room_id):
+        content = svc.rooms.state_content(state, "m.room.member", user) or {}
+        joined[user] = {"display_name": content.get("displayname"), "avatar_url": content.get("avatar_url")}
+    return ok({"joined": joined})
+
+
+# ------------------------------------------------------------------ aliases
+
+
+def _alias(request: web.Request) -> str:
+    alias = request.match_info["alias"]
+    if not alias.startswith("#") or ":" not in alias or len(alias.encode()) > MAX_ID_BYTES:
+        raise MatrixError(400, "M_INVALID_PARAM", "not a room alias")
+    return alias
+
+
+async def get_alias(request: web.Request) -> web.Response:
+    """GET /directory/room/{roomAlias}."""
+    found = services(request).store.get_alias(_alias(request))
+    if found is None:
+        raise not_found("no such alias")
+    return ok({"room_id": found[0], "servers": [services(request).server_name]})
+
+
+async def put_alias(request: web.Request) -> web.Response:
+    """PUT /directory/room/{roomAlias} — only on this server's domain."""
+    requester = authenticate(request)
+    alias = _alias(request)
+    svc = services(request)
+    if alias.split(":", 1)[1] != svc.server_name:
+        raise MatrixError(400, "M_INVALID_PARAM", "aliases must be on this server's domain")
+    body = await json_body(request)
+    room_id = get_str(body, "room_id")
+    assert room_id is not None
+    if svc.rooms.head(room_id) is None:
+        raise not_found("unknown room")
+    _require_joined(request, requester, room_id)
+    if not await svc.store.create_alias(alias, room_id, requester.user_id):
+        raise MatrixError(409, "M_UNKNOWN", "alias already exists")
+    return ok()
+
+
+async def delete_alias(request: web.Request) -> web.Response:
+    """DELETE /directory/room/{roomAlias} — by its creator or a room moderator."""
+    requester = authenticate(request)
+    alias = _alias(request)
+    svc = services(request)
+    found = svc.store.get_alias(alias)
+    if found is None:
+        raise not_found("no such alias")
+    room_id, creator = found
+    if creator != requester.user_id and svc.rooms.power_level(room_id, requester.user_id) < 50:
+        raise forbidden("only the alias creator or a moderator may delete it")
+    await svc.store.delete_alias(alias)
+    return ok()
+
+
+async def room_aliases(request: web.Request) -> web.Response:
+    """GET /rooms/{roomId}/aliases."""
+    requester = authenticate(request)
+    room_id = _room_id(request)
+    _require_joined(request, requester, room_id)
+    return ok({"aliases": services(request).store.aliases_for_room(room_id)})
+
+
+def routes() -> list[web.RouteDef]:
+    """Routes of this module."""
+    room = CLIENT + "/rooms/{room_id}"
+    return [
+        web.post(CLIENT + "/createRoom", create_room),
+        web.post(CLIENT + "/join/{room_or_alias}", join),
+        web.post(room + "/join", join),
+        web.post(room + "/leave", leave),
+        web.post(room + "/invite", invite),
+        web.post(room + "/kick", kick),
+        web.post(room + "/ban", ban),
+        web.post(room + "/unban", unban),
+        web.post(room + "/forget", forget),
+        web.get(CLIENT + "/joined_rooms", joined_rooms),
+        web.put(room + "/send/{event_type}/{txn_id}", send),
+        web.put(room + "/redact/{event_id}/{txn_id}", redact),
+        web.get(room + "/state", get_state),
+        web.get(room + "/state/{event_type}", get_state_event),
+        web.get(room + "/state/{event_type}/", get_state_event),
+        web.get(room + "/state/{event_type}/{state_key}", get_state_event),
+        web.put(room + "/state/{event_type}", put_state),
+        web.put(room + "/state/{event_type}/", put_state),
+        web.put(room + "/state/{event_type}/{state_key}", put_state),
+        web.get(room + "/event/{event_id}", get_event),
+        web.get(room + "/messages", messages),
+        web.get(room + "/members", members),
+        web.get(room + "/joined_members", joined_members),
+        web.get(room + "/aliases", room_aliases),
+        web.get(CLIENT + "/directory/room/{alias}", get_alias),
+        web.put(CLIENT + "/directory/room/{alias}", put_alias),
+        web.delete(CLIENT + "/directory/room/{alias}", delete_alias),
+    ]

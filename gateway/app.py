@@ -1,0 +1,147 @@
+"""Assembles a running gateway from its configuration.
+
+``open_services`` builds the store, signing key and services for a data dir;
+``serve`` runs the HTTP API until SIGTERM or SIGINT, then stops cleanly
+(stops accepting, finishes queued writes, closes the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from lowband.gateway.aio import cancel_and_wait
+from lowband.gateway.api.http.app import make_app
+from lowband.gateway.bridges.mqtt import config as mqtt_config
+from lowband.gateway.bridges.mqtt.bridge import start_mqtt
+from lowband.gateway.config import Config, ConfigError
+from lowband.gateway.devices import registry as devices_registry
+from lowband.gateway.homeserver.accounts import ReservedNamespaces
+from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.rooms import RoomService
+from lowband.gateway.homeserver.services import Services
+from lowband.gateway.homeserver.sync import SyncHandler, typing_expiry_loop
+from lowband.gateway.homeserver.typing import TypingTracker
+from lowband.gateway.link.runtime import start_links
+from lowband.gateway.matrix.signing import SigningKey
+from lowband.gateway.store.sqlite.store import SQLiteStore
+
+log = logging.getLogger("lowband")
+
+#: Components started after the HTTP API, in order: ``async start(services)``
+#: returns an ``async stop()`` (or None when the config does not enable it).
+#: Each validates its own config section and raises ConfigError.
+Component = Callable[[Services], Awaitable[Callable[[], Awaitable[None]] | None]]
+COMPONENTS: list[Component] = [start_links, start_mqtt]
+
+
+def claim_data_dir(config: Config) -> None:
+    """Create the data dir for this server name, or refuse one made for another name.
+
+    A data dir keeps the server name it was first started with (its events,
+    users and keys carry it); ConfigError otherwise.
+    """
+    marker = config.data_dir / "server_name"
+    if marker.exists():
+        recorded = marker.read_text().strip()
+        if recorded != config.server_name:
+            raise ConfigError(f"data dir {config.data_dir} belongs to server {recorded!r}, not {config.server_name!r}")
+        return
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(config.server_name + "\n")
+
+
+def open_services(config: Config) -> Services:
+    """Open (creating on first start) the data dir and build the services.
+
+    Must be called inside a running event loop (the room service uses
+    asyncio locks).
+    """
+    claim_data_dir(config)
+    config.media_dir.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.load_or_create(config.signing_key_path)
+    store = SQLiteStore(config.db_path)
+    notifier = Notifier()
+    typing = TypingTracker()
+    rooms = RoomService(store, config.server_name, key, on_new_event=lambda sent: notifier.notify())
+    sync = SyncHandler(store, rooms, typing, notifier)
+    user_limiter, ip_limiter = Services.rate_limiters(config.rate_limits)
+    namespaces = ReservedNamespaces([devices_registry.RESERVATION, *mqtt_config.reservations(config.components)])
+    return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter, namespaces=namespaces)
+
+
+async def run_gateway(
+    config: Config,
+    started: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Services], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    ``on_ready`` is called with the running services once everything listens.
+    """
+    services = open_services(config)
+    app = make_app(services)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        services.store.close()
+        raise OSError(f"cannot listen on {config.http_host}:{config.http_port}: {exc.strerror}") from None
+    expiry = asyncio.create_task(typing_expiry_loop(services.typing, services.notifier))
+    stoppers = []
+    try:
+        for component in COMPONENTS:
+            stopper = await component(services)
+            if stopper is not None:
+                stoppers.append(stopper)
+    except BaseException:
+        for stopper in reversed(stoppers):
+            await stopper()
+        expiry.cancel()
+        await runner.cleanup()
+        services.store.close()
+        raise
+    stop_event = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_event.set)
+    # What start-up built lives as long as the process: keep it out of every later garbage collection.
+    # Under load most objects die young: collecting less often promotes fewer of them (10-20 % more
+    # events/s on the MQTT bench, a few MB more garbage at most).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    log.info(
+        "lowband gateway %s listening on http://%s:%d (data in %s, registration %s)",
+        config.server_name, config.http_host, config.http_port, config.data_dir,
+        "open" if config.registration_enabled else "closed",
+    )  # fmt: skip
+    if on_ready is not None:
+        on_ready(services)
+    if started is not None:
+        started.set()
+    try:
+        await stop_event.wait()
+    finally:
+        log.info("lowband gateway stopping")
+        for stopper in reversed(stoppers):
+            try:
+                await stopper()
+            except Exception:
+                log.exception("a component failed to stop cleanly")
+        await cancel_and_wait(expiry)
+        await runner.cleanup()
+        services.store.close()
+        if stop is None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,77 @@
+"""``lowband bench NAME``: benchmarks that report numbers, not pass/fail.
+
+Each benchmark is a function returning a JSON-able dict and a readable
+table; ``--json`` prints the dict as one line, last. Benchmarks are listed
+in :data:`BENCHMARKS` explicitly, each with the options it takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from lowband.gateway.bench import firmware as bench_firmware
+from lowband.gateway.bench import homeserver as bench_homeserver
+from lowband.gateway.bench import link as bench_link
+from lowband.gateway.bench import mqtt as bench_mqtt
+from lowband.gateway.bench import wire as bench_wire
+
+Runner = Callable[..., tuple[dict[str, Any], str]]
+
+#: name → (one-line description, function, names of the options it takes).
+BENCHMARKS: dict[str, tuple[str, Runner, tuple[str, ...]]] = {
+    "wire": ("bytes per event in each encoding (HTTP+JSON, MSC3079, compact, framed)", bench_wire.run, ()),
+    "link": ("bytes on the air, handshake, goodput and reading-to-sync latency at 100 bps, LoRa airtime",
+             bench_link.run, ()),
+    "firmware": ("peak heap, .mpy size, handshake and per-reading CPU time of the device stack on the MicroPython unix port",
+                 bench_firmware.run, ("messages", "rounds")),
+    "mqtt": ("MQTT to room events/s, durable, against raw Mosquitto QoS 1 in the same run; lost and duplicated",
+             bench_mqtt.run, ("messages", "seconds")),
+    "homeserver": (
+        "sends/s, send-to-sync latency and memory, side by side with a real Synapse",
+        bench_homeserver.run,
+        ("only", "messages", "seconds", "latency_rounds"),
+    ),
+}
+
+
+def register(subparsers: Any) -> None:
+    """Add ``bench``."""
+    names = "; ".join(f"{name}: {desc}" for name, (desc, _, _) in BENCHMARKS.items())
+    bench = subparsers.add_parser(
+        "bench",
+        help="run a benchmark and print its numbers",
+        description=f"Run one benchmark. Available: {names}.",
+    )
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    bench.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    bench.add_argument("--only", choices=("lowband", "synapse"), help="homeserver: measure one server only")
+    bench.add_argument("--messages", type=int, help="homeserver, mqtt: how many messages (homeserver: per phase)")
+    bench.add_argument("--seconds", type=float, help="homeserver, mqtt: at most this long (homeserver: per phase)")
+    bench.add_argument("--latency-rounds", type=int, help="homeserver: send-to-sync samples")
+    bench.add_argument("--rounds", type=int, help="firmware: timing repetitions")
+    bench.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``bench``."""
+    _, function, accepted = BENCHMARKS[args.name]
+    options = {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
+    given = [name for name in ("only", "messages", "seconds", "latency_rounds", "rounds") if getattr(args, name) is not None]
+    unsupported = [name for name in given if name not in accepted]
+    if unsupported:
+        sys.stderr.write(f"lowband: error: bench {args.name} takes no --{unsupported[0].replace('_', '-')}\n")
+        return 2
+    try:
+        result, table = function(**options)
+    except bench_homeserver.BenchError as exc:
+        sys.stderr.write(f"lowband: bench {args.name} failed: {exc}\n")
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table)
+    return 0

@@ -1,0 +1,122 @@
+"""``lowband serve`` and ``lowband user``: run a gateway, manage its users."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from typing import Any
+
+from lowband.gateway.cli.main import UsageError
+from lowband.gateway.config import ConfigError, load_config, parse_listen
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``user``."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the gateway (Matrix homeserver on embedded SQLite)",
+        description=(
+            "Run the gateway: a Matrix client-server API on HTTP, with rooms, users and media kept in "
+            "SQLite inside --data-dir (created on first start, with the server's signing key). "
+            "Stops cleanly on SIGTERM or Ctrl-C."
+        ),
+    )
+    serve.add_argument("--config", metavar="FILE.toml", help="configuration file; flags override its values")
+    serve.add_argument("--data-dir", metavar="DIR", help="where the database, signing key and media live")
+    serve.add_argument("--server-name", metavar="NAME", help="the Matrix server name, e.g. gw.example")
+    serve.add_argument("--http", metavar="HOST:PORT", help="address of the client-server API (default 127.0.0.1:8008)")
+    serve.add_argument(
+        "--enable-registration",
+        action="store_true",
+        default=None,
+        help="let anyone register an account (closed unless this flag or the config says so)",
+    )
+    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    serve.set_defaults(handler=run_serve)
+
+    user = subparsers.add_parser(
+        "user",
+        help="manage users (works whether the gateway runs or not)",
+        description="Manage the gateway's users directly in its data dir.",
+    )
+    sub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = sub.add_parser("add", help="create a user", description="Create a user with a password.")
+    add.add_argument("name", help="user name (localpart, e.g. alice) or full user ID")
+    add.add_argument("--password", required=True, help="the user's password")
+    add.add_argument("--data-dir", required=True, metavar="DIR", help="the gateway's data dir")
+    add.add_argument("--server-name", metavar="NAME", help="server name (default: the one the data dir was started with)")
+    add.add_argument("--config", metavar="FILE.toml", help="configuration file to read the server name from")
+    add.add_argument("--admin", action="store_true", help="make the user a server admin")
+    add.set_defaults(handler=run_user_add)
+
+
+def _config_from(args: argparse.Namespace) -> Any:
+    overrides: dict[str, Any] = {"data_dir": args.data_dir, "server_name": args.server_name}
+    if getattr(args, "http", None):
+        overrides["http_host"], overrides["http_port"] = parse_listen(args.http)
+    if getattr(args, "enable_registration", None):
+        overrides["registration_enabled"] = True
+    return load_config(args.config, **overrides)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Handler of ``serve``."""
+    from lowband.gateway.app import run_gateway
+
+    try:
+        config = _config_from(args)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _check_server_name(config)
+    try:
+        asyncio.run(run_gateway(config))
+    except (OSError, ConfigError) as exc:  # ConfigError: a component (links, MQTT) refused its section at start
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def _check_server_name(config: Any) -> None:
+    from lowband.gateway.app import claim_data_dir
+    from lowband.gateway.config import ConfigError
+
+    try:
+        claim_data_dir(config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run_user_add(args: argparse.Namespace) -> int:
+    """Handler of ``user add``."""
+    from lowband.gateway.homeserver.accounts import hash_password, user_id_for
+    from lowband.gateway.store.sqlite.store import SQLiteStore, UserExists
+
+    marker = __import__("pathlib").Path(args.data_dir) / "server_name"
+    server_name = args.server_name or (marker.read_text().strip() if marker.exists() else None)
+    try:
+        config = load_config(args.config, data_dir=args.data_dir, server_name=server_name)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    _check_server_name(config)
+    name = args.name
+    if name.startswith("@"):
+        localpart, _, server = name[1:].partition(":")
+        if server != config.server_name:
+            raise UsageError(f"{name} is not a user of {config.server_name}")
+        name = localpart
+    try:
+        user_id = user_id_for(name, config.server_name)
+    except Exception as exc:  # MatrixError M_INVALID_USERNAME
+        raise UsageError(str(exc)) from None
+    store = SQLiteStore(config.db_path)
+    try:
+        store.create_user_sync(user_id, hash_password(args.password), args.admin, int(time.time() * 1000))
+    except UserExists:
+        raise UsageError(f"user {user_id} already exists") from None
+    finally:
+        store.close()
+    print(f"created {user_id}" + (" (admin)" if args.admin else ""))
+    return 0

@@ -1,0 +1,50 @@
+"""What every edge and API reaches: the homeserver's services, built once per gateway.
+
+``lowband.gateway.app`` builds a :class:`Services` from the config; the HTTP
+handlers, the device links and the bridges receive it. Edges that run as
+components hang their own runtime objects on :attr:`Services.components`
+by name, so this layer never imports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lowband.gateway.config import Config, RateLimits
+from lowband.gateway.homeserver.accounts import ReservedNamespaces
+from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.ratelimit import RateLimiter
+from lowband.gateway.homeserver.rooms import RoomService
+from lowband.gateway.homeserver.sync import SyncHandler
+from lowband.gateway.homeserver.typing import TypingTracker
+from lowband.gateway.store.sqlite.store import SQLiteStore
+
+
+@dataclass
+class Services:
+    """Everything handlers reach, built once per running gateway."""
+
+    config: Config
+    store: SQLiteStore
+    rooms: RoomService
+    sync: SyncHandler
+    typing: TypingTracker
+    notifier: Notifier
+    user_limiter: RateLimiter | None = None
+    ip_limiter: RateLimiter | None = None
+    login_sessions: dict[str, float] = field(default_factory=dict)
+    namespaces: ReservedNamespaces = field(default_factory=ReservedNamespaces)
+    components: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def rate_limiters(cls, limits: RateLimits) -> tuple[RateLimiter | None, RateLimiter | None]:
+        """The user and IP limiters the config asks for (None when disabled)."""
+        if not limits.enabled:
+            return None, None
+        return RateLimiter(limits.per_user_per_s, limits.per_user_burst), RateLimiter(limits.per_ip_per_s, limits.per_ip_burst)
+
+    @property
+    def server_name(self) -> str:
+        """This gateway's Matrix server name."""
+        return self.config.server_name

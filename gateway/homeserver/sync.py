@@ -1,0 +1,402 @@
+"""/sync and /messages: what a user may see, from which position.
+
+Positions: one stream counter orders events, account data and receipts
+(:class:`~lowband.gateway.store.sqlite.store.SQLiteStore`); typing has its
+own serial. A sync token is ``s<stream>_<typing>``, a pagination token
+``s<stream>`` ("after event N"); either parses as a pagination token.
+
+History visibility (room version 10 rules as the spec describes them): an
+event is visible to a user when the room's ``history_visibility`` at the
+event is ``world_readable``; or the user's membership at the event was
+``join``; or it was ``invite`` and visibility is ``invited``; or visibility
+is ``shared`` and the user is joined now. A user's own membership events are
+always visible to them. "At the event" means the state before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.rooms import RoomService
+from lowband.gateway.homeserver.typing import TypingTracker
+from lowband.gateway.matrix.errors import MatrixError, forbidden, invalid_param
+from lowband.gateway.matrix.events import Event, redact
+from lowband.gateway.store.sqlite.store import SQLiteStore, StateMap
+
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_LIMIT = 1000
+_STRIPPED_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.canonical_alias", "m.room.avatar",
+                   "m.room.encryption", "m.room.topic")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SyncToken:
+    """A position in the event stream plus the typing serial."""
+
+    stream: int
+    typing: int = 0
+
+    def __str__(self) -> str:
+        return f"s{self.stream}_{self.typing}"
+
+    @classmethod
+    def parse(cls, text: str) -> SyncToken:
+        """Parse ``s<stream>[_<typing>]``; M_INVALID_PARAM otherwise."""
+        body = text[1:] if text.startswith("s") else ""
+        parts = body.split("_")
+        if not body or len(parts) > 2 or not all(p.isdigit() and len(p) < 19 for p in parts):
+            raise invalid_param(f"invalid token {text[:40]!r}")
+        return cls(int(parts[0]), int(parts[1]) if len(parts) == 2 else 0)
+
+
+class EventFilter:
+    """The RoomEventFilter subset Lowband applies: types, senders, limit, rooms."""
+
+    def __init__(self, spec: dict[str, Any] | None, default_limit: int = DEFAULT_TIMELINE_LIMIT) -> None:
+        spec = spec if isinstance(spec, dict) else {}
+        self.types = _string_list(spec.get("types"))
+        self.not_types = _string_list(spec.get("not_types")) or []
+        self.senders = _string_list(spec.get("senders"))
+        self.not_senders = _string_list(spec.get("not_senders")) or []
+        self.rooms = _string_list(spec.get("rooms"))
+        self.not_rooms = _string_list(spec.get("not_rooms")) or []
+        limit = spec.get("limit", default_limit)
+        self.limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else default_limit
+        self.limit = min(self.limit, MAX_LIMIT)
+
+    def allows_room(self, room_id: str) -> bool:
+        """Whether the filter keeps events of this room."""
+        if room_id in self.not_rooms:
+            return False
+        return self.rooms is None or room_id in self.rooms
+
+    def allows(self, event: Event) -> bool:
+        """Whether the filter keeps this event."""
+        if any(fnmatch.fnmatchcase(event.type, p) for p in self.not_types):
+            return False
+        if self.types is not None and not any(fnmatch.fnmatchcase(event.type, p) for p in self.types):
+            return False
+        if event.sender in self.not_senders:
+            return False
+        return self.senders is None or event.sender in self.senders
+
+
+def transaction_key(room_id: str, event_type: str, txn_id: str) -> str:
+    """The stored idempotency key of a client send: scoped to room and event type, as clients expect."""
+    return json.dumps(["send", room_id, event_type, txn_id])
+
+
+def client_transaction_id(key: str) -> str | None:
+    """The client's own transaction ID inside a key from :func:`transaction_key`, else None."""
+    if not key.startswith('["send"'):
+        return None
+    try:
+        parts = json.loads(key)
+    except ValueError:
+        return None
+    return parts[3] if isinstance(parts, list) and len(parts) == 4 else None
+
+
+def _string_list(value: Any) -> list[str] | None:
+    if not isinstance(value, list):
+        return None
+    return [v for v in value if isinstance(v, str)]
+
+
+class SyncHandler:
+    """Answers /sync, /messages and single-event reads for a user."""
+
+    def __init__(self, store: SQLiteStore, rooms: RoomService, typing: TypingTracker, notifier: Notifier) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.typing = typing
+        self.notifier = notifier
+
+    # -------------------------------------------------------- visibility
+
+    def visible(self, user_id: str, row: dict[str, Any], joined_now: bool) -> bool:
+        """Whether ``user_id`` may see the stored event ``row``."""
+        event: Event = row["event"]
+        if event.type == "m.room.member" and event.state_key == user_id:
+            return True
+        state = self.store.state_for_group(row["state_before"])
+        visibility = (self.rooms.state_content(state, "m.room.history_visibility") or {}).get("history_visibility", "shared")
+        if visibility == "world_readable":
+            return True
+        membership = self.rooms.membership_in(state, user_id)
+        if membership == "join":
+            return True
+        if visibility == "invited" and membership == "invite":
+            return True
+        return visibility == "shared" and joined_now
+
+    def client_event(
+        self, row: dict[str, Any], *, with_room_id: bool = True, device: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The client-format event of a stored row, redacted if it was redacted.
+
+        ``device`` = (user_id, device_id) of the reader: the device that sent
+        the event gets its ``transaction_id`` back in ``unsigned``.
+        """
+        event: Event = row["event"]
+        unsigned: dict[str, Any] = {"age": max(0, self.rooms.now_ms() - event.origin_server_ts)}
+        txn = row.get("txn")
+        if txn is not None and device is not None and txn[:2] == device:
+            client_txn = client_transaction_id(txn[2])
+            if client_txn is not None:
+                unsigned["transaction_id"] = client_txn
+        if row.get("redacted_by"):
+            redaction = self.rooms.event(row["redacted_by"])
+            event = Event(event.event_id, redact(event.pdu))
+            if redaction is not None:
+                unsigned["redacted_because"] = redaction.to_client()
+        result = event.to_client(unsigned=unsigned)
+        if not with_room_id:
+            result.pop("room_id", None)
+        return result
+
+    # ---------------------------------------------------------------- sync
+
+    async def sync(
+        self, user_id: str, since: SyncToken | None, timeout_ms: int, full_state: bool, filter_doc: dict[str, Any],
+        device_id: str = "",
+    ) -> dict[str, Any]:
+        """The /sync response; long-polls up to ``timeout_ms`` when nothing is new."""
+        deadline = time.monotonic() + max(0, min(timeout_ms, 300_000)) / 1000
+        while True:
+            generation = self.notifier.generation
+            response, empty = self._sync_once(user_id, since, full_state, filter_doc, device_id)
+            remaining = deadline - time.monotonic()
+            if since is None or full_state or not empty or remaining <= 0:
+                return response
+            if not await self.notifier.wait(generation, remaining):
+                return response
+
+    def _sync_once(
+        self, user_id: str, since: SyncToken | None, full_state: bool, filter_doc: dict[str, Any], device_id: str
+    ) -> tuple[dict[str, Any], bool]:
+        device = (user_id, device_id)
+        upto = self.store.persisted
+        typing_serial = self.typing.serial
+        room_filter = filter_doc.get("room") if isinstance(filter_doc.get("room"), dict) else {}
+        timeline_filter = EventFilter(room_filter.get("timeline"))
+        state_filter = EventFilter(room_filter.get("state"), MAX_LIMIT)
+        rooms_only = EventFilter(room_filter)
+        include_leave = room_filter.get("include_leave") is True
+        join: dict[str, Any] = {}
+        invite: dict[str, Any] = {}
+        leave: dict[str, Any] = {}
+        since_stream = since.stream if since else 0
+        for room_id, membership, mstream, _ in self.store.rooms_for_user(user_id):
+            if mstream > upto or not rooms_only.allows_room(room_id):
+                continue
+            fresh = since is None or mstream > since_stream
+            if membership == "join":
+                room = self._joined_room(user_id, room_id, since, fresh, full_state, upto,
+                                         timeline_filter, state_filter, device)  # fmt: skip
+                if room is not None:
+                    join[room_id] = room
+            elif membership == "invite" and fresh:
+                invite[room_id] = {"invite_state": {"events": self._stripped_state(room_id, user_id)}}
+            elif membership in ("leave", "ban") and (fresh if since is not None else include_leave):
+                leave[room_id] = self._left_room(user_id, room_id, since_stream, mstream, timeline_filter)
+        account_data = [
+            {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, since_stream, upto) if r == ""
+        ]
+        response: dict[str, Any] = {
+            "next_batch": str(SyncToken(upto, typing_serial)),
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+            "account_data": {"events": account_data},
+            "presence": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+        }
+        empty = not (join or invite or leave or account_data)
+        return response, empty
+
+    def _joined_room(
+        self, user_id: str, room_id: str, since: SyncToken | None, initial: bool, full_state: bool, upto: int,
+        timeline_filter: EventFilter, state_filter: EventFilter, device: tuple[str, str],
+    ) -> dict[str, Any] | None:  # fmt: skip
+        after = 0 if initial or since is None else since.stream
+        rows, limited = self._visible_events(user_id, room_id, after, upto, timeline_filter, joined_now=True)
+        if initial or full_state:
+            state_at_start = self._state_at_start(room_id, rows, upto)
+            state_ids = state_at_start
+            previous: StateMap = {}
+        elif limited:
+            state_ids = self._state_at_start(room_id, rows, upto)
+            previous = self._state_at(room_id, after)
+        else:
+            state_ids, previous = {}, {}
+        state_events = []
+        for key, event_id in sorted(state_ids.items()):
+            if previous.get(key) == event_id:
+                continue
+            row = self.store.get_event(event_id)
+            if row is not None and state_filter.allows(row["event"]):
+                state_events.append(self.client_event(row, with_room_id=False))
+        ephemeral = self._ephemeral(user_id, room_id, since, initial, upto)
+        room_account_data = [
+            {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, after, upto) if r == room_id
+        ]
+        if not (initial or full_state or rows or state_events or ephemeral or room_account_data):
+            return None
+        prev_batch = f"s{rows[0]['stream'] - 1}" if rows else f"s{after}"
+        return {
+            "timeline": {
+                "events": [self.client_event(r, with_room_id=False, device=device) for r in rows],
+                "limited": limited,
+                "prev_batch": prev_batch,
+            },
+            "state": {"events": state_events},
+            "ephemeral": {"events": ephemeral},
+            "account_data": {"events": room_account_data},
+            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+            "summary": {},
+        }
+
+    def _left_room(self, user_id: str, room_id: str, after: int, leave_stream: int, timeline_filter: EventFilter) -> dict[str, Any]:
+        rows, limited = self._visible_events(user_id, room_id, after, leave_stream, timeline_filter, joined_now=False)
+        return {
+            "timeline": {"events": [self.client_event(r, with_room_id=False) for r in rows], "limited": limited,
+                         "prev_batch": f"s{rows[0]['stream'] - 1}" if rows else f"s{after}"},
+            "state": {"events": []},
+            "account_data": {"events": []},
+        }  # fmt: skip
+
+    def _visible_events(
+        self, user_id: str, room_id: str, after: int, upto: int, event_filter: EventFilter, *, joined_now: bool
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Newest ``limit`` visible events in (after, upto], oldest first, and whether more were left out."""
+        wanted = event_filter.limit
+        picked: list[dict[str, Any]] = []
+        top = upto
+        limited = False
+        while len(picked) <= wanted:
+            batch = self.store.room_events(room_id, after=after, upto=top, limit=wanted * 2 + 1, backwards=True)
+            for row in batch:
+                if event_filter.allows(row["event"]) and self.visible(user_id, row, joined_now):
+                    picked.append(row)
+            if len(batch) < wanted * 2 + 1:
+                break
+            top = batch[-1]["stream"] - 1
+        if len(picked) > wanted:
+            picked = picked[:wanted]
+            limited = True
+        picked.reverse()
+        return picked, limited
+
+    def _state_at(self, room_id: str, position: int) -> StateMap:
+        rows = self.store.room_events(room_id, after=0, upto=position, limit=1, backwards=True)
+        return self.store.state_for_group(rows[0]["state_after"]) if rows else {}
+
+    def _state_at_start(self, room_id: str, rows: list[dict[str, Any]], upto: int) -> StateMap:
+        if rows:
+            return self.store.state_for_group(rows[0]["state_before"])
+        return self._state_at(room_id, upto)
+
+    def _ephemeral(
+        self, user_id: str, room_id: str, since: SyncToken | None, initial: bool, upto: int
+    ) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if initial or since is None or self.typing.changed_since(room_id, since.typing):
+            users = self.typing.typing_users(room_id)
+            if users or not initial:
+                events.append({"type": "m.typing", "content": {"user_ids": users}})
+        receipts = self.store.receipts_since(room_id, 0 if initial or since is None else since.stream, upto)
+        content: dict[str, Any] = {}
+        if receipts:
+            for receipt_type, user, event_id, ts in receipts:
+                if receipt_type == "m.read.private" and user != user_id:
+                    continue  # private receipts are shown to their owner only
+                content.setdefault(event_id, {}).setdefault(receipt_type, {})[user] = {"ts": ts}
+        if content:
+            events.append({"type": "m.receipt", "content": content})
+        return events
+
+    def _stripped_state(self, room_id: str, user_id: str) -> list[dict[str, Any]]:
+        state = self.rooms.current_state(room_id)
+        keys = [(t, "") for t in _STRIPPED_TYPES] + [("m.room.member", user_id)]
+        out = []
+        for key in keys:
+            event = self.rooms.event(state[key]) if key in state else None
+            if event is not None:
+                out.append({"type": event.type, "state_key": event.state_key, "content": event.content,
+                            "sender": event.sender})  # fmt: skip
+        return out
+
+    # ------------------------------------------------------------ messages
+
+    def messages(
+        self, user_id: str, room_id: str, from_token: str | None, to_token: str | None, direction: str, limit: int,
+        filter_doc: dict[str, Any] | None, device_id: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        """The /messages response: a page of visible events in one direction."""
+        if direction not in ("b", "f"):
+            raise invalid_param("dir must be 'b' or 'f'")
+        membership_row = [r for r in self.store.rooms_for_user(user_id) if r[0] == room_id]
+        membership, mstream = (membership_row[0][1], membership_row[0][2]) if membership_row else (None, 0)
+        if self.rooms.head(room_id) is None:
+            raise forbidden("you are not a member of this room")
+        world = (self.rooms.state_content(self.rooms.current_state(room_id), "m.room.history_visibility") or {}).get(
+            "history_visibility") == "world_readable"  # fmt: skip
+        if membership not in ("join", "leave", "ban") and not world:
+            raise forbidden("you are not a member of this room")
+        ceiling = self.store.persisted if membership == "join" or world else mstream
+        event_filter = EventFilter(filter_doc, limit)
+        start = SyncToken.parse(from_token).stream if from_token else (ceiling if direction == "b" else 0)
+        bound = SyncToken.parse(to_token).stream if to_token else None
+        joined_now = membership == "join"
+        chunk: list[dict[str, Any]] = []
+        exhausted = False
+        position = min(start, ceiling)
+        while len(chunk) < event_filter.limit and not exhausted:
+            want = event_filter.limit - len(chunk)
+            if direction == "b":
+                lower = bound if bound is not None else 0
+                batch = self.store.room_events(room_id, after=lower, upto=position, limit=want, backwards=True)
+                if batch:
+                    position = batch[-1]["stream"] - 1
+            else:
+                upper = min(ceiling, bound) if bound is not None else ceiling
+                batch = self.store.room_events(room_id, after=position, upto=upper, limit=want, backwards=False)
+                if batch:
+                    position = batch[-1]["stream"]
+            exhausted = len(batch) < want
+            chunk += [r for r in batch if event_filter.allows(r["event"]) and self.visible(user_id, r, joined_now)]
+        response: dict[str, Any] = {
+            "start": from_token or f"s{min(start, ceiling)}",
+            "chunk": [self.client_event(r, device=(user_id, device_id)) for r in chunk],
+            "state": [],
+        }
+        if not exhausted:
+            response["end"] = f"s{position}"
+        return response
+
+    def get_event(self, user_id: str, room_id: str, event_id: str, device_id: str = "") -> dict[str, Any]:
+        """One event the user may see; M_NOT_FOUND otherwise (no hint whether it exists)."""
+        row = self.store.get_event(event_id)
+        if row is None or row["event"].room_id != room_id or row["rejected"]:
+            raise MatrixError(404, "M_NOT_FOUND", "event not found")
+        joined_now = self.store.membership(room_id, user_id) == "join"
+        if not self.visible(user_id, row, joined_now):
+            raise MatrixError(404, "M_NOT_FOUND", "event not found")
+        return self.client_event(row, device=(user_id, device_id))
+
+
+async def typing_expiry_loop(typing: TypingTracker, notifier: Notifier) -> None:
+    """Background task: expire typing notices on time and wake syncs."""
+    while True:
+        next_expiry = typing.next_expiry()
+        delay = 1.0 if next_expiry is None else max(0.05, min(1.0, next_expiry - time.time()))
+        await asyncio.sleep(delay)
+        if typing.expire():
+            notifier.notify()

@@ -1,0 +1,118 @@
+"""The SQLite schema. Every statement is idempotent, so it runs on each start."""
+
+from lowband.gateway.devices.registry import LINK_SCHEMA
+
+_CORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_ts INTEGER NOT NULL,
+    displayname TEXT,
+    avatar_url TEXT,
+    deactivated INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS access_tokens (
+    token TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(user_id),
+    device_id TEXT NOT NULL,
+    created_ts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    display_name TEXT,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS filters (
+    user_id TEXT NOT NULL,
+    filter_id INTEGER NOT NULL,
+    filter_json TEXT NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+);
+CREATE TABLE IF NOT EXISTS account_data (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,          -- '' for global account data
+    data_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id, data_type)
+);
+CREATE INDEX IF NOT EXISTS account_data_stream ON account_data(user_id, stream);
+
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id TEXT PRIMARY KEY,
+    room_version TEXT NOT NULL,
+    creator TEXT NOT NULL,
+    is_public INTEGER NOT NULL DEFAULT 0,
+    state_group INTEGER,            -- current state
+    extremities TEXT NOT NULL,      -- JSON list of forward extremity event IDs
+    depth INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state_groups (
+    id INTEGER PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    prev_group INTEGER,             -- NULL: 'delta' is the whole state
+    chain_length INTEGER NOT NULL,
+    delta TEXT NOT NULL             -- JSON [[type, state_key, event_id], ...]
+);
+CREATE TABLE IF NOT EXISTS events (
+    stream INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT,
+    sender TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    origin_server_ts INTEGER NOT NULL,
+    pdu TEXT NOT NULL,
+    state_before INTEGER,
+    state_after INTEGER,
+    rejected TEXT,                  -- reason, NULL when accepted
+    redacted_by TEXT,
+    txn_user TEXT,
+    txn_device TEXT,
+    txn_id TEXT
+);
+CREATE INDEX IF NOT EXISTS events_room_stream ON events(room_id, stream);
+CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events(txn_user, txn_device, txn_id) WHERE txn_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS memberships (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    membership TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    forgotten INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS memberships_user ON memberships(user_id, membership);
+
+CREATE TABLE IF NOT EXISTS room_aliases (
+    alias TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    creator TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    room_id TEXT NOT NULL,
+    receipt_type TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    PRIMARY KEY (room_id, receipt_type, user_id)
+);
+CREATE INDEX IF NOT EXISTS receipts_stream ON receipts(room_id, stream);
+
+CREATE TABLE IF NOT EXISTS media (
+    media_id TEXT PRIMARY KEY,
+    content_type TEXT NOT NULL,
+    filename TEXT,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_ts INTEGER NOT NULL
+);
+"""
+
+SCHEMA = _CORE_SCHEMA + LINK_SCHEMA

@@ -1,0 +1,527 @@
+"""The SQLite store: accounts, rooms, events, state, receipts, media.
+
+Writes go through the group-committing writer of :class:`Database` and are
+awaited until committed; reads are direct. Stream positions (one counter for
+events, account data and receipts) are handed out in memory, in the same
+order jobs are queued, so the position a client sees only grows.
+:attr:`SQLiteStore.persisted` is the highest position known committed; sync
+never reads past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lowband.gateway.matrix.events import Event
+from lowband.gateway.store.sqlite.database import Database
+from lowband.gateway.store.sqlite.schema import SCHEMA
+
+StateMap = dict[tuple[str, str], str]
+
+_SNAPSHOT_EVERY = 32  # a state group stores its full state after this many deltas
+_CACHE_GROUPS = 2048
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu,"
+    " state_before, state_after, rejected, txn_user, txn_device, txn_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """One event for :meth:`SQLiteStore.persist_events`, with its place in the room."""
+
+    event: Event
+    position: int
+    state_before: int | None
+    state_after: int | None
+    new_group_job: Any = None  # from new_state_group, for a state event
+    txn: tuple[str, str, str] | None = None
+    rejected: str | None = None
+
+
+class UserExists(Exception):
+    """A user ID is taken."""
+
+
+class SQLiteStore:
+    """Persistent state of one gateway in one SQLite file (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = Database(path, SCHEMA)
+        row = self.db.query_one(
+            "SELECT MAX(m) FROM (SELECT MAX(stream) AS m FROM events UNION ALL "
+            "SELECT MAX(stream) FROM account_data UNION ALL SELECT MAX(stream) FROM receipts)"
+        )
+        self._stream = (row[0] if row and row[0] is not None else 0)
+        self.persisted = self._stream
+        gid = self.db.query_one("SELECT MAX(id) FROM state_groups")
+        self._next_group = (gid[0] or 0) + 1 if gid else 1
+        self._group_cache: OrderedDict[int, StateMap] = OrderedDict()
+        self._chains: dict[int, int] = {}
+        self._tokens: dict[str, tuple[str, str]] = {}
+
+    def close(self) -> None:
+        """Flush queued writes and close."""
+        self.db.close()
+
+    # ----------------------------------------------------------- positions
+
+    def next_stream(self) -> int:
+        """Allocate the next stream position (queue its write right away)."""
+        self._stream += 1
+        return self._stream
+
+    def _mark_persisted(self, position: int) -> None:
+        if position > self.persisted:
+            self.persisted = position
+
+    async def _write_at(self, position: int, fn: Any) -> Any:
+        result = await self.db.write(fn)
+        self._mark_persisted(position)
+        return result
+
+    # ------------------------------------------------------------ accounts
+
+    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
+        """Create a user from a command-line tool; UserExists if taken."""
+        self.db.write_sync(lambda c: _insert_user(c, user_id, password_hash, admin, ts))
+
+    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
+        """Create a user; UserExists if taken."""
+        await self.db.write(lambda c: _insert_user(c, user_id, password_hash, admin, ts))
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        """The user's row as a dict, or None."""
+        row = self.db.query_one(
+            "SELECT user_id, password_hash, admin, displayname, avatar_url, deactivated FROM users WHERE user_id = ?",
+            (user_id,),
+        )
+        if row is None:
+            return None
+        keys = ("user_id", "password_hash", "admin", "displayname", "avatar_url", "deactivated")
+        return dict(zip(keys, row, strict=True))
+
+    async def add_token(self, token: str, user_id: str, device_id: str, display_name: str | None, ts: int) -> None:
+        """Store an access token and its device."""
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO access_tokens VALUES (?, ?, ?, ?)", (token, user_id, device_id, ts))
+            c.execute(
+                "INSERT INTO devices VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET display_name = "
+                "COALESCE(excluded.display_name, display_name)",
+                (user_id, device_id, display_name),
+            )
+
+        await self.db.write(fn)
+
+    def lookup_token(self, token: str) -> tuple[str, str] | None:
+        """(user_id, device_id) for a live token, else None.
+
+        Found tokens are cached: only :meth:`delete_token` ends a token, and
+        it drops the cache entry first.
+        """
+        cached = self._tokens.get(token)
+        if cached is not None:
+            return cached
+        row = self.db.query_one(
+            "SELECT t.user_id, t.device_id FROM access_tokens t JOIN users u USING (user_id) "
+            "WHERE t.token = ? AND u.deactivated = 0",
+            (token,),
+        )
+        if row is None:
+            return None
+        if len(self._tokens) > 50_000:
+            self._tokens.clear()
+        self._tokens[token] = (row[0], row[1])
+        return self._tokens[token]
+
+    async def delete_token(self, token: str) -> None:
+        """Log a token out."""
+        self._tokens.pop(token, None)
+
+        def fn(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT user_id, device_id FROM access_tokens WHERE token = ?", (token,)).fetchone()
+            c.execute("DELETE FROM access_tokens WHERE token = ?", (token,))
+            if row is not None:  # a device goes with its last token
+                c.execute(
+                    "DELETE FROM devices WHERE user_id = ? AND device_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM access_tokens WHERE user_id = ? AND device_id = ?)",
+                    (row[0], row[1], row[0], row[1]),
+                )
+
+        await self.db.write(fn)
+
+    async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
+        """Set displayname or avatar_url."""
+        if field not in ("displayname", "avatar_url"):
+            raise ValueError(field)
+        await self.db.write(lambda c: c.execute(f"UPDATE users SET {field} = ? WHERE user_id = ?", (value, user_id)))
+
+    async def add_filter(self, user_id: str, filter_json: str) -> int:
+        """Store a filter; returns its ID (per user)."""
+
+        def fn(c: sqlite3.Connection) -> int:
+            row = c.execute("SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = ?", (user_id,)).fetchone()
+            c.execute("INSERT INTO filters VALUES (?, ?, ?)", (user_id, row[0], filter_json))
+            return int(row[0])
+
+        return int(await self.db.write(fn))
+
+    def get_filter(self, user_id: str, filter_id: int) -> dict[str, Any] | None:
+        """A stored filter, or None."""
+        if not 0 <= filter_id < 1 << 63:
+            return None
+        row = self.db.query_one("SELECT filter_json FROM filters WHERE user_id = ? AND filter_id = ?", (user_id, filter_id))
+        return json.loads(row[0]) if row else None
+
+    async def set_account_data(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> int:
+        """Store account data (room_id '' for global); returns its stream position."""
+        position = self.next_stream()
+        text = json.dumps(content)
+        await self._write_at(
+            position,
+            lambda c: c.execute(
+                "INSERT INTO account_data VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "content = excluded.content, stream = excluded.stream",
+                (user_id, room_id, data_type, text, position),
+            ),
+        )
+        return position
+
+    def get_account_data(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
+        """One account data entry, or None."""
+        row = self.db.query_one(
+            "SELECT content FROM account_data WHERE user_id = ? AND room_id = ? AND data_type = ?",
+            (user_id, room_id, data_type),
+        )
+        return json.loads(row[0]) if row else None
+
+    def account_data_since(self, user_id: str, since: int, upto: int) -> list[tuple[str, str, dict[str, Any]]]:
+        """(room_id, type, content) changed in (since, upto]."""
+        rows = self.db.query(
+            "SELECT room_id, data_type, content FROM account_data WHERE user_id = ? AND stream > ? AND stream <= ?",
+            (user_id, since, upto),
+        )
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    # --------------------------------------------------------------- rooms
+
+    def get_room(self, room_id: str) -> dict[str, Any] | None:
+        """The room's row (version, state group, extremities, depth), or None."""
+        row = self.db.query_one(
+            "SELECT room_id, room_version, creator, is_public, state_group, extremities, depth FROM rooms WHERE room_id = ?",
+            (room_id,),
+        )
+        if row is None:
+            return None
+        return {
+            "room_id": row[0], "room_version": row[1], "creator": row[2], "is_public": bool(row[3]),
+            "state_group": row[4], "extremities": json.loads(row[5]), "depth": row[6],
+        }  # fmt: skip
+
+    def public_rooms(self) -> list[str]:
+        """IDs of rooms published in the directory."""
+        return [r[0] for r in self.db.query("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY room_id")]
+
+    async def set_room_public(self, room_id: str, public: bool) -> None:
+        """Publish or unpublish a room in the directory."""
+        await self.db.write(lambda c: c.execute("UPDATE rooms SET is_public = ? WHERE room_id = ?", (int(public), room_id)))
+
+    def new_state_group(self, room_id: str, prev_group: int | None, delta: StateMap) -> tuple[int, Any]:
+        """Allocate a state group; returns its ID and the write job to queue with the event.
+
+        The caller already knows the full state (it computed the delta), so
+        the cache is filled here and reads never wait for the write.
+        """
+        group = self._next_group
+        self._next_group += 1
+        chain = 0
+        if prev_group is not None:
+            row_chain = self._chain_length(prev_group)
+            chain = row_chain + 1
+        full = dict(self.state_for_group(prev_group)) if prev_group is not None else {}
+        full.update(delta)
+        if chain >= _SNAPSHOT_EVERY:
+            prev_group, chain, stored = None, 0, full
+        else:
+            stored = delta
+        self._cache_group(group, full)
+        self._chains[group] = chain
+        text = json.dumps([[t, k, e] for (t, k), e in sorted(stored.items())])
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO state_groups VALUES (?, ?, ?, ?, ?)", (group, room_id, prev_group, chain, text))
+
+        return group, job
+
+    def _chain_length(self, group: int) -> int:
+        if group in self._chains:
+            return self._chains[group]
+        row = self.db.query_one("SELECT chain_length FROM state_groups WHERE id = ?", (group,))
+        return int(row[0]) if row else 0
+
+    def _cache_group(self, group: int, state: StateMap) -> None:
+        self._group_cache[group] = state
+        self._group_cache.move_to_end(group)
+        while len(self._group_cache) > _CACHE_GROUPS:
+            self._group_cache.popitem(last=False)
+
+    def state_for_group(self, group: int | None) -> StateMap:
+        """The full state map of a state group ((type, state_key) → event ID)."""
+        if group is None:
+            return {}
+        cached = self._group_cache.get(group)
+        if cached is not None:
+            self._group_cache.move_to_end(group)
+            return cached
+        chain: list[list[list[str]]] = []
+        current: int | None = group
+        while current is not None:
+            if current in self._group_cache:
+                base = dict(self._group_cache[current])
+                break
+            row = self.db.query_one("SELECT prev_group, delta FROM state_groups WHERE id = ?", (current,))
+            if row is None:
+                raise KeyError(f"state group {current} is missing")
+            chain.append(json.loads(row[1]))
+            current = row[0]
+        else:
+            base = {}
+        for delta in reversed(chain):
+            for t, k, e in delta:
+                base[(t, k)] = e
+        self._cache_group(group, base)
+        return base
+
+    def persist_events(self, writes: list[EventWrite], room_row: dict[str, Any] | None) -> Awaitable[None]:
+        """Queue events (in order) with their state groups and the room row; await the result.
+
+        One writer job for the whole list: the events commit together or
+        not at all. The write is queued before this returns (so events
+        commit in the order they were created); the returned awaitable
+        completes when it is committed.
+
+        ``room_row`` (extremities, depth, current state group after the last
+        event) is written in the same transaction, so a restart resumes
+        exactly where the last acknowledged event left the room. Raises
+        sqlite3.IntegrityError for a duplicate transaction ID (see
+        :meth:`events_for_txns`).
+        """
+        def row(w: EventWrite) -> tuple[Any, ...]:
+            event = w.event
+            txn_user, txn_device, txn_id = w.txn if w.txn else (None, None, None)
+            if event.sign is not None:  # signed here, in the writer thread, in parallel with the event loop
+                pdu_text = event.sign().decode()
+            elif event.canonical is not None:  # built here: its canonical JSON is at hand
+                pdu_text = event.canonical.decode()
+            else:
+                pdu_text = json.dumps(event.pdu, ensure_ascii=False, separators=(",", ":"))
+            return (w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
+                    event.depth, event.origin_server_ts, pdu_text, w.state_before, w.state_after, w.rejected,
+                    txn_user, txn_device, txn_id)  # fmt: skip
+
+        room_args = None
+        if room_row is not None and writes:
+            room_args = (writes[-1].event.room_id, room_row["room_version"], room_row["creator"],
+                         room_row["state_group"], json.dumps(room_row["extremities"]), room_row["depth"])  # fmt: skip
+
+        def fn(c: sqlite3.Connection) -> None:
+            plain: list[tuple[Any, ...]] = []  # rows with nothing else to write, inserted in one call
+            for w in writes:
+                event = w.event
+                member = w.rejected is None and event.type == "m.room.member" and event.state_key is not None
+                redaction = w.rejected is None and event.redacts is not None
+                if w.new_group_job is None and not member and not redaction:
+                    plain.append(row(w))
+                    continue
+                if plain:
+                    c.executemany(_INSERT_EVENT, plain)
+                    plain = []
+                if w.new_group_job is not None:
+                    w.new_group_job(c)
+                c.execute(_INSERT_EVENT, row(w))
+                if member:
+                    c.execute(
+                        "INSERT INTO memberships VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT DO UPDATE SET membership ="
+                        " excluded.membership, event_id = excluded.event_id, stream = excluded.stream, forgotten = 0",
+                        (event.room_id, event.state_key, event.content.get("membership", ""), event.event_id,
+                         w.position),
+                    )  # fmt: skip
+                if redaction:
+                    c.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
+                              (event.event_id, event.redacts, event.room_id))  # fmt: skip
+            if plain:
+                c.executemany(_INSERT_EVENT, plain)
+            if room_args is not None:
+                c.execute(
+                    "INSERT INTO rooms (room_id, room_version, creator, state_group, extremities, depth)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET state_group = excluded.state_group,"
+                    " extremities = excluded.extremities, depth = excluded.depth",
+                    room_args,
+                )  # fmt: skip
+
+        future = self.db.submit(fn)
+        last = max((w.position for w in writes), default=0)
+
+        async def committed() -> None:
+            await asyncio.wrap_future(future)
+            self._mark_persisted(last)
+
+        return committed()
+
+    def events_for_txns(self, txns: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+        """Event IDs already sent with any of these transaction IDs (missing ones are absent)."""
+        found: dict[tuple[str, str, str], str] = {}
+        by_device: dict[tuple[str, str], list[str]] = {}
+        for user, device, txn_id in txns:
+            by_device.setdefault((user, device), []).append(txn_id)
+        for (user, device), ids in by_device.items():
+            for start in range(0, len(ids), 500):  # well under SQLite's bound-parameter limit
+                chunk = ids[start:start + 500]
+                rows = self.db.query(
+                    "SELECT txn_id, event_id FROM events WHERE txn_user = ? AND txn_device = ? AND txn_id IN"
+                    f" ({','.join('?' * len(chunk))})",
+                    (user, device, *chunk),
+                )  # fmt: skip
+                for txn_id, event_id in rows:
+                    found[(user, device, txn_id)] = event_id
+        return found
+
+    def get_event(self, event_id: str) -> dict[str, Any] | None:
+        """An event row: event, stream, state groups, rejected reason, redacted_by."""
+        row = self.db.query_one(
+            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device, txn_id"
+            " FROM events WHERE event_id = ?",
+            (event_id,),
+        )
+        return _event_row(row) if row else None
+
+    def room_events(
+        self, room_id: str, *, after: int, upto: int, limit: int, backwards: bool
+    ) -> list[dict[str, Any]]:
+        """Accepted events of a room with after < stream <= upto, oldest or newest first."""
+        order = "DESC" if backwards else "ASC"
+        rows = self.db.query(
+            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device, txn_id"
+            f" FROM events WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL ORDER BY stream {order} LIMIT ?",
+            (room_id, after, upto, limit),
+        )
+        return [_event_row(r) for r in rows]
+
+    def rooms_for_user(self, user_id: str) -> list[tuple[str, str, int, str]]:
+        """(room_id, membership, stream of that membership, event_id) for every room the user was in."""
+        rows = self.db.query(
+            "SELECT room_id, membership, stream, event_id FROM memberships WHERE user_id = ? AND forgotten = 0",
+            (user_id,),
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def membership(self, room_id: str, user_id: str) -> str | None:
+        """The user's current membership in the room, or None."""
+        row = self.db.query_one("SELECT membership FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+        return row[0] if row else None
+
+    async def forget_room(self, room_id: str, user_id: str) -> None:
+        """Hide a room the user has left from their sync."""
+        await self.db.write(
+            lambda c: c.execute("UPDATE memberships SET forgotten = 1 WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+        )
+
+    # ------------------------------------------------------------- aliases
+
+    async def create_alias(self, alias: str, room_id: str, creator: str) -> bool:
+        """Map an alias to a room; False if the alias exists."""
+
+        def fn(c: sqlite3.Connection) -> bool:
+            try:
+                c.execute("INSERT INTO room_aliases VALUES (?, ?, ?)", (alias, room_id, creator))
+            except sqlite3.IntegrityError:
+                return False
+            return True
+
+        return bool(await self.db.write(fn))
+
+    def get_alias(self, alias: str) -> tuple[str, str] | None:
+        """(room_id, creator) of an alias, or None."""
+        row = self.db.query_one("SELECT room_id, creator FROM room_aliases WHERE alias = ?", (alias,))
+        return (row[0], row[1]) if row else None
+
+    async def delete_alias(self, alias: str) -> None:
+        """Remove an alias."""
+        await self.db.write(lambda c: c.execute("DELETE FROM room_aliases WHERE alias = ?", (alias,)))
+
+    def aliases_for_room(self, room_id: str) -> list[str]:
+        """Local aliases pointing at a room."""
+        return [r[0] for r in self.db.query("SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias", (room_id,))]
+
+    # ------------------------------------------------------------ receipts
+
+    async def set_receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int) -> int:
+        """Store a read receipt; returns its stream position."""
+        position = self.next_stream()
+        await self._write_at(
+            position,
+            lambda c: c.execute(
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET event_id = excluded.event_id,"
+                " ts = excluded.ts, stream = excluded.stream",
+                (room_id, receipt_type, user_id, event_id, ts, position),
+            ),
+        )
+        return position
+
+    def receipts_since(self, room_id: str, since: int, upto: int) -> list[tuple[str, str, str, int]]:
+        """(receipt_type, user_id, event_id, ts) stored in (since, upto]."""
+        rows = self.db.query(
+            "SELECT receipt_type, user_id, event_id, ts FROM receipts WHERE room_id = ? AND stream > ? AND stream <= ?",
+            (room_id, since, upto),
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # --------------------------------------------------------------- media
+
+    async def add_media(self, media_id: str, content_type: str, filename: str | None, size: int, sha256: str,
+                        user_id: str, ts: int) -> None:  # fmt: skip
+        """Record an uploaded file (the bytes are already on disk)."""
+        await self.db.write(
+            lambda c: c.execute("INSERT INTO media VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (media_id, content_type, filename, size, sha256, user_id, ts))  # fmt: skip
+        )
+
+    def get_media(self, media_id: str) -> dict[str, Any] | None:
+        """Metadata of an uploaded file, or None."""
+        row = self.db.query_one("SELECT content_type, filename, size, sha256 FROM media WHERE media_id = ?", (media_id,))
+        if row is None:
+            return None
+        return {"content_type": row[0], "filename": row[1], "size": row[2], "sha256": row[3]}
+
+
+def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
+    try:
+        c.execute(
+            "INSERT INTO users (user_id, password_hash, admin, created_ts) VALUES (?, ?, ?, ?)",
+            (user_id, password_hash, int(admin), ts),
+        )
+    except sqlite3.IntegrityError:
+        raise UserExists(user_id) from None
+
+
+def _event_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "event": Event(event_id=row[0], pdu=json.loads(row[1])),
+        "stream": row[2],
+        "state_before": row[3],
+        "state_after": row[4],
+        "rejected": row[5],
+        "redacted_by": row[6],
+        "txn": (row[7], row[8], row[9]) if row[9] is not None else None,
+    }

@@ -1,0 +1,320 @@
+"""The real firmware on the MicroPython unix port, in a 64 KB heap, over an emulated serial line.
+
+The device process is ``micropython -X heapsize=64k firmware/main_unix.py
+CONFIG PORT`` with the packages precompiled by mpy-cross
+(:mod:`lowband.sim.firmware`); its port is one end of a
+:class:`~lowband.sim.pty_link.PtyLink`. At the other end:
+
+* a :class:`~lowband.sim.gateway_peer.GatewayPeer` (the gateway's link
+  core alone) for quick checks of the blocking and asyncio loops;
+* a whole gateway in the test's loop with matrix-nio clients in a room:
+  readings appear in the room, a command typed in the room reaches the
+  device, which acts and answers — over 100 bps with loss and bit errors;
+  and the device survives a gateway restart, a cut line, its own restart
+  (no counter reused: checked on every frame it sent) and forged commands.
+
+The device prints one trace line per event (lbnode/unix_main.py), which
+the tests read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nio
+import pytest
+
+from harness import gateway_in_loop, nio_client, provision_kitchen
+from lowband.codecs.link_frame import SerialFramer, serial_encode
+from lowband.sim.firmware import MICROPYTHON, MPY_CROSS, build_mpy, device_command, device_env
+from lowband.sim.gateway_peer import GatewayPeer, new_device_config
+from lowband.sim.pty_link import PtyLink
+
+pytestmark = [
+    pytest.mark.micropython,
+    pytest.mark.skipif(not (MICROPYTHON.exists() and MPY_CROSS.exists()), reason="needs micropython and mpy-cross"),
+]
+
+DEVICE = "@dev.kitchen:localhost"
+TX = re.compile(r"^tx (\d) (\S+) (-?\d+) ([01]) ([0-9a-f]+)$")
+
+
+@pytest.fixture(scope="module")
+def mpy_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lib = tmp_path_factory.mktemp("mpy")
+    build_mpy(lib)
+    return lib
+
+
+class DeviceProcess:
+    """The firmware as an asyncio subprocess; its trace lines collected as they come."""
+
+    def __init__(self, lib: Path, config: Path, port: str, *options: str) -> None:
+        self.args = device_command(config, port, *options)
+        self.env = device_env(lib)
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> DeviceProcess:
+        self.proc = await asyncio.create_subprocess_exec(*self.args, env=self.env, stdout=asyncio.subprocess.PIPE,
+                                                         stderr=asyncio.subprocess.STDOUT)  # fmt: skip
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc and self.proc.stdout
+        while line := await self.proc.stdout.readline():
+            self.lines.append(line.decode(errors="replace").rstrip())
+
+    async def wait_line(self, predicate: Callable[[str], bool], timeout: float, start: int = 0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[start:]:
+                if predicate(line):
+                    return line
+            if self.proc and self.proc.returncode is not None and self._reader and self._reader.done():
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"device: no matching line within {timeout} s; last lines: {self.lines[-15:]}")
+
+    async def kill(self) -> None:
+        """SIGKILL: the power is cut, nothing is flushed."""
+        if self.proc and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+            await self.proc.wait()
+        if self._reader:
+            await asyncio.wait_for(self._reader, 5)
+
+    def count(self, prefix: str) -> int:
+        return sum(line.startswith(prefix) for line in self.lines)
+
+    def frames(self) -> list[tuple[int, str, int, bytes]]:
+        """(epoch, session id, counter, frame) of every frame it sent."""
+        out = []
+        for line in self.lines:
+            if m := TX.match(line):
+                out.append((int(m[1]), m[2], int(m[3]), bytes.fromhex(m[5])))
+        return out
+
+
+def assert_no_counter_reuse(frames: list[tuple[int, str, int, bytes]]) -> None:
+    """Under one session key, one counter names one frame (repeats are the same bytes)."""
+    seen: dict[tuple[str, int], bytes] = {}
+    for _, sid, counter, frame in frames:
+        if counter < 0:
+            continue
+        assert seen.setdefault((sid, counter), frame) == frame, f"counter {counter} reused under session {sid}"
+
+
+# ------------------------------------------------------------- with the link core alone
+
+
+def _config(tmp_path: Path, bps: int) -> tuple[Path, dict[str, Any], bytes]:
+    path = tmp_path / "kitchen.json"
+    config, gw_private = new_device_config(path, "kitchen", address=7, room_id="!sensors:localhost",
+                                           link=f"serial:/dev/ttyLINK?bps={bps}")  # fmt: skip
+    return path, config, gw_private
+
+
+@pytest.mark.parametrize("mode", ["blocking", "asyncio"])
+def test_device_in_64k_heap_publishes_and_obeys(tmp_path: Path, mpy_lib: Path, mode: str) -> None:
+    path, config, gw_private = _config(tmp_path, 9600)
+    extra = ["--asyncio"] if mode == "asyncio" else []
+    with PtyLink(bps=9600, seed=2) as link, GatewayPeer(config, link.path_a, gw_private) as gateway:
+        proc = subprocess.Popen(device_command(path, link.path_b, "--interval", "1.5", "--readings", "4", *extra),
+                                env=device_env(mpy_lib), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert gateway.wait(lambda g: len(g.readings()) >= 1, 30), "first reading"
+            gateway.command("led on")
+            gateway.command("report")
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, out
+    assert "led 1" in out.splitlines()
+    assert gateway.texts() == ["ok: led on", "ok: report"]
+    temperatures = [values[0][1] for values in gateway.readings()]
+    assert temperatures == list(range(215, 215 + len(temperatures))) and len(temperatures) == 5  # 4 + report
+    assert out.splitlines()[-1] == "done readings=5 dropped=0 refused=0"
+
+
+# ------------------------------------------------------------- with a gateway and matrix-nio
+
+
+async def _bodies(client: nio.AsyncClient, room_id: str) -> list[tuple[str, str]]:
+    history = await client.room_messages(room_id, start="", limit=500, direction=nio.MessageDirection.back)
+    assert isinstance(history, nio.RoomMessagesResponse), history
+    return [(e.source["sender"], e.source["content"].get("body", "")) for e in reversed(history.chunk)
+            if e.source.get("type") == "m.room.message"]  # fmt: skip
+
+
+async def _wait_body(client: nio.AsyncClient, room_id: str, predicate: Callable[[str, str], bool],
+                     timeout: float) -> None:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(predicate(s, b) for s, b in await _bodies(client, room_id)):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"not in the room within {timeout} s: {(await _bodies(client, room_id))[-10:]}")
+
+
+def _temperature(body: str) -> int | None:
+    m = re.match(r"temperature (\d+)\.(\d) Cel", body)
+    return int(m[1]) * 10 + int(m[2]) if m else None
+
+
+LINES = [
+    # (bps, interval s, frame loss, bit error rate, seed): the seeds make the line lose a frame and flip bits
+    pytest.param(2400, 3, 0.10, 1e-3, 3, id="2400bps"),
+    pytest.param(100, 20, 0.03, 5e-4, 9, id="100bps", marks=pytest.mark.slow),  # about 90 s
+]
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize(("bps", "interval", "loss", "bit_errors", "seed"), LINES)
+def test_readings_and_a_command_over_a_lossy_line(tmp_path: Path, mpy_lib: Path, bps: int, interval: int,
+                                                  loss: float, bit_errors: float, seed: int) -> None:  # fmt: skip
+    """Issue 5's acceptance: the room sees the readings, a command typed there is obeyed and answered."""
+    slow = 100 / bps  # time scale of the line
+
+    async def scenario() -> tuple[list[tuple[str, str]], DeviceProcess]:
+        async with gateway_in_loop(tmp_path) as base:
+            alice = await nio_client(base, "alice")
+            try:
+                created = await alice.room_create(alias="sensors", name="Sensors", preset=nio.RoomPreset.public_chat)
+                assert isinstance(created, nio.RoomCreateResponse), created
+                room_id = created.room_id
+                config = provision_kitchen(tmp_path / "data", link.path_a, bps)
+                await asyncio.sleep(3)  # the gateway opens the port within 2 s of `device add`
+                device = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", str(interval)).start()
+                try:
+                    await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 21.5 Cel"),
+                                     30 + 90 * slow)  # fmt: skip
+                    sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "!kitchen led on"})
+                    assert isinstance(sent, nio.RoomSendResponse), sent
+                    await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b == "ok: led on", 30 + 150 * slow)
+                    await device.wait_line(lambda line: line == "led 1", 5)
+                finally:
+                    await device.kill()
+                return await _bodies(alice, room_id), device
+            finally:
+                await alice.close()
+
+    with PtyLink(bps=bps, frame_loss=loss, bit_error_rate=bit_errors, seed=seed) as link:
+        bodies, device = asyncio.run(asyncio.wait_for(scenario(), 360))
+        counters = link.counters()
+    assert sum(c.frames_lost for c in counters.values()) > 0, "the line lost a frame"
+    assert sum(c.bits_flipped for c in counters.values()) > 0, "the line flipped bits"
+    readings = [_temperature(b) for s, b in bodies if s == DEVICE and _temperature(b) is not None]
+    assert readings and len(readings) == len(set(readings)), "every reading at most once"
+    assert [b for s, b in bodies if s == DEVICE and b.startswith("ok:")] == ["ok: led on"]
+    assert device.lines[1].startswith("reading 1 21.5 ")
+    assert_no_counter_reuse(device.frames())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_device_survives_gateway_restart_cut_line_own_restart_and_forgeries(tmp_path: Path, mpy_lib: Path) -> None:
+    bps = 2400
+    state = tmp_path / "lbnode.state"
+    tap: list[bytes] = []  # what the gateway wrote to the line
+
+    async def scenario() -> dict[str, Any]:
+        config = None
+        result: dict[str, Any] = {}
+        # ---- 1. a first reading
+        async with gateway_in_loop(tmp_path) as base:
+            alice = await nio_client(base, "alice")
+            created = await alice.room_create(alias="sensors", preset=nio.RoomPreset.public_chat)
+            room_id = created.room_id
+            config = provision_kitchen(tmp_path / "data", link.path_a, bps)
+            await asyncio.sleep(3)
+            device = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", "3", "--state", str(state)).start()
+            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 21.5"), 30)
+            await alice.close()
+        # ---- 2. the gateway is down for a while, then back with its database
+        down_at = len(device.lines)
+        await asyncio.sleep(5)
+        async with gateway_in_loop(tmp_path) as base:
+            alice = await nio_client(base, "alice", register=False)
+            await alice.join(room_id)
+            mark = len(device.lines)
+            await device.wait_line(lambda line: line.startswith("acked"), 30, mark)
+            assert device.count("session") == 1, "the session outlived the gateway's restart"
+            assert device.count("tx") > 0 and any(line.startswith("tx") for line in device.lines[down_at:])
+            # ---- 3. a command, and the line is cut long enough for a new handshake, then restored
+            await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "!kitchen led on"})
+            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b == "ok: led on", 30)
+            mark = len(device.lines)
+            await device.wait_line(lambda line: line.startswith("acked"), 10, mark)
+            with link._lock:
+                link.model.frame_loss = 1.0
+            await asyncio.sleep(25)  # 6 tries at 0.65 s doubling to 8x is about 20 s
+            with link._lock:
+                link.model.frame_loss = 0.0
+            await device.wait_line(lambda line: line == "session 2", 30, mark)
+            last = max(int(line.split()[1]) for line in device.lines if line.startswith("reading"))
+            await _wait_body(alice, room_id, lambda s, b: _temperature(b) == 215 + last - 1, 30)
+            # ---- 4. forgeries: a frame with a forged tag, a replayed command, an unprivileged user
+            bob = await nio_client(base, "bob")
+            await bob.join(room_id)
+            commands_before = device.count("command")
+            framer = SerialFramer()
+            downlinks = [f for f in framer.feed(b"".join(tap)) if f[0] >> 5 == 2 and len(f) > 12]
+            with open(link.path_a, "wb", buffering=0) as line:
+                address = json.loads(config.read_text())["address"]
+                epoch = int([line for line in device.lines if line.startswith("session")][-1].split()[1])
+                forged = bytes([0x50 | epoch, address, 9, 0]) + b"\x12\x00\x67led off" + bytes(8)  # a command, a made-up tag
+                line.write(serial_encode(forged))
+                for frame in downlinks:
+                    line.write(serial_encode(frame))  # replays of everything the gateway sent
+            await device.wait_line(lambda line: line == "refused bad tag", 15, mark)
+            await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "!kitchen led off"})
+            await _wait_body(alice, room_id, lambda s, b: "may not command" in b, 15)
+            await asyncio.sleep(8)  # two more readings: a queued command would have arrived
+            assert device.count("command") == commands_before, "no forged or replayed command was obeyed"
+            assert device.count("led") == 1
+            await bob.close()
+            # ---- 5. the device loses power and restarts from its state file
+            first_frames = device.frames()
+            await device.kill()
+            device2 = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", "3", "--state", str(state),
+                                          "--first", "100").start()  # fmt: skip
+            await device2.wait_line(lambda line: line.startswith("start") and "resumed=1" in line, 10)
+            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 31.6"), 30)
+            await device2.kill()
+            result["frames"] = (first_frames, device2.frames())
+            result["bodies"] = await _bodies(alice, room_id)
+            result["device"] = device
+            await alice.close()
+        return result
+
+    with PtyLink(bps=bps, seed=9) as link:
+        write = link.model.write
+
+        def tapped(side: str, data: bytes, now: float) -> None:
+            if side == "A":
+                tap.append(bytes(data))
+            write(side, data, now)
+
+        link.model.write = tapped  # type: ignore[method-assign]
+        result = asyncio.run(asyncio.wait_for(scenario(), 400))
+    before, after = result["frames"]
+    assert_no_counter_reuse(before + after)
+    assert not any(counter < 0 for _, _, counter, _ in after), "the restarted device resumed without a handshake"
+    sid = after[0][1]
+    assert min(c for _, s, c, _ in after if s == sid) > max(c for _, s, c, _ in before if s == sid)
+    readings = [_temperature(b) for s, b in result["bodies"] if s == DEVICE and _temperature(b) is not None]
+    assert len(readings) == len(set(readings)), "no reading twice"
+    assert [b for s, b in result["bodies"] if s == DEVICE and b.startswith("ok:")] == ["ok: led on"]
