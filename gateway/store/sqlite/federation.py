@@ -1,8 +1,17 @@
-"""Federation's tables in the SQLite file: other servers' keys.
+"""Federation's tables in the SQLite file: other servers' keys, the outbound log, destinations.
 
-Kept apart from the room tables: a server's keys are cached per key ID with
-the document they came in (a notary serves that document again) and how
-long the key may verify signatures.
+* ``server_keys``: a server's keys, cached per key ID with the document they
+  came in (a notary serves that document again) and how long the key may
+  verify signatures;
+* ``federation_log``: the stream position of every event this server must
+  send out (its own, and joins/leaves/knocks it accepted as the resident
+  server), written in the same transaction as the event — the durable
+  backlog every destination reads with its own cursor;
+* ``federation_destinations``: per peer, the cursor in that log, the
+  transaction in flight (its ID, kept across retries and restarts, and the
+  log position it covers) and the retry bookkeeping;
+* ``federation_received_txns``: transactions already handled per origin, so
+  a retried transaction is answered without being processed twice.
 """
 
 from __future__ import annotations
@@ -25,6 +34,33 @@ CREATE TABLE IF NOT EXISTS server_keys (
     PRIMARY KEY (server_name, key_id)
 ) WITHOUT ROWID
 """,
+    """
+CREATE TABLE IF NOT EXISTS federation_log (
+    stream INTEGER PRIMARY KEY,       -- the event's stream position
+    event_id TEXT NOT NULL,
+    room_id TEXT NOT NULL
+)
+""",
+    """
+CREATE TABLE IF NOT EXISTS federation_destinations (
+    destination TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL,          -- everything in federation_log up to here was delivered
+    txn_seq INTEGER NOT NULL,         -- the last transaction number used
+    txn_upto INTEGER,                 -- the log position the transaction in flight covers, NULL when none
+    failures INTEGER NOT NULL DEFAULT 0,
+    last_ok_ts INTEGER
+) WITHOUT ROWID
+""",
+    """
+CREATE TABLE IF NOT EXISTS federation_received_txns (
+    origin TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    response TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (origin, txn_id)
+) WITHOUT ROWID
+""",
+    "CREATE INDEX IF NOT EXISTS federation_received_txns_ts ON federation_received_txns(ts)",
 ]
 
 
@@ -62,3 +98,70 @@ class FederationTables:
             (server_name,),
         )
         return [(r[0], bytes(r[1]), int(r[2]), int(r[3]), json.loads(r[4])) for r in rows]
+
+    # ------------------------------------------------------------- outbound
+
+    def log_after(self, cursor: int, upto: int, limit: int) -> list[tuple[int, str, str]]:
+        """(stream, event_id, room_id) of logged events with cursor < stream <= upto, oldest first."""
+        rows = self.db.query(
+            "SELECT stream, event_id, room_id FROM federation_log WHERE stream > ? AND stream <= ?"
+            " ORDER BY stream LIMIT ?",
+            (cursor, upto, limit),
+        )
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    @staticmethod
+    def log_job(stream: int, event_id: str, room_id: str) -> Any:
+        """The write that logs one event for sending, to run in the event's own transaction."""
+        return lambda c: c.execute("INSERT OR IGNORE INTO federation_log VALUES (?, ?, ?)", (stream, event_id, room_id))
+
+    def log_head(self) -> int:
+        """The last logged stream position (0 when the log is empty)."""
+        row = self.db.query_one("SELECT MAX(stream) FROM federation_log")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def destinations(self) -> list[tuple[str, int, int, int | None]]:
+        """Every known destination: (name, cursor, txn_seq, txn_upto)."""
+        rows = self.db.query("SELECT destination, cursor, txn_seq, txn_upto FROM federation_destinations")
+        return [(str(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows]
+
+    async def add_destination(self, destination: str, cursor: int) -> None:
+        """Start delivering to ``destination`` from log position ``cursor`` on (no change if known)."""
+        await self.db.write(lambda c: c.execute(
+            "INSERT INTO federation_destinations (destination, cursor, txn_seq) VALUES (?, ?, 0)"
+            " ON CONFLICT DO NOTHING", (destination, cursor)))  # fmt: skip
+
+    async def begin_transaction(self, destination: str, txn_seq: int, upto: int) -> None:
+        """Record the transaction about to be sent (its number and the log position it covers)."""
+        await self.db.write(lambda c: c.execute(
+            "UPDATE federation_destinations SET txn_seq = ?, txn_upto = ? WHERE destination = ?",
+            (txn_seq, upto, destination)))  # fmt: skip
+
+    async def end_transaction(self, destination: str, cursor: int, ts: int) -> None:
+        """The transaction was accepted: the cursor moves to ``cursor``, nothing is in flight."""
+        await self.db.write(lambda c: c.execute(
+            "UPDATE federation_destinations SET cursor = ?, txn_upto = NULL, failures = 0, last_ok_ts = ?"
+            " WHERE destination = ?", (cursor, ts, destination)))  # fmt: skip
+
+    async def count_failure(self, destination: str) -> None:
+        """One more failed attempt (kept for the status page and the logs)."""
+        await self.db.write(lambda c: c.execute(
+            "UPDATE federation_destinations SET failures = failures + 1 WHERE destination = ?", (destination,)))
+
+    # ------------------------------------------------------------- inbound
+
+    def received_txn(self, origin: str, txn_id: str) -> dict[str, Any] | None:
+        """The answer already given to transaction ``txn_id`` of ``origin``, or None."""
+        row = self.db.query_one("SELECT response FROM federation_received_txns WHERE origin = ? AND txn_id = ?",
+                                (origin, txn_id))  # fmt: skip
+        return json.loads(row[0]) if row else None
+
+    async def remember_txn(self, origin: str, txn_id: str, response: dict[str, Any], ts: int) -> None:
+        """Keep the answer to a handled transaction (a day's worth is kept; older ones are dropped)."""
+        text = json.dumps(response, separators=(",", ":"))
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO federation_received_txns VALUES (?, ?, ?, ?)", (origin, txn_id, text, ts))
+            c.execute("DELETE FROM federation_received_txns WHERE ts < ?", (ts - 24 * 3600 * 1000,))
+
+        await self.db.write(fn)
