@@ -102,8 +102,8 @@ _STRINGY_LEVEL = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 def _as_level(version: RoomVersion, value: Any) -> Any:
-    """``value`` as the integer a version's rules read it as, else ``value`` unchanged."""
-    if not version.integer_power_levels and isinstance(value, str) and _STRINGY_LEVEL.fullmatch(value):
+    """``value`` as the integer a version 1-9 room reads it as, else ``value`` unchanged."""
+    if isinstance(value, str) and _STRINGY_LEVEL.fullmatch(value):
         return int(value)
     if not version.strict_canonical_json and isinstance(value, float) and math.isfinite(value):
         return int(value)  # floaty power levels (versions 1-5) truncate
@@ -113,7 +113,7 @@ def _as_level(version: RoomVersion, value: Any) -> Any:
 def _levels_as_ints(version: RoomVersion, content: Mapping[str, Any]) -> Mapping[str, Any]:
     """Power levels content whose ``users`` values and ``users_default`` are integers where the version allows."""
     if version.integer_power_levels:
-        return content
+        return content  # accepted power levels hold integers only (v10+)
     out = dict(content)
     if "users_default" in out:
         out["users_default"] = _as_level(version, out["users_default"])
