@@ -223,11 +223,8 @@ class FederationClient:
 
 async def lookup_srv(name: str) -> list[tuple[str, int]]:
     """SRV records of ``name`` as (target, port), by priority then weight; [] when none or no DNS."""
-    try:
-        import dns.asyncresolver  # dnspython: imported only when a name needs SRV
-        import dns.exception
-    except ImportError:
-        return []
+    import dns.asyncresolver  # dnspython: imported only when a name needs SRV
+    import dns.exception
     try:
         answer = await dns.asyncresolver.resolve(name, "SRV", lifetime=5.0)
     except dns.exception.DNSException:

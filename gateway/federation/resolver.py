@@ -164,7 +164,7 @@ class Resolver:
         if cached is not None and cached[0] > now:
             return parse_server_name(cached[1]) if cached[1] else None
         delegated: str | None = None
-        lifetime = _WELL_KNOWN_FAILED_S
+        lifetime: float = _WELL_KNOWN_FAILED_S
         try:
             status, body, cache_control = await self._fetch(host)
             if status == 200:

@@ -49,11 +49,19 @@ class RoomDag(Protocol):
         """Keep events (with their rejection reason, or None) outside the timeline."""
 
     async def store_remote(self, room_id: str, event: Event, state_before: StateMap, rejected: str | None,
-                           soft_failed: bool) -> None:  # fmt: skip
+                           soft_failed: bool, relay: bool = False) -> None:  # fmt: skip
         """Place a received event in the DAG after its prev events, with the state before it.
 
         A rejected event changes no state and is no forward extremity; a
         soft-failed one is stored and may enter state later through
         resolution, but is no forward extremity and is not shown to clients.
-        Committed when this returns.
+        ``relay``: this server sends it on to the room's other servers (a
+        join, leave or knock it accepted as the resident server). Committed
+        when this returns.
         """
+
+    async def create_remote_room(self, room_id: str, version: RoomVersion, creator: str) -> None:
+        """Start holding a room another server made (before its join's state is stored)."""
+
+    def auth_chain(self, event_ids: list[str]) -> list[Event]:
+        """Every event in the auth chains of ``event_ids`` (not including them), known to this server."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from lowband.gateway.store.sqlite.database import Database
@@ -70,8 +71,11 @@ class FederationTables:
     def __init__(self, db: Database) -> None:
         self.db = db
         # one statement per execute: executescript would commit the writer's open transaction
-        for statement in FEDERATION_SCHEMA:
-            self.db.write_sync(lambda c, s=statement: c.execute(s))
+        def create(c: sqlite3.Connection) -> None:
+            for statement in FEDERATION_SCHEMA:
+                c.execute(statement)
+
+        self.db.write_sync(create)
 
     async def save_server_keys(self, server_name: str, fetched_ts: int, document: dict[str, Any],
                                keys: list[tuple[str, bytes, int]]) -> None:  # fmt: skip
@@ -111,9 +115,13 @@ class FederationTables:
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     @staticmethod
-    def log_job(stream: int, event_id: str, room_id: str) -> Any:
+    def log_job(stream: int, event_id: str, room_id: str) -> Callable[[sqlite3.Connection], None]:
         """The write that logs one event for sending, to run in the event's own transaction."""
-        return lambda c: c.execute("INSERT OR IGNORE INTO federation_log VALUES (?, ?, ?)", (stream, event_id, room_id))
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR IGNORE INTO federation_log VALUES (?, ?, ?)", (stream, event_id, room_id))
+
+        return job
 
     def log_head(self) -> int:
         """The last logged stream position (0 when the log is empty)."""
