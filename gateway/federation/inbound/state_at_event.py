@@ -6,6 +6,7 @@ from lowband.gateway.federation.inbound.dag import RoomDag, StateMap
 from lowband.gateway.federation.inbound.errors import PduDropped
 from lowband.gateway.federation.inbound.parse_incoming_pdu import Incoming
 from lowband.gateway.matrix.events import Event
+from lowband.gateway.matrix.state_res import StateResolutionError, resolve_state
 
 
 def state_before(incoming: Incoming, dag: RoomDag, gaps: dict[str, StateMap]) -> StateMap:
@@ -26,10 +27,15 @@ def state_before(incoming: Incoming, dag: RoomDag, gaps: dict[str, StateMap]) ->
         return {}  # the create event
     if len(states) == 1 or all(s == states[0] for s in states[1:]):
         return dict(states[0])
-    from lowband.gateway.matrix.state_res import resolve_state
-
     def get_event(event_id: str) -> Event | None:
         known = dag.known(event_id)
-        return known.event if known is not None and known.rejected is None else None
+        return known.event if known is not None else None
 
-    return dict(resolve_state(incoming.version, states, get_event))
+    def is_rejected(event_id: str) -> bool:
+        known = dag.known(event_id)
+        return known is not None and known.rejected is not None
+
+    try:
+        return dict(resolve_state(incoming.version, states, get_event, is_rejected=is_rejected))
+    except StateResolutionError as exc:
+        raise PduDropped(f"the state before it cannot be resolved: {exc}") from None
