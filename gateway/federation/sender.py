@@ -12,7 +12,7 @@ Rules:
   position it covers are written before it is sent; a retry, also after a
   restart or ``kill -9``, sends the same transaction ID with the same PDUs;
 * when the peer accepts it (200, whatever it thinks of each PDU) the cursor
-  moves; on a failure the destination backs off (``homeserver.delivery``:
+  moves; on a failure the destination backs off (``homeserver.retry_schedule``:
   1 s doubling to a minute) and any request from that peer wakes it at once;
 * EDUs (typing, receipts) are kept in memory only, a bounded number per
   destination (oldest dropped first): they describe the present, and a peer
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lowband.gateway.federation.client import FederationClient, FederationError, path_segment
-from lowband.gateway.homeserver.delivery import DeliverySchedule
+from lowband.gateway.homeserver.retry_schedule import DeliverySchedule
 from lowband.gateway.store.sqlite.federation import FederationTables
 
 __all__ = ["FederationSender", "MAX_EDUS", "MAX_PDUS"]

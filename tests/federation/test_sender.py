@@ -6,7 +6,7 @@ import asyncio
 
 from lowband.gateway.federation.client import PeerUnreachable
 from lowband.gateway.federation.sender import FederationSender
-from lowband.gateway.homeserver.delivery import DeliverySchedule
+from lowband.gateway.homeserver.retry_schedule import DeliverySchedule
 from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.federation import FederationTables
 
