@@ -33,7 +33,7 @@ from lowband.gateway.matrix.auth_rules import AuthError
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
 from lowband.gateway.matrix.events import ROOM_VERSION, Event, EventFormatError, build_event
 from lowband.gateway.matrix.signing import SigningKey
-from lowband.gateway.store.sqlite.store import EventWrite, SQLiteStore, StateMap
+from lowband.gateway.store.interfaces import EventWrite, RoomHeadRow, StateMap, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class RoomService:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         server_name: str,
         signing_key: SigningKey,
         on_new_event: Callable[[Sent], None] | None = None,
@@ -255,7 +255,7 @@ class RoomService:
                 todo = [i for i in todo if requests[i].txn not in done]
                 for txn, event_id in done.items():
                     results[first[txn]] = self._sent_by_id(event_id)
-        mine = [requests[i].txn for i in todo if requests[i].txn is not None]
+        mine = [txn for i in todo if (txn := requests[i].txn) is not None]
         for index in todo:
             txn = requests[index].txn
             if txn is not None:
@@ -419,20 +419,21 @@ class RoomService:
     def _advance(self, head: RoomHead, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
         """Move the room's head onto ``event`` and return its write (queued by the caller, in order)."""
         state_before = head.state_group
-        state_after, group_job = state_before, None
+        state_after, new_group = state_before, None
         if event.is_state:
-            state_after, group_job = self.store.new_state_group(
+            new_group = self.store.new_state_group(
                 head.room_id, state_before, {(event.type, event.state_key or ""): event.event_id}
             )
+            state_after = new_group.group
         position = self.store.next_stream()
         head.extremities = [event.event_id]
         head.depth = event.depth
         head.state_group = state_after
         self._remember(event)
-        return EventWrite(event, position, state_before, state_after, group_job, txn)
+        return EventWrite(event, position, state_before, state_after, new_group, txn)
 
     @staticmethod
-    def _room_row(head: RoomHead) -> dict[str, Any]:
+    def _room_row(head: RoomHead) -> RoomHeadRow:
         return {
             "room_version": ROOM_VERSION, "creator": head.creator, "state_group": head.state_group,
             "extremities": head.extremities, "depth": head.depth,
@@ -564,7 +565,12 @@ class RoomService:
         row = self.store.get_user(user_id)
         if row is None:
             return {}
-        return {k: row[k] for k in ("displayname", "avatar_url") if row.get(k)}
+        profile: dict[str, str] = {}
+        if row["displayname"]:
+            profile["displayname"] = row["displayname"]
+        if row["avatar_url"]:
+            profile["avatar_url"] = row["avatar_url"]
+        return profile
 
     # ----------------------------------------------------------- membership
 
