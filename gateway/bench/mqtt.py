@@ -17,7 +17,7 @@ one paho publisher and 60-byte payloads at QoS 1:
 
 Progress goes to stderr. A broker or gateway that will not start, or a
 phase that does not finish within ``seconds``, ends the run with
-:class:`~lowband.gateway.bench.homeserver.BenchError`.
+:class:`~lowband.gateway.bench.processes.BenchError`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lowband.gateway.bench.homeserver import BenchError, lowband_argv
+from lowband.gateway.bench.processes import BenchError, lowband_argv
 from lowband.gateway.bridges.mqtt.discovery import ONLINE
 from lowband.gateway.store.sqlite.readonly import ReadOnlyEvents
 from lowband.sim.mosquitto import MosquittoError, PrivateMosquitto, free_port
