@@ -22,6 +22,8 @@ class BridgeTables:
 
     def __init__(self, store: MqttBridgeStore) -> None:
         self.store = store
+        # The rest needs no translation: the store's own methods, bound once (their contracts are in
+        # MqttBridgeStore), so callers keep one object for all of the bridge's tables.
         self.purge_inflight = store.purge_inflight
         self.drop_inflight = store.drop_inflight
         self.cursor = store.cursor
