@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from lowband.gateway.bridges.mqtt import config as mqtt_config
 from lowband.gateway.bridges.mqtt.bridge import start_mqtt
 from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
+from lowband.gateway.federation.component import start_federation
 from lowband.gateway.homeserver.accounts import ReservedNamespaces
 from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.rooms import RoomService
@@ -40,7 +42,7 @@ log = logging.getLogger("lowband")
 #: returns an ``async stop()`` (or None when the config does not enable it).
 #: Each validates its own config section and raises ConfigError.
 Component = Callable[[Services], Awaitable[Callable[[], Awaitable[None]] | None]]
-COMPONENTS: list[Component] = [start_links, start_mqtt]
+COMPONENTS: list[Component] = [start_federation, start_links, start_mqtt]
 
 
 def claim_data_dir(config: Config) -> None:
@@ -66,6 +68,18 @@ def open_store(db_path: Path) -> Store:
     write users and devices, never rooms (see ``store/sqlite/devices.py``).
     """
     return SQLiteStore(db_path)
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server-side TLS context for ``--tls-cert``/``--tls-key`` (None: plain HTTP); ConfigError if unusable."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use TLS certificate {config.tls_cert} with key {config.tls_key}: {exc}") from None
+    return context
 
 
 def open_services(config: Config) -> Services:
@@ -101,7 +115,13 @@ async def run_gateway(
     app = make_app(services)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True)
+    try:
+        tls = tls_context(config)
+    except ConfigError:
+        await runner.cleanup()
+        services.store.close()
+        raise
+    site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -134,8 +154,8 @@ async def run_gateway(
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     log.info(
-        "lowband gateway %s listening on http://%s:%d (data in %s, registration %s)",
-        config.server_name, config.http_host, config.http_port, config.data_dir,
+        "lowband gateway %s listening on %s://%s:%d (data in %s, registration %s)",
+        config.server_name, "https" if tls else "http", config.http_host, config.http_port, config.data_dir,
         "open" if config.registration_enabled else "closed",
     )  # fmt: skip
     if on_ready is not None:

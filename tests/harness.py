@@ -83,7 +83,7 @@ class GatewayProcess:
 
     def _ready_lines(self) -> int:
         try:
-            return self.log_path.read_text(errors="replace").count(" listening on http://")
+            return self.log_path.read_text(errors="replace").count(" listening on http")
         except FileNotFoundError:
             return 0
 

@@ -153,7 +153,12 @@ def measure_raw_one_process(port: int, count: int, timeout: float) -> float:
     done = threading.Event()
     ended: list[float] = []
     subscriber = _client("bench-raw-sub-1", port)
-    subscriber.on_message = _counter(count, lambda client: (ended.append(time.perf_counter()), done.set()))
+
+    def finished(client: mqtt.Client) -> None:
+        ended.append(time.perf_counter())
+        done.set()
+
+    subscriber.on_message = _counter(count, finished)
     subscriber.subscribe(TOPIC, qos=1)
     subscriber.loop_start()
     time.sleep(0.3)

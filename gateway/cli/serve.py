@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from lowband.gateway.cli.main import UsageError
-from lowband.gateway.config import ConfigError, load_config, parse_listen
+from lowband.gateway.config import ConfigError, load_config, parse_listen, parse_peer
 
 
 def register(subparsers: Any) -> None:
@@ -33,6 +33,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         default=None,
         help="let anyone register an account (closed unless this flag or the config says so)",
+    )
+    serve.add_argument("--tls-cert", metavar="FILE.pem", help="certificate chain: the listener speaks HTTPS (client and federation APIs)")
+    serve.add_argument("--tls-key", metavar="FILE.pem", help="private key of --tls-cert")
+    serve.add_argument(
+        "--peer",
+        action="append",
+        metavar="NAME=HOST:PORT",
+        help="reach the server NAME at HOST:PORT without DNS (repeatable; adds to [federation] peers)",
     )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(handler=run_serve)
@@ -59,6 +67,15 @@ def _config_from(args: argparse.Namespace) -> Any:
         overrides["http_host"], overrides["http_port"] = parse_listen(args.http)
     if getattr(args, "enable_registration", None):
         overrides["registration_enabled"] = True
+    overrides["tls_cert"] = getattr(args, "tls_cert", None)
+    overrides["tls_key"] = getattr(args, "tls_key", None)
+    peers: dict[str, str] = {}
+    for item in getattr(args, "peer", None) or []:
+        name, sep, address = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--peer {item!r} must be NAME=HOST:PORT")
+        peers.update([parse_peer(name, address, "--peer")])
+    overrides["peers"] = peers or None
     return load_config(args.config, **overrides)
 
 

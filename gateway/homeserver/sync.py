@@ -185,7 +185,8 @@ class SyncHandler:
         device = (user_id, device_id)
         upto = self.store.persisted
         typing_serial = self.typing.serial
-        room_filter = filter_doc.get("room") if isinstance(filter_doc.get("room"), dict) else {}
+        room_doc = filter_doc.get("room")
+        room_filter: dict[str, Any] = room_doc if isinstance(room_doc, dict) else {}
         timeline_filter = EventFilter(room_filter.get("timeline"))
         state_filter = EventFilter(room_filter.get("state"), MAX_LIMIT)
         rooms_only = EventFilter(room_filter)

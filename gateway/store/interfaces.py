@@ -513,6 +513,58 @@ class MqttBridgeStore(Protocol):
         ...
 
 
+class FederationStore(Protocol):
+    """Federation's tables: other servers' keys, the outbound log and its destinations, received transactions."""
+
+    async def save_server_keys(self, server_name: str, fetched_ts: int, document: dict[str, Any],
+                               keys: list[tuple[str, bytes, int]]) -> None:  # fmt: skip
+        """Remember ``keys`` ((key_id, key, valid_until_ts)) of a server from ``document``; committed on return.
+
+        A key already known keeps the later of the two validities.
+        """
+        ...
+
+    def server_keys(self, server_name: str) -> list[tuple[str, bytes, int, int, dict[str, Any]]]:
+        """Every cached key of ``server_name``: (key_id, key, valid_until_ts, fetched_ts, document)."""
+        ...
+
+    def log_after(self, cursor: int, upto: int, limit: int) -> list[tuple[int, str, str]]:
+        """(stream, event_id, room_id) of logged events with cursor < stream ≤ upto, oldest first."""
+        ...
+
+    def log_head(self) -> int:
+        """The last logged stream position (0 when the log is empty)."""
+        ...
+
+    def destinations(self) -> list[tuple[str, int, int, int | None]]:
+        """Every known destination: (name, cursor, txn_seq, txn_upto)."""
+        ...
+
+    async def add_destination(self, destination: str, cursor: int) -> None:
+        """Start delivering to ``destination`` from log position ``cursor`` on (no change if known); committed."""
+        ...
+
+    async def begin_transaction(self, destination: str, txn_seq: int, upto: int) -> None:
+        """Record the transaction about to be sent (its number and the log position it covers); committed."""
+        ...
+
+    async def end_transaction(self, destination: str, cursor: int, ts: int) -> None:
+        """The transaction was accepted: the cursor moves to ``cursor``, nothing is in flight; committed."""
+        ...
+
+    async def count_failure(self, destination: str) -> None:
+        """One more failed attempt to reach ``destination``."""
+        ...
+
+    def received_txn(self, origin: str, txn_id: str) -> dict[str, Any] | None:
+        """The answer already given to transaction ``txn_id`` of ``origin``, or None."""
+        ...
+
+    async def remember_txn(self, origin: str, txn_id: str, response: dict[str, Any], ts: int) -> None:
+        """Keep the answer to a handled transaction (a day's worth is kept); committed on return."""
+        ...
+
+
 class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     """Everything one gateway keeps: what :class:`~lowband.gateway.homeserver.services.Services` holds.
 
@@ -528,6 +580,11 @@ class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     @property
     def mqtt(self) -> MqttBridgeStore:
         """The MQTT bridge's tables."""
+        ...
+
+    @property
+    def federation(self) -> FederationStore:
+        """Federation's tables."""
         ...
 
     def close(self) -> None:

@@ -1,5 +1,8 @@
 """The SQLite schema of every area, in one place. Every statement is idempotent, so it runs on each start.
 
+One exception for now: federation's tables are created by ``federation.py``
+itself (its tests open a bare database with that module alone).
+
 The homeserver's tables come first, then those of the edges (device
 registry, MQTT bridge). All live in the gateway's one file behind one
 writer, so an edge's row and the room event queued after it commit in that

@@ -6,7 +6,7 @@ events, account data and receipts) are handed out in memory, in the same
 order jobs are queued, so the position a client sees only grows.
 :attr:`SQLiteStore.persisted` is the highest position known committed; sync
 never reads past it. State groups are kept by :mod:`.state_groups`; the
-tables of the edges by :mod:`.devices` and :mod:`.mqtt`, in the same file.
+tables of the edges by :mod:`.devices`, :mod:`.mqtt` and :mod:`.federation`, in the same file.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from lowband.gateway.store.interfaces import (
 )
 from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.devices import SQLiteLinkDevices
+from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
 from lowband.gateway.store.sqlite.schema import SCHEMA
 from lowband.gateway.store.sqlite.state_groups import StateGroups
@@ -60,6 +61,7 @@ class SQLiteStore:
         self._tokens: dict[str, tuple[str, str]] = {}
         self.link_devices = SQLiteLinkDevices(self.db)
         self.mqtt = SQLiteMqttTables(self.db)
+        self.federation = FederationTables(self.db)  # creates its own tables (store/sqlite/federation.py)
 
     def close(self) -> None:
         """Flush queued writes and close."""
