@@ -1,5 +1,6 @@
 """Assembles a running gateway from its configuration.
 
+``open_store`` is the one place that names the concrete store (SQLite);
 ``open_services`` builds the store, signing key and services for a data dir;
 ``serve`` runs the HTTP API until SIGTERM or SIGINT, then stops cleanly
 (stops accepting, finishes queued writes, closes the database).
@@ -13,6 +14,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -31,6 +33,7 @@ from lowband.gateway.homeserver.sync import SyncHandler, typing_expiry_loop
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.link.runtime import start_links
 from lowband.gateway.matrix.signing import SigningKey
+from lowband.gateway.store.interfaces import Store
 from lowband.gateway.store.sqlite.store import SQLiteStore
 
 log = logging.getLogger("lowband")
@@ -58,6 +61,15 @@ def claim_data_dir(config: Config) -> None:
     marker.write_text(config.server_name + "\n")
 
 
+def open_store(db_path: Path) -> Store:
+    """The gateway's store at ``db_path``, created on first use; close it with ``close()``.
+
+    Command-line tools open it too, whether the gateway runs or not: they
+    write users and devices, never rooms (see ``store/sqlite/devices.py``).
+    """
+    return SQLiteStore(db_path)
+
+
 def tls_context(config: Config) -> ssl.SSLContext | None:
     """The server-side TLS context for ``--tls-cert``/``--tls-key`` (None: plain HTTP); ConfigError if unusable."""
     if config.tls_cert is None or config.tls_key is None:
@@ -79,7 +91,7 @@ def open_services(config: Config) -> Services:
     claim_data_dir(config)
     config.media_dir.mkdir(parents=True, exist_ok=True)
     key = SigningKey.load_or_create(config.signing_key_path)
-    store = SQLiteStore(config.db_path)
+    store = open_store(config.db_path)
     notifier = Notifier()
     typing = TypingTracker()
     rooms = RoomService(store, config.server_name, key, on_new_event=lambda sent: notifier.notify())

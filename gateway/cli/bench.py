@@ -18,6 +18,7 @@ from lowband.gateway.bench import homeserver as bench_homeserver
 from lowband.gateway.bench import link as bench_link
 from lowband.gateway.bench import mqtt as bench_mqtt
 from lowband.gateway.bench import wire as bench_wire
+from lowband.gateway.bench.processes import BenchError
 
 Runner = Callable[..., tuple[dict[str, Any], str]]
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result, table = function(**options)
-    except bench_homeserver.BenchError as exc:
+    except BenchError as exc:
         sys.stderr.write(f"lowband: bench {args.name} failed: {exc}\n")
         return 1
     if args.json:

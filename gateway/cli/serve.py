@@ -108,8 +108,9 @@ def _check_server_name(config: Any) -> None:
 
 def run_user_add(args: argparse.Namespace) -> int:
     """Handler of ``user add``."""
+    from lowband.gateway.app import open_store
     from lowband.gateway.homeserver.accounts import hash_password, user_id_for
-    from lowband.gateway.store.sqlite.store import SQLiteStore, UserExists
+    from lowband.gateway.store.interfaces import UserExists
 
     marker = __import__("pathlib").Path(args.data_dir) / "server_name"
     server_name = args.server_name or (marker.read_text().strip() if marker.exists() else None)
@@ -128,7 +129,7 @@ def run_user_add(args: argparse.Namespace) -> int:
         user_id = user_id_for(name, config.server_name)
     except Exception as exc:  # MatrixError M_INVALID_USERNAME
         raise UsageError(str(exc)) from None
-    store = SQLiteStore(config.db_path)
+    store = open_store(config.db_path)
     try:
         store.create_user_sync(user_id, hash_password(args.password), args.admin, int(time.time() * 1000))
     except UserExists:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from lowband.gateway.federation.client import FederationClient
 from lowband.gateway.federation.keyring import KeyRing
 from lowband.gateway.homeserver.services import Services
-from lowband.gateway.store.sqlite.federation import FederationTables
+from lowband.gateway.store.interfaces import FederationStore
 
 __all__ = ["Federation", "start_federation"]
 
@@ -29,7 +29,7 @@ class Federation:
 
     client: FederationClient
     keyring: KeyRing
-    tables: FederationTables
+    tables: FederationStore
 
     async def stop(self) -> None:
         """Close outbound connections."""
@@ -50,7 +50,7 @@ async def start_federation(services: Services) -> Callable[[], Awaitable[None]] 
         return None
     key = services.rooms.signing_key
     client = FederationClient(config.server_name, key, config.federation)
-    tables = FederationTables(services.store.db)
+    tables = services.store.federation
     keyring = KeyRing(config.server_name, key, client, tables, config.federation.trusted_key_servers)
     federation = Federation(client, keyring, tables)
     services.components[NAME] = federation

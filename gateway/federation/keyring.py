@@ -27,7 +27,7 @@ from typing import Any
 from lowband.gateway.federation.client import FederationClient, FederationError, path_segment
 from lowband.gateway.matrix.server_keys import KeyResponseError, ServerKeys, key_document, parse_key_document
 from lowband.gateway.matrix.signing import SignatureError, SigningKey, sign_json, verify_json
-from lowband.gateway.store.sqlite.federation import FederationTables
+from lowband.gateway.store.interfaces import FederationStore
 
 __all__ = ["KeyRing"]
 
@@ -42,7 +42,7 @@ class KeyRing:
     """Verify keys of every server we hear from, and our own key document."""
 
     def __init__(self, server_name: str, signing_key: SigningKey, client: FederationClient,
-                 tables: FederationTables, trusted_key_servers: tuple[str, ...] = (),
+                 tables: FederationStore, trusted_key_servers: tuple[str, ...] = (),
                  clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.server_name = server_name
         self.signing_key = signing_key

@@ -31,7 +31,7 @@ from typing import Any
 
 from lowband.gateway.federation.client import FederationClient, FederationError, path_segment
 from lowband.gateway.homeserver.retry_schedule import DeliverySchedule
-from lowband.gateway.store.sqlite.federation import FederationTables
+from lowband.gateway.store.interfaces import FederationStore
 
 __all__ = ["FederationSender", "MAX_EDUS", "MAX_PDUS"]
 
@@ -61,7 +61,7 @@ class _Destination:
 class FederationSender:
     """Drains ``federation_log`` to every destination, and carries EDUs."""
 
-    def __init__(self, server_name: str, txn_prefix: str, client: FederationClient, tables: FederationTables,
+    def __init__(self, server_name: str, txn_prefix: str, client: FederationClient, tables: FederationStore,
                  servers_of: ServersOf, pdu_of: PduOf, clock: Callable[[], float] = time.monotonic,
                  schedule: DeliverySchedule | None = None) -> None:  # fmt: skip
         self.server_name = server_name

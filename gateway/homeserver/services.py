@@ -18,7 +18,7 @@ from lowband.gateway.homeserver.ratelimit import RateLimiter
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.sync import SyncHandler
 from lowband.gateway.homeserver.typing import TypingTracker
-from lowband.gateway.store.sqlite.store import SQLiteStore
+from lowband.gateway.store.interfaces import Store
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Services:
     """Everything handlers reach, built once per running gateway."""
 
     config: Config
-    store: SQLiteStore
+    store: Store
     rooms: RoomService
     sync: SyncHandler
     typing: TypingTracker

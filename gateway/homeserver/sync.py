@@ -1,7 +1,7 @@
 """/sync and /messages: what a user may see, from which position.
 
 Positions: one stream counter orders events, account data and receipts
-(:class:`~lowband.gateway.store.sqlite.store.SQLiteStore`); typing has its
+(see :mod:`lowband.gateway.store.interfaces`); typing has its
 own serial. A sync token is ``s<stream>_<typing>``, a pagination token
 ``s<stream>`` ("after event N"); either parses as a pagination token.
 
@@ -27,7 +27,7 @@ from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.matrix.errors import MatrixError, forbidden, invalid_param
 from lowband.gateway.matrix.events import Event, redact
-from lowband.gateway.store.sqlite.store import SQLiteStore, StateMap
+from lowband.gateway.store.interfaces import EventRow, StateMap, Store
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_LIMIT = 1000
@@ -112,7 +112,7 @@ def _string_list(value: Any) -> list[str] | None:
 class SyncHandler:
     """Answers /sync, /messages and single-event reads for a user."""
 
-    def __init__(self, store: SQLiteStore, rooms: RoomService, typing: TypingTracker, notifier: Notifier) -> None:
+    def __init__(self, store: Store, rooms: RoomService, typing: TypingTracker, notifier: Notifier) -> None:
         self.store = store
         self.rooms = rooms
         self.typing = typing
@@ -120,7 +120,7 @@ class SyncHandler:
 
     # -------------------------------------------------------- visibility
 
-    def visible(self, user_id: str, row: dict[str, Any], joined_now: bool) -> bool:
+    def visible(self, user_id: str, row: EventRow, joined_now: bool) -> bool:
         """Whether ``user_id`` may see the stored event ``row``."""
         event: Event = row["event"]
         if event.type == "m.room.member" and event.state_key == user_id:
@@ -137,7 +137,7 @@ class SyncHandler:
         return visibility == "shared" and joined_now
 
     def client_event(
-        self, row: dict[str, Any], *, with_room_id: bool = True, device: tuple[str, str] | None = None
+        self, row: EventRow, *, with_room_id: bool = True, device: tuple[str, str] | None = None
     ) -> dict[str, Any]:
         """The client-format event of a stored row, redacted if it was redacted.
 
@@ -151,8 +151,9 @@ class SyncHandler:
             client_txn = client_transaction_id(txn[2])
             if client_txn is not None:
                 unsigned["transaction_id"] = client_txn
-        if row.get("redacted_by"):
-            redaction = self.rooms.event(row["redacted_by"])
+        redacted_by = row.get("redacted_by")
+        if redacted_by:
+            redaction = self.rooms.event(redacted_by)
             event = Event(event.event_id, redact(event.pdu))
             if redaction is not None:
                 unsigned["redacted_because"] = redaction.to_client()
@@ -275,10 +276,10 @@ class SyncHandler:
 
     def _visible_events(
         self, user_id: str, room_id: str, after: int, upto: int, event_filter: EventFilter, *, joined_now: bool
-    ) -> tuple[list[dict[str, Any]], bool]:
+    ) -> tuple[list[EventRow], bool]:
         """Newest ``limit`` visible events in (after, upto], oldest first, and whether more were left out."""
         wanted = event_filter.limit
-        picked: list[dict[str, Any]] = []
+        picked: list[EventRow] = []
         top = upto
         limited = False
         while len(picked) <= wanted:
@@ -299,7 +300,7 @@ class SyncHandler:
         rows = self.store.room_events(room_id, after=0, upto=position, limit=1, backwards=True)
         return self.store.state_for_group(rows[0]["state_after"]) if rows else {}
 
-    def _state_at_start(self, room_id: str, rows: list[dict[str, Any]], upto: int) -> StateMap:
+    def _state_at_start(self, room_id: str, rows: list[EventRow], upto: int) -> StateMap:
         if rows:
             return self.store.state_for_group(rows[0]["state_before"])
         return self._state_at(room_id, upto)
@@ -356,7 +357,7 @@ class SyncHandler:
         start = SyncToken.parse(from_token).stream if from_token else (ceiling if direction == "b" else 0)
         bound = SyncToken.parse(to_token).stream if to_token else None
         joined_now = membership == "join"
-        chunk: list[dict[str, Any]] = []
+        chunk: list[EventRow] = []
         exhausted = False
         position = min(start, ceiling)
         while len(chunk) < event_filter.limit and not exhausted:

@@ -246,7 +246,7 @@ class LinkRuntime:
         store = self.services.store
         if store.get_user(record.user_id) is None:
             from lowband.gateway.homeserver.accounts import hash_password
-            from lowband.gateway.store.sqlite.store import UserExists
+            from lowband.gateway.store.interfaces import UserExists
 
             try:  # a device user never logs in with a password
                 await store.create_user(record.user_id, hash_password(secrets.token_urlsafe(32)), False,
@@ -390,7 +390,7 @@ class LinkRuntime:
 
 async def start_links(services: Any) -> Any:
     """Component entry (see gateway/app.py); also watches for the first `lowband device add`."""
-    runtime = LinkRuntime(services, Registry(services.store.db))
+    runtime = LinkRuntime(services, Registry(services.store.link_devices))
     services.components["links"] = runtime
     await runtime.start()
     return runtime.stop

@@ -19,7 +19,7 @@ from lowband.gateway.homeserver.accounts import (
 )
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
 from lowband.gateway.matrix.events import ROOM_VERSION
-from lowband.gateway.store.sqlite.store import UserExists
+from lowband.gateway.store.interfaces import UserExists
 
 SPEC_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"]
 

@@ -108,7 +108,7 @@ class MqttBridge:
         self.rooms = services.rooms
         self.store = services.store
         self.server_name = services.config.server_name
-        self.tables = BridgeTables(services.store.db)
+        self.tables = BridgeTables(services.store.mqtt)
         self.access = RoomAccess(self.rooms, self.store, self.tables, self.server_name, config.bot)
         self.counters = Counters()
         self.echo = EchoGuard()
@@ -141,12 +141,11 @@ class MqttBridge:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Create tables and users, resolve rooms, connect to every broker.
+        """Create users, resolve rooms, connect to every broker.
 
         Raises ConfigError when the bot's user ID belongs to someone else.
         A broker that is down is retried in the background.
         """
-        await self.tables.create()
         try:
             await self.access.start()
         except UserTaken as exc:

@@ -28,7 +28,7 @@ from lowband.gateway.bridges.mqtt.ingest import Counters, EchoGuard
 from lowband.gateway.bridges.mqtt.payload import Refusal, outbound_message, payload_digest
 from lowband.gateway.bridges.mqtt.rooms import RoomAccess
 from lowband.gateway.bridges.mqtt.store import BridgeTables
-from lowband.gateway.store.sqlite.store import SQLiteStore
+from lowband.gateway.store.interfaces import RoomStore
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Outbound:
         self,
         mappings: tuple[OutboundMapping, ...],
         links: dict[str, BrokerLink],
-        store: SQLiteStore,
+        store: RoomStore,
         tables: BridgeTables,
         access: RoomAccess,
         echo: EchoGuard,

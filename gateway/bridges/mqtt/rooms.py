@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from lowband.gateway.bridges.mqtt.store import BridgeTables
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.matrix.errors import MatrixError
-from lowband.gateway.store.sqlite.store import SQLiteStore, UserExists
+from lowband.gateway.store.interfaces import Store, UserExists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class RoomAccess:
     """Resolves rooms and keeps the bot and bridged users joined to them."""
 
     def __init__(
-        self, rooms: RoomService, store: SQLiteStore, tables: BridgeTables, server_name: str, bot: str
+        self, rooms: RoomService, store: Store, tables: BridgeTables, server_name: str, bot: str
     ) -> None:
         self.rooms = rooms
         self.store = store

@@ -1,8 +1,15 @@
-"""The SQLite schema. Every statement is idempotent, so it runs on each start."""
+"""The SQLite schema of every area, in one place. Every statement is idempotent, so it runs on each start.
 
-from lowband.gateway.devices.registry import LINK_SCHEMA
+One exception for now: federation's tables are created by ``federation.py``
+itself (its tests open a bare database with that module alone).
 
-_CORE_SCHEMA = """
+The homeserver's tables come first, then those of the edges (device
+registry, MQTT bridge). All live in the gateway's one file behind one
+writer, so an edge's row and the room event queued after it commit in that
+order (see ``store/interfaces.py``).
+"""
+
+_HOMESERVER = """
 CREATE TABLE IF NOT EXISTS users (
     user_id TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -115,4 +122,66 @@ CREATE TABLE IF NOT EXISTS media (
 );
 """
 
-SCHEMA = _CORE_SCHEMA + LINK_SCHEMA
+_LINK_DEVICES = """
+CREATE TABLE IF NOT EXISTS link_devices (
+    name TEXT PRIMARY KEY,
+    address INTEGER NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    static_public TEXT NOT NULL,
+    rooms TEXT NOT NULL,            -- JSON list of room IDs
+    context TEXT NOT NULL,          -- JSON context table (compact profile)
+    link TEXT NOT NULL,             -- e.g. serial:/dev/ttyUSB0?bps=100
+    created_ts INTEGER NOT NULL,
+    key_ts INTEGER NOT NULL,        -- when the current key was provisioned
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS link_sessions (
+    name TEXT PRIMARY KEY,
+    key_ts INTEGER NOT NULL,        -- the device key this session belongs to
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS link_announcements (
+    name TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    key_ts INTEGER NOT NULL,
+    PRIMARY KEY (name, room_id, key_ts)
+);
+"""
+
+# mqtt_inflight: every message adds a row and soon deletes it; WITHOUT ROWID
+# keeps that to one B-tree (a database made before has the rowid table, which
+# works the same). What each table holds: store/sqlite/mqtt.py.
+_MQTT = """
+CREATE TABLE IF NOT EXISTS mqtt_inflight (
+    broker TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    mid INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (broker, txn_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mqtt_cursor (
+    mapping TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    PRIMARY KEY (mapping, room_id)
+);
+CREATE TABLE IF NOT EXISTS mqtt_users (
+    user_id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mqtt_discovery (
+    broker TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (broker, topic)
+);
+CREATE TABLE IF NOT EXISTS mqtt_subscriptions (
+    broker TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    PRIMARY KEY (broker, filter)
+);
+"""
+
+SCHEMA = _HOMESERVER + _LINK_DEVICES + _MQTT
