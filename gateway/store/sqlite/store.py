@@ -21,7 +21,7 @@ from typing import Any
 
 from lowband.gateway.matrix.events import Event
 from lowband.gateway.store.sqlite.database import Database
-from lowband.gateway.store.sqlite.schema import SCHEMA
+from lowband.gateway.store.sqlite.schema import SCHEMA, upgrade
 
 StateMap = dict[tuple[str, str], str]
 
@@ -58,6 +58,7 @@ class SQLiteStore:
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, SCHEMA)
+        self.db.write_sync(upgrade)
         row = self.db.query_one(
             "SELECT MAX(m) FROM (SELECT MAX(stream) AS m FROM events UNION ALL "
             "SELECT MAX(stream) FROM account_data UNION ALL SELECT MAX(stream) FROM receipts)"
@@ -92,23 +93,25 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ accounts
 
-    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
-        """Create a user from a command-line tool; UserExists if taken."""
-        self.db.write_sync(lambda c: _insert_user(c, user_id, password_hash, admin, ts))
+    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int, *, owner: str | None = None) -> None:
+        """Create a user from a command-line tool; UserExists if taken. ``owner``: see :meth:`create_user`."""
+        self.db.write_sync(lambda c: _insert_user(c, user_id, password_hash, admin, ts, owner))
 
-    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
-        """Create a user; UserExists if taken."""
-        await self.db.write(lambda c: _insert_user(c, user_id, password_hash, admin, ts))
+    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int, *, owner: str | None = None) -> None:
+        """Create a user; UserExists if taken.
+
+        ``owner`` is None for a person's account; an edge that creates accounts
+        to speak as (``device:NAME``, ``mqtt``) names itself, and speaks only
+        as accounts whose owner it is.
+        """
+        await self.db.write(lambda c: _insert_user(c, user_id, password_hash, admin, ts, owner))
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
-        """The user's row as a dict, or None."""
-        row = self.db.query_one(
-            "SELECT user_id, password_hash, admin, displayname, avatar_url, deactivated FROM users WHERE user_id = ?",
-            (user_id,),
-        )
+        """The user's row as a dict (``owner`` included: None for a person's account), or None."""
+        keys = ("user_id", "password_hash", "admin", "displayname", "avatar_url", "deactivated", "owner", "created_ts")
+        row = self.db.query_one(f"SELECT {', '.join(keys)} FROM users WHERE user_id = ?", (user_id,))
         if row is None:
             return None
-        keys = ("user_id", "password_hash", "admin", "displayname", "avatar_url", "deactivated")
         return dict(zip(keys, row, strict=True))
 
     async def add_token(self, token: str, user_id: str, device_id: str, display_name: str | None, ts: int) -> None:
@@ -505,11 +508,12 @@ class SQLiteStore:
         return {"content_type": row[0], "filename": row[1], "size": row[2], "sha256": row[3]}
 
 
-def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
+def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin: bool, ts: int,
+                 owner: str | None) -> None:  # fmt: skip
     try:
         c.execute(
-            "INSERT INTO users (user_id, password_hash, admin, created_ts) VALUES (?, ?, ?, ?)",
-            (user_id, password_hash, int(admin), ts),
+            "INSERT INTO users (user_id, password_hash, admin, created_ts, owner) VALUES (?, ?, ?, ?, ?)",
+            (user_id, password_hash, int(admin), ts, owner),
         )
     except sqlite3.IntegrityError:
         raise UserExists(user_id) from None
