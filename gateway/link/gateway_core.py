@@ -25,6 +25,16 @@ Rules:
   ignored (no second ``Deliver``), one whose storing failed is delivered
   again under the same message ID (the room's transaction ID, so never a
   second event);
+* a whole uplink message, by its counter in its session:
+
+      state       event                        -> actions; next state
+      (unseen)    frame completes a message    -> Deliver; storing
+      storing     same frame again             -> nothing (awaiting_commit); storing
+      storing     delivered(token)             -> Persist, ACK; in window
+      storing     delivery_failed(token)       -> nothing; failed
+      failed      same frame again             -> Deliver (same message ID); storing
+      in window   same frame again             -> Persist, ACK (duplicate); in window
+
 * every other uplink that carries a plaintext (a duplicate of a stored
   message, a fragment that does not complete one) is answered at once
   (the device listens right after it sends, then may sleep): with the
