@@ -97,8 +97,17 @@ def open_services(config: Config) -> Services:
     rooms = RoomService(store, config.server_name, key, on_new_event=lambda sent: notifier.notify())
     sync = SyncHandler(store, rooms, typing, notifier)
     user_limiter, ip_limiter = Services.rate_limiters(config.rate_limits)
-    namespaces = ReservedNamespaces([devices_registry.RESERVATION, *mqtt_config.reservations(config.components)])
+    namespaces = reserved_namespaces(config)
     return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter, namespaces=namespaces)
+
+
+def reserved_namespaces(config: Config) -> ReservedNamespaces:
+    """The localparts edges keep for themselves under ``config``: ``dev.*`` and every enabled bridge's.
+
+    ``/register`` and ``lowband user add`` refuse them; a new bridge adds its
+    reservations here.
+    """
+    return ReservedNamespaces([devices_registry.RESERVATION, *mqtt_config.reservations(config.components)])
 
 
 async def run_gateway(

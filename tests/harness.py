@@ -123,8 +123,12 @@ def gateway_process(tmp_path: Path, **kwargs: Any) -> Iterator[GatewayProcess]:
 
 
 @contextlib.asynccontextmanager
-async def gateway_in_loop(tmp_path: Path, **config: Any) -> AsyncIterator[str]:
-    """A gateway running inside the current event loop; yields its base URL."""
+async def gateway_in_loop(tmp_path: Path, *, on_ready: Callable[[Any], None] | None = None,
+                          **config: Any) -> AsyncIterator[str]:  # fmt: skip
+    """A gateway running inside the current event loop; yields its base URL.
+
+    ``on_ready`` gets the running gateway's ``Services`` (for tests that look inside or inject faults).
+    """
     from lowband.gateway.app import run_gateway
     from lowband.gateway.config import load_config
 
@@ -132,7 +136,7 @@ async def gateway_in_loop(tmp_path: Path, **config: Any) -> AsyncIterator[str]:
     settings = {"data_dir": tmp_path / "data", "server_name": "localhost", "http_port": port,
                 "registration_enabled": True, **config}  # fmt: skip
     started, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(run_gateway(load_config(None, **settings), started, stop))
+    task = asyncio.create_task(run_gateway(load_config(None, **settings), started, stop, on_ready))
     waiter = asyncio.create_task(started.wait())
     done, _ = await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task in done:

@@ -89,11 +89,14 @@ def simulated_goodput(bps: float = 100.0, readings: int = 20) -> dict[str, float
         for side, data in model.poll(now):
             for frame in framers[side].feed(data):
                 if side == "A":  # the gateway is side A
-                    for action in gateway.receive(frame, now):
+                    actions = gateway.receive(frame, now)
+                    while actions:
+                        action = actions.pop(0)
                         if isinstance(action, Transmit):
                             model.write("A", serial_encode(action.frame), now)
-                        elif isinstance(action, Deliver):
+                        elif isinstance(action, Deliver):  # stored at once here: acknowledged at once
                             delivered += 1
+                            actions += gateway.delivered(action.token, now)
                 else:
                     device.receive(frame, now)
         deadlines = [d for d in (model.next_deadline(), device.next_deadline()) if d is not None]

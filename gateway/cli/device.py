@@ -44,7 +44,9 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--all", action="store_true", help="include revoked devices")
     listing.set_defaults(handler=run_list)
 
-    show = sub.add_parser("show", help="show one device", description="Show a device (never its private key).")
+    show = sub.add_parser("show", help="show one device",
+                          description="Show a device (never its private key) and whether the gateway may speak as "
+                                      "its account: an @dev.NAME someone else created is never used.")  # fmt: skip
     show.add_argument("name")
     show.add_argument("--data-dir", required=True, metavar="DIR")
     show.set_defaults(handler=run_show)
@@ -190,10 +192,22 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    """Handler of ``device show``."""
-    with _registry(args.data_dir) as registry:
+    """Handler of ``device show``: the device, and whether the gateway may speak as its account."""
+    from lowband.gateway.devices.account import account_problem
+    from lowband.gateway.devices.registry import RegistryError
+
+    store, registry, _ = _open(args.data_dir)
+    try:
         record = registry.device(args.name)
-    print(json.dumps(_summary(record), indent=2))
+        user = store.get_user(record.user_id)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
+    summary = _summary(record)
+    problem = account_problem(record, user)
+    summary["account"] = "ok: created by the gateway for this device" if problem is None else problem
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
     add.add_argument("--server-name", metavar="NAME", help="server name (default: the one the data dir was started with)")
     add.add_argument("--config", metavar="FILE.toml", help="configuration file to read the server name from")
     add.add_argument("--admin", action="store_true", help="make the user a server admin")
+    add.add_argument("--allow-reserved", action="store_true",
+                     help="create it even in a namespace an edge reserves (dev.*, the MQTT bridge's prefix, as the "
+                          "config sets them): it is a person's account, and no device or bridge will ever speak as it")  # fmt: skip
     add.set_defaults(handler=run_user_add)
 
 
@@ -108,7 +111,7 @@ def _check_server_name(config: Any) -> None:
 
 def run_user_add(args: argparse.Namespace) -> int:
     """Handler of ``user add``."""
-    from lowband.gateway.app import open_store
+    from lowband.gateway.app import open_store, reserved_namespaces
     from lowband.gateway.homeserver.accounts import hash_password, user_id_for
     from lowband.gateway.store.interfaces import UserExists
 
@@ -129,6 +132,10 @@ def run_user_add(args: argparse.Namespace) -> int:
         user_id = user_id_for(name, config.server_name)
     except Exception as exc:  # MatrixError M_INVALID_USERNAME
         raise UsageError(str(exc)) from None
+    holder = reserved_namespaces(config).owner_of(name)
+    if holder is not None and not args.allow_reserved:
+        raise UsageError(f"{user_id} is in a namespace reserved for {holder}; pass --allow-reserved if you mean it "
+                         f"(the account is then a person's: {holder} will never speak as it)")  # fmt: skip
     store = open_store(config.db_path)
     try:
         store.create_user_sync(user_id, hash_password(args.password), args.admin, int(time.time() * 1000))

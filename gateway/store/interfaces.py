@@ -75,6 +75,8 @@ class UserRow(TypedDict):
     displayname: str | None
     avatar_url: str | None
     deactivated: int
+    owner: str | None  # None for a person's account; the edge that made it ("device:NAME", "mqtt")
+    created_ts: int
 
 
 class DeviceInfo(NamedTuple):
@@ -210,11 +212,17 @@ def pdu_bytes(event: Event) -> bytes:
 class AccountStore(Protocol):
     """Users, access tokens, client devices, filters and account data."""
 
-    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
-        """Create a user; committed on return. Raises :class:`UserExists` if the ID is taken."""
+    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int, *,
+                          owner: str | None = None) -> None:  # fmt: skip
+        """Create a user; committed on return. Raises :class:`UserExists` if the ID is taken.
+
+        ``owner`` is None for a person's account; an edge that creates accounts to speak as
+        (``device:NAME``, ``mqtt``) names itself, and speaks only as accounts it owns.
+        """
         ...
 
-    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
+    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int, *,
+                         owner: str | None = None) -> None:  # fmt: skip
         """Blocking :meth:`create_user`, for command-line tools (never on the event loop)."""
         ...
 

@@ -15,7 +15,6 @@ from lowband.gateway.homeserver.accounts import (
     new_device_id,
     new_token,
     user_id_for,
-    valid_localpart,
 )
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
 from lowband.gateway.matrix.events import ROOM_VERSION

@@ -1,5 +1,9 @@
 """The SQLite schema of every area, in one place. Every statement is idempotent, so it runs on each start.
 
+:func:`upgrade` brings a database made by an older Lowband up to this
+schema; it runs after :data:`SCHEMA`, on each start, and does nothing the
+second time.
+
 One exception for now: federation's tables are created by ``federation.py``
 itself (its tests open a bare database with that module alone).
 
@@ -9,6 +13,8 @@ writer, so an edge's row and the room event queued after it commit in that
 order (see ``store/interfaces.py``).
 """
 
+import sqlite3
+
 _HOMESERVER = """
 CREATE TABLE IF NOT EXISTS users (
     user_id TEXT PRIMARY KEY,
@@ -17,7 +23,8 @@ CREATE TABLE IF NOT EXISTS users (
     created_ts INTEGER NOT NULL,
     displayname TEXT,
     avatar_url TEXT,
-    deactivated INTEGER NOT NULL DEFAULT 0
+    deactivated INTEGER NOT NULL DEFAULT 0,
+    owner TEXT                      -- NULL: a person's; else the edge that created it ('device:NAME', 'mqtt')
 );
 CREATE TABLE IF NOT EXISTS access_tokens (
     token TEXT PRIMARY KEY,
@@ -185,3 +192,27 @@ CREATE TABLE IF NOT EXISTS mqtt_subscriptions (
 """
 
 SCHEMA = _HOMESERVER + _LINK_DEVICES + _MQTT
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Add what older databases lack; a no-op on a current one. Runs inside the writer's transaction.
+
+    ``users.owner`` (edges speak only as accounts they created): when the
+    column is added, accounts an edge demonstrably made are claimed for it,
+    once — those the MQTT bridge recorded in ``mqtt_users``, and a
+    provisioned device's ``@dev.NAME`` created no earlier than the device
+    itself (the link makes it within seconds of ``lowband device add``; an
+    older one was registered by someone before the device existed). Every
+    other account stays NULL: a person's, never adopted by an edge.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+    if "owner" in columns:
+        return
+    conn.execute("ALTER TABLE users ADD COLUMN owner TEXT")
+    # The values are devices.account.device_owner() and the MQTT bridge's rooms.ACCOUNT_OWNER.
+    conn.execute(
+        "UPDATE users SET owner = (SELECT 'device:' || d.name FROM link_devices d WHERE d.user_id = users.user_id"
+        " AND users.created_ts >= d.created_ts) WHERE owner IS NULL"
+    )
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mqtt_users'").fetchone():
+        conn.execute("UPDATE users SET owner = 'mqtt' WHERE owner IS NULL AND user_id IN (SELECT user_id FROM mqtt_users)")

@@ -36,7 +36,7 @@ from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.devices import SQLiteLinkDevices
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
-from lowband.gateway.store.sqlite.schema import SCHEMA
+from lowband.gateway.store.sqlite.schema import SCHEMA, upgrade
 from lowband.gateway.store.sqlite.state_groups import StateGroups
 
 _INSERT_EVENT = (
@@ -51,6 +51,7 @@ class SQLiteStore:
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, SCHEMA)
+        self.db.write_sync(upgrade)
         row = self.db.query_one(
             "SELECT MAX(m) FROM (SELECT MAX(stream) AS m FROM events UNION ALL "
             "SELECT MAX(stream) FROM account_data UNION ALL SELECT MAX(stream) FROM receipts)"
@@ -85,24 +86,29 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ accounts
 
-    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
-        """Create a user from a command-line tool; UserExists if taken."""
-        self.db.write_sync(lambda c: _insert_user(c, user_id, password_hash, admin, ts))
+    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int, *, owner: str | None = None) -> None:
+        """Create a user from a command-line tool; UserExists if taken. ``owner``: see :meth:`create_user`."""
+        self.db.write_sync(lambda c: _insert_user(c, user_id, password_hash, admin, ts, owner))
 
-    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
-        """Create a user; UserExists if taken."""
-        await self.db.write(lambda c: _insert_user(c, user_id, password_hash, admin, ts))
+    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int, *, owner: str | None = None) -> None:
+        """Create a user; UserExists if taken.
+
+        ``owner`` is None for a person's account; an edge that creates accounts
+        to speak as (``device:NAME``, ``mqtt``) names itself, and speaks only
+        as accounts whose owner it is.
+        """
+        await self.db.write(lambda c: _insert_user(c, user_id, password_hash, admin, ts, owner))
 
     def get_user(self, user_id: str) -> UserRow | None:
-        """The user's row as a dict, or None."""
-        row = self.db.query_one(
-            "SELECT user_id, password_hash, admin, displayname, avatar_url, deactivated FROM users WHERE user_id = ?",
-            (user_id,),
-        )
+        """The user's row (``owner`` included: None for a person's account), or None."""
+        keys = ("user_id", "password_hash", "admin", "displayname", "avatar_url", "deactivated", "owner", "created_ts")
+        row = self.db.query_one(f"SELECT {', '.join(keys)} FROM users WHERE user_id = ?", (user_id,))
         if row is None:
             return None
-        return {"user_id": row[0], "password_hash": row[1], "admin": row[2], "displayname": row[3],
-                "avatar_url": row[4], "deactivated": row[5]}  # fmt: skip
+        found = dict(zip(keys, row, strict=True))
+        return UserRow(user_id=found["user_id"], password_hash=found["password_hash"], admin=found["admin"],
+                       displayname=found["displayname"], avatar_url=found["avatar_url"],
+                       deactivated=found["deactivated"], owner=found["owner"], created_ts=found["created_ts"])  # fmt: skip
 
     async def add_token(self, token: str, user_id: str, device_id: str, display_name: str | None, ts: int) -> None:
         """Store an access token and its device."""
@@ -459,11 +465,12 @@ class SQLiteStore:
         return {"content_type": row[0], "filename": row[1], "size": row[2], "sha256": row[3]}
 
 
-def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
+def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin: bool, ts: int,
+                 owner: str | None) -> None:  # fmt: skip
     try:
         c.execute(
-            "INSERT INTO users (user_id, password_hash, admin, created_ts) VALUES (?, ?, ?, ?)",
-            (user_id, password_hash, int(admin), ts),
+            "INSERT INTO users (user_id, password_hash, admin, created_ts, owner) VALUES (?, ?, ?, ?, ?)",
+            (user_id, password_hash, int(admin), ts, owner),
         )
     except sqlite3.IntegrityError:
         raise UserExists(user_id) from None
