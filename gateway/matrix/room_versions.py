@@ -29,8 +29,6 @@ __all__ = [
     "EVENT_ID_V3",
     "EVENT_ID_V4",
     "KNOWN",
-    "RoomVersion",
-    "UnsupportedRoomVersion",
     "V1",
     "V2",
     "V3",
@@ -43,6 +41,8 @@ __all__ = [
     "V10",
     "V11",
     "V12",
+    "RoomVersion",
+    "UnsupportedRoomVersion",
     "get",
     "of_create_content",
 ]

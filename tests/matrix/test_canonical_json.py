@@ -6,10 +6,9 @@ import json
 from collections import OrderedDict
 
 import pytest
+from conftest import json_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import json_values
 
 from lowband.gateway.matrix.canonical_json import (
     MAX_SAFE_INTEGER,
