@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lowband.gateway.cli.main import UsageError
+from lowband.gateway.matrix.identifiers import is_room_id
 
 
 def register(subparsers: Any) -> None:
@@ -92,8 +93,8 @@ def _resolve_room(db: Any, room: str) -> str:
         if row is None:
             raise UsageError(f"no room has the alias {room}")
         return str(row[0])
-    if not room.startswith("!") or ":" not in room:
-        raise UsageError(f"{room!r} is neither a room ID (!id:server) nor an alias (#name:server)")
+    if not is_room_id(room):
+        raise UsageError(f"{room!r} is neither a room ID (!id:server, or a v12 !hash) nor an alias (#name:server)")
     if db.query_one("SELECT 1 FROM rooms WHERE room_id = ?", (room,)) is None:
         raise UsageError(f"this gateway has no room {room}")
     return room

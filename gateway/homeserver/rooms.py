@@ -15,7 +15,9 @@ Rules:
   delta on its predecessor); each event records the groups before and after
   it, which history visibility and ``/messages`` use.
 
-Room version 10 only (see ``events.ROOM_VERSION``).
+Every room version of ``room_versions.KNOWN``: each room's version (the
+``rooms`` row's ``room_version``) is in its head and goes to every call whose
+algorithm depends on it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lowband.gateway.matrix import auth_rules
+from lowband.gateway.matrix import auth_rules, room_versions
 from lowband.gateway.matrix.auth_rules import AuthError
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
-from lowband.gateway.matrix.events import ROOM_VERSION, Event, EventFormatError, build_event
-from lowband.gateway.matrix.signing import SigningKey
+from lowband.gateway.matrix.events import Event, EventFormatError, build_event, reference_hash
+from lowband.gateway.matrix.identifiers import create_event_id_of_room
+from lowband.gateway.matrix.room_versions import RoomVersion
+from lowband.gateway.matrix.signing import SigningKey, encode_base64
 from lowband.gateway.store.sqlite.store import EventWrite, SQLiteStore, StateMap
 
 log = logging.getLogger(__name__)
@@ -46,10 +50,11 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 
-def default_power_levels(creator: str) -> dict[str, Any]:
-    """Power levels a new room starts with (the creator at 100)."""
-    return {
-        "users": {creator: 100},
+def default_power_levels(creator: str, version: RoomVersion = room_versions.DEFAULT) -> dict[str, Any]:
+    """Power levels a new room starts with: the creator at 100 (v12: above all levels, with no entry,
+    and m.room.tombstone at 150 so that only creators upgrade the room by default, as MSC4289 asks)."""
+    levels: dict[str, Any] = {
+        "users": {} if version.privileged_creators else {creator: 100},
         "users_default": 0,
         "events": {
             "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
@@ -64,6 +69,9 @@ def default_power_levels(creator: str) -> dict[str, Any]:
         "invite": 0,
         "notifications": {"room": 50},
     }  # fmt: skip
+    if version.privileged_creators:
+        levels["events"]["m.room.tombstone"] = 150
+    return levels
 
 
 @dataclass
@@ -75,6 +83,7 @@ class RoomHead:
     state_group: int | None
     extremities: list[str]
     depth: int
+    version: RoomVersion = room_versions.DEFAULT
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -133,9 +142,15 @@ class RoomService:
             row = self.store.get_room(room_id)
             if row is None:
                 return None
-            head = RoomHead(room_id, row["creator"], row["state_group"], row["extremities"], row["depth"])
+            head = RoomHead(room_id, row["creator"], row["state_group"], row["extremities"], row["depth"],
+                            room_versions.get(row["room_version"]))  # fmt: skip
             self._heads[room_id] = head
         return head
+
+    def room_version(self, room_id: str) -> RoomVersion:
+        """The version of a room this server knows (``room_versions.DEFAULT`` for an unknown room)."""
+        head = self.head(room_id)
+        return head.version if head is not None else room_versions.DEFAULT
 
     def event(self, event_id: str) -> Event | None:
         """An accepted or rejected event by ID (cached), or None."""
@@ -311,10 +326,10 @@ class RoomService:
                 try:
                     auth_ids = known.get(key) if plain else None
                     if auth_ids is None:
-                        auth_ids = self._auth_ids(state, request)
+                        auth_ids = self._auth_ids(state, request, head.version)
                     event = self._build(head, request, auth_ids)
                     if not plain or key not in allowed:
-                        self._authorise(event)
+                        self._authorise(event, head.version)
                     if request.redacts is not None:
                         self._check_redaction(event, state)
                 except MatrixError as exc:
@@ -366,10 +381,10 @@ class RoomService:
         self.listeners.append(listener)
 
     @staticmethod
-    def _auth_ids(state: StateMap, request: SendRequest) -> list[str]:
+    def _auth_ids(state: StateMap, request: SendRequest, version: RoomVersion) -> list[str]:
         """The auth events the rules select for ``request`` from ``state``."""
         selected = auth_rules.auth_types_for_event(request.event_type, request.sender, request.state_key,
-                                                   request.content)  # fmt: skip
+                                                   request.content, room_version=version)  # fmt: skip
         return [state[key] for key in selected if key in state]
 
     def _build(self, head: RoomHead, request: SendRequest, auth_ids: list[str]) -> Event:
@@ -382,7 +397,8 @@ class RoomService:
                 prev_events=list(head.extremities), auth_events=auth_ids, depth=head.depth + 1,
                 origin_server_ts=self.now_ms() if request.origin_server_ts is None else request.origin_server_ts,
                 server_name=self.server_name, signing_key=self.signing_key, state_key=request.state_key,
-                redacts=request.redacts, sign_later=request.state_key is None,
+                redacts=request.redacts, sign_later=request.state_key is None, room_version=head.version,
+                event_hashes=self._event_hashes(head.version, [*head.extremities, *auth_ids]),
             )  # fmt: skip (build_event runs check_event_format on what it built)
         except EventFormatError as exc:
             if "65536" in str(exc) or "too large" in str(exc).lower():
@@ -391,15 +407,25 @@ class RoomService:
         except ValueError as exc:  # canonical JSON refused a value (float, huge int)
             raise bad_json(str(exc)) from None
 
-    def _authorise(self, event: Event) -> None:
+    def _event_hashes(self, version: RoomVersion, event_ids: list[str]) -> dict[str, str] | None:
+        """Reference hashes of ``event_ids``, which v1-v2 events cite next to their IDs; None from v3."""
+        if not version.events_carry_id:
+            return None
+        found = (self.event(event_id) for event_id in event_ids)
+        return {event.event_id: encode_base64(reference_hash(event.pdu, version)) for event in found if event}
+
+    def _authorise(self, event: Event, version: RoomVersion) -> None:
         auth_state: dict[tuple[str, str], Event] = {}
-        for event_id in event.auth_events:
+        ids = event.auth_events
+        if version.room_id_is_create_hash:  # v12 judges by the create event the room ID names
+            ids = [create_event_id_of_room(event.room_id), *ids]
+        for event_id in ids:
             auth_event = self.event(event_id)
             if auth_event is not None:
                 key = (auth_event.type, auth_event.state_key or "")
                 auth_state[key] = auth_event
         try:
-            auth_rules.check_auth(event, auth_state)
+            auth_rules.check_auth(event, auth_state, room_version=version)
         except AuthError as exc:
             raise forbidden(str(exc)) from None
 
@@ -412,8 +438,7 @@ class RoomService:
         create = self.event(state.get(("m.room.create", ""), ""))
         levels = self.state_content(state, "m.room.power_levels")
         level = auth_rules.power_level_for_user(levels, create, event.sender)
-        needed = levels.get("redact", 50) if levels else 50
-        if not isinstance(needed, int) or level < needed:
+        if level < auth_rules.action_power_level(levels, "redact"):
             raise forbidden("you may only redact your own events")
 
     def _advance(self, head: RoomHead, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
@@ -434,7 +459,7 @@ class RoomService:
     @staticmethod
     def _room_row(head: RoomHead) -> dict[str, Any]:
         return {
-            "room_version": ROOM_VERSION, "creator": head.creator, "state_group": head.state_group,
+            "room_version": head.version.identifier, "creator": head.creator, "state_group": head.state_group,
             "extremities": head.extremities, "depth": head.depth,
         }  # fmt: skip
 
@@ -448,11 +473,12 @@ class RoomService:
         """Create a room as the /createRoom body asks; returns its ID.
 
         Raises MatrixError (M_BAD_JSON for wrong types, M_ROOM_IN_USE for a
-        taken alias, M_UNSUPPORTED_ROOM_VERSION for another version).
+        taken alias, M_UNSUPPORTED_ROOM_VERSION for a version not in ``room_versions.KNOWN``).
         """
-        version = body.get("room_version", ROOM_VERSION)
-        if version != ROOM_VERSION:
-            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"only room version {ROOM_VERSION} is supported")
+        try:
+            version = room_versions.get(body.get("room_version", room_versions.DEFAULT.identifier))
+        except room_versions.UnsupportedRoomVersion as exc:
+            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", str(exc)) from None
         visibility = body.get("visibility", "private")
         if visibility not in ("public", "private"):
             raise bad_json("'visibility' must be 'public' or 'private'")
@@ -481,17 +507,30 @@ class RoomService:
             if self.store.get_alias(alias) is not None:
                 raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
 
-        levels = default_power_levels(creator)
+        levels = default_power_levels(creator, version)
+        create_content: dict[str, Any] = {**creation_content, "room_version": version.identifier}
+        if not version.implicit_room_creator:
+            create_content["creator"] = creator
         if preset_name == "trusted_private_chat":
-            for user in invites:
-                levels["users"][user] = 100
+            if version.privileged_creators:  # MSC4289: the invitees become creators, as levels cannot list them
+                extra = create_content.get("additional_creators", [])
+                if not isinstance(extra, list):
+                    raise bad_json("'additional_creators' must be a list of user IDs")
+                create_content["additional_creators"] = list(dict.fromkeys([*extra, *invites]))
+            else:
+                for user in invites:
+                    levels["users"][user] = 100
+        if version.room_id_is_create_hash:
+            # The room ID is the create event's hash: two rooms made by one user in one
+            # millisecond would collide without something random (MSC4291 suggests this).
+            create_content.setdefault("io.lowband.nonce", secrets.token_urlsafe(6))
         override = body.get("power_level_content_override")
         if override is not None:
             if not isinstance(override, dict):
                 raise bad_json("'power_level_content_override' must be an object")
             levels.update(override)
         plan: list[tuple[str, str, dict[str, Any]]] = [
-            ("m.room.create", "", {**creation_content, "creator": creator, "room_version": ROOM_VERSION}),
+            ("m.room.create", "", create_content),
             ("m.room.member", creator, {"membership": "join", **self._profile(creator)}),
             ("m.room.power_levels", "", levels),
         ]
@@ -517,11 +556,13 @@ class RoomService:
         for user in invites:
             plan.append(("m.room.member", user, {"membership": "invite", **({"is_direct": True} if body.get("is_direct") is True else {})}))
 
-        room_id = self.new_room_id()
-        head = RoomHead(room_id, creator, None, [], 0)
+        # v12: the create event names the room, and _dry_run sets the ID once it has built it
+        room_id = "" if version.room_id_is_create_hash else self.new_room_id()
+        head = RoomHead(room_id, creator, None, [], 0, version)
         # Build and authorise every event in memory first: a room that would
         # be refused half-way is never stored, and its alias stays free.
         events = self._dry_run(head, creator, plan)
+        room_id = head.room_id
         if alias is not None and not await self.store.create_alias(alias, room_id, creator):
             raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
         self._heads[room_id] = head
@@ -539,25 +580,34 @@ class RoomService:
         """Build and authorise a new room's first events without storing anything."""
         state: dict[tuple[str, str], Event] = {}
         events: list[Event] = []
+        version = head.version
+        hashes: dict[str, str] = {}  # v1-v2 events cite their prev and auth events' reference hashes
         for event_type, state_key, content in plan:
-            selected = auth_rules.auth_types_for_event(event_type, sender, state_key, content)
+            selected = auth_rules.auth_types_for_event(event_type, sender, state_key, content, room_version=version)
             auth = {key: state[key] for key in selected if key in state}
+            first = version.room_id_is_create_hash and event_type == "m.room.create"
             try:
                 event = build_event(
-                    room_id=head.room_id, sender=sender, type=event_type, content=content,
+                    room_id=None if first else head.room_id, sender=sender, type=event_type, content=content,
                     prev_events=[events[-1].event_id] if events else [],
                     auth_events=[e.event_id for e in auth.values()], depth=len(events) + 1,
                     origin_server_ts=self.now_ms(), server_name=self.server_name, signing_key=self.signing_key,
-                    state_key=state_key,
+                    state_key=state_key, room_version=version, event_hashes=hashes,
                 )  # fmt: skip
             except EventFormatError as exc:
                 raise bad_json(str(exc)) from None
+            if first:
+                head.room_id = event.room_id
+            elif version.room_id_is_create_hash and ("m.room.create", "") in state:
+                auth[("m.room.create", "")] = state[("m.room.create", "")]  # named by the room ID
             try:
-                auth_rules.check_auth(event, auth)
+                auth_rules.check_auth(event, auth, room_version=version)
             except AuthError as exc:
                 raise MatrixError(400, "M_INVALID_ROOM_STATE", f"{event_type}: {exc}") from None
             state[(event_type, state_key)] = event
             events.append(event)
+            if version.events_carry_id:
+                hashes[event.event_id] = encode_base64(reference_hash(event.pdu, version))
         return events
 
     def _profile(self, user_id: str) -> dict[str, str]:
@@ -603,7 +653,7 @@ class RoomService:
         if not any(isinstance(r, str) and self.store.membership(r, target) == "join" for r in allowed):
             return None
         levels = self.state_event(room_id, "m.room.power_levels")
-        needed = levels.content.get("invite", 0) if levels else 0
+        needed = auth_rules.action_power_level(levels.content if levels else None, "invite")
         for user in self.joined_members(room_id):
             if user.endswith(":" + self.server_name) and self.power_level(room_id, user) >= needed:
                 return user

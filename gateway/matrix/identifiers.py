@@ -20,6 +20,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "create_event_id_of_room",
     "is_hash_room_id",
+    "is_room_id",
     "is_user_id",
     "room_id_of_create_event",
     "server_name_of",
@@ -54,6 +55,16 @@ def is_user_id(value: Any) -> bool:
 def is_hash_room_id(value: Any) -> bool:
     """Whether ``value`` has the version 12 room ID form: ``!`` + 43 URL-safe base64 characters."""
     return isinstance(value, str) and _HASH_ROOM_ID.fullmatch(value) is not None
+
+
+def is_room_id(value: Any) -> bool:
+    """Whether ``value`` is a room ID of some version: ``!opaque:server`` (v1–v11) or a v12 hash, ≤ 255 bytes."""
+    if not isinstance(value, str) or not value.startswith("!"):
+        return False
+    if is_hash_room_id(value):
+        return True
+    opaque, sep, server = value[1:].partition(":")
+    return bool(sep and server) and len(value.encode("utf-8", "replace")) <= MAX_ID_BYTES
 
 
 def room_id_of_create_event(create_event_id: str) -> str:

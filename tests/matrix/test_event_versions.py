@@ -334,3 +334,19 @@ def test_spliced_encoding_agrees_with_the_plain_one_in_every_version(version, ev
     assert event.canonical == encode_canonical_json(event.pdu)
     assert event.event_id == compute_event_id(copy.deepcopy(event.pdu), version)
     verify_event(event.pdu, version, lookup)
+
+
+def test_room_ids_of_every_version():
+    from lowband.gateway.matrix.identifiers import (
+        create_event_id_of_room,
+        is_hash_room_id,
+        is_room_id,
+        room_id_of_create_event,
+    )
+
+    v12 = "!" + "a-_B" * 10 + "xyz"
+    assert is_room_id("!abc:a.test") and is_room_id("!abc:a.test:8448") and is_room_id(v12)
+    assert is_hash_room_id(v12) and not is_hash_room_id("!abc:a.test") and not is_hash_room_id(v12 + "A")
+    for bad in ("abc:a.test", "!abc", "!abc:", "!" + "a" * 44, "!" + "a" * 250 + ":a.test", 7, None):
+        assert not is_room_id(bad), bad
+    assert room_id_of_create_event("$" + v12[1:]) == v12 and create_event_id_of_room(v12) == "$" + v12[1:]
