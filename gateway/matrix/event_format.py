@@ -26,7 +26,7 @@ Failing here means the event is dropped (checks on receipt, step 1).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from lowband.gateway.matrix.canonical_json import (
     MAX_SAFE_INTEGER,
@@ -88,31 +88,44 @@ def _check_server_id(name: str, value: str, sigil: str) -> None:
         raise EventFormatError(f"{name} has no server name") from None
 
 
-def _check_event_id_list(name: str, value: list[Any], limit: int, pairs: bool) -> None:
+def _check_event_id_list(name: str, value: list[Any], limit: int) -> None:
     if len(value) > limit:
         raise EventFormatError(f"{name} has {len(value)} entries; at most {limit} allowed")
     for item in value:
-        if pairs:
-            # v1/v2: [event_id, {"sha256": reference hash}]
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
-                raise EventFormatError(f"{name} entries must be [event_id, hashes] pairs")
-            item = item[0]
         if not isinstance(item, str):
             raise EventFormatError(f"{name} entries must be event ID strings")
         _check_sigil_id(f"{name} entry", item, "$")
 
 
-def _check_room_id(pdu: Mapping[str, Any], room_version: RoomVersion) -> None:
-    room_id = pdu.get("room_id")
-    if room_version.room_id_is_create_hash:
-        if pdu["type"] == "m.room.create":
-            return  # the create event has none; one it carries anyway is auth rule 1.2's to reject
-        if not is_hash_room_id(room_id):
-            raise EventFormatError("room_id must be '!' and a create event's hash in this room version")
-        return
-    if room_id is None:
-        raise EventFormatError("missing required key 'room_id'")
-    _check_server_id("room_id", room_id, "!")
+def _check_event_id_pairs(name: str, value: list[Any], limit: int) -> None:
+    """v1-v2: ``[event_id, {"sha256": reference hash}]`` pairs."""
+    if not all(isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict) for item in value):
+        raise EventFormatError(f"{name} entries must be [event_id, hashes] pairs")
+    _check_event_id_list(name, [item[0] for item in value], limit)
+
+
+class _Profile(NamedTuple):
+    """What the format check asks of a version, read once per version object (the send path is hot)."""
+
+    version: RoomVersion
+    optional: Mapping[str, type]
+    carry_ids: bool
+    hash_room_ids: bool
+    strict: bool
+    max_depth: int
+
+
+_PROFILES: dict[str, _Profile] = {}
+
+
+def _profile(version: RoomVersion) -> _Profile:
+    found = _PROFILES.get(version.identifier)
+    if found is None or found.version is not version:
+        optional = _OPTIONAL_KEYS if version.msc2176_redaction else _OPTIONAL_KEYS_BEFORE_V11
+        found = _Profile(version, optional, version.events_carry_id, version.room_id_is_create_hash,
+                         version.strict_canonical_json, version.max_depth)  # fmt: skip
+        _PROFILES[version.identifier] = found
+    return found
 
 
 def check_event_format(
@@ -129,19 +142,26 @@ def check_event_format(
     """
     if not isinstance(pdu, dict):
         raise EventFormatError("a PDU must be a JSON object")
+    profile = _profile(room_version)
     for key in _REQUIRED_KEYS:
         if key not in pdu:
             raise EventFormatError(f"missing required key {key!r}")
-    optional = _OPTIONAL_KEYS if room_version.msc2176_redaction else _OPTIONAL_KEYS_BEFORE_V11
-    for key, kind in (*_REQUIRED_KEYS.items(), *optional.items()):
+    for key, kind in (*_REQUIRED_KEYS.items(), *profile.optional.items()):
         if key in pdu:
             value = pdu[key]
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise EventFormatError(f"{key!r} has the wrong JSON type")
 
     _check_server_id("sender", pdu["sender"], "@")
-    _check_room_id(pdu, room_version)
-    if room_version.events_carry_id:
+    if profile.hash_room_ids:
+        # the create event has none (one it carries anyway is auth rule 1.2's to reject)
+        if pdu["type"] != "m.room.create" and not is_hash_room_id(pdu.get("room_id")):
+            raise EventFormatError("room_id must be '!' and a create event's hash in this room version")
+    elif "room_id" not in pdu:
+        raise EventFormatError("missing required key 'room_id'")
+    else:
+        _check_server_id("room_id", pdu["room_id"], "!")
+    if profile.carry_ids:
         if not isinstance(pdu.get("event_id"), str):
             raise EventFormatError("missing required key 'event_id' (a string in this room version)")
         _check_server_id("event_id", pdu["event_id"], "$")
@@ -149,17 +169,17 @@ def check_event_format(
         raise EventFormatError(f"type is longer than {MAX_ID_BYTES} bytes")
     if "state_key" in pdu and _utf8_len(pdu["state_key"]) > MAX_ID_BYTES:
         raise EventFormatError(f"state_key is longer than {MAX_ID_BYTES} bytes")
-    if "redacts" in pdu and not room_version.msc2176_redaction:
+    if "redacts" in pdu and "redacts" in profile.optional:
         _check_sigil_id("redacts", pdu["redacts"], "$")
-    pairs = room_version.events_carry_id
-    _check_event_id_list("prev_events", pdu["prev_events"], MAX_PREV_EVENTS, pairs)
-    _check_event_id_list("auth_events", pdu["auth_events"], MAX_AUTH_EVENTS, pairs)
+    check_ids = _check_event_id_pairs if profile.carry_ids else _check_event_id_list
+    check_ids("prev_events", pdu["prev_events"], MAX_PREV_EVENTS)
+    check_ids("auth_events", pdu["auth_events"], MAX_AUTH_EVENTS)
 
     # depth: the v6 schema says "less than 2**53 - 1" in prose but the limit is the
     # canonical JSON maximum itself (a room at the limit stays there); v1-v5 say 2**63 - 1.
-    if not 0 <= pdu["depth"] <= room_version.max_depth:
-        raise EventFormatError(f"depth must be in [0, {room_version.max_depth}]")
-    strict = room_version.strict_canonical_json
+    if not 0 <= pdu["depth"] <= profile.max_depth:
+        raise EventFormatError(f"depth must be in [0, {profile.max_depth}]")
+    strict = profile.strict
     if strict and not MIN_SAFE_INTEGER <= pdu["origin_server_ts"] <= MAX_SAFE_INTEGER:
         raise EventFormatError("origin_server_ts is outside the canonical integer range")
     if not isinstance(pdu["hashes"].get("sha256"), str):

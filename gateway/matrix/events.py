@@ -47,8 +47,8 @@ from lowband.gateway.matrix.event_format import (
     check_event_format,
 )
 from lowband.gateway.matrix.identifiers import room_id_of_create_event, server_name_of
-from lowband.gateway.matrix.redaction import kept_content, redact, redacted_view
-from lowband.gateway.matrix.room_versions import V10, RoomVersion
+from lowband.gateway.matrix.redaction import content_keys, kept_content, redact, redacted_view
+from lowband.gateway.matrix.room_versions import EVENT_ID_V1, EVENT_ID_V3, V10, RoomVersion
 from lowband.gateway.matrix.signing import (
     ServerKey,
     SignatureError,
@@ -274,7 +274,7 @@ def reference_hash(pdu: Mapping[str, Any], room_version: RoomVersion) -> bytes:
 
 
 def _encode_event_id(digest: bytes, room_version: RoomVersion) -> str:
-    if room_version.event_id_format == "v3":
+    if room_version.event_id_format == EVENT_ID_V3:
         return "$" + encode_base64(digest)
     return "$" + encode_base64_urlsafe(digest)
 
@@ -352,8 +352,9 @@ def build_event(
     if redacts is not None and room_version.redacts_in_content:
         content["redacts"] = redacts
         redacts = None
+    id_format = room_version.event_id_format
     event_id: str | None = None
-    if room_version.events_carry_id:
+    if id_format == EVENT_ID_V1:
         event_id = f"${secrets.token_urlsafe(12)}:{server_name}"
         prev: list[Any] = _with_hashes(prev_events, event_hashes)
         auth: list[Any] = _with_hashes(auth_events, event_hashes)
@@ -365,16 +366,17 @@ def build_event(
         "depth": depth,
         "origin_server_ts": origin_server_ts,
         "prev_events": prev,
+        "room_id": room_id,
         "sender": sender,
         "type": type,
     }
-    if room_version.room_id_is_create_hash and type == _CREATE:
-        if room_id is not None:
-            raise EventFormatError("a room version 12 create event has no room_id: the room ID is its hash")
-    elif room_id is None:
-        raise EventFormatError("room_id is required")
-    else:
-        pdu["room_id"] = room_id
+    names_room = room_version.room_id_is_create_hash and type == _CREATE
+    if room_id is None:
+        if not names_room:
+            raise EventFormatError("room_id is required")
+        del pdu["room_id"]
+    elif names_room:
+        raise EventFormatError("a room version 12 create event has no room_id: the room ID is its hash")
     if event_id is not None:
         pdu["event_id"] = event_id
     if state_key is not None:
@@ -395,7 +397,8 @@ def build_event(
     # redaction); its values were checked just above.
     reference = _redacted_text(hashed, pdu, room_version)
     if event_id is None:
-        event_id = _encode_event_id(hashlib.sha256(reference).digest(), room_version)
+        digest = hashlib.sha256(reference).digest()
+        event_id = "$" + (encode_base64(digest) if id_format == EVENT_ID_V3 else encode_base64_urlsafe(digest))
     marker = b',"state_key":' if "state_key" in pdu else b',"type":'
 
     def sign() -> bytes:
@@ -466,7 +469,9 @@ def _redacted_text(hashed: bytes, pdu: dict[str, Any], room_version: RoomVersion
     if "redacts" in pdu or not isinstance(pdu["content"], dict) or not isinstance(pdu["type"], str):
         # v1-v10 redaction drops redacts (rare: not worth splicing); a malformed PDU fails its format check later
         return encode_canonical_json(redacted_view(pdu, room_version), checked=True)
-    content = kept_content(pdu["type"], pdu["content"], room_version)
+    # most events (messages, readings) keep no content: no need to build an empty dict for them
+    event_type = pdu["type"]
+    content = kept_content(event_type, pdu["content"], room_version) if event_type in content_keys(room_version) else {}
     start = hashed.index(b',"content":') + len(b',"content":')
     end = hashed.rindex(b',"depth":')
     return hashed[:start] + (encode_canonical_json(content, checked=True) if content else b"{}") + hashed[end:]

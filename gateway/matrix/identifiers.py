@@ -63,7 +63,7 @@ def is_room_id(value: Any) -> bool:
         return False
     if is_hash_room_id(value):
         return True
-    opaque, sep, server = value[1:].partition(":")
+    _, sep, server = value[1:].partition(":")
     return bool(sep and server) and len(value.encode("utf-8", "replace")) <= MAX_ID_BYTES
 
 

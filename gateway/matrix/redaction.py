@@ -36,7 +36,7 @@ from typing import Any
 
 from lowband.gateway.matrix.room_versions import RoomVersion
 
-__all__ = ["kept_content", "redact", "redacted_view"]
+__all__ = ["EVERYTHING", "content_keys", "kept_content", "redact", "redacted_view"]
 
 _TOP_LEVEL = frozenset(
     {
@@ -60,12 +60,17 @@ _POWER_LEVELS = frozenset(
     {"ban", "events", "events_default", "kick", "redact", "state_default", "users", "users_default"}
 )
 
+#: Marks an event type whose whole content survives (v11+ m.room.create).
+EVERYTHING: frozenset[str] = frozenset({"*every key*"})
+
 #: identifier -> (version, content keys kept by type), made once per version object: the hot
 #: path (local v10 sends) looks up a string here instead of hashing a dataclass of 17 flags.
 _TABLES: dict[str, tuple[RoomVersion, Mapping[str, frozenset[str]]]] = {}
 
 
-def _content_table(version: RoomVersion) -> Mapping[str, frozenset[str]]:
+def content_keys(version: RoomVersion) -> Mapping[str, frozenset[str]]:
+    """Event type -> the content keys redaction keeps (:data:`EVERYTHING` for all); a type not
+    listed keeps none. Read-only."""
     entry = _TABLES.get(version.identifier)
     if entry is not None and entry[0] is version:
         return entry[1]
@@ -79,7 +84,8 @@ def _content_table(version: RoomVersion) -> Mapping[str, frozenset[str]]:
         "m.room.history_visibility": frozenset({"history_visibility"}),
     }
     if version.msc2176_redaction:
-        table["m.room.redaction"] = frozenset({"redacts"})  # and the whole create content: kept_content
+        table["m.room.create"] = EVERYTHING
+        table["m.room.redaction"] = frozenset({"redacts"})
     else:
         table["m.room.create"] = frozenset({"creator"})
     if version.special_case_aliases_auth:
@@ -96,11 +102,11 @@ def kept_content(event_type: Any, content: Any, room_version: RoomVersion) -> di
     """
     if not isinstance(content, dict) or not isinstance(event_type, str):
         return {}
-    if event_type == "m.room.create" and room_version.msc2176_redaction:
-        return dict(content)
-    kept = _content_table(room_version).get(event_type)
+    kept = content_keys(room_version).get(event_type)
     if kept is None:
         return {}
+    if kept is EVERYTHING:
+        return dict(content)
     out = {k: v for k, v in content.items() if k in kept}
     if event_type == "m.room.member" and room_version.msc2176_redaction:
         # MSC3821: the identity server's signed block is what auth checks; the rest
