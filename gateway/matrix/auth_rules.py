@@ -253,37 +253,38 @@ def check_auth(event: Event, auth_state: Mapping[StateKey, Event], *, room_versi
     rejects it otherwise. Never raises anything else for any event that
     passed ``check_event_format`` for ``room_version``.
     """
-    if event.type == CREATE:
+    event_type, sender = event.type, event.sender
+    if event_type == CREATE:
         _check_create(event, room_version)
         return
     create = _check_auth_state(event, auth_state, room_version)
     # A non-federating room stays on its creator's server (rule 3; 4 in v12).
-    if create.content.get("m.federate", True) is False and _domain(event.sender) != _domain(create.sender):
+    if create.content.get("m.federate", True) is False and _domain(sender) != _domain(create.sender):
         raise AuthError("room does not federate and sender is on another server")
     room = _Room(auth_state, create, room_version)
-    if event.type == ALIASES and room_version.special_case_aliases_auth:  # v1-v5 rule 4
-        if not event.state_key or event.state_key != _domain(event.sender):
-            raise AuthError("m.room.aliases needs the sender's server as its state_key")
-        return
-    if event.type == MEMBER:
+    if event_type == MEMBER:
         _check_membership(event, room)  # allows or rejects
         return
-    if room.membership(event.sender) != JOIN:
-        raise AuthError(f"{event.sender} is not joined to the room")
-    sender_level = room.level(event.sender)
-    if event.type == THIRD_PARTY_INVITE:
+    if event_type == ALIASES and room_version.special_case_aliases_auth:  # v1-v5 rule 4
+        if not event.state_key or event.state_key != _domain(sender):
+            raise AuthError("m.room.aliases needs the sender's server as its state_key")
+        return
+    if room.membership(sender) != JOIN:
+        raise AuthError(f"{sender} is not joined to the room")
+    sender_level = room.level(sender)
+    if event_type == THIRD_PARTY_INVITE:
         if sender_level >= room.action_level("invite"):
             return
         raise AuthError("sender's power level is below the invite level")
-    needed = required_power_level(event, room.power_levels)
-    if needed > sender_level:
-        raise AuthError(f"sending {event.type} needs power level {needed}; sender has {_shown(sender_level)}")
     state_key = event.state_key
-    if state_key is not None and state_key.startswith("@") and state_key != event.sender:
+    needed = required_power_level_for(event_type, state_key is not None, room.power_levels)
+    if needed > sender_level:
+        raise AuthError(f"sending {event_type} needs power level {needed}; sender has {_shown(sender_level)}")
+    if state_key is not None and state_key.startswith("@") and state_key != sender:
         raise AuthError("a state_key starting with '@' must be the sender's user ID")
-    if event.type == POWER_LEVELS:
+    if event_type == POWER_LEVELS:
         _check_power_levels(event, room, sender_level)
-    if event.type == REDACTION and room_version.events_carry_id:  # v1-v2 rule 11
+    elif event_type == REDACTION and room_version.events_carry_id:  # v1-v2 rule 11
         _check_redaction_v1(event, room, sender_level)
     # Otherwise: allow.
 
@@ -337,8 +338,7 @@ def _check_auth_state(event: Event, auth_state: Mapping[StateKey, Event], versio
             raise AuthError(f"auth event {auth_event.event_id} is in another room")
     if create is None:
         raise AuthError("no m.room.create event among the auth events")
-    named = of_create_content(create.content)
-    if named is None or named.identifier != version.identifier:
+    if create.content.get("room_version", "1") != version.identifier:
         # Only a create event of another room (an ID collision, before v12) can do this.
         raise AuthError(f"the create event is not one of a room version {version.identifier} room")
     return create
