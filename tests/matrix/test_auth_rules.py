@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from room_dag import (
     ALICE,
     BASE_PL,
@@ -741,3 +743,53 @@ def test_v1_v2_events_carry_their_id_and_hash_pairs():
     pairs = message.pdu["auth_events"]
     assert all(isinstance(p, list) and set(p[1]) == {"sha256"} for p in pairs)
     assert message.auth_events == [p[0] for p in pairs] and message.prev_events == [message.pdu["prev_events"][0][0]]
+
+
+# -- arbitrary content ------------------------------------------------------------------
+
+_ROOMS: dict[str, Room] = {}
+
+
+def _room_for(version: RoomVersion) -> Room:
+    """One standard room per version with BOB joined (built once: rooms are only read below)."""
+    if version.identifier not in _ROOMS:
+        room = Room.standard(join_rule="knock" if version.knock else "invite", version=version)
+        room.add_member(BOB)
+        _ROOMS[version.identifier] = room
+    return _ROOMS[version.identifier]
+
+
+_LEVELISH = st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False) | st.sampled_from(
+    [" 50 ", "+7", "-0", "1e3", "x", "", "٣"]) | st.lists(st.integers(0, 100), max_size=2)  # fmt: skip
+_CONTENT = st.dictionaries(
+    st.sampled_from(["membership", "users", "users_default", "events", "notifications", "ban", "kick", "invite",
+                     "redact", "state_default", "join_rule", "allow", VIA, "third_party_invite", "creator",
+                     "room_version", "additional_creators", "aliases", "redacts", "m.federate"]),
+    _LEVELISH | st.sampled_from(["join", "invite", "leave", "ban", "knock", "public", BOB, ALICE, "12"])
+    | st.dictionaries(st.sampled_from([ALICE, BOB, "bob", "m.room.name", "signed", "token", "mxid"]),
+                      _LEVELISH | st.dictionaries(st.sampled_from(["mxid", "token", "signatures"]), _LEVELISH),
+                      max_size=3),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(version=st.sampled_from(ALL), content=_CONTENT, state_key=st.sampled_from([None, "", BOB, ALICE, "b.test"]),
+       event_type=st.sampled_from(["m.room.member", "m.room.power_levels", "m.room.create", "m.room.join_rules",
+                                   "m.room.aliases", "m.room.redaction", "m.room.third_party_invite", "m.room.message"]),
+       sender=st.sampled_from([ALICE, BOB, EVE]))  # fmt: skip
+def test_only_auth_errors_whatever_the_content(version, content, state_key, event_type, sender):
+    # Content a peer could send (floats and all: check_auth sees no hashes or signatures, so the event
+    # is edited after building), judged by the state its selection picks: allowed, or AuthError.
+    room = _room_for(version)
+    built = room.build(Step(sender, "m.room.message", {}))
+    pdu = {**built.pdu, "type": event_type, "content": content}
+    if state_key is None:
+        pdu.pop("state_key", None)
+    else:
+        pdu["state_key"] = state_key
+    event = Event(built.event_id, pdu)
+    try:
+        check_auth(event, room.auth_state(event), room_version=version)
+    except AuthError:
+        pass
