@@ -128,6 +128,8 @@ class RoomService:
         # txn → (the future of the send_batch call making it, its index there)
         self._pending_txns: dict[tuple[str, str, str], tuple[asyncio.Future[Any], int]] = {}
         self._event_cache: dict[str, Event] = {}
+        # v1-v2 rooms: reference hashes of recent events, which the next events cite before they commit
+        self._reference_hashes: dict[str, str] = {}
 
     # ------------------------------------------------------------- lookups
 
@@ -411,8 +413,21 @@ class RoomService:
         """Reference hashes of ``event_ids``, which v1-v2 events cite next to their IDs; None from v3."""
         if not version.events_carry_id:
             return None
-        found = (self.event(event_id) for event_id in event_ids)
-        return {event.event_id: encode_base64(reference_hash(event.pdu, version)) for event in found if event}
+        hashes: dict[str, str] = {}
+        for event_id in event_ids:
+            known = self._reference_hashes.get(event_id)
+            event = self.event(event_id) if known is None else None
+            if event is not None:
+                known = self._remember_hash(event, version)
+            if known is not None:
+                hashes[event_id] = known
+        return hashes
+
+    def _remember_hash(self, event: Event, version: RoomVersion) -> str:
+        if len(self._reference_hashes) >= _EVENT_CACHE_SIZE:
+            self._reference_hashes.pop(next(iter(self._reference_hashes)))
+        digest = self._reference_hashes[event.event_id] = encode_base64(reference_hash(event.pdu, version))
+        return digest
 
     def _authorise(self, event: Event, version: RoomVersion) -> None:
         auth_state: dict[tuple[str, str], Event] = {}
@@ -454,6 +469,8 @@ class RoomService:
         head.depth = event.depth
         head.state_group = state_after
         self._remember(event)
+        if head.version.events_carry_id:  # the next event cites it, maybe before it commits
+            self._remember_hash(event, head.version)
         return EventWrite(event, position, state_before, state_after, group_job, txn)
 
     @staticmethod
