@@ -85,3 +85,22 @@ def test_every_version_through_the_room_service(tmp_path: Path, version: str) ->
             store.close()
 
     asyncio.run(after_restart())
+
+
+def test_a_v12_room_gets_its_alias_and_its_hash_id(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SQLiteStore(tmp_path / "lowband.db")
+        rooms = RoomService(store, "localhost", KEY)
+        try:
+            room_id = await rooms.create_room(ALICE, {"room_version": "12", "room_alias_name": "greenhouse"})
+            create = rooms.state_event(room_id, "m.room.create")
+            assert create is not None and create.event_id == create_event_id_of_room(room_id)
+            assert store.get_alias("#greenhouse:localhost") == (room_id, ALICE)
+            # two rooms made in the same millisecond by the same user still get two IDs
+            rooms.clock = lambda: 1_700_000_000.0
+            assert await rooms.create_room(ALICE, {"room_version": "12"}) != await rooms.create_room(
+                ALICE, {"room_version": "12"})
+        finally:
+            store.close()
+
+    asyncio.run(main())
