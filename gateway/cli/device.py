@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lowband.gateway.cli.main import UsageError
+from lowband.gateway.matrix.identifiers import is_room_id
 
 
 def register(subparsers: Any) -> None:
@@ -95,8 +96,8 @@ def _resolve_room(store: Any, room: str) -> str:
         if found is None:
             raise UsageError(f"no room has the alias {room}")
         return str(found[0])
-    if not room.startswith("!") or ":" not in room:
-        raise UsageError(f"{room!r} is neither a room ID (!id:server) nor an alias (#name:server)")
+    if not is_room_id(room):
+        raise UsageError(f"{room!r} is neither a room ID (!id:server, or a v12 !hash) nor an alias (#name:server)")
     if store.get_room(room) is None:
         raise UsageError(f"this gateway has no room {room}")
     return room

@@ -35,9 +35,9 @@ from lowband.gateway.federation.inbound.fetch_auth_events import rule4, store_ch
 from lowband.gateway.federation.inbound.parse_incoming_pdu import parse_for_room
 from lowband.gateway.federation.keyring import KeyRing
 from lowband.gateway.matrix import room_versions
-from lowband.gateway.matrix.auth_rules import AuthError, auth_state_from_events
+from lowband.gateway.matrix.auth_rules import AuthError
 from lowband.gateway.matrix.errors import MatrixError, forbidden, not_found
-from lowband.gateway.matrix.events import Event, add_signature, build_event, server_name_of
+from lowband.gateway.matrix.events import Event, EventFormatError, add_signature, build_event, server_name_of
 from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.signing import SigningKey
 
@@ -125,10 +125,21 @@ class Memberships:
             if isinstance(template.get("content"), dict) else None  # fmt: skip
         if isinstance(via, str):
             content = {**content, "join_authorised_via_users_server": via}
-        return build_event(room_id=template["room_id"], sender=template["sender"], type="m.room.member",
-                           content=content, prev_events=[str(p) for p in prev], auth_events=[str(a) for a in auth],
-                           depth=depth, origin_server_ts=self.clock_ms(), server_name=self.server_name,
-                           signing_key=self.key, state_key=template["state_key"])  # fmt: skip
+        hashes: dict[str, str] = {}
+        if version.events_carry_id:  # v1-v2 templates cite [event_id, {"sha256": …}] pairs
+            for pair in [*prev, *auth]:
+                if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], dict):
+                    hashes[str(pair[0])] = str(pair[1].get("sha256", ""))
+            prev = [p[0] if isinstance(p, list) and p else p for p in prev]
+            auth = [a[0] if isinstance(a, list) and a else a for a in auth]
+        try:
+            return build_event(room_id=template["room_id"], sender=template["sender"], type="m.room.member",
+                               content=content, prev_events=[str(p) for p in prev], auth_events=[str(a) for a in auth],
+                               depth=depth, origin_server_ts=self.clock_ms(), server_name=self.server_name,
+                               signing_key=self.key, state_key=template["state_key"], room_version=version,
+                               event_hashes=hashes or None)  # fmt: skip
+        except (EventFormatError, ValueError) as exc:
+            raise PduDropped(f"the template does not make a valid event: {exc}") from None
 
     async def _store_join(self, server: str, room_id: str, version: RoomVersion, join: Event, state: list[Any],
                           auth_chain: list[Any]) -> Event:  # fmt: skip
@@ -207,7 +218,10 @@ class Memberships:
         probe = Event("$probe", {**template, "hashes": {}, "signatures": {}})
         auth_events = [k.event for k in (self.dag.known(a) for a in auth_ids) if k is not None]
         try:
-            versioned.check_auth(probe, auth_state_from_events(probe, auth_events), version)
+            create_id = versioned.create_event_id(probe, version)
+            create = self.dag.known(create_id) if create_id else None
+            versioned.check_auth(probe, versioned.auth_state_from(probe, auth_events, version,
+                                                                  create.event if create else None), version)  # fmt: skip
         except AuthError as exc:
             raise forbidden(f"{user_id} may not {membership}: {exc.reason}") from None
         return {"event": template, "room_version": version.identifier}
@@ -230,7 +244,7 @@ class Memberships:
             raise MatrixError(400, "M_INVALID_PARAM", "the event's sender is not on the asking server")
         via = event.content.get("join_authorised_via_users_server")
         if membership == "join" and isinstance(via, str) and server_name_of(via) == self.server_name:
-            event = Event(event.event_id, add_signature(event.pdu, self.server_name, self.key))
+            event = Event(event.event_id, add_signature(event.pdu, self.server_name, self.key, version))
             incoming.event = event
         async with self.dag.room_lock(room_id):
             missing = [p for p in event.prev_events if self.dag.state_after(p) is None]

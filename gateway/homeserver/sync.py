@@ -154,7 +154,7 @@ class SyncHandler:
         redacted_by = row.get("redacted_by")
         if redacted_by:
             redaction = self.rooms.event(redacted_by)
-            event = Event(event.event_id, redact(event.pdu))
+            event = Event(event.event_id, redact(event.pdu, self.rooms.room_version(event.room_id)))
             if redaction is not None:
                 unsigned["redacted_because"] = redaction.to_client()
         result = event.to_client(unsigned=unsigned)

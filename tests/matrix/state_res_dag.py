@@ -114,7 +114,7 @@ class Room:
         self._prevs: dict[str, list[str]] = {}
         self.events: dict[str, Event] = {}
         self._state_after: dict[str, dict[StateKey, str]] = {}
-        self.event("create", ALICE, CREATE, "", {"creator": ALICE})
+        self.event("create", ALICE, CREATE, "", {"creator": ALICE, "room_version": room_version.identifier})
         self.event("alice-join", ALICE, MEMBER, ALICE, JOIN)
         self.event("pl0", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100}})
         self.event("jr0", ALICE, JOIN_RULES, "", {"join_rule": join_rule})

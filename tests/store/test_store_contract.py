@@ -22,6 +22,7 @@ import pytest
 
 from lowband.gateway.app import open_store
 from lowband.gateway.matrix.events import Event, build_event, verify_event
+from lowband.gateway.matrix.room_versions import V10
 from lowband.gateway.matrix.signing import SigningKey
 from lowband.gateway.store import interfaces
 from lowband.gateway.store.interfaces import (
@@ -206,7 +207,7 @@ class RoomBuilder:
 
 
 def _verify(event: Event, key: SigningKey) -> None:
-    verify_event(event.pdu, lambda server, key_id: key.verify_key_bytes if key_id == key.key_id else None)
+    verify_event(event.pdu, V10, lambda server, key_id: key.verify_key_bytes if key_id == key.key_id else None)
 
 
 def test_a_batch_commits_together_signed_in_order_and_only_then_counts_as_persisted(

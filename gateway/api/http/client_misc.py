@@ -29,6 +29,7 @@ from lowband.gateway.api.http.base import (
 )  # fmt: skip
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
+from lowband.gateway.matrix.identifiers import is_room_id
 from lowband.gateway.store.interfaces import DeviceInfo
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _user_param(request: web.Request) -> str:
 
 def _room_param(request: web.Request) -> str:
     room_id = request.match_info["room_id"]
-    if not room_id.startswith("!") or ":" not in room_id or len(room_id.encode()) > MAX_ID_BYTES:
+    if not is_room_id(room_id):  # v12 room IDs have no server name
         raise invalid_param("not a room ID")
     return room_id
 

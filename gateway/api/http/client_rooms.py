@@ -20,13 +20,14 @@ from lowband.gateway.api.http.base import (
 )
 from lowband.gateway.homeserver.sync import transaction_key
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
+from lowband.gateway.matrix.identifiers import is_room_id
 
 MAX_ID_BYTES = 255
 
 
 def _room_id(request: web.Request) -> str:
     room_id = request.match_info["room_id"]
-    if not room_id.startswith("!") or ":" not in room_id or len(room_id.encode()) > MAX_ID_BYTES:
+    if not is_room_id(room_id):  # v12 room IDs have no server name
         raise MatrixError(400, "M_INVALID_PARAM", "not a room ID")
     return room_id
 

@@ -18,7 +18,7 @@ from lowband.gateway.federation.inbound.dag import RoomDag
 from lowband.gateway.federation.inbound.errors import PduDropped
 from lowband.gateway.federation.inbound.parse_incoming_pdu import Incoming, parse_for_room
 from lowband.gateway.federation.keyring import KeyRing
-from lowband.gateway.matrix.auth_rules import AuthError, auth_state_from_events
+from lowband.gateway.matrix.auth_rules import AuthError
 from lowband.gateway.matrix.events import Event
 
 log = logging.getLogger("lowband.federation")
@@ -47,8 +47,16 @@ def rule4(event: Event, version: Any, dag: RoomDag, extra: dict[str, tuple[Event
         if found[1] is not None:
             return f"auth event {event_id} was rejected"
         auth.append(found[0])
+    create = None
+    create_id = versioned.create_event_id(event, version)
+    if create_id is not None:
+        found = extra.get(create_id) if extra else None
+        known = dag.known(create_id) if found is None else None
+        create = found[0] if found is not None else known.event if known is not None else None
+        if create is None:
+            return f"the create event {create_id} is unknown"
     try:
-        versioned.check_auth(event, auth_state_from_events(event, auth), version)
+        versioned.check_auth(event, versioned.auth_state_from(event, auth, version, create), version)
     except AuthError as exc:
         return exc.reason
     return None

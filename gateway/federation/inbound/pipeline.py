@@ -30,6 +30,7 @@ from lowband.gateway.federation.inbound.fetch_prev_events import fill_gaps, in_t
 from lowband.gateway.federation.inbound.parse_incoming_pdu import Incoming, parse_pdu
 from lowband.gateway.federation.inbound.state_at_event import state_before
 from lowband.gateway.federation.keyring import KeyRing
+from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.errors import MatrixError
 from lowband.gateway.matrix.events import compute_event_id
 
@@ -131,6 +132,6 @@ class InboundPipeline:
 def _best_effort_id(raw: Any) -> str | None:
     """The ID a dropped PDU would have in current room versions, to name it in the answer; None if none."""
     try:
-        return compute_event_id(raw) if isinstance(raw, dict) else None
+        return compute_event_id(raw, room_versions.DEFAULT) if isinstance(raw, dict) else None
     except (ValueError, TypeError, RecursionError):
         return None

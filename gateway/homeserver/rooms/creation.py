@@ -10,7 +10,8 @@ Rules:
 * then the events are queued in one write under the new head's lock and
   announced after the commit; the room is published in the directory last.
 
-Room version 10 only (see ``events.ROOM_VERSION``).
+Every room version of ``room_versions.KNOWN`` (``room_versions.DEFAULT``
+unless the body asks for another); a v12 room is named by its create event.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 
 from lowband.gateway.homeserver.rooms.lookups import RoomHead, RoomLookups
 from lowband.gateway.homeserver.rooms.sending import EventSender, Sent
-from lowband.gateway.matrix import auth_rules
+from lowband.gateway.matrix import auth_rules, room_versions
 from lowband.gateway.matrix.auth_rules import AuthError
 from lowband.gateway.matrix.errors import MatrixError, bad_json
-from lowband.gateway.matrix.events import ROOM_VERSION, Event, EventFormatError, build_event
-from lowband.gateway.matrix.signing import SigningKey
+from lowband.gateway.matrix.events import Event, EventFormatError, build_event, reference_hash
+from lowband.gateway.matrix.room_versions import RoomVersion
+from lowband.gateway.matrix.signing import SigningKey, encode_base64
 from lowband.gateway.store.interfaces import Store
 
 PRESETS: dict[str, dict[str, str]] = {
@@ -34,10 +36,11 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 
-def default_power_levels(creator: str) -> dict[str, Any]:
-    """Power levels a new room starts with (the creator at 100)."""
-    return {
-        "users": {creator: 100},
+def default_power_levels(creator: str, version: RoomVersion = room_versions.DEFAULT) -> dict[str, Any]:
+    """Power levels a new room starts with: the creator at 100 (v12: above all levels, with no entry,
+    and m.room.tombstone at 150 so that only creators upgrade the room by default, as MSC4289 asks)."""
+    levels: dict[str, Any] = {
+        "users": {} if version.privileged_creators else {creator: 100},
         "users_default": 0,
         "events": {
             "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
@@ -52,6 +55,9 @@ def default_power_levels(creator: str) -> dict[str, Any]:
         "invite": 0,
         "notifications": {"room": 50},
     }  # fmt: skip
+    if version.privileged_creators:
+        levels["events"]["m.room.tombstone"] = 150
+    return levels
 
 
 class RoomCreator:
@@ -73,11 +79,12 @@ class RoomCreator:
         """Create a room as the /createRoom body asks; returns its ID.
 
         Raises MatrixError (M_BAD_JSON for wrong types, M_ROOM_IN_USE for a
-        taken alias, M_UNSUPPORTED_ROOM_VERSION for another version).
+        taken alias, M_UNSUPPORTED_ROOM_VERSION for a version not in ``room_versions.KNOWN``).
         """
-        version = body.get("room_version", ROOM_VERSION)
-        if version != ROOM_VERSION:
-            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"only room version {ROOM_VERSION} is supported")
+        try:
+            version = room_versions.get(body.get("room_version", room_versions.DEFAULT.identifier))
+        except room_versions.UnsupportedRoomVersion as exc:
+            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", str(exc)) from None
         visibility = body.get("visibility", "private")
         if visibility not in ("public", "private"):
             raise bad_json("'visibility' must be 'public' or 'private'")
@@ -106,17 +113,30 @@ class RoomCreator:
             if self.store.get_alias(alias) is not None:
                 raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
 
-        levels = default_power_levels(creator)
+        levels = default_power_levels(creator, version)
+        create_content: dict[str, Any] = {**creation_content, "room_version": version.identifier}
+        if not version.implicit_room_creator:
+            create_content["creator"] = creator
         if preset_name == "trusted_private_chat":
-            for user in invites:
-                levels["users"][user] = 100
+            if version.privileged_creators:  # MSC4289: the invitees become creators, as levels cannot list them
+                extra = create_content.get("additional_creators", [])
+                if not isinstance(extra, list):
+                    raise bad_json("'additional_creators' must be a list of user IDs")
+                create_content["additional_creators"] = list(dict.fromkeys([*extra, *invites]))
+            else:
+                for user in invites:
+                    levels["users"][user] = 100
+        if version.room_id_is_create_hash:
+            # The room ID is the create event's hash: two rooms made by one user in one
+            # millisecond would collide without something random (MSC4291 suggests this).
+            create_content.setdefault("io.lowband.nonce", secrets.token_urlsafe(6))
         override = body.get("power_level_content_override")
         if override is not None:
             if not isinstance(override, dict):
                 raise bad_json("'power_level_content_override' must be an object")
             levels.update(override)
         plan: list[tuple[str, str, dict[str, Any]]] = [
-            ("m.room.create", "", {**creation_content, "creator": creator, "room_version": ROOM_VERSION}),
+            ("m.room.create", "", create_content),
             ("m.room.member", creator, {"membership": "join", **self.lookups.profile(creator)}),
             ("m.room.power_levels", "", levels),
         ]
@@ -142,11 +162,13 @@ class RoomCreator:
         for user in invites:
             plan.append(("m.room.member", user, {"membership": "invite", **({"is_direct": True} if body.get("is_direct") is True else {})}))
 
-        room_id = self.new_room_id()
-        head = RoomHead(room_id, creator, None, [], 0)
+        # v12: the create event names the room, and _dry_run sets the ID once it has built it
+        room_id = "" if version.room_id_is_create_hash else self.new_room_id()
+        head = RoomHead(room_id, creator, None, [], 0, version)
         # Build and authorise every event in memory first: a room that would
         # be refused half-way is never stored, and its alias stays free.
         events = self._dry_run(head, creator, plan)
+        room_id = head.room_id
         if alias is not None and not await self.store.create_alias(alias, room_id, creator):
             raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
         self.lookups.add_head(head)
@@ -164,23 +186,32 @@ class RoomCreator:
         """Build and authorise a new room's first events without storing anything."""
         state: dict[tuple[str, str], Event] = {}
         events: list[Event] = []
+        version = head.version
+        hashes: dict[str, str] = {}  # v1-v2 events cite their prev and auth events' reference hashes
         for event_type, state_key, content in plan:
-            selected = auth_rules.auth_types_for_event(event_type, sender, state_key, content)
+            selected = auth_rules.auth_types_for_event(event_type, sender, state_key, content, room_version=version)
             auth = {key: state[key] for key in selected if key in state}
+            first = version.room_id_is_create_hash and event_type == "m.room.create"
             try:
                 event = build_event(
-                    room_id=head.room_id, sender=sender, type=event_type, content=content,
+                    room_id=None if first else head.room_id, sender=sender, type=event_type, content=content,
                     prev_events=[events[-1].event_id] if events else [],
                     auth_events=[e.event_id for e in auth.values()], depth=len(events) + 1,
                     origin_server_ts=self.sender.now_ms(), server_name=self.server_name, signing_key=self.signing_key,
-                    state_key=state_key,
+                    state_key=state_key, room_version=version, event_hashes=hashes,
                 )  # fmt: skip
             except EventFormatError as exc:
                 raise bad_json(str(exc)) from None
+            if first:
+                head.room_id = event.room_id
+            elif version.room_id_is_create_hash and ("m.room.create", "") in state:
+                auth[("m.room.create", "")] = state[("m.room.create", "")]  # named by the room ID
             try:
-                auth_rules.check_auth(event, auth)
+                auth_rules.check_auth(event, auth, room_version=version)
             except AuthError as exc:
                 raise MatrixError(400, "M_INVALID_ROOM_STATE", f"{event_type}: {exc}") from None
             state[(event_type, state_key)] = event
             events.append(event)
+            if version.events_carry_id:
+                hashes[event.event_id] = encode_base64(reference_hash(event.pdu, version))
         return events

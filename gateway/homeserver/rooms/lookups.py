@@ -12,8 +12,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from lowband.gateway.matrix import auth_rules
-from lowband.gateway.matrix.events import Event
+from lowband.gateway.matrix import auth_rules, room_versions
+from lowband.gateway.matrix.events import Event, reference_hash
+from lowband.gateway.matrix.room_versions import RoomVersion
+from lowband.gateway.matrix.signing import encode_base64
 from lowband.gateway.store.interfaces import StateMap, Store
 
 _EVENT_CACHE_SIZE = 5000
@@ -28,6 +30,7 @@ class RoomHead:
     state_group: int | None
     extremities: list[str]
     depth: int
+    version: RoomVersion = room_versions.DEFAULT
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -38,6 +41,8 @@ class RoomLookups:
         self.store = store
         self._heads: dict[str, RoomHead] = {}
         self._event_cache: dict[str, Event] = {}
+        # v1-v2 rooms: reference hashes of recent events, which the next events cite before they commit
+        self._reference_hashes: dict[str, str] = {}
 
     # ---------------------------------------------------------------- heads
 
@@ -48,9 +53,15 @@ class RoomLookups:
             row = self.store.get_room(room_id)
             if row is None:
                 return None
-            head = RoomHead(room_id, row["creator"], row["state_group"], row["extremities"], row["depth"])
+            head = RoomHead(room_id, row["creator"], row["state_group"], row["extremities"], row["depth"],
+                            room_versions.get(row["room_version"]))  # fmt: skip
             self._heads[room_id] = head
         return head
+
+    def room_version(self, room_id: str) -> RoomVersion:
+        """The version of a room this server knows (``room_versions.DEFAULT`` for an unknown room)."""
+        head = self.head(room_id)
+        return head.version if head is not None else room_versions.DEFAULT
 
     def add_head(self, head: RoomHead) -> None:
         """Hold the head of a room being created (before anything of it is stored)."""
@@ -80,6 +91,27 @@ class RoomLookups:
             if len(self._event_cache) >= _EVENT_CACHE_SIZE:
                 self._event_cache.pop(next(iter(self._event_cache)))
             self._event_cache[event.event_id] = event
+
+    def event_hashes(self, version: RoomVersion, event_ids: list[str]) -> dict[str, str] | None:
+        """Reference hashes of ``event_ids``, which v1-v2 events cite next to their IDs; None from v3."""
+        if not version.events_carry_id:
+            return None
+        hashes: dict[str, str] = {}
+        for event_id in event_ids:
+            known = self._reference_hashes.get(event_id)
+            event = self.event(event_id) if known is None else None
+            if event is not None:
+                known = self.remember_hash(event, version)
+            if known is not None:
+                hashes[event_id] = known
+        return hashes
+
+    def remember_hash(self, event: Event, version: RoomVersion) -> str:
+        """Keep a v1-v2 event's reference hash: the next event cites it, maybe before it commits."""
+        if len(self._reference_hashes) >= _EVENT_CACHE_SIZE:
+            self._reference_hashes.pop(next(iter(self._reference_hashes)))
+        digest = self._reference_hashes[event.event_id] = encode_base64(reference_hash(event.pdu, version))
+        return digest
 
     # ---------------------------------------------------------------- state
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from lowband.gateway.homeserver.rooms.lookups import RoomLookups
 from lowband.gateway.homeserver.rooms.sending import EventSender, Sent
+from lowband.gateway.matrix import auth_rules
 from lowband.gateway.matrix.errors import bad_json
 from lowband.gateway.store.interfaces import Store
 
@@ -60,7 +61,7 @@ class MembershipChanges:
         if not any(isinstance(r, str) and self.store.membership(r, target) == "join" for r in allowed):
             return None
         levels = self.lookups.state_event(room_id, "m.room.power_levels")
-        needed = levels.content.get("invite", 0) if levels else 0
+        needed = auth_rules.action_power_level(levels.content if levels else None, "invite")
         for user in self.lookups.joined_members(room_id):
             if user.endswith(":" + self.server_name) and self.lookups.power_level(room_id, user) >= needed:
                 return user

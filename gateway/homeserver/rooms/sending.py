@@ -33,7 +33,9 @@ from lowband.gateway.homeserver.rooms.lookups import RoomHead, RoomLookups
 from lowband.gateway.matrix import auth_rules
 from lowband.gateway.matrix.auth_rules import AuthError
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
-from lowband.gateway.matrix.events import ROOM_VERSION, Event, EventFormatError, build_event
+from lowband.gateway.matrix.events import Event, EventFormatError, build_event
+from lowband.gateway.matrix.identifiers import create_event_id_of_room
+from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.signing import SigningKey
 from lowband.gateway.store.interfaces import EventWrite, RoomHeadRow, StateMap, Store
 
@@ -206,10 +208,10 @@ class EventSender:
                 try:
                     auth_ids = known.get(key) if plain else None
                     if auth_ids is None:
-                        auth_ids = self._auth_ids(state, request)
+                        auth_ids = self._auth_ids(state, request, head.version)
                     event = self._build(head, request, auth_ids)
                     if not plain or key not in allowed:
-                        self._authorise(event)
+                        self._authorise(event, head.version)
                     if request.redacts is not None:
                         self._check_redaction(event, state)
                 except MatrixError as exc:
@@ -262,10 +264,10 @@ class EventSender:
         self.listeners.append(listener)
 
     @staticmethod
-    def _auth_ids(state: StateMap, request: SendRequest) -> list[str]:
+    def _auth_ids(state: StateMap, request: SendRequest, version: RoomVersion) -> list[str]:
         """The auth events the rules select for ``request`` from ``state``."""
         selected = auth_rules.auth_types_for_event(request.event_type, request.sender, request.state_key,
-                                                   request.content)  # fmt: skip
+                                                   request.content, room_version=version)  # fmt: skip
         return [state[key] for key in selected if key in state]
 
     def _build(self, head: RoomHead, request: SendRequest, auth_ids: list[str]) -> Event:
@@ -278,7 +280,8 @@ class EventSender:
                 prev_events=list(head.extremities), auth_events=auth_ids, depth=head.depth + 1,
                 origin_server_ts=self.now_ms() if request.origin_server_ts is None else request.origin_server_ts,
                 server_name=self.server_name, signing_key=self.signing_key, state_key=request.state_key,
-                redacts=request.redacts, sign_later=request.state_key is None,
+                redacts=request.redacts, sign_later=request.state_key is None, room_version=head.version,
+                event_hashes=self.lookups.event_hashes(head.version, [*head.extremities, *auth_ids]),
             )  # fmt: skip (build_event runs check_event_format on what it built)
         except EventFormatError as exc:
             if "65536" in str(exc) or "too large" in str(exc).lower():
@@ -287,15 +290,18 @@ class EventSender:
         except ValueError as exc:  # canonical JSON refused a value (float, huge int)
             raise bad_json(str(exc)) from None
 
-    def _authorise(self, event: Event) -> None:
+    def _authorise(self, event: Event, version: RoomVersion) -> None:
         auth_state: dict[tuple[str, str], Event] = {}
-        for event_id in event.auth_events:
+        ids = event.auth_events
+        if version.room_id_is_create_hash:  # v12 judges by the create event the room ID names
+            ids = [create_event_id_of_room(event.room_id), *ids]
+        for event_id in ids:
             auth_event = self.lookups.event(event_id)
             if auth_event is not None:
                 key = (auth_event.type, auth_event.state_key or "")
                 auth_state[key] = auth_event
         try:
-            auth_rules.check_auth(event, auth_state)
+            auth_rules.check_auth(event, auth_state, room_version=version)
         except AuthError as exc:
             raise forbidden(str(exc)) from None
 
@@ -308,8 +314,7 @@ class EventSender:
         create = self.lookups.event(state.get(("m.room.create", ""), ""))
         levels = self.lookups.state_content(state, "m.room.power_levels")
         level = auth_rules.power_level_for_user(levels, create, event.sender)
-        needed = levels.get("redact", 50) if levels else 50
-        if not isinstance(needed, int) or level < needed:
+        if level < auth_rules.action_power_level(levels, "redact"):
             raise forbidden("you may only redact your own events")
 
     def advance(self, head: RoomHead, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
@@ -326,13 +331,15 @@ class EventSender:
         head.depth = event.depth
         head.state_group = state_after
         self.lookups.remember(event)
+        if head.version.events_carry_id:  # the next event cites it, maybe before it commits
+            self.lookups.remember_hash(event, head.version)
         return EventWrite(event, position, state_before, state_after, new_group, txn)
 
     @staticmethod
     def room_row(head: RoomHead) -> RoomHeadRow:
         """The room's row as the store keeps it with the events that moved its head."""
         return {
-            "room_version": ROOM_VERSION, "creator": head.creator, "state_group": head.state_group,
+            "room_version": head.version.identifier, "creator": head.creator, "state_group": head.state_group,
             "extremities": head.extremities, "depth": head.depth,
         }  # fmt: skip
 

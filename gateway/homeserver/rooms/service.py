@@ -18,6 +18,7 @@ from lowband.gateway.homeserver.rooms.membership import MembershipChanges
 from lowband.gateway.homeserver.rooms.sending import EventSender, SendRequest, Sent
 from lowband.gateway.matrix.errors import MatrixError
 from lowband.gateway.matrix.events import Event
+from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.signing import SigningKey
 from lowband.gateway.store.interfaces import StateMap, Store
 
@@ -66,6 +67,10 @@ class RoomService:
     def head(self, room_id: str) -> RoomHead | None:
         """The room's head, loaded from the store on first use; None if unknown."""
         return self.lookups.head(room_id)
+
+    def room_version(self, room_id: str) -> RoomVersion:
+        """The version of a room this server knows (``room_versions.DEFAULT`` for an unknown room)."""
+        return self.lookups.room_version(room_id)
 
     def event(self, event_id: str) -> Event | None:
         """An accepted or rejected event by ID (cached), or None."""

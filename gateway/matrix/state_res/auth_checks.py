@@ -34,14 +34,8 @@ __all__ = ["iterative_auth_checks"]
 
 
 def _auth_check(room_version: RoomVersion, event: Event, auth_state: Mapping[StateKey, Event]) -> None:
-    """Apply the authorisation rules of ``room_version`` to ``event``; raises :class:`AuthError`.
-
-    The one call into the auth rules. They implement version 10 today;
-    passing ``room_version=room_version`` once ``check_auth`` takes it makes
-    every version right.
-    """
-    del room_version  # see the docstring: check_auth does not take it yet
-    check_auth(event, auth_state)
+    """Apply the authorisation rules of ``room_version`` to ``event``; raises :class:`AuthError`."""
+    check_auth(event, auth_state, room_version=room_version)
 
 
 def iterative_auth_checks(
@@ -59,7 +53,7 @@ def iterative_auth_checks(
         event = loader.event(event_id)
         if event.state_key is None or loader.rejected(event_id):
             continue
-        wanted = auth_types_for_event(event.type, event.sender, event.state_key, event.content)
+        wanted = auth_types_for_event(event.type, event.sender, event.state_key, event.content, room_version=version)
         if version.room_id_is_create_hash and event.type != CREATE and (CREATE, "") not in wanted:
             wanted.append((CREATE, ""))  # the rules always need it; v12 events just do not cite it
         auth_state = _auth_state(loader, event, wanted, state)
