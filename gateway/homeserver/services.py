@@ -8,6 +8,7 @@ by name, so this layer never imports them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ class Services:
     login_sessions: dict[str, float] = field(default_factory=dict)
     namespaces: ReservedNamespaces = field(default_factory=ReservedNamespaces)
     components: dict[str, Any] = field(default_factory=dict)
+    #: told (room_id, receipt_type, user_id, event_id, ts) of every public receipt a local user moves
+    receipt_listeners: list[Callable[[str, str, str, str, int], None]] = field(default_factory=list)
 
     @classmethod
     def rate_limiters(cls, limits: RateLimits) -> tuple[RateLimiter | None, RateLimiter | None]:

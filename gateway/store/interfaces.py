@@ -113,6 +113,8 @@ class EventRow(TypedDict):
     rejected: str | None  # the reason, None when accepted
     redacted_by: str | None
     txn: tuple[str, str, str] | None  # (user, device, transaction ID) it was sent with
+    outlier: bool  # known (an auth or state event fetched from a peer) but not placed in the timeline
+    soft_failed: bool  # accepted in the DAG but not allowed by the room's state when it came: never shown
 
 
 class MediaRow(TypedDict):
@@ -152,6 +154,18 @@ class EventWrite:
     new_group: StateGroupWrite | None = None  # for a state event: the group it makes
     txn: tuple[str, str, str] | None = None
     rejected: str | None = None
+    #: An event known for its place in auth chains or state, outside the timeline (no state groups).
+    outlier: bool = False
+    #: Accepted into the DAG but refused by the current state when it came: stored, never shown.
+    soft_failed: bool = False
+    #: The current memberships this write sets: (user_id, membership, event_id) each. None: those of
+    #: the event itself when it is an accepted member event (a local send: its state is the current one).
+    memberships: tuple[tuple[str, str, str], ...] | None = None
+    #: Log it for sending to the room's other servers (``federation_log``) in the same transaction.
+    federate: bool = False
+    #: State groups it makes besides ``new_group`` (a received event: the state before it, the room's new
+    #: current state), written before it.
+    extra_groups: tuple[StateGroupWrite, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -570,6 +584,15 @@ class FederationStore(Protocol):
 
     async def remember_txn(self, origin: str, txn_id: str, response: dict[str, Any], ts: int) -> None:
         """Keep the answer to a handled transaction (a day's worth is kept); committed on return."""
+        ...
+
+    async def save_invite(self, room_id: str, user_id: str, event_id: str, room_version: str,
+                          stripped_state: list[Any]) -> None:  # fmt: skip
+        """Keep an invite to a room this server does not hold, with the state the inviter showed; committed."""
+        ...
+
+    def invite(self, room_id: str, user_id: str) -> tuple[str, str, list[Any]] | None:
+        """(event_id, room_version, stripped state) of such an invite, or None."""
         ...
 
 

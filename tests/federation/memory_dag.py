@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from lowband.gateway.federation.client import FederationError
-from lowband.gateway.federation.inbound.dag import KnownEvent, StateMap
+from lowband.gateway.federation.inbound.dag import StateMap
 from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.events import Event, build_event
 from lowband.gateway.matrix.signing import SigningKey
+
+
+@dataclass(frozen=True)
+class KnownEvent:
+    event: Event
+    rejected: str | None
+    outlier: bool
 
 
 class MemoryDag:
@@ -49,7 +57,7 @@ class MemoryDag:
         for event, rejected in events:
             self.events.setdefault(event.event_id, KnownEvent(event, rejected, True))
 
-    async def store_remote(self, room_id, event, state_before, rejected, soft_failed):
+    async def store_remote(self, room_id, event, state_before, rejected, soft_failed, relay=False):
         self.events[event.event_id] = KnownEvent(event, rejected, False)
         self.before[event.event_id] = dict(state_before)
         after = dict(state_before)

@@ -231,7 +231,11 @@ async def _set_marker(svc: Services, user_id: str, room_id: str, marker: str, ev
     current_id = svc.store.get_receipt(room_id, marker, user_id)
     if current_id is not None and _stream_of(svc, current_id) >= stream:
         return False
-    await svc.store.set_receipt(room_id, marker, user_id, event_id, svc.rooms.now_ms())
+    ts = svc.rooms.now_ms()
+    await svc.store.set_receipt(room_id, marker, user_id, event_id, ts)
+    if marker == "m.read":  # m.read.private stays on this server
+        for listener in svc.receipt_listeners:
+            listener(room_id, marker, user_id, event_id, ts)
     return True
 
 

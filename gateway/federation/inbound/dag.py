@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Protocol
 
 from lowband.gateway.matrix.events import Event
@@ -12,13 +11,17 @@ from lowband.gateway.matrix.room_versions import RoomVersion
 StateMap = dict[tuple[str, str], str]
 
 
-@dataclass(frozen=True)
-class KnownEvent:
+class KnownEvent(Protocol):
     """An event this server holds, with what it decided about it."""
 
-    event: Event
-    rejected: str | None
-    outlier: bool  # known (e.g. as an auth event) but not placed in the room's timeline
+    @property
+    def event(self) -> Event: ...
+
+    @property
+    def rejected(self) -> str | None: ...  # the reason, None when accepted
+
+    @property
+    def outlier(self) -> bool: ...  # known (e.g. as an auth event) but not placed in the room's timeline
 
 
 class RoomDag(Protocol):

@@ -9,6 +9,7 @@ levels are read again and again; messages would just fill memory).
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class RoomLookups:
         self.store = store
         self._heads: dict[str, RoomHead] = {}
         self._event_cache: dict[str, Event] = {}
+        self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()  # state group -> servers with joined members
         # v1-v2 rooms: reference hashes of recent events, which the next events cite before they commit
         self._reference_hashes: dict[str, str] = {}
 
@@ -136,6 +138,22 @@ class RoomLookups:
         content = self.state_content(state, "m.room.member", user_id)
         membership = content.get("membership") if content else None
         return membership if isinstance(membership, str) else None
+
+    def servers_in_group(self, group: int | None) -> frozenset[str]:
+        """The servers with a joined member in a state group (cached: groups never change)."""
+        if group is None:
+            return frozenset()
+        found = self._servers.get(group)
+        if found is None:
+            state = self.store.state_for_group(group)
+            servers = set()
+            for event_type, user in state:
+                if event_type == "m.room.member" and ":" in user and self.membership_in(state, user) == "join":
+                    servers.add(user.split(":", 1)[1])
+            found = self._servers[group] = frozenset(servers)
+            if len(self._servers) > 4096:
+                self._servers.popitem(last=False)
+        return found
 
     def joined_members(self, room_id: str) -> list[str]:
         """Users whose current membership is join."""

@@ -80,6 +80,8 @@ class EventSender:
         self.signing_key = signing_key
         self.clock = clock
         self.listeners: list[Callable[[Sent], None]] = []
+        #: told (stream, event_id) of every committed event logged for other servers (federation's sender)
+        self.log_listeners: list[Callable[[int, str], None]] = []
         #: txn → (the future of the send_batch call making it, its index there)
         self.pending_txns: dict[tuple[str, str, str], tuple[asyncio.Future[Any], int]] = {}
 
@@ -227,6 +229,7 @@ class EventSender:
             if not writes:
                 return results
             committed = self.store.persist_events(writes, self.room_row(head))
+        logged = {w.event.event_id for w in writes if w.federate}
         stored = asyncio.ensure_future(committed)
         try:
             # Shielded: a client that hangs up must not make us forget events
@@ -234,7 +237,7 @@ class EventSender:
             await asyncio.shield(stored)
         except asyncio.CancelledError:
             stored.add_done_callback(
-                lambda done: None if done.cancelled() or done.exception() else self._announce_all(made)
+                lambda done: None if done.cancelled() or done.exception() else self._announce_all(made, logged)
             )
             raise
         except BaseException:
@@ -244,12 +247,14 @@ class EventSender:
             for index, _ in made:
                 results[index] = lost
             return results
-        self._announce_all(made)
+        self._announce_all(made, logged)
         return results
 
-    def _announce_all(self, made: list[tuple[int, Sent]]) -> None:
+    def _announce_all(self, made: list[tuple[int, Sent]], logged: set[str] | None = None) -> None:
         for _, sent in made:
             self.announce(sent)
+            if logged and sent.event.event_id in logged:
+                self.announce_logged(sent.stream, sent.event.event_id)
 
     def announce(self, sent: Sent) -> None:
         """Tell every listener about a committed event (a failing listener is logged, not raised)."""
@@ -258,6 +263,14 @@ class EventSender:
                 listener(sent)
             except Exception:  # a bridge's bug must not fail the sender
                 log.exception("event listener failed on %s", sent.event.event_id)
+
+    def announce_logged(self, position: int, event_id: str) -> None:
+        """Tell the log listeners an event for other servers committed."""
+        for listener in self.log_listeners:
+            try:
+                listener(position, event_id)
+            except Exception:
+                log.exception("log listener failed on %s", event_id)
 
     def add_listener(self, listener: Callable[[Sent], None]) -> None:
         """Call ``listener`` with every committed local event (in commit order per room)."""
@@ -277,7 +290,7 @@ class EventSender:
             # releases the interpreter lock, so the writer thread signs the rest while this one goes on.
             return build_event(
                 room_id=head.room_id, sender=request.sender, type=request.event_type, content=request.content,
-                prev_events=list(head.extremities), auth_events=auth_ids, depth=head.depth + 1,
+                prev_events=head.extremities[:20], auth_events=auth_ids, depth=head.depth + 1,
                 origin_server_ts=self.now_ms() if request.origin_server_ts is None else request.origin_server_ts,
                 server_name=self.server_name, signing_key=self.signing_key, state_key=request.state_key,
                 redacts=request.redacts, sign_later=request.state_key is None, room_version=head.version,
@@ -318,7 +331,11 @@ class EventSender:
             raise forbidden("you may only redact your own events")
 
     def advance(self, head: RoomHead, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
-        """Move the room's head onto ``event`` and return its write (queued by the caller, in order)."""
+        """Move the room's head onto ``event`` and return its write (queued by the caller, in order).
+
+        The event is logged for the room's other servers when any has a
+        joined member before or after it.
+        """
         state_before = head.state_group
         state_after, new_group = state_before, None
         if event.is_state:
@@ -327,13 +344,16 @@ class EventSender:
             )
             state_after = new_group.group
         position = self.store.next_stream()
-        head.extremities = [event.event_id]
-        head.depth = event.depth
+        others = (self.lookups.servers_in_group(state_before) | self.lookups.servers_in_group(state_after)) - {
+            self.server_name}
+        cited = set(event.prev_events)
+        head.extremities = [event.event_id, *(e for e in head.extremities if e not in cited)]
+        head.depth = max(head.depth, event.depth)
         head.state_group = state_after
         self.lookups.remember(event)
         if head.version.events_carry_id:  # the next event cites it, maybe before it commits
             self.lookups.remember_hash(event, head.version)
-        return EventWrite(event, position, state_before, state_after, new_group, txn)
+        return EventWrite(event, position, state_before, state_after, new_group, txn, federate=bool(others))
 
     @staticmethod
     def room_row(head: RoomHead) -> RoomHeadRow:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lowband.gateway.homeserver.rooms.creation import RoomCreator
+from lowband.gateway.homeserver.rooms.dag import RoomDag
 from lowband.gateway.homeserver.rooms.lookups import RoomHead, RoomLookups
 from lowband.gateway.homeserver.rooms.membership import MembershipChanges
 from lowband.gateway.homeserver.rooms.sending import EventSender, SendRequest, Sent
@@ -41,6 +42,7 @@ class RoomService:
         self.sender = EventSender(store, self.lookups, server_name, signing_key, clock)
         self.creator = RoomCreator(store, self.lookups, self.sender, server_name, signing_key)
         self.memberships = MembershipChanges(store, self.lookups, self.sender, server_name)
+        self.dag = RoomDag(store, self.lookups, self.sender, server_name)
         if on_new_event is not None:
             self.sender.add_listener(on_new_event)
 

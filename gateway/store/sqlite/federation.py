@@ -62,6 +62,16 @@ CREATE TABLE IF NOT EXISTS federation_received_txns (
 ) WITHOUT ROWID
 """,
     "CREATE INDEX IF NOT EXISTS federation_received_txns_ts ON federation_received_txns(ts)",
+    """
+CREATE TABLE IF NOT EXISTS federation_invites (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    room_version TEXT NOT NULL,
+    stripped_state TEXT NOT NULL,     -- JSON list the inviting server sent (invite_room_state)
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID
+""",
 ]
 
 
@@ -173,3 +183,27 @@ class FederationTables:
             c.execute("DELETE FROM federation_received_txns WHERE ts < ?", (ts - 24 * 3600 * 1000,))
 
         await self.db.write(fn)
+
+    # ------------------------------------------------------------- invites
+
+    def invite_job(self, room_id: str, user_id: str, event_id: str, room_version: str,
+                   stripped_state: list[Any]) -> Callable[[sqlite3.Connection], None]:  # fmt: skip
+        """The write that keeps an invite to a room this server does not hold (with the event's own write)."""
+        text = json.dumps(stripped_state, ensure_ascii=False, separators=(",", ":"))
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO federation_invites VALUES (?, ?, ?, ?, ?)",
+                      (room_id, user_id, event_id, room_version, text))  # fmt: skip
+
+        return job
+
+    async def save_invite(self, room_id: str, user_id: str, event_id: str, room_version: str,
+                          stripped_state: list[Any]) -> None:  # fmt: skip
+        """Keep an invite to a room this server does not hold, with the state the inviter showed."""
+        await self.db.write(self.invite_job(room_id, user_id, event_id, room_version, stripped_state))
+
+    def invite(self, room_id: str, user_id: str) -> tuple[str, str, list[Any]] | None:
+        """(event_id, room_version, stripped state) of such an invite, or None."""
+        row = self.db.query_one("SELECT event_id, room_version, stripped_state FROM federation_invites"
+                                " WHERE room_id = ? AND user_id = ?", (room_id, user_id))  # fmt: skip
+        return (str(row[0]), str(row[1]), json.loads(row[2])) if row else None

@@ -86,7 +86,9 @@ CREATE TABLE IF NOT EXISTS events (
     redacted_by TEXT,
     txn_user TEXT,
     txn_device TEXT,
-    txn_id TEXT
+    txn_id TEXT,
+    outlier INTEGER NOT NULL DEFAULT 0,      -- 1: known for auth/state, not in the timeline
+    soft_failed INTEGER NOT NULL DEFAULT 0   -- 1: refused by the current state when it came, never shown
 );
 CREATE INDEX IF NOT EXISTS events_room_stream ON events(room_id, stream);
 CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events(txn_user, txn_device, txn_id) WHERE txn_id IS NOT NULL;
@@ -205,6 +207,10 @@ def upgrade(conn: sqlite3.Connection) -> None:
     older one was registered by someone before the device existed). Every
     other account stays NULL: a person's, never adopted by an edge.
     """
+    event_columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for column in ("outlier", "soft_failed"):  # federation: events known outside the timeline
+        if column not in event_columns:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
     columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
     if "owner" in columns:
         return

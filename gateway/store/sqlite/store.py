@@ -41,9 +41,13 @@ from lowband.gateway.store.sqlite.state_groups import StateGroups
 
 _INSERT_EVENT = (
     "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu,"
-    " state_before, state_after, rejected, txn_user, txn_device, txn_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " state_before, state_after, rejected, txn_user, txn_device, txn_id, outlier, soft_failed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+_EVENT_COLUMNS = ("event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device,"
+                  " txn_id, outlier, soft_failed")
 
 
 class SQLiteStore:
@@ -280,7 +284,7 @@ class SQLiteStore:
             pdu_text = pdu_bytes(event).decode()  # signs here, in the writer thread, in parallel with the event loop
             return (w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
                     event.depth, event.origin_server_ts, pdu_text, w.state_before, w.state_after, w.rejected,
-                    txn_user, txn_device, txn_id)  # fmt: skip
+                    txn_user, txn_device, txn_id, int(w.outlier), int(w.soft_failed))  # fmt: skip
 
         room_args = None
         if room_row is not None and writes:
@@ -291,24 +295,39 @@ class SQLiteStore:
             plain: list[tuple[Any, ...]] = []  # rows with nothing else to write, inserted in one call
             for w in writes:
                 event = w.event
-                member = w.rejected is None and event.type == "m.room.member" and event.state_key is not None
-                redaction = w.rejected is None and event.redacts is not None
-                if w.new_group is None and not member and not redaction:
+                shown = w.rejected is None and not w.outlier and not w.soft_failed
+                if w.memberships is not None:
+                    memberships: tuple[tuple[str, str, str], ...] = w.memberships
+                elif shown and event.type == "m.room.member" and event.state_key is not None:
+                    memberships = ((event.state_key, str(event.content.get("membership", "")), event.event_id),)
+                else:
+                    memberships = ()
+                redaction = shown and event.redacts is not None
+                special = w.outlier or w.federate or w.extra_groups or (not shown and w.rejected is None)
+                if w.new_group is None and not memberships and not redaction and not special:
                     plain.append(row(w))
                     continue
                 if plain:
                     c.executemany(_INSERT_EVENT, plain)
                     plain = []
+                for group in w.extra_groups:
+                    StateGroups.write(c, group)
                 if w.new_group is not None:
                     StateGroups.write(c, w.new_group)
-                c.execute(_INSERT_EVENT, row(w))
-                if member:
+                if w.outlier:  # an outlier already known (or placed) stays as it is
+                    c.execute(_INSERT_EVENT.replace("INSERT INTO", "INSERT OR IGNORE INTO"), row(w))
+                else:  # an event known as an outlier is placed now: its old row goes
+                    c.execute("DELETE FROM events WHERE event_id = ? AND outlier = 1", (event.event_id,))
+                    c.execute(_INSERT_EVENT, row(w))
+                for user_id, membership, member_event in memberships:
                     c.execute(
                         "INSERT INTO memberships VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT DO UPDATE SET membership ="
                         " excluded.membership, event_id = excluded.event_id, stream = excluded.stream, forgotten = 0",
-                        (event.room_id, event.state_key, event.content.get("membership", ""), event.event_id,
-                         w.position),
+                        (event.room_id, user_id, membership, member_event, w.position),
                     )  # fmt: skip
+                if w.federate:
+                    c.execute("INSERT OR IGNORE INTO federation_log VALUES (?, ?, ?)",
+                              (w.position, event.event_id, event.room_id))  # fmt: skip
                 if redaction:
                     c.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
                               (event.event_id, event.redacts, event.room_id))  # fmt: skip
@@ -352,8 +371,7 @@ class SQLiteStore:
     def get_event(self, event_id: str) -> EventRow | None:
         """An event row: event, stream, state groups, rejected reason, redacted_by."""
         row = self.db.query_one(
-            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device, txn_id"
-            " FROM events WHERE event_id = ?",
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?",
             (event_id,),
         )
         return _event_row(row) if row else None
@@ -364,8 +382,8 @@ class SQLiteStore:
         """Accepted events of a room with after < stream <= upto, oldest or newest first."""
         order = "DESC" if backwards else "ASC"
         rows = self.db.query(
-            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device, txn_id"
-            f" FROM events WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL ORDER BY stream {order} LIMIT ?",
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL"
+            f" AND outlier = 0 AND soft_failed = 0 ORDER BY stream {order} LIMIT ?",
             (room_id, after, upto, limit),
         )
         return [_event_row(r) for r in rows]
@@ -485,4 +503,6 @@ def _event_row(row: tuple[Any, ...]) -> EventRow:
         "rejected": row[5],
         "redacted_by": row[6],
         "txn": (row[7], row[8], row[9]) if row[9] is not None else None,
+        "outlier": bool(row[10]),
+        "soft_failed": bool(row[11]),
     }
