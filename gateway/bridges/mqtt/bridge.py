@@ -308,9 +308,8 @@ class MqttBridge:
         dedup = self.dedupers[link.name]
         for gen, message in batch:
             ticket = sequencer.received(gen, message.mid) if message.qos > 0 else None
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:
+            topic = message.topic
+            if topic is None:
                 self._refuse(link, "_bridge", ticket, "invalid_topic", "topic is not UTF-8", "?")
                 continue
             if topic not in routed:
