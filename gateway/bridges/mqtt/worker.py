@@ -267,6 +267,10 @@ class Worker:
         misc_at = 0.0
         while not self._stopping:
             now = time.monotonic()
+            if self.client.socket() is None and self._connect_at is None:
+                # Every way paho closes the socket reports on_disconnect, which schedules the next attempt;
+                # this only keeps the worker from waiting for ever should a paho release not do so.
+                self._retry_later("connection closed")
             if self.client.socket() is None and self._connect_at is not None and now >= self._connect_at:
                 self._connect()
             conn = self.client.socket()
