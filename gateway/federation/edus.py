@@ -80,8 +80,9 @@ class Edus:
                     if count > _MAX_RECEIPTS or not isinstance(receipt, dict):
                         return
                     event_ids = receipt.get("event_ids")
-                    data = receipt.get("data") if isinstance(receipt.get("data"), dict) else {}
-                    ts = data.get("ts") if isinstance(data.get("ts"), int) else self.services.rooms.now_ms()
+                    data = receipt.get("data")
+                    found_ts = data.get("ts") if isinstance(data, dict) else None
+                    ts = found_ts if isinstance(found_ts, int) else self.services.rooms.now_ms()
                     if not isinstance(event_ids, list) or not event_ids or not isinstance(event_ids[0], str):
                         continue
                     if not self._may_speak_for(origin, room_id, user_id):

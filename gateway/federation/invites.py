@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ class Invites:
     keyring: KeyRing
     rooms: RoomService
     store: Store
+    notify: Callable[[], None]  # wakes /sync
 
     def stripped_state(self, room_id: str) -> list[dict[str, Any]]:
         """The room's state an invitee is shown (name, topic, join rules …)."""
@@ -137,5 +139,5 @@ class Invites:
         write = EventWrite(invite, self.store.next_stream(), None, None, outlier=True,
                            memberships=((target, "invite", event.event_id),))  # fmt: skip
         await self.store.persist_events([write], None)
-        self.rooms.sender.announce_invite(target)
+        self.notify()
         return signed

@@ -325,6 +325,9 @@ class SyncHandler:
         return events
 
     def _stripped_state(self, room_id: str, user_id: str) -> list[dict[str, Any]]:
+        if self.rooms.head(room_id) is None:  # an invite from another server to a room we do not hold
+            found = self.store.federation.invite(room_id, user_id)
+            return found[2] if found is not None else []
         state = self.rooms.current_state(room_id)
         keys = [(t, "") for t in _STRIPPED_TYPES] + [("m.room.member", user_id)]
         out = []

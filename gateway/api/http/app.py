@@ -8,7 +8,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from lowband.gateway.api.http import client_auth, client_misc, client_rooms, client_sync, federation_keys, media
+from lowband.gateway.api.http import (
+    client_auth,
+    client_misc,
+    client_rooms,
+    client_sync,
+    federation_keys,
+    federation_query,
+    federation_rooms,
+    media,
+)
 from lowband.gateway.api.http.base import SERVICES
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError
@@ -62,6 +71,7 @@ def make_app(services: Services) -> web.Application:
     limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
     app = web.Application(middlewares=[matrix_errors], client_max_size=limit)
     app[SERVICES] = services
-    for module in (client_auth, client_rooms, client_sync, client_misc, media, federation_keys):
+    for module in (client_auth, client_rooms, client_sync, client_misc, media, federation_keys, federation_query,
+                   federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())
     return app

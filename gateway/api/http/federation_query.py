@@ -49,7 +49,7 @@ async def query_profile(request: web.Request) -> web.Response:
     row = services(request).store.get_user(user_id)
     if row is None or row["deactivated"]:
         raise not_found("no such user")
-    profile = {k: row[k] for k in ("displayname", "avatar_url") if row[k]}  # type: ignore[literal-required]
+    profile = {k: row[k] for k in ("displayname", "avatar_url") if row[k]}
     field = request.query.get("field")
     if field is not None:
         if field not in ("displayname", "avatar_url"):

@@ -276,11 +276,11 @@ class RoomDag:
 
         return dict(resolve_state(version, states, get_event, is_rejected=is_rejected))
 
-    def _membership_changes(self, old: StateMap, new: StateMap) -> tuple[tuple[str, str, str], ...]:
+    def _membership_changes(self, old: StateMap, new: StateMap, placing: Event) -> tuple[tuple[str, str, str], ...]:
         changes: list[tuple[str, str, str]] = []
         for (event_type, user), event_id in new.items():
             if event_type == "m.room.member" and old.get((event_type, user)) != event_id:
-                event = self.lookups.event(event_id)
+                event = placing if event_id == placing.event_id else self.lookups.event(event_id)
                 membership = event.content.get("membership") if event is not None else None
                 changes.append((user, membership if isinstance(membership, str) else "leave", event_id))
         return tuple(changes)
@@ -322,7 +322,7 @@ class RoomDag:
                                 "keeping the new event's", room_id, exc)  # fmt: skip
                     current = state_after
                 current_group = self._group_for(room_id, current, [after_group, head.state_group], made)
-        memberships = self._membership_changes(old_current, current)
+        memberships = self._membership_changes(old_current, current, event)
         groups = {g.group: g for g in made}
         new_group = groups.pop(after_group, None) if after_group is not None else None
         write = EventWrite(event, self.store.next_stream(), before_group, after_group, new_group,

@@ -250,6 +250,26 @@ class EventSender:
         self._announce_all(made, logged)
         return results
 
+    async def build_checked(self, room_id: str, request: SendRequest) -> tuple[Event, StateMap]:
+        """Build, sign and authorise an event on the room's current head without storing it.
+
+        For an event another server must see first (an invite of its user):
+        the caller stores it later through the room DAG. Returns the event
+        and the state it was judged by (its state before). MatrixError as
+        :meth:`send`.
+        """
+        head = self.lookups.head(room_id)
+        if head is None:
+            raise not_found(f"unknown room {room_id}")
+        async with head.lock:
+            state = self.store.state_for_group(head.state_group)
+            auth_ids = self._auth_ids(state, request, head.version)
+            event = self._build(head, request, auth_ids)
+            if event.sign is not None:
+                event.sign()
+            self._authorise(event, head.version)
+            return event, dict(state)
+
     def _announce_all(self, made: list[tuple[int, Sent]], logged: set[str] | None = None) -> None:
         for _, sent in made:
             self.announce(sent)
