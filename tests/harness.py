@@ -41,18 +41,22 @@ class GatewayProcess:
     """``lowband serve`` in a subprocess; ``start``/``stop``/``kill`` for restart tests."""
 
     def __init__(self, data_dir: Path, server_name: str = "localhost", registration: bool = True,
-                 config: str | None = None) -> None:  # fmt: skip
+                 config: str | None = None, tls: tuple[Path, Path] | None = None,
+                 extra_args: list[str] | None = None, port: int | None = None) -> None:  # fmt: skip
         self.data_dir = data_dir
-        self.server_name = server_name
+        self.port = port or free_port()
+        #: "{port}" in the server name becomes the port (federating gateways are named 127.0.0.1:PORT)
+        self.server_name = server_name.replace("{port}", str(self.port))
         self.registration = registration
         self.config_text = config
-        self.port = free_port()
+        self.tls = tls
+        self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
-        """Base URL of the client-server API."""
-        return f"http://127.0.0.1:{self.port}"
+        """Base URL of the client-server API (and, with TLS, of the federation API)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         """Start (or restart) the gateway and wait until it answers."""
@@ -60,6 +64,9 @@ class GatewayProcess:
                 "--http", f"127.0.0.1:{self.port}"]  # fmt: skip
         if self.registration:
             args.append("--enable-registration")
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
+        args += self.extra_args
         if self.config_text is not None:
             path = self.data_dir.parent / f"{self.data_dir.name}.toml"
             path.write_text(self.config_text)

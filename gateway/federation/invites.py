@@ -29,7 +29,7 @@ from lowband.gateway.homeserver.rooms import RoomService, SendRequest
 from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.errors import MatrixError, forbidden, not_found
 from lowband.gateway.matrix.events import Event, add_signature, server_name_of
-from lowband.gateway.matrix.signing import SigningKey
+from lowband.gateway.matrix.signing import SignatureError, SigningKey, verify_json
 from lowband.gateway.store.interfaces import EventWrite, Store
 
 __all__ = ["Invites"]
@@ -93,14 +93,15 @@ class Invites:
             remote_sigs = signed.get("signatures", {}).get(server) if isinstance(signed, dict) else None
             if not isinstance(remote_sigs, dict) or not remote_sigs:
                 raise PduDropped(f"{server} did not sign the invite")
-            for key_id in remote_sigs:
+            redacted = versioned.redacted(checked.event.pdu, version)
+            for key_id in list(remote_sigs)[:8]:
                 key = await self.keyring.verify_key(server, key_id)
                 if key is not None:
-                    versioned.verify({**checked.event.pdu, "sender": target}, version, lambda s, k: key)
+                    verify_json(redacted, server, key_id, key)  # the invitee's server signs the redacted event too
                     break
             else:
                 raise PduDropped(f"no key of {server} could be found to check its signature")
-        except (PduDropped, ValueError) as exc:
+        except (PduDropped, SignatureError, ValueError) as exc:
             raise MatrixError(502, "M_UNKNOWN", f"{server} sent back an unusable invite: {exc}") from None
         async with self.rooms.dag.room_lock(room_id):
             await self.rooms.dag.store_remote(room_id, checked.event, before, None, False, relay=True)
