@@ -52,9 +52,13 @@ def rule4(event: Event, version: Any, dag: RoomDag, extra: dict[str, tuple[Event
     if create_id is not None:
         found = extra.get(create_id) if extra else None
         known = dag.known(create_id) if found is None else None
-        create = found[0] if found is not None else known.event if known is not None else None
-        if create is None:
+        if found is None and known is not None:
+            found = (known.event, known.rejected)
+        if found is None:
             return f"the create event {create_id} is unknown"
+        if found[1] is not None:
+            return f"the create event {create_id} was rejected"
+        create = found[0]
     try:
         versioned.check_auth(event, versioned.auth_state_from(event, auth, version, create), version)
     except AuthError as exc:

@@ -60,4 +60,6 @@ def auth_state_from(event: Event, auth_events: list[Event], version: RoomVersion
 
 def create_event_id(event: Event, version: RoomVersion) -> str | None:
     """The create event a v12 event's room ID names (None before v12)."""
-    return create_event_id_of_room(event.room_id) if version.room_id_is_create_hash else None
+    if not version.room_id_is_create_hash or event.type == "m.room.create":
+        return None
+    return create_event_id_of_room(event.room_id)
