@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from lowband.gateway.federation.backfill import Backfiller
 from lowband.gateway.federation.client import FederationClient
 from lowband.gateway.federation.edus import Edus
 from lowband.gateway.federation.inbound.pipeline import InboundPipeline
@@ -47,6 +48,7 @@ class Federation:
     invites: Invites
     sender: FederationSender
     edus: Edus
+    backfiller: Backfiller
 
     async def stop(self) -> None:
         """Stop sending and close outbound connections (what is unsent stays logged for the next start)."""
@@ -78,7 +80,9 @@ async def start_federation(services: Services) -> Callable[[], Awaitable[None]] 
     pipeline = InboundPipeline(client, keyring, dag, edus.receive)
     memberships = Memberships(server_name, key, client, keyring, dag, lambda: int(time.time() * 1000))
     invites = Invites(server_name, key, client, keyring, rooms, services.store, services.notifier.notify)
-    federation = Federation(server_name, client, keyring, tables, dag, pipeline, memberships, invites, sender, edus)
+    backfiller = Backfiller(server_name, client, keyring, dag)
+    federation = Federation(server_name, client, keyring, tables, dag, pipeline, memberships, invites, sender, edus,
+                            backfiller)  # fmt: skip
     rooms.sender.log_listeners.append(lambda stream, event_id: _logged(sender, stream, event_id))
     await sender.start()
     services.components[NAME] = federation

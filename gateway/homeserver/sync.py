@@ -35,6 +35,10 @@ _STRIPPED_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.
                    "m.room.encryption", "m.room.topic")  # fmt: skip
 
 
+#: Below every stream position: backfilled history is stored at negative positions.
+_HISTORY_FLOOR = -(1 << 62)
+
+
 @dataclass(frozen=True)
 class SyncToken:
     """A position in the event stream plus the typing serial."""
@@ -50,7 +54,9 @@ class SyncToken:
         """Parse ``s<stream>[_<typing>]``; M_INVALID_PARAM otherwise."""
         body = text[1:] if text.startswith("s") else ""
         parts = body.split("_")
-        if not body or len(parts) > 2 or not all(p.isdigit() and len(p) < 19 for p in parts):
+        # the stream part may be negative: /messages pages through backfilled history below 0
+        if not body or len(parts) > 2 or not all(p.removeprefix("-" if i == 0 else "").isdigit() and len(p) < 20
+                                                 for i, p in enumerate(parts)):  # fmt: skip
             raise invalid_param(f"invalid token {text[:40]!r}")
         return cls(int(parts[0]), int(parts[1]) if len(parts) == 2 else 0)
 
@@ -363,10 +369,12 @@ class SyncHandler:
         chunk: list[EventRow] = []
         exhausted = False
         position = min(start, ceiling)
+        if direction == "f" and not from_token:
+            position = _HISTORY_FLOOR
         while len(chunk) < event_filter.limit and not exhausted:
             want = event_filter.limit - len(chunk)
             if direction == "b":
-                lower = bound if bound is not None else 0
+                lower = bound if bound is not None else _HISTORY_FLOOR
                 batch = self.store.room_events(room_id, after=lower, upto=position, limit=want, backwards=True)
                 if batch:
                     position = batch[-1]["stream"] - 1

@@ -304,6 +304,15 @@ class RoomStore(Protocol):
         """Allocate the next stream position; queue the write that uses it before yielding to the loop."""
         ...
 
+    def backfill_positions(self, count: int) -> list[int]:
+        """``count`` stream positions below every event stored so far, lowest first.
+
+        For history fetched after newer events (backfill): its events sort
+        before everything already in the room's timeline, and ``/sync``
+        (which only moves forward) never shows them.
+        """
+        ...
+
     def get_room(self, room_id: str) -> RoomRow | None:
         """The room's committed row, or None for a room this store does not hold."""
         ...

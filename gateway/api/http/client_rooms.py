@@ -339,11 +339,17 @@ async def messages(request: web.Request) -> web.Response:
             raise MatrixError(400, "M_NOT_JSON", "filter is not valid JSON") from None
         if not isinstance(filter_doc, dict):
             raise bad_json("filter must be an object")
-    return ok(services(request).sync.messages(
-        requester.user_id, room_id, request.query.get("from"), request.query.get("to"),
-        request.query.get("dir", "b"), query_int(request, "limit", 10, low=1, high=1000), filter_doc,
-        requester.device_id,
-    ))  # fmt: skip
+    svc = services(request)
+    args = (requester.user_id, room_id, request.query.get("from"), request.query.get("to"),
+            request.query.get("dir", "b"), query_int(request, "limit", 10, low=1, high=1000), filter_doc,
+            requester.device_id)  # fmt: skip
+    page = svc.sync.messages(*args)
+    fed = federation_of(svc)
+    if "end" not in page and args[4] == "b" and fed is not None and args[5] > len(page["chunk"]):
+        # The page reached the oldest event this server holds: fetch older history from a peer, once per page.
+        if await fed.backfiller.backfill(room_id, args[5]):
+            page = svc.sync.messages(*args)
+    return ok(page)
 
 
 async def members(request: web.Request) -> web.Response:

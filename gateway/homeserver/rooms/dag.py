@@ -285,6 +285,43 @@ class RoomDag:
                 changes.append((user, membership if isinstance(membership, str) else "leave", event_id))
         return tuple(changes)
 
+    def earliest_events(self, room_id: str, count: int = 5) -> list[Event]:
+        """The room's oldest events in this server's timeline (backfill starts from their prev events)."""
+        rows = self.store.room_events(room_id, after=-(1 << 62), upto=self.store.persisted, limit=count,
+                                      backwards=False)  # fmt: skip
+        return [row["event"] for row in rows]
+
+    async def store_backfilled(self, room_id: str, placed: list[tuple[Event, StateMap, str | None]]) -> None:
+        """Place history fetched from a peer (oldest first), below everything in the timeline; committed on return.
+
+        Each entry is (event, state before it, rejection reason). The room's
+        extremities, current state and memberships do not change: this is
+        the past. The caller holds the room's lock.
+        """
+        head = self.lookups.head(room_id)
+        if head is None or not placed:
+            return
+        made: list[StateGroupWrite] = []
+        writes: list[EventWrite] = []
+        positions = self.store.backfill_positions(len(placed))
+        groups: dict[str, int | None] = {}
+        for (event, state_before, rejected), position in zip(placed, positions, strict=True):
+            prev_groups = [groups.get(p) if p in groups else (k.state_after if (k := self.known(p)) else None)
+                           for p in event.prev_events]  # fmt: skip
+            before_group = self._group_for(room_id, state_before, prev_groups, made)
+            after_group = before_group
+            if event.state_key is not None and rejected is None:
+                after = {**state_before, (event.type, event.state_key): event.event_id}
+                after_group = self._group_for(room_id, after, [before_group], made)
+            groups[event.event_id] = after_group
+            writes.append(EventWrite(event, position, before_group, after_group, rejected=rejected,
+                                     memberships=(), extra_groups=tuple(made)))  # fmt: skip
+            made = []
+        await self.store.persist_events(writes, None)
+        for write in writes:
+            self._forget(write.event.event_id)
+            self.lookups.remember(write.event)
+
     async def store_remote(self, room_id: str, event: Event, state_before: StateMap, rejected: str | None,
                            soft_failed: bool, relay: bool = False) -> None:  # fmt: skip
         """Place a received event (or one of ours built elsewhere) in the DAG; committed on return.

@@ -62,6 +62,8 @@ class SQLiteStore:
         )
         self._stream = (row[0] if row and row[0] is not None else 0)
         self.persisted = self._stream
+        low = self.db.query_one("SELECT MIN(stream) FROM events")
+        self._backfill = min(0, low[0] if low and low[0] is not None else 0)
         self._groups = StateGroups(self.db)
         self._tokens: dict[str, tuple[str, str]] = {}
         self.link_devices = SQLiteLinkDevices(self.db)
@@ -78,6 +80,11 @@ class SQLiteStore:
         """Allocate the next stream position (queue its write right away)."""
         self._stream += 1
         return self._stream
+
+    def backfill_positions(self, count: int) -> list[int]:
+        """``count`` positions below every event stored so far, lowest first: history fetched later."""
+        self._backfill -= count
+        return list(range(self._backfill, self._backfill + count))
 
     def _mark_persisted(self, position: int) -> None:
         if position > self.persisted:
