@@ -37,6 +37,7 @@ from state_res_dag import (
 
 from lowband.gateway.matrix.auth_rules import check_auth
 from lowband.gateway.matrix.events import Event
+from lowband.gateway.matrix.power_levels import CREATOR_POWER_LEVEL, power_level_for_user
 from lowband.gateway.matrix.room_versions import V5, V6, V9, V10, V11, V12, RoomVersion
 from lowband.gateway.matrix.state_res import auth_checks, resolve_state
 from lowband.gateway.matrix.state_res.conflicts import conflicted_subgraph, split_state_sets
@@ -145,7 +146,7 @@ def test_sender_power_comes_from_the_power_levels_among_the_auth_events():
     ]
     loader = _loader(events)
     power = {name: sender_power(loader, loader.event("$" + name)) for name in ("by-bob", "by-carol", "by-zara")}
-    assert power == {"by-bob": (0, 50), "by-carol": (0, 0), "by-zara": (0, 7)}
+    assert power == {"by-bob": 50, "by-carol": 0, "by-zara": 7}
 
 
 @pytest.mark.parametrize(
@@ -162,28 +163,98 @@ def test_without_power_levels_the_creator_has_100(version, creator_field, alice,
         _topic("by-bob", BOB, 2, auth=("create",)),
     ]
     loader = _loader(events, version)
-    assert sender_power(loader, loader.event("$by-alice")) == (0, alice)
-    assert sender_power(loader, loader.event("$by-bob")) == (0, bob)
+    assert sender_power(loader, loader.event("$by-alice")) == alice
+    assert sender_power(loader, loader.event("$by-bob")) == bob
+
+
+def _odd_levels_room(version: RoomVersion, value: object) -> list[Event]:
+    """Alice's power levels give Bob ``value``, with ``users_default`` 3; Bob's topic cites them."""
+    return _base({ALICE: 100}, version=version) + [
+        make_event(
+            "pl-odd",
+            ALICE,
+            POWER_LEVELS,
+            "",
+            {"users": {ALICE: 100, BOB: value}, "users_default": 3},
+            auth=["create", "a-join", "pl"],
+        ),
+        _topic("by-bob", BOB, 1, auth=("create", "pl-odd")),
+    ]
 
 
 @pytest.mark.parametrize(
-    ("version", "value", "level"),
+    ("version", "value", "level", "stands"),
     [
-        (V9, "50", 50),
-        (V9, " +050 ", 50),
-        (V9, "5O", 3),  # not an integer: the default applies
-        (V10, "50", 3),  # v10 takes integers only
-        (V5, 50.9, 50),  # floats truncate before v6
-        (V6, 50.9, 3),
+        (V9, "50", 50, True),  # versions 1-9 accept integer strings
+        (V9, " +050 ", 50, True),  # sign, leading zeroes and surrounding whitespace too
+        (V9, "5O", 3, False),  # not an integer: refused, and the default applies
+        (V9, True, 3, False),  # nor is a boolean
+        (V5, 50.9, 50, True),  # versions 1-5 accept floats, truncated
+        (V5, -50.9, -50, True),  # toward zero
     ],
 )
-def test_older_versions_read_string_and_float_levels(version, value, level):
-    events = _base({ALICE: 100}, version=version) + [
-        make_event("pl-odd", ALICE, POWER_LEVELS, "", {"users": {BOB: value}, "users_default": 3}, auth=["create"]),
-        _topic("by-bob", BOB, 1, auth=("create", "pl-odd")),
-    ]
+def test_older_versions_read_string_and_float_levels(version, value, level, stands):
+    """The sort reads such a level as the auth rules do (one implementation for both)."""
+    events = _odd_levels_room(version, value)
     loader = _loader(events, version)
-    assert sender_power(loader, loader.event("$by-bob")) == (0, level)
+    assert sender_power(loader, loader.event("$by-bob")) == level
+    create, pl_odd = loader.event("$create"), loader.event("$pl-odd")
+    assert level == power_level_for_user(pl_odd.content, create, BOB, room_version=version)
+    assert ("$pl-odd" not in unauthorised({e.event_id: e for e in events}, version)) is stands
+
+
+@pytest.mark.parametrize(("version", "value"), [(V10, "50"), (V6, 50.9)])
+def test_a_level_form_the_version_refuses_ranks_only_refused_events(version, value):
+    """Version 10 refuses integer strings, version 6 floats (not even canonical JSON there): the power
+    levels event holding one is refused, and so, on receipt, is every event citing it.
+
+    The sort still reads the level as every version does (50), as Synapse's
+    ``int(level)`` does: where a refused event sorts decides nothing (it is
+    never state), and one reading for all versions keeps the sort as cheap
+    as the rules' own.
+    """
+    events = _odd_levels_room(version, value)
+    loader = _loader(events, version)
+    assert "must be integers" in unauthorised({e.event_id: e for e in events}, version)["$pl-odd"]
+    assert sender_power(loader, loader.event("$by-bob")) == 50
+
+
+def test_the_sort_never_walks_the_users_of_the_power_levels():
+    """Cheap: one lookup per sorted event, whatever the size of ``users`` (versions 1-9 too, where
+    levels may be strings). A users map that counts walks and copies proves it."""
+
+    class Walked(dict):
+        walks = 0
+
+        def __iter__(self):
+            Walked.walks += 1
+            return super().__iter__()
+
+        def items(self):
+            Walked.walks += 1
+            return super().items()
+
+        def keys(self):
+            Walked.walks += 1
+            return super().keys()
+
+        def values(self):
+            Walked.walks += 1
+            return super().values()
+
+    for version in (V5, V9, V10, V12):
+        users = Walked({f"@u{i}:example.test": str(i) if not version.integer_power_levels else i for i in range(500)})
+        room = HandRoom(version)
+        room.add("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"])
+        room.add("pl", ALICE, POWER_LEVELS, "", {"users": users}, auth=["create", "a-join"])
+        kicks = [f"kick{i}" for i in range(0, 500, 5)]
+        for name in kicks:
+            user = f"@u{name[4:]}:example.test"
+            room.add(name, user, MEMBER, BOB, LEAVE, auth=["create", "pl"], ts=int(name[4:]))
+        loader = _loader(list(room.events.values()), version)
+        order = reverse_topological_power_order(loader, ["$" + name for name in kicks])
+        assert order == ["$" + name for name in reversed(kicks)]  # @u495 holds the highest level
+        assert Walked.walks == 0, version.identifier
 
 
 def _v12_room() -> HandRoom:
@@ -203,9 +274,9 @@ def _v12_room() -> HandRoom:
 def test_version_12_creators_outrank_every_level():
     """MSC4289: the creator and ``additional_creators`` have infinite power, above 2**53-1."""
     loader = _loader(list(_v12_room().events.values()), V12)
-    assert sender_power(loader, loader.event("$by-alice")) == (1, 0)
-    assert sender_power(loader, loader.event("$by-carol")) == (1, 0)
-    assert sender_power(loader, loader.event("$by-bob")) == (0, MAX_LEVEL)
+    assert sender_power(loader, loader.event("$by-alice")) == CREATOR_POWER_LEVEL > MAX_LEVEL
+    assert sender_power(loader, loader.event("$by-carol")) == CREATOR_POWER_LEVEL
+    assert sender_power(loader, loader.event("$by-bob")) == MAX_LEVEL
     order = reverse_topological_power_order(loader, ["$by-bob", "$by-alice", "$by-carol"])
     assert order == ["$by-carol", "$by-alice", "$by-bob"]  # the creators first (by time), Bob last though earliest
 
