@@ -244,11 +244,13 @@ class Room:
     (Alice 100 — a creator in version 12 —, everything else default), ``jr0`` (public), ``bob-join``,
     ``carol-join``, ``zara-join``, then ``start``, a message by Zara. Tests
     add events, link them with :meth:`chain` and end their branches at
-    ``end``, another message by Zara.
+    ``end``, another message by Zara. ``create_extra`` goes in the create
+    event's content (``additional_creators=[CAROL]``).
     """
 
-    def __init__(self, room_version: RoomVersion = V10, *, join_rule: str = "public") -> None:
+    def __init__(self, room_version: RoomVersion = V10, *, join_rule: str = "public", **create_extra: Any) -> None:
         self.room_version = room_version
+        self._create_extra = create_extra
         self._declared: dict[str, _Declared] = {}
         self._prevs: dict[str, list[str]] = {}
         self.events: dict[str, Event] = {}
@@ -256,7 +258,7 @@ class Room:
         self.names: dict[str, str] = {}  # event ID -> name
         self.room_id = ROOM_ID  # version 12: set when the create event is built
         self._state_after: dict[str, dict[StateKey, str]] = {}
-        self.event("create", ALICE, CREATE, "", create_content(room_version))
+        self.event("create", ALICE, CREATE, "", create_content(room_version, **create_extra))
         self.event("alice-join", ALICE, MEMBER, ALICE, JOIN)
         self.event("pl0", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100}})
         self.event("jr0", ALICE, JOIN_RULES, "", {"join_rule": join_rule})
@@ -304,7 +306,7 @@ class Room:
         prevs = self._prevs[name]
         before = self.resolve([self._state_after[p] for p in prevs]) if prevs else {}
         if name == "create":
-            event = make_create(self.room_version, ts=ts)
+            event = make_create(self.room_version, ts=ts, **self._create_extra)
             self.room_id = room_id_of(event, self.room_version)
         else:
             wanted = auth_types_for_event(declared.type, declared.sender, declared.state_key, declared.content,

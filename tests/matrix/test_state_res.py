@@ -267,6 +267,43 @@ def test_three_branches(version):
     assert room.build().changes() == {POWER: "demote", member(CAROL): "rename"}
 
 
+# -- version 12: creators above every level ---------------------------------------
+
+#: The highest level a power levels event can give (canonical JSON's largest integer).
+MAX_LEVEL = 2**53 - 1
+
+
+@pytest.mark.parametrize("carol_first", [True, False], ids=["carol-first", "bob-first"])
+@pytest.mark.parametrize(
+    ("carol_creates", "changes"),
+    [(True, {member(BOB): "KB"}), (False, {RULES: "JR"})],
+    ids=["additional-creator", "member"],
+)
+def test_version_12_an_additional_creator_is_replayed_before_the_highest_level(carol_creates, changes, carol_first):
+    """A version 12 room: Alice gives Bob the highest level there is (PA); then Carol kicks Bob (KB) while
+    Bob makes the room invite-only (JR).
+
+    Winner, when Carol is among ``additional_creators``: her kick alone,
+    whoever acted first. Both are power events; Carol's sender ranks above
+    every level, so KB is replayed first and passes (Bob, at 2**53-1, is
+    below a creator); JR then comes from a user who is no longer joined, and
+    fails. Were the creator ranked by her (absent) ``users`` entry, JR would
+    go first and both would pass. When Carol is an ordinary member, JR goes
+    first and passes, and KB fails: she is below the kick level.
+    """
+    room = Room(V12, **({"additional_creators": [CAROL]} if carol_creates else {}))
+    room.event("PA", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100, BOB: MAX_LEVEL}})
+    acts = [("KB", CAROL, MEMBER, BOB, LEAVE), ("JR", BOB, JOIN_RULES, "", {"join_rule": "invite"})]
+    for act in acts if carol_first else reversed(acts):
+        room.event(*act)
+    room.chain("start", "PA", "KB", "end")
+    room.chain("PA", "JR", "end")
+    room.build()
+    assert (room.ts("KB") < room.ts("JR")) is carol_first
+    assert ALICE not in room.events["$PA"].content["users"]  # a creator has no level in version 12
+    assert room.changes() == {POWER: "PA", **changes}
+
+
 # -- the auth difference -------------------------------------------------------
 
 
