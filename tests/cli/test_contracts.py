@@ -31,14 +31,7 @@ MYPY_PACKAGES = ["lowband.gateway", "lowband.codecs", "lowband.hardware", "lowba
 MYPY_PARTS = [
     "lowband.codecs",
     "lowband.hardware",
-    pytest.param(
-        "lowband.gateway.matrix",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="made strict on branch versions: two `# type: ignore` this mypy no longer needs "
-            "(events.py, room_versions.py); once it passes this mark must go (strict xfail fails then)",
-        ),
-    ),
+    "lowband.gateway.matrix",
     "lowband.gateway",
     "lowband.sim",
 ]

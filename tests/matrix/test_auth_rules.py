@@ -713,6 +713,21 @@ def test_power_levels_per_version():
     assert required_power_level_for("x", True, {"events": {"x": "0030"}}) == 30
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    extra=st.none() | st.lists(st.sampled_from([ALICE, BOB, EVE, 5, None, [BOB], {"u": BOB}]), max_size=4) | st.just(BOB),
+    version=st.sampled_from([V10, V11, V12]),
+)
+def test_exactly_the_creators_have_the_creator_level(extra, version):
+    """power_level_for_user finds creators without building room_creators' set (state resolution asks it
+    once per sorted event): both must agree, whatever additional_creators holds."""
+    content = {**create_content(version), **({} if extra is None else {"additional_creators": extra})}
+    create = Event("$c", {"type": "m.room.create", "sender": ALICE, "state_key": "", "content": content})
+    for user in (ALICE, BOB, EVE, MOD):
+        at_top = power_level_for_user({"users": {user: 1}}, create, user, room_version=version) == CREATOR_POWER_LEVEL
+        assert at_top is (version.privileged_creators and user in room_creators(create, version))
+
+
 def test_v1_v5_float_power_levels_are_truncated():
     # build_event refuses floats (this server never writes them): edit a built event, as a v5 peer
     # could have sent it. check_auth does not look at hashes or signatures.

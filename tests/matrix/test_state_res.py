@@ -8,10 +8,12 @@ scenarios Synapse and ruma test (ban vs power levels, join rule evasion, topic
 races, mainline sort, …) and the two problems MSC4297 was written for,
 rebuilt here by hand.
 
-Room versions: the auth rules today are version 10's, so v2.1 is exercised
-with ``V10_WITH_V2_1`` (version 10 with the version 12 resolution algorithm);
-see the module docstring of ``test_state_res_steps`` for what waits for the
-version 12 auth rules.
+Room versions: every graph is a real room of its version (see
+:mod:`state_res_dag`). v2 runs on version 10 rooms, v2.1 on version 12 rooms
+(creators above every level, the create event named by the room ID). One
+made-up version, ``V12_WITH_V2``, resolves version 12 rooms with v2: it is
+the control of the MSC4297 tests, showing that what tells the two answers
+apart is the algorithm, not version 12's other rules.
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ from state_res_dag import (
     TOPIC,
     TOPIC_KEY,
     ZARA,
+    HandRoom,
     Room,
+    create_content,
     eid,
     make_event,
     member,
+    unauthorised,
 )
 
-from lowband.gateway.matrix.events import Event
-from lowband.gateway.matrix.room_versions import V1, V10, V11, UnsupportedRoomVersion
+from lowband.gateway.matrix.room_versions import V1, V10, V11, V12, RoomVersion, UnsupportedRoomVersion
 from lowband.gateway.matrix.state_res import (
     InvalidStateError,
     MissingEventError,
@@ -55,10 +59,10 @@ from lowband.gateway.matrix.state_res import (
 from lowband.gateway.matrix.state_res.conflicts import auth_difference, full_auth_chains
 from lowband.gateway.matrix.state_res.loader import EventLoader
 
-#: Version 10 rules with the version 12 algorithm (v2.1): what this module can check before
-#: the auth rules know version 12.
-V10_WITH_V2_1 = dataclasses.replace(V10, identifier="10+v2.1", state_res="v2.1")
-BOTH_ALGORITHMS = pytest.mark.parametrize("version", [V10, V10_WITH_V2_1], ids=["v2", "v2.1"])
+#: Version 12's rules resolved by v2, the algorithm before MSC4297: no room has this version.
+#: Same identifier, so the rules accept the rooms' create events; only ``state_res`` differs.
+V12_WITH_V2 = dataclasses.replace(V12, state_res="v2")
+BOTH_ALGORITHMS = pytest.mark.parametrize("version", [V10, V12], ids=["v2", "v2.1"])
 
 
 # -- the well-known graphs ------------------------------------------------------
@@ -263,6 +267,43 @@ def test_three_branches(version):
     assert room.build().changes() == {POWER: "demote", member(CAROL): "rename"}
 
 
+# -- version 12: creators above every level ---------------------------------------
+
+#: The highest level a power levels event can give (canonical JSON's largest integer).
+MAX_LEVEL = 2**53 - 1
+
+
+@pytest.mark.parametrize("carol_first", [True, False], ids=["carol-first", "bob-first"])
+@pytest.mark.parametrize(
+    ("carol_creates", "changes"),
+    [(True, {member(BOB): "KB"}), (False, {RULES: "JR"})],
+    ids=["additional-creator", "member"],
+)
+def test_version_12_an_additional_creator_is_replayed_before_the_highest_level(carol_creates, changes, carol_first):
+    """A version 12 room: Alice gives Bob the highest level there is (PA); then Carol kicks Bob (KB) while
+    Bob makes the room invite-only (JR).
+
+    Winner, when Carol is among ``additional_creators``: her kick alone,
+    whoever acted first. Both are power events; Carol's sender ranks above
+    every level, so KB is replayed first and passes (Bob, at 2**53-1, is
+    below a creator); JR then comes from a user who is no longer joined, and
+    fails. Were the creator ranked by her (absent) ``users`` entry, JR would
+    go first and both would pass. When Carol is an ordinary member, JR goes
+    first and passes, and KB fails: she is below the kick level.
+    """
+    room = Room(V12, **({"additional_creators": [CAROL]} if carol_creates else {}))
+    room.event("PA", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100, BOB: MAX_LEVEL}})
+    acts = [("KB", CAROL, MEMBER, BOB, LEAVE), ("JR", BOB, JOIN_RULES, "", {"join_rule": "invite"})]
+    for act in acts if carol_first else reversed(acts):
+        room.event(*act)
+    room.chain("start", "PA", "KB", "end")
+    room.chain("PA", "JR", "end")
+    room.build()
+    assert (room.ts("KB") < room.ts("JR")) is carol_first
+    assert ALICE not in room.events["$PA"].content["users"]  # a creator has no level in version 12
+    assert room.changes() == {POWER: "PA", **changes}
+
+
 # -- the auth difference -------------------------------------------------------
 
 
@@ -296,7 +337,7 @@ def test_auth_difference_is_union_minus_intersection_of_full_chains():
     events = {
         e.event_id: e
         for e in [
-            make_event("A", ALICE, CREATE, "", {"creator": ALICE}),
+            make_event("A", ALICE, CREATE, "", create_content(V10)),
             make_event("B", ALICE, MEMBER, ALICE, JOIN, auth=["A"]),
             make_event("C", ALICE, POWER_LEVELS, "", {}, auth=["A", "B"]),
             make_event("D", ALICE, TOPIC, "", {}, auth=["A", "B", "C"]),
@@ -315,163 +356,149 @@ def test_auth_difference_is_union_minus_intersection_of_full_chains():
 # -- v2 and v2.1 apart (MSC4297) ----------------------------------------------------
 
 
-def _problem_a():
+def _problem_a(version: RoomVersion) -> tuple[HandRoom, list[dict[tuple[str, str], str]]]:
     """MSC4297 problem A, rebuilt: Alice makes the room invite-only, then leaves; Bob and Carol rename.
 
     Carol's server holds stale join rules (the public ones) in its state,
     as a partial synchronisation can give it. Alice's leave is unconflicted.
     """
-    events = [
-        make_event("create", ALICE, CREATE, "", {"creator": ALICE}, ts=0),
-        make_event("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"], ts=1),
-        make_event("pl", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100}}, auth=["create", "a-join"], ts=2),
-        make_event("jr-public", ALICE, JOIN_RULES, "", {"join_rule": "public"}, auth=["create", "a-join", "pl"], ts=3),
-        make_event("b-join", BOB, MEMBER, BOB, JOIN, auth=["create", "pl", "jr-public"], ts=4),
-        make_event("c-join", CAROL, MEMBER, CAROL, JOIN, auth=["create", "pl", "jr-public"], ts=5),
-        make_event("jr-invite", ALICE, JOIN_RULES, "", {"join_rule": "invite"}, auth=["create", "pl", "a-join"], ts=6),
-        make_event("a-leave", ALICE, MEMBER, ALICE, LEAVE, auth=["create", "pl", "a-join"], ts=7),
-        make_event("b-rename", BOB, MEMBER, BOB, JOIN, auth=["create", "pl", "b-join", "jr-invite"], ts=8),
-        make_event("c-rename", CAROL, MEMBER, CAROL, JOIN, auth=["create", "pl", "c-join", "jr-invite"], ts=9),
-    ]
-    at_bob = ["create", "pl", "c-join", "jr-invite", "a-leave", "b-rename"]
-    at_carol = ["create", "pl", "jr-public", "b-join", "a-leave", "c-rename"]
-    return _store(events), [_state(events, at_bob), _state(events, at_carol)]
+    room = HandRoom(version)
+    room.add("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"], ts=1)
+    room.add("pl", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100}}, auth=["create", "a-join"], ts=2)
+    room.add("jr-public", ALICE, JOIN_RULES, "", {"join_rule": "public"}, auth=["create", "a-join", "pl"], ts=3)
+    room.add("b-join", BOB, MEMBER, BOB, JOIN, auth=["create", "pl", "jr-public"], ts=4)
+    room.add("c-join", CAROL, MEMBER, CAROL, JOIN, auth=["create", "pl", "jr-public"], ts=5)
+    room.add("jr-invite", ALICE, JOIN_RULES, "", {"join_rule": "invite"}, auth=["create", "pl", "a-join"], ts=6)
+    room.add("a-leave", ALICE, MEMBER, ALICE, LEAVE, auth=["create", "pl", "a-join"], ts=7)
+    room.add("b-rename", BOB, MEMBER, BOB, JOIN, auth=["create", "pl", "b-join", "jr-invite"], ts=8)
+    room.add("c-rename", CAROL, MEMBER, CAROL, JOIN, auth=["create", "pl", "c-join", "jr-invite"], ts=9)
+    at_bob = room.state("create", "pl", "c-join", "jr-invite", "a-leave", "b-rename")
+    at_carol = room.state("create", "pl", "jr-public", "b-join", "a-leave", "c-rename")
+    return room, [at_bob, at_carol]
 
 
-def _problem_b():
+def _problem_b(version: RoomVersion = V10) -> tuple[HandRoom, list[dict[tuple[str, str], str]]]:
     """MSC4297 problem B, rebuilt: Alice promotes Bob (pl1), Bob promotes Carol (pl2), Zara and Eve join.
 
     Eve's server holds the first power levels (pl0) in its state, as a
     partial synchronisation can give it; every event after pl2 cites pl2.
     """
-    events = [
-        make_event("create", ALICE, CREATE, "", {"creator": ALICE}, ts=0),
-        make_event("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"], ts=1),
-        make_event("pl0", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100}}, auth=["create", "a-join"], ts=2),
-        make_event("jr", ALICE, JOIN_RULES, "", {"join_rule": "public"}, auth=["create", "a-join", "pl0"], ts=3),
-        make_event("b-join", BOB, MEMBER, BOB, JOIN, auth=["create", "pl0", "jr"], ts=4),
-        make_event("c-join", CAROL, MEMBER, CAROL, JOIN, auth=["create", "pl0", "jr"], ts=5),
-        make_event(
-            "pl1", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100, BOB: 50}}, auth=["create", "pl0", "a-join"], ts=6
-        ),
-        make_event(
-            "pl2",
-            BOB,
-            POWER_LEVELS,
-            "",
-            {"users": {ALICE: 100, BOB: 50, CAROL: 50}},
-            auth=["create", "pl1", "b-join"],
-            ts=7,
-        ),
-        make_event("z-join", ZARA, MEMBER, ZARA, JOIN, auth=["create", "pl2", "jr"], ts=8),
-        make_event("e-join", EVE, MEMBER, EVE, JOIN, auth=["create", "pl2", "jr"], ts=9),
-        make_event("e-rename", EVE, MEMBER, EVE, JOIN, auth=["create", "pl2", "e-join", "jr"], ts=9),
-    ]
-    at_eve = ["create", "a-join", "pl0", "jr", "b-join", "c-join", "e-rename"]
-    at_zara = ["create", "a-join", "jr", "b-join", "c-join", "pl2", "z-join"]
-    return _store(events), [_state(events, at_eve), _state(events, at_zara)]
+    room = HandRoom(version)
+    room.add("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"], ts=1)
+    room.add("pl0", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100}}, auth=["create", "a-join"], ts=2)
+    room.add("jr", ALICE, JOIN_RULES, "", {"join_rule": "public"}, auth=["create", "a-join", "pl0"], ts=3)
+    room.add("b-join", BOB, MEMBER, BOB, JOIN, auth=["create", "pl0", "jr"], ts=4)
+    room.add("c-join", CAROL, MEMBER, CAROL, JOIN, auth=["create", "pl0", "jr"], ts=5)
+    room.add("pl1", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100, BOB: 50}}, auth=["create", "pl0", "a-join"], ts=6)
+    room.add("pl2", BOB, POWER_LEVELS, "", {"users": {ALICE: 100, BOB: 50, CAROL: 50}},
+             auth=["create", "pl1", "b-join"], ts=7)  # fmt: skip
+    room.add("z-join", ZARA, MEMBER, ZARA, JOIN, auth=["create", "pl2", "jr"], ts=8)
+    room.add("e-join", EVE, MEMBER, EVE, JOIN, auth=["create", "pl2", "jr"], ts=9)
+    room.add("e-rename", EVE, MEMBER, EVE, JOIN, auth=["create", "pl2", "e-join", "jr"], ts=9)
+    at_eve = room.state("create", "a-join", "pl0", "jr", "b-join", "c-join", "e-rename")
+    at_zara = room.state("create", "a-join", "jr", "b-join", "c-join", "pl2", "z-join")
+    return room, [at_eve, at_zara]
 
 
-def _store(events: list[Event]) -> dict[str, Event]:
-    return {e.event_id: e for e in events}
+@pytest.mark.parametrize("version", [V10, V12])
+@pytest.mark.parametrize("graph", ["A", "B", "1000"])
+def test_the_hand_built_rooms_are_authorised(graph, version):
+    """Every event of problems A and B and of the 1,000 memberships passes its own auth events:
+    the resolution judges what servers could really hold."""
+    if graph == "1000":
+        room = _thousand_members(version, count=20)[1]
+    else:
+        room = (_problem_a if graph == "A" else _problem_b)(version)[0]
+    assert unauthorised(room.events, version) == {}
 
 
-def _state(events: list[Event], names: list[str]) -> dict[tuple[str, str], str]:
-    by_id = _store(events)
-    return {(by_id[eid(n)].type, by_id[eid(n)].state_key or ""): eid(n) for n in names}
-
-
-def test_problem_a_v2_loses_the_join_rules():
+@pytest.mark.parametrize("version", [V10, V12_WITH_V2], ids=["v10", "v12-rules-with-v2"])
+def test_problem_a_v2_loses_the_join_rules(version):
     """v2 starts the replay from the unconflicted state, where Alice has already left.
 
     Result: no join rules at all. Both join rules events are conflicted and
     replayed; both are by Alice, who is not joined in the unconflicted
-    state, so both fail. The renames pass (each falls back to its own auth
-    events for the join rules). This is the state reset MSC4297 describes.
+    state, so both fail (in a version 12 room too: a creator's infinite
+    level does not make her joined). The renames pass (each falls back to
+    its own auth events for the join rules). This is the state reset MSC4297
+    describes.
     """
-    store, sets = _problem_a()
-    resolved = resolve_state(V10, sets, store.get)
+    room, sets = _problem_a(version)
+    resolved = resolve_state(version, sets, room.get)
     assert RULES not in resolved
-    assert resolved == {
-        (CREATE, ""): "$create",
-        POWER: "$pl",
-        member(ALICE): "$a-leave",
-        member(BOB): "$b-rename",
-        member(CAROL): "$c-rename",
-    }
+    assert resolved == room.state("create", "pl", "a-leave", "b-rename", "c-rename")
 
 
 def test_problem_a_v2_1_keeps_the_invite_only_join_rules():
-    """v2.1 starts the replay from nothing, so each event is judged by its own auth events first.
+    """v2.1 (a version 12 room) starts the replay from nothing, so each event is judged by its own auth events first.
 
     Result: ``jr-invite``, and Alice's leave (unconflicted, never replayed:
     step 5 puts it back). Both join rules pass (Alice was joined when she set
     them); the later one wins. The renames pass against it as they are joins
     of joined users.
     """
-    store, sets = _problem_a()
-    resolved = resolve_state(V10_WITH_V2_1, sets, store.get)
-    assert resolved == {
-        (CREATE, ""): "$create",
-        POWER: "$pl",
-        RULES: "$jr-invite",
-        member(ALICE): "$a-leave",
-        member(BOB): "$b-rename",
-        member(CAROL): "$c-rename",
-    }
+    room, sets = _problem_a(V12)
+    resolved = resolve_state(V12, sets, room.get)
+    assert resolved == room.state("create", "pl", "jr-invite", "a-leave", "b-rename", "c-rename")
+    assert resolve_state(V12_WITH_V2, sets, room.get) != resolved  # the same room, the same rules: v2 differs
 
 
-def test_problem_b_v2_resets_the_power_levels():
+@pytest.mark.parametrize("version", [V10, V12_WITH_V2], ids=["v10", "v12-rules-with-v2"])
+def test_problem_b_v2_resets_the_power_levels(version):
     """v2: pl1 is in every state set's auth chains, so it is not in the auth difference and is not replayed.
 
     Result: pl0. pl2 is replayed on pl0, where Bob is at 0, and fails.
     """
-    store, sets = _problem_b()
-    resolved = resolve_state(V10, sets, store.get)
+    room, sets = _problem_b(version)
+    resolved = resolve_state(version, sets, room.get)
     assert resolved[POWER] == "$pl0"
     assert resolved[member(ZARA)] == "$z-join" and resolved[member(EVE)] == "$e-rename"
 
 
 def test_problem_b_v2_1_replays_the_conflicted_subgraph():
-    """v2.1: pl1 lies on the auth path from pl2 to pl0, both conflicted: the conflicted subgraph adds it.
+    """v2.1 (a version 12 room): pl1 lies on the auth path from pl2 to pl0, both conflicted: the
+    conflicted subgraph adds it.
 
-    Result: pl2. Replayed in order pl0, pl1, pl2, each passes.
+    Result: pl2. Replayed in order pl0, pl1, pl2, each passes: Alice, a
+    creator, may send pl1 whatever pl0 says; Bob is at 50 in pl1.
     """
-    store, sets = _problem_b()
-    resolved = resolve_state(V10_WITH_V2_1, sets, store.get)
+    room, sets = _problem_b(V12)
+    resolved = resolve_state(V12, sets, room.get)
     assert resolved[POWER] == "$pl2"
     assert resolved[member(ZARA)] == "$z-join" and resolved[member(EVE)] == "$e-rename"
+    assert resolve_state(V12_WITH_V2, sets, room.get)[POWER] == "$pl0"  # the same room, the same rules: v2 resets
 
 
 # -- rejected events ------------------------------------------------------------
 
 
 def test_a_rejected_auth_event_is_not_used():
-    """Problem B under v2.1, with Bob's join marked rejected by this server.
+    """Problem B under v2.1 (a version 12 room), with Bob's join marked rejected by this server.
 
     Result: pl1. Bob's join is dropped from both state sets and cannot stand
     in as pl2's auth event, so Bob is not joined when pl2 is replayed.
     """
-    store, sets = _problem_b()
-    resolved = resolve_state(V10_WITH_V2_1, sets, store.get, is_rejected=lambda e: e == "$b-join")
+    room, sets = _problem_b(V12)
+    resolved = resolve_state(V12, sets, room.get, is_rejected=lambda e: e == "$b-join")
     assert resolved[POWER] == "$pl1"
     assert member(BOB) not in resolved
 
 
 def test_a_rejected_event_never_becomes_state_even_if_it_would_pass():
-    """Problem B under v2.1, with pl2 marked rejected: it is in the conflicted subgraph, and would pass.
+    """Problem B under v2.1 (a version 12 room), with pl2 marked rejected: it is in the conflicted
+    subgraph, and would pass.
 
     Result: pl1, the last power levels that is not rejected.
     """
-    store, sets = _problem_b()
-    resolved = resolve_state(V10_WITH_V2_1, sets, store.get, is_rejected=lambda e: e == "$pl2")
+    room, sets = _problem_b(V12)
+    resolved = resolve_state(V12, sets, room.get, is_rejected=lambda e: e == "$pl2")
     assert resolved[POWER] == "$pl1"
     assert "$pl2" not in resolved.values()
 
 
 def test_a_rejected_event_in_every_state_set_is_dropped():
-    store, sets = _problem_b()
-    resolved = resolve_state(V10, [sets[1], sets[1]], store.get, is_rejected=lambda e: e == "$z-join")
+    room, sets = _problem_b()
+    resolved = resolve_state(V10, [sets[1], sets[1]], room.get, is_rejected=lambda e: e == "$z-join")
     assert member(ZARA) not in resolved
     assert resolved == {key: value for key, value in sets[1].items() if value != "$z-join"}
 
@@ -490,108 +517,92 @@ def test_no_conflict_returns_the_state_without_loading_anything():
 
 
 def test_a_missing_auth_event_is_a_documented_error():
-    store, sets = _problem_b()
-    del store["$pl1"]
+    room, sets = _problem_b()
+    del room.events["$pl1"]
     with pytest.raises(MissingEventError) as caught:
-        resolve_state(V10, sets, store.get)
+        resolve_state(V10, sets, room.get)
     assert caught.value.event_id == "$pl1"
     assert isinstance(caught.value, StateResolutionError)
 
 
 def test_get_event_answering_with_another_event_counts_as_missing():
-    store, sets = _problem_b()
+    room, sets = _problem_b()
+    create = room.events[room.id("create")]
     with pytest.raises(MissingEventError):
-        resolve_state(V10, sets, lambda event_id: store["$create"] if event_id == "$pl1" else store.get(event_id))
+        resolve_state(V10, sets, lambda event_id: create if event_id == "$pl1" else room.get(event_id))
 
 
 @pytest.mark.parametrize("with_cache", [False, True])
 def test_work_past_the_limit_stops_with_a_documented_error(with_cache):
-    store, sets = _problem_b()
+    room, sets = _problem_b()
 
     def chain_of(event_id: str) -> set[str]:
-        found, stack = set(), list(store[event_id].auth_events)
+        found, stack = set(), list(room.events[event_id].auth_events)
         while stack:
             current = stack.pop()
             if current not in found:
                 found.add(current)
-                stack.extend(store[current].auth_events)
+                stack.extend(room.events[current].auth_events)
         return found
 
     options = {"auth_chain": chain_of} if with_cache else {}
-    assert resolve_state(V10, sets, store.get, max_visits=200, **options)[POWER] == "$pl0"
+    assert resolve_state(V10, sets, room.get, max_visits=200, **options)[POWER] == "$pl0"
     with pytest.raises(WorkLimitExceeded) as caught:
-        resolve_state(V10, sets, store.get, max_visits=10, **options)
+        resolve_state(V10, sets, room.get, max_visits=10, **options)
     assert caught.value.limit == 10
 
 
 def test_a_state_entry_naming_an_event_of_another_key_is_refused():
-    store, sets = _problem_b()
+    room, sets = _problem_b()
     sets[0][TOPIC_KEY] = "$pl0"
     with pytest.raises(InvalidStateError):
-        resolve_state(V10, sets, store.get)
+        resolve_state(V10, sets, room.get)
 
 
 def test_a_state_entry_naming_a_message_is_refused():
-    store, sets = _problem_b()
-    store["$msg"] = make_event("msg", ALICE, "m.room.message", None, {}, auth=["create"])
+    room, sets = _problem_b()
+    room.add("msg", ALICE, "m.room.message", None, {}, auth=["create"])
     sets[0][TOPIC_KEY] = "$msg"
     with pytest.raises(InvalidStateError):
-        resolve_state(V10, sets, store.get)
+        resolve_state(V10, sets, room.get)
 
 
-def test_an_event_of_another_room_is_refused():
-    store, sets = _problem_b()
-    store["$elsewhere"] = make_event("elsewhere", EVE, MEMBER, EVE, JOIN, room_id="!other:example.test")
+@pytest.mark.parametrize("version", [V10, V12])
+def test_an_event_of_another_room_is_refused(version):
+    room, sets = _problem_b(version)
+    room.add("elsewhere", EVE, MEMBER, EVE, JOIN, room_id="!other:example.test")
     sets[0][member(EVE)] = "$elsewhere"
     with pytest.raises(InvalidStateError):
-        resolve_state(V10, sets, store.get)
+        resolve_state(version, sets, room.get)
 
 
 def test_room_version_1_has_no_v2_resolution():
-    store, sets = _problem_b()
+    room, sets = _problem_b()
     with pytest.raises(UnsupportedRoomVersion):
-        resolve_state(V1, sets, store.get)
+        resolve_state(V1, sets, room.get)
 
 
 # -- size ----------------------------------------------------------------------------
 
 
-def _thousand_members(count: int = 1000):
+def _thousand_members(version: RoomVersion, count: int = 1000):
     """A room of ``count`` members, then invite-only; one branch kicks them all, the other renames them all."""
     users = [f"@user{i:04d}:example.test" for i in range(count)]
-    events = [
-        make_event("create", ALICE, CREATE, "", {"creator": ALICE}),
-        make_event("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"], ts=1),
-        make_event("pl", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100}}, auth=["create", "a-join"], ts=2),
-        make_event("jr", ALICE, JOIN_RULES, "", {"join_rule": "public"}, auth=["create", "a-join", "pl"], ts=3),
-    ]
-    events += [
-        make_event(f"join{i}", u, MEMBER, u, JOIN, auth=["create", "pl", "jr"], ts=10 + i) for i, u in enumerate(users)
-    ]
-    events.append(
-        make_event("jr2", ALICE, JOIN_RULES, "", {"join_rule": "invite"}, auth=["create", "a-join", "pl"], ts=5000)
-    )
-    kicks = [
-        make_event(f"kick{i}", ALICE, MEMBER, u, LEAVE, auth=["create", "pl", "a-join", f"join{i}"], ts=6000 + i)
-        for i, u in enumerate(users)
-    ]
-    renames = [
-        make_event(
-            f"rename{i}",
-            u,
-            MEMBER,
-            u,
-            {"membership": "join", "displayname": str(i)},
-            auth=["create", "pl", "jr2", f"join{i}"],
-            ts=6000 + i,
-        )
-        for i, u in enumerate(users)
-    ]
-    base = ["create", "a-join", "pl", "jr2"]
-    store = _store(events + kicks + renames)
-    kicked = _state(events, base) | {member(u): f"$kick{i}" for i, u in enumerate(users)}
-    renamed = _state(events, base) | {member(u): f"$rename{i}" for i, u in enumerate(users)}
-    return users, store, [kicked, renamed]
+    room = HandRoom(version)
+    room.add("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"], ts=1)
+    room.add("pl", ALICE, POWER_LEVELS, "", {"users": {ALICE: 100}}, auth=["create", "a-join"], ts=2)
+    room.add("jr", ALICE, JOIN_RULES, "", {"join_rule": "public"}, auth=["create", "a-join", "pl"], ts=3)
+    for i, user in enumerate(users):
+        room.add(f"join{i}", user, MEMBER, user, JOIN, auth=["create", "pl", "jr"], ts=10 + i)
+    room.add("jr2", ALICE, JOIN_RULES, "", {"join_rule": "invite"}, auth=["create", "a-join", "pl"], ts=5000)
+    for i, user in enumerate(users):
+        room.add(f"kick{i}", ALICE, MEMBER, user, LEAVE, auth=["create", "pl", "a-join", f"join{i}"], ts=6000 + i)
+        room.add(f"rename{i}", user, MEMBER, user, {"membership": "join", "displayname": str(i)},
+                 auth=["create", "pl", "jr2", f"join{i}"], ts=6000 + i)  # fmt: skip
+    base = room.state("create", "a-join", "pl", "jr2")
+    kicked = base | {member(u): f"$kick{i}" for i, u in enumerate(users)}
+    renamed = base | {member(u): f"$rename{i}" for i, u in enumerate(users)}
+    return users, room, [kicked, renamed]
 
 
 @BOTH_ALGORITHMS
@@ -601,7 +612,7 @@ def test_a_thousand_conflicted_memberships(version):
     Winner: every kick (the renames are re-joins after the kicks and need an
     invite). `pytest --durations` shows the time; nothing here measures it.
     """
-    users, store, sets = _thousand_members()
-    resolved = resolve_state(version, sets, store.get)
+    users, room, sets = _thousand_members(version)
+    resolved = resolve_state(version, sets, room.get)
     assert all(resolved[member(u)] == f"$kick{i}" for i, u in enumerate(users))
     assert resolved[RULES] == "$jr2" and resolved[member(ALICE)] == "$a-join"

@@ -1,18 +1,13 @@
 """State resolution step by step: the orderings, the sender's power, the conflicted subgraph,
 what the iterative auth checks judge by, and properties of the whole.
 
-What waits for the version 12 auth rules: ``check_auth`` is version 10's
-today and cannot judge version 12 events (their room IDs have no server
-name, their create event has no room ID). So version 12 is covered here up
-to the auth check: creators rank above every level in the ordering, the
-create event comes from the room ID, and the auth check is handed it; the
-whole resolution of version 12 rooms is tested once the auth rules take
-``room_version``.
+Every hand-built room is a room of the version it is loaded as (its create
+event names that version; a version 12 room is named by its create event),
+so that the auth rules, which check this, judge the events as that room's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import pytest
@@ -32,13 +27,18 @@ from state_res_dag import (
     TOPIC,
     TOPIC_KEY,
     ZARA,
+    HandRoom,
     Room,
+    create_content,
     make_event,
     member,
+    unauthorised,
 )
 
+from lowband.gateway.matrix.auth_rules import check_auth
 from lowband.gateway.matrix.events import Event
-from lowband.gateway.matrix.room_versions import V5, V6, V9, V10, V11, V12
+from lowband.gateway.matrix.power_levels import CREATOR_POWER_LEVEL, power_level_for_user
+from lowband.gateway.matrix.room_versions import V5, V6, V9, V10, V11, V12, RoomVersion
 from lowband.gateway.matrix.state_res import auth_checks, resolve_state
 from lowband.gateway.matrix.state_res.conflicts import conflicted_subgraph, split_state_sets
 from lowband.gateway.matrix.state_res.loader import EventLoader
@@ -49,7 +49,6 @@ from lowband.gateway.matrix.state_res.ordering import (
     sender_power,
 )
 
-V10_WITH_V2_1 = dataclasses.replace(V10, identifier="10+v2.1", state_res="v2.1")
 MAX_LEVEL = 2**53 - 1
 
 
@@ -58,9 +57,17 @@ def _loader(events: list[Event], version=V10) -> EventLoader:
     return EventLoader(version, store.get, None, 100_000)
 
 
-def _base(levels: dict[str, int] | None = None, *, creator_field: bool = True) -> list[Event]:
-    """create, Alice's join, power levels ``levels`` (Alice 100, Bob 50 by default)."""
-    content = {"creator": ALICE} if creator_field else {}
+def _base(
+    levels: dict[str, int] | None = None, *, version: RoomVersion = V10, creator_field: bool = True
+) -> list[Event]:
+    """create (of a room of ``version``), Alice's join, power levels ``levels`` (Alice 100, Bob 50 by default).
+
+    ``creator_field=False`` leaves ``creator`` out of the create event, as
+    version 11 does (before, the rules refuse such a create event).
+    """
+    content = create_content(version)
+    if not creator_field:
+        content.pop("creator", None)
     return [
         make_event("create", ALICE, CREATE, "", content),
         make_event("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"]),
@@ -74,6 +81,36 @@ def _topic(name: str, sender: str, ts: int, *, auth: tuple[str, ...] = ("create"
     return make_event(name, sender, TOPIC, "", {"topic": name}, auth=list(auth), ts=ts)
 
 
+# -- the test rooms ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [V10, V11, V12])
+def test_the_base_room_is_a_room_of_its_version(version):
+    """The helper's base room passes its version's rules event by event, against each event's own auth events.
+
+    (Its branches may hold refused events: that is what the resolution tests are about.)
+    """
+    room = Room(version)
+    room.chain("start", "end")
+    room.build()
+    assert unauthorised(room.events, version) == {}
+    create = room.events[room.id("create")]
+    assert create.content["room_version"] == version.identifier
+    if version.room_id_is_create_hash:
+        assert "room_id" not in create.pdu and room.room_id == "!" + create.event_id[1:]
+        assert all(create.event_id not in event.auth_events for event in room.events.values())
+
+
+def test_a_create_event_of_another_version_is_refused():
+    """Why the test rooms name their version: the rules judge a create event by the version it names."""
+    room = Room(V10)
+    room.build()
+    create = room.events[room.id("create")]
+    stale = {**room.events, create.event_id: make_event("create", ALICE, CREATE, "", {"creator": ALICE})}
+    assert set(unauthorised(stale, V10)) == set(room.events)  # a create without room_version names version 1
+    assert set(unauthorised(room.events, V11)) == set(room.events)
+
+
 # -- power events -----------------------------------------------------------------
 
 
@@ -82,7 +119,7 @@ def _topic(name: str, sender: str, ts: int, *, auth: tuple[str, ...] = ("create"
     [
         (make_event("p", ALICE, POWER_LEVELS, "", {}), True),
         (make_event("j", ALICE, JOIN_RULES, "", {"join_rule": "invite"}), True),
-        (make_event("c", ALICE, CREATE, "", {}), True),
+        (make_event("c", ALICE, CREATE, "", create_content(V10)), True),
         (make_event("kick", ALICE, MEMBER, BOB, LEAVE), True),
         (make_event("ban", ALICE, MEMBER, BOB, BAN), True),
         (make_event("leave", BOB, MEMBER, BOB, LEAVE), False),  # leaving yourself takes no one's power
@@ -109,7 +146,7 @@ def test_sender_power_comes_from_the_power_levels_among_the_auth_events():
     ]
     loader = _loader(events)
     power = {name: sender_power(loader, loader.event("$" + name)) for name in ("by-bob", "by-carol", "by-zara")}
-    assert power == {"by-bob": (0, 50), "by-carol": (0, 0), "by-zara": (0, 7)}
+    assert power == {"by-bob": 50, "by-carol": 0, "by-zara": 7}
 
 
 @pytest.mark.parametrize(
@@ -121,62 +158,131 @@ def test_sender_power_comes_from_the_power_levels_among_the_auth_events():
     ],
 )
 def test_without_power_levels_the_creator_has_100(version, creator_field, alice, bob):
-    events = _base(creator_field=creator_field) + [
+    events = _base(version=version, creator_field=creator_field) + [
         _topic("by-alice", ALICE, 1, auth=("create", "a-join")),
         _topic("by-bob", BOB, 2, auth=("create",)),
     ]
     loader = _loader(events, version)
-    assert sender_power(loader, loader.event("$by-alice")) == (0, alice)
-    assert sender_power(loader, loader.event("$by-bob")) == (0, bob)
+    assert sender_power(loader, loader.event("$by-alice")) == alice
+    assert sender_power(loader, loader.event("$by-bob")) == bob
+
+
+def _odd_levels_room(version: RoomVersion, value: object) -> list[Event]:
+    """Alice's power levels give Bob ``value``, with ``users_default`` 3; Bob's topic cites them."""
+    return _base({ALICE: 100}, version=version) + [
+        make_event(
+            "pl-odd",
+            ALICE,
+            POWER_LEVELS,
+            "",
+            {"users": {ALICE: 100, BOB: value}, "users_default": 3},
+            auth=["create", "a-join", "pl"],
+        ),
+        _topic("by-bob", BOB, 1, auth=("create", "pl-odd")),
+    ]
 
 
 @pytest.mark.parametrize(
-    ("version", "value", "level"),
+    ("version", "value", "level", "stands"),
     [
-        (V9, "50", 50),
-        (V9, " +050 ", 50),
-        (V9, "5O", 3),  # not an integer: the default applies
-        (V10, "50", 3),  # v10 takes integers only
-        (V5, 50.9, 50),  # floats truncate before v6
-        (V6, 50.9, 3),
+        (V9, "50", 50, True),  # versions 1-9 accept integer strings
+        (V9, " +050 ", 50, True),  # sign, leading zeroes and surrounding whitespace too
+        (V9, "5O", 3, False),  # not an integer: refused, and the default applies
+        (V9, True, 3, False),  # nor is a boolean
+        (V5, 50.9, 50, True),  # versions 1-5 accept floats, truncated
+        (V5, -50.9, -50, True),  # toward zero
     ],
 )
-def test_older_versions_read_string_and_float_levels(version, value, level):
-    events = _base({ALICE: 100}) + [
-        make_event("pl-odd", ALICE, POWER_LEVELS, "", {"users": {BOB: value}, "users_default": 3}, auth=["create"]),
-        _topic("by-bob", BOB, 1, auth=("create", "pl-odd")),
-    ]
+def test_older_versions_read_string_and_float_levels(version, value, level, stands):
+    """The sort reads such a level as the auth rules do (one implementation for both)."""
+    events = _odd_levels_room(version, value)
     loader = _loader(events, version)
-    assert sender_power(loader, loader.event("$by-bob")) == (0, level)
+    assert sender_power(loader, loader.event("$by-bob")) == level
+    create, pl_odd = loader.event("$create"), loader.event("$pl-odd")
+    assert level == power_level_for_user(pl_odd.content, create, BOB, room_version=version)
+    assert ("$pl-odd" not in unauthorised({e.event_id: e for e in events}, version)) is stands
 
 
-def _v12_room() -> list[Event]:
-    """A version 12 room: the create event has no room ID and is cited by nobody; the room ID names it."""
-    room_id = "!v12create"
-    return [
-        make_event(
-            "v12create", ALICE, CREATE, "", {"room_version": "12", "additional_creators": [CAROL]}, room_id=None
-        ),
-        make_event("a-join", ALICE, MEMBER, ALICE, JOIN, prev=["v12create"], room_id=room_id),
-        make_event("pl", ALICE, POWER_LEVELS, "", {"users": {BOB: MAX_LEVEL}}, auth=["a-join"], room_id=room_id),
-        make_event("by-alice", ALICE, TOPIC, "", {}, auth=["pl"], ts=9, room_id=room_id),
-        make_event("by-carol", CAROL, TOPIC, "", {}, auth=["pl"], ts=8, room_id=room_id),
-        make_event("by-bob", BOB, TOPIC, "", {}, auth=["pl"], ts=1, room_id=room_id),
-    ]
+@pytest.mark.parametrize(("version", "value"), [(V10, "50"), (V6, 50.9)])
+def test_a_level_form_the_version_refuses_ranks_only_refused_events(version, value):
+    """Version 10 refuses integer strings, version 6 floats (not even canonical JSON there): the power
+    levels event holding one is refused, and so, on receipt, is every event citing it.
+
+    The sort still reads the level as every version does (50), as Synapse's
+    ``int(level)`` does: where a refused event sorts decides nothing (it is
+    never state), and one reading for all versions keeps the sort as cheap
+    as the rules' own.
+    """
+    events = _odd_levels_room(version, value)
+    loader = _loader(events, version)
+    assert "must be integers" in unauthorised({e.event_id: e for e in events}, version)["$pl-odd"]
+    assert sender_power(loader, loader.event("$by-bob")) == 50
+
+
+def test_the_sort_never_walks_the_users_of_the_power_levels():
+    """Cheap: one lookup per sorted event, whatever the size of ``users`` (versions 1-9 too, where
+    levels may be strings). A users map that counts walks and copies proves it."""
+
+    class Walked(dict):
+        walks = 0
+
+        def __iter__(self):
+            Walked.walks += 1
+            return super().__iter__()
+
+        def items(self):
+            Walked.walks += 1
+            return super().items()
+
+        def keys(self):
+            Walked.walks += 1
+            return super().keys()
+
+        def values(self):
+            Walked.walks += 1
+            return super().values()
+
+    for version in (V5, V9, V10, V12):
+        users = Walked({f"@u{i}:example.test": str(i) if not version.integer_power_levels else i for i in range(500)})
+        room = HandRoom(version)
+        room.add("a-join", ALICE, MEMBER, ALICE, JOIN, auth=["create"], prev=["create"])
+        room.add("pl", ALICE, POWER_LEVELS, "", {"users": users}, auth=["create", "a-join"])
+        kicks = [f"kick{i}" for i in range(0, 500, 5)]
+        for name in kicks:
+            user = f"@u{name[4:]}:example.test"
+            room.add(name, user, MEMBER, BOB, LEAVE, auth=["create", "pl"], ts=int(name[4:]))
+        loader = _loader(list(room.events.values()), version)
+        order = reverse_topological_power_order(loader, ["$" + name for name in kicks])
+        assert order == ["$" + name for name in reversed(kicks)]  # @u495 holds the highest level
+        assert Walked.walks == 0, version.identifier
+
+
+def _v12_room() -> HandRoom:
+    """A version 12 room with Carol as an additional creator: the room ID names the create event, nobody cites it."""
+    room = HandRoom(V12, additional_creators=[CAROL])
+    room.add("a-join", ALICE, MEMBER, ALICE, JOIN, prev=["create"])
+    room.add("pl", ALICE, POWER_LEVELS, "", {"users": {BOB: MAX_LEVEL}}, auth=["a-join"])
+    room.add("jr", ALICE, JOIN_RULES, "", {"join_rule": "public"}, auth=["a-join", "pl"])
+    room.add("b-join", BOB, MEMBER, BOB, JOIN, auth=["pl", "jr"])
+    room.add("b-rename", BOB, MEMBER, BOB, {"membership": "join", "displayname": "B"}, auth=["pl", "jr", "b-join"])
+    room.add("by-alice", ALICE, TOPIC, "", {}, auth=["pl", "a-join"], ts=9)
+    room.add("by-carol", CAROL, TOPIC, "", {}, auth=["pl"], ts=8)  # not joined: here only to be sorted
+    room.add("by-bob", BOB, TOPIC, "", {}, auth=["pl", "b-join"], ts=1)
+    return room
 
 
 def test_version_12_creators_outrank_every_level():
     """MSC4289: the creator and ``additional_creators`` have infinite power, above 2**53-1."""
-    loader = _loader(_v12_room(), V12)
-    assert sender_power(loader, loader.event("$by-alice")) == (1, 0)
-    assert sender_power(loader, loader.event("$by-carol")) == (1, 0)
-    assert sender_power(loader, loader.event("$by-bob")) == (0, MAX_LEVEL)
+    loader = _loader(list(_v12_room().events.values()), V12)
+    assert sender_power(loader, loader.event("$by-alice")) == CREATOR_POWER_LEVEL > MAX_LEVEL
+    assert sender_power(loader, loader.event("$by-carol")) == CREATOR_POWER_LEVEL
+    assert sender_power(loader, loader.event("$by-bob")) == MAX_LEVEL
     order = reverse_topological_power_order(loader, ["$by-bob", "$by-alice", "$by-carol"])
     assert order == ["$by-carol", "$by-alice", "$by-bob"]  # the creators first (by time), Bob last though earliest
 
 
 def test_before_version_12_the_creator_is_only_as_strong_as_the_power_levels_say():
-    events = _base({ALICE: 100, BOB: MAX_LEVEL}) + [_topic("by-alice", ALICE, 1), _topic("by-bob", BOB, 2)]
+    events = _base({ALICE: 100, BOB: MAX_LEVEL}, version=V11) + [_topic("by-alice", ALICE, 1), _topic("by-bob", BOB, 2)]
     loader = _loader(events, V11)
     assert reverse_topological_power_order(loader, ["$by-alice", "$by-bob"]) == ["$by-bob", "$by-alice"]
 
@@ -294,7 +400,7 @@ def test_conflicted_subgraph_is_every_path_between_conflicted_events():
     event; w hangs off c1 and reaches none either.
     """
     events = [
-        make_event("z", ALICE, CREATE, "", {}),
+        make_event("z", ALICE, CREATE, "", create_content(V10)),
         make_event("c2", ALICE, POWER_LEVELS, "", {}, auth=["z"]),
         make_event("y", ALICE, MEMBER, ALICE, JOIN, auth=["c2", "z"]),
         make_event("x", ALICE, POWER_LEVELS, "", {}, auth=["y", "z"]),
@@ -325,7 +431,8 @@ def test_split_a_key_missing_from_a_set_is_conflicted():
 def test_iterative_auth_checks_take_the_state_first_and_the_auth_events_for_the_rest():
     """Bob's topic cites his join; the state says he is banned: the state wins and the topic fails."""
     events = _base({ALICE: 100, BOB: 50}) + [
-        make_event("b-join", BOB, MEMBER, BOB, JOIN, auth=["create", "pl"]),
+        make_event("jr", ALICE, JOIN_RULES, "", {"join_rule": "public"}, auth=["create", "a-join", "pl"]),
+        make_event("b-join", BOB, MEMBER, BOB, JOIN, auth=["create", "pl", "jr"]),
         make_event("b-ban", ALICE, MEMBER, BOB, BAN, auth=["create", "pl", "a-join", "b-join"]),
         make_event("t", BOB, TOPIC, "", {}, auth=["create", "pl", "b-join"]),
     ]
@@ -337,23 +444,31 @@ def test_iterative_auth_checks_take_the_state_first_and_the_auth_events_for_the_
 
 
 def test_version_12_auth_state_has_the_create_event_from_the_room_id(monkeypatch):
-    """The create event is in no version 12 event's auth events; the auth check still gets it."""
+    """The create event is in no version 12 event's auth events; the auth rules still get it, and pass the event.
+
+    Bob's topic cites his first join; the state holds his later one: the
+    state wins, the power levels come from the auth events, the create event
+    from the room ID.
+    """
     seen: list[dict] = []
 
-    def record(room_version, event, auth_state):
+    def record(event, auth_state, *, room_version):
         assert room_version is V12
-        seen.append(dict(auth_state))
+        seen.append({key: e.event_id for key, e in auth_state.items()})
+        check_auth(event, auth_state, room_version=room_version)
 
-    monkeypatch.setattr(auth_checks, "_auth_check", record)
-    events = _v12_room()
-    loader = _loader(events, V12)
-    state = auth_checks.iterative_auth_checks(loader, ["$by-bob"], {member(BOB): "$a-join"})
-    assert state[TOPIC_KEY] == "$by-bob"
-    assert {key: e.event_id for key, e in seen[0].items()} == {
-        (CREATE, ""): "$v12create",  # from the room ID
-        (POWER_LEVELS, ""): "$pl",  # from the event's auth events
-        member(BOB): "$a-join",  # from the state (an odd entry, to show which source won)
-    }
+    monkeypatch.setattr(auth_checks, "check_auth", record)
+    room = _v12_room()
+    loader = _loader(list(room.events.values()), V12)
+    state = auth_checks.iterative_auth_checks(loader, ["$by-bob"], {member(BOB): "$b-rename"})
+    assert state == {member(BOB): "$b-rename", TOPIC_KEY: "$by-bob"}
+    assert seen == [
+        {
+            (CREATE, ""): room.id("create"),  # from the room ID
+            (POWER_LEVELS, ""): "$pl",  # from the event's auth events
+            member(BOB): "$b-rename",  # from the state, though the event cites $b-join
+        }
+    ]
 
 
 # -- properties on random histories -----------------------------------------------------------
@@ -393,7 +508,7 @@ def _random_room(version, actions) -> tuple[Room, list[dict]]:
     return room, [room.state_after(tip) for tip in used]
 
 
-@pytest.mark.parametrize("version", [V10, V10_WITH_V2_1], ids=["v2", "v2.1"])
+@pytest.mark.parametrize("version", [V10, V12], ids=["v2", "v2.1"])
 @settings(max_examples=60, deadline=None)
 @given(actions=st.lists(_ACTIONS, min_size=1, max_size=9))
 def test_resolution_properties(version, actions):

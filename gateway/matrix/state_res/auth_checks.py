@@ -27,15 +27,9 @@ from collections.abc import Iterable, Mapping
 
 from lowband.gateway.matrix.auth_rules import CREATE, AuthError, StateKey, auth_types_for_event, check_auth
 from lowband.gateway.matrix.events import Event
-from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.state_res.loader import EventLoader
 
 __all__ = ["iterative_auth_checks"]
-
-
-def _auth_check(room_version: RoomVersion, event: Event, auth_state: Mapping[StateKey, Event]) -> None:
-    """Apply the authorisation rules of ``room_version`` to ``event``; raises :class:`AuthError`."""
-    check_auth(event, auth_state, room_version=room_version)
 
 
 def iterative_auth_checks(
@@ -58,7 +52,7 @@ def iterative_auth_checks(
             wanted.append((CREATE, ""))  # the rules always need it; v12 events just do not cite it
         auth_state = _auth_state(loader, event, wanted, state)
         try:
-            _auth_check(version, event, auth_state)
+            check_auth(event, auth_state, room_version=version)
         except AuthError:
             continue
         state[(event.type, event.state_key)] = event_id

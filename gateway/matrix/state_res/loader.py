@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from lowband.gateway.matrix.auth_rules import CREATE
 from lowband.gateway.matrix.events import Event
+from lowband.gateway.matrix.identifiers import create_event_id_of_room, room_id_of_create_event
 from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.state_res.errors import InvalidStateError, MissingEventError, WorkLimitExceeded
 
@@ -99,7 +100,7 @@ class EventLoader:
         if event.type == CREATE and event.state_key == "":
             return event
         if self.room_version.room_id_is_create_hash:
-            return self.event("$" + event.room_id[1:])
+            return self.event(create_event_id_of_room(event.room_id))
         for auth_id in event.auth_events:
             auth_event = self.event(auth_id)
             if auth_event.type == CREATE and auth_event.state_key == "":
@@ -109,6 +110,6 @@ class EventLoader:
     def _room_of(self, event: Event) -> str:
         # A version 12 create event has no room_id: its ID is the room's.
         if self.room_version.room_id_is_create_hash and event.type == CREATE and event.state_key == "":
-            return "!" + event.event_id[1:]
+            return room_id_of_create_event(event.event_id)
         room_id = event.pdu.get("room_id")
         return room_id if isinstance(room_id, str) else ""

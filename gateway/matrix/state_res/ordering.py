@@ -10,12 +10,20 @@ Rules (room versions spec, v2 "State resolution" definitions):
 * *reverse topological power ordering*: Kahn's algorithm over the auth
   events among the sorted events, taking at each step the smallest ready
   event: the greater sender power first, then the smaller
-  ``origin_server_ts``, then the smaller event ID. The sender's power is read
-  from the event's own auth events: ``users[sender]``, else
-  ``users_default``, else 0; with no power levels among them, 100 for the
-  room's creator and 0 for others. From version 12 (MSC4289) the creators
-  (the create event's sender and ``additional_creators``) rank above every
-  level.
+  ``origin_server_ts``, then the smaller event ID. The sender's power is
+  read from the event's own auth events, exactly as the auth rules read a
+  level (:func:`~lowband.gateway.matrix.power_levels.power_level_for_user`,
+  one implementation for both): ``users[sender]``, else ``users_default``,
+  else 0; with no power levels among them, 100 for the room's creator and 0
+  for others; from version 12 (MSC4289) the creators (the create event's
+  sender and ``additional_creators``) have ``CREATOR_POWER_LEVEL``, above
+  every level an event can hold. The create event is the one among the
+  auth events, or from version 12 the one the room ID names.
+* levels written as integer strings (versions 1-9) or floats (1-5) are
+  read as their integer value in every version, as the auth rules and
+  Synapse (``int(level)``) read them. A version that refuses those forms
+  refuses the power levels event holding one, and with it every event that
+  cites it, so only refused events are ranked by such a level.
 * *mainline ordering* based on a power levels event P: an event's position is
   the index in P's chain of power levels ancestors [P, P1, …] of the first of
   its own power levels ancestors found there (∞ if none); the greater position
@@ -28,25 +36,19 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Collection
 
-from lowband.gateway.matrix.auth_rules import BAN, CREATE, JOIN_RULES, LEAVE, MEMBER, POWER_LEVELS, power_level_for_user
+from lowband.gateway.matrix.auth_rules import BAN, CREATE, JOIN_RULES, LEAVE, MEMBER, POWER_LEVELS
 from lowband.gateway.matrix.events import Event
-from lowband.gateway.matrix.room_versions import RoomVersion
+from lowband.gateway.matrix.power_levels import power_level_for_user
 from lowband.gateway.matrix.state_res.loader import EventLoader
 
 __all__ = [
-    "PowerKey",
     "is_power_event",
     "mainline_order",
     "reverse_topological_power_order",
     "sender_power",
 ]
-
-#: How a sender's power sorts: ``(1, 0)`` for a version 12 creator, ``(0, level)`` for everyone else.
-PowerKey = tuple[int, int]
 
 
 def is_power_event(event: Event) -> bool:
@@ -60,67 +62,21 @@ def is_power_event(event: Event) -> bool:
     return False
 
 
-def sender_power(loader: EventLoader, event: Event) -> PowerKey:
-    """The power of ``event``'s sender as its own auth events say (see the module rules).
+def sender_power(loader: EventLoader, event: Event) -> int:
+    """The power level of ``event``'s sender as its own auth events say (see the module rules).
 
     Loads the event's auth events (and, from version 12, the create event
-    its room ID names).
+    its room ID names). One dictionary lookup in the power levels: the
+    ``users`` map is never copied or walked, however large.
     """
-    version = loader.room_version
-    create = loader.create_event(event)
-    power_levels: Event | None = None
+    power_levels = None
     for auth_id in event.auth_events:
         auth_event = loader.event(auth_id)
         if auth_event.type == POWER_LEVELS and auth_event.state_key == "":
-            power_levels = auth_event
+            power_levels = auth_event.content
             break
-    if version.privileged_creators and create is not None and event.sender in _creators(create):
-        return (1, 0)
-    if power_levels is None:
-        return (0, 100 if create is not None and event.sender == _creator(version, create) else 0)
-    return (0, power_level_for_user(_levels_as_ints(version, power_levels.content), create, event.sender))
-
-
-def _creator(version: RoomVersion, create: Event) -> str | None:
-    """The creator a version's rules name: ``content.creator`` until version 11, the sender since."""
-    if version.implicit_room_creator:
-        return create.sender
-    creator = create.content.get("creator")
-    return creator if isinstance(creator, str) else None
-
-
-def _creators(create: Event) -> set[str]:
-    """Version 12 creators: the create event's sender and its ``additional_creators``."""
-    extra = create.content.get("additional_creators")
-    listed = [user for user in extra if isinstance(user, str)] if isinstance(extra, list) else []
-    return {create.sender, *listed}
-
-
-# Stringy power levels (versions 1-9): a base 10 integer, optional sign, leading
-# zeroes and surrounding whitespace allowed.
-_STRINGY_LEVEL = re.compile(r"\s*[+-]?[0-9]+\s*")
-
-
-def _as_level(version: RoomVersion, value: Any) -> Any:
-    """``value`` as the integer a version 1-9 room reads it as, else ``value`` unchanged."""
-    if isinstance(value, str) and _STRINGY_LEVEL.fullmatch(value):
-        return int(value)
-    if not version.strict_canonical_json and isinstance(value, float) and math.isfinite(value):
-        return int(value)  # floaty power levels (versions 1-5) truncate
-    return value
-
-
-def _levels_as_ints(version: RoomVersion, content: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Power levels content whose ``users`` values and ``users_default`` are integers where the version allows."""
-    if version.integer_power_levels:
-        return content  # accepted power levels hold integers only (v10+)
-    out = dict(content)
-    if "users_default" in out:
-        out["users_default"] = _as_level(version, out["users_default"])
-    users = out.get("users")
-    if isinstance(users, dict):
-        out["users"] = {user: _as_level(version, level) for user, level in users.items()}
-    return out
+    create = loader.create_event(event)
+    return power_level_for_user(power_levels, create, event.sender, room_version=loader.room_version)
 
 
 def reverse_topological_power_order(loader: EventLoader, events: Collection[str]) -> list[str]:
@@ -141,16 +97,15 @@ def reverse_topological_power_order(loader: EventLoader, events: Collection[str]
         for auth_id in auth_ids:
             cited_by[auth_id].append(event_id)
 
-    def key(event_id: str) -> tuple[int, int, int, str]:
+    def key(event_id: str) -> tuple[int, int, str]:
         event = loader.event(event_id)
-        rank, level = sender_power(loader, event)
-        return (-rank, -level, event.origin_server_ts, event_id)
+        return (-sender_power(loader, event), event.origin_server_ts, event_id)
 
     ready = [key(event_id) for event_id, count in pending.items() if count == 0]
     heapq.heapify(ready)
     ordered: list[str] = []
     while ready:
-        event_id = heapq.heappop(ready)[3]
+        event_id = heapq.heappop(ready)[2]
         ordered.append(event_id)
         for child in cited_by[event_id]:
             pending[child] -= 1
