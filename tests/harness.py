@@ -1,7 +1,8 @@
 """Running real gateways in tests: as a subprocess or inside the test's loop.
 
 Every gateway a test starts is stopped by it (context managers), every wait
-has a timeout, and only 127.0.0.1 is used.
+has a timeout, and only 127.0.0.1 is used (or network namespaces a test made
+and removes: ``GatewayProcess(host=..., wrap=["ip", "netns", "exec", NS])``).
 """
 
 from __future__ import annotations
@@ -42,8 +43,14 @@ class GatewayProcess:
 
     def __init__(self, data_dir: Path, server_name: str = "localhost", registration: bool = True,
                  config: str | None = None, tls: tuple[Path, Path] | None = None,
-                 extra_args: list[str] | None = None, port: int | None = None) -> None:  # fmt: skip
+                 extra_args: list[str] | None = None, port: int | None = None, host: str = "127.0.0.1",
+                 wrap: list[str] | None = None, listen: str | None = None) -> None:  # fmt: skip
+        """``host``: the address to reach it at, and to listen on unless ``listen`` says otherwise (``0.0.0.0``);
+        ``wrap``: a command prefix (``ip netns exec NS``)."""
         self.data_dir = data_dir
+        self.host = host
+        self.listen = listen or host
+        self.wrap = list(wrap or [])
         self.port = port or free_port()
         #: "{port}" in the server name becomes the port (federating gateways are named 127.0.0.1:PORT)
         self.server_name = server_name.replace("{port}", str(self.port))
@@ -56,12 +63,12 @@ class GatewayProcess:
     @property
     def url(self) -> str:
         """Base URL of the client-server API (and, with TLS, of the federation API)."""
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         """Start (or restart) the gateway and wait until it answers."""
-        args = [LOWBAND, "serve", "--data-dir", str(self.data_dir), "--server-name", self.server_name,
-                "--http", f"127.0.0.1:{self.port}"]  # fmt: skip
+        args = [*self.wrap, LOWBAND, "serve", "--data-dir", str(self.data_dir), "--server-name", self.server_name,
+                "--http", f"{self.listen}:{self.port}"]  # fmt: skip
         if self.registration:
             args.append("--enable-registration")
         if self.tls:

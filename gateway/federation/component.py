@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from lowband.gateway.federation.backfill import Backfiller
 from lowband.gateway.federation.client import FederationClient
+from lowband.gateway.federation.discovery import LanDiscovery
 from lowband.gateway.federation.edus import Edus
 from lowband.gateway.federation.inbound.pipeline import InboundPipeline
 from lowband.gateway.federation.invites import Invites
@@ -49,9 +50,15 @@ class Federation:
     sender: FederationSender
     edus: Edus
     backfiller: Backfiller
+    discovery: LanDiscovery | None = None
 
     async def stop(self) -> None:
-        """Stop sending and close outbound connections (what is unsent stays logged for the next start)."""
+        """Withdraw the LAN announcement, stop sending and close outbound connections.
+
+        What is unsent stays logged for the next start.
+        """
+        if self.discovery is not None:
+            await self.discovery.stop()
         await self.sender.stop()
         await self.client.close()
 
@@ -85,8 +92,28 @@ async def start_federation(services: Services) -> Callable[[], Awaitable[None]] 
                             backfiller)  # fmt: skip
     rooms.sender.log_listeners.append(lambda stream, event_id: _logged(sender, stream, event_id))
     await sender.start()
+    if config.federation.discovery:
+        federation.discovery = await _start_discovery(services, client, sender)
     services.components[NAME] = federation
     return federation.stop
+
+
+async def _start_discovery(services: Services, client: FederationClient,
+                           sender: FederationSender) -> LanDiscovery | None:  # fmt: skip
+    """LAN discovery as ``[federation] discovery = true`` asks; None (logged) when multicast is unavailable."""
+    config = services.config
+    tls = config.tls_cert is not None
+    if not tls:
+        log.warning("LAN discovery: no --tls-cert, so other gateways cannot federate with this one: browsing only")
+    discovery = LanDiscovery(config.server_name, config.http_host, config.http_port, client.resolver,
+                             sender.peer_is_back, announce=tls)  # fmt: skip
+    try:
+        await discovery.start()
+    except OSError as exc:
+        log.error("LAN discovery could not start (no multicast on this host?): %s", exc)
+        await discovery.stop()
+        return None
+    return discovery
 
 
 def _logged(sender: FederationSender, stream: int, event_id: str) -> None:

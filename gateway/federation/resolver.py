@@ -104,8 +104,9 @@ def _max_age(cache_control: str | None) -> float | None:
 class Resolver:
     """Server name → :class:`Target`, with the well-known cache.
 
-    ``peers`` maps server names to ``HOST:PORT`` (rule 0); entries may be
-    added later (:meth:`add_peer`, for LAN discovery).
+    ``peers`` maps server names to ``HOST:PORT`` (rule 0): the operator's
+    (``--peer``, ``[federation] peers``). LAN discovery adds its own
+    (:meth:`add_discovered`), which never replace the operator's.
     """
 
     def __init__(self, fetch_well_known: WellKnownFetch, lookup_srv: SrvLookup,
@@ -113,22 +114,35 @@ class Resolver:
         self._fetch = fetch_well_known
         self._srv = lookup_srv
         self._peers = dict(peers or {})
+        self._discovered: dict[str, str] = {}
         self._clock = clock
         self._well_known: dict[str, tuple[float, str | None]] = {}
 
     def add_peer(self, name: str, address: str) -> None:
-        """Reach ``name`` at ``address`` (``HOST:PORT``) from now on."""
+        """Reach ``name`` at ``address`` (``HOST:PORT``) from now on, as if the operator had configured it."""
         self._peers[name] = address
+
+    def add_discovered(self, name: str, address: str) -> bool:
+        """Reach ``name`` at ``address`` (found on the LAN) unless the operator configured ``name``; added?"""
+        if name in self._peers:
+            return False
+        self._discovered[name] = address
+        return True
+
+    def is_configured(self, name: str) -> bool:
+        """Whether the operator gave ``name`` an address (``--peer``, ``[federation] peers``)."""
+        return name in self._peers
 
     def peer_names(self) -> list[str]:
         """The server names with a configured or discovered address."""
-        return list(self._peers)
+        return list(dict.fromkeys([*self._peers, *self._discovered]))
 
     async def resolve(self, server_name: str) -> Target:
         """Where to connect for ``server_name``; ServerNameError for a malformed name."""
         host, port, literal = parse_server_name(server_name)
-        if server_name in self._peers:
-            peer_host, _, peer_port = self._peers[server_name].rpartition(":")
+        address = self._peers.get(server_name) or self._discovered.get(server_name)
+        if address is not None:
+            peer_host, _, peer_port = address.rpartition(":")
             return Target(peer_host.strip("[]"), int(peer_port), server_name, None if literal else host, trusted=True)
         if literal or port is not None:
             return Target(host, port or DEFAULT_PORT, server_name, None if literal else host)
