@@ -1,8 +1,9 @@
 """The federation component: what a running gateway needs to be a member of the Matrix network.
 
 ``start_federation`` (in ``app.COMPONENTS``) builds the outbound client,
-the key ring, the receive path, the membership handshakes, invites, EDUs
-and the transaction sender, and hangs them on
+the key ring, the receive path, the membership handshakes, invites, EDUs,
+the transaction sender, the client's questions to other servers (profiles,
+aliases, public rooms) and, when asked, LAN discovery, and hangs them on
 ``services.components["federation"]``; the federation HTTP handlers and
 the client API (remote joins and invites) find them there. With
 ``[federation] enabled = false`` nothing is built and the federation API
@@ -24,6 +25,7 @@ from lowband.gateway.federation.inbound.pipeline import InboundPipeline
 from lowband.gateway.federation.invites import Invites
 from lowband.gateway.federation.keyring import KeyRing
 from lowband.gateway.federation.membership import Memberships
+from lowband.gateway.federation.queries import RemoteQueries
 from lowband.gateway.federation.sender import FederationSender
 from lowband.gateway.homeserver.rooms.dag import RoomDag
 from lowband.gateway.homeserver.services import Services
@@ -50,6 +52,7 @@ class Federation:
     sender: FederationSender
     edus: Edus
     backfiller: Backfiller
+    queries: RemoteQueries
     discovery: LanDiscovery | None = None
 
     async def stop(self) -> None:
@@ -89,7 +92,7 @@ async def start_federation(services: Services) -> Callable[[], Awaitable[None]] 
     invites = Invites(server_name, key, client, keyring, rooms, services.store, services.notifier.notify)
     backfiller = Backfiller(server_name, client, keyring, dag)
     federation = Federation(server_name, client, keyring, tables, dag, pipeline, memberships, invites, sender, edus,
-                            backfiller)  # fmt: skip
+                            backfiller, RemoteQueries(client))  # fmt: skip
     rooms.sender.log_listeners.append(lambda stream, event_id: _logged(sender, stream, event_id))
     await sender.start()
     if config.federation.discovery:

@@ -27,8 +27,11 @@ from lowband.gateway.api.http.base import (
     rate_limit,
     services,
 )  # fmt: skip
+from lowband.gateway.federation.component import federation_of
+from lowband.gateway.homeserver.directory import MAX_PUBLIC_ROOMS, public_rooms_page
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
+from lowband.gateway.matrix.events import server_name_of
 from lowband.gateway.matrix.identifiers import is_room_id
 from lowband.gateway.store.interfaces import DeviceInfo
 
@@ -37,7 +40,6 @@ log = logging.getLogger(__name__)
 MAX_ID_BYTES = 255
 MAX_PROFILE_CHARS = 256
 DEFAULT_TYPING_MS = 30_000
-MAX_PUBLIC_ROOMS = 1000
 PROFILE_FIELDS = ("displayname", "avatar_url")
 # Receipt types this server stores; m.fully_read is the read marker, kept in
 # room account data as the spec's read-markers module says.
@@ -91,19 +93,34 @@ def _local_user(svc: Services, user_id: str) -> Mapping[str, Any]:
 # --------------------------------------------------------------- profile
 
 
+async def _profile(svc: Services, user_id: str) -> dict[str, str]:
+    """The set profile fields of a user here, or (asked there, cached briefly) of another server's user.
+
+    404 M_NOT_FOUND for no such user; 502 when the other server cannot be asked.
+    """
+    try:
+        server = server_name_of(user_id)
+    except ValueError:
+        raise invalid_param("not a user ID") from None
+    fed = federation_of(svc)
+    if server == svc.server_name or fed is None:
+        row = _local_user(svc, user_id)
+        return {k: row[k] for k in PROFILE_FIELDS if row.get(k)}
+    return await fed.queries.profile(user_id)
+
+
 async def get_profile(request: web.Request) -> web.Response:
     """GET /profile/{userId} (no auth): displayname and avatar_url, when set."""
-    row = _local_user(services(request), _user_param(request))
-    return ok({k: row[k] for k in PROFILE_FIELDS if row.get(k)})
+    return ok(await _profile(services(request), _user_param(request)))
 
 
 async def get_profile_field(request: web.Request) -> web.Response:
     """GET /profile/{userId}/{displayname|avatar_url}; 404 when unset."""
     field = request.match_info["field"]
-    row = _local_user(services(request), _user_param(request))
-    if not row.get(field):
+    profile = await _profile(services(request), _user_param(request))
+    if not profile.get(field):
         raise not_found(f"{field} is not set")
-    return ok({field: row[field]})
+    return ok({field: profile[field]})
 
 
 async def put_profile_field(request: web.Request) -> web.Response:
@@ -317,80 +334,35 @@ async def put_typing(request: web.Request) -> web.Response:
 # -------------------------------------------------------- room directory
 
 
-def _room_summary(svc: Services, room_id: str) -> dict[str, Any]:
-    """The public rooms chunk entry of a room."""
-    state = svc.rooms.current_state(room_id)
-
-    def content(event_type: str) -> dict[str, Any]:
-        return svc.rooms.state_content(state, event_type) or {}
-
-    entry: dict[str, Any] = {
-        "room_id": room_id,
-        "num_joined_members": len(svc.rooms.joined_members(room_id)),
-        "world_readable": content("m.room.history_visibility").get("history_visibility") == "world_readable",
-        "guest_can_join": content("m.room.guest_access").get("guest_access") == "can_join",
-        # Without a join rules event nobody may join uninvited; say so rather
-        # than let the client assume the documented default of "public".
-        "join_rule": content("m.room.join_rules").get("join_rule", "invite"),
-    }
-    optional = {
-        "name": content("m.room.name").get("name"),
-        "topic": content("m.room.topic").get("topic"),
-        "canonical_alias": content("m.room.canonical_alias").get("alias"),
-        "avatar_url": content("m.room.avatar").get("url"),
-        "room_type": content("m.room.create").get("type"),
-    }
-    entry.update({k: v for k, v in optional.items() if isinstance(v, str) and v})
-    return entry
-
-
-def _matches(entry: dict[str, Any], term: str | None, room_types: list[Any] | None) -> bool:
-    if room_types is not None and entry.get("room_type") not in room_types:
-        return False
-    if not term:
-        return True
-    term = term.casefold()
-    return any(term in str(entry.get(k, "")).casefold() for k in ("name", "topic", "canonical_alias", "room_id"))
-
-
-def _public_rooms_page(
-    svc: Services, limit: int | None, since: str | None, term: str | None, room_types: list[Any] | None
-) -> dict[str, Any]:
-    """One page of the directory, largest rooms first; ``since`` is an offset token."""
-    if since is not None and not (since.isdigit() and len(since) < 10):
-        raise invalid_param("invalid 'since' token")
-    start = int(since) if since else 0
-    entries = [_room_summary(svc, room_id) for room_id in svc.store.public_rooms()]
-    entries = [e for e in entries if _matches(e, term, room_types)]
-    entries.sort(key=lambda e: (-e["num_joined_members"], e["room_id"]))
-    size = min(limit if limit else MAX_PUBLIC_ROOMS, MAX_PUBLIC_ROOMS)
-    page: dict[str, Any] = {"chunk": entries[start : start + size], "total_room_count_estimate": len(entries)}
-    if start + size < len(entries):
-        page["next_batch"] = str(start + size)
-    if start > 0:
-        page["prev_batch"] = str(max(0, start - size))
-    return page
-
-
-def _check_server(request: web.Request, svc: Services) -> None:
+def _remote_server(request: web.Request, svc: Services) -> str | None:
+    """The other server whose directory ``?server=`` names, or None for this one."""
     server = request.query.get("server")
-    if server is not None and server != svc.server_name:
-        raise invalid_param("this gateway lists only its own public rooms")
+    if server is None or server == svc.server_name:
+        return None
+    if federation_of(svc) is None:
+        raise not_found("this gateway does not federate: it lists only its own public rooms")
+    return server
 
 
 async def get_public_rooms(request: web.Request) -> web.Response:
-    """GET /publicRooms (no auth) with ``limit`` and ``since``."""
+    """GET /publicRooms (no auth) with ``limit`` and ``since``; ``server`` asks another server's directory."""
     svc = services(request)
-    _check_server(request, svc)
     limit = query_int(request, "limit", 0, high=MAX_PUBLIC_ROOMS)
-    return ok(_public_rooms_page(svc, limit, request.query.get("since"), None, None))
+    remote = _remote_server(request, svc)
+    fed = federation_of(svc)
+    if remote is not None and fed is not None:
+        return ok(await fed.queries.public_rooms(remote, limit or None, request.query.get("since")))
+    return ok(public_rooms_page(svc.rooms, svc.store, limit, request.query.get("since"), None, None))
 
 
 async def post_public_rooms(request: web.Request) -> web.Response:
-    """POST /publicRooms with ``limit``, ``since`` and ``filter.generic_search_term`` / ``room_types``."""
+    """POST /publicRooms with ``limit``, ``since`` and ``filter.generic_search_term`` / ``room_types``.
+
+    ``?server=`` asks another server's directory with the same search.
+    """
     authenticate(request)
     svc = services(request)
-    _check_server(request, svc)
+    remote = _remote_server(request, svc)
     body = await json_body(request, allow_empty=True)
     limit = body.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -406,7 +378,12 @@ async def post_public_rooms(request: web.Request) -> web.Response:
         isinstance(room_types, list) and all(t is None or isinstance(t, str) for t in room_types)
     ):
         raise bad_json("'room_types' must be a list of strings or nulls")
-    return ok(_public_rooms_page(svc, limit, since, term, room_types))
+    fed = federation_of(svc)
+    if remote is not None and fed is not None:
+        search: dict[str, Any] = {"filter": room_filter}
+        search.update({k: body[k] for k in ("include_all_networks", "third_party_instance_id") if k in body})
+        return ok(await fed.queries.public_rooms(remote, limit or None, since, search))
+    return ok(public_rooms_page(svc.rooms, svc.store, limit, since, term, room_types))
 
 
 async def get_room_visibility(request: web.Request) -> web.Response:

@@ -18,7 +18,6 @@ from lowband.gateway.api.http.base import (
     rate_limit,
     services,
 )
-from lowband.gateway.federation.client import FederationError
 from lowband.gateway.federation.component import federation_of
 from lowband.gateway.homeserver.sync import transaction_key
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
@@ -73,18 +72,8 @@ async def _resolve_room(request: web.Request, target: str) -> tuple[str, list[st
         fed = federation_of(svc)
         if alias_server == svc.server_name or fed is None:
             raise not_found(f"no room has the alias {target}")
-        try:
-            answer = await fed.client.request(alias_server, "GET", "/_matrix/federation/v1/query/directory",
-                                              query={"room_alias": target}, timeout=30.0)  # fmt: skip
-        except FederationError as exc:
-            status = 404 if exc.status == 404 else 502
-            raise MatrixError(status, "M_NOT_FOUND" if status == 404 else "M_UNKNOWN",
-                              f"{alias_server} could not resolve {target}: {exc.message}") from None  # fmt: skip
-        room_id = answer.get("room_id") if isinstance(answer, dict) else None
-        hints = answer.get("servers") if isinstance(answer, dict) else None
-        if not isinstance(room_id, str) or not is_room_id(room_id):
-            raise MatrixError(502, "M_UNKNOWN", f"{alias_server} gave no room for {target}")
-        return room_id, [*servers, *[s for s in (hints or []) if isinstance(s, str)][:10], alias_server]
+        room_id, hints = await fed.queries.directory(target)
+        return room_id, [*servers, *hints]
     if target.startswith("!"):
         try:
             servers.append(server_name_of(target))  # rooms before v12 name the server that made them
@@ -399,11 +388,19 @@ def _alias(request: web.Request) -> str:
 
 
 async def get_alias(request: web.Request) -> web.Response:
-    """GET /directory/room/{roomAlias}."""
-    found = services(request).store.get_alias(_alias(request))
-    if found is None:
+    """GET /directory/room/{roomAlias}: here, or asked of the server the alias names (404, or 502 unreachable)."""
+    alias = _alias(request)
+    svc = services(request)
+    found = svc.store.get_alias(alias)
+    if found is not None:
+        room_id = found[0]
+        others = sorted(s for s in svc.rooms.dag.servers_in_room(room_id) if s != svc.server_name)
+        return ok({"room_id": room_id, "servers": [svc.server_name, *others][:20]})
+    fed = federation_of(svc)
+    if server_name_of(alias) == svc.server_name or fed is None:
         raise not_found("no such alias")
-    return ok({"room_id": found[0], "servers": [services(request).server_name]})
+    room_id, servers = await fed.queries.directory(alias)
+    return ok({"room_id": room_id, "servers": servers})
 
 
 async def put_alias(request: web.Request) -> web.Response:

@@ -8,10 +8,9 @@ from aiohttp import web
 
 from lowband.gateway.api.http.base import ok, services
 from lowband.gateway.api.http.federation_base import FEDERATION_V1, authenticate_server, federation
+from lowband.gateway.homeserver.directory import public_rooms_page
 from lowband.gateway.matrix.errors import MatrixError, bad_json, not_found
 from lowband.gateway.matrix.events import server_name_of
-
-MAX_PUBLIC_ROOMS = 500
 
 
 def _local(request: web.Request, identifier: str, what: str) -> None:
@@ -58,38 +57,39 @@ async def query_profile(request: web.Request) -> web.Response:
     return ok(profile)
 
 
-def _room_summary(request: web.Request, room_id: str) -> dict[str, Any]:
-    rooms = services(request).rooms
-    state = rooms.current_state(room_id)
-    summary: dict[str, Any] = {"room_id": room_id, "num_joined_members": len(rooms.joined_members(room_id)),
-                               "world_readable": False, "guest_can_join": False}  # fmt: skip
-    for key, event_type, field in (("name", "m.room.name", "name"), ("topic", "m.room.topic", "topic"),
-                                   ("canonical_alias", "m.room.canonical_alias", "alias"),
-                                   ("avatar_url", "m.room.avatar", "url"),
-                                   ("join_rule", "m.room.join_rules", "join_rule")):  # fmt: skip
-        content = rooms.state_content(state, event_type) or {}
-        if isinstance(content.get(field), str):
-            summary[key] = content[field]
-    visibility = (rooms.state_content(state, "m.room.history_visibility") or {}).get("history_visibility")
-    summary["world_readable"] = visibility == "world_readable"
-    guest = (rooms.state_content(state, "m.room.guest_access") or {}).get("guest_access")
-    summary["guest_can_join"] = guest == "can_join"
-    return summary
+def _limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit() and len(value) < 10:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise MatrixError(400, "M_INVALID_PARAM", "limit must be a non-negative integer")
 
 
 async def public_rooms(request: web.Request) -> web.Response:
-    """GET|POST /v1/publicRooms: the rooms published in our directory (filter by a search term on POST)."""
+    """GET|POST /v1/publicRooms: a page of the rooms published in our directory, as our own clients see it.
+
+    GET takes ``limit`` and ``since``; POST also ``filter`` (``generic_search_term``, ``room_types``).
+    """
     _, body = await authenticate_server(request)
-    term = ""
+    term: str | None = None
+    room_types: list[Any] | None = None
     if request.method == "POST":
         if not isinstance(body, dict):
             raise bad_json("the body must be an object")
+        limit, since = _limit(body.get("limit")), body.get("since")
         flt = body.get("filter")
-        term = str(flt.get("generic_search_term") or "").lower() if isinstance(flt, dict) else ""
-    rooms = [_room_summary(request, r) for r in services(request).store.public_rooms()[:MAX_PUBLIC_ROOMS]]
-    if term:
-        rooms = [r for r in rooms if any(term in str(r.get(k, "")).lower() for k in ("name", "topic", "canonical_alias"))]
-    return ok({"chunk": rooms, "total_room_count_estimate": len(rooms)})
+        if isinstance(flt, dict):
+            term = flt.get("generic_search_term") if isinstance(flt.get("generic_search_term"), str) else None
+            types = flt.get("room_types")
+            room_types = types if isinstance(types, list) else None
+    else:
+        limit, since = _limit(request.query.get("limit")), request.query.get("since")
+    if since is not None and not isinstance(since, str):
+        raise MatrixError(400, "M_INVALID_PARAM", "since must be a string")
+    svc = services(request)
+    return ok(public_rooms_page(svc.rooms, svc.store, limit, since, term, room_types))
 
 
 async def user_devices(request: web.Request) -> web.Response:
