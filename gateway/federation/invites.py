@@ -25,6 +25,7 @@ from lowband.gateway.federation.inbound.check_signatures import check_signatures
 from lowband.gateway.federation.inbound.errors import PduDropped
 from lowband.gateway.federation.inbound.parse_incoming_pdu import parse_for_room
 from lowband.gateway.federation.keyring import KeyRing
+from lowband.gateway.federation.stripped_state import STRIPPED_TYPES
 from lowband.gateway.homeserver.rooms import RoomService, SendRequest
 from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.errors import MatrixError, forbidden, not_found
@@ -34,8 +35,6 @@ from lowband.gateway.store.interfaces import EventWrite, Store
 
 __all__ = ["Invites"]
 
-_STRIPPED_TYPES = ("m.room.create", "m.room.name", "m.room.avatar", "m.room.topic", "m.room.join_rules",
-                   "m.room.canonical_alias", "m.room.encryption")  # fmt: skip
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Invites:
         """The room's state an invitee is shown (name, topic, join rules …)."""
         state = self.rooms.current_state(room_id)
         out = []
-        for event_type in _STRIPPED_TYPES:
+        for event_type in STRIPPED_TYPES:
             event = self.rooms.event(state[(event_type, "")]) if (event_type, "") in state else None
             if event is not None:
                 out.append({"type": event.type, "state_key": "", "content": event.content, "sender": event.sender})

@@ -16,7 +16,11 @@ Rules (server-server API, "Joining Rooms", "Leaving Rooms"):
   users as ``join_authorised_via_users_server``);
 * leaves work the same way (``make_leave``/``send_leave``): rejecting an
   invite to a room this server does not hold goes through the inviting
-  server.
+  server;
+* knocks too (``make_knock``/``send_knock`` v1), in room versions that have
+  them (7+: only those are offered, and a resident server refuses a knock
+  on an older room): the answer to ``send_knock`` carries the room's
+  identifying state (``knock_room_state``), which the knocker is shown.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from lowband.gateway.federation.inbound.errors import PduDropped
 from lowband.gateway.federation.inbound.fetch_auth_events import rule4, store_checked_outliers
 from lowband.gateway.federation.inbound.parse_incoming_pdu import parse_for_room
 from lowband.gateway.federation.keyring import KeyRing
+from lowband.gateway.federation.stripped_state import room_state_pdus, to_client
 from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.auth_rules import AuthError
 from lowband.gateway.matrix.errors import MatrixError, forbidden, not_found
@@ -41,13 +46,28 @@ from lowband.gateway.matrix.events import Event, EventFormatError, add_signature
 from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.signing import SigningKey
 
-__all__ = ["Memberships", "MembershipError"]
+__all__ = ["Knocked", "MembershipError", "Memberships"]
 
 log = logging.getLogger("lowband.federation")
 
 
 class MembershipError(MatrixError):
     """A join or leave through another server failed; the message says why (for the client)."""
+
+
+@dataclass(frozen=True)
+class Knocked:
+    """A knock a resident server took: the event, the room's version, its stripped state, the server."""
+
+    event: Event
+    version: RoomVersion
+    stripped_state: list[dict[str, Any]]
+    server: str
+
+
+def _knockable(version: RoomVersion) -> None:
+    if not version.knock:
+        raise forbidden(f"rooms of version {version.identifier} cannot be knocked on (version 7 and later can)")
 
 
 @dataclass
@@ -191,6 +211,43 @@ class Memberships:
                 last = MembershipError(502, "M_UNKNOWN", f"{server}: {exc}")
         raise last
 
+    async def knock_remote(self, user_id: str, room_id: str, servers: list[str], content: dict[str, Any]) -> Knocked:
+        """Knock on a room this server does not take part in, through one of ``servers``.
+
+        Only room versions with knocking are offered. MembershipError (the
+        resident server's 4xx, 404 when nobody could help, 502 when no one
+        answered usably); 400 M_INCOMPATIBLE_ROOM_VERSION for a room of a
+        version without knocking.
+        """
+        last: MatrixError = MembershipError(404, "M_NOT_FOUND", f"no server could help to knock on {room_id}")
+        versions = [v for v in room_versions.KNOWN if room_versions.get(v).knock]
+        for server in [s for s in dict.fromkeys(servers) if s != self.server_name][:10]:
+            try:
+                path = f"/_matrix/federation/v1/make_knock/{path_segment(room_id)}/{path_segment(user_id)}"
+                answer = await self.client.request(server, "GET", path, query={"ver": versions}, timeout=30.0)
+                version, template = self._template(answer, room_id, user_id, "knock")
+                if not version.knock:
+                    raise MembershipError(400, "M_INCOMPATIBLE_ROOM_VERSION",
+                                          f"rooms of version {version.identifier} cannot be knocked on",
+                                          room_version=version.identifier)  # fmt: skip
+                knock = self._sign_from_template(template, version, {**content, "membership": "knock"})
+                path = f"/_matrix/federation/v1/send_knock/{path_segment(room_id)}/{path_segment(knock.event_id)}"
+                result = await self.client.request(server, "PUT", path, body=knock.pdu, timeout=60.0,
+                                                   max_bytes=1024 * 1024)  # fmt: skip
+                state = result.get("knock_room_state") if isinstance(result, dict) else None
+                if not isinstance(state, list):
+                    raise PduDropped("the send_knock answer has no knock_room_state")
+                return Knocked(knock, version, to_client(state, room_id), server)
+            except FederationError as exc:
+                log.info("knocking on %s via %s failed: %s", room_id, server, exc)
+                status = exc.status if 400 <= exc.status < 500 else 502
+                last = MembershipError(status, exc.errcode if status != 502 else "M_UNKNOWN",
+                                       f"{server}: {exc.message}")  # fmt: skip
+            except PduDropped as exc:
+                log.info("knocking on %s via %s failed: %s", room_id, server, exc.reason)
+                last = MembershipError(502, "M_UNKNOWN", f"{server} answered the knock unusably: {exc.reason}")
+        raise last
+
     # ------------------------------------------------------------- resident side
 
     def make_template(self, origin: str, room_id: str, user_id: str, membership: str,
@@ -204,6 +261,8 @@ class Memberships:
         if versions is not None and version.identifier not in versions:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", f"the room has version {version.identifier}",
                               room_version=version.identifier)  # fmt: skip
+        if membership == "knock":
+            _knockable(version)
         state = self.dag.current_state(room_id)
         content: dict[str, Any] = {"membership": membership}
         extremities = self.dag.forward_extremities(room_id)[:10]
@@ -235,6 +294,8 @@ class Memberships:
             incoming = await check_signatures(parse_for_room(raw, origin, version), self.keyring)
         except PduDropped as exc:
             raise MatrixError(400, "M_INVALID_PARAM", exc.reason) from None
+        if membership == "knock":
+            _knockable(version)
         event = incoming.event
         if incoming.redacted or event.event_id != event_id or event.room_id != room_id \
                 or event.type != "m.room.member" or event.state_key != event.sender \
@@ -259,6 +320,8 @@ class Memberships:
             already = self.dag.known(event.event_id)
             if already is None or already.outlier:
                 await self.dag.store_remote(room_id, event, before, None, False, relay=True)
+        if membership == "knock":
+            return {"knock_room_state": room_state_pdus(self.dag, room_id)}
         if membership != "join":
             return {}
         chain = self.dag.auth_chain([*before.values(), event.event_id])

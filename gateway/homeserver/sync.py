@@ -199,6 +199,7 @@ class SyncHandler:
         include_leave = room_filter.get("include_leave") is True
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
+        knock: dict[str, Any] = {}
         leave: dict[str, Any] = {}
         since_stream = since.stream if since else 0
         for room_id, membership, mstream, _ in self.store.rooms_for_user(user_id):
@@ -211,7 +212,9 @@ class SyncHandler:
                 if room is not None:
                     join[room_id] = room
             elif membership == "invite" and fresh:
-                invite[room_id] = {"invite_state": {"events": self._stripped_state(room_id, user_id)}}
+                invite[room_id] = {"invite_state": {"events": self._stripped_state(room_id, user_id, "invite")}}
+            elif membership == "knock" and fresh:
+                knock[room_id] = {"knock_state": {"events": self._stripped_state(room_id, user_id, "knock")}}
             elif membership in ("leave", "ban") and (fresh if since is not None else include_leave):
                 leave[room_id] = self._left_room(user_id, room_id, since_stream, mstream, timeline_filter)
         account_data = [
@@ -219,14 +222,14 @@ class SyncHandler:
         ]
         response: dict[str, Any] = {
             "next_batch": str(SyncToken(upto, typing_serial)),
-            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "account_data": {"events": account_data},
             "presence": {"events": []},
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
-        empty = not (join or invite or leave or account_data)
+        empty = not (join or invite or knock or leave or account_data)
         return response, empty
 
     def _joined_room(
@@ -330,8 +333,11 @@ class SyncHandler:
             events.append({"type": "m.receipt", "content": content})
         return events
 
-    def _stripped_state(self, room_id: str, user_id: str) -> list[dict[str, Any]]:
-        if self.rooms.head(room_id) is None:  # an invite from another server to a room we do not hold
+    def _stripped_state(self, room_id: str, user_id: str, membership: str) -> list[dict[str, Any]]:
+        if self.rooms.head(room_id) is None:  # an invite to, or a knock on, a room held elsewhere
+            if membership == "knock":
+                knocked = self.store.federation.knock(room_id, user_id)
+                return knocked[2] if knocked is not None else []
             found = self.store.federation.invite(room_id, user_id)
             return found[2] if found is not None else []
         state = self.rooms.current_state(room_id)

@@ -604,6 +604,16 @@ class FederationStore(Protocol):
         """(event_id, room_version, stripped state) of such an invite, or None."""
         ...
 
+    async def save_knock(self, room_id: str, user_id: str, event_id: str, room_version: str,
+                         stripped_state: list[Any], servers: list[str]) -> None:  # fmt: skip
+        """Keep our user's knock on a room this server does not hold, with the room's stripped state and the
+        servers it went through (the latest knock replaces one before); committed."""
+        ...
+
+    def knock(self, room_id: str, user_id: str) -> tuple[str, str, list[Any], list[str]] | None:
+        """(event_id, room_version, stripped state, servers) of such a knock, or None."""
+        ...
+
 
 class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     """Everything one gateway keeps: what :class:`~lowband.gateway.homeserver.services.Services` holds.

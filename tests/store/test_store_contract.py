@@ -444,6 +444,28 @@ def test_mqtt_tables(opener: Callable[[], Store]) -> None:
     with_store(opener, reopened)
 
 
+def test_federation_invites_and_knocks_on_rooms_held_elsewhere(opener: Callable[[], Store]) -> None:
+    room, other = "!r:elsewhere", "!s:elsewhere"
+    state = [{"type": "m.room.name", "state_key": "", "content": {"name": "Porch"}, "sender": "@x:elsewhere"}]
+
+    async def scenario(store: Store) -> None:
+        fed = store.federation
+        assert fed.knock(room, ALICE) is None and fed.invite(room, ALICE) is None
+        await fed.save_knock(room, ALICE, "$k1", "10", state, ["elsewhere", "third"])
+        await fed.save_knock(room, ALICE, "$k2", "10", state, ["elsewhere"])  # knocking again replaces the first
+        await fed.save_invite(room, ALICE, "$i1", "10", state)
+        assert fed.knock(room, ALICE) == ("$k2", "10", state, ["elsewhere"])
+        assert fed.invite(room, ALICE) == ("$i1", "10", state)  # kept apart from the knock
+        assert fed.knock(room, BOB) is None and fed.knock(other, ALICE) is None
+
+    with_store(opener, scenario)
+
+    async def reopened(store: Store) -> None:
+        assert store.federation.knock(room, ALICE) == ("$k2", "10", state, ["elsewhere"])
+
+    with_store(opener, reopened)
+
+
 # -------------------------------------------------------- read-only view
 
 

@@ -114,6 +114,47 @@ async def join(request: web.Request) -> web.Response:
     return ok({"room_id": room_id})
 
 
+async def knock(request: web.Request) -> web.Response:
+    """POST /knock/{roomIdOrAlias}: ask to be invited, here or through a server in the room (versions 7+).
+
+    403 when the room's join rules or version do not allow knocking (or the
+    user is banned, invited or joined), 404 for an unknown room, the
+    resident server's refusal or 502 when no server in the room answers.
+    """
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id, servers = await _resolve_room(request, request.match_info["room_or_alias"])
+    body = await json_body(request, allow_empty=True)
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise bad_json("'reason' must be a string")
+    svc = services(request)
+    profile = svc.rooms.lookups.profile(requester.user_id)
+    held = svc.rooms.head(room_id) is not None
+    if held and svc.server_name in svc.rooms.dag.servers_in_room(room_id):
+        version = svc.rooms.room_version(room_id)
+        if not version.knock:
+            raise forbidden(f"rooms of version {version.identifier} cannot be knocked on (version 7 and later can)")
+        await svc.rooms.set_membership(requester.user_id, room_id, requester.user_id, "knock", reason, extra=profile)
+        return ok({"room_id": room_id})
+    fed = federation_of(svc)
+    if fed is None:
+        raise not_found("this gateway does not know that room")
+    if held:
+        servers += sorted(svc.rooms.dag.servers_in_room(room_id))
+    content: dict[str, Any] = {**profile, **({"reason": reason} if reason else {})}
+    knocked = await fed.memberships.knock_remote(requester.user_id, room_id, servers, content)
+    stripped = [*knocked.stripped_state, {"type": "m.room.member", "state_key": requester.user_id,
+                                          "content": knocked.event.content, "sender": requester.user_id}]  # fmt: skip
+    await svc.store.federation.save_knock(room_id, requester.user_id, knocked.event.event_id,
+                                          knocked.version.identifier, stripped, [knocked.server, *servers])  # fmt: skip
+    await svc.store.persist_events([EventWrite(knocked.event, svc.store.next_stream(), None, None, outlier=True,
+                                               memberships=((requester.user_id, "knock", knocked.event.event_id),))],
+                                   None)  # fmt: skip
+    svc.notifier.notify()
+    return ok({"room_id": room_id})
+
+
 async def _membership_change(request: web.Request, membership: str, on_target: bool) -> web.Response:
     requester = authenticate(request)
     rate_limit(request, requester)
@@ -124,8 +165,12 @@ async def _membership_change(request: web.Request, membership: str, on_target: b
     if svc.rooms.head(room_id) is None:
         fed = federation_of(svc)
         invite = svc.store.federation.invite(room_id, requester.user_id) if fed is not None else None
-        if membership == "leave" and not on_target and invite is not None and fed is not None:
-            return await _reject_remote_invite(svc, fed, requester.user_id, room_id, invite[0], body.get("reason"))
+        if membership == "leave" and not on_target and fed is not None:
+            knocked = svc.store.federation.knock(room_id, requester.user_id)
+            if knocked is not None and svc.store.membership(room_id, requester.user_id) == "knock":
+                return await _leave_through(svc, fed, requester.user_id, room_id, knocked[3], body.get("reason"))
+            if invite is not None:
+                return await _reject_remote_invite(svc, fed, requester.user_id, room_id, invite[0], body.get("reason"))
         raise not_found("unknown room")
     reason = body.get("reason")
     if membership == "unban":
@@ -151,6 +196,13 @@ async def _reject_remote_invite(svc: Any, fed: Any, user_id: str, room_id: str, 
     """Reject an invite to a room this server does not hold, through the inviting server."""
     found = svc.store.get_event(invite_id)
     servers = [server_name_of(found["event"].sender)] if found is not None else []
+    return await _leave_through(svc, fed, user_id, room_id, servers, reason)
+
+
+async def _leave_through(svc: Any, fed: Any, user_id: str, room_id: str, servers: list[str],
+                         reason: Any) -> web.Response:  # fmt: skip
+    """Leave a room this server does not hold (reject an invite, rescind a knock) through ``servers``."""
+    servers = list(servers)
     try:
         servers.append(server_name_of(room_id))
     except ValueError:
@@ -450,6 +502,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.post(CLIENT + "/createRoom", create_room),
         web.post(CLIENT + "/join/{room_or_alias}", join),
+        web.post(CLIENT + "/knock/{room_or_alias}", knock),
         web.post(room + "/join", join),
         web.post(room + "/leave", leave),
         web.post(room + "/invite", invite),

@@ -102,6 +102,25 @@ async def send_leave(request: web.Request) -> web.Response:
     return ok([200, {}] if request.match_info["version"] == "v1" else {})
 
 
+async def make_knock(request: web.Request) -> web.Response:
+    """GET /v1/make_knock/{roomId}/{userId}?ver=…: a knock template (rooms of version 7 and later)."""
+    fed, origin, _ = await _authenticated(request)
+    room_id, user_id = request.match_info["room_id"], request.match_info["user_id"]
+    _room_check(fed, origin, room_id, member=False)
+    versions = _versions(request)
+    if not versions:
+        raise MatrixError(400, "M_MISSING_PARAM", "ver: the room versions the asking server supports")
+    return ok(fed.memberships.make_template(origin, room_id, user_id, "knock", versions))
+
+
+async def send_knock(request: web.Request) -> web.Response:
+    """PUT /v1/send_knock/{roomId}/{eventId}: check and store the knock, answer with the room's stripped state."""
+    fed, origin, body = await _authenticated(request)
+    room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
+    _room_check(fed, origin, room_id, member=False)
+    return ok(await fed.memberships.accept(origin, room_id, event_id, body, "knock"))
+
+
 async def invite(request: web.Request) -> web.Response:
     """PUT /v2/invite/{roomId}/{eventId}: co-sign an invite of one of our users and show it to them."""
     fed, origin, body = await _authenticated(request)
@@ -214,6 +233,8 @@ def routes() -> list[web.RouteDef]:
         web.get(v1 + "/make_leave/{room_id}/{user_id}", make_leave),
         web.put(any_version + "/send_join/{room_id}/{event_id}", send_join),
         web.put(any_version + "/send_leave/{room_id}/{event_id}", send_leave),
+        web.get(v1 + "/make_knock/{room_id}/{user_id}", make_knock),
+        web.put(v1 + "/send_knock/{room_id}/{event_id}", send_knock),
         web.put(FEDERATION_V2 + "/invite/{room_id}/{event_id}", invite),
         web.get(v1 + "/event/{event_id}", get_event),
         web.get(v1 + "/state_ids/{room_id}", state_ids),

@@ -11,7 +11,11 @@
   transaction in flight (its ID, kept across retries and restarts, and the
   log position it covers) and the retry bookkeeping;
 * ``federation_received_txns``: transactions already handled per origin, so
-  a retried transaction is answered without being processed twice.
+  a retried transaction is answered without being processed twice;
+* ``federation_invites`` and ``federation_knocks``: our users' invites to,
+  and knocks on, rooms this server does not hold, with the room's stripped
+  state to show them (and, for a knock, the servers it went through, to
+  rescind it through them).
 """
 
 from __future__ import annotations
@@ -69,6 +73,17 @@ CREATE TABLE IF NOT EXISTS federation_invites (
     event_id TEXT NOT NULL,
     room_version TEXT NOT NULL,
     stripped_state TEXT NOT NULL,     -- JSON list the inviting server sent (invite_room_state)
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID
+""",
+    """
+CREATE TABLE IF NOT EXISTS federation_knocks (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    room_version TEXT NOT NULL,
+    stripped_state TEXT NOT NULL,     -- JSON list of client stripped state (from knock_room_state)
+    servers TEXT NOT NULL,            -- JSON list: the resident server that took the knock first
     PRIMARY KEY (room_id, user_id)
 ) WITHOUT ROWID
 """,
@@ -207,3 +222,23 @@ class FederationTables:
         row = self.db.query_one("SELECT event_id, room_version, stripped_state FROM federation_invites"
                                 " WHERE room_id = ? AND user_id = ?", (room_id, user_id))  # fmt: skip
         return (str(row[0]), str(row[1]), json.loads(row[2])) if row else None
+
+    # ------------------------------------------------------------- knocks
+
+    async def save_knock(self, room_id: str, user_id: str, event_id: str, room_version: str,
+                         stripped_state: list[Any], servers: list[str]) -> None:  # fmt: skip
+        """Keep our user's knock on a room this server does not hold (the latest knock replaces one before)."""
+        state = json.dumps(stripped_state, ensure_ascii=False, separators=(",", ":"))
+        via = json.dumps(servers, ensure_ascii=False, separators=(",", ":"))
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO federation_knocks VALUES (?, ?, ?, ?, ?, ?)",
+                      (room_id, user_id, event_id, room_version, state, via))  # fmt: skip
+
+        await self.db.write(job)
+
+    def knock(self, room_id: str, user_id: str) -> tuple[str, str, list[Any], list[str]] | None:
+        """(event_id, room_version, stripped state, servers) of such a knock, or None."""
+        row = self.db.query_one("SELECT event_id, room_version, stripped_state, servers FROM federation_knocks"
+                                " WHERE room_id = ? AND user_id = ?", (room_id, user_id))  # fmt: skip
+        return (str(row[0]), str(row[1]), json.loads(row[2]), json.loads(row[3])) if row else None
