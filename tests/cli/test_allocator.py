@@ -13,18 +13,19 @@ import pytest
 
 from lowband.gateway.cli.allocator import limit_retention
 
+OVERRIDES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 GLIBC = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
-def test_sets_the_mmap_threshold_and_one_arena():
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+def test_sets_the_thresholds_and_one_arena():
+    env = {k: v for k, v in os.environ.items() if k not in OVERRIDES}
     out = subprocess.run([sys.executable, "-c", "from lowband.gateway.cli.allocator import limit_retention as f; print(f())"],
                          env=env, capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
-    assert "mmap threshold 128 KiB" in out.stdout and "1 arena" in out.stdout
+    assert "mmap threshold 1024 KiB, trim threshold 2048 KiB, 1 arena" in out.stdout
 
 
-@pytest.mark.parametrize("name", ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"])
+@pytest.mark.parametrize("name", OVERRIDES)
 def test_the_environment_wins(monkeypatch, name):
     monkeypatch.setenv(name, "2")
     assert "kept" in limit_retention()
