@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import signal
 import ssl
@@ -21,28 +22,79 @@ from aiohttp import web
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.api.http.app import make_app
 from lowband.gateway.bridges.mqtt import config as mqtt_config
-from lowband.gateway.bridges.mqtt.bridge import start_mqtt
 from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
-from lowband.gateway.federation.component import start_federation
 from lowband.gateway.homeserver.accounts import ReservedNamespaces
 from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.homeserver.sync import SyncHandler, typing_expiry_loop
 from lowband.gateway.homeserver.typing import TypingTracker
-from lowband.gateway.link.runtime import start_links
 from lowband.gateway.matrix.signing import SigningKey
 from lowband.gateway.store.interfaces import Store
 from lowband.gateway.store.sqlite.store import SQLiteStore
 
 log = logging.getLogger("lowband")
 
-#: Components started after the HTTP API, in order: ``async start(services)``
-#: returns an ``async stop()`` (or None when the config does not enable it).
-#: Each validates its own config section and raises ConfigError.
+#: A component's entry: ``async start(services)`` returns an ``async stop()``
+#: (or None when the config does not enable it) and raises ConfigError for a
+#: bad config section.
 Component = Callable[[Services], Awaitable[Callable[[], Awaitable[None]] | None]]
-COMPONENTS: list[Component] = [start_federation, start_links, start_mqtt]
+
+
+class Registered:
+    """A component known by name whose module is imported only when the config enables it.
+
+    ``entry`` is ``"package.module:function"``, a :data:`Component`;
+    ``enabled(config)`` must be cheap and import nothing heavy. A disabled
+    component costs nothing: neither its module nor its dependencies (paho,
+    noise, cryptography, bleak, aiocoap …) are imported. Calling a
+    ``Registered`` is calling its entry (None when disabled), so it is itself
+    a :data:`Component`; its ``__name__`` is the entry function's.
+    """
+
+    def __init__(self, name: str, entry: str, enabled: Callable[[Config], bool]) -> None:
+        self.name = name
+        self.entry = entry
+        self.enabled = enabled
+        self.__name__ = entry.rpartition(":")[2]
+
+    def __repr__(self) -> str:
+        return f"Registered({self.name!r}, {self.entry!r})"
+
+    def load(self) -> Component:
+        """Import the entry's module (and so its dependencies) and return the entry function."""
+        module, _, function = self.entry.partition(":")
+        loaded: Component = getattr(importlib.import_module(module), function)
+        return loaded
+
+    async def __call__(self, services: Services) -> Callable[[], Awaitable[None]] | None:
+        if not self.enabled(services.config):
+            return None
+        return await self.load()(services)
+
+
+def _always(config: Config) -> bool:
+    return True
+
+
+def _has_section(name: str) -> Callable[[Config], bool]:
+    def enabled(config: Config) -> bool:
+        return name in config.components
+
+    return enabled
+
+
+#: Components started after the HTTP API, in order. The link component always
+#: starts, but it is a light watcher that imports the link runtime (noise,
+#: cryptography) only once a device is provisioned (``link/component.py``);
+#: the MQTT bridge (paho) is imported only with an ``[mqtt]`` section.
+COMPONENTS: list[Component] = [
+    Registered("federation", "lowband.gateway.federation.component:start_federation",
+               lambda config: config.federation.enabled),
+    Registered("links", "lowband.gateway.link.component:start_links", _always),
+    Registered("mqtt", "lowband.gateway.bridges.mqtt.bridge:start_mqtt", _has_section("mqtt")),
+]
 
 
 def claim_data_dir(config: Config) -> None:

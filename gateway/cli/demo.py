@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lowband.gateway.cli.allocator import limit_retention
 from lowband.gateway.cli.main import UsageError
 
 ROOM_ALIAS = "sensors"
@@ -63,6 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
                              registration_enabled=True)  # fmt: skip
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    logging.getLogger("lowband").debug("allocator: %s", limit_retention())  # before the first thread starts
     try:
         asyncio.run(_demo(config, args))
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from lowband.gateway.cli.allocator import limit_retention
 from lowband.gateway.cli.main import UsageError
 from lowband.gateway.config import ConfigError, load_config, parse_listen, parse_peer
 
@@ -92,6 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _check_server_name(config)
+    logging.getLogger("lowband").debug("allocator: %s", limit_retention())  # before the first thread starts
     try:
         asyncio.run(run_gateway(config))
     except (OSError, ConfigError) as exc:  # ConfigError: a component (links, MQTT) refused its section at start

@@ -104,9 +104,10 @@ class FederationSender:
             if server == self.server_name:
                 continue
             if server not in self._destinations:
-                # A new peer starts just before this event: what came before was not meant for it.
-                await self.tables.add_destination(server, stream - 1)
+                # A new peer starts just before this event: what came before was not meant for it. Known in
+                # memory before the write is awaited, so the next event logged meanwhile does not move its start.
                 self._destinations[server] = _Destination(server, stream - 1, 0, None)
+                await self.tables.add_destination(server, stream - 1)
             self.schedule.add_work(server)
         self._kick.set()
 

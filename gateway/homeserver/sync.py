@@ -50,13 +50,16 @@ class SyncToken:
         return f"s{self.stream}_{self.typing}"
 
     @classmethod
-    def parse(cls, text: str) -> SyncToken:
-        """Parse ``s<stream>[_<typing>]``; M_INVALID_PARAM otherwise."""
+    def parse(cls, text: str, *, history: bool = False) -> SyncToken:
+        """Parse ``s<stream>[_<typing>]``; M_INVALID_PARAM otherwise.
+
+        ``history``: a ``/messages`` token, whose stream may be negative
+        (backfilled history lies below 0); a ``/sync`` token never is.
+        """
         body = text[1:] if text.startswith("s") else ""
         parts = body.split("_")
-        # the stream part may be negative: /messages pages through backfilled history below 0
-        if not body or len(parts) > 2 or not all(p.removeprefix("-" if i == 0 else "").isdigit() and len(p) < 20
-                                                 for i, p in enumerate(parts)):  # fmt: skip
+        if not body or len(parts) > 2 or not all(p.removeprefix("-" if history and i == 0 else "").isdigit()
+                                                 and len(p) < 20 for i, p in enumerate(parts)):  # fmt: skip
             raise invalid_param(f"invalid token {text[:40]!r}")
         return cls(int(parts[0]), int(parts[1]) if len(parts) == 2 else 0)
 
@@ -369,8 +372,8 @@ class SyncHandler:
             raise forbidden("you are not a member of this room")
         ceiling = self.store.persisted if membership == "join" or world else mstream
         event_filter = EventFilter(filter_doc, limit)
-        start = SyncToken.parse(from_token).stream if from_token else (ceiling if direction == "b" else 0)
-        bound = SyncToken.parse(to_token).stream if to_token else None
+        start = SyncToken.parse(from_token, history=True).stream if from_token else (ceiling if direction == "b" else 0)
+        bound = SyncToken.parse(to_token, history=True).stream if to_token else None
         joined_now = membership == "join"
         chunk: list[EventRow] = []
         exhausted = False

@@ -102,3 +102,70 @@ async def send(client: Client, room_id: str, body: str, txn: str | None = None) 
                                           {"msgtype": "m.text", "body": body})  # fmt: skip
     assert status == 200, answer
     return str(answer["event_id"])
+
+
+class CuttableLink:
+    """A TCP relay on loopback between two servers, that a test can cut and heal (a network partition).
+
+    A gateway reaches a peer through it with ``--peer NAME=127.0.0.1:<port>``;
+    while cut, new connections are refused and open ones are dropped. TLS
+    passes through untouched.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.cut = False
+        self.connections = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> CuttableLink:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.cut:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.target_port), 5)
+        except (OSError, asyncio.TimeoutError):
+            writer.close()
+            return
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while not self.cut:
+                data = await src.read(65536)
+                if not data:
+                    break
+                dst.write(data)
+                await dst.drain()
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            dst.close()
+
+    def sever(self) -> None:
+        """Cut: refuse new connections, drop the open ones."""
+        self.cut = True
+        for task in list(self._pipes):
+            task.cancel()
+
+    def heal(self) -> None:
+        """Let connections through again."""
+        self.cut = False
+
+    async def close(self) -> None:
+        self.sever()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await asyncio.gather(*self._pipes, return_exceptions=True)

@@ -138,3 +138,21 @@ def test_backoff_doubles_to_a_minute_and_a_peer_that_contacts_us_is_retried_at_o
     assert schedule.due(100.0) == ["b"]
     schedule.succeeded("b", more=False)
     assert schedule.next_deadline() is None and schedule.due(200.0) == []
+
+
+def test_events_logged_back_to_back_for_a_new_peer_all_reach_it(tmp_path):
+    # event_logged runs as separate tasks: the second must not move where a new peer's delivery starts.
+    async def main():
+        world = World(tmp_path, Peer(), {})
+        sender = world.sender()
+        await sender.start()
+        for i in range(1, 6):
+            world.servers[f"$e{i}"] = {"b"}
+            await world.db.write(world.tables.log_job(i, f"$e{i}", "!r:us"))
+        await asyncio.gather(*(sender.event_logged(i, f"$e{i}") for i in range(1, 6)))
+        await until(lambda: sum(len(s[2]) for s in world.peer.seen) == 5)
+        await sender.stop()
+        assert [e for s in world.peer.seen for e in s[2]] == [f"$e{i}" for i in range(1, 6)]
+        world.db.close()
+
+    asyncio.run(main())
