@@ -24,7 +24,8 @@ from lowband.gateway.app import Registered
 from lowband.gateway.link.component import WATCH_SECONDS
 
 #: Top-level packages only a component that is enabled may import. nacl signs events: always needed.
-HEAVY = ("paho", "noise", "cryptography", "bleak", "aiocoap", "serial")
+#: zeroconf and ifaddr: federation is on by default, its LAN discovery is not.
+HEAVY = ("paho", "noise", "cryptography", "bleak", "aiocoap", "serial", "zeroconf", "ifaddr")
 
 _RUN_AND_LIST_MODULES = """
 import atexit, json, sys
