@@ -290,12 +290,12 @@ class Memberships:
         version = self.dag.room_version(room_id)
         if version is None:
             raise not_found(f"this server is not in room {room_id}")
+        if membership == "knock":
+            _knockable(version)  # before any signature work
         try:
             incoming = await check_signatures(parse_for_room(raw, origin, version), self.keyring)
         except PduDropped as exc:
             raise MatrixError(400, "M_INVALID_PARAM", exc.reason) from None
-        if membership == "knock":
-            _knockable(version)
         event = incoming.event
         if incoming.redacted or event.event_id != event_id or event.room_id != room_id \
                 or event.type != "m.room.member" or event.state_key != event.sender \
