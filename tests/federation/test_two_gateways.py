@@ -12,6 +12,7 @@ from fed_harness import (
     gateways,
     has,
     http_session,
+    invited,
     membership_is,
     put_state,
     q,
