@@ -37,7 +37,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +102,7 @@ class Simulation:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._participants: list[Any] = []
-        self._script: Script | None = None
+        self._script: Iterator[float | Until] | None = None
         self._wait: float | Until = 0.0
         self._wait_end = 0.0
         self.script_done = False
@@ -128,7 +128,7 @@ class Simulation:
 
     def start(self, script: Iterable[float | Until]) -> None:
         """Run ``script`` from now on, alongside whatever runs (see the module docstring)."""
-        self._script = iter(script)  # type: ignore[assignment]
+        self._script = iter(script)
         self._wait, self._wait_end, self.script_done = 0.0, self.now, False
 
     def interrupt(self, exc: BaseException) -> None:
@@ -191,8 +191,7 @@ class Simulation:
     def run_script(self, script: Iterable[float | Until]) -> None:
         """Run ``script`` to its end with the sans-I/O participants (no blocking device program)."""
         self.start(script)
-        if not self.run(stop=lambda: self.script_done):
-            raise AssertionError(f"simulation: nothing more happens at t = {self.now:.1f} s and the script waits")
+        self._finish_script()
 
     def run_program(self, program: Callable[[], Any], script: Iterable[float | Until]) -> Any:
         """Run a blocking device ``program`` and ``script`` together until the script ends.
@@ -208,11 +207,10 @@ class Simulation:
             result = program()
         except SimulationOver:
             return None
-        self.run_script_rest()
+        self._finish_script()
         return result
 
-    def run_script_rest(self) -> None:
-        """Go on until the running script ends (AssertionError if nothing left can make it)."""
+    def _finish_script(self) -> None:
         if not self.script_done and not self.run(stop=lambda: self.script_done):
             raise AssertionError(f"simulation: nothing more happens at t = {self.now:.1f} s and the script waits")
 
