@@ -181,11 +181,14 @@ class Reassembler:
         if seen is not None:
             if seen == (is_last, data):
                 return None
-            return self._drop_inconsistent(key)
+            self._drop_inconsistent(key)
+            return None
         if partial.last_index is not None and (is_last or index > partial.last_index):
-            return self._drop_inconsistent(key)
+            self._drop_inconsistent(key)
+            return None
         if is_last and partial.parts and max(partial.parts) > index:
-            return self._drop_inconsistent(key)
+            self._drop_inconsistent(key)
+            return None
         if partial.size + len(data) > self.max_message_bytes:
             del self._buffers[key]
             self.oversize += 1
@@ -204,4 +207,3 @@ class Reassembler:
     def _drop_inconsistent(self, key: tuple[Hashable, int]) -> None:
         del self._buffers[key]
         self.inconsistent += 1
-        return None

@@ -1,5 +1,6 @@
 """Assembles a running gateway from its configuration.
 
+``open_store`` is the one place that names the concrete store (SQLite);
 ``open_services`` builds the store, signing key and services for a data dir;
 ``serve`` runs the HTTP API until SIGTERM or SIGINT, then stops cleanly
 (stops accepting, finishes queued writes, closes the database).
@@ -9,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.api.http.app import make_app
 from lowband.gateway.bridges.mqtt import config as mqtt_config
-from lowband.gateway.bridges.mqtt.bridge import start_mqtt
 from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
 from lowband.gateway.homeserver.accounts import ReservedNamespaces
@@ -27,17 +30,71 @@ from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.homeserver.sync import SyncHandler, typing_expiry_loop
 from lowband.gateway.homeserver.typing import TypingTracker
-from lowband.gateway.link.runtime import start_links
 from lowband.gateway.matrix.signing import SigningKey
+from lowband.gateway.store.interfaces import Store
 from lowband.gateway.store.sqlite.store import SQLiteStore
 
 log = logging.getLogger("lowband")
 
-#: Components started after the HTTP API, in order: ``async start(services)``
-#: returns an ``async stop()`` (or None when the config does not enable it).
-#: Each validates its own config section and raises ConfigError.
+#: A component's entry: ``async start(services)`` returns an ``async stop()``
+#: (or None when the config does not enable it) and raises ConfigError for a
+#: bad config section.
 Component = Callable[[Services], Awaitable[Callable[[], Awaitable[None]] | None]]
-COMPONENTS: list[Component] = [start_links, start_mqtt]
+
+
+class Registered:
+    """A component known by name whose module is imported only when the config enables it.
+
+    ``entry`` is ``"package.module:function"``, a :data:`Component`;
+    ``enabled(config)`` must be cheap and import nothing heavy. A disabled
+    component costs nothing: neither its module nor its dependencies (paho,
+    noise, cryptography, bleak, aiocoap …) are imported. Calling a
+    ``Registered`` is calling its entry (None when disabled), so it is itself
+    a :data:`Component`; its ``__name__`` is the entry function's.
+    """
+
+    def __init__(self, name: str, entry: str, enabled: Callable[[Config], bool]) -> None:
+        self.name = name
+        self.entry = entry
+        self.enabled = enabled
+        self.__name__ = entry.rpartition(":")[2]
+
+    def __repr__(self) -> str:
+        return f"Registered({self.name!r}, {self.entry!r})"
+
+    def load(self) -> Component:
+        """Import the entry's module (and so its dependencies) and return the entry function."""
+        module, _, function = self.entry.partition(":")
+        loaded: Component = getattr(importlib.import_module(module), function)
+        return loaded
+
+    async def __call__(self, services: Services) -> Callable[[], Awaitable[None]] | None:
+        if not self.enabled(services.config):
+            return None
+        return await self.load()(services)
+
+
+def _always(config: Config) -> bool:
+    return True
+
+
+def _has_section(name: str) -> Callable[[Config], bool]:
+    def enabled(config: Config) -> bool:
+        return name in config.components
+
+    return enabled
+
+
+#: Components started after the HTTP API, in order. The link component always
+#: starts, but it is a light watcher that imports the link runtime (noise,
+#: cryptography) only once a device is provisioned (``link/component.py``);
+#: the MQTT bridge (paho) is imported only with an ``[mqtt]`` section.
+COMPONENTS: list[Component] = [
+    Registered("federation", "lowband.gateway.federation.component:start_federation",
+               lambda config: config.federation.enabled),
+    Registered("links", "lowband.gateway.link.component:start_links", _always),
+    Registered("mqtt", "lowband.gateway.bridges.mqtt.bridge:start_mqtt", _has_section("mqtt")),
+]
 
 
 def claim_data_dir(config: Config) -> None:
@@ -56,6 +113,27 @@ def claim_data_dir(config: Config) -> None:
     marker.write_text(config.server_name + "\n")
 
 
+def open_store(db_path: Path) -> Store:
+    """The gateway's store at ``db_path``, created on first use; close it with ``close()``.
+
+    Command-line tools open it too, whether the gateway runs or not: they
+    write users and devices, never rooms (see ``store/sqlite/devices.py``).
+    """
+    return SQLiteStore(db_path)
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server-side TLS context for ``--tls-cert``/``--tls-key`` (None: plain HTTP); ConfigError if unusable."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use TLS certificate {config.tls_cert} with key {config.tls_key}: {exc}") from None
+    return context
+
+
 def open_services(config: Config) -> Services:
     """Open (creating on first start) the data dir and build the services.
 
@@ -65,14 +143,23 @@ def open_services(config: Config) -> Services:
     claim_data_dir(config)
     config.media_dir.mkdir(parents=True, exist_ok=True)
     key = SigningKey.load_or_create(config.signing_key_path)
-    store = SQLiteStore(config.db_path)
+    store = open_store(config.db_path)
     notifier = Notifier()
     typing = TypingTracker()
     rooms = RoomService(store, config.server_name, key, on_new_event=lambda sent: notifier.notify())
     sync = SyncHandler(store, rooms, typing, notifier)
     user_limiter, ip_limiter = Services.rate_limiters(config.rate_limits)
-    namespaces = ReservedNamespaces([devices_registry.RESERVATION, *mqtt_config.reservations(config.components)])
+    namespaces = reserved_namespaces(config)
     return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter, namespaces=namespaces)
+
+
+def reserved_namespaces(config: Config) -> ReservedNamespaces:
+    """The localparts edges keep for themselves under ``config``: ``dev.*`` and every enabled bridge's.
+
+    ``/register`` and ``lowband user add`` refuse them; a new bridge adds its
+    reservations here.
+    """
+    return ReservedNamespaces([devices_registry.RESERVATION, *mqtt_config.reservations(config.components)])
 
 
 async def run_gateway(
@@ -89,7 +176,13 @@ async def run_gateway(
     app = make_app(services)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True)
+    try:
+        tls = tls_context(config)
+    except ConfigError:
+        await runner.cleanup()
+        services.store.close()
+        raise
+    site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -122,8 +215,8 @@ async def run_gateway(
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     log.info(
-        "lowband gateway %s listening on http://%s:%d (data in %s, registration %s)",
-        config.server_name, config.http_host, config.http_port, config.data_dir,
+        "lowband gateway %s listening on %s://%s:%d (data in %s, registration %s)",
+        config.server_name, "https" if tls else "http", config.http_host, config.http_port, config.data_dir,
         "open" if config.registration_enabled else "closed",
     )  # fmt: skip
     if on_ready is not None:

@@ -27,10 +27,18 @@ Example::
     per_user_burst = 50
     per_ip_per_s = 20.0
     per_ip_burst = 100
+
+    [federation]
+    enabled = true
+    peers = { "gw-b.lan" = "192.168.1.20:8448" }
+    verify_certificates = true
+    ip_range_blocklist = ["10.0.0.0/8", "127.0.0.0/8"]   # default: private, loopback, link-local …
+    discovery = false
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -59,6 +67,32 @@ class RateLimits:
     per_ip_burst: int = 100
 
 
+#: Addresses federation never connects to unless the config says otherwise: the ranges Synapse
+#: blocks by default (private, loopback, link-local, shared, documentation, multicast), so a room
+#: cannot make the gateway probe its own network. Explicitly configured and discovered peers are
+#: exempt: the operator named them.
+DEFAULT_IP_RANGE_BLOCKLIST: tuple[str, ...] = (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "192.0.0.0/24",
+    "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
+    "224.0.0.0/4", "0.0.0.0/8", "::1/128", "fe80::/10", "fc00::/7", "2001:db8::/32", "ff00::/8", "fec0::/10",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How the gateway talks to other servers (``[federation]``, ``--peer``)."""
+
+    enabled: bool = True
+    #: server name → "HOST:PORT" to connect to, bypassing name resolution (and the blocklist)
+    peers: dict[str, str] = field(default_factory=dict)
+    verify_certificates: bool = True
+    ip_range_blocklist: tuple[str, ...] = DEFAULT_IP_RANGE_BLOCKLIST
+    #: announce and find gateways on the LAN with mDNS/DNS-SD (opt-in)
+    discovery: bool = False
+    #: notary servers asked for keys a server cannot serve itself (none by default)
+    trusted_key_servers: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything ``lowband serve`` needs to run."""
@@ -71,6 +105,10 @@ class Config:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     rate_limits: RateLimits = field(default_factory=RateLimits)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    #: PEM certificate chain and key: the one listener speaks HTTPS (client and federation APIs)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: Raw tables of sections owned by components (``[mqtt]``, ``[links]`` …);
     #: each component validates its own with ConfigError.
     components: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +142,39 @@ def check_server_name(name: str) -> str:
     if not name or len(name) > 230 or not _SERVER_NAME.fullmatch(name):
         raise ConfigError(f"server name {name!r} is not a valid Matrix server name")
     return name
+
+
+def parse_peer(name: str, address: str, where: str) -> tuple[str, str]:
+    """A peer mapping ``NAME`` → ``HOST:PORT`` checked; ConfigError naming ``where`` otherwise."""
+    check_server_name(name)
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{where}: peer address {address!r} must be HOST:PORT")
+    return name, address
+
+
+def _federation(section: dict[str, Any]) -> FederationConfig:
+    values: dict[str, Any] = {}
+    for key in ("enabled", "verify_certificates", "discovery"):
+        if key in section:
+            values[key] = _take(section, key, bool, "federation")
+    if "peers" in section:
+        peers = _take(section, "peers", dict, "federation")
+        values["peers"] = dict(parse_peer(str(k), v if isinstance(v, str) else "", "federation.peers")
+                               for k, v in peers.items())  # fmt: skip
+    if "ip_range_blocklist" in section:
+        ranges = _take(section, "ip_range_blocklist", list, "federation")
+        for item in ranges:
+            try:
+                ipaddress.ip_network(item)
+            except (TypeError, ValueError):
+                raise ConfigError(f"federation.ip_range_blocklist: {item!r} is not an address range") from None
+        values["ip_range_blocklist"] = tuple(ranges)
+    if "trusted_key_servers" in section:
+        servers = _take(section, "trusted_key_servers", list, "federation")
+        values["trusted_key_servers"] = tuple(check_server_name(s) if isinstance(s, str) else check_server_name("")
+                                              for s in servers)  # fmt: skip
+    return FederationConfig(**values)
 
 
 def _take(section: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -146,10 +217,16 @@ def load_config(path: str | Path | None, **overrides: Any) -> Config:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         config = _apply_file(config, doc)
     values = {k: v for k, v in overrides.items() if v is not None}
-    if "data_dir" in values:
-        values["data_dir"] = Path(values["data_dir"])
+    for key in ("data_dir", "tls_cert", "tls_key"):
+        if key in values:
+            values[key] = Path(values[key])
+    peers = values.pop("peers", None)
+    if peers:  # --peer adds to (and overrides) [federation] peers
+        values["federation"] = replace(config.federation, peers={**config.federation.peers, **peers})
     config = replace(config, **values)
     check_server_name(config.server_name)
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key, or http.tls_cert and http.tls_key)")
     return config
 
 
@@ -160,7 +237,7 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
     if components:
         values["components"] = components
     for name, section in sections.items():
-        if name not in ("server", "http", "registration", "media", "rate_limits"):
+        if name not in ("server", "http", "registration", "media", "rate_limits", "federation"):
             raise ConfigError(f"unknown config section [{name}]")
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -172,6 +249,9 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
     http = sections.get("http", {})
     if "listen" in http:
         values["http_host"], values["http_port"] = parse_listen(_take(http, "listen", str, "http"))
+    for key in ("tls_cert", "tls_key"):
+        if key in http:
+            values[key] = Path(_take(http, key, str, "http"))
     if "max_request_bytes" in http:
         values["max_request_bytes"] = _positive(_take(http, "max_request_bytes", int, "http"), "http.max_request_bytes")
     registration = sections.get("registration", {})
@@ -182,6 +262,8 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
         values["max_upload_bytes"] = _positive(_take(media, "max_upload_bytes", int, "media"), "media.max_upload_bytes")
     if "rate_limits" in sections:
         values["rate_limits"] = _rate_limits(sections["rate_limits"])
+    if "federation" in sections:
+        values["federation"] = _federation(sections["federation"])
     for name, section in sections.items():
         if section:
             raise ConfigError(f"unknown config key {name}.{next(iter(section))}")

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -215,7 +216,7 @@ class Board:
 # Loading
 
 
-def _package_files():
+def _package_files() -> Traversable:
     return resources.files(__package__)
 
 

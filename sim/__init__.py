@@ -6,12 +6,19 @@ exposes it as two pseudo-terminals that a gateway and a device open like
 serial ports.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .link_model import A, B, LinkCounters, LinkModel
+
+if TYPE_CHECKING:
+    from .pty_link import PtyLink
 
 __all__ = ["A", "B", "LinkCounters", "LinkModel", "PtyLink"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type[PtyLink]:
     # Imported on first use so that `python -m lowband.sim.pty_link` does not
     # find the module already loaded by its own package.
     if name == "PtyLink":

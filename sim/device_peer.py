@@ -33,13 +33,12 @@ class ScriptedDevice:
     """A device process in the test's event loop."""
 
     def __init__(self, config: dict[str, Any] | str | Path, port: str, *, rto: float = 6.0, reply: bool = True) -> None:
-        if not isinstance(config, dict):
-            config = json.loads(Path(config).read_text())
-        self.config = config
+        doc: dict[str, Any] = config if isinstance(config, dict) else json.loads(Path(config).read_text())
+        self.config = doc
         self.port = port
-        self.context = parse_context(config["context"])
+        self.context = parse_context(doc["context"])
         self.link = DeviceLink(
-            config["address"], bytes.fromhex(config["device_private"]), bytes.fromhex(config["gateway_public"]), rto=rto
+            doc["address"], bytes.fromhex(doc["device_private"]), bytes.fromhex(doc["gateway_public"]), rto=rto
         )
         self.reply = reply
         self.commands: list[str] = []
@@ -70,7 +69,7 @@ class ScriptedDevice:
         self._port = port
         self._fd = port.fileno()
         asyncio.get_running_loop().add_reader(self._fd, self._readable)
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self._run(self._fd))
 
     def _readable(self) -> None:
         try:
@@ -88,10 +87,10 @@ class ScriptedDevice:
                         self.publish_text(f"ok: {form.body}")
         self._wake.set()
 
-    async def _run(self) -> None:
+    async def _run(self, fd: int) -> None:
         while True:
             for frame in self.link.poll(time.monotonic()):
-                os.write(self._fd, serial_encode(frame))
+                os.write(fd, serial_encode(frame))
                 self.sent_frames += 1
             await wait_until(self._wake, self.link.next_deadline())  # the link's clock is time.monotonic()
 

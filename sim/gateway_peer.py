@@ -9,7 +9,9 @@ when a test or a benchmark wants the device's side and not the rooms. The
 full gateway (``lowband serve``) does the same plus the Matrix side.
 
 Actions are carried out in order as the runtime does, except that
-``Persist`` is not kept: a peer lives for one test or benchmark run.
+``Persist`` is not kept: a peer lives for one test or benchmark run. A
+delivered message counts as stored once recorded, and only then is it
+acknowledged (:meth:`GatewayLink.delivered`), as in the runtime.
 """
 
 from __future__ import annotations
@@ -171,13 +173,19 @@ class GatewayPeer:
         for frame in self._framer.feed(data):
             with self._lock:
                 actions = self.core.receive(frame, now)
-            for action in actions:
-                if isinstance(action, core.Transmit):
-                    self._write(serial_encode(action.frame))
-                elif isinstance(action, core.Deliver):
-                    form = compact.decode_form(action.payload, self.context)
-                    with self._lock:
-                        self.delivered.append(Delivered(action.message_id, form, now))
+            self._carry_out(actions, now)
+
+    def _carry_out(self, actions: list[Any], now: float) -> None:
+        for action in actions:
+            if isinstance(action, core.Transmit):
+                self._write(serial_encode(action.frame))
+            elif isinstance(action, core.Deliver):
+                # Recording it is this peer's "commit": only then is the device acknowledged, as in the runtime.
+                form = compact.decode_form(action.payload, self.context)
+                with self._lock:
+                    self.delivered.append(Delivered(action.message_id, form, now))
+                    answer = self.core.delivered(action.token, now)
+                self._carry_out(answer, now)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -41,18 +41,22 @@ class GatewayProcess:
     """``lowband serve`` in a subprocess; ``start``/``stop``/``kill`` for restart tests."""
 
     def __init__(self, data_dir: Path, server_name: str = "localhost", registration: bool = True,
-                 config: str | None = None) -> None:  # fmt: skip
+                 config: str | None = None, tls: tuple[Path, Path] | None = None,
+                 extra_args: list[str] | None = None, port: int | None = None) -> None:  # fmt: skip
         self.data_dir = data_dir
-        self.server_name = server_name
+        self.port = port or free_port()
+        #: "{port}" in the server name becomes the port (federating gateways are named 127.0.0.1:PORT)
+        self.server_name = server_name.replace("{port}", str(self.port))
         self.registration = registration
         self.config_text = config
-        self.port = free_port()
+        self.tls = tls
+        self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
-        """Base URL of the client-server API."""
-        return f"http://127.0.0.1:{self.port}"
+        """Base URL of the client-server API (and, with TLS, of the federation API)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         """Start (or restart) the gateway and wait until it answers."""
@@ -60,6 +64,9 @@ class GatewayProcess:
                 "--http", f"127.0.0.1:{self.port}"]  # fmt: skip
         if self.registration:
             args.append("--enable-registration")
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
+        args += self.extra_args
         if self.config_text is not None:
             path = self.data_dir.parent / f"{self.data_dir.name}.toml"
             path.write_text(self.config_text)
@@ -83,7 +90,7 @@ class GatewayProcess:
 
     def _ready_lines(self) -> int:
         try:
-            return self.log_path.read_text(errors="replace").count(" listening on http://")
+            return self.log_path.read_text(errors="replace").count(" listening on http")
         except FileNotFoundError:
             return 0
 
@@ -123,8 +130,12 @@ def gateway_process(tmp_path: Path, **kwargs: Any) -> Iterator[GatewayProcess]:
 
 
 @contextlib.asynccontextmanager
-async def gateway_in_loop(tmp_path: Path, **config: Any) -> AsyncIterator[str]:
-    """A gateway running inside the current event loop; yields its base URL."""
+async def gateway_in_loop(tmp_path: Path, *, on_ready: Callable[[Any], None] | None = None,
+                          **config: Any) -> AsyncIterator[str]:  # fmt: skip
+    """A gateway running inside the current event loop; yields its base URL.
+
+    ``on_ready`` gets the running gateway's ``Services`` (for tests that look inside or inject faults).
+    """
     from lowband.gateway.app import run_gateway
     from lowband.gateway.config import load_config
 
@@ -132,7 +143,7 @@ async def gateway_in_loop(tmp_path: Path, **config: Any) -> AsyncIterator[str]:
     settings = {"data_dir": tmp_path / "data", "server_name": "localhost", "http_port": port,
                 "registration_enabled": True, **config}  # fmt: skip
     started, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(run_gateway(load_config(None, **settings), started, stop))
+    task = asyncio.create_task(run_gateway(load_config(None, **settings), started, stop, on_ready))
     waiter = asyncio.create_task(started.wait())
     done, _ = await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task in done:

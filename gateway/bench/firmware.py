@@ -171,14 +171,14 @@ def run(messages: int = 20, rounds: int = 5) -> tuple[dict[str, Any], str]:
     """Run the firmware benchmark; returns the result (the five keys of issue 5) and a table.
 
     messages: readings timed for ``reading_ms``; rounds: handshakes timed
-    for ``handshake_ms``. Raises bench_homeserver.BenchError (what
+    for ``handshake_ms``. Raises bench.processes.BenchError (what
     ``lowband bench`` reports) if micropython or mpy-cross is missing or the
     firmware fails.
     """
     try:
         return _run(messages, rounds)
     except FirmwareError as exc:
-        from lowband.gateway.bench.homeserver import BenchError
+        from lowband.gateway.bench.processes import BenchError
 
         raise BenchError(str(exc)) from None
 

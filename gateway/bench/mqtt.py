@@ -17,14 +17,13 @@ one paho publisher and 60-byte payloads at QoS 1:
 
 Progress goes to stderr. A broker or gateway that will not start, or a
 phase that does not finish within ``seconds``, ends the run with
-:class:`~lowband.gateway.bench.homeserver.BenchError`.
+:class:`~lowband.gateway.bench.processes.BenchError`.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lowband.gateway.bench.homeserver import BenchError, lowband_argv
+from lowband.gateway.bench.processes import BenchError, lowband_argv
 from lowband.gateway.bridges.mqtt.discovery import ONLINE
+from lowband.gateway.store.sqlite.readonly import ReadOnlyEvents
 from lowband.sim.mosquitto import MosquittoError, PrivateMosquitto, free_port
 
 PAYLOAD_BYTES = 60
@@ -153,7 +153,12 @@ def measure_raw_one_process(port: int, count: int, timeout: float) -> float:
     done = threading.Event()
     ended: list[float] = []
     subscriber = _client("bench-raw-sub-1", port)
-    subscriber.on_message = _counter(count, lambda client: (ended.append(time.perf_counter()), done.set()))
+
+    def finished(client: mqtt.Client) -> None:
+        ended.append(time.perf_counter())
+        done.set()
+
+    subscriber.on_message = _counter(count, finished)
     subscriber.subscribe(TOPIC, qos=1)
     subscriber.loop_start()
     time.sleep(0.3)
@@ -262,15 +267,14 @@ def _wait_online(port: int, timeout: float) -> None:
 
 def count_sequences(db_path: Path, room_id: str) -> dict[int, int]:
     """seq → number of events carrying it, read from the gateway's database."""
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as conn:
-        rows = conn.execute(
-            "SELECT json_extract(pdu, '$.content.\"org.lowband.senml\"[0].v') FROM events"
-            " WHERE room_id = ? AND type = 'm.room.message'",
-            (room_id,),
-        ).fetchall()
+    with ReadOnlyEvents(db_path) as events:
+        contents = events.contents(room_id, "m.room.message")
     counts: dict[int, int] = {}
-    for (seq,) in rows:
-        if isinstance(seq, int):
+    for content in contents:
+        senml = content.get("org.lowband.senml")
+        first = senml[0] if isinstance(senml, list) and senml else None
+        seq = first.get("v") if isinstance(first, dict) else None
+        if isinstance(seq, int) and not isinstance(seq, bool):
             counts[seq] = counts.get(seq, 0) + 1
     return counts
 
@@ -282,22 +286,16 @@ def _wait_for_events(db_path: Path, room_id: str, want: int, timeout: float) -> 
     the watching costs the gateway next to no CPU on a machine both share.
     """
     deadline = time.perf_counter() + timeout
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-    try:
+    with ReadOnlyEvents(db_path) as events:
         have, after = 0, -1
         while time.perf_counter() < deadline:
-            count, last = conn.execute(
-                "SELECT COUNT(*), MAX(stream) FROM events WHERE room_id = ? AND stream > ? AND type = 'm.room.message'",
-                (room_id, after),
-            ).fetchone()  # fmt: skip
-            have += int(count)
+            count, last = events.count_after(room_id, "m.room.message", after)
+            have += count
             after = last if last is not None else after
             if have >= want:
                 return time.perf_counter()
             time.sleep(0.02)
-        raise BenchError(f"only {have} of {want} events arrived within {timeout:.0f} s")
-    finally:
-        conn.close()
+    raise BenchError(f"only {have} of {want} events arrived within {timeout:.0f} s")
 
 
 def run(messages: int = 20000, seconds: float = 180.0) -> tuple[dict[str, Any], str]:

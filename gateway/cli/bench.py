@@ -2,40 +2,44 @@
 
 Each benchmark is a function returning a JSON-able dict and a readable
 table; ``--json`` prints the dict as one line, last. Benchmarks are listed
-in :data:`BENCHMARKS` explicitly, each with the options it takes.
+in :data:`BENCHMARKS` explicitly, each with the options it takes, by module
+path: a benchmark's module (with what it pulls in: paho, noise, aiohttp's
+client, the simulators) is imported only when that benchmark runs, so
+building the parser for ``lowband serve`` costs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from lowband.gateway.bench import firmware as bench_firmware
-from lowband.gateway.bench import homeserver as bench_homeserver
-from lowband.gateway.bench import link as bench_link
-from lowband.gateway.bench import mqtt as bench_mqtt
-from lowband.gateway.bench import wire as bench_wire
-
 Runner = Callable[..., tuple[dict[str, Any], str]]
 
-#: name → (one-line description, function, names of the options it takes).
-BENCHMARKS: dict[str, tuple[str, Runner, tuple[str, ...]]] = {
-    "wire": ("bytes per event in each encoding (HTTP+JSON, MSC3079, compact, framed)", bench_wire.run, ()),
+#: name → (one-line description, module whose ``run`` is the benchmark, names of the options it takes).
+BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "wire": ("bytes per event in each encoding (HTTP+JSON, MSC3079, compact, framed)", "lowband.gateway.bench.wire", ()),
     "link": ("bytes on the air, handshake, goodput and reading-to-sync latency at 100 bps, LoRa airtime",
-             bench_link.run, ()),
+             "lowband.gateway.bench.link", ()),
     "firmware": ("peak heap, .mpy size, handshake and per-reading CPU time of the device stack on the MicroPython unix port",
-                 bench_firmware.run, ("messages", "rounds")),
+                 "lowband.gateway.bench.firmware", ("messages", "rounds")),
     "mqtt": ("MQTT to room events/s, durable, against raw Mosquitto QoS 1 in the same run; lost and duplicated",
-             bench_mqtt.run, ("messages", "seconds")),
+             "lowband.gateway.bench.mqtt", ("messages", "seconds")),
     "homeserver": (
         "sends/s, send-to-sync latency and memory, side by side with a real Synapse",
-        bench_homeserver.run,
+        "lowband.gateway.bench.homeserver",
         ("only", "messages", "seconds", "latency_rounds"),
     ),
 }
+
+
+def runner(name: str) -> Runner:
+    """Import benchmark ``name``'s module and return its ``run``; KeyError for an unknown name."""
+    function: Runner = importlib.import_module(BENCHMARKS[name][1]).run
+    return function
 
 
 def register(subparsers: Any) -> None:
@@ -58,16 +62,19 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``bench``."""
-    _, function, accepted = BENCHMARKS[args.name]
+    _, _, accepted = BENCHMARKS[args.name]
     options = {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
     given = [name for name in ("only", "messages", "seconds", "latency_rounds", "rounds") if getattr(args, name) is not None]
     unsupported = [name for name in given if name not in accepted]
     if unsupported:
         sys.stderr.write(f"lowband: error: bench {args.name} takes no --{unsupported[0].replace('_', '-')}\n")
         return 2
+    from lowband.gateway.bench.homeserver import BenchError  # every benchmark's one-line failure
+
+    function = runner(args.name)
     try:
         result, table = function(**options)
-    except bench_homeserver.BenchError as exc:
+    except BenchError as exc:
         sys.stderr.write(f"lowband: bench {args.name} failed: {exc}\n")
         return 1
     if args.json:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lowband.gateway.cli.allocator import limit_retention
 from lowband.gateway.cli.main import UsageError
 
 ROOM_ALIAS = "sensors"
@@ -63,6 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
                              registration_enabled=True)  # fmt: skip
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    logging.getLogger("lowband").debug("allocator: %s", limit_retention())  # before the first thread starts
     try:
         asyncio.run(_demo(config, args))
     except KeyboardInterrupt:
@@ -74,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 async def _ensure_room(services: Any) -> str:
     from lowband.gateway.homeserver.accounts import hash_password
-    from lowband.gateway.store.sqlite.store import UserExists
+    from lowband.gateway.store.interfaces import UserExists
 
     owner = "@demo:localhost"
     try:
@@ -95,14 +97,14 @@ def _provision(data_dir: Path, port_link: Path, bps: int) -> Path:
 
     config_path = data_dir / "devices" / f"{DEVICE}.json"
     link = f"serial:{port_link}?bps={bps}"
-    db, registry, _ = _open(str(data_dir))
+    store, registry, _ = _open(str(data_dir))
     try:
         registry.device(DEVICE)
         exists = config_path.exists()
     except RegistryError:
         exists = False
     finally:
-        db.close()
+        store.close()
     if not exists or json.loads(config_path.read_text()).get("link") != link:
         add = argparse.Namespace(name=DEVICE, room=[f"#{ROOM_ALIAS}:localhost"], link=link, channel=None,
                                  data_dir=str(data_dir), out=None, rekey=exists)  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lowband.gateway.cli.main import UsageError
+from lowband.gateway.matrix.identifiers import is_room_id
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +45,9 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--all", action="store_true", help="include revoked devices")
     listing.set_defaults(handler=run_list)
 
-    show = sub.add_parser("show", help="show one device", description="Show a device (never its private key).")
+    show = sub.add_parser("show", help="show one device",
+                          description="Show a device (never its private key) and whether the gateway may speak as "
+                                      "its account: an @dev.NAME someone else created is never used.")  # fmt: skip
     show.add_argument("name")
     show.add_argument("--data-dir", required=True, metavar="DIR")
     show.set_defaults(handler=run_show)
@@ -74,27 +77,28 @@ def register(subparsers: Any) -> None:
 
 
 def _open(data_dir: str) -> tuple[Any, Any, str]:
+    """(the data dir's store, its device registry, the server name); close the store when done."""
+    from lowband.gateway.app import open_store
+    from lowband.gateway.config import Config
     from lowband.gateway.devices.registry import Registry
-    from lowband.gateway.store.sqlite.database import Database
-    from lowband.gateway.store.sqlite.schema import SCHEMA
 
     path = Path(data_dir)
     marker = path / "server_name"
     if not marker.exists():
         raise UsageError(f"{data_dir} is not a gateway data dir (start `lowband serve --data-dir {data_dir}` once)")
-    db = Database(path / "lowband.db", SCHEMA)
-    return db, Registry(db), marker.read_text().strip()
+    store = open_store(Config(data_dir=path).db_path)
+    return store, Registry(store.link_devices), marker.read_text().strip()
 
 
-def _resolve_room(db: Any, room: str) -> str:
+def _resolve_room(store: Any, room: str) -> str:
     if room.startswith("#"):
-        row = db.query_one("SELECT room_id FROM room_aliases WHERE alias = ?", (room,))
-        if row is None:
+        found = store.get_alias(room)
+        if found is None:
             raise UsageError(f"no room has the alias {room}")
-        return str(row[0])
-    if not room.startswith("!") or ":" not in room:
-        raise UsageError(f"{room!r} is neither a room ID (!id:server) nor an alias (#name:server)")
-    if db.query_one("SELECT 1 FROM rooms WHERE room_id = ?", (room,)) is None:
+        return str(found[0])
+    if not is_room_id(room):
+        raise UsageError(f"{room!r} is neither a room ID (!id:server, or a v12 !hash) nor an alias (#name:server)")
+    if store.get_room(room) is None:
         raise UsageError(f"this gateway has no room {room}")
     return room
 
@@ -118,9 +122,9 @@ def run_add(args: argparse.Namespace) -> int:
         write_device_config,
     )  # fmt: skip
 
-    db, registry, server_name = _open(args.data_dir)
+    store, registry, server_name = _open(args.data_dir)
     try:
-        rooms = [_resolve_room(db, room) for room in args.room]
+        rooms = [_resolve_room(store, room) for room in args.room]
         link = _check_link(args.link)
         channels = [parse_channel(c) for c in args.channel] if args.channel else DEFAULT_CHANNELS
         user_id = f"@dev.{args.name}:{server_name}"
@@ -143,7 +147,7 @@ def run_add(args: argparse.Namespace) -> int:
     except (RegistryError, ContextError) as exc:
         raise UsageError(str(exc)) from None
     finally:
-        db.close()
+        store.close()
     action = "re-keyed" if args.rekey else "provisioned"
     print(f"{action} {record.user_id} at link address {record.address} on {record.link}")
     print(f"device config (holds the device's private key): {out}")
@@ -167,13 +171,13 @@ def _registry(data_dir: str) -> Iterator[Any]:
     """The data dir's device registry, closed afterwards; RegistryError becomes a UsageError."""
     from lowband.gateway.devices.registry import RegistryError
 
-    db, registry, _ = _open(data_dir)
+    store, registry, _ = _open(data_dir)
     try:
         yield registry
     except RegistryError as exc:
         raise UsageError(str(exc)) from None
     finally:
-        db.close()
+        store.close()
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -189,10 +193,22 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    """Handler of ``device show``."""
-    with _registry(args.data_dir) as registry:
+    """Handler of ``device show``: the device, and whether the gateway may speak as its account."""
+    from lowband.gateway.devices.account import account_problem
+    from lowband.gateway.devices.registry import RegistryError
+
+    store, registry, _ = _open(args.data_dir)
+    try:
         record = registry.device(args.name)
-    print(json.dumps(_summary(record), indent=2))
+        user = store.get_user(record.user_id)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
+    summary = _summary(record)
+    problem = account_problem(record, user)
+    summary["account"] = "ok: created by the gateway for this device" if problem is None else problem
+    print(json.dumps(summary, indent=2))
     return 0
 
 

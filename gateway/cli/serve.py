@@ -9,8 +9,9 @@ import sys
 import time
 from typing import Any
 
+from lowband.gateway.cli.allocator import limit_retention
 from lowband.gateway.cli.main import UsageError
-from lowband.gateway.config import ConfigError, load_config, parse_listen
+from lowband.gateway.config import ConfigError, load_config, parse_listen, parse_peer
 
 
 def register(subparsers: Any) -> None:
@@ -34,6 +35,14 @@ def register(subparsers: Any) -> None:
         default=None,
         help="let anyone register an account (closed unless this flag or the config says so)",
     )
+    serve.add_argument("--tls-cert", metavar="FILE.pem", help="certificate chain: the listener speaks HTTPS (client and federation APIs)")
+    serve.add_argument("--tls-key", metavar="FILE.pem", help="private key of --tls-cert")
+    serve.add_argument(
+        "--peer",
+        action="append",
+        metavar="NAME=HOST:PORT",
+        help="reach the server NAME at HOST:PORT without DNS (repeatable; adds to [federation] peers)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(handler=run_serve)
 
@@ -50,6 +59,9 @@ def register(subparsers: Any) -> None:
     add.add_argument("--server-name", metavar="NAME", help="server name (default: the one the data dir was started with)")
     add.add_argument("--config", metavar="FILE.toml", help="configuration file to read the server name from")
     add.add_argument("--admin", action="store_true", help="make the user a server admin")
+    add.add_argument("--allow-reserved", action="store_true",
+                     help="create it even in a namespace an edge reserves (dev.*, the MQTT bridge's prefix, as the "
+                          "config sets them): it is a person's account, and no device or bridge will ever speak as it")  # fmt: skip
     add.set_defaults(handler=run_user_add)
 
 
@@ -59,6 +71,15 @@ def _config_from(args: argparse.Namespace) -> Any:
         overrides["http_host"], overrides["http_port"] = parse_listen(args.http)
     if getattr(args, "enable_registration", None):
         overrides["registration_enabled"] = True
+    overrides["tls_cert"] = getattr(args, "tls_cert", None)
+    overrides["tls_key"] = getattr(args, "tls_key", None)
+    peers: dict[str, str] = {}
+    for item in getattr(args, "peer", None) or []:
+        name, sep, address = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--peer {item!r} must be NAME=HOST:PORT")
+        peers.update([parse_peer(name, address, "--peer")])
+    overrides["peers"] = peers or None
     return load_config(args.config, **overrides)
 
 
@@ -72,6 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _check_server_name(config)
+    logging.getLogger("lowband").debug("allocator: %s", limit_retention())  # before the first thread starts
     try:
         asyncio.run(run_gateway(config))
     except (OSError, ConfigError) as exc:  # ConfigError: a component (links, MQTT) refused its section at start
@@ -91,8 +113,9 @@ def _check_server_name(config: Any) -> None:
 
 def run_user_add(args: argparse.Namespace) -> int:
     """Handler of ``user add``."""
+    from lowband.gateway.app import open_store, reserved_namespaces
     from lowband.gateway.homeserver.accounts import hash_password, user_id_for
-    from lowband.gateway.store.sqlite.store import SQLiteStore, UserExists
+    from lowband.gateway.store.interfaces import UserExists
 
     marker = __import__("pathlib").Path(args.data_dir) / "server_name"
     server_name = args.server_name or (marker.read_text().strip() if marker.exists() else None)
@@ -111,7 +134,11 @@ def run_user_add(args: argparse.Namespace) -> int:
         user_id = user_id_for(name, config.server_name)
     except Exception as exc:  # MatrixError M_INVALID_USERNAME
         raise UsageError(str(exc)) from None
-    store = SQLiteStore(config.db_path)
+    holder = reserved_namespaces(config).owner_of(name)
+    if holder is not None and not args.allow_reserved:
+        raise UsageError(f"{user_id} is in a namespace reserved for {holder}; pass --allow-reserved if you mean it "
+                         f"(the account is then a person's: {holder} will never speak as it)")  # fmt: skip
+    store = open_store(config.db_path)
     try:
         store.create_user_sync(user_id, hash_password(args.password), args.admin, int(time.time() * 1000))
     except UserExists:

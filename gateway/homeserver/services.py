@@ -8,6 +8,7 @@ by name, so this layer never imports them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from lowband.gateway.homeserver.ratelimit import RateLimiter
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.sync import SyncHandler
 from lowband.gateway.homeserver.typing import TypingTracker
-from lowband.gateway.store.sqlite.store import SQLiteStore
+from lowband.gateway.store.interfaces import Store
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Services:
     """Everything handlers reach, built once per running gateway."""
 
     config: Config
-    store: SQLiteStore
+    store: Store
     rooms: RoomService
     sync: SyncHandler
     typing: TypingTracker
@@ -36,6 +37,8 @@ class Services:
     login_sessions: dict[str, float] = field(default_factory=dict)
     namespaces: ReservedNamespaces = field(default_factory=ReservedNamespaces)
     components: dict[str, Any] = field(default_factory=dict)
+    #: told (room_id, receipt_type, user_id, event_id, ts) of every public receipt a local user moves
+    receipt_listeners: list[Callable[[str, str, str, str, int], None]] = field(default_factory=list)
 
     @classmethod
     def rate_limiters(cls, limits: RateLimits) -> tuple[RateLimiter | None, RateLimiter | None]:

@@ -1,7 +1,7 @@
 """/sync and /messages: what a user may see, from which position.
 
 Positions: one stream counter orders events, account data and receipts
-(:class:`~lowband.gateway.store.sqlite.store.SQLiteStore`); typing has its
+(see :mod:`lowband.gateway.store.interfaces`); typing has its
 own serial. A sync token is ``s<stream>_<typing>``, a pagination token
 ``s<stream>`` ("after event N"); either parses as a pagination token.
 
@@ -27,12 +27,16 @@ from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.matrix.errors import MatrixError, forbidden, invalid_param
 from lowband.gateway.matrix.events import Event, redact
-from lowband.gateway.store.sqlite.store import SQLiteStore, StateMap
+from lowband.gateway.store.interfaces import EventRow, StateMap, Store
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_LIMIT = 1000
 _STRIPPED_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.canonical_alias", "m.room.avatar",
                    "m.room.encryption", "m.room.topic")  # fmt: skip
+
+
+#: Below every stream position: backfilled history is stored at negative positions.
+_HISTORY_FLOOR = -(1 << 62)
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,16 @@ class SyncToken:
         return f"s{self.stream}_{self.typing}"
 
     @classmethod
-    def parse(cls, text: str) -> SyncToken:
-        """Parse ``s<stream>[_<typing>]``; M_INVALID_PARAM otherwise."""
+    def parse(cls, text: str, *, history: bool = False) -> SyncToken:
+        """Parse ``s<stream>[_<typing>]``; M_INVALID_PARAM otherwise.
+
+        ``history``: a ``/messages`` token, whose stream may be negative
+        (backfilled history lies below 0); a ``/sync`` token never is.
+        """
         body = text[1:] if text.startswith("s") else ""
         parts = body.split("_")
-        if not body or len(parts) > 2 or not all(p.isdigit() and len(p) < 19 for p in parts):
+        if not body or len(parts) > 2 or not all(p.removeprefix("-" if history and i == 0 else "").isdigit()
+                                                 and len(p) < 20 for i, p in enumerate(parts)):  # fmt: skip
             raise invalid_param(f"invalid token {text[:40]!r}")
         return cls(int(parts[0]), int(parts[1]) if len(parts) == 2 else 0)
 
@@ -112,7 +121,7 @@ def _string_list(value: Any) -> list[str] | None:
 class SyncHandler:
     """Answers /sync, /messages and single-event reads for a user."""
 
-    def __init__(self, store: SQLiteStore, rooms: RoomService, typing: TypingTracker, notifier: Notifier) -> None:
+    def __init__(self, store: Store, rooms: RoomService, typing: TypingTracker, notifier: Notifier) -> None:
         self.store = store
         self.rooms = rooms
         self.typing = typing
@@ -120,7 +129,7 @@ class SyncHandler:
 
     # -------------------------------------------------------- visibility
 
-    def visible(self, user_id: str, row: dict[str, Any], joined_now: bool) -> bool:
+    def visible(self, user_id: str, row: EventRow, joined_now: bool) -> bool:
         """Whether ``user_id`` may see the stored event ``row``."""
         event: Event = row["event"]
         if event.type == "m.room.member" and event.state_key == user_id:
@@ -137,7 +146,7 @@ class SyncHandler:
         return visibility == "shared" and joined_now
 
     def client_event(
-        self, row: dict[str, Any], *, with_room_id: bool = True, device: tuple[str, str] | None = None
+        self, row: EventRow, *, with_room_id: bool = True, device: tuple[str, str] | None = None
     ) -> dict[str, Any]:
         """The client-format event of a stored row, redacted if it was redacted.
 
@@ -151,9 +160,10 @@ class SyncHandler:
             client_txn = client_transaction_id(txn[2])
             if client_txn is not None:
                 unsigned["transaction_id"] = client_txn
-        if row.get("redacted_by"):
-            redaction = self.rooms.event(row["redacted_by"])
-            event = Event(event.event_id, redact(event.pdu))
+        redacted_by = row.get("redacted_by")
+        if redacted_by:
+            redaction = self.rooms.event(redacted_by)
+            event = Event(event.event_id, redact(event.pdu, self.rooms.room_version(event.room_id)))
             if redaction is not None:
                 unsigned["redacted_because"] = redaction.to_client()
         result = event.to_client(unsigned=unsigned)
@@ -184,7 +194,8 @@ class SyncHandler:
         device = (user_id, device_id)
         upto = self.store.persisted
         typing_serial = self.typing.serial
-        room_filter = filter_doc.get("room") if isinstance(filter_doc.get("room"), dict) else {}
+        room_doc = filter_doc.get("room")
+        room_filter: dict[str, Any] = room_doc if isinstance(room_doc, dict) else {}
         timeline_filter = EventFilter(room_filter.get("timeline"))
         state_filter = EventFilter(room_filter.get("state"), MAX_LIMIT)
         rooms_only = EventFilter(room_filter)
@@ -274,10 +285,10 @@ class SyncHandler:
 
     def _visible_events(
         self, user_id: str, room_id: str, after: int, upto: int, event_filter: EventFilter, *, joined_now: bool
-    ) -> tuple[list[dict[str, Any]], bool]:
+    ) -> tuple[list[EventRow], bool]:
         """Newest ``limit`` visible events in (after, upto], oldest first, and whether more were left out."""
         wanted = event_filter.limit
-        picked: list[dict[str, Any]] = []
+        picked: list[EventRow] = []
         top = upto
         limited = False
         while len(picked) <= wanted:
@@ -298,7 +309,7 @@ class SyncHandler:
         rows = self.store.room_events(room_id, after=0, upto=position, limit=1, backwards=True)
         return self.store.state_for_group(rows[0]["state_after"]) if rows else {}
 
-    def _state_at_start(self, room_id: str, rows: list[dict[str, Any]], upto: int) -> StateMap:
+    def _state_at_start(self, room_id: str, rows: list[EventRow], upto: int) -> StateMap:
         if rows:
             return self.store.state_for_group(rows[0]["state_before"])
         return self._state_at(room_id, upto)
@@ -323,6 +334,9 @@ class SyncHandler:
         return events
 
     def _stripped_state(self, room_id: str, user_id: str) -> list[dict[str, Any]]:
+        if self.rooms.head(room_id) is None:  # an invite from another server to a room we do not hold
+            found = self.store.federation.invite(room_id, user_id)
+            return found[2] if found is not None else []
         state = self.rooms.current_state(room_id)
         keys = [(t, "") for t in _STRIPPED_TYPES] + [("m.room.member", user_id)]
         out = []
@@ -352,16 +366,18 @@ class SyncHandler:
             raise forbidden("you are not a member of this room")
         ceiling = self.store.persisted if membership == "join" or world else mstream
         event_filter = EventFilter(filter_doc, limit)
-        start = SyncToken.parse(from_token).stream if from_token else (ceiling if direction == "b" else 0)
-        bound = SyncToken.parse(to_token).stream if to_token else None
+        start = SyncToken.parse(from_token, history=True).stream if from_token else (ceiling if direction == "b" else 0)
+        bound = SyncToken.parse(to_token, history=True).stream if to_token else None
         joined_now = membership == "join"
-        chunk: list[dict[str, Any]] = []
+        chunk: list[EventRow] = []
         exhausted = False
         position = min(start, ceiling)
+        if direction == "f" and not from_token:
+            position = _HISTORY_FLOOR
         while len(chunk) < event_filter.limit and not exhausted:
             want = event_filter.limit - len(chunk)
             if direction == "b":
-                lower = bound if bound is not None else 0
+                lower = bound if bound is not None else _HISTORY_FLOOR
                 batch = self.store.room_events(room_id, after=lower, upto=position, limit=want, backwards=True)
                 if batch:
                     position = batch[-1]["stream"] - 1

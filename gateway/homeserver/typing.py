@@ -20,19 +20,28 @@ class TypingTracker:
         self._typing: dict[str, dict[str, float]] = {}
         self._changed: dict[str, int] = {}
         self.serial = int(clock() * 1000)
+        #: told (room_id, user_id, typing, timeout_ms) of every change a local user makes (federation relays it)
+        self.listeners: list[Callable[[str, str, bool, int], None]] = []
 
     def _bump(self, room_id: str) -> None:
         self.serial = max(self.serial + 1, int(self.clock() * 1000))
         self._changed[room_id] = self.serial
 
-    def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
-        """Start (for at most two minutes) or stop a user's typing notice."""
+    def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int, *, local: bool = True) -> None:
+        """Start (for at most two minutes) or stop a user's typing notice.
+
+        ``local``: a user of this server (the listeners are told); False for
+        one another server told us about.
+        """
         room = self._typing.setdefault(room_id, {})
         if typing:
             room[user_id] = self.clock() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         elif room.pop(user_id, None) is None:
             return
         self._bump(room_id)
+        if local:
+            for listener in self.listeners:
+                listener(room_id, user_id, typing, timeout_ms)
 
     def expire(self) -> bool:
         """Drop notices whose time ran out; True if any did."""

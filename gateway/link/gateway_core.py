@@ -12,10 +12,34 @@ Rules:
   beside the current one until the device's first valid DATA frame under
   it, so a replayed HS1 cannot cut a working session off; a retransmitted
   identical HS1 gets the identical HS2;
-* every uplink that carries a plaintext is answered at once (the device
-  listens right after it sends, then may sleep): with the next queued
-  command carrying the ACK, or with a pure ACK — followed by the unacked
-  command, resent byte for byte;
+* a reading is acknowledged only after the runtime reports it done
+  (docs/protocol/link.md section 3, gateway/homeserver/delivery.py): a
+  whole message comes out as ``Deliver`` with a :class:`DeliveryToken` and
+  nothing is transmitted for it yet; :meth:`GatewayLink.delivered` (its
+  room event is committed, or it was refused as a value) returns the
+  answer carrying the ACK, :meth:`GatewayLink.delivery_failed` (nothing
+  stored) returns nothing, so the device retransmits;
+* the replay window records a message's counter only when it is
+  delivered, so the window on disk never covers an unstored message: a
+  retransmission of a message still being stored is recognised and
+  ignored (no second ``Deliver``), one whose storing failed is delivered
+  again under the same message ID (the room's transaction ID, so never a
+  second event);
+* a whole uplink message, by its counter in its session:
+
+      state       event                        -> actions; next state
+      (unseen)    frame completes a message    -> Deliver; storing
+      storing     same frame again             -> nothing (awaiting_commit); storing
+      storing     delivered(token)             -> Persist, ACK; in window
+      storing     delivery_failed(token)       -> nothing; failed
+      failed      same frame again             -> Deliver (same message ID); storing
+      in window   same frame again             -> Persist, ACK (duplicate); in window
+
+* every other uplink that carries a plaintext (a duplicate of a stored
+  message, a fragment that does not complete one) is answered at once
+  (the device listens right after it sends, then may sleep): with the
+  next queued command carrying the ACK, or with a pure ACK — followed by
+  the unacked command, resent byte for byte;
 * commands wait per device in a bounded queue (oldest dropped, reported)
   until the device next sends: store and forward for sleeping devices;
 * uplink fragments are reassembled here; ``Deliver`` always carries a whole
@@ -36,6 +60,16 @@ from lowband.gateway.link.handshake import HandshakeError, Responder, SessionKey
 
 UP, DOWN = 0, 1
 MAX_COMMANDS = 16
+#: Messages of one session handed out and not yet reported stored. A device
+#: waits for each acknowledgement (stop and wait), so it has one at a time;
+#: the bound keeps a misbehaving one from growing the gateway's memory.
+MAX_UNDELIVERED = 4
+
+
+@dataclass
+class _Undelivered:
+    payload: bytes
+    in_flight: bool = True  # False once the runtime reported it failed: a retransmission delivers it again
 
 
 @dataclass
@@ -46,6 +80,10 @@ class Session:
     window: crypto.ReplayWindow = field(default_factory=crypto.ReplayWindow)
     send: crypto.SendCounter = field(default_factory=crypto.SendCounter)
     outstanding: tuple[int, bytes] | None = None  # (counter, frame bytes) of the unacked command
+    # Uplink counter -> message handed out by Deliver and not yet reported stored. Memory only, on
+    # purpose: after a crash the device retransmits, the frame is new to the stored window, and it is
+    # delivered again under the same message ID (the room's transaction ID dedupes it).
+    undelivered: dict[int, _Undelivered] = field(default_factory=dict)
 
     @property
     def epoch(self) -> int:
@@ -100,12 +138,33 @@ class Persist:
 
 
 @dataclass(frozen=True)
+class DeliveryToken:
+    """Names one delivered message for :meth:`GatewayLink.delivered` / :meth:`GatewayLink.delivery_failed`."""
+
+    address: int
+    session_id: str
+    counter: int
+
+    @property
+    def message_id(self) -> str:
+        """The message's ID, unique per device forever (the room event's transaction ID)."""
+        return f"{self.session_id}:{self.counter}"
+
+
+@dataclass(frozen=True)
 class Deliver:
-    """A whole compact message from the device; ``message_id`` is unique per device forever."""
+    """A whole compact message from the device; ``message_id`` is unique per device forever.
+
+    The device gets no acknowledgement until the runtime reports the
+    outcome with ``token`` (:meth:`GatewayLink.delivered` or
+    :meth:`GatewayLink.delivery_failed`). The same message may come out
+    again (same ``message_id``) after a failure was reported.
+    """
 
     address: int
     message_id: str
     payload: bytes
+    token: DeliveryToken
 
 
 @dataclass(frozen=True)
@@ -179,7 +238,7 @@ class GatewayLink:
         self._devices.pop(address, None)
 
     def counters(self, address: int) -> dict[str, int]:
-        """Per-device counters of refused frames by reason."""
+        """Per-device counters by reason: refused frames, and deliveries (``awaiting_commit``, ``delivery_failed``)."""
         device = self._devices.get(address)
         return dict(device.counters) if device else {}
 
@@ -271,28 +330,89 @@ class GatewayLink:
             return [self._refuse(frame.address, "bad_tag", device)]
         if fresh:  # the device proved the pending session: it replaces the old one
             device.session, device.pending, device.last_hs = session, None, None
-            actions.append(SessionStarted(frame.address, session.session_id))
+            actions += [SessionStarted(frame.address, session.session_id), Persist(frame.address, session.to_state())]
+        waiting = session.undelivered.get(counter) if plaintext else None
+        if waiting is not None:  # a retransmission of a message not stored yet (its counter is not in the window)
+            if waiting.in_flight:
+                self._count(device, "awaiting_commit")  # the ACK follows the commit
+                return actions
+            waiting.in_flight = True
+            return actions + [self._deliver(frame.address, session, counter, waiting.payload)]
         if verdict in ("new", "late"):
-            session.window.accept(counter)
-            if plaintext:
-                payload = self._reassemble(frame, plaintext, now)
-                if payload is not None:
-                    actions.append(Deliver(frame.address, f"{session.session_id}:{counter}", payload))
             # An ack counts only in a frame new to the window (a replayed old frame must not acknowledge).
             if frame.ack is not None and session.outstanding is not None:
                 sent_counter, _ = session.outstanding
                 if frame.ack == sent_counter & 0xFF:
                     session.outstanding = None
                     actions.append(CommandAcked(frame.address, sent_counter))
-        elif plaintext:
-            self._refuse(frame.address, "duplicate", device)  # counted; still acknowledged below
-        else:
-            return [self._refuse(frame.address, "replay", device)]
-        if plaintext:
-            actions += self._answer(device, session, counter)
-        else:
-            actions.append(Persist(frame.address, session.to_state()))
-        return actions
+            if not plaintext:  # a pure ack is never acknowledged
+                session.window.accept(counter)
+                return actions + [Persist(frame.address, session.to_state())]
+            if len(session.undelivered) >= MAX_UNDELIVERED:
+                return actions + [self._refuse(frame.address, "undelivered_backlog", device)]  # not accepted: resent later
+            payload = self._reassemble(frame, plaintext, now)
+            if payload is None:  # a fragment that completes nothing yet: acknowledge it now
+                session.window.accept(counter)
+                return actions + self._answer(device, session, counter)
+            session.undelivered[counter] = _Undelivered(payload)
+            return actions + [self._deliver(frame.address, session, counter, payload)]
+        if plaintext:  # stored before (only delivered counters enter the window): the device missed the ack
+            self._refuse(frame.address, "duplicate", device)  # counted; acknowledged again
+            return actions + self._answer(device, session, counter)
+        return [self._refuse(frame.address, "replay", device)]
+
+    def _deliver(self, address: int, session: Session, counter: int, payload: bytes) -> Deliver:
+        token = DeliveryToken(address, session.session_id, counter)
+        return Deliver(address, token.message_id, payload, token)
+
+    def _count(self, device: _Device, reason: str) -> None:
+        device.counters[reason] = device.counters.get(reason, 0) + 1
+
+    # ----------------------------------------------------------- delivery
+
+    def delivered(self, token: DeliveryToken, now: float) -> list[Action]:
+        """The message of ``token`` is done: its room event is committed, or it was refused as a value.
+
+        Returns the answer to carry out in order: ``Persist`` (the window now
+        holds the message's counter) and the ``Transmit`` of the ACK (in the
+        next queued command, or a pure ACK, then an unacked command again).
+        Returns ``[]`` when there is nothing to acknowledge any more: the
+        device was removed or started a new session meanwhile (it sends the
+        message again under the new one), or the token was reported before.
+        Never raises for a token it made.
+        """
+        device, session = self._undelivered_session(token)
+        if device is None or session is None or token.counter not in session.undelivered:
+            return []
+        del session.undelivered[token.counter]
+        if session.window.check(token.counter) in ("new", "late"):
+            session.window.accept(token.counter)
+        return self._answer(device, session, token.counter)
+
+    def delivery_failed(self, token: DeliveryToken, now: float) -> list[Action]:
+        """Nothing of the message of ``token`` was stored (the store failed): do not acknowledge it.
+
+        The device retransmits the frame; the retransmission brings the same
+        message out again as ``Deliver`` with the same message ID. Returns
+        the actions to carry out (none today: the device's own timeout is
+        the retry timer). Never raises for a token it made.
+        """
+        device, session = self._undelivered_session(token)
+        if device is not None and session is not None and token.counter in session.undelivered:
+            session.undelivered[token.counter].in_flight = False
+            self._count(device, "delivery_failed")
+        return []
+
+    def _undelivered_session(self, token: DeliveryToken) -> tuple[_Device | None, Session | None]:
+        device = self._devices.get(token.address)
+        if device is None or device.session is None or device.session.session_id != token.session_id:
+            return device, None
+        return device, device.session
+
+    def undelivered(self, address: int) -> int:
+        """Messages of the device's session handed out by ``Deliver`` and not yet reported delivered."""
+        device = self._devices.get(address)
+        return len(device.session.undelivered) if device and device.session else 0
 
     def _session_for(self, device: _Device, frame: Frame) -> tuple[Session | None, bool]:
         if device.pending is not None and frame.epoch == device.pending.epoch:
@@ -344,6 +464,6 @@ class GatewayLink:
 
 
 __all__ = [
-    "Action", "CommandAcked", "CommandDropped", "Deliver", "DeviceEntry", "GatewayLink", "Persist", "Refused",
-    "Session", "SessionStarted", "Transmit",
+    "Action", "CommandAcked", "CommandDropped", "Deliver", "DeliveryToken", "DeviceEntry", "GatewayLink", "Persist",
+    "Refused", "Session", "SessionStarted", "Transmit",
 ]  # fmt: skip

@@ -46,7 +46,6 @@ import warnings
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import NoiseInvalidMessage, NoiseValueError
 

@@ -6,11 +6,19 @@ One :class:`LinkRuntime` per gateway. It
   (``serial:/dev/ttyUSB0?bps=100``), reopening a port that disappears;
 * feeds received frames to that link's :class:`GatewayLink` and carries out
   the actions in order — a ``Persist`` is durable before the ``Transmit``
-  after it, and a reading's room event is committed before its
-  acknowledgement goes out, so nothing acknowledged is lost;
-* turns readings into room events sent as the device's Matrix user (the
-  link's message ID is the transaction ID, so a replay after a crash never
-  makes a second event);
+  after it (a list whose action fails is abandoned there);
+* acknowledges after commit (gateway/homeserver/delivery.py): each
+  ``Deliver`` becomes a room event sent as the device's Matrix user in a
+  task of its own (a slow store holds up no other frame), and only then
+  does the core get :meth:`GatewayLink.delivered` (committed, or refused as
+  a value: acknowledged, logged, counted) or
+  :meth:`GatewayLink.delivery_failed` (not acknowledged: the device sends
+  it again). The link's message ID is the transaction ID, so a retry never
+  makes a second event;
+* speaks only as accounts it created (``users.owner`` = ``device:NAME``):
+  a ``@dev.NAME`` account that exists and is someone else's is never
+  adopted — an error in the log, a counter, ``lowband device show`` says
+  how to fix it, and nothing is posted as that user;
 * watches the rooms for commands: ``!NAME text`` from a member whose power
   level reaches the room's ``org.lowband.command`` level (default 50)
   queues ``text`` for device NAME, delivered at its next uplink;
@@ -26,16 +34,19 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 from lowband.codecs import compact
 from lowband.codecs.context import Context, parse_context
-from lowband.codecs.errors import WireError
 from lowband.codecs.link_frame import SerialFramer, serial_encode
 from lowband.gateway.aio import cancel_and_wait
+from lowband.gateway.devices.account import account_problem, device_owner
 from lowband.gateway.devices.registry import DeviceRecord, Registry, fingerprint, load_or_create_link_key
+from lowband.gateway.devices.uplink import deliver_uplink
+from lowband.gateway.homeserver import delivery
 from lowband.gateway.homeserver.rooms import Sent
 from lowband.gateway.link import gateway_core as core
 from lowband.gateway.matrix.errors import MatrixError
@@ -154,7 +165,11 @@ class LinkRuntime:
         self.contexts: dict[str, Context] = {}
         self._version: tuple[int, int, int] | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # deliveries and notices in flight
         self.stats: dict[str, int] = {}
+        #: Device name -> why the link will not speak as its account (someone else's); see devices/account.py.
+        self.refused_accounts: dict[str, str] = {}
+        self._own_users: set[str] = set()  # device accounts checked to be the link's own: the only ones it speaks as
 
     # ------------------------------------------------------------- life
 
@@ -168,6 +183,8 @@ class LinkRuntime:
         """Stop the workers and close every port."""
         if self._reconciler is not None:
             self._reconciler.cancel()
+        for task in list(self._tasks):  # an event being stored stays unacknowledged: the device sends it again
+            await cancel_and_wait(task)
         for link in self.links.values():
             if link.worker is not None:
                 link.worker.cancel()
@@ -207,7 +224,14 @@ class LinkRuntime:
             await self._join_rooms(record)
 
     def _settled(self, record: DeviceRecord) -> bool:
+        if record.name in self.refused_accounts:
+            return False  # checked again every round: the operator may have fixed it
         return all(self.services.store.membership(r, record.user_id) == "join" for r in record.rooms)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _link_for(self, spec: str) -> _Link:
         link = self.links.get(spec)
@@ -237,22 +261,51 @@ class LinkRuntime:
         if known is not None and known.link in self.links:
             self.links[known.link].core.remove_device(known.address)
             log.info("device %s revoked: its frames are refused", record.name)
+            if not await self._own_account(record):
+                return  # the account is not the link's: it neither posts nor leaves as it
             for room_id in known.rooms:
                 if self.services.store.membership(room_id, record.user_id) == "join":
                     await self._notice(record.user_id, room_id, f"Device {record.name} was revoked and leaves the room.")
                     await self.services.rooms.set_membership(record.user_id, room_id, record.user_id, "leave")
 
-    async def _join_rooms(self, record: DeviceRecord) -> None:
-        store = self.services.store
-        if store.get_user(record.user_id) is None:
-            from lowband.gateway.homeserver.accounts import hash_password
-            from lowband.gateway.store.sqlite.store import UserExists
+    async def _own_account(self, record: DeviceRecord) -> bool:
+        """Create the device's account if it is missing; whether the link may speak as it.
 
-            try:  # a device user never logs in with a password
-                await store.create_user(record.user_id, hash_password(secrets.token_urlsafe(32)), False,
-                                        int(time.time() * 1000))  # fmt: skip
+        An account the link did not create (registered by a person, or made
+        before ``users.owner`` existed and not claimable, see
+        store/sqlite/schema.py) is never adopted: logged as an error once,
+        counted, kept in :attr:`refused_accounts` until the operator fixes it.
+        """
+        store = self.services.store
+        owner = device_owner(record.name)
+        user = store.get_user(record.user_id)
+        if user is None:
+            from lowband.gateway.store.interfaces import UserExists
+
+            try:  # a device user never logs in: no password hash matches this one
+                await store.create_user(record.user_id, "!device-" + secrets.token_hex(16), False,
+                                        int(time.time() * 1000), owner=owner)  # fmt: skip
             except UserExists:
-                pass
+                pass  # someone registered it meanwhile: the owner check below refuses it
+            user = store.get_user(record.user_id)
+        problem = account_problem(record, user)
+        if problem is None:
+            self._own_users.add(record.user_id)
+            if self.refused_accounts.pop(record.name, None) is not None:
+                log.info("device %s: %s is the link's account now; its readings are posted again", record.name,
+                         record.user_id)  # fmt: skip
+            return True
+        self._own_users.discard(record.user_id)
+        if record.name not in self.refused_accounts:
+            self._count("refused_account")
+            log.error("device %s: %s", record.name, problem)
+        self.refused_accounts[record.name] = problem
+        return False
+
+    async def _join_rooms(self, record: DeviceRecord) -> None:
+        if not await self._own_account(record):
+            return
+        store = self.services.store
         for room_id in record.rooms:
             if store.membership(room_id, record.user_id) != "join":
                 try:
@@ -269,6 +322,8 @@ class LinkRuntime:
                 await self.registry.mark_announced(record.name, room_id, record.key_ts)
 
     async def _notice(self, sender: str, room_id: str, text: str) -> None:
+        if sender not in self._own_users:
+            return  # never post as an account not checked to be the link's own
         try:
             await self.services.rooms.send(sender, room_id, "m.room.message", {"msgtype": "m.notice", "body": text})
         except MatrixError as exc:
@@ -290,7 +345,11 @@ class LinkRuntime:
                 try:
                     await self._carry_out(link, action)
                 except Exception:
-                    log.exception("link %s: %s failed", link.spec, type(action).__name__)
+                    # What follows in the list counted on this action: a Transmit after a Persist that
+                    # failed would acknowledge what is not on disk. The device's retry brings it back.
+                    log.exception("link %s: %s failed; the rest of its list is dropped", link.spec,
+                                  type(action).__name__)  # fmt: skip
+                    break
 
     def _device_at(self, link: _Link, address: int) -> DeviceRecord | None:
         for record in self.devices.values():
@@ -304,8 +363,8 @@ class LinkRuntime:
             link.transport.write(serial_encode(action.frame))
         elif isinstance(action, core.Persist) and record is not None:
             await self.registry.save_session(record.name, record.key_ts, action.state)
-        elif isinstance(action, core.Deliver) and record is not None:
-            await self._uplink(record, action)
+        elif isinstance(action, core.Deliver):
+            self._spawn(self._uplink(link, record, action))
         elif isinstance(action, core.Refused):
             self._count(f"refused_{action.reason}")
             log.info("link %s: refused a frame from address %s: %s", link.spec, action.address, action.reason)
@@ -321,34 +380,38 @@ class LinkRuntime:
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
 
-    async def _uplink(self, record: DeviceRecord, action: core.Deliver) -> None:
-        ctx = self.contexts[record.name]
-        try:
-            form = compact.decode_form(action.payload, ctx)
-            if form.kind != compact.KIND_GENERIC and form.sender != 0:
-                raise WireError("a device may only speak as itself")
-            event = compact.expand(form, ctx, int(time.time() * 1000))
-            if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not isinstance(event.get("content"), dict):
-                raise WireError("a generic message from a device must be an event with type and content")
-        except WireError as exc:
-            self._count("refused_payload")
-            log.warning("device %s sent an unusable message: %s", record.name, exc)
-            return
-        room_id = event.get("room_id", ctx.rooms[0])
-        if room_id not in record.rooms:
-            self._count("refused_room")
-            log.warning("device %s may not post to %s", record.name, room_id)
-            return
-        ts = event.get("origin_server_ts")
-        try:
-            await self.services.rooms.send(
-                record.user_id, room_id, event["type"], event["content"],
-                txn=(record.user_id, "link", action.message_id), origin_server_ts=ts if isinstance(ts, int) else None,
+    async def _uplink(self, link: _Link, record: DeviceRecord | None, action: core.Deliver) -> None:
+        """Store one message and report the outcome to the core; its answer (the ACK) goes to the worker."""
+        if record is None:  # revoked meanwhile: nothing may be posted; the core forgot the device anyway
+            result = delivery.refused("device", "no such device")
+        elif record.name in self.refused_accounts:
+            result = delivery.refused("account", self.refused_accounts[record.name])
+        elif record.user_id not in self._own_users:  # a frame before the account check ran: the device retries
+            result = delivery.failed("account_unchecked", f"{record.user_id} is not checked yet")
+        else:
+            result = await deliver_uplink(
+                self.services.rooms, user_id=record.user_id, rooms_allowed=record.rooms, ctx=self.contexts[record.name],
+                edge="link", message_id=action.message_id, payload=action.payload,
             )  # fmt: skip
+        name = record.name if record is not None else f"at address {action.address}"
+        now = time.monotonic()
+        if result.outcome is delivery.Outcome.COMMITTED:
             self._count("readings")
-        except MatrixError as exc:
-            self._count("refused_room_event")
-            log.warning("device %s: room refused the event: %s", record.name, exc.message)
+            answer = link.core.delivered(action.token, now)
+        elif result.outcome is delivery.Outcome.REFUSED:
+            self._count(f"refused_{result.reason}")
+            log.warning("device %s: message refused (%s), acknowledged so it does not block the next: %s", name,
+                        result.reason, result.detail)  # fmt: skip
+            answer = link.core.delivered(action.token, now)
+        else:
+            self._count("delivery_failed")
+            log.warning("device %s: message not stored (%s: %s); not acknowledged, the device sends it again", name,
+                        result.reason, result.detail)  # fmt: skip
+            answer = link.core.delivery_failed(action.token, now)
+        if result.acknowledge and not answer:
+            log.info("device %s: %s done, but its session changed meanwhile: no acknowledgement", name, action.message_id)
+        if answer:
+            link.queue.put_nowait(answer)
 
     # ------------------------------------------------------------- commands
 
@@ -372,8 +435,8 @@ class LinkRuntime:
             needed = value if isinstance(value, int) else 50
         if rooms.power_level(event.room_id, event.sender) < needed:
             log.info("%s may not command %s (power level below %d)", event.sender, name, needed)
-            asyncio.ensure_future(self._notice(record.user_id, event.room_id,
-                                               f"{event.sender} may not command {name} (needs power level {needed})."))  # fmt: skip
+            self._spawn(self._notice(record.user_id, event.room_id,
+                                     f"{event.sender} may not command {name} (needs power level {needed})."))  # fmt: skip
             return
         ctx = self.contexts[name]
         room_index = ctx.rooms.index(event.room_id) if event.room_id in ctx.rooms else 0
@@ -390,7 +453,7 @@ class LinkRuntime:
 
 async def start_links(services: Any) -> Any:
     """Component entry (see gateway/app.py); also watches for the first `lowband device add`."""
-    runtime = LinkRuntime(services, Registry(services.store.db))
+    runtime = LinkRuntime(services, Registry(services.store.link_devices))
     services.components["links"] = runtime
     await runtime.start()
     return runtime.stop

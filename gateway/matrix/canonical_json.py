@@ -19,11 +19,18 @@ bytes. The rules:
 
 ``tuple`` is accepted as an array, since it is how Python code tends to
 write fixed lists; any other type is refused.
+
+Room versions 1–5 predate the number rules, and their events must still
+hash and verify as their senders hashed them: ``strict=False`` accepts any
+integer and finite floats, written as Python's (and so Synapse's historical
+``canonicaljson``) ``repr`` writes them (``50.5``, ``1e+16``). Everything
+else stays canonical.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 __all__ = ["CanonicalJSONError", "MAX_SAFE_INTEGER", "MIN_SAFE_INTEGER", "checked_copy", "encode_canonical_json"]
@@ -52,7 +59,7 @@ class CanonicalJSONError(ValueError):
     """
 
 
-def encode_canonical_json(value: Any, *, checked: bool = False) -> bytes:
+def encode_canonical_json(value: Any, *, checked: bool = False, strict: bool = True) -> bytes:
     """Return the canonical JSON encoding of ``value`` as UTF-8 bytes.
 
     ``value`` is made of ``dict`` (string keys), ``list``/``tuple``, ``str``,
@@ -65,13 +72,20 @@ def encode_canonical_json(value: Any, *, checked: bool = False) -> bytes:
     ``checked=True`` skips the value check for data already checked by an
     earlier call (the caller vouches for it; used on the hot path that
     hashes, signs and sizes the same event several times).
+
+    ``strict=False`` is the room version 1–5 form (see the module
+    docstring): integers of any size and finite floats pass.
     """
     try:
         if not checked:
-            _check(value, "$")
+            _check(value, "$", strict)
         text = _ENCODER.encode(value)
     except RecursionError:
         raise CanonicalJSONError("value is nested too deeply") from None
+    except CanonicalJSONError:
+        raise
+    except ValueError:  # a NaN or an infinity that a checked=True caller let through
+        raise CanonicalJSONError("NaN and infinities have no JSON form") from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
@@ -95,8 +109,9 @@ def checked_copy(value: Any, path: str = "$") -> Any:
         raise CanonicalJSONError("value is nested too deeply") from None
     # Something unusual (a float, a huge integer, a subclass of dict or str...):
     # the slow check names the offending path, or passes and the copy goes through JSON.
-    _check(value, path)
-    return json.loads(_ENCODER.encode(value))
+    _check(value, path, True)
+    result: Any = json.loads(_ENCODER.encode(value))
+    return result
 
 
 class _Refused(Exception):
@@ -123,24 +138,28 @@ def _copy(value: Any) -> Any:
     raise _Refused  # floats, other types, and subclasses (which _check judges)
 
 
-def _check(value: Any, path: str) -> None:
-    """Raise CanonicalJSONError if ``value`` holds anything outside the grammar."""
+def _check(value: Any, path: str, strict: bool) -> None:
+    """Raise CanonicalJSONError if ``value`` holds anything outside the grammar (``strict``: v6+ numbers)."""
     if value is None or isinstance(value, (str, bool)):
         return
     if isinstance(value, int):
-        if not MIN_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        if strict and not MIN_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             raise CanonicalJSONError(f"{path}: integer outside [-(2**53)+1, 2**53-1]")
         return
     if isinstance(value, float):
-        raise CanonicalJSONError(f"{path}: floats are not allowed in canonical JSON")
+        if strict:
+            raise CanonicalJSONError(f"{path}: floats are not allowed in canonical JSON")
+        if not math.isfinite(value):
+            raise CanonicalJSONError(f"{path}: NaN and infinities have no JSON form")
+        return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise CanonicalJSONError(f"{path}: object key {type(key).__name__} is not a string")
-            _check(item, f"{path}.{key[:40]}")
+            _check(item, f"{path}.{key[:40]}", strict)
         return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check(item, f"{path}[{index}]")
+            _check(item, f"{path}[{index}]", strict)
         return
     raise CanonicalJSONError(f"{path}: {type(value).__name__} has no JSON form")

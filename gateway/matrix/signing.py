@@ -20,6 +20,7 @@ import binascii
 import os
 import secrets
 import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from lowband.gateway.matrix.canonical_json import encode_canonical_json
 
 __all__ = [
+    "ServerKey",
     "SignatureError",
     "SigningKey",
     "decode_base64",
@@ -49,6 +51,21 @@ class SignatureError(ValueError):
 
     The message names the server and key id involved, never key material.
     """
+
+
+@dataclass(frozen=True)
+class ServerKey:
+    """Another server's public verify key, as a key store hands it to signature checks.
+
+    ``key`` is the 32-byte Ed25519 public key. ``valid_until_ts`` (ms) is
+    the ``valid_until_ts`` of a current key or the ``expired_ts`` of an old
+    one, already capped by the caller at 7 days after it fetched the key;
+    ``None`` when no end is known. Room versions 5+ ignore a key whose
+    validity ended before the event's ``origin_server_ts``.
+    """
+
+    key: bytes
+    valid_until_ts: int | None = None
 
 
 # -- base64 ------------------------------------------------------------------

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from lowband.gateway.bench import homeserver as bench
+from lowband.gateway.bench import matrix_load, processes, synapse
 
 STATUS = """Name:\tpython3
 Umask:\t0022
@@ -34,21 +35,21 @@ def figures(sends_8: float, rss_load: float, latency: float) -> dict:
 
 
 def test_vmrss_is_read_in_kib():
-    assert bench.parse_vmrss_kib(STATUS) == 127488
+    assert processes.parse_vmrss_kib(STATUS) == 127488
 
 
 def test_a_process_without_vmrss_holds_nothing():
     zombie = "Name:\tsynapse\nState:\tZ (zombie)\nPid:\t7\n"
-    assert bench.parse_vmrss_kib(zombie) == 0
+    assert processes.parse_vmrss_kib(zombie) == 0
 
 
 def test_an_unreadable_vmrss_line_is_an_error():
     with pytest.raises(ValueError):
-        bench.parse_vmrss_kib("VmRSS:\tlots kB\n")
+        processes.parse_vmrss_kib("VmRSS:\tlots kB\n")
 
 
 def test_own_rss_is_plausible():
-    mib = bench.rss_mib(os.getpid())
+    mib = processes.rss_mib(os.getpid())
     assert 5 < mib < 4096
 
 
@@ -143,7 +144,7 @@ GENERATED = {
 
 
 def test_synapse_config_listens_on_loopback_client_only():
-    config = bench.configure_synapse(GENERATED, port=40123, data_dir="/tmp/x")
+    config = synapse.configure_synapse(GENERATED, port=40123, data_dir="/tmp/x")
     (listener,) = config["listeners"]
     assert listener["port"] == 40123
     assert listener["bind_addresses"] == ["127.0.0.1"]
@@ -153,7 +154,7 @@ def test_synapse_config_listens_on_loopback_client_only():
 
 
 def test_synapse_config_is_local_open_and_unthrottled():
-    config = bench.configure_synapse(GENERATED, port=40123, data_dir="/tmp/x")
+    config = synapse.configure_synapse(GENERATED, port=40123, data_dir="/tmp/x")
     assert config["database"] == {"name": "sqlite3", "args": {"database": "/tmp/x/homeserver.db"}}
     assert config["media_store_path"] == "/tmp/x/media_store"
     assert config["enable_registration"] is True
@@ -170,7 +171,7 @@ def test_synapse_config_is_local_open_and_unthrottled():
 
 def test_synapse_config_keeps_secrets_and_leaves_the_input_alone():
     before = json.dumps(GENERATED, sort_keys=True)
-    config = bench.configure_synapse(GENERATED, port=40123, data_dir="/tmp/x")
+    config = synapse.configure_synapse(GENERATED, port=40123, data_dir="/tmp/x")
     assert config["macaroon_secret_key"] == "m4c" and config["signing_key_path"] == GENERATED["signing_key_path"]
     assert json.dumps(GENERATED, sort_keys=True) == before
     # Written as JSON, which YAML reads as it is.
@@ -205,9 +206,9 @@ def test_registration_answers_a_uia_401_with_its_session(tmp_path):
         await site.start()
         port = runner.addresses[0][1]
         try:
-            server = bench.ServerProcess("stub", [], tmp_path, tmp_path / "log", "0", port)
+            server = processes.ServerProcess("stub", [], tmp_path, tmp_path / "log", "0", port)
             async with ClientSession() as http:
-                user = bench.MatrixUser(http, server, bench.Counters())
+                user = matrix_load.MatrixUser(http, server, matrix_load.Counters())
                 await user.register("bench0")
                 return user
         finally:

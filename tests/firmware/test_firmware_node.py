@@ -192,11 +192,14 @@ class Side:
 
     def gateway_receive(self, frame: bytes, now_ms: int) -> list[bytes]:
         out = []
-        for action in self.gateway.receive(frame, now_ms / 1000):
+        actions = self.gateway.receive(frame, now_ms / 1000)
+        while actions:
+            action = actions.pop(0)
             if isinstance(action, Transmit):
                 out.append(action.frame)
-            elif isinstance(action, Deliver):
+            elif isinstance(action, Deliver):  # stored at once: acknowledged at once
                 self.delivered.append(action.payload)
+                actions += self.gateway.delivered(action.token, now_ms / 1000)
         return out
 
 
@@ -318,8 +321,10 @@ class Line:
             self.now += 10
 
     def _gateway_action(self, action: Any) -> None:
-        if isinstance(action, Deliver):
+        if isinstance(action, Deliver):  # stored at once: acknowledged at once
             self.delivered.append((action.message_id, action.payload))
+            for answer in self.gateway.delivered(action.token, self.now / 1000):
+                self._gateway_action(answer)
         elif isinstance(action, CommandAcked):
             self.acked_commands += 1
         elif isinstance(action, Transmit) and self.rng.random() >= self.loss:
@@ -538,11 +543,14 @@ class MemoryTransport:
         return 150
 
     def send(self, frame: Any, n: int) -> None:
-        for action in self.gateway.receive(bytes(frame[:n]), 0.0):
+        actions = self.gateway.receive(bytes(frame[:n]), 0.0)
+        while actions:
+            action = actions.pop(0)
             if isinstance(action, Transmit):
                 self.inbox.append(action.frame)
-            elif isinstance(action, Deliver):
+            elif isinstance(action, Deliver):  # stored at once: acknowledged at once
                 self.delivered.append(action.payload)
+                actions += self.gateway.delivered(action.token, 0.0)
 
     def recv(self, timeout_ms: int) -> bytes | None:
         return self.inbox.pop(0) if self.inbox else None

@@ -243,7 +243,8 @@ async def conversation(alice: AsyncClient, bob: AsyncClient) -> dict[str, Any]:
     fetched = ok(await bob.room_get_event(room, oops), RoomGetEventResponse).event.source
     assert fetched["content"] == {}
     assert fetched["unsigned"]["redacted_because"]["event_id"] == redaction.event_id
-    assert fetched["unsigned"]["redacted_because"]["content"] == {"reason": "posted a secret"}
+    # v11 asks servers to serve `redacts` in the content too, whatever the room version (MSC2174)
+    assert fetched["unsigned"]["redacted_because"]["content"] == {"reason": "posted a secret", "redacts": oops}
     assert fetched["unsigned"]["redacted_because"]["redacts"] == oops
     later = timeline(ok(await bob.sync(timeout=0, since=before_oops), SyncResponse), room)
     assert [e["event_id"] for e in later] == [oops, redaction.event_id]

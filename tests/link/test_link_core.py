@@ -35,7 +35,13 @@ READING = bytes.fromhex("11000718d71828190172")
 
 
 class Pair:
-    """A gateway and one device joined by a channel that may lose or corrupt frames."""
+    """A gateway and one device joined by a channel that may lose or corrupt frames.
+
+    A small in-memory store stands in for the runtime: each ``Deliver`` is
+    "stored" ``store_delay`` seconds later (keyed by message ID, as the
+    room's transaction ID is), or fails while ``store_fails`` is set, and
+    the outcome goes back to the core as the runtime reports it.
+    """
 
     def __init__(self, *, loss: float = 0.0, corrupt: float = 0.0, seed: int = 1, address: int = 7, mtu: int = 255):
         self.rng = random.Random(seed)
@@ -46,11 +52,17 @@ class Pair:
         self.gateway.add_device(DeviceEntry(address, "kitchen", dev_public))
         self.device = DeviceLink(address, dev_private, gw_public, rto=1.0, mtu=mtu)
         self.now = 0.0
-        self.delivered: list[bytes] = []
+        self.room: dict[str, bytes] = {}  # message ID (transaction ID) -> payload: the stored events
+        self.delivered: list[bytes] = []  # payloads in the order their events were first stored
+        self.delivers: list[Deliver] = []  # every Deliver the core handed out
+        self.store_fails = False
+        self.store_delay = 0.0
+        self.storing: list[tuple[float, Deliver]] = []
         self.commands: list[bytes] = []
         self.actions: list[object] = []
         self.persisted: dict | None = None
         self.air_bytes = 0
+        self.device_acks = 0  # "acked" events the device saw
 
     def _channel(self, frame: bytes) -> bytes | None:
         wire = serial_encode(frame)
@@ -64,25 +76,44 @@ class Pair:
                 data[bit // 8] ^= 1 << (bit % 8)
         return bytes(data)
 
+    def carry_out(self, actions: list) -> None:
+        for action in actions:
+            self.actions.append(action)
+            if isinstance(action, Deliver):
+                self.delivers.append(action)
+                self.storing.append((self.now + self.store_delay, action))
+            elif isinstance(action, Persist):
+                self.persisted = action.state
+            elif isinstance(action, Transmit):
+                back = self._channel(action.frame)
+                if back is not None:
+                    for event in self.device.receive(back, self.now):
+                        if event.kind == "command":
+                            self.commands.append(event.payload)
+                        elif event.kind == "acked":
+                            self.device_acks += 1
+
+    def _store(self) -> None:
+        due = [d for d in self.storing if d[0] <= self.now]
+        self.storing = [d for d in self.storing if d[0] > self.now]
+        for _, deliver in due:
+            if self.store_fails:
+                self.carry_out(self.gateway.delivery_failed(deliver.token, self.now))
+                continue
+            if deliver.message_id not in self.room:
+                self.room[deliver.message_id] = deliver.payload
+                self.delivered.append(deliver.payload)
+            self.carry_out(self.gateway.delivered(deliver.token, self.now))
+
     def step(self) -> None:
+        self._store()
         for frame in self.device.poll(self.now):
             received = self._channel(frame)
-            if received is None:
-                continue
-            for action in self.gateway.receive(received, self.now):
-                self.actions.append(action)
-                if isinstance(action, Deliver):
-                    self.delivered.append(action.payload)
-                elif isinstance(action, Persist):
-                    self.persisted = action.state
-                elif isinstance(action, Transmit):
-                    back = self._channel(action.frame)
-                    if back is not None:
-                        for event in self.device.receive(back, self.now):
-                            if event.kind == "command":
-                                self.commands.append(event.payload)
-        deadline = self.device.next_deadline()
-        self.now = max(self.now + 0.01, deadline if deadline is not None else self.now + 0.5)
+            if received is not None:
+                self.carry_out(self.gateway.receive(received, self.now))
+        self._store()
+        deadlines = [d for d in (self.device.next_deadline(), *(t for t, _ in self.storing)) if d is not None]
+        self.now = max(self.now + 0.01, min(deadlines) if deadlines else self.now + 0.5)
 
     def run_until(self, done, limit: int = 5000) -> None:
         for _ in range(limit):
@@ -180,7 +211,11 @@ def test_forged_replayed_and_unknown_frames_never_deliver():
     first = pair.gateway.receive(frame, pair.now)
     assert any(isinstance(a, Deliver) for a in first)
     replay = pair.gateway.receive(frame, pair.now)
-    assert not any(isinstance(a, Deliver) for a in replay)  # acknowledged again, not delivered
+    assert replay == []  # its room event is not reported stored yet: neither delivered again nor acknowledged
+    pair.carry_out(pair.gateway.delivered(next(a for a in first if isinstance(a, Deliver)).token, pair.now))
+    replay = pair.gateway.receive(frame, pair.now)
+    assert not any(isinstance(a, Deliver) for a in replay)  # stored: acknowledged again, not delivered
+    assert any(isinstance(a, Transmit) for a in replay)
     forged = bytearray(frame)
     forged[-1] ^= 1
     assert pair.gateway.receive(bytes(forged), pair.now) == [Refused(7, "bad_tag")]
@@ -189,6 +224,104 @@ def test_forged_replayed_and_unknown_frames_never_deliver():
     assert pair.gateway.receive(bytes(other), pair.now) == [Refused(9, "unknown_device")]
     assert pair.gateway.receive(b"\x40", pair.now) == [Refused(None, "malformed")]
     assert uplink is None
+
+
+# ------------------------------------------------ acknowledged only once stored
+
+
+def gateway_data_frames(pair: Pair) -> int:
+    """DATA frames the gateway transmitted (ACKs and commands)."""
+    return sum(isinstance(a, Transmit) and parse_frame(a.frame).type == TYPE_DATA for a in pair.actions)
+
+
+def test_failing_store_leaves_the_reading_unacknowledged_until_it_recovers():
+    pair = Pair()
+    pair.device.publish(b"\x11\x00\x01\x05")
+    pair.run_until(lambda: pair.room)  # a session and a first reading, to have something before the failure
+    pair.run_until(lambda: pair.device.queued == 0)
+    acks_before, sent_before = pair.device_acks, gateway_data_frames(pair)
+    pair.store_fails = True
+    pair.device.publish(READING)
+    pair.run_until(lambda: len(pair.delivers) >= 4, 200)  # the first try and three retransmissions
+    assert pair.device_acks == acks_before and pair.device.queued == 1  # never acknowledged: the device keeps it
+    assert len(pair.room) == 1 and gateway_data_frames(pair) == sent_before  # not one ACK transmitted
+    assert {d.message_id for d in pair.delivers[1:]} == {pair.delivers[1].message_id}  # a retry is the same message
+    assert pair.gateway.counters(7)["delivery_failed"] >= 3
+    pair.store_fails = False
+    pair.run_until(lambda: pair.device.queued == 0, 200)
+    assert pair.delivered == [b"\x11\x00\x01\x05", READING]  # exactly once, once the store works
+    assert pair.device_acks == acks_before + 1 and pair.gateway.undelivered(7) == 0
+
+
+def test_slow_store_retransmissions_are_the_same_message_and_the_ack_follows_the_commit():
+    pair = Pair()
+    pair.store_delay = 3.5  # longer than the device's timeouts of 1 s and 2 s
+    pair.device.publish(READING)
+    pair.run_until(lambda: pair.device.queued == 0, 500)
+    assert pair.delivered == [READING] and len(pair.delivers) == 1  # retransmissions gave no second Deliver
+    assert pair.gateway.counters(7)["awaiting_commit"] >= 2
+    ack_at = next(i for i, a in enumerate(pair.actions) if isinstance(a, Transmit) and parse_frame(a.frame).type == TYPE_DATA)
+    deliver_at = pair.actions.index(pair.delivers[0])
+    assert ack_at > deliver_at and isinstance(pair.actions[ack_at - 1], Persist)  # the window is on disk before the ACK
+
+
+def test_retransmission_after_a_gateway_crash_before_the_commit_is_the_same_message():
+    pair = Pair()
+    pair.device.publish(b"\x11\x00\x01\x05")
+    pair.run_until(lambda: pair.device.queued == 0)
+    pair.store_delay = 100.0  # the event is never stored by this process: it crashes first
+    pair.device.publish(READING)
+    pair.run_until(lambda: len(pair.delivers) == 2)
+    lost = pair.delivers[1]
+    restarted = GatewayLink(pair.gateway.static_private)
+    restarted.add_device(DeviceEntry(7, "kitchen", pair.gateway._devices[7].entry.static_public), pair.persisted)
+    pair.gateway, pair.storing, pair.store_delay = restarted, [], 0.0
+    pair.run_until(lambda: pair.device.queued == 0)
+    assert pair.delivers[-1].message_id == lost.message_id and pair.delivers[-1].payload == READING
+    assert pair.delivered == [b"\x11\x00\x01\x05", READING]
+
+
+def test_a_stored_message_of_a_replaced_session_is_not_acknowledged_in_the_new_one():
+    pair = Pair()
+    pair.store_delay = 100.0
+    pair.device.publish(READING)
+    pair.run_until(lambda: pair.delivers)
+    old = pair.delivers[0]
+    pair.device.keys, pair.device._initiator, pair.device._outstanding = None, None, None  # it lost its state
+    pair.store_delay = 0.0
+    pair.device.publish(b"\x11\x00\x01\x06")
+    pair.run_until(lambda: len(pair.delivered) == 1)
+    assert pair.gateway.delivered(old.token, pair.now) == []  # nothing to acknowledge: that session is gone
+    assert pair.gateway.delivery_failed(old.token, pair.now) == []
+
+
+def test_a_fragmented_message_whose_store_failed_is_delivered_whole_again():
+    pair = Pair(mtu=51)
+    big = b"\x10" + bytes(range(1, 150))
+    pair.store_fails = True
+    pair.device.publish(big)
+    pair.run_until(lambda: len(pair.delivers) >= 2, 500)
+    assert all(d.payload == big for d in pair.delivers) and len({d.message_id for d in pair.delivers}) == 1
+    pair.store_fails = False
+    pair.run_until(lambda: pair.device.queued == 0, 500)
+    assert pair.delivered == [big]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lossy_link_and_flaky_slow_store_every_reading_once_in_order(seed):
+    pair = Pair(loss=0.10, corrupt=0.05, seed=seed)
+    flaky = random.Random(seed + 100)
+    readings = [bytes([0x11, 0x00, 0x01, 0x18, 100 + i]) for i in range(20)]
+    for reading in readings:
+        pair.device.publish(reading)
+    for _ in range(100000):
+        if len(pair.delivered) == len(readings) and pair.device.queued == 0:
+            break
+        pair.store_fails = flaky.random() < 0.3
+        pair.store_delay = flaky.choice((0.0, 0.0, 0.5, 2.5))
+        pair.step()
+    assert pair.delivered == readings  # in order, each once
+    assert len(pair.room) == len(readings)
 
 
 def test_replayed_handshake_does_not_cut_the_working_session():

@@ -6,6 +6,7 @@ import json
 from collections import OrderedDict
 
 import pytest
+from conftest import json_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -179,3 +180,42 @@ def test_checked_copy_is_an_equal_value_sharing_no_container(value):
 def test_key_order_does_not_matter(mapping):
     reordered = dict(reversed(list(mapping.items())))
     assert encode_canonical_json(mapping) == encode_canonical_json(reordered)
+
+
+# -- room versions 1-5: numbers are not canonical ------------------------------------
+
+
+@pytest.mark.parametrize("value, text", [
+    ({"n": 2**63}, b'{"n":9223372036854775808}'),
+    ({"n": -(2**60)}, b'{"n":-1152921504606846976}'),
+    # floats as Python's repr writes them: what Synapse's canonicaljson hashed for years
+    ({"level": 50.57}, b'{"level":50.57}'),
+    ({"level": 1.0}, b'{"level":1.0}'),
+    ({"level": 5.114698e4}, b'{"level":51146.98}'),
+    ({"big": 1e16, "small": 1e-7}, b'{"big":1e+16,"small":1e-07}'),
+])  # fmt: skip
+def test_relaxed_encoding_keeps_numbers_as_they_came(value, text):
+    assert encode_canonical_json(value, strict=False) == text
+    with pytest.raises(CanonicalJSONError):
+        encode_canonical_json(value)
+
+
+@pytest.mark.parametrize("value", [{"x": float("nan")}, {"x": [float("inf")]}, {1: 2}, {"x": b"b"}], ids=repr)
+def test_relaxed_encoding_still_refuses_what_json_cannot_hold(value):
+    with pytest.raises(CanonicalJSONError):
+        encode_canonical_json(value, strict=False)
+
+
+def test_a_nan_let_through_unchecked_is_still_refused():
+    with pytest.raises(CanonicalJSONError, match="NaN"):
+        encode_canonical_json({"x": float("nan")}, strict=False, checked=True)
+
+
+@settings(max_examples=200)
+@given(json_values())
+def test_relaxed_and_strict_agree_on_canonical_values(value):
+    try:
+        strict = encode_canonical_json(value)
+    except CanonicalJSONError:
+        return
+    assert encode_canonical_json(value, strict=False) == strict

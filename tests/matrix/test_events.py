@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from lowband.gateway.matrix.canonical_json import MAX_SAFE_INTEGER, MIN_SAFE_INTEGER, encode_canonical_json
 from lowband.gateway.matrix.events import (
-    ROOM_VERSION,
     ContentHashError,
     Event,
     EventFormatError,
@@ -25,6 +24,7 @@ from lowband.gateway.matrix.events import (
     redact,
     verify_event,
 )
+from lowband.gateway.matrix.room_versions import V10
 from lowband.gateway.matrix.signing import SignatureError, SigningKey, decode_base64, sign_json
 
 SPEC_KEY = SigningKey.from_seed(decode_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"), "1")
@@ -60,7 +60,7 @@ def make(**overrides) -> Event:
 def _hash_and_sign(event: dict) -> dict:
     event = copy.deepcopy(event)
     event["hashes"] = {"sha256": compute_content_hash(event)}
-    event["signatures"] = sign_json(redact(event), "domain", SPEC_KEY)["signatures"]
+    event["signatures"] = sign_json(redact(event, V10), "domain", SPEC_KEY)["signatures"]
     return event
 
 
@@ -87,7 +87,7 @@ def test_spec_vector_minimal_event():
         }
     }
     assert signed["unsigned"] == {"age_ts": 1000000}
-    verify_event(signed, lambda s, k: SPEC_KEY.verify_key_bytes if (s, k) == ("domain", "ed25519:1") else None)
+    verify_event(signed, V10, lambda s, k: SPEC_KEY.verify_key_bytes if (s, k) == ("domain", "ed25519:1") else None)
 
 
 def test_spec_vector_event_with_redactable_content():
@@ -114,7 +114,7 @@ def test_spec_vector_event_with_redactable_content():
 
 def test_event_id_is_deterministic_and_well_formed():
     a, b = make(), make()
-    assert a.event_id == b.event_id == compute_event_id(a.pdu)
+    assert a.event_id == b.event_id == compute_event_id(a.pdu, V10)
     assert re.fullmatch(r"\$[A-Za-z0-9_-]{43}", a.event_id)
     assert "event_id" not in a.pdu and "origin" not in a.pdu
     assert Event.from_pdu(copy.deepcopy(a.pdu)) == a
@@ -125,10 +125,10 @@ def test_event_id_ignores_signatures_unsigned_and_redaction():
     pdu = copy.deepcopy(event.pdu)
     pdu["unsigned"] = {"age": 12, "age_ts": 5}
     pdu["signatures"]["b.test"] = {"ed25519:x": "c2ln"}
-    assert compute_event_id(pdu) == event.event_id
+    assert compute_event_id(pdu, V10) == event.event_id
     # The reference hash is taken over the redacted event, so redacting an
     # event keeps its ID.
-    assert compute_event_id(redact(event.pdu)) == event.event_id
+    assert compute_event_id(redact(event.pdu, V10), V10) == event.event_id
     assert make(unsigned={"age": 1}).event_id == event.event_id
 
 
@@ -215,7 +215,7 @@ REDACTION_TABLE = [
 @pytest.mark.parametrize("event_type, kept", REDACTION_TABLE, ids=[row[0] for row in REDACTION_TABLE])
 def test_redaction_keeps_exactly_the_listed_content_keys(event_type, kept):
     pdu = {"type": event_type, "content": copy.deepcopy(_EVERY_CONTENT_KEY), "state_key": ""}
-    redacted = redact(pdu)
+    redacted = redact(pdu, V10)
     assert set(redacted["content"]) == kept
     assert all(redacted["content"][k] == _EVERY_CONTENT_KEY[k] for k in kept)
 
@@ -234,7 +234,7 @@ def test_redaction_top_level_keys():
             "state_key": "",
         }
     )
-    redacted = redact(pdu)
+    redacted = redact(pdu, V10)
     assert set(redacted) == {
         "event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures", "depth",
         "prev_events", "prev_state", "auth_events", "origin", "origin_server_ts", "membership",
@@ -245,11 +245,11 @@ def test_redaction_top_level_keys():
 
 def test_redaction_is_a_deep_copy_and_idempotent():
     pdu = copy.deepcopy(make(type="m.room.power_levels", state_key="", content={"users": {"@a:a.test": 1}}).pdu)
-    redacted = redact(pdu)
+    redacted = redact(pdu, V10)
     redacted["content"]["users"]["@a:a.test"] = 99
     assert pdu["content"]["users"]["@a:a.test"] == 1
-    assert redact(redact(pdu)) == redact(pdu)
-    assert redact({"type": "m.room.member", "content": "junk"})["content"] == {}
+    assert redact(redact(pdu, V10), V10) == redact(pdu, V10)
+    assert redact({"type": "m.room.member", "content": "junk"}, V10)["content"] == {}
 
 
 # -- build and verify ---------------------------------------------------------
@@ -257,14 +257,13 @@ def test_redaction_is_a_deep_copy_and_idempotent():
 
 def test_build_and_verify_round_trip():
     event = make(type="m.room.topic", state_key="", content={"topic": "t"}, unsigned={"age": 3})
-    check_event_format(event.pdu)
-    verify_event(event.pdu, lookup)
+    check_event_format(event.pdu, V10)
+    verify_event(event.pdu, V10, lookup)
     assert event.is_state and event.state_key == "" and event.type == "m.room.topic"
     assert event.sender == "@alice:a.test" and event.room_id == "!room:a.test"
     assert event.depth == 5 and event.prev_events == ["$prev"] and event.auth_events == ["$create", "$pl", "$member"]
     assert event.content == {"topic": "t"} and event.redacts is None
     assert set(event.pdu["signatures"]) == {"a.test"}
-    assert ROOM_VERSION == "10"
 
 
 def test_build_copies_content():
@@ -272,7 +271,7 @@ def test_build_copies_content():
     event = make(content=content)
     content["body"]["nested"].append(2)
     assert event.content == {"body": {"nested": [1]}}
-    verify_event(event.pdu, lookup)
+    verify_event(event.pdu, V10, lookup)
 
 
 def test_to_client():
@@ -295,13 +294,13 @@ def test_to_client():
 def test_verify_rejects_unknown_and_wrong_keys():
     event = make()
     with pytest.raises(SignatureError, match="no known"):
-        verify_event(event.pdu, lambda s, k: None)
+        verify_event(event.pdu, V10, lambda s, k: None)
     with pytest.raises(SignatureError, match="does not verify"):
-        verify_event(event.pdu, lambda s, k: KEY_B.verify_key_bytes)
+        verify_event(event.pdu, V10, lambda s, k: KEY_B.verify_key_bytes)
     unsigned_copy = copy.deepcopy(event.pdu)
     unsigned_copy["signatures"] = {"b.test": unsigned_copy["signatures"]["a.test"]}
     with pytest.raises(SignatureError, match="not signed by a.test"):
-        verify_event(unsigned_copy, lookup)
+        verify_event(unsigned_copy, V10, lookup)
 
 
 @pytest.mark.parametrize("field, value", [("type", "m.room.other"), ("depth", 6), ("prev_events", []),
@@ -310,7 +309,7 @@ def test_verify_rejects_changes_to_signed_fields(field, value):
     pdu = copy.deepcopy(make().pdu)
     pdu[field] = value
     with pytest.raises(SignatureError) as info:
-        verify_event(pdu, lookup)
+        verify_event(pdu, V10, lookup)
     assert type(info.value) is SignatureError  # not merely a hash mismatch
 
 
@@ -319,14 +318,14 @@ def test_content_change_or_redaction_is_a_content_hash_error():
     changed = copy.deepcopy(event.pdu)
     changed["content"]["body"] = "forged"
     with pytest.raises(ContentHashError):
-        verify_event(changed, lookup)
+        verify_event(changed, V10, lookup)
     # a redacted copy: signatures still good, hash does not match -> use redacted
     with pytest.raises(ContentHashError):
-        verify_event(redact(event.pdu), lookup)
+        verify_event(redact(event.pdu, V10), V10, lookup)
     # unsigned is covered by nothing
     extra = copy.deepcopy(event.pdu)
     extra["unsigned"] = {"anything": True}
-    verify_event(extra, lookup)
+    verify_event(extra, V10, lookup)
 
 
 def test_restricted_join_needs_the_authorising_servers_signature():
@@ -339,10 +338,10 @@ def test_restricted_join_needs_the_authorising_servers_signature():
         content={"membership": "join", "join_authorised_via_users_server": "@alice:a.test"},
     )
     with pytest.raises(SignatureError, match="a.test"):
-        verify_event(join.pdu, lookup)
-    cosigned = add_signature(join.pdu, "a.test", KEY_A)
-    verify_event(cosigned, lookup)
-    assert compute_event_id(cosigned) == join.event_id
+        verify_event(join.pdu, V10, lookup)
+    cosigned = add_signature(join.pdu, "a.test", KEY_A, V10)
+    verify_event(cosigned, V10, lookup)
+    assert compute_event_id(cosigned, V10) == join.event_id
     assert set(join.pdu["signatures"]) == {"b.test"}  # add_signature copies
 
 
@@ -350,7 +349,7 @@ def test_verify_ignores_unknown_algorithms_and_keys():
     pdu = copy.deepcopy(make().pdu)
     pdu["signatures"]["a.test"]["curve25519:x"] = "junk"
     pdu["signatures"]["a.test"]["ed25519:unknown"] = "junk"
-    verify_event(pdu, lookup)
+    verify_event(pdu, V10, lookup)
 
 
 # -- format -------------------------------------------------------------------
@@ -423,16 +422,16 @@ MALFORMED = [
 @pytest.mark.parametrize("mutate", [m for _, m in MALFORMED], ids=[name for name, _ in MALFORMED])
 def test_check_event_format_rejects(mutate):
     pdu = _valid_pdu()
-    check_event_format(pdu)
+    check_event_format(pdu, V10)
     mutate(pdu)
     with pytest.raises(EventFormatError):
-        check_event_format(pdu)
+        check_event_format(pdu, V10)
 
 
 @pytest.mark.parametrize("pdu", [None, [], "pdu", 1])
 def test_check_event_format_rejects_non_objects(pdu):
     with pytest.raises(EventFormatError):
-        check_event_format(pdu)
+        check_event_format(pdu, V10)
 
 
 def test_check_event_format_limits_are_inclusive():
@@ -448,11 +447,11 @@ def test_check_event_format_limits_are_inclusive():
             "origin": "a.test",
         }
     )
-    check_event_format(pdu)
+    check_event_format(pdu, V10)
     pdu["content"] = {"name": ""}
     pdu["content"]["name"] = "x" * (65536 - len(encode_canonical_json(pdu)))
     assert len(encode_canonical_json(pdu)) == 65536
-    check_event_format(pdu)
+    check_event_format(pdu, V10)
 
 
 @settings(max_examples=60, deadline=None)
@@ -464,7 +463,7 @@ def test_signing_later_gives_the_same_event_as_signing_at_once(content, redacts)
     assert later.event_id == now.event_id and later.sign is not None  # the ID is final before the signature
     text = later.sign()
     assert later.pdu == now.pdu and text == now.canonical == encode_canonical_json(later.pdu)  # Ed25519 is deterministic
-    verify_event(later.pdu, lookup)
+    verify_event(later.pdu, V10, lookup)
 
 
 def test_signing_later_still_refuses_an_event_that_would_be_too_large_with_its_signature():
@@ -508,10 +507,10 @@ _CONTENT = st.dictionaries(
     ["m.room.message", "m.room.member", "m.room.power_levels", "m.room.create", "org.example"]))
 def test_random_content_builds_a_valid_verifiable_event(content, state_key, event_type):
     event = make(content=content, state_key=state_key, type=event_type)
-    check_event_format(event.pdu)
-    verify_event(event.pdu, lookup)
-    assert compute_event_id(copy.deepcopy(event.pdu)) == event.event_id
-    assert compute_event_id(redact(event.pdu)) == event.event_id
+    check_event_format(event.pdu, V10)
+    verify_event(event.pdu, V10, lookup)
+    assert compute_event_id(copy.deepcopy(event.pdu), V10) == event.event_id
+    assert compute_event_id(redact(event.pdu, V10), V10) == event.event_id
     assert make(content=content, state_key=state_key, type=event_type).event_id == event.event_id
     assert event.canonical == encode_canonical_json(event.pdu)  # what the store writes
 
@@ -536,8 +535,8 @@ def test_the_kept_canonical_json_is_exact_whatever_the_keys_and_strings(content,
     # look like the top-level members it looks for must not fool it.
     event = make(content=content, state_key=state_key, type=event_type, redacts=redacts)
     assert event.canonical == encode_canonical_json(event.pdu)
-    assert event.event_id == compute_event_id(copy.deepcopy(event.pdu))  # the redacted form was right
-    verify_event(event.pdu, lookup)
+    assert event.event_id == compute_event_id(copy.deepcopy(event.pdu), V10)  # the redacted form was right
+    verify_event(event.pdu, V10, lookup)
 
 
 @settings(max_examples=100, deadline=None)
@@ -548,5 +547,5 @@ def test_redacted_forms_of_types_that_keep_content_keys_are_exact(content, state
     keys = {"membership": "join", "users": {"@a:b": 1}, "join_rule": "public", "history_visibility": "shared",
             "creator": "@a:b", "aliases": ["#a:b"], "ban": 50}  # fmt: skip
     event = make(content={**content, **keys}, state_key=state_key, type=event_type)
-    assert event.event_id == compute_event_id(copy.deepcopy(event.pdu))
-    verify_event(event.pdu, lookup)
+    assert event.event_id == compute_event_id(copy.deepcopy(event.pdu), V10)
+    verify_event(event.pdu, V10, lookup)

@@ -504,9 +504,9 @@ def test_outbound_queue_survives_broker_outage_and_gateway_restart(tmp_path: Pat
             probe.subscribe(f"{p}/say")
             probe.close()
             async with bridged_session(tmp_path, config) as (alice, bridge):
-                await until(lambda: bridge.links["local"].connected.is_set())
+                await until(lambda: bridge.sessions["local"].link.connected.is_set())
                 broker.stop()
-                await until(lambda: not bridge.links["local"].connected.is_set())
+                await until(lambda: not bridge.sessions["local"].link.connected.is_set())
                 for i in range(3):
                     await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": f"while down {i}"})
             # The gateway stopped with three messages unpublished; both come back.
@@ -552,8 +552,8 @@ def test_mqtt311_fallback_when_the_broker_refuses_mqtt5(tmp_path: Path, env: Env
         config = env.config(brokers=[env.broker(port=port)], inbound=[{"name": "old", "topic": f"{p}/old", "room": room}])
         probe = Probe()
         async with bridged_session(tmp_path, config) as (alice, bridge):
-            await until(lambda: bridge.links["local"].connected.is_set())
-            assert bridge.links["local"].protocol == mqtt.MQTTv311
+            await until(lambda: bridge.sessions["local"].link.connected.is_set())
+            assert bridge.sessions["local"].link.protocol == mqtt.MQTTv311
             probe.publish(f"{p}/old", b"7")
             events = await wait_messages(alice, room, lambda e: len(bridged(e)) == 1)
             assert bridged(events)[0]["content"]["body"] == "old 7"
@@ -660,7 +660,7 @@ def test_tls_with_client_certificate_and_password(tmp_path: Path, caplog: pytest
             config = env.config(brokers=[secure], inbound=[{"name": "secure", "topic": "secure/+", "room": room}])
             async with gateway(tmp_path, config) as (base, bridge):
                 assert bridge is not None
-                await until(lambda: bridge.links["local"].connected.is_set())
+                await until(lambda: bridge.sessions["local"].link.connected.is_set())
                 publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-pub", protocol=mqtt.MQTTv5)
                 publisher.tls_set(ca_certs=str(certs["ca_cert"]), certfile=str(certs["client_cert"]),
                                   keyfile=str(certs["client_key"]))  # fmt: skip
@@ -680,6 +680,6 @@ def test_tls_with_client_certificate_and_password(tmp_path: Path, caplog: pytest
             async with gateway(tmp_path, config) as (base, bridge):
                 # The worker reports the broker's refusal (and keeps retrying).
                 await until(lambda: "refused the connection" in caplog.text)
-                assert not bridge.links["local"].connected.is_set()
+                assert not bridge.sessions["local"].link.connected.is_set()
 
         asyncio.run(scenario())

@@ -8,7 +8,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from lowband.gateway.api.http import client_auth, client_misc, client_rooms, client_sync, media
+from lowband.gateway.api.http import (
+    client_auth,
+    client_misc,
+    client_rooms,
+    client_sync,
+    federation_keys,
+    federation_query,
+    federation_rooms,
+    media,
+)
 from lowband.gateway.api.http.base import SERVICES
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError
@@ -56,12 +65,13 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 def make_app(services: Services) -> web.Application:
-    """The application serving the client-server and media APIs."""
+    """The application serving the client-server, media and server-server APIs."""
     # The largest body any endpoint takes is a media upload; JSON endpoints
     # check their own, smaller limit in json_body via max_request_bytes.
     limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
     app = web.Application(middlewares=[matrix_errors], client_max_size=limit)
     app[SERVICES] = services
-    for module in (client_auth, client_rooms, client_sync, client_misc, media):
+    for module in (client_auth, client_rooms, client_sync, client_misc, media, federation_keys, federation_query,
+                   federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())
     return app

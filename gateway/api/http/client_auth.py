@@ -15,11 +15,10 @@ from lowband.gateway.homeserver.accounts import (
     new_device_id,
     new_token,
     user_id_for,
-    valid_localpart,
 )
+from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
-from lowband.gateway.matrix.events import ROOM_VERSION
-from lowband.gateway.store.sqlite.store import UserExists
+from lowband.gateway.store.interfaces import UserExists
 
 SPEC_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"]
 
@@ -34,7 +33,10 @@ async def capabilities(request: web.Request) -> web.Response:
     authenticate(request)
     return ok({
         "capabilities": {
-            "m.room_versions": {"default": ROOM_VERSION, "available": {ROOM_VERSION: "stable"}},
+            "m.room_versions": {
+                "default": room_versions.DEFAULT.identifier,
+                "available": dict.fromkeys(room_versions.KNOWN, "stable"),
+            },
             "m.change_password": {"enabled": False},
             "m.set_displayname": {"enabled": True},
             "m.set_avatar_url": {"enabled": True},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +29,8 @@ from lowband.gateway.api.http.base import (
 )  # fmt: skip
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
+from lowband.gateway.matrix.identifiers import is_room_id
+from lowband.gateway.store.interfaces import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def _user_param(request: web.Request) -> str:
 
 def _room_param(request: web.Request) -> str:
     room_id = request.match_info["room_id"]
-    if not room_id.startswith("!") or ":" not in room_id or len(room_id.encode()) > MAX_ID_BYTES:
+    if not is_room_id(room_id):  # v12 room IDs have no server name
         raise invalid_param("not a room ID")
     return room_id
 
@@ -77,7 +80,7 @@ def _require_joined(svc: Services, room_id: str, user_id: str) -> None:
         raise forbidden("you are not joined to this room")
 
 
-def _local_user(svc: Services, user_id: str) -> dict[str, Any]:
+def _local_user(svc: Services, user_id: str) -> Mapping[str, Any]:
     """The stored user row of a local user; 404 M_NOT_FOUND otherwise."""
     row = svc.store.get_user(user_id) if user_id.endswith(":" + svc.server_name) else None
     if row is None:
@@ -225,13 +228,14 @@ async def _set_marker(svc: Services, user_id: str, room_id: str, marker: str, ev
             return False
         await svc.store.set_account_data(user_id, room_id, "m.fully_read", {"event_id": event_id})
         return True
-    row = svc.store.db.query_one(
-        "SELECT event_id FROM receipts WHERE room_id = ? AND receipt_type = ? AND user_id = ?",
-        (room_id, marker, user_id),
-    )
-    if row is not None and _stream_of(svc, row[0]) >= stream:
+    current_id = svc.store.get_receipt(room_id, marker, user_id)
+    if current_id is not None and _stream_of(svc, current_id) >= stream:
         return False
-    await svc.store.set_receipt(room_id, marker, user_id, event_id, svc.rooms.now_ms())
+    ts = svc.rooms.now_ms()
+    await svc.store.set_receipt(room_id, marker, user_id, event_id, ts)
+    if marker == "m.read":  # m.read.private stays on this server
+        for listener in svc.receipt_listeners:
+            listener(room_id, marker, user_id, event_id, ts)
     return True
 
 
@@ -448,32 +452,27 @@ async def get_push_rules(request: web.Request) -> web.Response:
     return ok({"global": {kind: [] for kind in kinds}})
 
 
-def _device(row: tuple[Any, ...]) -> dict[str, Any]:
-    device: dict[str, Any] = {"device_id": row[0]}
-    if row[1] is not None:
-        device["display_name"] = row[1]
+def _device(info: DeviceInfo) -> dict[str, Any]:
+    device: dict[str, Any] = {"device_id": info.device_id}
+    if info.display_name is not None:
+        device["display_name"] = info.display_name
     return device
 
 
 async def get_devices(request: web.Request) -> web.Response:
     """GET /devices: the requester's devices."""
     requester = authenticate(request)
-    rows = services(request).store.db.query(
-        "SELECT device_id, display_name FROM devices WHERE user_id = ? ORDER BY device_id", (requester.user_id,)
-    )
-    return ok({"devices": [_device(r) for r in rows]})
+    devices = services(request).store.user_devices(requester.user_id)
+    return ok({"devices": [_device(d) for d in devices]})
 
 
 async def get_device(request: web.Request) -> web.Response:
     """GET /devices/{deviceId}; 404 for a device the requester does not have."""
     requester = authenticate(request)
-    row = services(request).store.db.query_one(
-        "SELECT device_id, display_name FROM devices WHERE user_id = ? AND device_id = ?",
-        (requester.user_id, request.match_info["device_id"]),
-    )
-    if row is None:
+    device = services(request).store.user_device(requester.user_id, request.match_info["device_id"])
+    if device is None:
         raise not_found("no such device")
-    return ok(_device(row))
+    return ok(_device(device))
 
 
 async def get_turn_server(request: web.Request) -> web.Response:

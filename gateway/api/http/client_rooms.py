@@ -18,15 +18,20 @@ from lowband.gateway.api.http.base import (
     rate_limit,
     services,
 )
+from lowband.gateway.federation.client import FederationError
+from lowband.gateway.federation.component import federation_of
 from lowband.gateway.homeserver.sync import transaction_key
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
+from lowband.gateway.matrix.events import server_name_of
+from lowband.gateway.matrix.identifiers import is_room_id
+from lowband.gateway.store.interfaces import EventWrite
 
 MAX_ID_BYTES = 255
 
 
 def _room_id(request: web.Request) -> str:
     room_id = request.match_info["room_id"]
-    if not room_id.startswith("!") or ":" not in room_id or len(room_id.encode()) > MAX_ID_BYTES:
+    if not is_room_id(room_id):  # v12 room IDs have no server name
         raise MatrixError(400, "M_INVALID_PARAM", "not a room ID")
     return room_id
 
@@ -53,30 +58,70 @@ async def create_room(request: web.Request) -> web.Response:
     return ok({"room_id": room_id})
 
 
-def _resolve_room(request: web.Request, target: str) -> str:
+async def _resolve_room(request: web.Request, target: str) -> tuple[str, list[str]]:
+    """(room ID, servers that may know it) for a room ID or alias; aliases of other servers are asked there."""
     svc = services(request)
+    servers = [s for s in request.query.getall("server_name", []) + request.query.getall("via", []) if s][:10]
     if target.startswith("#"):
+        try:
+            alias_server = server_name_of(target)
+        except ValueError:
+            raise MatrixError(400, "M_INVALID_PARAM", "an alias needs a server name") from None
         found = svc.store.get_alias(target)
-        if found is None:
+        if found is not None:
+            return found[0], servers
+        fed = federation_of(svc)
+        if alias_server == svc.server_name or fed is None:
             raise not_found(f"no room has the alias {target}")
-        return found[0]
+        try:
+            answer = await fed.client.request(alias_server, "GET", "/_matrix/federation/v1/query/directory",
+                                              query={"room_alias": target}, timeout=30.0)  # fmt: skip
+        except FederationError as exc:
+            status = 404 if exc.status == 404 else 502
+            raise MatrixError(status, "M_NOT_FOUND" if status == 404 else "M_UNKNOWN",
+                              f"{alias_server} could not resolve {target}: {exc.message}") from None  # fmt: skip
+        room_id = answer.get("room_id") if isinstance(answer, dict) else None
+        hints = answer.get("servers") if isinstance(answer, dict) else None
+        if not isinstance(room_id, str) or not is_room_id(room_id):
+            raise MatrixError(502, "M_UNKNOWN", f"{alias_server} gave no room for {target}")
+        return room_id, [*servers, *[s for s in (hints or []) if isinstance(s, str)][:10], alias_server]
     if target.startswith("!"):
-        return target
+        try:
+            servers.append(server_name_of(target))  # rooms before v12 name the server that made them
+        except ValueError:
+            pass
+        return target, servers
     raise MatrixError(400, "M_INVALID_PARAM", "expected a room ID or alias")
 
 
 async def join(request: web.Request) -> web.Response:
-    """POST /join/{roomIdOrAlias} and /rooms/{roomId}/join."""
+    """POST /join/{roomIdOrAlias} and /rooms/{roomId}/join: here, or through another server."""
     requester = authenticate(request)
     rate_limit(request, requester)
     target = request.match_info.get("room_id") or request.match_info["room_or_alias"]
-    room_id = _resolve_room(request, target)
+    room_id, servers = await _resolve_room(request, target)
     body = await json_body(request, allow_empty=True)
     svc = services(request)
-    if svc.rooms.head(room_id) is None:
+    held = svc.rooms.head(room_id) is not None
+    if held and svc.server_name in svc.rooms.dag.servers_in_room(room_id):
+        if svc.store.membership(room_id, requester.user_id) != "join":
+            await svc.rooms.set_membership(requester.user_id, room_id, requester.user_id, "join", body.get("reason"))
+        return ok({"room_id": room_id})
+    fed = federation_of(svc)
+    if fed is None:
         raise not_found("this gateway does not know that room")
-    if svc.store.membership(room_id, requester.user_id) != "join":
-        await svc.rooms.set_membership(requester.user_id, room_id, requester.user_id, "join", body.get("reason"))
+    invite = svc.store.federation.invite(room_id, requester.user_id)
+    if invite is not None:
+        found = svc.store.get_event(invite[0])
+        if found is not None:
+            servers.insert(0, server_name_of(found["event"].sender))
+    if held:
+        servers += sorted(svc.rooms.dag.servers_in_room(room_id))
+    content: dict[str, Any] = {**svc.rooms.lookups.profile(requester.user_id)}
+    if isinstance(body.get("reason"), str):
+        content["reason"] = body["reason"]
+    await fed.memberships.join_remote(requester.user_id, room_id, servers, content)
+    svc.notifier.notify()
     return ok({"room_id": room_id})
 
 
@@ -88,6 +133,10 @@ async def _membership_change(request: web.Request, membership: str, on_target: b
     target = _user_param(body) if on_target else requester.user_id
     svc = services(request)
     if svc.rooms.head(room_id) is None:
+        fed = federation_of(svc)
+        invite = svc.store.federation.invite(room_id, requester.user_id) if fed is not None else None
+        if membership == "leave" and not on_target and invite is not None and fed is not None:
+            return await _reject_remote_invite(svc, fed, requester.user_id, room_id, invite[0], body.get("reason"))
         raise not_found("unknown room")
     reason = body.get("reason")
     if membership == "unban":
@@ -100,7 +149,27 @@ async def _membership_change(request: web.Request, membership: str, on_target: b
         membership = "leave"
     elif membership == "leave" and svc.rooms.membership_in(svc.rooms.current_state(room_id), target) in (None, "leave"):
         return ok()
+    fed = federation_of(svc)
+    if membership == "invite" and fed is not None and server_name_of(target) != svc.server_name:
+        await fed.invites.invite_remote(requester.user_id, room_id, target, reason)
+        return ok()
     await svc.rooms.set_membership(requester.user_id, room_id, target, membership, reason)
+    return ok()
+
+
+async def _reject_remote_invite(svc: Any, fed: Any, user_id: str, room_id: str, invite_id: str,
+                                reason: Any) -> web.Response:  # fmt: skip
+    """Reject an invite to a room this server does not hold, through the inviting server."""
+    found = svc.store.get_event(invite_id)
+    servers = [server_name_of(found["event"].sender)] if found is not None else []
+    try:
+        servers.append(server_name_of(room_id))
+    except ValueError:
+        pass
+    leave = await fed.memberships.leave_remote(user_id, room_id, servers, reason if isinstance(reason, str) else None)
+    await svc.store.persist_events([EventWrite(leave, svc.store.next_stream(), None, None, outlier=True,
+                                               memberships=((user_id, "leave", leave.event_id),))], None)  # fmt: skip
+    svc.notifier.notify()
     return ok()
 
 
@@ -270,11 +339,17 @@ async def messages(request: web.Request) -> web.Response:
             raise MatrixError(400, "M_NOT_JSON", "filter is not valid JSON") from None
         if not isinstance(filter_doc, dict):
             raise bad_json("filter must be an object")
-    return ok(services(request).sync.messages(
-        requester.user_id, room_id, request.query.get("from"), request.query.get("to"),
-        request.query.get("dir", "b"), query_int(request, "limit", 10, low=1, high=1000), filter_doc,
-        requester.device_id,
-    ))  # fmt: skip
+    svc = services(request)
+    args = (requester.user_id, room_id, request.query.get("from"), request.query.get("to"),
+            request.query.get("dir", "b"), query_int(request, "limit", 10, low=1, high=1000), filter_doc,
+            requester.device_id)  # fmt: skip
+    page = svc.sync.messages(*args)
+    fed = federation_of(svc)
+    if "end" not in page and args[4] == "b" and fed is not None and args[5] > len(page["chunk"]):
+        # The page reached the oldest event this server holds: fetch older history from a peer, once per page.
+        if await fed.backfiller.backfill(room_id, args[5]):
+            page = svc.sync.messages(*args)
+    return ok(page)
 
 
 async def members(request: web.Request) -> web.Response:

@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 from urllib.parse import quote
 
 from aiohttp import web
@@ -39,6 +39,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from lowband.gateway.api.http.base import authenticate, ok, rate_limit, services
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, invalid_param, not_found
+from lowband.gateway.store.interfaces import MediaRow
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def _place(file: BinaryIO, temp: Path, final: Path) -> None:
 # -------------------------------------------------------------- download
 
 
-def _stored_media(request: web.Request) -> tuple[dict[str, Any], Path]:
+def _stored_media(request: web.Request) -> tuple[MediaRow, Path]:
     """The row and file of the requested local media; 404 M_NOT_FOUND otherwise."""
     svc = services(request)
     media_id = request.match_info["media_id"]

@@ -33,15 +33,7 @@ from typing import Any
 from lowband.gateway.bridges.mqtt import discovery
 from lowband.gateway.bridges.mqtt.client import ORIGIN_PROPERTY, BrokerLink, Received
 from lowband.gateway.bridges.mqtt.config import InboundMapping, MqttConfig, OutboundMapping, parse_mqtt_config
-from lowband.gateway.bridges.mqtt.ingest import (
-    AckSequencer,
-    Counters,
-    Deduper,
-    EchoGuard,
-    PendingRow,
-    Ticket,
-    TokenBucket,
-)  # fmt: skip
+from lowband.gateway.bridges.mqtt.ingest import Counters, Deduper, EchoGuard, PendingRow, Ticket, TokenBucket
 from lowband.gateway.bridges.mqtt.outbound import Outbound
 from lowband.gateway.bridges.mqtt.payload import (
     Refusal,
@@ -53,6 +45,7 @@ from lowband.gateway.bridges.mqtt.payload import (
     translate,
 )  # fmt: skip
 from lowband.gateway.bridges.mqtt.rooms import RoomAccess, UserTaken
+from lowband.gateway.bridges.mqtt.session import Barrier, BrokerSession
 from lowband.gateway.bridges.mqtt.store import BridgeTables
 from lowband.gateway.config import ConfigError
 from lowband.gateway.homeserver.rooms import SendRequest, Sent
@@ -108,28 +101,16 @@ class MqttBridge:
         self.rooms = services.rooms
         self.store = services.store
         self.server_name = services.config.server_name
-        self.tables = BridgeTables(services.store.db)
+        self.tables = BridgeTables(services.store.mqtt)
         self.access = RoomAccess(self.rooms, self.store, self.tables, self.server_name, config.bot)
         self.counters = Counters()
         self.echo = EchoGuard()
         self.origin = discovery.Origin(self.server_name, config.status_topic, config.discovery_prefix)
         now = time.monotonic()
         self.inbound = {m.name: InboundState(m, TokenBucket(m.rate_per_s, m.burst, now)) for m in config.inbound}
-        self.links: dict[str, BrokerLink] = {}
-        self.sequencers: dict[str, AckSequencer] = {}
-        self.dedupers: dict[str, Deduper] = {}
-        self.outbound = Outbound(config.outbound, self.links, self.store, self.tables, self.access, self.echo,
+        self.sessions: dict[str, BrokerSession] = {}  # by broker name, filled by start()
+        self.outbound = Outbound(config.outbound, self.sessions, self.store, self.tables, self.access, self.echo,
                                  self.counters, self._announce_published)  # fmt: skip
-        self._routes: dict[str, list[InboundMapping]] = {b.name: [] for b in config.brokers}
-        self._routed: dict[str, dict[str, Any]] = {b.name: {} for b in config.brokers}  # topic → route() result
-        for mapping in config.inbound:
-            self._routes[mapping.broker].append(mapping)
-        self._acked: dict[str, list[str]] = {}
-        self._ack_no: dict[str, int] = {b.name: 0 for b in config.brokers}
-        self._barriers: dict[str, tuple[int, int, int] | None] = {b.name: None for b in config.brokers}
-        self._barrier_due: set[str] = set()
-        self._connected_at: dict[str, float] = {}
-        self._old_rows: set[str] = {b.name for b in config.brokers}  # rows of earlier connections may remain
         self._flush_scheduled = False
         self._sends: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -141,12 +122,11 @@ class MqttBridge:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Create tables and users, resolve rooms, connect to every broker.
+        """Create users, resolve rooms, connect to every broker.
 
         Raises ConfigError when the bot's user ID belongs to someone else.
         A broker that is down is retried in the background.
         """
-        await self.tables.create()
         try:
             await self.access.start()
         except UserTaken as exc:
@@ -155,14 +135,13 @@ class MqttBridge:
         for broker in self.config.brokers:
             oldest = now_ms - broker.session_expiry_s * 1000
             await self.tables.purge_inflight(broker.name, oldest)
-            self.dedupers[broker.name] = Deduper(self.tables.inflight(broker.name, oldest))
-            self.sequencers[broker.name] = AckSequencer()
-            filters = {m.topic: m.qos for m in self._routes[broker.name]}
-            self.links[broker.name] = BrokerLink(
-                broker, self, will=(self.config.status_topic, discovery.OFFLINE.encode()), filters=filters,
-                known_filters=self.tables.subscriptions(broker.name), origin=self.server_name,
-                barrier_topic=self.config.status_topic + "/barrier",
+            routes = [m for m in self.config.inbound if m.broker == broker.name]
+            link = BrokerLink(
+                broker, self, will=(self.config.status_topic, discovery.OFFLINE.encode()),
+                filters={m.topic: m.qos for m in routes}, known_filters=self.tables.subscriptions(broker.name),
+                origin=self.server_name, barrier_topic=self.config.status_topic + "/barrier",
             )  # fmt: skip
+            self.sessions[broker.name] = BrokerSession(link, Deduper(self.tables.inflight(broker.name, oldest)), routes)
         self.rooms.add_listener(self._on_event)
         await self._check_rooms()
         for state in self.inbound.values():
@@ -172,16 +151,16 @@ class MqttBridge:
         self._tasks.append(asyncio.create_task(self._watch_rooms(), name="mqtt-rooms"))
         if self.config.stats_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="mqtt-stats"))
-        for link in self.links.values():
-            link.start()
+        for session in self.sessions.values():
+            session.link.start()
         # A gateway that says it is ready should be subscribed: give the brokers a moment (one that is
         # down is not waited for longer; its link keeps trying).
-        waits = [asyncio.ensure_future(link.connected.wait()) for link in self.links.values()]
+        waits = [asyncio.ensure_future(session.link.connected.wait()) for session in self.sessions.values()]
         _, slow = await asyncio.wait(waits, timeout=_CONNECT_WAIT_S)
         for waiter in slow:
             waiter.cancel()
-        for name, link in self.links.items():
-            if not link.connected.is_set():
+        for name, session in self.sessions.items():
+            if not session.link.connected.is_set():
                 log.warning("mqtt broker %s is not reachable yet; the bridge keeps trying", name)
 
     async def stop(self) -> None:
@@ -199,19 +178,19 @@ class MqttBridge:
         # One last barrier, so the rows of what was just acknowledged need not wait for the next start.
         deadline = time.monotonic() + 2.0
         for _ in range(2):  # one may be in flight already; it covers fewer PUBACKs than a new one
-            for name in self.links:
-                if self._barriers[name] is None:
-                    self._send_barrier(name)
-            while any(b is not None for b in self._barriers.values()) and time.monotonic() < deadline:
+            for session in self.sessions.values():
+                if session.barrier is None:
+                    self._send_barrier(session)
+            while any(s.barrier is not None for s in self.sessions.values()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         self._flush_acked()
         offline = []
-        for link in self.links.values():
-            if link.connected.is_set():
-                offline.append(link.publish(self.config.status_topic, discovery.OFFLINE.encode(), 1, True))
+        for session in self.sessions.values():
+            if session.link.connected.is_set():
+                offline.append(session.link.publish(self.config.status_topic, discovery.OFFLINE.encode(), 1, True))
         if offline:
             await asyncio.wait(offline, timeout=2.0)
-        await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
+        await asyncio.gather(*(s.link.stop() for s in self.sessions.values()), return_exceptions=True)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Every counter, per mapping (``_bridge`` for messages no mapping took)."""
@@ -257,12 +236,13 @@ class MqttBridge:
 
     def link_connected(self, link: BrokerLink, gen: int, session_present: bool) -> None:
         """A (re)connection: forget tickets of the old one, announce ourselves."""
-        stale = self.sequencers[link.name].connected(gen)
-        self._barriers[link.name] = None
-        self._connected_at[link.name] = time.monotonic()
-        self._old_rows.add(link.name)
+        session = self.sessions[link.name]
+        stale = session.sequencer.connected(gen)
+        session.barrier = None
+        session.connected_at = time.monotonic()
+        session.old_rows = True
         loop = asyncio.get_running_loop()
-        loop.call_later(_REDELIVERY_GRACE_S + 0.1, self._want_barrier, link.name)
+        loop.call_later(_REDELIVERY_GRACE_S + 0.1, self._want_barrier, session)
         if session_present:
             # The broker sends every unacknowledged message again: drop the
             # copies not yet started, or they would be posted twice.
@@ -273,9 +253,9 @@ class MqttBridge:
                     state.queue = kept
         else:
             # A new session: the broker kept nothing of the old one, so no row will be matched again.
-            dead = self.dedupers[link.name].older_than(gen)
+            dead = session.deduper.older_than(gen)
             for row in dead:
-                self._release(link.name, row)
+                self._release(session, row)
             if stale or dead:
                 log.warning("mqtt broker %s started a new session; %d unacknowledged messages of the old one "
                             "are still posted", link.name, len(stale))  # fmt: skip
@@ -298,20 +278,20 @@ class MqttBridge:
 
     def link_messages(self, link: BrokerLink, batch: list[tuple[int, Received]]) -> None:
         """Route, check and queue a batch of received messages (refused ones are acknowledged)."""
-        sequencer = self.sequencers[link.name]
-        routes = self._routes[link.name]
-        routed = self._routed[link.name]
+        session = self.sessions[link.name]
+        sequencer = session.sequencer
+        routes = session.routes
+        routed = session.routed
         now_ms = int(time.time() * 1000)
         now = time.monotonic()
         woken: set[str] = set()
         new_rows: list[PendingRow] = []
-        dedup = self.dedupers[link.name]
+        dedup = session.deduper
         for gen, message in batch:
             ticket = sequencer.received(gen, message.mid) if message.qos > 0 else None
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:
-                self._refuse(link, "_bridge", ticket, "invalid_topic", "topic is not UTF-8", "?")
+            topic = message.topic
+            if topic is None:
+                self._refuse(session, "_bridge", ticket, "invalid_topic", "topic is not UTF-8", "?")
                 continue
             if topic not in routed:
                 if len(routed) >= _ROUTE_CACHE:
@@ -319,25 +299,25 @@ class MqttBridge:
                 routed[topic] = route(routes, topic)
             found = routed[topic]
             if found is None:
-                self._refuse(link, "_bridge", ticket, "unmapped", "no mapping takes this topic", topic)
+                self._refuse(session, "_bridge", ticket, "unmapped", "no mapping takes this topic", topic)
                 continue
             mapping, captured = found
             payload = message.payload
             self.counters.add(mapping.name, "received")
             if len(payload) > self.config.payload_limit(mapping):
-                self._refuse(link, mapping.name, ticket, "oversize", f"{len(payload)} bytes", topic)
+                self._refuse(session, mapping.name, ticket, "oversize", f"{len(payload)} bytes", topic)
                 continue
             if message.retain and not mapping.retained:
-                self._refuse(link, mapping.name, ticket, "retained_skipped", "", topic, quiet=True)
+                self._refuse(session, mapping.name, ticket, "retained_skipped", "", topic, quiet=True)
                 continue
             digest = payload_digest(payload)
             properties = message.user_properties
             if properties.get(ORIGIN_PROPERTY) == self.server_name or self.echo.is_echo(topic, digest, now):
-                self._refuse(link, mapping.name, ticket, "loop", "published by this gateway", topic)
+                self._refuse(session, mapping.name, ticket, "loop", "published by this gateway", topic)
                 continue
             translated = translate(payload, mapping, topic, now_ms, retained=bool(message.retain))
             if isinstance(translated, Refusal):
-                self._refuse(link, mapping.name, ticket, translated.reason, translated.detail, topic)
+                self._refuse(session, mapping.name, ticket, translated.reason, translated.detail, topic)
                 continue
             item = Item(link.name, topic, ticket, translated, device_name(mapping, captured))
             if mapping.dedup_property and properties.get(mapping.dedup_property):
@@ -362,14 +342,14 @@ class MqttBridge:
         for name in woken:
             self.inbound[name].wake.set()
 
-    def _refuse(self, link: BrokerLink, mapping: str, ticket: Ticket | None, reason: str, detail: str, topic: str,
-                *, quiet: bool = False) -> None:  # fmt: skip
+    def _refuse(self, session: BrokerSession, mapping: str, ticket: Ticket | None, reason: str, detail: str,
+                topic: str, *, quiet: bool = False) -> None:  # fmt: skip
         self.counters.add(mapping, f"refused.{reason}")
         if not quiet:
             self._log_limited(mapping, reason, "mqtt: refused a message on %s (mapping %s): %s%s", topic, mapping,
                               reason, f" ({detail})" if detail else "")  # fmt: skip
         if ticket is not None:
-            self._complete(link.name, ticket)
+            self._complete(session, ticket)
 
     def _log_limited(self, mapping: str, reason: str, message: str, *args: Any) -> None:
         """Log at most once a second per (mapping, reason), so a flood of bad input cannot flood the log."""
@@ -426,7 +406,7 @@ class MqttBridge:
                 senders[item.device] = await self._sender(state, item)
             sender = senders[item.device]
             if sender is None:
-                self._refuse(self.links[item.broker], mapping.name, item.ticket, "user_unavailable",
+                self._refuse(self.sessions[item.broker], mapping.name, item.ticket, "user_unavailable",
                              "the bridged user cannot be used", item.topic)  # fmt: skip
                 continue
             txn = (sender, "mqtt", item.txn_id) if item.txn_id is not None else None
@@ -473,13 +453,13 @@ class MqttBridge:
                         continue
                     if result.status == 403:
                         self.access.forget_membership(request.sender, state.room_id)
-                    self._refuse(self.links[item.broker], mapping.name, item.ticket, "rejected_by_room",
+                    self._refuse(self.sessions[item.broker], mapping.name, item.ticket, "rejected_by_room",
                                  result.message, item.topic)  # fmt: skip
                     continue
                 if not item.redelivery:
                     self.counters.add(mapping.name, "posted")
                 if item.ticket is not None:
-                    self._complete(item.broker, item.ticket)
+                    self._complete(self.sessions[item.broker], item.ticket)
                 if self.config.discovery and mapping.discovery:
                     self._announce(mapping, item)
             items, requests = retry_items, retry_requests
@@ -488,65 +468,67 @@ class MqttBridge:
 
     # ----------------------------------------------------------------- acks
 
-    def _complete(self, broker: str, ticket: Ticket) -> None:
-        link = self.links[broker]
+    def _complete(self, session: BrokerSession, ticket: Ticket) -> None:
+        link = session.link
         sent = False
-        for ready in self.sequencers[broker].complete(ticket):
+        for ready in session.sequencer.complete(ticket):
             if link.ack(ready.gen, ready.mid):
                 sent = True
-                self._ack_no[broker] += 1
+                session.ack_no += 1
                 if ready.row is not None:
-                    self.dedupers[broker].acked(ready.row, ready.gen, self._ack_no[broker])
+                    session.deduper.acked(ready.row, ready.gen, session.ack_no)
         if sent:
-            self._want_barrier(broker)
+            self._want_barrier(session)
 
-    def _want_barrier(self, broker: str) -> None:
+    def _want_barrier(self, session: BrokerSession) -> None:
         """Ask for a barrier soon (at most one in flight per broker, a few per second under load)."""
-        if broker in self._barrier_due or self._stopped:
+        if session.barrier_due or self._stopped:
             return
-        self._barrier_due.add(broker)
-        asyncio.get_running_loop().call_later(_BARRIER_DELAY_S, self._send_barrier, broker)
+        session.barrier_due = True
+        asyncio.get_running_loop().call_later(_BARRIER_DELAY_S, self._send_barrier, session)
 
-    def _send_barrier(self, broker: str) -> None:
-        self._barrier_due.discard(broker)
-        if self._barriers[broker] is not None:
+    def _send_barrier(self, session: BrokerSession) -> None:
+        session.barrier_due = False
+        if session.barrier is not None:
             return  # the one in flight asks for the next when it completes
-        sent = self.links[broker].barrier()
+        sent = session.link.barrier()
         if sent is not None:
-            self._barriers[broker] = (sent[0], sent[1], self._ack_no[broker])
+            session.barrier = Barrier(sent[0], sent[1], session.ack_no)
 
     def link_barrier(self, link: BrokerLink, gen: int, mid: int) -> None:
         """A barrier came back: rows whose PUBACK the broker has processed can go."""
-        barrier = self._barriers[link.name]
-        if barrier is None or barrier[1] != mid:
+        session = self.sessions[link.name]
+        barrier = session.barrier
+        if barrier is None or barrier.ident != mid:
             return
-        self._barriers[link.name] = None
-        if barrier[0] != gen:
+        session.barrier = None
+        if barrier.gen != gen:
             return
-        settled = time.monotonic() - self._connected_at.get(link.name, 0.0) >= _REDELIVERY_GRACE_S
-        purge_older = settled and link.name in self._old_rows
-        for row in self.dedupers[link.name].confirm(gen, barrier[2], purge_older):
-            self._drop_row(link.name, row)
+        settled = time.monotonic() - session.connected_at >= _REDELIVERY_GRACE_S
+        purge_older = settled and session.old_rows
+        for row in session.deduper.confirm(gen, barrier.ack_no, purge_older):
+            self._drop_row(session, row)
         if purge_older:
-            self._old_rows.discard(link.name)
-        if self._ack_no[link.name] > barrier[2] or link.name in self._old_rows:
-            self._want_barrier(link.name)
+            session.old_rows = False
+        if session.ack_no > barrier.ack_no or session.old_rows:
+            self._want_barrier(session)
 
-    def _release(self, broker: str, row: PendingRow) -> None:
-        if self.dedupers[broker].release(row):
-            self._drop_row(broker, row)
+    def _release(self, session: BrokerSession, row: PendingRow) -> None:
+        if session.deduper.release(row):
+            self._drop_row(session, row)
 
-    def _drop_row(self, broker: str, row: PendingRow) -> None:
-        self._acked.setdefault(broker, []).append(row.txn_id)
+    def _drop_row(self, session: BrokerSession, row: PendingRow) -> None:
+        session.dropped.append(row.txn_id)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_acked)
 
     def _flush_acked(self) -> None:
         self._flush_scheduled = False
-        acked, self._acked = self._acked, {}
-        for broker, txn_ids in acked.items():
-            self.tables.drop_inflight(broker, txn_ids)
+        for session in self.sessions.values():
+            if session.dropped:
+                txn_ids, session.dropped = session.dropped, []
+                self.tables.drop_inflight(session.name, txn_ids)
 
     # ------------------------------------------------------------ discovery
 
@@ -583,7 +565,7 @@ class MqttBridge:
         self._publish_discovery(broker, topic, payload)
 
     def _publish_discovery(self, broker: str, topic: str, payload: bytes) -> None:
-        link = self.links[broker]
+        link = self.sessions[broker].link
         if link.connected.is_set():
             link.publish(topic, payload, 1, True)
         self._background(self.tables.add_discovery(broker, topic, payload))
@@ -611,9 +593,9 @@ class MqttBridge:
             last = snapshot
             payload = json.dumps(snapshot, sort_keys=True).encode()
             log.info("mqtt counters: %s", payload.decode())
-            for link in self.links.values():
-                if link.connected.is_set():
-                    link.publish(self.config.stats_topic, payload, 0, False)
+            for session in self.sessions.values():
+                if session.link.connected.is_set():
+                    session.link.publish(self.config.stats_topic, payload, 0, False)
 
 
 async def start_mqtt(services: Services) -> Callable[[], Awaitable[None]] | None:

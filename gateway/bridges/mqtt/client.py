@@ -1,6 +1,6 @@
 """One broker connection: a worker process running paho-mqtt on one side, the event loop on the other.
 
-The worker (``mqtt_worker``) owns the paho client and its network thread, so
+The worker (``worker.py``) owns the paho client and its network loop, so
 decoding MQTT packets does not compete with the gateway's own work for the
 interpreter. Its reports arrive in batches on a socket pair and are handled
 on the event loop's thread in the order the worker's callbacks fired;
@@ -53,14 +53,9 @@ class Received:
     qos: int
     retain: bool
     dup: bool
-    raw_topic: bytes
+    topic: str | None  # None: the topic name is not UTF-8 (a broken publisher; the bridge refuses it)
     payload: bytes
     user_properties: dict[str, str]
-
-    @property
-    def topic(self) -> str:
-        """The topic name; raises UnicodeDecodeError when it is not UTF-8."""
-        return self.raw_topic.decode("utf-8")
 
 
 class LinkHandler(Protocol):

@@ -17,6 +17,7 @@ from typing import Any
 
 from lowband.gateway.config import ConfigError
 from lowband.gateway.homeserver.accounts import Reservation, valid_localpart
+from lowband.gateway.matrix.identifiers import is_room_id
 
 PAYLOAD_KINDS = ("auto", "json", "text", "number", "binary")
 SENDER_MODES = ("wildcard", "mapping")
@@ -217,8 +218,8 @@ def check_topic_name(value: str, where: str, placeholders: tuple[str, ...] = ())
 
 
 def _room(value: str, where: str) -> str:
-    if not (value.startswith("!") or value.startswith("#")) or ":" not in value:
-        raise ConfigError(f"{where}: {value!r} must be a room ID (!id:server) or alias (#name:server)")
+    if not (is_room_id(value) or (value.startswith("#") and ":" in value)):
+        raise ConfigError(f"{where}: {value!r} must be a room ID (!id:server, or a v12 !hash) or alias (#name:server)")
     return value
 
 

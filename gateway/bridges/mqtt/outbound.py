@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lowband.gateway.bridges.mqtt.client import BrokerLink
@@ -27,8 +27,9 @@ from lowband.gateway.bridges.mqtt.config import OutboundMapping
 from lowband.gateway.bridges.mqtt.ingest import Counters, EchoGuard
 from lowband.gateway.bridges.mqtt.payload import Refusal, outbound_message, payload_digest
 from lowband.gateway.bridges.mqtt.rooms import RoomAccess
+from lowband.gateway.bridges.mqtt.session import BrokerSession
 from lowband.gateway.bridges.mqtt.store import BridgeTables
-from lowband.gateway.store.sqlite.store import SQLiteStore
+from lowband.gateway.store.interfaces import RoomStore
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class Outbound:
     def __init__(
         self,
         mappings: tuple[OutboundMapping, ...],
-        links: dict[str, BrokerLink],
-        store: SQLiteStore,
+        sessions: Mapping[str, BrokerSession],
+        store: RoomStore,
         tables: BridgeTables,
         access: RoomAccess,
         echo: EchoGuard,
@@ -61,7 +62,7 @@ class Outbound:
         on_published: Callable[[OutboundMapping, str, str, dict], None],
     ) -> None:
         self.states = [OutboundState(m) for m in mappings]
-        self.links = links
+        self.sessions = sessions  # by broker name; filled when the bridge starts
         self.store = store
         self.tables = tables
         self.access = access
@@ -95,7 +96,7 @@ class Outbound:
 
     async def run(self, state: OutboundState) -> None:
         """Drain one mapping forever (cancelled at stop)."""
-        link = self.links[state.mapping.broker]
+        link = self.sessions[state.mapping.broker].link
         while True:
             try:
                 await asyncio.wait_for(state.wake.wait(), 30.0)

@@ -8,8 +8,10 @@ Rules:
   room an admin invites the bot, which then joins (the invite is noticed
   as it happens, and re-checked every few seconds);
 * bridged users are created on first use with an unusable password and
-  recorded in ``mqtt_users``; a user ID that exists but was not created by
-  the bridge is never used (someone registered it first);
+  ``users.owner = "mqtt"`` (the same rule as device links: an edge speaks
+  only as accounts it created, gateway/devices/account.py), and recorded in
+  ``mqtt_users``; a user ID that exists with another owner is never used
+  (someone registered it first);
 * a bridged user joins a public room directly; otherwise the bot invites it
   first (the room's ``invite`` power level must allow the bot).
 """
@@ -26,10 +28,12 @@ from typing import Any, TypeVar
 from lowband.gateway.bridges.mqtt.store import BridgeTables
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.matrix.errors import MatrixError
-from lowband.gateway.store.sqlite.store import SQLiteStore, UserExists
+from lowband.gateway.store.interfaces import Store, UserExists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: ``users.owner`` of the accounts the bridge creates (store/sqlite/schema.py claims older ones by this value).
+ACCOUNT_OWNER = "mqtt"
 
 
 class UserTaken(Exception):
@@ -40,7 +44,7 @@ class RoomAccess:
     """Resolves rooms and keeps the bot and bridged users joined to them."""
 
     def __init__(
-        self, rooms: RoomService, store: SQLiteStore, tables: BridgeTables, server_name: str, bot: str
+        self, rooms: RoomService, store: Store, tables: BridgeTables, server_name: str, bot: str
     ) -> None:
         self.rooms = rooms
         self.store = store
@@ -82,9 +86,12 @@ class RoomAccess:
         now = int(time.time() * 1000)
         try:
             # Not a hash any login accepts: bridged users cannot log in.
-            await self.store.create_user(user_id, "!bridged-" + secrets.token_hex(16), False, now)
+            await self.store.create_user(user_id, "!bridged-" + secrets.token_hex(16), False, now, owner=ACCOUNT_OWNER)
         except UserExists:
-            raise UserTaken(f"{user_id} exists and was not created by the MQTT bridge") from None
+            user = self.store.get_user(user_id)
+            if user is None or user.get("owner") != ACCOUNT_OWNER:
+                raise UserTaken(f"{user_id} exists and was not created by the MQTT bridge") from None
+            # Ours, made just before a crash kept it out of mqtt_users: record it now.
         await self.store.set_profile_field(user_id, "displayname", displayname[:200])
         await self.tables.add_bridge_user(user_id, now)
         self.users.add(user_id)

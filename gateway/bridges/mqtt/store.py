@@ -1,168 +1,46 @@
-"""The bridge's own tables, in the gateway's database.
+"""The bridge's view of its tables: :class:`PendingRow` in and out of the store's in-flight rows.
 
-Created with ``CREATE TABLE IF NOT EXISTS`` at start; written through the
-store's group-committing writer (``Database.submit``/``write``), so a row
-queued before an event commits no later than that event.
-
-* ``mqtt_inflight`` — received, not yet acknowledged QoS 1 messages and the
-  txn_id their event is (being) sent with (see ``mqtt_ingest``). Every
-  message adds a row and soon deletes it: WITHOUT ROWID keeps that to one
-  B-tree (a database made before has the rowid table, which works the same);
-* ``mqtt_cursor`` — per outbound mapping, the stream position up to which
-  room events were published and acknowledged by the broker; the room
-  itself is the durable outbound queue;
-* ``mqtt_users`` — users the bridge created (only these are its to use);
-* ``mqtt_discovery`` — retained discovery configs, re-published on connect;
-* ``mqtt_subscriptions`` — filters subscribed in each broker session.
+The tables themselves and what each holds are the store's
+(``store/sqlite/mqtt.py``, behind :class:`MqttBridgeStore`); this module only
+translates the bridge's in-memory bookkeeping rows, which carry per-
+connection fields the store never sees (``gen``, ``acked_gen``, ``ack_no``).
+Everything else passes straight through.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
 from lowband.gateway.bridges.mqtt.ingest import PendingRow
-from lowband.gateway.store.sqlite.database import Database
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS mqtt_inflight (
-    broker TEXT NOT NULL,
-    txn_id TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    mid INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    PRIMARY KEY (broker, txn_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS mqtt_cursor (
-    mapping TEXT NOT NULL,
-    room_id TEXT NOT NULL,
-    stream INTEGER NOT NULL,
-    PRIMARY KEY (mapping, room_id)
-);
-CREATE TABLE IF NOT EXISTS mqtt_users (
-    user_id TEXT PRIMARY KEY,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mqtt_discovery (
-    broker TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    PRIMARY KEY (broker, topic)
-);
-CREATE TABLE IF NOT EXISTS mqtt_subscriptions (
-    broker TEXT NOT NULL,
-    filter TEXT NOT NULL,
-    PRIMARY KEY (broker, filter)
-);
-"""
+from lowband.gateway.store.interfaces import InflightRow, MqttBridgeStore
 
 
 class BridgeTables:
-    """Reads and queued writes of the bridge's tables."""
+    """The MQTT bridge's tables, with in-flight rows as :class:`PendingRow`."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        # Shielded: cancelling the caller (the bridge stopping) must not cancel
-        # the writer's future, whose later set_result would then fail.
-        return await asyncio.shield(self.db.write(fn))
-
-    async def create(self) -> None:
-        """Create the tables (idempotent)."""
-        # One statement at a time: executescript would COMMIT the writer's batch.
-        def fn(c: sqlite3.Connection) -> None:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    c.execute(statement)
-
-        await self._write(fn)
-
-    # ------------------------------------------------------------ inflight
+    def __init__(self, store: MqttBridgeStore) -> None:
+        self.store = store
+        # The rest needs no translation: the store's own methods, bound once (their contracts are in
+        # MqttBridgeStore), so callers keep one object for all of the bridge's tables.
+        self.purge_inflight = store.purge_inflight
+        self.drop_inflight = store.drop_inflight
+        self.cursor = store.cursor
+        self.set_cursor = store.set_cursor
+        self.bridge_users = store.bridge_users
+        self.add_bridge_user = store.add_bridge_user
+        self.discovery = store.discovery
+        self.add_discovery = store.add_discovery
+        self.subscriptions = store.subscriptions
+        self.set_subscriptions = store.set_subscriptions
 
     def inflight(self, broker: str, not_before_ms: int) -> list[PendingRow]:
-        """Rows of ``broker`` newer than ``not_before_ms`` (older ones belong to expired sessions)."""
-        rows = self.db.query(
-            "SELECT txn_id, topic, digest, mid, created_ms FROM mqtt_inflight WHERE broker = ? AND created_ms >= ?",
-            (broker, not_before_ms),
-        )
-        return [PendingRow(r[0], r[1], bytes(r[2]), r[3], 0, r[4]) for r in rows]
+        """Rows of ``broker`` newer than ``not_before_ms``, as loaded from disk (``gen`` 0)."""
+        return [PendingRow(r.txn_id, r.topic, r.digest, r.mid, 0, r.created_ms)
+                for r in self.store.inflight(broker, not_before_ms)]  # fmt: skip
 
-    async def purge_inflight(self, broker: str, before_ms: int) -> None:
-        """Drop rows of sessions that expired."""
-        await self._write(
-            lambda c: c.execute("DELETE FROM mqtt_inflight WHERE broker = ? AND created_ms < ?", (broker, before_ms))
-        )
-
-    def add_inflight(self, broker: str, rows: list[PendingRow]) -> Future[Any]:
+    def add_inflight(self, broker: str, rows: Iterable[PendingRow]) -> Future[Any]:
         """Queue the insert of new rows (not awaited: queue order puts them before their events)."""
-        values = [(broker, r.txn_id, r.topic, r.digest, r.mid, r.created_ms) for r in rows]
-        sql = "INSERT OR IGNORE INTO mqtt_inflight VALUES (?, ?, ?, ?, ?, ?)"
-        return self.db.submit(lambda c: c.executemany(sql, values))
-
-    def drop_inflight(self, broker: str, txn_ids: Iterable[str]) -> Future[Any]:
-        """Queue the delete of acknowledged rows."""
-        values = [(broker, t) for t in txn_ids]
-        sql = "DELETE FROM mqtt_inflight WHERE broker = ? AND txn_id = ?"
-        return self.db.submit(lambda c: c.executemany(sql, values))
-
-    # -------------------------------------------------------------- cursor
-
-    def cursor(self, mapping: str, room_id: str) -> int | None:
-        """Stream position published up to, or None before the first start."""
-        row = self.db.query_one("SELECT stream FROM mqtt_cursor WHERE mapping = ? AND room_id = ?", (mapping, room_id))
-        return int(row[0]) if row else None
-
-    async def set_cursor(self, mapping: str, room_id: str, stream: int) -> None:
-        """Record that everything up to ``stream`` was published."""
-        await self._write(
-            lambda c: c.execute(
-                "INSERT INTO mqtt_cursor VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET stream = excluded.stream",
-                (mapping, room_id, stream),
-            )
-        )
-
-    # --------------------------------------------------------------- users
-
-    def bridge_users(self) -> set[str]:
-        """Users the bridge created."""
-        return {r[0] for r in self.db.query("SELECT user_id FROM mqtt_users")}
-
-    async def add_bridge_user(self, user_id: str, now_ms: int) -> None:
-        """Remember a user the bridge created."""
-        await self._write(lambda c: c.execute("INSERT OR IGNORE INTO mqtt_users VALUES (?, ?)", (user_id, now_ms)))
-
-    # ----------------------------------------------------------- discovery
-
-    def discovery(self, broker: str) -> list[tuple[str, bytes]]:
-        """Every stored discovery config of ``broker``."""
-        rows = self.db.query("SELECT topic, payload FROM mqtt_discovery WHERE broker = ?", (broker,))
-        return [(r[0], bytes(r[1])) for r in rows]
-
-    async def add_discovery(self, broker: str, topic: str, payload: bytes) -> None:
-        """Store (or replace) one discovery config."""
-        await self._write(
-            lambda c: c.execute(
-                "INSERT INTO mqtt_discovery VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET payload = excluded.payload",
-                (broker, topic, payload),
-            )
-        )
-
-    # ------------------------------------------------------- subscriptions
-
-    def subscriptions(self, broker: str) -> set[str]:
-        """Filters subscribed in ``broker``'s session."""
-        return {r[0] for r in self.db.query("SELECT filter FROM mqtt_subscriptions WHERE broker = ?", (broker,))}
-
-    async def set_subscriptions(self, broker: str, filters: set[str]) -> None:
-        """Replace the recorded filters of ``broker``."""
-
-        def fn(c: sqlite3.Connection) -> None:
-            c.execute("DELETE FROM mqtt_subscriptions WHERE broker = ?", (broker,))
-            c.executemany("INSERT INTO mqtt_subscriptions VALUES (?, ?)", [(broker, f) for f in sorted(filters)])
-
-        await self._write(fn)
+        return self.store.add_inflight(broker, [InflightRow(r.txn_id, r.topic, r.digest, r.mid, r.created_ms)
+                                                for r in rows])  # fmt: skip

@@ -3,7 +3,7 @@
 Why a process: paho decodes every PUBLISH in Python. In the gateway's own
 interpreter that work competes for the one GIL with building, signing and
 storing events; in a process of its own it runs on the other core. The
-gateway (``mqtt_client.BrokerLink``) starts ``python -m
+gateway (``client.BrokerLink``) starts ``python -m
 lowband.gateway.bridges.mqtt.worker FD`` with one end of a socket pair.
 
 Frames both ways: 4-byte big-endian length, then a ``marshal`` (version 4)
@@ -12,26 +12,34 @@ list of tuples. Only the gateway's own child reads and writes them.
 * gateway → worker: first frame ``[settings]`` (a dict, see ``BrokerLink``);
   then ``("ack", gen, mid)``, ``("publish", id, topic, payload, qos,
   retain)``, ``("barrier", id)``, ``("stop",)``;
-* worker → gateway: ``("msg", gen, mid, qos, retain, dup, topic bytes,
-  payload, user properties or None)``, ``("connect", gen,
-  session_present)``, ``("disconnect", reason)``, ``("published", id,
+* worker → gateway: ``("msg", gen, mid, qos, retain, dup, topic or None
+  when it is not UTF-8, payload, user properties or None)``, ``("connect",
+  gen, session_present)``, ``("disconnect", reason)``, ``("published", id,
   error)``, ``("unsuback", gen, id)``, ``("subscribed", filters)``,
   ``("fallback",)``, ``("log", level, text)``.
 
 Rules:
 
-* manual acknowledgements: a PUBACK goes out only when the gateway says
-  ``ack``, and only on the connection (``gen``) the message came on;
+* one thread and paho's public external-loop API: the worker waits in
+  ``select()`` on the gateway's socket and on ``client.socket()``, then
+  calls ``loop_read``, ``loop_write`` and ``loop_misc``, and reconnects
+  with ``reconnect()`` on its own back-off. paho's callbacks therefore
+  run inside those calls, on this thread;
+* manual acknowledgements (``manual_ack=True``): a PUBACK goes out only
+  when the gateway says ``ack``, and only on the connection (``gen``) the
+  message came on. The acks of one command frame are queued with
+  ``client.ack`` and written by one ``loop_write`` (paho queues instead of
+  writing at once because ``on_socket_register_write`` is set);
+* what paho reports while the worker reads (messages, connects,
+  disconnects, answers) goes to the gateway in the order the callbacks
+  fired, one frame per turn of the loop;
 * the worker never outlives the gateway: end of file on the socket (the
   gateway exited, even by ``kill -9``) ends the process at once without a
   DISCONNECT, so the broker publishes the last will;
 * ``("stop",)`` disconnects cleanly (no will) and exits;
-* what paho reports while it reads (messages, connects, disconnects,
-  answers) goes to the gateway in the order the callbacks fired, one frame
-  per read; the acks of one command frame are written together (``_Client``);
 * MQTT 5 is refused with "unsupported protocol version" and the protocol
-  is ``auto``: the worker reports ``fallback`` and the gateway starts a new
-  worker with MQTT 3.1.1.
+  is ``auto``: the worker reports ``fallback``, stops reconnecting, and the
+  gateway starts a new worker with MQTT 3.1.1.
 """
 
 from __future__ import annotations
@@ -40,11 +48,12 @@ import gc
 import logging
 import marshal
 import os
+import select
 import socket
 import ssl
 import struct
 import sys
-import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -52,9 +61,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-_READ_SIZE = 1 << 16  # bytes one recv() asks for
-_READS_PER_WAKE = 8  # recv() calls one loop_read makes before select() gets a turn again
-_PUBACK = 0x40
+_READ_SIZE = 1 << 16  # bytes one recv() of the gateway's socket asks for
+#: Packets read from the broker in one turn before the gateway's commands
+#: (the acks that let the broker send more) get theirs.
+_PACKETS_PER_TURN = 512
+_MISC_INTERVAL_S = 0.5  # how often loop_misc runs (keepalive pings, ping timeout)
+_STOP_WRITE_S = 2.0  # how long a clean stop waits for its DISCONNECT to be written
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported Protocol Version" (0x84; 3.1.1 return code 1)
 ORIGIN_PROPERTY = "lowband-origin"
 _HEADER = struct.Struct(">I")
@@ -62,7 +74,10 @@ MAX_FRAME = 1 << 30
 
 
 def read_frame(sock: socket.socket) -> list[Any] | None:
-    """The next frame's list, or None at end of file (blocking socket)."""
+    """The next frame's list, or None at end of file (blocking socket).
+
+    Raises ValueError for a frame that is too large or does not hold a list.
+    """
     head = _read_exactly(sock, 4)
     if head is None:
         return None
@@ -108,170 +123,52 @@ def encode_frame(items: list[Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-class _MidMap:
-    """paho message ID → the gateway's ID, whichever of bind() and done() comes first.
-
-    paho can report a PUBACK (in its network thread) before ``publish()``
-    has returned the mid to the caller, so either side may arrive first.
-    """
+class FrameBuffer:
+    """Frames out of a byte stream, wherever the stream was cut (no I/O)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids: dict[int, int] = {}
-        self._early: set[int] = set()
+        self._buf = bytearray()
 
-    def bind(self, mid: int, ident: int) -> bool:
-        """Remember ``mid`` → ``ident``; True if its answer already came."""
-        with self._lock:
-            if mid in self._early:
-                self._early.discard(mid)
-                return True
-            self._ids[mid] = ident
-            return False
+    def feed(self, data: bytes) -> list[list[Any]]:
+        """Add ``data``; the frames it completed, in order.
 
-    def done(self, mid: int) -> int | None:
-        """The gateway's ID of an answered mid, or None if bind() has not happened yet."""
-        with self._lock:
-            ident = self._ids.pop(mid, None)
-            if ident is None:
-                self._early.add(mid)
-            return ident
-
-
-class _Client(mqtt.Client):
-    """paho's client with its socket I/O batched; the protocol is paho's, unchanged.
-
-    paho reads a packet in three or more ``recv()`` calls (the command byte,
-    the remaining length a byte at a time, the rest) and, with no QoS 2 flow
-    open, one packet per ``select()``; it writes each queued packet with its
-    own ``send()`` and wakes its network thread once per packet queued. At
-    thousands of messages a second those system calls were most of the
-    worker's time. Here:
-
-    * one ``recv()`` takes up to 64 KiB and paho's small reads are served
-      from it (kept per socket: a new connection starts empty);
-    * ``loop_read`` reads every packet available, then calls ``after_read``
-      once (the worker sends what it gathered to the gateway there);
-    * :meth:`ack_many` queues PUBACKs with one wake-up, and consecutive
-      PUBACKs go out in one ``send()``.
-    """
-
-    def __init__(self, *args: Any, after_read: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.after_read = after_read
-        self.reading_thread: int | None = None  # the thread inside loop_read, if any
-        self._rsock: Any = None
-        self._rbuf = b""
-        self._rpos = 0
-        self._reads = 0
-        self._quiet_thread: int | None = None
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._sock is not self._rsock:  # a new connection: nothing buffered belongs to it
-            self._rsock, self._rbuf, self._rpos = self._sock, b"", 0
-        if self._rpos >= len(self._rbuf):
-            self._reads += 1
-            data = super()._sock_recv(_READ_SIZE)  # BlockingIOError when nothing is there
-            if not data:
-                return data  # end of file
-            self._rbuf, self._rpos = data, 0
-        end = self._rpos + bufsize
-        chunk = self._rbuf[self._rpos:end]
-        self._rpos = min(end, len(self._rbuf))
-        return chunk
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        if self._sock is None:
-            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-        self._reads = 0
-        self.reading_thread = threading.get_ident()
-        try:
-            while True:
-                rc = self._packet_read()
-                if rc > 0:
-                    return self._loop_rc_handle(rc)
-                if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
-                    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-                if self._sock is None:
-                    return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-                # Whatever is buffered is read now: select() cannot see it. The socket gets its turn.
-                if self._rpos >= len(self._rbuf) and self._reads >= _READS_PER_WAKE:
-                    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        finally:
-            self.reading_thread = None
-            self.after_read()
-
-    def ack_many(self, mids: list[int]) -> None:
-        """Queue the PUBACKs of ``mids`` (manual acknowledgement) and wake the network thread once."""
-        self._quiet_thread = threading.get_ident()
-        try:
-            for mid in mids:
-                self.ack(mid, 1)
-        finally:
-            self._quiet_thread = None
-        if self._sockpairW is not None:
-            try:
-                self._sockpairW.send(b"0")
-            except BlockingIOError:
-                pass  # a wake-up is pending already
-
-    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
-                      info: mqtt.MQTTMessageInfo | None = None) -> mqtt.MQTTErrorCode:  # fmt: skip
-        if self._quiet_thread == threading.get_ident():  # inside ack_many: it wakes the thread once
-            self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
-                                     "to_process": len(packet), "packet": packet, "info": info})  # fmt: skip
-            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._packet_queue(command, packet, mid, qos, info)
-
-    def _packet_write(self) -> mqtt.MQTTErrorCode:
-        out = self._out_packet
-        if len(out) > 1 and out[0]["command"] == _PUBACK and out[0]["pos"] == 0:
-            merged = []
-            while out and out[0]["command"] == _PUBACK and out[0]["pos"] == 0 and len(merged) < 4096:
-                merged.append(out.popleft()["packet"])
-            data = b"".join(merged)
-            out.appendleft({"command": _PUBACK, "mid": 0, "qos": 1, "pos": 0, "to_process": len(data),
-                            "packet": data, "info": None})  # fmt: skip
-        return super()._packet_write()
+        Raises ValueError for a malformed frame (the stream cannot be
+        trusted after one: the caller drops it).
+        """
+        buf = self._buf
+        buf += data
+        frames = []
+        pos = 0
+        while len(buf) - pos >= 4:
+            size = frame_size(bytes(buf[pos : pos + 4]))
+            if len(buf) - pos - 4 < size:
+                break
+            frames.append(decode_frame(bytes(buf[pos + 4 : pos + 4 + size])))
+            pos += 4 + size
+        del buf[:pos]
+        return frames
 
 
-_TABLE_NAMES = ("packetType", "types", "names", "properties")
+class Backoff:
+    """Reconnect delays: ``min_s``, then doubled each failure up to ``max_s``; back to ``min_s`` after a CONNACK."""
 
+    def __init__(self, min_s: float, max_s: float) -> None:
+        self.min_s = min_s
+        self.max_s = max_s
+        self._delay: float | None = None
 
-class _SharedTablesProperties(Properties):
-    """paho's ``Properties`` with its lookup tables built once instead of for every packet.
+    def next(self) -> float:
+        """The delay before the next attempt."""
+        self._delay = self.min_s if self._delay is None else min(self._delay * 2, self.max_s)
+        return self._delay
 
-    paho builds two tables of 27 entries in ``Properties.__init__``, and
-    clears an instance by probing all 27 names, for every PUBLISH it decodes
-    (MQTT 5): about a quarter of the worker's time under load. Nothing
-    changes the tables after they are built, so every instance here shares
-    one set. Installed in the worker process only (:func:`_share_property_tables`).
-    """
-
-    _template = Properties(PacketTypes.PUBLISH)
-
-    def __init__(self, packetType: int) -> None:  # noqa: N803 - paho's name
-        object.__setattr__(self, "packetType", packetType)
-        for name in _TABLE_NAMES[1:]:
-            object.__setattr__(self, name, getattr(self._template, name))
-
-    def clear(self) -> None:
-        for name in [n for n in vars(self) if n not in _TABLE_NAMES]:
-            delattr(self, name)
-
-
-def _share_property_tables() -> None:
-    """Make paho's packet decoding (and its client) build :class:`_SharedTablesProperties`."""
-    import paho.mqtt
-
-    for module_name in ("_packet", "client"):
-        module = getattr(paho.mqtt, module_name, None)
-        if module is not None and getattr(module, "Properties", None) is Properties:
-            module.Properties = _SharedTablesProperties
+    def reset(self) -> None:
+        """The broker accepted a connection: the next failure waits ``min_s`` again."""
+        self._delay = None
 
 
 class Worker:
-    """One broker connection, driven by the gateway's commands."""
+    """One broker connection, driven by the gateway's commands (see the module's rules)."""
 
     def __init__(self, sock: socket.socket, settings: dict[str, Any]) -> None:
         self.sock = sock
@@ -280,52 +177,30 @@ class Worker:
         self.net_gen: int = settings["gen"]
         self.filters: dict[str, int] = dict(settings["filters"])
         self.known_filters: set[str] = set(settings["known_filters"])
-        self._out: list[Any] = []
-        self._inbox: list[Any] = []  # reports gathered during one loop_read (network thread only)
-        self._cond = threading.Condition()
-        self._closing = False
-        self._published = _MidMap()
-        self._barriers = _MidMap()
+        self._out: list[Any] = []  # reports for the gateway, sent at the end of each turn
+        self._frames = FrameBuffer()
+        # paho mid → the gateway's id. One thread calls publish() and runs the callbacks, so a mid is
+        # always recorded before its answer can be read.
+        self._published: dict[int, int] = {}
+        self._barriers: dict[int, int] = {}  # UNSUBSCRIBE mid → barrier id (-1: not a barrier)
+        self._progress = 0  # callbacks paho made: a loop_read that made none completed no packet
+        self._backoff = Backoff(settings["reconnect_min_s"], settings["reconnect_max_s"])
+        self._connect_at: float | None = 0.0  # when to (re)connect; None: not scheduled
+        self._reconnects = True  # False once the gateway is replacing this worker
+        self._stopping = False
+        self._origin: Properties | None = None
+        if self.protocol == mqtt.MQTTv5:
+            self._origin = Properties(PacketTypes.PUBLISH)
+            self._origin.UserProperty = [(ORIGIN_PROPERTY, settings["origin"])]
         self.client = self._make_client()
 
-    # ------------------------------------------------------------ output
-
     def emit(self, item: tuple[Any, ...]) -> None:
-        with self._cond:
-            self._out.append(item)
-            if len(self._out) == 1:
-                self._cond.notify()
-
-    def emit_network(self, item: tuple[Any, ...]) -> None:
-        """Report from a paho callback: gathered while paho reads, sent as one batch after."""
-        if self.client.reading_thread == threading.get_ident():
-            self._inbox.append(item)
-        else:
-            self.emit(item)
-
-    def _after_read(self) -> None:
-        if self._inbox:
-            items, self._inbox = self._inbox, []
-            with self._cond:
-                self._out.extend(items)
-                self._cond.notify()
+        """Queue a report for the gateway (sent at the end of this turn)."""
+        self._out.append(item)
 
     def log(self, level: int, text: str) -> None:
+        """A line for the gateway's log."""
         self.emit(("log", level, text))
-
-    def _send_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._out and not self._closing:
-                    self._cond.wait()
-                items, self._out = self._out, []
-            if items:
-                try:
-                    self.sock.sendall(encode_frame(items))
-                except OSError:
-                    os._exit(1)  # the gateway is gone
-            elif self._closing:
-                return
 
     # ------------------------------------------------------------ client
 
@@ -333,18 +208,21 @@ class Worker:
         s = self.s
         kwargs: dict[str, Any] = {
             "callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": s["client_id"],
-            "protocol": self.protocol, "manual_ack": True, "reconnect_on_failure": True,
+            "protocol": self.protocol, "manual_ack": True,
         }  # fmt: skip
         if self.protocol != mqtt.MQTTv5:
             kwargs["clean_session"] = False
-        client = _Client(after_read=self._after_read, **kwargs)
+        client = mqtt.Client(**kwargs)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
-        client.reconnect_delay_set(s["reconnect_min_s"], s["reconnect_max_s"])
+        # Set, paho queues what publish(), ack() and the rest produce instead of writing each at once;
+        # the loop writes the whole queue with one loop_write per turn. Nothing to do in it: the loop
+        # asks want_write() every turn.
+        client.on_socket_register_write = _no_op
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
         client.will_set(s["will_topic"], s["will_payload"], qos=1, retain=True)
@@ -355,92 +233,172 @@ class Worker:
                            cert_reqs=ssl.CERT_REQUIRED)  # fmt: skip
             if s["tls_insecure"]:
                 client.tls_insecure_set(True)
-        return client
-
-    def connect(self) -> None:
-        s = self.s
         if self.protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = s["session_expiry_s"]
             props.ReceiveMaximum = s["receive_maximum"]
-            self.client.connect_async(s["host"], s["port"], s["keepalive_s"], clean_start=False, properties=props)
+            # connect_async only records where to connect; _connect() opens the socket.
+            client.connect_async(s["host"], s["port"], s["keepalive_s"], clean_start=False, properties=props)
         else:
-            self.client.connect_async(s["host"], s["port"], s["keepalive_s"])
-        self.client.loop_start()
+            client.connect_async(s["host"], s["port"], s["keepalive_s"])
+        return client
 
-    # ---------------------------------------------------------- commands
+    def _connect(self) -> None:
+        """One connection attempt (blocking TCP connect and TLS handshake); on failure, schedule the next."""
+        self._connect_at = None
+        try:
+            self.client.reconnect()
+        except OSError as exc:  # refused, unreachable, TLS failure
+            self._retry_later(f"cannot connect: {exc}")
+        except Exception as exc:  # anything else paho raises: still a failed attempt, not a dead worker
+            self._retry_later(f"cannot connect: {exc!r}", logging.ERROR)
+
+    def _retry_later(self, why: str, level: int = logging.INFO) -> None:
+        if self._stopping or not self._reconnects or self._connect_at is not None:
+            return
+        delay = self._backoff.next()
+        self._connect_at = time.monotonic() + delay
+        self.log(level, f"mqtt broker {self.s['name']}: {why}; retrying in {delay:g} s")
+
+    # ------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        sender = threading.Thread(target=self._send_loop, name="mqtt-worker-send", daemon=True)
-        sender.start()
-        self.connect()
-        while True:
+        """Serve the gateway until it says ``stop`` (returns) or goes away (exits the process)."""
+        misc_at = 0.0
+        while not self._stopping:
+            now = time.monotonic()
+            if self.client.socket() is None and self._connect_at is None:
+                # Every way paho closes the socket reports on_disconnect, which schedules the next attempt;
+                # this only keeps the worker from waiting for ever should a paho release not do so.
+                self._retry_later("connection closed")
+            if self.client.socket() is None and self._connect_at is not None and now >= self._connect_at:
+                self._connect()
+            conn = self.client.socket()
+            readers: list[Any] = [self.sock]
+            writers: list[Any] = []
+            # Decrypted bytes can wait inside the SSL object, where select() cannot see them.
+            pending = isinstance(conn, ssl.SSLSocket) and conn.pending() > 0
+            timeout: float | None
+            if conn is not None:
+                readers.append(conn)
+                if self.client.want_write():
+                    writers.append(conn)
+                timeout = 0.0 if pending else max(0.0, misc_at - now)
+            elif self._connect_at is not None:
+                timeout = max(0.0, self._connect_at - now)
+            else:
+                timeout = None  # nothing to do until the gateway speaks
+            readable, _, _ = select.select(readers, writers, [], timeout)
+            if self.sock in readable:
+                self._read_commands()
+            if conn is not None and self.client.socket() is conn:
+                if pending or conn in readable:
+                    self._read_packets()
+                self._write()
+                if time.monotonic() >= misc_at:
+                    self.client.loop_misc()  # keepalive: may queue a PINGREQ, or find the broker silent
+                    misc_at = time.monotonic() + _MISC_INTERVAL_S
+                    self._write()
+            self._flush()
+        self._disconnect()
+
+    def _read_packets(self) -> None:
+        """Read what the broker sent, packet after packet, while packets keep completing.
+
+        ``loop_read`` reads at most one packet and says the same whether it
+        read one or found nothing, so the callbacks it made tell: none
+        means the socket is drained, a packet is only partly there (select
+        will say when the rest comes), or it was a packet without a
+        callback (a PINGRESP: select says the socket is still readable).
+        """
+        for _ in range(_PACKETS_PER_TURN):
+            before = self._progress
+            rc = self.client.loop_read()
+            if rc != mqtt.MQTT_ERR_SUCCESS or self.client.socket() is None or self._progress == before:
+                return
+
+    def _write(self) -> None:
+        """Write what paho queued, as far as the socket takes it (select waits for the rest)."""
+        if self.client.want_write():
+            self.client.loop_write()
+
+    def _flush(self) -> None:
+        if self._out:
+            items, self._out = self._out, []
             try:
-                frame = read_frame(self.sock)
-            except (OSError, ValueError):
-                frame = None
-            if frame is None:
-                os._exit(0)  # the gateway is gone: no DISCONNECT, so the broker sends the will
-            acks: list[int] = []
+                self.sock.sendall(encode_frame(items))
+            except OSError:
+                os._exit(1)  # the gateway is gone
+
+    def _read_commands(self) -> None:
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            os._exit(0)  # the gateway is gone: no DISCONNECT, so the broker sends the will
+        try:
+            frames = self._frames.feed(data)
+        except ValueError:
+            os._exit(1)  # only the gateway writes here: a broken stream means a broken gateway
+        for frame in frames:
             for command in frame:
-                if command[0] == "ack":
-                    if command[1] == self.net_gen:  # never on another connection than the message's
-                        acks.append(command[2])
-                    continue
-                if acks:
-                    self.client.ack_many(acks)
-                    acks = []
                 if command[0] == "stop":
-                    self.client.disconnect()
-                    self.client.loop_stop()
-                    with self._cond:
-                        self._closing = True
-                        self._cond.notify()
-                    sender.join(5)
+                    self._stopping = True
                     return
                 try:
                     self._command(command)
                 except Exception as exc:  # a bad command must not end the connection
                     self.log(logging.ERROR, f"command {command[0]!r} failed: {exc!r}")
-            if acks:
-                self.client.ack_many(acks)
 
     def _command(self, command: tuple[Any, ...]) -> None:
         kind = command[0]
-        if kind == "publish":
+        if kind == "ack":
+            if command[1] == self.net_gen:  # never on another connection than the message's
+                self.client.ack(command[2], 1)
+        elif kind == "publish":
             _, ident, topic, payload, qos, retain = command
-            properties = None
-            if self.protocol == mqtt.MQTTv5:
-                properties = Properties(PacketTypes.PUBLISH)
-                properties.UserProperty = [(ORIGIN_PROPERTY, self.s["origin"])]
-            info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=self._origin)
             queued = info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0  # paho sends it after reconnecting
             if info.rc != mqtt.MQTT_ERR_SUCCESS and not queued:
                 self.emit(("published", ident, f"publish failed: {mqtt.error_string(info.rc)}"))
-            elif self._published.bind(info.mid, ident):
-                self.emit(("published", ident, ""))
+            else:
+                self._published[info.mid] = ident
         elif kind == "barrier":
-            gen = self.net_gen
             rc, mid = self.client.unsubscribe(self.s["barrier_topic"])
             if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
                 self.emit(("unsuback", -1, command[1]))  # no barrier on this connection: it never completes
-            elif self._barriers.bind(mid, command[1]):  # answered before bind() could run
-                self.emit(("unsuback", gen, command[1]))
+            else:
+                self._barriers[mid] = command[1]
 
-    # --------------------------------------------------- network thread
+    def _disconnect(self) -> None:
+        """A clean DISCONNECT (the broker then drops the will), written before the process ends."""
+        self.client.disconnect()
+        deadline = time.monotonic() + _STOP_WRITE_S
+        while (conn := self.client.socket()) is not None and self.client.want_write():
+            if time.monotonic() >= deadline:
+                break
+            select.select([], [conn], [], max(0.0, deadline - time.monotonic()))
+            self.client.loop_write()
+        self._flush()
+
+    # --------------------------------------------------- paho callbacks
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._progress += 1
         try:
             if reason.is_failure:
                 if reason.value == _UNSUPPORTED_PROTOCOL and self.protocol == mqtt.MQTTv5 and self.s["auto"]:
+                    self._reconnects = False  # the gateway starts a worker with MQTT 3.1.1 instead
                     self.emit(("fallback",))
                 else:
                     self.log(logging.WARNING, f"mqtt broker {self.s['name']} refused the connection: {reason}")
                 return
+            self._backoff.reset()
             self.net_gen += 1
             session_present = bool(flags.session_present)
             self._subscribe(client, session_present)
-            self.emit_network(("connect", self.net_gen, session_present))
+            self.emit(("connect", self.net_gen, session_present))
             version = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
             self.log(logging.INFO, f"mqtt broker {self.s['name']} connected (MQTT {version}, session "
                                    f"{'resumed' if session_present else 'new'})")  # fmt: skip
@@ -453,7 +411,7 @@ class Worker:
         if stale:
             rc, mid = client.unsubscribe(stale)
             if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
-                self._barriers.bind(mid, -1)  # not a barrier: its UNSUBACK is ignored
+                self._barriers[mid] = -1  # not a barrier: its UNSUBACK is ignored
         if self.protocol == mqtt.MQTTv5:
             # Retain handling 1: retained messages only for a subscription the session did not have.
             wanted = [(f, SubscribeOptions(qos=q, noLocal=True, retainAsPublished=False,
@@ -469,33 +427,47 @@ class Worker:
         self.emit(("subscribed", sorted(current)))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._progress += 1
         self.net_gen += 1
-        self.emit_network(("disconnect", str(reason)))
+        self.emit(("disconnect", str(reason)))
+        self._retry_later(f"disconnected ({reason})")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        pairs = getattr(getattr(message, "properties", None), "UserProperty", None)
-        self.emit_network(("msg", self.net_gen, message.mid, message.qos, bool(message.retain), bool(message.dup),
-                           message._topic, message.payload, [tuple(p) for p in pairs] if pairs else None))  # fmt: skip
+        self._progress += 1
+        try:
+            topic: str | None = message.topic
+        except UnicodeDecodeError:
+            topic = None  # the gateway refuses it (counted, acknowledged)
+        pairs = getattr(message.properties, "UserProperty", None)
+        self.emit(("msg", self.net_gen, message.mid, message.qos, bool(message.retain), bool(message.dup), topic,
+                   message.payload, [tuple(p) for p in pairs] if pairs else None))  # fmt: skip
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        self._progress += 1
         failed = str(reason) if reason is not None and getattr(reason, "is_failure", False) else ""
-        ident = self._published.done(mid)
+        ident = self._published.pop(mid, None)
         if ident is not None:
-            self.emit_network(("published", ident, failed))
+            self.emit(("published", ident, failed))
 
     def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
-        ident = self._barriers.done(mid)
+        self._progress += 1
+        ident = self._barriers.pop(mid, None)
         if ident is not None and ident >= 0:
-            self.emit_network(("unsuback", self.net_gen, ident))
+            self.emit(("unsuback", self.net_gen, ident))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self._progress += 1
         for reason in reasons:
             if getattr(reason, "is_failure", False):
                 self.log(logging.ERROR, f"mqtt broker {self.s['name']} refused a subscription: {reason}")
 
 
+def _no_op(*args: Any) -> None:
+    pass
+
+
 def main(argv: list[str]) -> int:
-    """Entry point: ``mqtt_worker FD`` (FD: this end of the socket pair)."""
+    """Entry point: ``worker FD`` (FD: this end of the socket pair). Returns the exit status."""
     if len(argv) != 1 or not argv[0].isdigit():
         sys.stderr.write("usage: python -m lowband.gateway.bridges.mqtt.worker FD (started by the gateway)\n")
         return 2
@@ -504,7 +476,6 @@ def main(argv: list[str]) -> int:
     first = read_frame(sock)
     if not first or not isinstance(first[0], dict):
         return 1
-    _share_property_tables()
     worker = Worker(sock, first[0])
     gc.freeze()  # as the gateway does (app.py)
     gc.set_threshold(20_000, 20, 20)

@@ -1,8 +1,21 @@
-"""The SQLite schema. Every statement is idempotent, so it runs on each start."""
+"""The SQLite schema of every area, in one place. Every statement is idempotent, so it runs on each start.
 
-from lowband.gateway.devices.registry import LINK_SCHEMA
+:func:`upgrade` brings a database made by an older Lowband up to this
+schema; it runs after :data:`SCHEMA`, on each start, and does nothing the
+second time.
 
-_CORE_SCHEMA = """
+One exception for now: federation's tables are created by ``federation.py``
+itself (its tests open a bare database with that module alone).
+
+The homeserver's tables come first, then those of the edges (device
+registry, MQTT bridge). All live in the gateway's one file behind one
+writer, so an edge's row and the room event queued after it commit in that
+order (see ``store/interfaces.py``).
+"""
+
+import sqlite3
+
+_HOMESERVER = """
 CREATE TABLE IF NOT EXISTS users (
     user_id TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -10,7 +23,8 @@ CREATE TABLE IF NOT EXISTS users (
     created_ts INTEGER NOT NULL,
     displayname TEXT,
     avatar_url TEXT,
-    deactivated INTEGER NOT NULL DEFAULT 0
+    deactivated INTEGER NOT NULL DEFAULT 0,
+    owner TEXT                      -- NULL: a person's; else the edge that created it ('device:NAME', 'mqtt')
 );
 CREATE TABLE IF NOT EXISTS access_tokens (
     token TEXT PRIMARY KEY,
@@ -72,7 +86,9 @@ CREATE TABLE IF NOT EXISTS events (
     redacted_by TEXT,
     txn_user TEXT,
     txn_device TEXT,
-    txn_id TEXT
+    txn_id TEXT,
+    outlier INTEGER NOT NULL DEFAULT 0,      -- 1: known for auth/state, not in the timeline
+    soft_failed INTEGER NOT NULL DEFAULT 0   -- 1: refused by the current state when it came, never shown
 );
 CREATE INDEX IF NOT EXISTS events_room_stream ON events(room_id, stream);
 CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events(txn_user, txn_device, txn_id) WHERE txn_id IS NOT NULL;
@@ -115,4 +131,94 @@ CREATE TABLE IF NOT EXISTS media (
 );
 """
 
-SCHEMA = _CORE_SCHEMA + LINK_SCHEMA
+_LINK_DEVICES = """
+CREATE TABLE IF NOT EXISTS link_devices (
+    name TEXT PRIMARY KEY,
+    address INTEGER NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    static_public TEXT NOT NULL,
+    rooms TEXT NOT NULL,            -- JSON list of room IDs
+    context TEXT NOT NULL,          -- JSON context table (compact profile)
+    link TEXT NOT NULL,             -- e.g. serial:/dev/ttyUSB0?bps=100
+    created_ts INTEGER NOT NULL,
+    key_ts INTEGER NOT NULL,        -- when the current key was provisioned
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS link_sessions (
+    name TEXT PRIMARY KEY,
+    key_ts INTEGER NOT NULL,        -- the device key this session belongs to
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS link_announcements (
+    name TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    key_ts INTEGER NOT NULL,
+    PRIMARY KEY (name, room_id, key_ts)
+);
+"""
+
+# mqtt_inflight: every message adds a row and soon deletes it; WITHOUT ROWID
+# keeps that to one B-tree (a database made before has the rowid table, which
+# works the same). What each table holds: store/sqlite/mqtt.py.
+_MQTT = """
+CREATE TABLE IF NOT EXISTS mqtt_inflight (
+    broker TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    mid INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (broker, txn_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mqtt_cursor (
+    mapping TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    PRIMARY KEY (mapping, room_id)
+);
+CREATE TABLE IF NOT EXISTS mqtt_users (
+    user_id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mqtt_discovery (
+    broker TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (broker, topic)
+);
+CREATE TABLE IF NOT EXISTS mqtt_subscriptions (
+    broker TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    PRIMARY KEY (broker, filter)
+);
+"""
+
+SCHEMA = _HOMESERVER + _LINK_DEVICES + _MQTT
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Add what older databases lack; a no-op on a current one. Runs inside the writer's transaction.
+
+    ``users.owner`` (edges speak only as accounts they created): when the
+    column is added, accounts an edge demonstrably made are claimed for it,
+    once — those the MQTT bridge recorded in ``mqtt_users``, and a
+    provisioned device's ``@dev.NAME`` created no earlier than the device
+    itself (the link makes it within seconds of ``lowband device add``; an
+    older one was registered by someone before the device existed). Every
+    other account stays NULL: a person's, never adopted by an edge.
+    """
+    event_columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for column in ("outlier", "soft_failed"):  # federation: events known outside the timeline
+        if column not in event_columns:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+    if "owner" in columns:
+        return
+    conn.execute("ALTER TABLE users ADD COLUMN owner TEXT")
+    # The values are devices.account.device_owner() and the MQTT bridge's rooms.ACCOUNT_OWNER.
+    conn.execute(
+        "UPDATE users SET owner = (SELECT 'device:' || d.name FROM link_devices d WHERE d.user_id = users.user_id"
+        " AND users.created_ts >= d.created_ts) WHERE owner IS NULL"
+    )
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mqtt_users'").fetchone():
+        conn.execute("UPDATE users SET owner = 'mqtt' WHERE owner IS NULL AND user_id IN (SELECT user_id FROM mqtt_users)")

@@ -1,11 +1,12 @@
-"""The SQLite store: accounts, rooms, events, state, receipts, media.
+"""The SQLite store: accounts, rooms, events, state, receipts, media (the Protocols of ``store/interfaces.py``).
 
 Writes go through the group-committing writer of :class:`Database` and are
 awaited until committed; reads are direct. Stream positions (one counter for
 events, account data and receipts) are handed out in memory, in the same
 order jobs are queued, so the position a client sees only grows.
 :attr:`SQLiteStore.persisted` is the highest position known committed; sync
-never reads past it.
+never reads past it. State groups are kept by :mod:`.state_groups`; the
+tables of the edges by :mod:`.devices`, :mod:`.mqtt` and :mod:`.federation`, in the same file.
 """
 
 from __future__ import annotations
@@ -13,62 +14,61 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lowband.gateway.matrix.events import Event
+from lowband.gateway.store.interfaces import (
+    DeviceInfo,
+    EventRow,
+    EventWrite,
+    MediaRow,
+    RoomHeadRow,
+    RoomRow,
+    StateGroupWrite,
+    StateMap,
+    UserExists,
+    UserRow,
+    pdu_bytes,
+)
 from lowband.gateway.store.sqlite.database import Database
-from lowband.gateway.store.sqlite.schema import SCHEMA
-
-StateMap = dict[tuple[str, str], str]
-
-_SNAPSHOT_EVERY = 32  # a state group stores its full state after this many deltas
-_CACHE_GROUPS = 2048
-
+from lowband.gateway.store.sqlite.devices import SQLiteLinkDevices
+from lowband.gateway.store.sqlite.federation import FederationTables
+from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
+from lowband.gateway.store.sqlite.schema import SCHEMA, upgrade
+from lowband.gateway.store.sqlite.state_groups import StateGroups
 
 _INSERT_EVENT = (
     "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu,"
-    " state_before, state_after, rejected, txn_user, txn_device, txn_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " state_before, state_after, rejected, txn_user, txn_device, txn_id, outlier, soft_failed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-@dataclass(frozen=True)
-class EventWrite:
-    """One event for :meth:`SQLiteStore.persist_events`, with its place in the room."""
-
-    event: Event
-    position: int
-    state_before: int | None
-    state_after: int | None
-    new_group_job: Any = None  # from new_state_group, for a state event
-    txn: tuple[str, str, str] | None = None
-    rejected: str | None = None
-
-
-class UserExists(Exception):
-    """A user ID is taken."""
+_EVENT_COLUMNS = ("event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device,"
+                  " txn_id, outlier, soft_failed")
 
 
 class SQLiteStore:
-    """Persistent state of one gateway in one SQLite file (WAL)."""
+    """Persistent state of one gateway in one SQLite file (WAL): a :class:`~lowband.gateway.store.interfaces.Store`."""
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, SCHEMA)
+        self.db.write_sync(upgrade)
         row = self.db.query_one(
             "SELECT MAX(m) FROM (SELECT MAX(stream) AS m FROM events UNION ALL "
             "SELECT MAX(stream) FROM account_data UNION ALL SELECT MAX(stream) FROM receipts)"
         )
         self._stream = (row[0] if row and row[0] is not None else 0)
         self.persisted = self._stream
-        gid = self.db.query_one("SELECT MAX(id) FROM state_groups")
-        self._next_group = (gid[0] or 0) + 1 if gid else 1
-        self._group_cache: OrderedDict[int, StateMap] = OrderedDict()
-        self._chains: dict[int, int] = {}
+        low = self.db.query_one("SELECT MIN(stream) FROM events")
+        self._backfill = min(0, low[0] if low and low[0] is not None else 0)
+        self._groups = StateGroups(self.db)
         self._tokens: dict[str, tuple[str, str]] = {}
+        self.link_devices = SQLiteLinkDevices(self.db)
+        self.mqtt = SQLiteMqttTables(self.db)
+        self.federation = FederationTables(self.db)  # creates its own tables (store/sqlite/federation.py)
 
     def close(self) -> None:
         """Flush queued writes and close."""
@@ -81,6 +81,11 @@ class SQLiteStore:
         self._stream += 1
         return self._stream
 
+    def backfill_positions(self, count: int) -> list[int]:
+        """``count`` positions below every event stored so far, lowest first: history fetched later."""
+        self._backfill -= count
+        return list(range(self._backfill, self._backfill + count))
+
     def _mark_persisted(self, position: int) -> None:
         if position > self.persisted:
             self.persisted = position
@@ -92,24 +97,29 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ accounts
 
-    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
-        """Create a user from a command-line tool; UserExists if taken."""
-        self.db.write_sync(lambda c: _insert_user(c, user_id, password_hash, admin, ts))
+    def create_user_sync(self, user_id: str, password_hash: str, admin: bool, ts: int, *, owner: str | None = None) -> None:
+        """Create a user from a command-line tool; UserExists if taken. ``owner``: see :meth:`create_user`."""
+        self.db.write_sync(lambda c: _insert_user(c, user_id, password_hash, admin, ts, owner))
 
-    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
-        """Create a user; UserExists if taken."""
-        await self.db.write(lambda c: _insert_user(c, user_id, password_hash, admin, ts))
+    async def create_user(self, user_id: str, password_hash: str, admin: bool, ts: int, *, owner: str | None = None) -> None:
+        """Create a user; UserExists if taken.
 
-    def get_user(self, user_id: str) -> dict[str, Any] | None:
-        """The user's row as a dict, or None."""
-        row = self.db.query_one(
-            "SELECT user_id, password_hash, admin, displayname, avatar_url, deactivated FROM users WHERE user_id = ?",
-            (user_id,),
-        )
+        ``owner`` is None for a person's account; an edge that creates accounts
+        to speak as (``device:NAME``, ``mqtt``) names itself, and speaks only
+        as accounts whose owner it is.
+        """
+        await self.db.write(lambda c: _insert_user(c, user_id, password_hash, admin, ts, owner))
+
+    def get_user(self, user_id: str) -> UserRow | None:
+        """The user's row (``owner`` included: None for a person's account), or None."""
+        keys = ("user_id", "password_hash", "admin", "displayname", "avatar_url", "deactivated", "owner", "created_ts")
+        row = self.db.query_one(f"SELECT {', '.join(keys)} FROM users WHERE user_id = ?", (user_id,))
         if row is None:
             return None
-        keys = ("user_id", "password_hash", "admin", "displayname", "avatar_url", "deactivated")
-        return dict(zip(keys, row, strict=True))
+        found = dict(zip(keys, row, strict=True))
+        return UserRow(user_id=found["user_id"], password_hash=found["password_hash"], admin=found["admin"],
+                       displayname=found["displayname"], avatar_url=found["avatar_url"],
+                       deactivated=found["deactivated"], owner=found["owner"], created_ts=found["created_ts"])  # fmt: skip
 
     async def add_token(self, token: str, user_id: str, device_id: str, display_name: str | None, ts: int) -> None:
         """Store an access token and its device."""
@@ -160,6 +170,18 @@ class SQLiteStore:
                 )
 
         await self.db.write(fn)
+
+    def user_devices(self, user_id: str) -> list[DeviceInfo]:
+        """The user's client devices, by device ID."""
+        rows = self.db.query("SELECT device_id, display_name FROM devices WHERE user_id = ? ORDER BY device_id", (user_id,))
+        return [DeviceInfo(r[0], r[1]) for r in rows]
+
+    def user_device(self, user_id: str, device_id: str) -> DeviceInfo | None:
+        """One of the user's client devices, or None."""
+        row = self.db.query_one(
+            "SELECT device_id, display_name FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+        )
+        return DeviceInfo(row[0], row[1]) if row else None
 
     async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
         """Set displayname or avatar_url."""
@@ -216,7 +238,7 @@ class SQLiteStore:
 
     # --------------------------------------------------------------- rooms
 
-    def get_room(self, room_id: str) -> dict[str, Any] | None:
+    def get_room(self, room_id: str) -> RoomRow | None:
         """The room's row (version, state group, extremities, depth), or None."""
         row = self.db.query_one(
             "SELECT room_id, room_version, creator, is_public, state_group, extremities, depth FROM rooms WHERE room_id = ?",
@@ -237,73 +259,19 @@ class SQLiteStore:
         """Publish or unpublish a room in the directory."""
         await self.db.write(lambda c: c.execute("UPDATE rooms SET is_public = ? WHERE room_id = ?", (int(public), room_id)))
 
-    def new_state_group(self, room_id: str, prev_group: int | None, delta: StateMap) -> tuple[int, Any]:
-        """Allocate a state group; returns its ID and the write job to queue with the event.
+    def new_state_group(self, room_id: str, prev_group: int | None, delta: StateMap) -> StateGroupWrite:
+        """Allocate a state group, written later with its event (see RoomStore.new_state_group).
 
         The caller already knows the full state (it computed the delta), so
         the cache is filled here and reads never wait for the write.
         """
-        group = self._next_group
-        self._next_group += 1
-        chain = 0
-        if prev_group is not None:
-            row_chain = self._chain_length(prev_group)
-            chain = row_chain + 1
-        full = dict(self.state_for_group(prev_group)) if prev_group is not None else {}
-        full.update(delta)
-        if chain >= _SNAPSHOT_EVERY:
-            prev_group, chain, stored = None, 0, full
-        else:
-            stored = delta
-        self._cache_group(group, full)
-        self._chains[group] = chain
-        text = json.dumps([[t, k, e] for (t, k), e in sorted(stored.items())])
-
-        def job(c: sqlite3.Connection) -> None:
-            c.execute("INSERT INTO state_groups VALUES (?, ?, ?, ?, ?)", (group, room_id, prev_group, chain, text))
-
-        return group, job
-
-    def _chain_length(self, group: int) -> int:
-        if group in self._chains:
-            return self._chains[group]
-        row = self.db.query_one("SELECT chain_length FROM state_groups WHERE id = ?", (group,))
-        return int(row[0]) if row else 0
-
-    def _cache_group(self, group: int, state: StateMap) -> None:
-        self._group_cache[group] = state
-        self._group_cache.move_to_end(group)
-        while len(self._group_cache) > _CACHE_GROUPS:
-            self._group_cache.popitem(last=False)
+        return self._groups.allocate(room_id, prev_group, delta)
 
     def state_for_group(self, group: int | None) -> StateMap:
         """The full state map of a state group ((type, state_key) → event ID)."""
-        if group is None:
-            return {}
-        cached = self._group_cache.get(group)
-        if cached is not None:
-            self._group_cache.move_to_end(group)
-            return cached
-        chain: list[list[list[str]]] = []
-        current: int | None = group
-        while current is not None:
-            if current in self._group_cache:
-                base = dict(self._group_cache[current])
-                break
-            row = self.db.query_one("SELECT prev_group, delta FROM state_groups WHERE id = ?", (current,))
-            if row is None:
-                raise KeyError(f"state group {current} is missing")
-            chain.append(json.loads(row[1]))
-            current = row[0]
-        else:
-            base = {}
-        for delta in reversed(chain):
-            for t, k, e in delta:
-                base[(t, k)] = e
-        self._cache_group(group, base)
-        return base
+        return self._groups.state(group)
 
-    def persist_events(self, writes: list[EventWrite], room_row: dict[str, Any] | None) -> Awaitable[None]:
+    def persist_events(self, writes: list[EventWrite], room_row: RoomHeadRow | None) -> Awaitable[None]:
         """Queue events (in order) with their state groups and the room row; await the result.
 
         One writer job for the whole list: the events commit together or
@@ -320,15 +288,10 @@ class SQLiteStore:
         def row(w: EventWrite) -> tuple[Any, ...]:
             event = w.event
             txn_user, txn_device, txn_id = w.txn if w.txn else (None, None, None)
-            if event.sign is not None:  # signed here, in the writer thread, in parallel with the event loop
-                pdu_text = event.sign().decode()
-            elif event.canonical is not None:  # built here: its canonical JSON is at hand
-                pdu_text = event.canonical.decode()
-            else:
-                pdu_text = json.dumps(event.pdu, ensure_ascii=False, separators=(",", ":"))
+            pdu_text = pdu_bytes(event).decode()  # signs here, in the writer thread, in parallel with the event loop
             return (w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
                     event.depth, event.origin_server_ts, pdu_text, w.state_before, w.state_after, w.rejected,
-                    txn_user, txn_device, txn_id)  # fmt: skip
+                    txn_user, txn_device, txn_id, int(w.outlier), int(w.soft_failed))  # fmt: skip
 
         room_args = None
         if room_row is not None and writes:
@@ -339,24 +302,39 @@ class SQLiteStore:
             plain: list[tuple[Any, ...]] = []  # rows with nothing else to write, inserted in one call
             for w in writes:
                 event = w.event
-                member = w.rejected is None and event.type == "m.room.member" and event.state_key is not None
-                redaction = w.rejected is None and event.redacts is not None
-                if w.new_group_job is None and not member and not redaction:
+                shown = w.rejected is None and not w.outlier and not w.soft_failed
+                if w.memberships is not None:
+                    memberships: tuple[tuple[str, str, str], ...] = w.memberships
+                elif shown and event.type == "m.room.member" and event.state_key is not None:
+                    memberships = ((event.state_key, str(event.content.get("membership", "")), event.event_id),)
+                else:
+                    memberships = ()
+                redaction = shown and event.redacts is not None
+                special = w.outlier or w.federate or w.extra_groups or (not shown and w.rejected is None)
+                if w.new_group is None and not memberships and not redaction and not special:
                     plain.append(row(w))
                     continue
                 if plain:
                     c.executemany(_INSERT_EVENT, plain)
                     plain = []
-                if w.new_group_job is not None:
-                    w.new_group_job(c)
-                c.execute(_INSERT_EVENT, row(w))
-                if member:
+                for group in w.extra_groups:
+                    StateGroups.write(c, group)
+                if w.new_group is not None:
+                    StateGroups.write(c, w.new_group)
+                if w.outlier:  # an outlier already known (or placed) stays as it is
+                    c.execute(_INSERT_EVENT.replace("INSERT INTO", "INSERT OR IGNORE INTO"), row(w))
+                else:  # an event known as an outlier is placed now: its old row goes
+                    c.execute("DELETE FROM events WHERE event_id = ? AND outlier = 1", (event.event_id,))
+                    c.execute(_INSERT_EVENT, row(w))
+                for user_id, membership, member_event in memberships:
                     c.execute(
                         "INSERT INTO memberships VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT DO UPDATE SET membership ="
                         " excluded.membership, event_id = excluded.event_id, stream = excluded.stream, forgotten = 0",
-                        (event.room_id, event.state_key, event.content.get("membership", ""), event.event_id,
-                         w.position),
+                        (event.room_id, user_id, membership, member_event, w.position),
                     )  # fmt: skip
+                if w.federate:
+                    c.execute("INSERT OR IGNORE INTO federation_log VALUES (?, ?, ?)",
+                              (w.position, event.event_id, event.room_id))  # fmt: skip
                 if redaction:
                     c.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
                               (event.event_id, event.redacts, event.room_id))  # fmt: skip
@@ -397,23 +375,22 @@ class SQLiteStore:
                     found[(user, device, txn_id)] = event_id
         return found
 
-    def get_event(self, event_id: str) -> dict[str, Any] | None:
+    def get_event(self, event_id: str) -> EventRow | None:
         """An event row: event, stream, state groups, rejected reason, redacted_by."""
         row = self.db.query_one(
-            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device, txn_id"
-            " FROM events WHERE event_id = ?",
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?",
             (event_id,),
         )
         return _event_row(row) if row else None
 
     def room_events(
         self, room_id: str, *, after: int, upto: int, limit: int, backwards: bool
-    ) -> list[dict[str, Any]]:
+    ) -> list[EventRow]:
         """Accepted events of a room with after < stream <= upto, oldest or newest first."""
         order = "DESC" if backwards else "ASC"
         rows = self.db.query(
-            "SELECT event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device, txn_id"
-            f" FROM events WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL ORDER BY stream {order} LIMIT ?",
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL"
+            f" AND outlier = 0 AND soft_failed = 0 ORDER BY stream {order} LIMIT ?",
             (room_id, after, upto, limit),
         )
         return [_event_row(r) for r in rows]
@@ -479,6 +456,14 @@ class SQLiteStore:
         )
         return position
 
+    def get_receipt(self, room_id: str, receipt_type: str, user_id: str) -> str | None:
+        """The event ID the user's receipt of this type points at, or None."""
+        row = self.db.query_one(
+            "SELECT event_id FROM receipts WHERE room_id = ? AND receipt_type = ? AND user_id = ?",
+            (room_id, receipt_type, user_id),
+        )
+        return str(row[0]) if row else None
+
     def receipts_since(self, room_id: str, since: int, upto: int) -> list[tuple[str, str, str, int]]:
         """(receipt_type, user_id, event_id, ts) stored in (since, upto]."""
         rows = self.db.query(
@@ -497,7 +482,7 @@ class SQLiteStore:
                                 (media_id, content_type, filename, size, sha256, user_id, ts))  # fmt: skip
         )
 
-    def get_media(self, media_id: str) -> dict[str, Any] | None:
+    def get_media(self, media_id: str) -> MediaRow | None:
         """Metadata of an uploaded file, or None."""
         row = self.db.query_one("SELECT content_type, filename, size, sha256 FROM media WHERE media_id = ?", (media_id,))
         if row is None:
@@ -505,17 +490,18 @@ class SQLiteStore:
         return {"content_type": row[0], "filename": row[1], "size": row[2], "sha256": row[3]}
 
 
-def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin: bool, ts: int) -> None:
+def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin: bool, ts: int,
+                 owner: str | None) -> None:  # fmt: skip
     try:
         c.execute(
-            "INSERT INTO users (user_id, password_hash, admin, created_ts) VALUES (?, ?, ?, ?)",
-            (user_id, password_hash, int(admin), ts),
+            "INSERT INTO users (user_id, password_hash, admin, created_ts, owner) VALUES (?, ?, ?, ?, ?)",
+            (user_id, password_hash, int(admin), ts, owner),
         )
     except sqlite3.IntegrityError:
         raise UserExists(user_id) from None
 
 
-def _event_row(row: tuple[Any, ...]) -> dict[str, Any]:
+def _event_row(row: tuple[Any, ...]) -> EventRow:
     return {
         "event": Event(event_id=row[0], pdu=json.loads(row[1])),
         "stream": row[2],
@@ -524,4 +510,6 @@ def _event_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "rejected": row[5],
         "redacted_by": row[6],
         "txn": (row[7], row[8], row[9]) if row[9] is not None else None,
+        "outlier": bool(row[10]),
+        "soft_failed": bool(row[11]),
     }

@@ -1,0 +1,148 @@
+"""Synapse, the reference homeserver, as a benchmark's anchor: installed, configured, started.
+
+Synapse is installed from PyPI into its own cache venv
+(``~/.cache/lowband/synapse-venv``, or ``$LOWBAND_SYNAPSE_VENV``) on first
+use and is never a dependency of the project. Its generated config is
+edited for loopback, SQLite, open registration and no rate limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from lowband.gateway.bench.processes import BenchError, ServerProcess, free_port, progress
+
+SERVER_NAME = "localhost"
+
+
+def _limit(per_second: float = 100_000, burst: int = 100_000) -> dict[str, float]:
+    return {"per_second": per_second, "burst_count": burst}
+
+
+def synapse_rate_limits() -> dict[str, Any]:
+    """Every client-side Synapse rate limit raised far above what the load reaches."""
+    return {
+        "rc_message": _limit(),
+        "rc_registration": _limit(),
+        "rc_room_creation": _limit(),
+        "rc_login": {"address": _limit(), "account": _limit(), "failed_attempts": _limit()},
+        "rc_joins": {"local": _limit(), "remote": _limit()},
+        "rc_joins_per_room": _limit(),
+        "rc_invites": {"per_room": _limit(), "per_user": _limit(), "per_issuer": _limit()},
+        "rc_presence": {"per_user": _limit()},
+        "rc_3pid_validation": _limit(),
+        "rc_delayed_event_mgmt": _limit(),
+        "rc_user_directory": _limit(),
+        "rc_reports": _limit(),
+        "rc_media_create": _limit(),
+    }
+
+
+def configure_synapse(config: dict[str, Any], *, port: int, data_dir: str) -> dict[str, Any]:
+    """Synapse's generated config edited for the benchmark; ``config`` is left as it was.
+
+    One plain-HTTP client listener on 127.0.0.1:``port`` (no federation),
+    SQLite and media under ``data_dir``, open registration without
+    verification, no key servers, no stats, rate limits out of the way.
+    Everything else keeps Synapse's generated defaults.
+    """
+    edited = dict(config)
+    edited["listeners"] = [
+        {
+            "port": port,
+            "bind_addresses": ["127.0.0.1"],
+            "type": "http",
+            "tls": False,
+            "x_forwarded": False,
+            "resources": [{"names": ["client"], "compress": False}],
+        }
+    ]
+    edited["database"] = {"name": "sqlite3", "args": {"database": f"{data_dir}/homeserver.db"}}
+    edited["media_store_path"] = f"{data_dir}/media_store"
+    edited["pid_file"] = f"{data_dir}/homeserver.pid"
+    edited["enable_registration"] = True
+    edited["enable_registration_without_verification"] = True
+    edited["trusted_key_servers"] = []
+    edited["suppress_key_server_warning"] = True
+    edited["report_stats"] = False
+    edited.update(synapse_rate_limits())
+    return edited
+
+
+def synapse_venv_dir() -> Path:
+    """Where Synapse is installed: ``$LOWBAND_SYNAPSE_VENV`` or the user cache."""
+    override = os.environ.get("LOWBAND_SYNAPSE_VENV")
+    if override:
+        return Path(override)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "lowband" / "synapse-venv"
+
+
+def _run_tool(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> str:
+    """Run a setup command, its output shown on stderr; returns its stdout."""
+    try:
+        done = subprocess.run(argv, check=False, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"{what} failed: {exc}") from exc
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()
+        raise BenchError(f"{what} failed with status {done.returncode}: {tail[-1] if tail else 'no output'}")
+    return done.stdout
+
+
+def ensure_synapse() -> Path:
+    """The Python of a venv with matrix-synapse in it, installing from PyPI on first use.
+
+    Raises BenchError when the venv cannot be made or pip fails.
+    """
+    venv = synapse_venv_dir()
+    python = venv / "bin" / "python"
+    marker = venv / ".lowband-installed"
+    if python.exists() and marker.exists():
+        return python
+    progress("homeserver", f"installing matrix-synapse from PyPI into {venv} (once; about a minute)")
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    _run_tool([sys.executable, "-m", "venv", "--clear", str(venv)], "creating the Synapse venv", 300)
+    pip = [str(python), "-m", "pip", "install", "--progress-bar", "off", "matrix-synapse"]
+    try:
+        # pip's own lines ("Collecting …") are the progress, so they go to stderr.
+        code = subprocess.run(pip, check=False, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, timeout=1800).returncode
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"pip install matrix-synapse failed: {exc}") from exc
+    if code != 0:
+        raise BenchError(f"pip install matrix-synapse failed with status {code} (see the lines above)")
+    marker.write_text("matrix-synapse\n")
+    return python
+
+
+def prepare_synapse(workdir: Path) -> ServerProcess:
+    """Synapse with a generated, then edited, config in ``workdir``."""
+    python = ensure_synapse()
+    version = _run_tool([str(python), "-c", "import synapse; print(synapse.__version__)"], "reading Synapse's version", 120).strip()
+    port = free_port()
+    config_path = workdir / "homeserver.yaml"
+    _run_tool(
+        [
+            str(python), "-m", "synapse.app.homeserver",
+            "--server-name", SERVER_NAME,
+            "--config-path", str(config_path),
+            "--data-directory", str(workdir),
+            "--generate-config", "--report-stats=no",
+        ],
+        # Synapse puts its log file in the working directory of this step.
+        "generating the Synapse config", 120, cwd=workdir,
+    )  # fmt: skip
+    # The project has no YAML library; Synapse's venv has one, and JSON is YAML.
+    as_json = _run_tool(
+        [str(python), "-c", "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)", str(config_path)],
+        "reading the generated Synapse config", 60,
+    )  # fmt: skip
+    config = configure_synapse(json.loads(as_json), port=port, data_dir=str(workdir))
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    argv = [str(python), "-m", "synapse.app.homeserver", "-c", str(config_path)]
+    return ServerProcess("synapse", argv, workdir, workdir / "synapse.stdout.log", version, port)

@@ -1,0 +1,95 @@
+"""The federation component: what a running gateway needs to be a member of the Matrix network.
+
+``start_federation`` (in ``app.COMPONENTS``) builds the outbound client,
+the key ring, the receive path, the membership handshakes, invites, EDUs
+and the transaction sender, and hangs them on
+``services.components["federation"]``; the federation HTTP handlers and
+the client API (remote joins and invites) find them there. With
+``[federation] enabled = false`` nothing is built and the federation API
+answers 403.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from lowband.gateway.federation.backfill import Backfiller
+from lowband.gateway.federation.client import FederationClient
+from lowband.gateway.federation.edus import Edus
+from lowband.gateway.federation.inbound.pipeline import InboundPipeline
+from lowband.gateway.federation.invites import Invites
+from lowband.gateway.federation.keyring import KeyRing
+from lowband.gateway.federation.membership import Memberships
+from lowband.gateway.federation.sender import FederationSender
+from lowband.gateway.homeserver.rooms.dag import RoomDag
+from lowband.gateway.homeserver.services import Services
+from lowband.gateway.store.interfaces import FederationStore
+
+__all__ = ["Federation", "federation_of", "start_federation"]
+
+log = logging.getLogger("lowband.federation")
+NAME = "federation"
+
+
+@dataclass
+class Federation:
+    """The federation runtime of one gateway."""
+
+    server_name: str
+    client: FederationClient
+    keyring: KeyRing
+    store: FederationStore
+    dag: RoomDag
+    pipeline: InboundPipeline
+    memberships: Memberships
+    invites: Invites
+    sender: FederationSender
+    edus: Edus
+    backfiller: Backfiller
+
+    async def stop(self) -> None:
+        """Stop sending and close outbound connections (what is unsent stays logged for the next start)."""
+        await self.sender.stop()
+        await self.client.close()
+
+
+def federation_of(services: Services) -> Federation | None:
+    """The running federation runtime, or None when federation is disabled."""
+    found = services.components.get(NAME)
+    return found if isinstance(found, Federation) else None
+
+
+async def start_federation(services: Services) -> Callable[[], Awaitable[None]] | None:
+    """Component entry: build everything unless ``[federation] enabled = false``."""
+    config = services.config
+    if not config.federation.enabled:
+        log.info("federation disabled by the config")
+        return None
+    rooms = services.rooms
+    key = rooms.signing_key
+    server_name = config.server_name
+    client = FederationClient(server_name, key, config.federation)
+    tables = services.store.federation
+    keyring = KeyRing(server_name, key, client, tables, config.federation.trusted_key_servers)
+    dag = rooms.dag
+    sender = FederationSender(server_name, key.version, client, tables, dag.servers_of, dag.pdu_of)
+    edus = Edus(services, sender)
+    pipeline = InboundPipeline(client, keyring, dag, edus.receive)
+    memberships = Memberships(server_name, key, client, keyring, dag, lambda: int(time.time() * 1000))
+    invites = Invites(server_name, key, client, keyring, rooms, services.store, services.notifier.notify)
+    backfiller = Backfiller(server_name, client, keyring, dag)
+    federation = Federation(server_name, client, keyring, tables, dag, pipeline, memberships, invites, sender, edus,
+                            backfiller)  # fmt: skip
+    rooms.sender.log_listeners.append(lambda stream, event_id: _logged(sender, stream, event_id))
+    await sender.start()
+    services.components[NAME] = federation
+    return federation.stop
+
+
+def _logged(sender: FederationSender, stream: int, event_id: str) -> None:
+    import asyncio
+
+    asyncio.ensure_future(sender.event_logged(stream, event_id))

@@ -1,0 +1,137 @@
+"""The receive path, run: transactions in, PDUs through every step, EDUs to their handler.
+
+Rules:
+
+* one transaction per origin at a time (a second waits for the first), at
+  most 50 PDUs and 100 EDUs each, else 400: a flooding peer slows itself;
+* PDUs of one room are processed one at a time under the room's lock (the
+  lock local sends take), in the order the transaction lists them;
+* a PDU that fails is answered with its reason in the transaction's answer
+  and never fails the transaction; an unexpected error in one PDU is
+  logged and reported as that PDU's error;
+* events fetched while filling a gap go through the same steps (without
+  filling gaps of their own: their missing prev events make them gaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lowband.gateway.federation.client import FederationClient
+from lowband.gateway.federation.inbound.auth_checks import verdict
+from lowband.gateway.federation.inbound.check_signatures import check_signatures
+from lowband.gateway.federation.inbound.dag import RoomDag
+from lowband.gateway.federation.inbound.errors import PduDropped
+from lowband.gateway.federation.inbound.fetch_auth_events import fetch_auth_chain
+from lowband.gateway.federation.inbound.fetch_prev_events import fill_gaps, in_timeline
+from lowband.gateway.federation.inbound.parse_incoming_pdu import Incoming, parse_pdu
+from lowband.gateway.federation.inbound.state_at_event import state_before
+from lowband.gateway.federation.keyring import KeyRing
+from lowband.gateway.matrix import room_versions
+from lowband.gateway.matrix.errors import MatrixError
+from lowband.gateway.matrix.events import compute_event_id
+
+__all__ = ["InboundPipeline", "MAX_EDUS", "MAX_PDUS"]
+
+log = logging.getLogger("lowband.federation")
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+
+EduHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class InboundPipeline:
+    """Runs received PDUs through the checks into the room DAG."""
+
+    def __init__(self, client: FederationClient, keyring: KeyRing, dag: RoomDag,
+                 edu_handler: EduHandler | None = None) -> None:  # fmt: skip
+        self.client = client
+        self.keyring = keyring
+        self.dag = dag
+        self.edu_handler = edu_handler
+        self._origin_locks: dict[str, asyncio.Lock] = {}
+        self.stats = {"accepted": 0, "rejected": 0, "soft_failed": 0, "dropped": 0}
+
+    async def receive_transaction(self, origin: str, body: Any) -> dict[str, Any]:
+        """Handle one ``/send`` body from ``origin``; the answer (``{"pdus": {event_id: {} | {"error": …}}}``).
+
+        MatrixError 400 for a body that is not a transaction.
+        """
+        if not isinstance(body, dict):
+            raise MatrixError(400, "M_BAD_JSON", "a transaction must be a JSON object")
+        pdus, edus = body.get("pdus", []), body.get("edus", [])
+        if not isinstance(pdus, list) or not isinstance(edus, list):
+            raise MatrixError(400, "M_BAD_JSON", "pdus and edus must be lists")
+        if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
+            raise MatrixError(400, "M_BAD_JSON", f"a transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")
+        lock = self._origin_locks.setdefault(origin, asyncio.Lock())
+        results: dict[str, dict[str, str]] = {}
+        async with lock:
+            for index, raw in enumerate(pdus):
+                event_id, error = await self.receive_pdu(origin, raw)
+                results[event_id or f"pdu {index}"] = {"error": error} if error else {}
+            for edu in edus:
+                if isinstance(edu, dict) and isinstance(edu.get("edu_type"), str) and self.edu_handler is not None:
+                    try:
+                        await self.edu_handler(origin, edu)
+                    except Exception:  # an EDU is advisory: never fail the transaction for one
+                        log.exception("EDU %s from %s failed", str(edu.get("edu_type"))[:50], origin)
+        if len(self._origin_locks) > 10_000 and not lock.locked():
+            self._origin_locks.pop(origin, None)
+        return {"pdus": results}
+
+    async def receive_pdu(self, origin: str, raw: Any) -> tuple[str | None, str | None]:
+        """Run one PDU through the steps; (its event ID or None, the error or None)."""
+        event_id = None
+        try:
+            incoming = parse_pdu(raw, origin, self.dag)
+            event_id = incoming.event.event_id
+            if in_timeline(event_id, self.dag):
+                return event_id, None  # seen before: nothing to do
+            incoming = await check_signatures(incoming, self.keyring)
+            await fetch_auth_chain(incoming, self.client, self.keyring, self.dag)
+            async with self.dag.room_lock(incoming.event.room_id):
+                await self._place(incoming, fill=True)
+        except PduDropped as exc:
+            self.stats["dropped"] += 1
+            event_id = event_id or _best_effort_id(raw)
+            log.info("dropped PDU %s from %s: %s", event_id or "?", origin, exc.reason)
+            return event_id, exc.reason
+        except Exception:
+            self.stats["dropped"] += 1
+            log.exception("PDU %s from %s could not be processed", event_id or "?", origin)
+            return event_id, "internal error while processing the event"
+        return event_id, None
+
+    async def _place(self, incoming: Incoming, fill: bool) -> None:
+        """Steps 5–7 with the room's lock held."""
+        if in_timeline(incoming.event.event_id, self.dag):
+            return
+        gaps = {}
+        if fill:
+            gaps = await fill_gaps(incoming, self.client, self.keyring, self.dag, self._place_fetched)
+        before = state_before(incoming, self.dag, gaps)
+        rejected, soft_failed = verdict(incoming, before, self.dag)
+        await self.dag.store_remote(incoming.event.room_id, incoming.event, before, rejected, soft_failed)
+        key = "rejected" if rejected else "soft_failed" if soft_failed else "accepted"
+        self.stats[key] += 1
+        if rejected or soft_failed:
+            log.info("%s %s from %s: %s", key.replace("_", " "), incoming.event.event_id, incoming.origin,
+                     rejected or "not allowed by the current state")  # fmt: skip
+
+    async def _place_fetched(self, incoming: Incoming) -> None:
+        incoming = await check_signatures(incoming, self.keyring)
+        await fetch_auth_chain(incoming, self.client, self.keyring, self.dag)
+        await self._place(incoming, fill=False)
+
+
+def _best_effort_id(raw: Any) -> str | None:
+    """The ID a dropped PDU would have in current room versions, to name it in the answer; None if none."""
+    try:
+        return compute_event_id(raw, room_versions.DEFAULT) if isinstance(raw, dict) else None
+    except (ValueError, TypeError, RecursionError):
+        return None
