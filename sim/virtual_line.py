@@ -12,7 +12,7 @@ Rules:
 
 * Time is :attr:`Simulation.now`, in seconds from 0. Only :meth:`Simulation.run`
   moves it, from one event to the next: a delivery due on the line
-  (:meth:`LinkModel.next_deadline`), a timer, a participant's deadline, a
+  (:meth:`LinkModel.next_deadline`), a participant's deadline, a
   script's wait. Nothing here reads a wall clock or sleeps.
 * Side A of the line is the gateway (:class:`GatewaySide`: the gateway's
   link core and what the runtime does with its actions), side B the device:
@@ -34,8 +34,6 @@ last ``Persist`` state so that a restarted gateway resumes from it.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -87,7 +85,7 @@ Script = Generator[float | Until, None, None]
 
 
 class Simulation:
-    """A LinkModel, the participants on its two sides, timers and a script, on one virtual clock.
+    """A LinkModel, the participants on its two sides and a script, on one virtual clock.
 
     ``max_steps`` bounds the events of one run (RuntimeError beyond it): a
     participant that asks to be woken at the same instant forever is a bug
@@ -99,8 +97,6 @@ class Simulation:
         self.now = 0.0
         self.max_steps = max_steps
         self._receivers: dict[str, Callable[[bytes], None]] = {}
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()
         self._participants: list[Any] = []
         self._script: Iterator[float | Until] | None = None
         self._wait: float | Until = 0.0
@@ -121,10 +117,6 @@ class Simulation:
     def send(self, side: str, data: bytes) -> None:
         """Write ``data`` onto the line from ``side``, now."""
         self.line.write(side, data, self.now)
-
-    def call_at(self, when: float, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` at simulated time ``when`` (at once if it has passed); calls at one time keep their order."""
-        heapq.heappush(self._timers, (max(when, self.now), next(self._order), fn))
 
     def start(self, script: Iterable[float | Until]) -> None:
         """Run ``script`` from now on, alongside whatever runs (see the module docstring)."""
@@ -235,8 +227,6 @@ class Simulation:
 
     def _next_time(self) -> float | None:
         times = [t for t in (self.line.next_deadline(),) if t is not None]
-        if self._timers:
-            times.append(self._timers[0][0])
         for participant in self._participants:
             deadline = participant.next_deadline()
             if deadline is not None:
@@ -246,9 +236,6 @@ class Simulation:
         return min(times) if times else None
 
     def _step(self) -> None:
-        while self._timers and self._timers[0][0] <= self.now:
-            _, _, fn = heapq.heappop(self._timers)
-            fn()
         for side, data in self.line.poll(self.now):
             receiver = self._receivers.get(side)
             if receiver is not None:
@@ -262,17 +249,18 @@ class Simulation:
 class GatewaySide:
     """The gateway's end of a simulated line: its link core for the device of ``config``, and the runtime's part.
 
-    Actions are carried out in order: ``Transmit`` goes onto the line
-    ``answer_delay`` seconds after the frame that caused it (the runtime's
-    own time, a room commit for instance), ``Deliver`` is recorded (the
-    room event), ``Persist`` is kept as the database would keep it.
+    Actions are carried out in order, at once: ``Transmit`` goes onto the
+    line, ``Deliver`` is recorded (the room event, committed) and only then
+    acknowledged (:meth:`GatewayLink.delivered`, as the runtime does after
+    the commit), ``Persist`` is kept as the database would keep it.
     :meth:`down` stops the gateway (what reaches it is lost; queued
     commands and sessions in memory go with it); :meth:`restart` brings it
     back from the kept state, as ``lowband serve`` does from its database.
     """
 
-    def __init__(self, sim: Simulation, config: dict[str, Any], gateway_private: bytes, *, mtu: int = 253,
-                 answer_delay: float = 0.0, side: str = A) -> None:  # fmt: skip
+    def __init__(
+        self, sim: Simulation, config: dict[str, Any], gateway_private: bytes, *, mtu: int = 253, side: str = A
+    ) -> None:
         self.sim = sim
         self.side = side
         self.config = config
@@ -280,7 +268,6 @@ class GatewaySide:
         self.context = parse_context(config["context"])
         self.gateway_private = gateway_private
         self.mtu = mtu
-        self.answer_delay = answer_delay
         self.entry = core.DeviceEntry(self.address, config["name"], bytes.fromhex(config["device_public"]))
         self.core: core.GatewayLink | None = None
         self.persisted: dict[str, Any] | None = None
@@ -341,11 +328,11 @@ class GatewaySide:
         for action in actions:
             if isinstance(action, core.Transmit):
                 self.transmitted.append((now, action.frame))
-                self.sim.call_at(now + self.answer_delay, lambda f=action.frame: self._transmit(f))
-            elif isinstance(action, core.Deliver):
-                self.delivered.append(
-                    Delivered(action.message_id, compact.decode_form(action.payload, self.context), now)
-                )
+                self.sim.send(self.side, serial_encode(action.frame))
+            elif isinstance(action, core.Deliver) and self.core is not None:
+                form = compact.decode_form(action.payload, self.context)
+                self.delivered.append(Delivered(action.message_id, form, now))
+                self._carry_out(self.core.delivered(action.token, now))  # recorded: committed, so acknowledged
             elif isinstance(action, core.Persist):
                 self.persisted = action.state
             elif isinstance(action, core.Refused):
@@ -356,10 +343,6 @@ class GatewaySide:
                 self.commands_acked += 1
             elif isinstance(action, core.CommandDropped):
                 self.commands_dropped += 1
-
-    def _transmit(self, frame: bytes) -> None:
-        if self.core is not None:  # a gateway that went down meanwhile sends nothing
-            self.sim.send(self.side, serial_encode(frame))
 
 
 class ReferenceDevice:
