@@ -169,10 +169,13 @@ def test_device_survives_gateway_restart_cut_line_own_restart_and_forgeries(tmp_
             sim.send(A, serial_encode(frame))
 
     def script():  # type: ignore[no-untyped-def]
-        # ---- 1. a first reading
-        yield until(lambda: gateway.readings(), 120, "the first reading")
+        # ---- 1. a first reading, stored, its acknowledgement lost
+        yield until(lambda: any(s.counter >= 0 for s in board.sent), 120, "the first reading sent")
+        sim.line.frame_loss = 1.0  # from now on: the reading is on its way already
+        yield until(lambda: gateway.readings(), 60, "the first reading")
         # ---- 2. the gateway is down while the board takes two readings, then back from its database; a command
         gateway.down()
+        sim.line.frame_loss = 0.0
         marks["down"] = sim.now
         yield until(
             lambda: len(board.times("reading", marks["down"])) >= 2, 120, "two readings while the gateway is down"
@@ -217,6 +220,8 @@ def test_device_survives_gateway_restart_cut_line_own_restart_and_forgeries(tmp_
     assert len(board.times("session")) == 2 and board.times("session")[1] > marks["cut"]
     assert [s.at for s in board.sent if s.counter < 0 and s.at < marks["cut"]] == [0.0]
     assert any(s.retransmission for s in board.sent if marks["down"] <= s.at < marks["up"])
+    # The first reading came again to the restarted gateway, which knew it from its stored window.
+    assert any(s.counter == 0 and s.boot == 1 and s.at >= marks["up"] for s in board.sent)
     assert len(gateway.sessions) == 2
     # What the board took while the gateway was away, or while the line was cut, was kept and delivered.
     assert len(taken("down", "up")) == 2 and delivered(taken("down", "up")) == taken("down", "up")
