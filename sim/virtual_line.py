@@ -25,7 +25,10 @@ Rules:
   seconds and what is awaited). A condition that does not hold within its
   bound fails with an AssertionError that names it: a run that goes wrong
   fails, it never hangs.
-* Same seed, same script, same run: nothing depends on the machine's speed.
+* Nothing depends on the machine's speed: the same seed, keys and script
+  make the same run (with bit errors on the line, the handshakes' ephemeral
+  keys too: a flipped bit that makes or breaks a frame delimiter depends on
+  the bytes).
 
 Like :class:`~lowband.sim.gateway_peer.GatewayPeer`, :class:`GatewaySide`
 carries out the core's actions in order as the runtime does, keeping the
