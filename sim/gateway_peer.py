@@ -16,6 +16,7 @@ acknowledged (:meth:`GatewayLink.delivered`), as in the runtime.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import selectors
@@ -30,20 +31,28 @@ from lowband.codecs.context import parse_context
 from lowband.codecs.link_frame import SerialFramer, serial_encode
 from lowband.gateway.devices.registry import DEFAULT_CHANNELS
 from lowband.gateway.link import gateway_core as core
-from lowband.gateway.link.handshake import generate_keypair
+from lowband.gateway.link.handshake import generate_keypair, public_from_private
 
 from .pty_link import set_raw
 
 __all__ = ["Delivered", "GatewayPeer", "new_device_config"]
 
 
-def new_device_config(path: Path, name: str, *, address: int, room_id: str, link: str) -> tuple[dict[str, Any], bytes]:
+def new_device_config(path: Path | None, name: str, *, address: int, room_id: str, link: str,
+                      seed: bytes | None = None) -> tuple[dict[str, Any], bytes]:  # fmt: skip
     """A device config with fresh keys on both sides, for ``@dev.NAME:localhost`` in one room, written to ``path``.
 
-    Returns (the config, the gateway's private key): what :class:`GatewayPeer` takes.
+    ``seed`` derives both key pairs from it instead (a simulated run that
+    must be the same every time); ``path`` None writes no file. Returns
+    (the config, the gateway's private key): what :class:`GatewayPeer` takes.
     """
-    gw_private, gw_public = generate_keypair()
-    dev_private, dev_public = generate_keypair()
+    if seed is None:
+        gw_private, gw_public = generate_keypair()
+        dev_private, dev_public = generate_keypair()
+    else:
+        gw_private = hashlib.sha256(b"lowband sim gateway key " + seed).digest()
+        dev_private = hashlib.sha256(b"lowband sim device key " + seed).digest()
+        gw_public, dev_public = public_from_private(gw_private), public_from_private(dev_private)
     user_id = f"@dev.{name}:localhost"
     config = {
         "format": "lowband-device", "version": 1, "name": name, "user_id": user_id, "address": address,
@@ -53,7 +62,8 @@ def new_device_config(path: Path, name: str, *, address: int, room_id: str, link
                     "event_types": ["m.room.message"], "keys": ["content", "msgtype", "body"],
                     "channels": DEFAULT_CHANNELS},
     }  # fmt: skip
-    path.write_text(json.dumps(config))
+    if path is not None:
+        path.write_text(json.dumps(config))
     return config, gw_private
 
 

@@ -169,3 +169,82 @@ class CuttableLink:
             self._server.close()
             await self._server.wait_closed()
         await asyncio.gather(*self._pipes, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- room helpers shared by the federation tests
+
+
+async def create_room(client: Client, alias: str | None = None, preset: str = "public_chat") -> str:
+    """A room made by ``client`` (named after its alias, when it has one); its ID."""
+    body: dict[str, Any] = {"preset": preset}
+    if alias:
+        body.update(room_alias_name=alias, name=alias)
+    status, created = await client.request("POST", "/_matrix/client/v3/createRoom", body)
+    assert status == 200, created
+    return str(created["room_id"])
+
+
+async def state(client: Client, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+    """The content of one current state event as ``client`` sees it, or None."""
+    status, content = await client.request(
+        "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state/{event_type}/{q(state_key)}")
+    return content if status == 200 and isinstance(content, dict) else None
+
+
+async def put_state(client: Client, room_id: str, event_type: str, content: dict[str, Any], state_key: str = "") -> str:
+    """Send a state event; its event ID."""
+    status, answer = await client.request(
+        "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/state/{event_type}/{q(state_key)}", content)
+    assert status == 200, answer
+    return str(answer["event_id"])
+
+
+async def has(client: Client, room_id: str, wanted: list[str]) -> bool:
+    """Whether every body in ``wanted`` is among the room's messages ``client`` sees."""
+    seen = await bodies(client, room_id, limit=500)
+    return all(w in seen for w in wanted)
+
+
+async def membership_is(client: Client, room_id: str, user_id: str, membership: str) -> bool:
+    """Whether ``user_id``'s current membership, as ``client`` sees it, is ``membership``."""
+    content = await state(client, room_id, "m.room.member", user_id)
+    return content is not None and content.get("membership") == membership
+
+
+async def sync(client: Client, since: str | None = None) -> dict[str, Any]:
+    """One non-blocking /sync (incremental from ``since``)."""
+    path = "/_matrix/client/v3/sync?timeout=0" + (f"&since={q(since)}" if since else "")
+    status, body = await client.request("GET", path)
+    assert status == 200, body
+    return dict(body)
+
+
+async def invited(client: Client, room_id: str) -> dict[str, Any] | None:
+    """The room's entry under ``rooms.invite`` in ``client``'s sync, or None."""
+    found = (await sync(client)).get("rooms", {}).get("invite", {}).get(room_id)
+    return dict(found) if found else None
+
+
+class SyncWatcher:
+    """Incremental syncs, as a client runs them: every ephemeral event of a room seen since the first token."""
+
+    def __init__(self, client: Client, since: str) -> None:
+        self.client, self.since = client, since
+        self.seen: list[dict[str, Any]] = []
+
+    async def poll(self, room_id: str) -> list[dict[str, Any]]:
+        body = await sync(self.client, self.since)
+        self.since = body["next_batch"]
+        self.seen += body.get("rooms", {}).get("join", {}).get(room_id, {}).get("ephemeral", {}).get("events", [])
+        return self.seen
+
+    async def typing(self, room_id: str, user_id: str) -> bool:
+        return any(e["type"] == "m.typing" and user_id in e["content"]["user_ids"] for e in await self.poll(room_id))
+
+    async def receipt(self, room_id: str, user_id: str, event_id: str) -> bool:
+        return any(e["type"] == "m.receipt" and user_id in e["content"].get(event_id, {}).get("m.read", {})
+                   for e in await self.poll(room_id))  # fmt: skip
+
+    @classmethod
+    async def start(cls, client: Client) -> SyncWatcher:
+        return cls(client, (await sync(client))["next_batch"])

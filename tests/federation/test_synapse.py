@@ -14,7 +14,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fed_harness import bodies, fed_gateway, http_session, q, send, until, user
+from fed_harness import (
+    SyncWatcher,
+    bodies,
+    create_room,
+    fed_gateway,
+    has,
+    http_session,
+    invited,
+    membership_is,
+    put_state,
+    q,
+    send,
+    state,
+    until,
+    user,
+)
 
 from lowband.sim.synapse import SynapsePeer
 
@@ -33,34 +48,6 @@ def pair(tmp_path: Path) -> Iterator[tuple[object, SynapsePeer]]:
         lowband.stop()
 
 
-async def _room(client, alias: str, preset: str = "public_chat") -> str:
-    status, created = await client.request("POST", "/_matrix/client/v3/createRoom",
-                                           {"preset": preset, "room_alias_name": alias, "name": alias})  # fmt: skip
-    assert status == 200, created
-    return str(created["room_id"])
-
-
-async def _state(client, room_id: str, event_type: str, state_key: str = ""):
-    status, content = await client.request("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state/{event_type}/{q(state_key)}")
-    return content if status == 200 else None
-
-
-async def _has(client, room_id, wanted):
-    seen = await bodies(client, room_id, limit=200)
-    return all(w in seen for w in wanted)
-
-
-async def _sync(client, since: str | None = None):
-    status, body = await client.request("GET", "/_matrix/client/v3/sync?timeout=0" + (f"&since={q(since)}" if since else ""))
-    assert status == 200, body
-    return body
-
-
-async def _ephemeral(client, room_id, kind, since=None):
-    body = await _sync(client, since)
-    return [e for e in body["rooms"]["join"].get(room_id, {}).get("ephemeral", {}).get("events", []) if e["type"] == kind]
-
-
 async def _talk(room_id, first, second, rounds: int = 3) -> None:
     """Alternate messages, each waited for on the other side; then both hold them in one order."""
     sent = []
@@ -69,7 +56,7 @@ async def _talk(room_id, first, second, rounds: int = 3) -> None:
             text = f"{speaker.user_id} says {i}"
             await send(speaker, room_id, text)
             sent.append(text)
-            await until(lambda t=text, listener=listener: _has(listener, room_id, [t]), timeout=60, what=text)
+            await until(lambda t=text, listener=listener: has(listener, room_id, [t]), timeout=60, what=text)
     ours = [b for b in await bodies(first, room_id, 200) if b in sent]
     theirs = [b for b in await bodies(second, room_id, 200) if b in sent]
     assert ours == theirs == sent
@@ -80,12 +67,12 @@ def test_lowband_user_in_a_synapse_room_with_history_state_typing_and_receipts(t
         async with http_session() as session:
             alice = await user(session, lowband, "alice")
             sam = await user(session, synapse, "sam")
-            room_id = await _room(sam, "synroom")
+            room_id = await create_room(sam, "synroom")
             for i in range(12):
                 await send(sam, room_id, f"history {i}")
             status, joined = await alice.request("POST", f"/_matrix/client/v3/join/{q('#synroom:' + synapse.server_name)}", {})
             assert status == 200 and joined["room_id"] == room_id, joined
-            await until(lambda: _state(sam, room_id, "m.room.member", alice.user_id), what="alice's join on Synapse")
+            await until(lambda: state(sam, room_id, "m.room.member", alice.user_id), what="alice's join on Synapse")
             await _talk(room_id, sam, alice)
             # backfill: alice pages back to the room's creation through Lowband, which asks Synapse
             status, page = await alice.request("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages?dir=b&limit=100")
@@ -108,21 +95,21 @@ def test_lowband_user_in_a_synapse_room_with_history_state_typing_and_receipts(t
             assert [e["content"]["body"] for e in reversed(paged) if e["content"].get("body", "").startswith("history")] \
                 == [f"history {i}" for i in range(12)]  # fmt: skip
             # state: Synapse renames the room
-            status, _ = await sam.request("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/state/m.room.topic/",
-                                          {"topic": "from synapse"})  # fmt: skip
-            assert status == 200
+            await put_state(sam, room_id, "m.room.topic", {"topic": "from synapse"})
             await until(lambda: _topic(alice, room_id, "from synapse"), what="the topic on Lowband")
             # typing and receipts, both ways
+            on_synapse, on_lowband = await SyncWatcher.start(sam), await SyncWatcher.start(alice)
             status, _ = await alice.request("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/typing/{q(alice.user_id)}",
                                             {"typing": True, "timeout": 30000})  # fmt: skip
             assert status == 200
-            await until(lambda: _typing(sam, room_id, alice.user_id), what="alice typing, seen on Synapse")
+            await until(lambda: on_synapse.typing(room_id, alice.user_id), what="alice typing, seen on Synapse")
             status, _ = await sam.request("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/typing/{q(sam.user_id)}",
                                           {"typing": True, "timeout": 30000})  # fmt: skip
-            await until(lambda: _typing(alice, room_id, sam.user_id), what="sam typing, seen on Lowband")
-            watcher = SyncWatcher(sam, (await _sync(sam))["next_batch"])  # Synapse shows receipts to incremental syncs
+            assert status == 200
+            await until(lambda: on_lowband.typing(room_id, sam.user_id), what="sam typing, seen on Lowband")
+            watcher = await SyncWatcher.start(sam)  # Synapse shows receipts to incremental syncs
             last = await send(sam, room_id, "read this")
-            await until(lambda: _has(alice, room_id, ["read this"]), what="read this on Lowband")
+            await until(lambda: has(alice, room_id, ["read this"]), what="read this on Lowband")
             status, _ = await alice.request("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/receipt/m.read/{q(last)}", {})
             assert status == 200
             await until(lambda: watcher.receipt(room_id, alice.user_id, last), what="alice's receipt on Synapse")
@@ -136,30 +123,30 @@ def test_synapse_user_in_a_lowband_room_with_invites_both_ways(tmp_path):
         async with http_session() as session:
             alice = await user(session, lowband, "alice")
             sam = await user(session, synapse, "sam")
-            room_id = await _room(alice, "lbroom")
+            room_id = await create_room(alice, "lbroom")
             for i in range(8):
                 await send(alice, room_id, f"before sam {i}")
             status, joined = await sam.request("POST", f"/_matrix/client/v3/join/{q('#lbroom:' + lowband.server_name)}", {})
             assert status == 200 and joined["room_id"] == room_id, joined
             await _talk(room_id, alice, sam)
             # Synapse backfills the history from us
-            await until(lambda: _has(sam, room_id, [f"before sam {i}" for i in range(8)]), what="history on Synapse")
+            await until(lambda: has(sam, room_id, [f"before sam {i}" for i in range(8)]), what="history on Synapse")
             # an invite from Lowband to a Synapse user, accepted on Synapse
-            private = await _room(alice, "private", preset="private_chat")
+            private = await create_room(alice, "private", preset="private_chat")
             status, answer = await alice.request("POST", f"/_matrix/client/v3/rooms/{q(private)}/invite", {"user_id": sam.user_id})
             assert status == 200, answer
-            await until(lambda: _invited(sam, private), what="the invite on Synapse")
+            await until(lambda: invited(sam, private), what="the invite on Synapse")
             status, answer = await sam.request("POST", f"/_matrix/client/v3/join/{q(private)}", {})
             assert status == 200, answer
-            await until(lambda: _membership(alice, private, sam.user_id, "join"), what="sam's join on Lowband")
+            await until(lambda: membership_is(alice, private, sam.user_id, "join"), what="sam's join on Lowband")
             # an invite from Synapse to a Lowband user, accepted on Lowband
-            theirs = await _room(sam, "theirs", preset="private_chat")
+            theirs = await create_room(sam, "theirs", preset="private_chat")
             status, answer = await sam.request("POST", f"/_matrix/client/v3/rooms/{q(theirs)}/invite", {"user_id": alice.user_id})
             assert status == 200, answer
-            await until(lambda: _invited(alice, theirs), what="the invite on Lowband")
+            await until(lambda: invited(alice, theirs), what="the invite on Lowband")
             status, answer = await alice.request("POST", f"/_matrix/client/v3/join/{q(theirs)}", {})
             assert status == 200, answer
-            await until(lambda: _membership(sam, theirs, alice.user_id, "join"), what="alice's join on Synapse")
+            await until(lambda: membership_is(sam, theirs, alice.user_id, "join"), what="alice's join on Synapse")
             await _talk(theirs, sam, alice, rounds=1)
 
     with pair(tmp_path) as (lowband, synapse):
@@ -171,24 +158,24 @@ def test_each_side_killed_and_restarted_while_the_other_keeps_sending(tmp_path):
         async with http_session() as session:
             alice = await user(session, lowband, "alice")
             sam = await user(session, synapse, "sam")
-            room_id = await _room(alice, "lbroom")
+            room_id = await create_room(alice, "lbroom")
             status, _ = await sam.request("POST", f"/_matrix/client/v3/join/{q(room_id)}?server_name={q(lowband.server_name)}", {})
             assert status == 200
-            await until(lambda: _membership(alice, room_id, sam.user_id, "join"), what="sam's join on Lowband")
+            await until(lambda: membership_is(alice, room_id, sam.user_id, "join"), what="sam's join on Lowband")
             # Lowband is killed while Synapse keeps sending: on restart it has everything within 60 s
             lowband.kill()
             missed = [f"while lowband was down {i}" for i in range(10)]
             for text in missed:
                 await send(sam, room_id, text)
             lowband.start()
-            await until(lambda: _has(alice, room_id, missed), timeout=60, what="Lowband caught up")
+            await until(lambda: has(alice, room_id, missed), timeout=60, what="Lowband caught up")
             # Synapse is killed while Lowband keeps sending: on restart it has everything within 60 s
             synapse.kill()
             backlog = [f"while synapse was down {i}" for i in range(10)]
             for text in backlog:
                 await send(alice, room_id, text)
             synapse.start()
-            await until(lambda: _has(sam, room_id, backlog), timeout=60, what="Synapse caught up")
+            await until(lambda: has(sam, room_id, backlog), timeout=60, what="Synapse caught up")
             await _talk(room_id, alice, sam, rounds=1)
 
     with pair(tmp_path) as (lowband, synapse):
@@ -196,32 +183,5 @@ def test_each_side_killed_and_restarted_while_the_other_keeps_sending(tmp_path):
 
 
 async def _topic(client, room_id, topic):
-    content = await _state(client, room_id, "m.room.topic")
+    content = await state(client, room_id, "m.room.topic")
     return content is not None and content.get("topic") == topic
-
-
-async def _membership(client, room_id, user_id, membership):
-    content = await _state(client, room_id, "m.room.member", user_id)
-    return content is not None and content.get("membership") == membership
-
-
-async def _typing(client, room_id, user_id):
-    return any(user_id in e["content"]["user_ids"] for e in await _ephemeral(client, room_id, "m.typing"))
-
-
-class SyncWatcher:
-    """Incremental syncs, as a client runs them: every ephemeral event seen since the first token."""
-
-    def __init__(self, client, since: str) -> None:
-        self.client, self.since, self.seen = client, since, []
-
-    async def receipt(self, room_id, user_id, event_id) -> bool:
-        body = await _sync(self.client, self.since)
-        self.since = body["next_batch"]
-        self.seen += body["rooms"]["join"].get(room_id, {}).get("ephemeral", {}).get("events", [])
-        return any(e["type"] == "m.receipt" and user_id in e["content"].get(event_id, {}).get("m.read", {})
-                   for e in self.seen)  # fmt: skip
-
-
-async def _invited(client, room_id):
-    return (await _sync(client))["rooms"]["invite"].get(room_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fed_harness import CuttableLink, bodies, fed_gateway, http_session, q, send, until, user
+from fed_harness import CuttableLink, fed_gateway, has, http_session, put_state, q, send, until, user
 from harness import free_port
 
 pytestmark = pytest.mark.slow
@@ -25,18 +25,6 @@ async def _state_map(client, room_id: str) -> dict[tuple[str, str], str]:
 async def _join(client, room_id: str, via: str) -> None:
     status, answer = await client.request("POST", f"/_matrix/client/v3/join/{q(room_id)}?server_name={q(via)}", {})
     assert status == 200, answer
-
-
-async def _put_state(client, room_id: str, event_type: str, content: dict, state_key: str = "") -> str:
-    status, answer = await client.request("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/state/{event_type}/{q(state_key)}",
-                                          content)  # fmt: skip
-    assert status == 200, answer
-    return str(answer["event_id"])
-
-
-async def _has(client, room_id, wanted):
-    seen = await bodies(client, room_id, limit=500)
-    return all(w in seen for w in wanted)
 
 
 def test_three_gateways_replicate_survive_a_member_down_and_converge_after_a_partition(tmp_path):
@@ -76,7 +64,7 @@ def test_three_gateways_replicate_survive_a_member_down_and_converge_after_a_par
                 for member in everyone:
                     await until(lambda c=client, m=member: _member(c, room_id, m.user_id), what="all joins everywhere")
             # carol may change power levels too: the partition below is a real conflict between two admins
-            await _put_state(alice, room_id, "m.room.power_levels",
+            await put_state(alice, room_id, "m.room.power_levels",
                              {"users": {alice.user_id: 100, carol.user_id: 100}, "users_default": 0})  # fmt: skip
             for client in everyone:
                 await until(lambda c=client: _level(c, room_id, carol.user_id, 100), what="carol's level everywhere")
@@ -88,7 +76,7 @@ def test_three_gateways_replicate_survive_a_member_down_and_converge_after_a_par
                     said.append(f"{client.user_id} {i}")
                     await send(client, room_id, said[-1])
             for client in everyone:
-                await until(lambda c=client: _has(c, room_id, said), timeout=60, what="replication")
+                await until(lambda c=client: has(c, room_id, said), timeout=60, what="replication")
 
             # B down: A and C keep talking; B restarted has everything
             await asyncio.to_thread(gw_b.kill)
@@ -96,29 +84,29 @@ def test_three_gateways_replicate_survive_a_member_down_and_converge_after_a_par
             await send(alice, room_id, while_b_down[0])
             await send(carol, room_id, while_b_down[1])
             await asyncio.to_thread(gw_b.start)
-            await until(lambda: _has(bob, room_id, while_b_down), timeout=60, what="B caught up")
+            await until(lambda: has(bob, room_id, while_b_down), timeout=60, what="B caught up")
 
             # partition A | C, conflicting changes on both sides, B hears both
             link_ac.sever()
             link_ca.sever()
-            await _put_state(alice, room_id, "m.room.topic", {"topic": "from A"})
-            await _put_state(alice, room_id, "m.room.power_levels",
+            await put_state(alice, room_id, "m.room.topic", {"topic": "from A"})
+            await put_state(alice, room_id, "m.room.power_levels",
                              {"users": {alice.user_id: 100, carol.user_id: 100, bob.user_id: 50}})  # fmt: skip
             await send(alice, room_id, "A during partition")
-            await _put_state(carol, room_id, "m.room.topic", {"topic": "from C"})
-            await _put_state(carol, room_id, "m.room.power_levels",
+            await put_state(carol, room_id, "m.room.topic", {"topic": "from C"})
+            await put_state(carol, room_id, "m.room.power_levels",
                              {"users": {alice.user_id: 100, carol.user_id: 100}, "users_default": 10})  # fmt: skip
             status, _ = await carol.request("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/kick",
                                             {"user_id": bob.user_id, "reason": "partition test"})  # fmt: skip
             assert status == 200
             await send(carol, room_id, "C during partition")
             await asyncio.sleep(2)
-            assert not await _has(alice, room_id, ["C during partition"])  # the partition holds
+            assert not await has(alice, room_id, ["C during partition"])  # the partition holds
             link_ac.heal()
             link_ca.heal()
             wanted = ["A during partition", "C during partition"]
             for client in (alice, carol):
-                await until(lambda c=client: _has(c, room_id, wanted), timeout=90, what="both sides after healing")
+                await until(lambda c=client: has(c, room_id, wanted), timeout=90, what="both sides after healing")
             # converged: A and C (and B, which saw both branches) hold the same current state
             maps = await until(lambda: _same_state(alice, carol, room_id), timeout=60, what="A and C converge")
             for key in (("m.room.topic", ""), ("m.room.power_levels", ""), ("m.room.member", bob.user_id)):

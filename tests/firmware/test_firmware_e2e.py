@@ -9,9 +9,18 @@ CONFIG PORT`` with the packages precompiled by mpy-cross
   core alone) for quick checks of the blocking and asyncio loops;
 * a whole gateway in the test's loop with matrix-nio clients in a room:
   readings appear in the room, a command typed in the room reaches the
-  device, which acts and answers — over 100 bps with loss and bit errors;
-  and the device survives a gateway restart, a cut line, its own restart
-  (no counter reused: checked on every frame it sent) and forged commands.
+  device, which acts and answers, over a line with loss and bit errors;
+  the device's session survives a gateway restart (kept in its database)
+  and its own restart (from its state file, no counter reused: checked on
+  every frame it sent); a member without the power level cannot command it.
+
+These run on wall time, at 2400 bps and more: the bit rate is not what they
+check. The same firmware over a 100 bps line — retransmission, exactly-once
+delivery, a cut line, forgeries and replays — runs on simulated time in
+tests/firmware/test_firmware_slow_line.py, and the one real-time run at
+100 bps is tests/link/test_link_e2e.py. Every wait here is an upper bound
+that ends as soon as its condition holds; none is a sleep that must be
+long enough.
 
 The device prints one trace line per event (lbnode/unix_main.py), which
 the tests read.
@@ -20,10 +29,8 @@ the tests read.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +40,6 @@ import nio
 import pytest
 
 from harness import gateway_in_loop, nio_client, provision_kitchen
-from lowband.codecs.link_frame import SerialFramer, serial_encode
 from lowband.sim.firmware import MICROPYTHON, MPY_CROSS, build_mpy, device_command, device_env
 from lowband.sim.gateway_peer import GatewayPeer, new_device_config
 from lowband.sim.pty_link import PtyLink
@@ -125,28 +131,40 @@ def _config(tmp_path: Path, bps: int) -> tuple[Path, dict[str, Any], bytes]:
     return path, config, gw_private
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["blocking", "asyncio"])
 def test_device_in_64k_heap_publishes_and_obeys(tmp_path: Path, mpy_lib: Path, mode: str) -> None:
+    # The commands wait at the gateway before the device starts: they ride back on the answers to its first uplinks
+    # whatever the machine's load, instead of racing the device's last reading. The device uses little CPU (about
+    # 0.15 s for the whole run); under load only its start and the answers come later, so the bound is generous, and
+    # a device that dies (a traceback: an asyncio task that fails leaves the process running) fails the test at once.
     path, config, gw_private = _config(tmp_path, 9600)
     extra = ["--asyncio"] if mode == "asyncio" else []
-    with PtyLink(bps=9600, seed=2) as link, GatewayPeer(config, link.path_a, gw_private) as gateway:
-        proc = subprocess.Popen(device_command(path, link.path_b, "--interval", "1.5", "--readings", "4", *extra),
-                                env=device_env(mpy_lib), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    async def run() -> tuple[DeviceProcess, int | None]:
+        device = await DeviceProcess(mpy_lib, path, link.path_b, "--interval", "0.5", "--readings", "4", *extra).start()
         try:
-            assert gateway.wait(lambda g: len(g.readings()) >= 1, 30), "first reading"
-            gateway.command("led on")
-            gateway.command("report")
-            out, _ = proc.communicate(timeout=60)
+            await device.wait_line(lambda line: line.startswith(("done", "Traceback", "Task exception")), 240)
+            assert device.proc is not None
+            returncode = await asyncio.wait_for(device.proc.wait(), 30) if device.lines[-1].startswith("done") else None
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode == 0, out
-    assert "led 1" in out.splitlines()
+            await device.kill()
+        return device, returncode
+
+    with PtyLink(bps=9600, seed=2) as link, GatewayPeer(config, link.path_a, gw_private) as gateway:
+        gateway.command("led on")
+        gateway.command("report")
+        device, returncode = asyncio.run(run())
+    lines = device.lines
+    assert returncode == 0 and not any(line.startswith(("Traceback", "Task exception")) for line in lines), lines[-20:]
+    assert "led 1" in lines
     assert gateway.texts() == ["ok: led on", "ok: report"]
     temperatures = [values[0][1] for values in gateway.readings()]
-    assert temperatures == list(range(215, 215 + len(temperatures))) and len(temperatures) == 5  # 4 + report
-    assert out.splitlines()[-1] == "done readings=5 dropped=0 refused=0"
+    assert temperatures == list(range(215, 220)), "4 readings and the one 'report' took, each once"
+    # Refused, if anything: the second copy of an HS2 when a slow answer made the device send its HS1 again.
+    refused = [line for line in lines if line.startswith("refused")]
+    assert set(refused) <= {"refused unexpected HS2"}, refused
+    assert lines[-1] == f"done readings=5 dropped=0 refused={len(refused)}"
 
 
 # ------------------------------------------------------------- with a gateway and matrix-nio
@@ -174,19 +192,17 @@ def _temperature(body: str) -> int | None:
     return int(m[1]) * 10 + int(m[2]) if m else None
 
 
-LINES = [
-    # (bps, interval s, frame loss, bit error rate, seed): the seeds make the line lose a frame and flip bits
-    pytest.param(2400, 3, 0.10, 1e-3, 3, id="2400bps"),
-    pytest.param(100, 20, 0.03, 5e-4, 9, id="100bps", marks=pytest.mark.slow),  # about 90 s
-]
+async def _provision(alice: nio.AsyncClient, room_id: str, tmp_path: Path, port: str, bps: int) -> Path:
+    """``lowband device add kitchen``; returns once the gateway has taken the device on and watches its port."""
+    config = provision_kitchen(tmp_path / "data", port, bps)
+    await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("Device kitchen joined this room"), 60)
+    return config
 
 
-@pytest.mark.timeout(400)
-@pytest.mark.parametrize(("bps", "interval", "loss", "bit_errors", "seed"), LINES)
-def test_readings_and_a_command_over_a_lossy_line(tmp_path: Path, mpy_lib: Path, bps: int, interval: int,
-                                                  loss: float, bit_errors: float, seed: int) -> None:  # fmt: skip
-    """Issue 5's acceptance: the room sees the readings, a command typed there is obeyed and answered."""
-    slow = 100 / bps  # time scale of the line
+@pytest.mark.timeout(300)
+def test_readings_and_a_command_over_a_lossy_line(tmp_path: Path, mpy_lib: Path) -> None:
+    """Issue 5's acceptance with the real firmware, at 2400 bps: the room sees the readings, a command typed there is
+    obeyed and answered, with frames lost and bits flipped on the line."""
 
     async def scenario() -> tuple[list[tuple[str, str]], DeviceProcess]:
         async with gateway_in_loop(tmp_path) as base:
@@ -195,24 +211,26 @@ def test_readings_and_a_command_over_a_lossy_line(tmp_path: Path, mpy_lib: Path,
                 created = await alice.room_create(alias="sensors", name="Sensors", preset=nio.RoomPreset.public_chat)
                 assert isinstance(created, nio.RoomCreateResponse), created
                 room_id = created.room_id
-                config = provision_kitchen(tmp_path / "data", link.path_a, bps)
-                await asyncio.sleep(3)  # the gateway opens the port within 2 s of `device add`
-                device = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", str(interval)).start()
+                config = await _provision(alice, room_id, tmp_path, link.path_a, 2400)
+                device = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", "3").start()
                 try:
-                    await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 21.5 Cel"),
-                                     30 + 90 * slow)  # fmt: skip
-                    sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "!kitchen led on"})
+                    await _wait_body(
+                        alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 21.5 Cel"), 120
+                    )
+                    sent = await alice.room_send(
+                        room_id, "m.room.message", {"msgtype": "m.text", "body": "!kitchen led on"}
+                    )
                     assert isinstance(sent, nio.RoomSendResponse), sent
-                    await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b == "ok: led on", 30 + 150 * slow)
-                    await device.wait_line(lambda line: line == "led 1", 5)
+                    await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b == "ok: led on", 120)
+                    await device.wait_line(lambda line: line == "led 1", 30)
                 finally:
                     await device.kill()
                 return await _bodies(alice, room_id), device
             finally:
                 await alice.close()
 
-    with PtyLink(bps=bps, frame_loss=loss, bit_error_rate=bit_errors, seed=seed) as link:
-        bodies, device = asyncio.run(asyncio.wait_for(scenario(), 360))
+    with PtyLink(bps=2400, frame_loss=0.10, bit_error_rate=1e-3, seed=3) as link:
+        bodies, device = asyncio.run(asyncio.wait_for(scenario(), 280))
         counters = link.counters()
     assert sum(c.frames_lost for c in counters.values()) > 0, "the line lost a frame"
     assert sum(c.bits_flipped for c in counters.values()) > 0, "the line flipped bits"
@@ -223,93 +241,61 @@ def test_readings_and_a_command_over_a_lossy_line(tmp_path: Path, mpy_lib: Path,
     assert_no_counter_reuse(device.frames())
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(500)
-def test_device_survives_gateway_restart_cut_line_own_restart_and_forgeries(tmp_path: Path, mpy_lib: Path) -> None:
-    bps = 2400
+@pytest.mark.timeout(300)
+def test_session_survives_restarts_and_strangers_cannot_command(tmp_path: Path, mpy_lib: Path) -> None:
+    """What needs the real processes: the gateway keeps the device's session in its database across a restart, the
+    room refuses a command from a member below the command power level, and the unix port's firmware resumes its
+    session from its state file after a kill -9. At 1200 bps the device waits about 40 s without an answer before it
+    gives its session up: a gateway slow to restart on a loaded machine stays well inside that."""
+    bps = 1200
     state = tmp_path / "lbnode.state"
-    tap: list[bytes] = []  # what the gateway wrote to the line
 
     async def scenario() -> dict[str, Any]:
-        config = None
         result: dict[str, Any] = {}
         # ---- 1. a first reading
         async with gateway_in_loop(tmp_path) as base:
             alice = await nio_client(base, "alice")
             created = await alice.room_create(alias="sensors", preset=nio.RoomPreset.public_chat)
+            assert isinstance(created, nio.RoomCreateResponse), created
             room_id = created.room_id
-            config = provision_kitchen(tmp_path / "data", link.path_a, bps)
-            await asyncio.sleep(3)
-            device = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", "3", "--state", str(state)).start()
-            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 21.5"), 30)
+            config = await _provision(alice, room_id, tmp_path, link.path_a, bps)
+            device = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", "2", "--state", str(state)).start()
+            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 21.5"), 120)
             await alice.close()
-        # ---- 2. the gateway is down for a while, then back with its database
-        down_at = len(device.lines)
-        await asyncio.sleep(5)
+        # ---- 2. the gateway is down while the device sends, then back with its database
+        down = len(device.lines)
+        await device.wait_line(lambda line: line.startswith("tx"), 60, down)
         async with gateway_in_loop(tmp_path) as base:
             alice = await nio_client(base, "alice", register=False)
-            await alice.join(room_id)
-            mark = len(device.lines)
-            await device.wait_line(lambda line: line.startswith("acked"), 30, mark)
+            await device.wait_line(lambda line: line.startswith("acked"), 120, len(device.lines))
             assert device.count("session") == 1, "the session outlived the gateway's restart"
-            assert device.count("tx") > 0 and any(line.startswith("tx") for line in device.lines[down_at:])
-            # ---- 3. a command, and the line is cut long enough for a new handshake, then restored
-            await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "!kitchen led on"})
-            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b == "ok: led on", 30)
-            mark = len(device.lines)
-            await device.wait_line(lambda line: line.startswith("acked"), 10, mark)
-            with link._lock:
-                link.model.frame_loss = 1.0
-            await asyncio.sleep(25)  # 6 tries at 0.65 s doubling to 8x is about 20 s
-            with link._lock:
-                link.model.frame_loss = 0.0
-            await device.wait_line(lambda line: line == "session 2", 30, mark)
-            last = max(int(line.split()[1]) for line in device.lines if line.startswith("reading"))
-            await _wait_body(alice, room_id, lambda s, b: _temperature(b) == 215 + last - 1, 30)
-            # ---- 4. forgeries: a frame with a forged tag, a replayed command, an unprivileged user
+            # ---- 3. bob, below the command power level, may not command; alice may, and hers is the only command
             bob = await nio_client(base, "bob")
-            await bob.join(room_id)
-            commands_before = device.count("command")
-            framer = SerialFramer()
-            downlinks = [f for f in framer.feed(b"".join(tap)) if f[0] >> 5 == 2 and len(f) > 12]
-            with open(link.path_a, "wb", buffering=0) as line:
-                address = json.loads(config.read_text())["address"]
-                epoch = int([line for line in device.lines if line.startswith("session")][-1].split()[1])
-                forged = bytes([0x50 | epoch, address, 9, 0]) + b"\x12\x00\x67led off" + bytes(8)  # a command, a made-up tag
-                line.write(serial_encode(forged))
-                for frame in downlinks:
-                    line.write(serial_encode(frame))  # replays of everything the gateway sent
-            await device.wait_line(lambda line: line == "refused bad tag", 15, mark)
+            joined = await bob.join(room_id)
+            assert isinstance(joined, nio.JoinResponse), joined
             await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "!kitchen led off"})
-            await _wait_body(alice, room_id, lambda s, b: "may not command" in b, 15)
-            await asyncio.sleep(8)  # two more readings: a queued command would have arrived
-            assert device.count("command") == commands_before, "no forged or replayed command was obeyed"
-            assert device.count("led") == 1
+            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and "may not command" in b, 60)
             await bob.close()
-            # ---- 5. the device loses power and restarts from its state file
+            await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "!kitchen led on"})
+            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b == "ok: led on", 120)
+            assert [line for line in device.lines if line.startswith("command")] == ["command led on"]
+            # ---- 4. the device loses power and restarts from its state file
             first_frames = device.frames()
             await device.kill()
-            device2 = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", "3", "--state", str(state),
+            device2 = await DeviceProcess(mpy_lib, config, link.path_b, "--interval", "2", "--state", str(state),
                                           "--first", "100").start()  # fmt: skip
-            await device2.wait_line(lambda line: line.startswith("start") and "resumed=1" in line, 10)
-            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 31.6"), 30)
+            await device2.wait_line(lambda line: line.startswith("start"), 60)
+            await _wait_body(alice, room_id, lambda s, b: s == DEVICE and b.startswith("temperature 31.5"), 120)
             await device2.kill()
             result["frames"] = (first_frames, device2.frames())
+            result["start"] = device2.lines[0]
             result["bodies"] = await _bodies(alice, room_id)
-            result["device"] = device
             await alice.close()
         return result
 
     with PtyLink(bps=bps, seed=9) as link:
-        write = link.model.write
-
-        def tapped(side: str, data: bytes, now: float) -> None:
-            if side == "A":
-                tap.append(bytes(data))
-            write(side, data, now)
-
-        link.model.write = tapped  # type: ignore[method-assign]
-        result = asyncio.run(asyncio.wait_for(scenario(), 400))
+        result = asyncio.run(asyncio.wait_for(scenario(), 280))
+    assert "resumed=1" in result["start"], result["start"]
     before, after = result["frames"]
     assert_no_counter_reuse(before + after)
     assert not any(counter < 0 for _, _, counter, _ in after), "the restarted device resumed without a handshake"
