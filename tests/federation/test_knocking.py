@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fed_harness import gateways, http_session, q, send, until, user
+from fed_harness import gateways, has, http_session, invited, q, send, state, sync, until, user
 
 pytestmark = pytest.mark.slow
 
@@ -31,33 +31,20 @@ async def knock_room(client, alias: str | None, version: str = "10", join_rule: 
     return str(created["room_id"])
 
 
-async def sync(client) -> dict:
-    status, body = await client.request("GET", V3 + "/sync?timeout=0")
-    assert status == 200, body
-    return body
-
-
 async def knocked(client, room_id):
+    """The room's entry under ``rooms.knock`` in ``client``'s sync, or None."""
     return (await sync(client))["rooms"]["knock"].get(room_id)
 
 
-async def invited(client, room_id):
-    return (await sync(client))["rooms"]["invite"].get(room_id)
-
-
 async def member(client, room_id, user_id):
-    status, content = await client.request("GET", f"{V3}/rooms/{q(room_id)}/state/m.room.member/{q(user_id)}")
-    return content if status == 200 else None
+    """``user_id``'s member event content as ``client`` sees it, or None."""
+    return await state(client, room_id, "m.room.member", user_id)
 
 
 async def membership_is(client, room_id, user_id, wanted):
+    """The member event content when its membership is ``wanted`` (for its reason and profile), else False."""
     content = await member(client, room_id, user_id)
     return content is not None and content.get("membership") == wanted and content
-
-
-async def has_message(client, room_id, body):
-    status, page = await client.request("GET", f"{V3}/rooms/{q(room_id)}/messages?dir=b&limit=20")
-    return status == 200 and any(e.get("content", {}).get("body") == body for e in page["chunk"])
 
 
 def test_a_knock_through_the_rooms_server_then_an_invite_then_a_join(tmp_path):
@@ -96,7 +83,7 @@ def test_a_knock_through_the_rooms_server_then_an_invite_then_a_join(tmp_path):
             status, answer = await bob.request("POST", f"{V3}/join/{q(room_id)}", {})
             assert status == 200, answer
             await send(bob, room_id, "thanks for letting me in")
-            await until(lambda: has_message(alice, room_id, "thanks for letting me in"), what="bob's message on A")
+            await until(lambda: has(alice, room_id, ["thanks for letting me in"]), what="bob's message on A")
 
             # carol knocks by room ID with a via, then changes her mind: the leave goes through A
             status, answer = await carol.request("POST", f"{V3}/knock/{q(room_id)}?via={q(a_name)}", {})

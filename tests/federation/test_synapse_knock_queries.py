@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fed_harness import fed_gateway, http_session, q, send, until, user
+from fed_harness import fed_gateway, has, http_session, invited, q, send, state, sync, until, user
 
 from lowband.sim.synapse import SynapsePeer
 
@@ -49,19 +49,13 @@ async def _knock_room(client, alias: str, **extra) -> str:
     return str(created["room_id"])
 
 
-async def _sync_rooms(client, kind: str, room_id: str):
-    status, body = await client.request("GET", V3 + "/sync?timeout=0")
-    return status == 200 and body["rooms"].get(kind, {}).get(room_id)
+async def _knocked(client, room_id: str):
+    return (await sync(client))["rooms"].get("knock", {}).get(room_id)
 
 
 async def _membership(client, room_id, user_id, wanted):
-    status, content = await client.request("GET", f"{V3}/rooms/{q(room_id)}/state/m.room.member/{q(user_id)}")
-    return status == 200 and content.get("membership") == wanted and content
-
-
-async def _has(client, room_id, body):
-    status, page = await client.request("GET", f"{V3}/rooms/{q(room_id)}/messages?dir=b&limit=20")
-    return status == 200 and any(e.get("content", {}).get("body") == body for e in page["chunk"])
+    content = await state(client, room_id, "m.room.member", user_id)
+    return content is not None and content.get("membership") == wanted and content
 
 
 def _state_types(section) -> set[str]:
@@ -80,34 +74,34 @@ def test_knocks_both_ways_with_synapse(tmp_path):
             status, answer = await alice.request("POST", f"{V3}/knock/{q('#synporch:' + synapse.server_name)}",
                                                  {"reason": "from lowband"})  # fmt: skip
             assert (status, answer) == (200, {"room_id": syn_room}), answer
-            shown = await until(lambda: _sync_rooms(alice, "knock", syn_room), what="the knock in alice's sync")
+            shown = await until(lambda: _knocked(alice, syn_room), what="the knock in alice's sync")
             assert {"m.room.create", "m.room.join_rules", "m.room.name", "m.room.member"} <= _state_types(shown)
             knock = await until(lambda: _membership(sam, syn_room, alice.user_id, "knock"), what="the knock on Synapse")
             assert knock["reason"] == "from lowband"
             status, answer = await sam.request("POST", f"{V3}/rooms/{q(syn_room)}/invite", {"user_id": alice.user_id})
             assert status == 200, answer
-            await until(lambda: _sync_rooms(alice, "invite", syn_room), what="Synapse's invite on Lowband")
+            await until(lambda: invited(alice, syn_room), what="Synapse's invite on Lowband")
             status, answer = await alice.request("POST", f"{V3}/join/{q(syn_room)}", {})
             assert status == 200, answer
             await send(alice, syn_room, "in from a knock")
-            await until(lambda: _has(sam, syn_room, "in from a knock"), what="alice's message on Synapse")
+            await until(lambda: has(sam, syn_room, ["in from a knock"]), what="alice's message on Synapse")
 
             # a Synapse user knocks on a Lowband room: Synapse asks us, and takes our knock_room_state (PDUs)
             lb_room = await _knock_room(alice, "lbporch")
             status, answer = await sam.request("POST", f"{V3}/knock/{q('#lbporch:' + lowband.server_name)}",
                                                {"reason": "from synapse"})  # fmt: skip
             assert (status, answer) == (200, {"room_id": lb_room}), answer
-            shown = await until(lambda: _sync_rooms(sam, "knock", lb_room), what="the knock in sam's sync")
+            shown = await until(lambda: _knocked(sam, lb_room), what="the knock in sam's sync")
             assert {"m.room.create", "m.room.join_rules", "m.room.name"} <= _state_types(shown), shown
             knock = await until(lambda: _membership(alice, lb_room, sam.user_id, "knock"), what="sam's knock on Lowband")
             assert knock["reason"] == "from synapse"
             status, answer = await alice.request("POST", f"{V3}/rooms/{q(lb_room)}/invite", {"user_id": sam.user_id})
             assert status == 200, answer
-            await until(lambda: _sync_rooms(sam, "invite", lb_room), what="our invite on Synapse")
+            await until(lambda: invited(sam, lb_room), what="our invite on Synapse")
             status, answer = await sam.request("POST", f"{V3}/join/{q(lb_room)}", {})
             assert status == 200, answer
             await send(sam, lb_room, "knocked and joined")
-            await until(lambda: _has(alice, lb_room, "knocked and joined"), what="sam's message on Lowband")
+            await until(lambda: has(alice, lb_room, ["knocked and joined"]), what="sam's message on Lowband")
 
     with pair(tmp_path) as (lowband, synapse):
         asyncio.run(asyncio.wait_for(main(lowband, synapse), 300))
