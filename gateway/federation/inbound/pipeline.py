@@ -6,8 +6,10 @@ Rules:
   most 50 PDUs and 100 EDUs each, else 400: a flooding peer slows itself;
 * PDUs of one room are processed one at a time under the room's lock (the
   lock local sends take), in the order the transaction lists them;
-* a PDU that fails is answered with its reason in the transaction's answer
-  and never fails the transaction; an unexpected error in one PDU is
+* a PDU that fails (dropped, or rejected by the auth rules and kept as
+  rejected) is answered with its reason in the transaction's answer and
+  never fails the transaction; a soft-failed one is accepted as far as the
+  sender is concerned; an unexpected error in one PDU is
   logged and reported as that PDU's error;
 * events fetched while filling a gap go through the same steps (without
   filling gaps of their own: their missing prev events make them gaps).
@@ -95,7 +97,7 @@ class InboundPipeline:
             incoming = await check_signatures(incoming, self.keyring)
             await fetch_auth_chain(incoming, self.client, self.keyring, self.dag)
             async with self.dag.room_lock(incoming.event.room_id):
-                await self._place(incoming, fill=True)
+                rejected = await self._place(incoming, fill=True)
         except PduDropped as exc:
             self.stats["dropped"] += 1
             event_id = event_id or _best_effort_id(raw)
@@ -105,12 +107,13 @@ class InboundPipeline:
             self.stats["dropped"] += 1
             log.exception("PDU %s from %s could not be processed", event_id or "?", origin)
             return event_id, "internal error while processing the event"
-        return event_id, None
+        # A rejected event is kept (marked) but refused all the same: the sender is told why, as the spec's example.
+        return event_id, (f"rejected: {rejected}" if rejected else None)
 
-    async def _place(self, incoming: Incoming, fill: bool) -> None:
-        """Steps 5–7 with the room's lock held."""
+    async def _place(self, incoming: Incoming, fill: bool) -> str | None:
+        """Steps 5–7 with the room's lock held; why the event was rejected, or None."""
         if in_timeline(incoming.event.event_id, self.dag):
-            return
+            return None
         gaps = {}
         if fill:
             gaps = await fill_gaps(incoming, self.client, self.keyring, self.dag, self._place_fetched)
@@ -122,6 +125,7 @@ class InboundPipeline:
         if rejected or soft_failed:
             log.info("%s %s from %s: %s", key.replace("_", " "), incoming.event.event_id, incoming.origin,
                      rejected or "not allowed by the current state")  # fmt: skip
+        return rejected
 
     async def _place_fetched(self, incoming: Incoming) -> None:
         incoming = await check_signatures(incoming, self.keyring)
