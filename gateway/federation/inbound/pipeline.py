@@ -24,6 +24,7 @@ from typing import Any
 
 from lowband.gateway.federation.client import FederationClient
 from lowband.gateway.federation.inbound.auth_checks import verdict
+from lowband.gateway.federation.inbound.check_server_acl import check_server_acl
 from lowband.gateway.federation.inbound.check_signatures import check_signatures
 from lowband.gateway.federation.inbound.dag import RoomDag
 from lowband.gateway.federation.inbound.errors import PduDropped
@@ -92,6 +93,7 @@ class InboundPipeline:
         try:
             incoming = parse_pdu(raw, origin, self.dag)
             event_id = incoming.event.event_id
+            check_server_acl(origin, incoming.event.room_id, self.dag)
             if in_timeline(event_id, self.dag):
                 return event_id, None  # seen before: nothing to do
             incoming = await check_signatures(incoming, self.keyring)
