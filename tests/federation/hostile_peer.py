@@ -2,7 +2,8 @@
 
 ``HostilePeer`` is a small aiohttp HTTPS server on 127.0.0.1 with its own
 ed25519 key. It serves ``/_matrix/key/v2/server`` (so the gateway fetches
-its key as from any server), answers the fetch endpoints (``/event``,
+its key as from any server; as a notary it vouches for the keys in
+``vouches``), answers the fetch endpoints (``/event``,
 ``/event_auth``, ``/get_missing_events``, ``/state_ids``, ``/state``,
 ``/backfill``, ``/send``) honestly from the events it holds unless a test
 puts its own handler in ``overrides``, and counts every request the
@@ -42,7 +43,7 @@ from lowband.gateway.matrix.events import Event, build_event, compute_event_id
 from lowband.gateway.matrix.request_auth import authorization_header
 from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.server_keys import key_document
-from lowband.gateway.matrix.signing import SigningKey
+from lowband.gateway.matrix.signing import SigningKey, sign_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 StateKey = tuple[str, str]
@@ -151,6 +152,7 @@ class HostilePeer:
         self.state: dict[StateKey, Event] = {}
         self.latest: list[Event] = []
         self.received: list[dict[str, Any]] = []  # transactions the gateway sent us
+        self.vouches: dict[str, SigningKey] = {}  # as a notary: other servers' keys we answer /key/v2/query with
         self.room_id: str | None = None
         self.ts = int(time.time() * 1000)
         self._runner: web.AppRunner | None = None
@@ -189,8 +191,13 @@ class HostilePeer:
         return await self._honest(kind, request, [unquote(p) for p in parts])
 
     async def _honest(self, kind: str, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if kind == "key" and request.path.startswith("/_matrix/key/v2/query/"):
+            server = unquote(request.path.rsplit("/", 1)[1])
+            vouched = self.vouches.get(server)
+            docs = [] if vouched is None else [sign_json(self.key_document(server, vouched), self.name, self.key)]
+            return web.json_response({"server_keys": docs})
         if kind == "key":
-            return web.json_response(key_document(self.name, self.key, int(time.time() * 1000) + 86_400_000))
+            return web.json_response(self.key_document(self.name, self.key))
         if kind == "version":
             return web.json_response({"server": {"name": "hostile", "version": "0"}})
         if kind == "send":
@@ -223,6 +230,11 @@ class HostilePeer:
             return web.json_response({"origin": self.name, "origin_server_ts": self.now(),
                                       "pdus": [e.pdu for e in events[:limit]]})  # fmt: skip
         return web.json_response({"errcode": "M_NOT_FOUND", "error": f"no {kind}"}, status=404)
+
+    @staticmethod
+    def key_document(server: str, key: SigningKey) -> dict[str, Any]:
+        """``server``'s key document for ``key``, valid for a day."""
+        return key_document(server, key, int(time.time() * 1000) + 86_400_000)
 
     def auth_chain(self, event_ids: list[str]) -> list[Event]:
         """The auth chain of ``event_ids`` among the events we hold (not including them)."""
