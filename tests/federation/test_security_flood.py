@@ -21,7 +21,7 @@ from hostile_peer import Gateway, HostilePeer, attacked_gateway, http_session, l
 
 from lowband.gateway.api.http.federation_base import MAX_FEDERATION_BODY
 from lowband.gateway.matrix.request_auth import authorization_header
-from lowband.gateway.federation.inbound.pipeline import MAX_EDUS, MAX_PDUS
+from lowband.gateway.federation.inbound.pipeline import MAX_EDUS, MAX_PDUS, MAX_WAITING_TRANSACTIONS
 
 SLOWEST_OK_S = 5.0  # generous: a probe answered within this while the gateway is under attack
 
@@ -62,6 +62,11 @@ class Prober:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
+    async def two_more(self) -> None:
+        """Wait until two more rounds got through (the gateway still serves after an attack)."""
+        target = self.count + 2
+        await _until(lambda: self.count >= target)
+
     def check(self, limit: float = SLOWEST_OK_S) -> None:
         assert self.count >= 2, "the prober never got through"
         assert max(self.slowest.values()) < limit, self.slowest
@@ -72,6 +77,58 @@ async def _until(check, timeout=30.0):
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+def test_a_flood_of_200_parallel_transactions_is_refused_beyond_one_waiting_and_nothing_is_lost(tmp_path):
+    async def main():
+        async with HostilePeer(tmp_path, "evil.test") as peer, \
+                attacked_gateway(tmp_path, peers={"evil.test": peer.address}) as gw, \
+                http_session(limit=300) as session:  # fmt: skip
+            alice = await local_user(session, gw, "alice")
+            room_id = await public_room(alice)
+            join = await peer.join(session, gw, room_id)
+            # the first transaction's PDU cites an event the gateway lacks; the peer holds its answer back
+            asked, release = asyncio.Event(), asyncio.Event()
+            honest = peer._honest
+
+            async def held_back(request):
+                asked.set()
+                await asyncio.wait_for(release.wait(), 60)
+                return await honest("get_missing_events", request, [])
+
+            peer.overrides["get_missing_events"] = held_back
+            hidden = peer.message("not sent, fetched")
+            first = peer.message("the first transaction", prev=[hidden])
+            first_answer = asyncio.create_task(peer.send(session, gw, [first], txn_id="first"))
+            await asyncio.wait_for(asked.wait(), 30)
+
+            batches = [[peer.message(f"flood {t}.{i}", prev=[join]) for i in range(10)] for t in range(199)]
+            async with Prober(alice, room_id) as prober:
+                flood = [asyncio.create_task(peer.send(session, gw, batch, txn_id=f"flood{t}"))
+                         for t, batch in enumerate(batches)]  # fmt: skip
+                waiting = len(batches) - MAX_WAITING_TRANSACTIONS
+                await _until(lambda: sum(t.done() for t in flood) >= waiting)
+                await asyncio.sleep(0.5)  # the prober keeps sending into the room meanwhile
+            prober.check()
+            answered = [t.result() for t in flood if t.done()]
+            assert len(answered) == waiting and all(status == 429 for status, _ in answered), answered[:3]
+            assert all(body["errcode"] == "M_LIMIT_EXCEEDED" and body["retry_after_ms"] > 0 for _, body in answered)
+            assert peer.hits["get_missing_events"] == 1
+
+            release.set()
+            assert (await asyncio.wait_for(first_answer, 30)) == (200, {"pdus": {first.event_id: {}}})
+            await asyncio.wait_for(asyncio.gather(*flood), 30)
+            # an honest sender retries what was refused, one transaction at a time: nothing is lost
+            for t, task in enumerate(flood):
+                if task.result()[0] == 429:
+                    status, answer = await peer.send(session, gw, batches[t], txn_id=f"flood{t}")
+                    assert status == 200 and not any(answer["pdus"].values()), answer
+            dag = gw.federation.dag
+            for event in [hidden, first, *(e for batch in batches for e in batch)]:
+                known = dag.known(event.event_id)
+                assert known is not None and not known.outlier and known.rejected is None, event.event_id
+
+    asyncio.run(asyncio.wait_for(main(), 300))
 
 
 def test_oversized_and_malformed_transactions_are_refused_and_the_server_keeps_serving(tmp_path):
