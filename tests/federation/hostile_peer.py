@@ -343,6 +343,49 @@ class HostilePeer:
         self.latest = [join]
         return join
 
+    def create_room(self, localpart: str = "mallory") -> str:
+        """Make a public room of our own (create, join, power levels, join rules, history visibility); its ID."""
+        creator = self.user(localpart)
+        self.room_id = f"!hostile{self.port}:{self.name}"
+        self.state, self.latest = {}, []
+        create = self.make("m.room.create", {"creator": creator, "room_version": self.version.identifier},
+                           sender=creator, prev=[], auth=[], state_key="")  # fmt: skip
+        join = self.make("m.room.member", {"membership": "join"}, sender=creator, state_key=creator, auth=[create])
+        levels = self.make("m.room.power_levels", {"users": {creator: 100}}, sender=creator, state_key="",
+                           auth=[create, join])  # fmt: skip
+        for event_type, content in (("m.room.join_rules", {"join_rule": "public"}),
+                                    ("m.room.history_visibility", {"history_visibility": "shared"})):  # fmt: skip
+            self.make(event_type, content, sender=creator, state_key="", auth=[create, join, levels])
+        self.overrides.setdefault("make_join", self._make_join)
+        self.overrides.setdefault("send_join", self._send_join)
+        return self.room_id
+
+    async def _make_join(self, request: web.Request) -> web.StreamResponse:
+        user_id = unquote(request.raw_path.split("?")[0].split("/")[6])
+        auth = [self.state[k].event_id for k in (("m.room.create", ""), ("m.room.power_levels", ""),
+                                                 ("m.room.join_rules", ""))]  # fmt: skip
+        template = {"room_id": self.room_id, "sender": user_id, "state_key": user_id, "type": "m.room.member",
+                    "content": {"membership": "join"}, "prev_events": [e.event_id for e in self.latest],
+                    "auth_events": auth, "depth": max(e.depth for e in self.latest) + 1,
+                    "origin_server_ts": self.now()}  # fmt: skip
+        return web.json_response({"room_version": self.version.identifier, "event": template})
+
+    def join_answer(self, join: Event) -> dict[str, Any]:
+        """What ``send_join`` answers: the state before ``join`` and its auth chain."""
+        state = [e.pdu for e in self.state.values()]
+        chain = self.auth_chain([e.event_id for e in self.state.values()])
+        return {"origin": self.name, "state": state, "auth_chain": [e.pdu for e in chain], "event": join.pdu,
+                "members_omitted": False}  # fmt: skip
+
+    async def _send_join(self, request: web.Request) -> web.StreamResponse:
+        join = Event(compute_event_id(await request.json(), self.version), await request.json())
+        answer = self.join_answer(join)
+        self.events[join.event_id] = join
+        self.state_before[join.event_id] = {k: e.event_id for k, e in self.state.items()}
+        self.state[("m.room.member", join.sender)] = join
+        self.latest = [join]
+        return web.json_response(answer)
+
     # ------------------------------------------------------------- requests
 
     async def call(self, session: aiohttp.ClientSession, gateway: Gateway, method: str, path: str,
