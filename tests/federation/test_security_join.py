@@ -12,7 +12,7 @@ import asyncio
 import time
 
 from aiohttp import web
-from hostile_peer import HostilePeer, attacked_gateway, http_session, local_user, public_room, q
+from hostile_peer import HostilePeer, attacked_gateway, http_session, local_user, messages, public_room, q
 from test_security_flood import Prober
 
 from lowband.gateway.federation.membership import MAX_JOIN_EVENTS
@@ -51,5 +51,35 @@ def test_a_send_join_answer_with_an_auth_chain_of_100000_events_is_refused_and_t
             peer.overrides["send_join"] = peer._send_join
             status, answer = await _join(alice, peer)
             assert status == 200, answer
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_backfill_from_a_slow_peer_does_not_hold_up_local_sends(tmp_path):
+    async def main():
+        async with HostilePeer(tmp_path, "evil.test") as peer, \
+                attacked_gateway(tmp_path, peers={"evil.test": peer.address}) as gw, http_session() as session:  # fmt: skip
+            alice = await local_user(session, gw, "alice")
+            room_id = peer.create_room()
+            history = peer.chain(100, prefix="old ")  # more than one page: the oldest of a page needs its state
+            status, answer = await _join(alice, peer)
+            assert status == 200, answer
+            asked, release = asyncio.Event(), asyncio.Event()
+
+            async def stalled(request):
+                asked.set()
+                await asyncio.wait_for(release.wait(), 60)
+                return await peer._honest("state_ids", request, [])
+
+            peer.overrides["state_ids"] = stalled
+            async with Prober(alice, room_id) as prober:
+                paging = asyncio.create_task(messages(alice, room_id))
+                await asyncio.wait_for(asked.wait(), 30)  # backfill is waiting for the peer
+                await prober.two_more()  # ... and the room takes local sends meanwhile
+                release.set()
+                seen = await asyncio.wait_for(paging, 60)
+            prober.check()
+            assert peer.hits["backfill"] >= 1
+            assert history[-1].content["body"] in seen, seen
 
     asyncio.run(asyncio.wait_for(main(), 120))
