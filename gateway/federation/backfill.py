@@ -27,18 +27,18 @@ from typing import Any
 
 from lowband.gateway.federation.client import FederationClient, FederationError, path_segment
 from lowband.gateway.federation.inbound.auth_checks import verdict
+from lowband.gateway.federation.inbound.budget import FetchBudget
 from lowband.gateway.federation.inbound.check_signatures import check_signatures
 from lowband.gateway.federation.inbound.dag import StateMap
 from lowband.gateway.federation.inbound.errors import PduDropped
 from lowband.gateway.federation.inbound.fetch_auth_events import fetch_auth_chain
-from lowband.gateway.federation.inbound.budget import FetchBudget
 from lowband.gateway.federation.inbound.fetch_prev_events import in_timeline, state_after_gap
 from lowband.gateway.federation.inbound.parse_incoming_pdu import Incoming, parse_for_room
 from lowband.gateway.federation.keyring import KeyRing
 from lowband.gateway.homeserver.rooms.dag import RoomDag
 from lowband.gateway.matrix.events import Event
 
-__all__ = ["Backfiller", "MAX_BATCH"]
+__all__ = ["MAX_BATCH", "Backfiller"]
 
 log = logging.getLogger("lowband.federation")
 

@@ -43,7 +43,7 @@ from lowband.gateway.matrix.events import Event, EventFormatError, add_signature
 from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.signing import SigningKey
 
-__all__ = ["MAX_JOIN_BYTES", "MAX_JOIN_EVENTS", "Memberships", "MembershipError"]
+__all__ = ["MAX_JOIN_BYTES", "MAX_JOIN_EVENTS", "MembershipError", "Memberships"]
 
 log = logging.getLogger("lowband.federation")
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -164,7 +164,7 @@ class HostilePeer:
     def user(self, localpart: str = "mallory") -> str:
         return f"@{localpart}:{self.name}"
 
-    async def __aenter__(self) -> HostilePeer:
+    async def __aenter__(self) -> Self:
         cert, key = tls_pair(self.tmp_path)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
@@ -175,7 +175,7 @@ class HostilePeer:
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context).start()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._runner is not None:
             await asyncio.wait_for(self._runner.cleanup(), 30)
 

@@ -37,9 +37,10 @@ async def _protected_answers(peer, session, gw, room_id, bob):
         out[name] = (status, answer.get("errcode") if isinstance(answer, dict) else None)
         return answer
 
-    template = (await ask("make_join", "GET", f"/_matrix/federation/v1/make_join/{room}/{q(newcomer)}",
-                          query=[("ver", "10")])).get("event") or {  # fmt: skip
-        "prev_events": [head], "auth_events": [peer.state[("m.room.create", "")].event_id], "depth": anchor.depth + 1}
+    made = await ask("make_join", "GET", f"/_matrix/federation/v1/make_join/{room}/{q(newcomer)}", query=[("ver", "10")])
+    fallback = {"prev_events": [head], "auth_events": [peer.state[("m.room.create", "")].event_id],
+                "depth": anchor.depth + 1}  # a hand-made template, for a server refused one
+    template = made.get("event") or fallback
     join = build_event(room_id=room_id, sender=newcomer, type="m.room.member", content={"membership": "join"},
                        prev_events=template["prev_events"], auth_events=template["auth_events"],
                        depth=template["depth"], origin_server_ts=peer.now(), server_name=peer.name,

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Self
 
 import pytest
-from hostile_peer import HostilePeer, attacked_gateway, http_session, local_user, public_room, q
 from harness import free_port
+from hostile_peer import HostilePeer, attacked_gateway, http_session, local_user, public_room, q
 
 from lowband.gateway.matrix.signing import SigningKey
 
@@ -34,7 +35,7 @@ class Trap:
         self.connections = 0
         self._server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> Trap:
+    async def __aenter__(self) -> Self:
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             writer.close()

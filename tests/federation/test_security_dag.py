@@ -161,6 +161,7 @@ def test_an_auth_chain_of_100000_events_or_state_ids_of_1000000_is_refused_after
             shown = peer.message(f"shown {count}")
             before = dict(peer.hits)
             status, answer = await peer.send(session, gw, [shown])
+            assert status == 200, answer
             error = answer["pdus"][shown.event_id]["error"]
             assert "M_TOO_LARGE" in error if count == 1_000_000 else f"more than {MAX_STATE_EVENTS} IDs" in error, error
             assert peer.hits["state_ids"] == before.get("state_ids", 0) + 1

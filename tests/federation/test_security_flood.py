@@ -12,6 +12,7 @@ import asyncio
 import copy
 import json
 import time
+from typing import Self
 
 import aiohttp
 import pytest
@@ -20,8 +21,8 @@ from harness import Client
 from hostile_peer import Gateway, HostilePeer, attacked_gateway, http_session, local_user, public_room, q
 
 from lowband.gateway.api.http.federation_base import MAX_FEDERATION_BODY
-from lowband.gateway.matrix.request_auth import authorization_header
 from lowband.gateway.federation.inbound.pipeline import MAX_EDUS, MAX_PDUS, MAX_WAITING_TRANSACTIONS
+from lowband.gateway.matrix.request_auth import authorization_header
 
 SLOWEST_OK_S = 5.0  # generous: a probe answered within this while the gateway is under attack
 
@@ -41,8 +42,8 @@ class Prober:
             while True:
                 for name, method, path, body in (
                     ("versions", "GET", "/_matrix/client/versions", None),
-                    ("send", "PUT", f"/_matrix/client/v3/rooms/{q(self.room_id)}/send/m.room.message/"
-                                    f"p{time.monotonic_ns()}", {"msgtype": "m.text", "body": "probe"}),
+                    ("send", "PUT", (f"/_matrix/client/v3/rooms/{q(self.room_id)}/send/m.room.message/"
+                                     f"p{time.monotonic_ns()}"), {"msgtype": "m.text", "body": "probe"}),
                 ):  # fmt: skip
                     started = time.monotonic()
                     status, answer = await client.request(method, path, body)
@@ -51,7 +52,7 @@ class Prober:
                 self.count += 1
                 await asyncio.sleep(0.05)
 
-    async def __aenter__(self) -> Prober:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run())
         return self
 

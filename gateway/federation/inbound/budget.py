@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from lowband.gateway.federation.inbound.errors import PduDropped
 
-__all__ = ["FetchBudget", "MAX_FETCHES_PER_TRANSACTION", "TRANSACTION_DEADLINE_S"]
+__all__ = ["MAX_FETCHES_PER_TRANSACTION", "TRANSACTION_DEADLINE_S", "FetchBudget"]
 
 #: Requests to other servers the PDUs of one transaction may cause, all together.
 MAX_FETCHES_PER_TRANSACTION = 100

@@ -46,7 +46,7 @@ from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.errors import MatrixError
 from lowband.gateway.matrix.events import compute_event_id
 
-__all__ = ["InboundPipeline", "MAX_EDUS", "MAX_PDUS", "MAX_WAITING_TRANSACTIONS"]
+__all__ = ["MAX_EDUS", "MAX_PDUS", "MAX_WAITING_TRANSACTIONS", "InboundPipeline"]
 
 log = logging.getLogger("lowband.federation")
 
