@@ -10,6 +10,10 @@ Rules:
   content hash, auth chain, auth against their auth events and the state
   before them), oldest first; the state before the oldest comes from
   ``/state_ids`` at it, later ones build on the earlier ones;
+* they are checked without the room's lock (a slow peer never holds up
+  local sends), within one
+  :class:`~lowband.gateway.federation.inbound.budget.FetchBudget` per page,
+  and stored under it;
 * they are stored below everything else (negative stream positions): the
   room's current state and extremities never change for history, and
   ``/sync`` never shows it as new;
@@ -23,17 +27,18 @@ from typing import Any
 
 from lowband.gateway.federation.client import FederationClient, FederationError, path_segment
 from lowband.gateway.federation.inbound.auth_checks import verdict
+from lowband.gateway.federation.inbound.budget import FetchBudget
 from lowband.gateway.federation.inbound.check_signatures import check_signatures
 from lowband.gateway.federation.inbound.dag import StateMap
 from lowband.gateway.federation.inbound.errors import PduDropped
 from lowband.gateway.federation.inbound.fetch_auth_events import fetch_auth_chain
-from lowband.gateway.federation.inbound.fetch_prev_events import state_after_gap
+from lowband.gateway.federation.inbound.fetch_prev_events import in_timeline, state_after_gap
 from lowband.gateway.federation.inbound.parse_incoming_pdu import Incoming, parse_for_room
 from lowband.gateway.federation.keyring import KeyRing
 from lowband.gateway.homeserver.rooms.dag import RoomDag
 from lowband.gateway.matrix.events import Event
 
-__all__ = ["Backfiller", "MAX_BATCH"]
+__all__ = ["MAX_BATCH", "Backfiller"]
 
 log = logging.getLogger("lowband.federation")
 
@@ -76,15 +81,20 @@ class Backfiller:
                 continue
             pdus = answer.get("pdus") if isinstance(answer, dict) else None
             if isinstance(pdus, list):
-                async with self.dag.room_lock(room_id):
-                    return await self._place(room_id, server, version, pdus[: MAX_BATCH * 2])
+                placed = await self._check(room_id, server, version, pdus[: MAX_BATCH * 2], FetchBudget())
+                async with self.dag.room_lock(room_id):  # only to store: a slow peer never holds up local sends
+                    placed = [p for p in placed if not in_timeline(p[0].event_id, self.dag)]
+                    await self.dag.store_backfilled(room_id, placed)
+                return len(placed)
         return 0
 
-    async def _place(self, room_id: str, origin: str, version: Any, pdus: list[Any]) -> int:
+    async def _check(self, room_id: str, origin: str, version: Any, pdus: list[Any],
+                     budget: FetchBudget) -> list[tuple[Event, StateMap, str | None]]:  # fmt: skip
+        """The events of a backfill answer that pass the checks, oldest first, with the state before each."""
         checked: list[Incoming] = []
         for raw in pdus:
             try:
-                incoming = await check_signatures(parse_for_room(raw, origin, version), self.keyring)
+                incoming = await check_signatures(parse_for_room(raw, origin, version), self.keyring, budget)
             except PduDropped as exc:
                 log.info("backfilled event from %s dropped: %s", origin, exc.reason)
                 continue
@@ -97,10 +107,10 @@ class Backfiller:
         placed: list[tuple[Event, StateMap, str | None]] = []
         for incoming in checked:
             try:
-                await fetch_auth_chain(incoming, self.client, self.keyring, self.dag)
+                await fetch_auth_chain(incoming, self.client, self.keyring, self.dag, budget)
                 before = self._state_before(incoming, states)
                 if before is None:
-                    before = await self._state_from_peer(incoming)
+                    before = await self._state_from_peer(incoming, budget)
                 rejected, _soft = verdict(incoming, before, self.dag)
             except PduDropped as exc:
                 log.info("backfilled event %s not placed: %s", incoming.event.event_id, exc.reason)
@@ -111,8 +121,7 @@ class Backfiller:
                 after[(event.type, event.state_key)] = event.event_id
             states[event.event_id] = after
             placed.append((event, before, rejected))
-        await self.dag.store_backfilled(room_id, placed)
-        return len(placed)
+        return placed
 
     def _state_before(self, incoming: Incoming, states: dict[str, StateMap]) -> StateMap | None:
         """The state before an event whose prev events are all placed (in this batch or before); else None."""
@@ -128,12 +137,12 @@ class Backfiller:
 
         return state_before(incoming, self.dag, {p: s for p, s in zip(incoming.event.prev_events, found, strict=True)})
 
-    async def _state_from_peer(self, incoming: Incoming) -> StateMap:
+    async def _state_from_peer(self, incoming: Incoming, budget: FetchBudget) -> StateMap:
         """The state before an event at the edge of what we have: asked from its server (``/state_ids``)."""
         prevs = incoming.event.prev_events
         if len(prevs) != 1:
-            states = [await state_after_gap(p, incoming, self.client, self.keyring, self.dag) for p in prevs[:5]]
+            states = [await state_after_gap(p, incoming, self.client, self.keyring, self.dag, budget) for p in prevs[:5]]
             from lowband.gateway.federation.inbound.state_at_event import state_before
 
             return state_before(incoming, self.dag, dict(zip(prevs, states, strict=False)))
-        return await state_after_gap(prevs[0], incoming, self.client, self.keyring, self.dag)
+        return await state_after_gap(prevs[0], incoming, self.client, self.keyring, self.dag, budget)

@@ -160,11 +160,7 @@ class FederationClient:
                         method, url, data=body, headers={**headers, "Host": target.host_header},
                         server_hostname=target.tls_name, allow_redirects=False,
                     ) as response:  # fmt: skip
-                        data = await response.content.read(max_bytes + 1)
-                        if len(data) > max_bytes:
-                            raise FederationError(destination, response.status, "M_TOO_LARGE",
-                                                  f"response larger than {max_bytes} bytes")  # fmt: skip
-                        return response.status, data, response.headers
+                        return response.status, await _read_at_most(response, destination, max_bytes), response.headers
             except FederationError:
                 raise
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
@@ -219,6 +215,24 @@ class FederationClient:
         except FederationError as exc:
             raise OSError(str(exc)) from None
         return status, body, headers.get("Cache-Control")
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, destination: str, max_bytes: int) -> bytes:
+    """The whole body, or FederationError M_TOO_LARGE as soon as it passes ``max_bytes``.
+
+    ``content.read(n)`` returns what has arrived so far, not ``n`` bytes: an
+    answer longer than the first chunk would come back cut short.
+    """
+    if (response.content_length or 0) > max_bytes:
+        raise FederationError(destination, response.status, "M_TOO_LARGE", f"response larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise FederationError(destination, response.status, "M_TOO_LARGE", f"response larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def lookup_srv(name: str) -> list[tuple[str, int]]:

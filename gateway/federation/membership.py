@@ -7,7 +7,9 @@ Rules (server-server API, "Joining Rooms", "Leaving Rooms"):
   it, and submit it (``send_join`` v2). The answer's state and auth chain
   are checked like any received events (signatures, auth chain order, auth
   rules) and kept as outliers; the join is placed on that state. The
-  resident server sends the join to the room's other servers — we do not;
+  resident server sends the join to the room's other servers — we do not.
+  The answer is bounded (:data:`MAX_JOIN_EVENTS`, :data:`MAX_JOIN_BYTES`), and
+  checking it gives the event loop a turn every few events;
 * as a resident server, a template is made only for a user of the asking
   server, only for a room version it supports, only if the join would be
   authorised now; a submitted join is checked through the receive path's
@@ -46,9 +48,15 @@ from lowband.gateway.matrix.events import Event, EventFormatError, add_signature
 from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.signing import SigningKey
 
-__all__ = ["Knocked", "MembershipError", "Memberships"]
+__all__ = ["MAX_JOIN_BYTES", "MAX_JOIN_EVENTS", "Knocked", "MembershipError", "Memberships"]
 
 log = logging.getLogger("lowband.federation")
+
+#: The most events (state and auth chain together) a ``send_join`` answer may hold: each is checked (signatures,
+#: hashes, auth), so this bounds what joining a room costs; a bigger room is refused with that reason.
+MAX_JOIN_EVENTS = 100_000
+#: The largest ``send_join`` answer read.
+MAX_JOIN_BYTES = 256 * 1024 * 1024
 
 
 class MembershipError(MatrixError):
@@ -111,10 +119,12 @@ class Memberships:
         join = self._sign_from_template(template, version, {**content, "membership": "join"})
         path = f"/_matrix/federation/v2/send_join/{path_segment(room_id)}/{path_segment(join.event_id)}"
         result = await self.client.request(server, "PUT", path, body=join.pdu, timeout=120.0,
-                                           max_bytes=512 * 1024 * 1024)  # fmt: skip
+                                           max_bytes=MAX_JOIN_BYTES)  # fmt: skip
         if not isinstance(result, dict) or not isinstance(result.get("state"), list) \
                 or not isinstance(result.get("auth_chain"), list):  # fmt: skip
             raise PduDropped("send_join answer without state and auth_chain")
+        if len(result["state"]) + len(result["auth_chain"]) > MAX_JOIN_EVENTS:
+            raise PduDropped(f"the room's state and auth chain hold more than {MAX_JOIN_EVENTS} events")
         signed = result.get("event")
         if isinstance(signed, dict):  # restricted rooms: the resident server co-signed it
             candidate = versioned.event_from_pdu(signed, version)

@@ -154,3 +154,24 @@ def test_a_silent_peer_times_out_and_a_closed_port_is_unreachable(tmp_path):
             await fed.close()
 
     run_against(tmp_path, handler, scenario)
+
+
+def test_a_large_answer_comes_back_whole_and_one_past_the_limit_is_refused(tmp_path):
+    big = {"pdus": [{"n": i, "padding": "x" * 1000} for i in range(3000)]}  # ~3 MB: many chunks on the wire
+
+    async def handler(request):
+        return web.json_response(big)
+
+    async def scenario(port):
+        fed = client()
+        try:
+            whole = await fed.request(f"127.0.0.1:{port}", "GET", "/big")
+            with pytest.raises(FederationError) as refused:
+                await fed.request(f"127.0.0.1:{port}", "GET", "/big", max_bytes=2_000_000)
+            return whole, refused.value
+        finally:
+            await fed.close()
+
+    whole, refused = run_against(tmp_path, handler, scenario)
+    assert whole == big
+    assert refused.errcode == "M_TOO_LARGE" and not isinstance(refused, PeerUnreachable)

@@ -69,9 +69,10 @@ def test_an_authorised_event_is_accepted_and_a_repeat_is_harmless():
 def test_an_event_from_a_stranger_is_rejected_but_kept():
     scene = Scene()
     event = scene.message([scene.rules], sender=BOB)  # bob never joined
-    assert scene.send(event) == {event.event_id: {}}  # rejection is not an error of the transaction
+    reason = f"auth events: {BOB} is not joined to the room"
+    assert scene.send(event) == {event.event_id: {"error": f"rejected: {reason}"}}  # kept, but refused
     known = scene.dag.known(event.event_id)
-    assert known.rejected == f"auth events: {BOB} is not joined to the room"
+    assert known.rejected == reason
     assert scene.dag.forward_extremities(ROOM) == [scene.rules.event_id]
 
 
@@ -135,7 +136,7 @@ def test_missing_auth_events_are_fetched_and_checked():
                       state_key=BOB, state=scene.state)  # fmt: skip
     state = {**scene.state, ("m.room.member", BOB): bob_join.event_id}
     hello = scene.message([scene.rules], "bob was here", sender=BOB, state=state)  # refers to bob_join by auth only
-    assert scene.send(hello) == {hello.event_id: {}}
+    assert scene.send(hello)[hello.event_id]["error"].startswith("rejected: state before the event")
     assert scene.dag.known(bob_join.event_id).outlier
     # bob's join is not in the state before his message (his message's prev is the join rules): rejected there
     assert "state before" in scene.dag.known(hello.event_id).rejected

@@ -13,6 +13,7 @@ from lowband.gateway.api.http import (
     client_misc,
     client_rooms,
     client_sync,
+    federation_base,
     federation_keys,
     federation_query,
     federation_rooms,
@@ -69,8 +70,9 @@ def make_app(services: Services) -> web.Application:
     # The largest body any endpoint takes is a media upload; JSON endpoints
     # check their own, smaller limit in json_body via max_request_bytes.
     limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
-    app = web.Application(middlewares=[matrix_errors], client_max_size=limit)
+    app = web.Application(middlewares=[matrix_errors, federation_base.bounded_bodies], client_max_size=limit)
     app[SERVICES] = services
+    app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     for module in (client_auth, client_rooms, client_sync, client_misc, media, federation_keys, federation_query,
                    federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())

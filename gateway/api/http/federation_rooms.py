@@ -1,9 +1,9 @@
 """Server-server endpoints about rooms: transactions, membership handshakes, events, state, history.
 
 Every endpoint here needs a valid ``X-Matrix`` signature (401 otherwise);
-the room endpoints also check the room's server ACL (403) and that the
-asking server takes part in the room (403), except the handshakes a
-server uses to join. Answers are bounded: ``limit`` parameters are capped,
+the room endpoints also check the room's server ACL (403; ``/invite``
+too, for a room this server holds) and that the asking server takes part
+in the room (403), except the handshakes a server uses to join. Answers are bounded: ``limit`` parameters are capped,
 state and auth chains are what the room holds.
 """
 
@@ -127,6 +127,8 @@ async def invite(request: web.Request) -> web.Response:
     room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
     if not isinstance(body, dict):
         raise bad_json("the invite body must be an object")
+    if fed.dag.room_version(room_id) is not None:  # a room we hold: its ACL applies (one we do not hold has none here)
+        _room_check(fed, origin, room_id, member=False)
     signed = await fed.invites.receive(origin, room_id, event_id, body)
     return ok({"event": signed})
 

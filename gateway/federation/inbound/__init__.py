@@ -2,6 +2,7 @@
 
 In the order a PDU goes through them:
 
+0. ``check_server_acl`` — the room's server ACL allows the sending server, else ignored;
 1. ``parse_incoming_pdu`` — a valid event of its room's version, else dropped;
 2. ``check_signatures`` — signed by its sender's server, else dropped; a bad
    content hash gets the event redacted;

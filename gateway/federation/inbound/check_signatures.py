@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from lowband.gateway.federation.inbound import versioned
+from lowband.gateway.federation.inbound.budget import FetchBudget
 from lowband.gateway.federation.inbound.errors import PduDropped
 from lowband.gateway.federation.inbound.parse_incoming_pdu import Incoming
 from lowband.gateway.federation.keyring import KeyRing
 from lowband.gateway.matrix.events import ContentHashError, Event, server_name_of
 from lowband.gateway.matrix.signing import SignatureError
+
+#: The longest a receive path waits for one server's keys (the key ring's own fetch is bounded too).
+KEY_FETCH_S = 30.0
 
 
 def _signing_servers(incoming: Incoming) -> dict[str, list[str]]:
@@ -28,12 +34,13 @@ def _signing_servers(incoming: Incoming) -> dict[str, list[str]]:
     return out
 
 
-async def check_signatures(incoming: Incoming, keyring: KeyRing) -> Incoming:
+async def check_signatures(incoming: Incoming, keyring: KeyRing, budget: FetchBudget | None = None) -> Incoming:
     """Verify ``incoming``; PduDropped if a required signature is missing or wrong.
 
     Keys are fetched as needed (``at_ts`` = the event's ``origin_server_ts``
-    where the room version enforces key validity). A wrong content hash
-    replaces the event by its redaction and marks it ``redacted``.
+    where the room version enforces key validity), within ``budget``'s time
+    when given. A wrong content hash replaces the event by its redaction
+    and marks it ``redacted``.
     """
     version = incoming.version
     at_ts = incoming.event.origin_server_ts if version.enforce_key_validity else None
@@ -44,7 +51,14 @@ async def check_signatures(incoming: Incoming, keyring: KeyRing) -> Incoming:
     keys: dict[tuple[str, str], bytes] = {}
     for server, key_ids in wanted.items():
         for key_id in key_ids:
-            key = await keyring.verify_key(server, key_id, at_ts)
+            try:
+                if budget is None:
+                    key = await keyring.verify_key(server, key_id, at_ts)
+                else:
+                    wait = budget.wait_at_most(KEY_FETCH_S)
+                    key = await asyncio.wait_for(keyring.verify_key(server, key_id, at_ts), wait)
+            except TimeoutError:
+                raise PduDropped(f"the keys of {server[:100]} did not come in time") from None
             if key is not None:
                 keys[(server, key_id)] = key
     try:
