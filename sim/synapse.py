@@ -31,7 +31,7 @@ from typing import Any
 
 from lowband.sim.tls import self_signed
 
-__all__ = ["SynapseError", "SynapsePeer", "ensure_synapse", "synapse_venv_dir"]
+__all__ = ["SynapseError", "SynapsePeer", "ensure_synapse", "run_setup", "synapse_venv_dir"]
 
 _LIMIT = {"per_second": 100_000, "burst_count": 100_000}
 
@@ -49,7 +49,8 @@ def synapse_venv_dir() -> Path:
     return cache / "lowband" / "synapse-venv"
 
 
-def _run(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> str:
+def run_setup(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> str:
+    """Run a set-up command (venv, pip, config generation); its stdout, SynapseError with its last line on failure."""
     try:
         done = subprocess.run(argv, check=False, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout)  # fmt: skip
@@ -75,7 +76,7 @@ def ensure_synapse(progress: Any = None) -> Path:
     if progress is not None:
         progress(f"installing matrix-synapse from PyPI into {venv} (once; about a minute)")
     venv.parent.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "venv", "--clear", str(venv)], "creating the Synapse venv", 300)
+    run_setup([sys.executable, "-m", "venv", "--clear", str(venv)], "creating the Synapse venv", 300)
     pip = [str(python), "-m", "pip", "install", "--progress-bar", "off", "matrix-synapse"]
     try:
         code = subprocess.run(pip, check=False, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr,
@@ -118,7 +119,7 @@ class SynapsePeer:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         python = self._python = ensure_synapse()
-        _run([str(python), "-m", "synapse.app.homeserver", "--server-name", self.server_name, "--config-path",
+        run_setup([str(python), "-m", "synapse.app.homeserver", "--server-name", self.server_name, "--config-path",
               str(config_path), "--data-directory", str(self.workdir), "--generate-config", "--report-stats=no"],
              "generating the Synapse config", 120, cwd=self.workdir)  # fmt: skip
         cert, key = self_signed(self.workdir, ["127.0.0.1"])
@@ -128,7 +129,7 @@ class SynapsePeer:
             "print(json.dumps({'config': yaml.safe_load(open(sys.argv[1])),"
             " 'blocklist': [r for r in B if r not in ('127.0.0.0/8', '::1/128')]}))\n"
         )
-        found = json.loads(_run([str(python), "-c", script, str(config_path)], "reading the Synapse config", 60))
+        found = json.loads(run_setup([str(python), "-c", script, str(config_path)], "reading the Synapse config", 60))
         config = found["config"]
         config.update({
             "listeners": [{"port": self.port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,

@@ -89,10 +89,12 @@ class ServerProcess:
     version: str
     port: int
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: "https" for a listener started with a TLS certificate (federating servers)
+    scheme: str = "http"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         """Start the process in its own session, output to :attr:`log`."""
@@ -112,10 +114,17 @@ class ServerProcess:
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after :data:`STOP_TIMEOUT_S`."""
+        self._end(((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)))
+
+    def kill(self) -> None:
+        """``kill -9`` the process group at once, as a crash or a power cut would."""
+        self._end(((signal.SIGKILL, 10.0),))
+
+    def _end(self, steps: tuple[tuple[signal.Signals, float], ...]) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
+        for sig, wait_s in steps:
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:

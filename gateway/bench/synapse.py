@@ -1,21 +1,20 @@
 """Synapse, the reference homeserver, as a benchmark's anchor: installed, configured, started.
 
-Synapse is installed from PyPI into its own cache venv
-(``~/.cache/lowband/synapse-venv``, or ``$LOWBAND_SYNAPSE_VENV``) on first
-use and is never a dependency of the project. Its generated config is
+Synapse is installed by :mod:`lowband.sim.synapse` from PyPI into its own
+cache venv (``~/.cache/lowband/synapse-venv``, or ``$LOWBAND_SYNAPSE_VENV``)
+on first use and is never a dependency of the project. Its generated config is
 edited for loopback, SQLite, open registration and no rate limits.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from lowband.gateway.bench.processes import BenchError, ServerProcess, free_port, progress
+from lowband.sim.synapse import SynapseError, run_setup
+from lowband.sim.synapse import ensure_synapse as sim_ensure_synapse
 
 SERVER_NAME = "localhost"
 
@@ -74,50 +73,20 @@ def configure_synapse(config: dict[str, Any], *, port: int, data_dir: str) -> di
     return edited
 
 
-def synapse_venv_dir() -> Path:
-    """Where Synapse is installed: ``$LOWBAND_SYNAPSE_VENV`` or the user cache."""
-    override = os.environ.get("LOWBAND_SYNAPSE_VENV")
-    if override:
-        return Path(override)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "lowband" / "synapse-venv"
-
-
 def _run_tool(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> str:
-    """Run a setup command, its output shown on stderr; returns its stdout."""
+    """Run a setup command; its stdout, BenchError with its last line when it fails."""
     try:
-        done = subprocess.run(argv, check=False, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BenchError(f"{what} failed: {exc}") from exc
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()
-        raise BenchError(f"{what} failed with status {done.returncode}: {tail[-1] if tail else 'no output'}")
-    return done.stdout
+        return run_setup(argv, what, timeout, cwd=cwd)
+    except SynapseError as exc:
+        raise BenchError(str(exc)) from exc
 
 
 def ensure_synapse() -> Path:
-    """The Python of a venv with matrix-synapse in it, installing from PyPI on first use.
-
-    Raises BenchError when the venv cannot be made or pip fails.
-    """
-    venv = synapse_venv_dir()
-    python = venv / "bin" / "python"
-    marker = venv / ".lowband-installed"
-    if python.exists() and marker.exists():
-        return python
-    progress("homeserver", f"installing matrix-synapse from PyPI into {venv} (once; about a minute)")
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    _run_tool([sys.executable, "-m", "venv", "--clear", str(venv)], "creating the Synapse venv", 300)
-    pip = [str(python), "-m", "pip", "install", "--progress-bar", "off", "matrix-synapse"]
+    """The Python of a venv with matrix-synapse in it (installed on first use); BenchError when pip fails."""
     try:
-        # pip's own lines ("Collecting …") are the progress, so they go to stderr.
-        code = subprocess.run(pip, check=False, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, timeout=1800).returncode
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BenchError(f"pip install matrix-synapse failed: {exc}") from exc
-    if code != 0:
-        raise BenchError(f"pip install matrix-synapse failed with status {code} (see the lines above)")
-    marker.write_text("matrix-synapse\n")
-    return python
+        return sim_ensure_synapse(lambda message: progress("synapse", message))
+    except SynapseError as exc:
+        raise BenchError(str(exc)) from exc
 
 
 def prepare_synapse(workdir: Path) -> ServerProcess:

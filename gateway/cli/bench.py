@@ -33,6 +33,12 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "lowband.gateway.bench.homeserver",
         ("only", "messages", "seconds", "latency_rounds"),
     ),
+    "federation": (
+        "three gateways replicating a room (events/s, send-to-remote-sync latency, catch-up of a restarted "
+        "gateway after 1,000 and 100,000 missed events, memory, lost), Synapse to Synapse in the same run",
+        "lowband.gateway.bench.federation",
+        ("only", "messages", "latency_rounds", "catch_up", "synapse_catch_up"),
+    ),
 }
 
 
@@ -52,10 +58,16 @@ def register(subparsers: Any) -> None:
     )
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
-    bench.add_argument("--only", choices=("lowband", "synapse"), help="homeserver: measure one server only")
-    bench.add_argument("--messages", type=int, help="homeserver, mqtt: how many messages (homeserver: per phase)")
+    bench.add_argument("--only", choices=("lowband", "synapse"), help="homeserver, federation: measure one side only")
+    bench.add_argument("--messages", type=int,
+                       help="homeserver, mqtt, federation: how many messages (homeserver: per phase; federation: "
+                            "replicated across the gateways, default 3000)")  # fmt: skip
     bench.add_argument("--seconds", type=float, help="homeserver, mqtt: at most this long (homeserver: per phase)")
-    bench.add_argument("--latency-rounds", type=int, help="homeserver: send-to-sync samples")
+    bench.add_argument("--latency-rounds", type=int, help="homeserver, federation: send-to-sync samples")
+    bench.add_argument("--catch-up", type=int,
+                       help="federation: events a killed gateway misses in the big catch-up (default 100000; 0 skips it)")
+    bench.add_argument("--synapse-catch-up", type=int,
+                       help="federation: the same big catch-up on Synapse (default 0: skipped, it takes many minutes)")
     bench.add_argument("--rounds", type=int, help="firmware: timing repetitions")
     bench.set_defaults(handler=run)
 
@@ -64,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``bench``."""
     _, _, accepted = BENCHMARKS[args.name]
     options = {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
-    given = [name for name in ("only", "messages", "seconds", "latency_rounds", "rounds") if getattr(args, name) is not None]
+    given = [name for name in ("only", "messages", "seconds", "latency_rounds", "rounds", "catch_up", "synapse_catch_up")
+             if getattr(args, name) is not None]  # fmt: skip
     unsupported = [name for name in given if name not in accepted]
     if unsupported:
         sys.stderr.write(f"lowband: error: bench {args.name} takes no --{unsupported[0].replace('_', '-')}\n")

@@ -1,0 +1,52 @@
+"""``lowband bench federation``: a small real run on three gateways, and its refusals."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from lowband.gateway.bench import federation
+from lowband.gateway.bench.processes import BenchError
+from lowband.gateway.cli import bench as bench_cli
+
+
+@pytest.mark.slow
+def test_a_small_run_replicates_catches_up_and_loses_nothing():
+    result, table = federation.run(messages=60, catch_up=0, latency_rounds=3, only="lowband")
+    assert result["servers"] == 3
+    assert result["events_per_s"] > 0 and result["replicate_s"] > 0
+    assert result["latency_ms_p50"] > 0
+    assert result["catch_up_1k_s"] > 0 and result["catch_up_1k_peak_rss_mb"] > 0
+    assert result["catch_up_100k_s"] is None  # --catch-up 0 skips the big one
+    # 60 replicated + 1,000 missed by B, each read once on each of the three gateways.
+    assert result["events"] == 1060
+    assert (result["lost"], result["duplicated"]) == (0, 0)
+    assert "synapse" not in result
+    assert "catch_up_1k_s" in table and "events_per_s" in table
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"messages": 0}, "--messages"),
+    ({"latency_rounds": 0}, "--latency-rounds"),
+    ({"catch_up": -1}, "--catch-up"),
+])  # fmt: skip
+def test_bad_counts_are_refused_before_anything_starts(kwargs, message):
+    with pytest.raises(BenchError, match=message):
+        federation.run(**kwargs)
+
+
+def test_options_of_other_benchmarks_are_refused(capsys):
+    args = argparse.Namespace(name="wire", json=False, only=None, messages=None, seconds=None, latency_rounds=None,
+                              rounds=None, catch_up=5, synapse_catch_up=None)  # fmt: skip
+    assert bench_cli.run(args) == 2
+    assert "takes no --catch-up" in capsys.readouterr().err
+
+
+def test_the_table_shows_unmeasured_figures_as_dashes():
+    result = {"servers": 3, "events_per_s": 100.0, "catch_up_100k_s": None,
+              "synapse": {"servers": 2, "events_per_s": 50.0, "catch_up_100k_s": None}, "ratio_events_per_s": 2.0}  # fmt: skip
+    lines = federation.table(result).splitlines()
+    row = next(line for line in lines if line.startswith("catch_up_100k_s"))
+    assert row.split()[1:] == ["-", "-"]
+    assert next(line for line in lines if line.startswith("ratio_events_per_s")).split()[1] == "2.0"
