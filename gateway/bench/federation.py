@@ -31,6 +31,7 @@ two. Progress goes to stderr; a server that fails ends the run with
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -196,7 +197,7 @@ class TimelineWatch:
         self._task = asyncio.create_task(self._loop(since))
 
     async def _loop(self, since: str) -> None:
-        room_filter = '{"room":{"timeline":{"limit":%d}}}' % PAGE
+        room_filter = json.dumps({"room": {"timeline": {"limit": PAGE}}})
         while True:
             path = f"/_matrix/client/v3/sync?timeout=10000&since={q(since)}&filter={q(room_filter)}"
             reply = await self.user.request("GET", path, timeout_s=60)
@@ -261,7 +262,9 @@ async def join(user: MatrixUser, room_id: str, via: str) -> None:
             await asyncio.sleep(1)
 
 
-async def replicate(readers: list[MatrixUser], senders: list[MatrixUser], room_id: str, messages: int) -> dict[str, Any]:
+async def replicate(
+    readers: list[MatrixUser], senders: list[MatrixUser], room_id: str, messages: int
+) -> dict[str, Any]:
     """Events/s replicated: from the first send until every reader's /sync holds every event."""
     bodies = [f"rep {i}" for i in range(messages)]
     watches = [TimelineWatch(user, room_id, "rep ") for user in readers]
@@ -348,7 +351,9 @@ async def measure(servers: list[Any], names: list[str], messages: int, small: in
                 server.start()
             await wait_ready(http, server.process)
         users = [await register(http, s.process, f"bench{n}", counters) for s, n in zip(servers, names, strict=True)]
-        made = await users[0].request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "name": "bench"})
+        made = await users[0].request(
+            "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "name": "bench"}
+        )
         room_id = str(made["room_id"])
         for user in users[1:]:
             await join(user, room_id, servers[0].server_name)
@@ -462,8 +467,8 @@ def table(result: dict[str, Any]) -> str:
     synapse = result.get("synapse", {})
     lines = [f"{'':28} {'lowband':>12} {'synapse':>12}"]
     for key in keys:
-        ours, theirs = result.get(key, "-"), synapse.get(key, "-")
-        lines.append(f"{key:28} {str('-' if ours is None else ours):>12} {str('-' if theirs is None else theirs):>12}")
+        ours, theirs = ("-" if v is None else str(v) for v in (result.get(key, "-"), synapse.get(key, "-")))
+        lines.append(f"{key:28} {ours:>12} {theirs:>12}")
     for key in ("ratio_events_per_s", "ratio_latency", "ratio_catch_up_1k"):
         if key in result:
             lines.append(f"{key:28} {result[key]!s:>12}")

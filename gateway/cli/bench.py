@@ -34,8 +34,8 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("only", "messages", "seconds", "latency_rounds"),
     ),
     "federation": (
-        "three gateways replicating a room (events/s, send-to-remote-sync latency, catch-up of a restarted "
-        "gateway after 1,000 and 100,000 missed events, memory, lost), Synapse to Synapse in the same run",
+        ("three gateways replicating a room (events/s, send-to-remote-sync latency, catch-up of a restarted "
+         "gateway after 1,000 and 100,000 missed events, memory, lost), Synapse to Synapse in the same run"),
         "lowband.gateway.bench.federation",
         ("only", "messages", "latency_rounds", "catch_up", "synapse_catch_up"),
     ),
