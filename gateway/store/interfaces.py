@@ -166,6 +166,10 @@ class EventWrite:
     #: State groups it makes besides ``new_group`` (a received event: the state before it, the room's new
     #: current state), written before it.
     extra_groups: tuple[StateGroupWrite, ...] = ()
+    #: The event came from another server and may be stored as an outlier already (from a join's state,
+    #: an auth chain, or a fetch whose commit is still queued): such a row is replaced. Our own new events
+    #: (False) cannot have one, which keeps local sends to one insert.
+    replaces_outlier: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ member by member, so a method that drifts from its Protocol fails here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -282,6 +283,34 @@ def test_a_batch_commits_together_signed_in_order_and_only_then_counts_as_persis
         assert store.membership(room_id, ALICE) == "join"  # forgetting hides, it does not leave
 
     with_store(opener, reopened)
+
+
+def test_an_event_first_stored_as_an_outlier_is_placed_in_the_timeline_later(opener: Callable[[], Store]) -> None:
+    # A joining server keeps the room's state as outliers; paging back later places the same events
+    # in the timeline (history below it), which replaces their rows whether or not they make a group.
+    key = SigningKey.generate()
+
+    async def scenario(store: Store) -> None:
+        room = RoomBuilder(store, key)
+        create = room.write(ALICE, "m.room.create", {"creator": ALICE, "room_version": "10"}, "")
+        message = room.write(ALICE, "m.room.message", {"msgtype": "m.text", "body": "old"})
+        outliers = [dataclasses.replace(w, state_before=None, state_after=None, new_group=None, outlier=True)
+                    for w in (create, message)]  # fmt: skip
+        await store.persist_events(outliers, None)
+        assert all(store.get_event(w.event.event_id)["outlier"] for w in outliers)  # type: ignore[index]
+        assert store.room_events(room.room_id, after=-(1 << 62), upto=store.persisted, limit=10, backwards=False) == []
+        # Placed: the create event with its group, the message with no group of its own and no
+        # memberships (the plain path, batched in one insert).
+        placed = [dataclasses.replace(create, position=store.next_stream(), replaces_outlier=True),
+                  dataclasses.replace(message, position=store.next_stream(), memberships=(), replaces_outlier=True)]  # fmt: skip
+        await store.persist_events(placed, room.row())
+        for write in placed:
+            row = store.get_event(write.event.event_id)
+            assert row is not None and not row["outlier"] and row["stream"] == write.position
+        shown = store.room_events(room.room_id, after=-(1 << 62), upto=store.persisted, limit=10, backwards=False)
+        assert [r["event"].event_id for r in shown] == [create.event.event_id, message.event.event_id]
+
+    with_store(opener, scenario)
 
 
 def test_long_state_chains_load_back_from_disk(opener: Callable[[], Store]) -> None:

@@ -315,7 +315,8 @@ class RoomDag:
                 after_group = self._group_for(room_id, after, [before_group], made)
             groups[event.event_id] = after_group
             writes.append(EventWrite(event, position, before_group, after_group, rejected=rejected,
-                                     memberships=(), extra_groups=tuple(made)))  # fmt: skip
+                                     memberships=(), extra_groups=tuple(made),
+                                     replaces_outlier=True))  # fmt: skip
             made = []
         await self.store.persist_events(writes, None)
         for write in writes:
@@ -364,7 +365,7 @@ class RoomDag:
         new_group = groups.pop(after_group, None) if after_group is not None else None
         write = EventWrite(event, self.store.next_stream(), before_group, after_group, new_group,
                            rejected=rejected, soft_failed=soft_failed, memberships=memberships, federate=relay,
-                           extra_groups=tuple(groups.values()))  # fmt: skip
+                           extra_groups=tuple(groups.values()), replaces_outlier=True)  # fmt: skip
         room_row: RoomHeadRow = {
             "room_version": version.identifier, "creator": head.creator, "state_group": current_group,
             "extremities": extremities[-20:], "depth": max(head.depth, event.depth),

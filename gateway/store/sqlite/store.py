@@ -310,7 +310,8 @@ class SQLiteStore:
                 else:
                     memberships = ()
                 redaction = shown and event.redacts is not None
-                special = w.outlier or w.federate or w.extra_groups or (not shown and w.rejected is None)
+                special = (w.outlier or w.federate or w.extra_groups or w.replaces_outlier
+                           or (not shown and w.rejected is None))  # fmt: skip
                 if w.new_group is None and not memberships and not redaction and not special:
                     plain.append(row(w))
                     continue
