@@ -87,9 +87,9 @@ async def start_federation(services: Services) -> Callable[[], Awaitable[None]] 
     dag = rooms.dag
     sender = FederationSender(server_name, key.version, client, tables, dag.servers_of, dag.pdu_of)
     edus = Edus(services, sender)
-    pipeline = InboundPipeline(client, keyring, dag, edus.receive)
-    memberships = Memberships(server_name, key, client, keyring, dag, lambda: int(time.time() * 1000))
     invites = Invites(server_name, key, client, keyring, rooms, services.store, services.notifier.notify)
+    pipeline = InboundPipeline(client, keyring, dag, edus.receive, outside=invites.outside_room)
+    memberships = Memberships(server_name, key, client, keyring, dag, lambda: int(time.time() * 1000))
     backfiller = Backfiller(server_name, client, keyring, dag)
     federation = Federation(server_name, client, keyring, tables, dag, pipeline, memberships, invites, sender, edus,
                             backfiller, RemoteQueries(client))  # fmt: skip

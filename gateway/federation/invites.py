@@ -10,7 +10,16 @@ Rules:
   user, from the server of its sender, in a room version we know, with a
   valid signature; we sign it and keep it, with the state the inviter
   showed (``invite_room_state``), so the user sees it in ``/sync`` and can
-  join or reject it through the inviting server.
+  join or reject it through the inviting server;
+* while our user is invited to, or knocking on, a room this server does not
+  hold, a member event from the room that withdraws the invite or refuses
+  the knock (leave or ban of that user, by someone else) arrives over
+  ``/send``, as we have no member there to learn it from. It is taken only
+  from the server that handled the invite (the inviter's) or the knock
+  (the servers it went through), checked for format and for the
+  signatures of its origin and its sender's server (the room's state is
+  not ours to judge it by), and kept as an outlier that moves the user to
+  ``leave`` or ``ban``, shown in ``/sync``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import Any
 
 from lowband.gateway.federation.client import FederationClient, FederationError, path_segment
 from lowband.gateway.federation.inbound import versioned
+from lowband.gateway.federation.inbound.budget import FetchBudget
 from lowband.gateway.federation.inbound.check_signatures import check_signatures
 from lowband.gateway.federation.inbound.errors import PduDropped
 from lowband.gateway.federation.inbound.parse_incoming_pdu import parse_for_room
@@ -141,3 +151,53 @@ class Invites:
         await self.store.persist_events([write], None)
         self.notify()
         return signed
+
+    async def outside_room(self, origin: str, raw: Any, budget: FetchBudget) -> tuple[str, None] | None:
+        """A PDU for a room we do not hold that ends our user's pending invite or knock there (see the rules).
+
+        (its event ID, None) once kept; None when it is no such PDU (the
+        caller drops it as for any room we do not hold); PduDropped when it
+        is one but fails a check.
+        """
+        if not isinstance(raw, dict) or raw.get("type") != "m.room.member":
+            return None
+        room_id, target = raw.get("room_id"), raw.get("state_key")
+        if not isinstance(room_id, str) or not isinstance(target, str) or self.rooms.head(room_id) is not None:
+            return None
+        try:
+            if server_name_of(target) != self.server_name:
+                return None
+        except ValueError:
+            return None
+        pending = self.store.membership(room_id, target)
+        record = (self.store.federation.invite(room_id, target) if pending == "invite"
+                  else self.store.federation.knock(room_id, target) if pending == "knock" else None)  # fmt: skip
+        if record is None:
+            return None
+        try:
+            version = room_versions.get(record[1])
+        except room_versions.UnsupportedRoomVersion:
+            return None
+        if origin not in self._pending_servers(pending, record):
+            raise PduDropped(f"{origin[:100]} did not handle {target[:100]}'s {pending} in room {room_id[:100]}")
+        incoming = await check_signatures(parse_for_room(raw, origin, version), self.keyring, budget)
+        event = incoming.event
+        membership = event.content.get("membership")
+        if incoming.redacted or membership not in ("leave", "ban") or event.sender == target:
+            raise PduDropped(f"this server is not in room {room_id[:100]}, and the event does not end "
+                             f"{target[:100]}'s {pending} there")  # fmt: skip
+        write = EventWrite(event, self.store.next_stream(), None, None, outlier=True,
+                           memberships=((target, str(membership), event.event_id),))  # fmt: skip
+        await self.store.persist_events([write], None)
+        self.notify()
+        return event.event_id, None
+
+    def _pending_servers(self, pending: str | None, record: tuple[Any, ...]) -> set[str]:
+        """Who may end a pending invite (the inviter's server) or knock (the servers it went through)."""
+        if pending == "knock":
+            return {s for s in record[3] if isinstance(s, str)}
+        found = self.store.get_event(record[0])
+        try:
+            return {server_name_of(found["event"].sender)} if found is not None else set()
+        except ValueError:
+            return set()

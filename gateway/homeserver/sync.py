@@ -205,7 +205,7 @@ class SyncHandler:
         knock: dict[str, Any] = {}
         leave: dict[str, Any] = {}
         since_stream = since.stream if since else 0
-        for room_id, membership, mstream, _ in self.store.rooms_for_user(user_id):
+        for room_id, membership, mstream, member_event in self.store.rooms_for_user(user_id):
             if mstream > upto or not rooms_only.allows_room(room_id):
                 continue
             fresh = since is None or mstream > since_stream
@@ -219,7 +219,7 @@ class SyncHandler:
             elif membership == "knock" and fresh:
                 knock[room_id] = {"knock_state": {"events": self._stripped_state(room_id, user_id, "knock")}}
             elif membership in ("leave", "ban") and (fresh if since is not None else include_leave):
-                leave[room_id] = self._left_room(user_id, room_id, since_stream, mstream, timeline_filter)
+                leave[room_id] = self._left_room(user_id, room_id, since_stream, mstream, timeline_filter, member_event)
         account_data = [
             {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, since_stream, upto) if r == ""
         ]
@@ -277,8 +277,16 @@ class SyncHandler:
             "summary": {},
         }
 
-    def _left_room(self, user_id: str, room_id: str, after: int, leave_stream: int, timeline_filter: EventFilter) -> dict[str, Any]:
-        rows, limited = self._visible_events(user_id, room_id, after, leave_stream, timeline_filter, joined_now=False)
+    def _left_room(self, user_id: str, room_id: str, after: int, leave_stream: int, timeline_filter: EventFilter,
+                   member_event: str) -> dict[str, Any]:  # fmt: skip
+        if self.rooms.head(room_id) is None:
+            # A room held elsewhere (a rejected or withdrawn invite, a rescinded or refused knock): the timeline
+            # is the member event that ended it, which is all this server has of the room.
+            row = self.store.get_event(member_event)
+            rows, limited = ([row] if row is not None and timeline_filter.allows(row["event"]) else []), False
+        else:
+            rows, limited = self._visible_events(user_id, room_id, after, leave_stream, timeline_filter,
+                                                 joined_now=False)  # fmt: skip
         return {
             "timeline": {"events": [self.client_event(r, with_room_id=False) for r in rows], "limited": limited,
                          "prev_batch": f"s{rows[0]['stream'] - 1}" if rows else f"s{after}"},

@@ -141,3 +141,49 @@ def test_knocks_refused_by_join_rules_room_version_and_acl_and_a_local_knock(tmp
 
     with gateways(tmp_path, "a", "b") as gw:
         asyncio.run(asyncio.wait_for(main(gw), 180))
+
+
+def test_a_refused_knock_and_a_withdrawn_invite_reach_the_users_server(tmp_path):
+    # B holds neither room (no member of B is in it): only the room's server can tell B, over /send.
+    async def main(gw) -> None:
+        async with http_session() as session:
+            alice = await user(session, gw["a"], "alice")
+            bob = await user(session, gw["b"], "bob")
+            carol = await user(session, gw["b"], "carol")
+            room_id = await knock_room(alice, "gate")
+            status, answer = await bob.request("POST", f"{V3}/knock/{q(room_id)}?via={q(gw['a'].server_name)}", {})
+            assert status == 200, answer
+            await until(lambda: knocked(bob, room_id), what="bob's knock in his sync")
+            await until(lambda: membership_is(alice, room_id, bob.user_id, "knock"), what="bob's knock on A")
+            # alice refuses the knock (a kick of the knocker): bob's sync moves the room from knock to leave
+            since = (await sync(bob))["next_batch"]
+            status, answer = await alice.request("POST", f"{V3}/rooms/{q(room_id)}/kick",
+                                                 {"user_id": bob.user_id, "reason": "not today"})  # fmt: skip
+            assert status == 200, answer
+            left = await until(lambda: _left(bob, room_id, since), what="the refusal in bob's sync")
+            assert (await knocked(bob, room_id)) is None
+            refusal = [e for e in left["timeline"]["events"] if e["type"] == "m.room.member"]
+            assert refusal and refusal[-1]["content"]["membership"] == "leave", left
+            assert refusal[-1]["sender"] == alice.user_id and refusal[-1]["content"]["reason"] == "not today"
+
+            # alice invites carol, then thinks better of it: the invite leaves carol's sync for leave
+            status, answer = await alice.request("POST", f"{V3}/rooms/{q(room_id)}/invite", {"user_id": carol.user_id})
+            assert status == 200, answer
+            await until(lambda: invited(carol, room_id), what="the invite in carol's sync")
+            since = (await sync(carol))["next_batch"]
+            status, answer = await alice.request("POST", f"{V3}/rooms/{q(room_id)}/kick", {"user_id": carol.user_id})
+            assert status == 200, answer
+            await until(lambda: _left(carol, room_id, since), what="the withdrawn invite in carol's sync")
+            assert (await invited(carol, room_id)) is None
+            # carol cannot join on the withdrawn invite (the room's server refuses: knock rule, no invite)
+            status, refused = await carol.request("POST", f"{V3}/join/{q(room_id)}?server_name={q(gw['a'].server_name)}",
+                                                  {})  # fmt: skip
+            assert status == 403, refused
+
+    with gateways(tmp_path, "a", "b") as gw:
+        asyncio.run(asyncio.wait_for(main(gw), 180))
+
+
+async def _left(client, room_id, since):
+    """The room's entry under ``rooms.leave`` in ``client``'s sync from ``since``, or None."""
+    return (await sync(client, since))["rooms"].get("leave", {}).get(room_id)

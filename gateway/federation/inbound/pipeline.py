@@ -58,22 +58,27 @@ MAX_WAITING_TRANSACTIONS = 1
 RETRY_AFTER_MS = 1000
 
 EduHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: (origin, raw PDU, budget) → (event ID, error) when it handled a PDU for a room we do not hold, else None
+OutsideHandler = Callable[[str, Any, FetchBudget], Awaitable[tuple[str, None] | None]]
 
 
 class InboundPipeline:
     """Runs received PDUs through the checks into the room DAG.
 
     ``max_fetches`` and ``deadline_s`` make each transaction's
-    :class:`FetchBudget` (the module constants by default).
+    :class:`FetchBudget` (the module constants by default). A PDU for a
+    room this server does not hold goes to ``outside`` first (an invite
+    withdrawn, a knock refused), and is dropped unless it takes it.
     """
 
     def __init__(self, client: FederationClient, keyring: KeyRing, dag: RoomDag,
                  edu_handler: EduHandler | None = None, max_fetches: int = MAX_FETCHES_PER_TRANSACTION,
-                 deadline_s: float = TRANSACTION_DEADLINE_S) -> None:  # fmt: skip
+                 deadline_s: float = TRANSACTION_DEADLINE_S, outside: OutsideHandler | None = None) -> None:  # fmt: skip
         self.client = client
         self.keyring = keyring
         self.dag = dag
         self.edu_handler = edu_handler
+        self.outside = outside
         self.max_fetches = max_fetches
         self.deadline_s = deadline_s
         self._origin_locks: dict[str, asyncio.Lock] = {}
@@ -130,6 +135,11 @@ class InboundPipeline:
         event_id = None
         rejected = None
         try:
+            if self.outside is not None and isinstance(raw, dict) and isinstance(raw.get("room_id"), str) \
+                    and self.dag.room_version(raw["room_id"]) is None:  # fmt: skip
+                handled = await self.outside(origin, raw, budget)
+                if handled is not None:
+                    return handled
             incoming = parse_pdu(raw, origin, self.dag)
             event_id = incoming.event.event_id
             check_server_acl(origin, incoming.event.room_id, self.dag)

@@ -136,12 +136,11 @@ class RoomDag:
         return set(self.lookups.servers_in_group(head.state_group)) if head is not None else set()
 
     def servers_of(self, event_id: str) -> set[str]:
-        """The servers an event of ours goes to: those joined just before or just after it."""
+        """The servers an event of ours goes to (``RoomLookups.destinations``)."""
         known = self.known(event_id)
         if known is None or known.outlier:
             return set()
-        return set(self.lookups.servers_in_group(known.state_before)) | set(
-            self.lookups.servers_in_group(known.state_after))
+        return self.lookups.destinations(known.event, known.state_before, known.state_after)
 
     def pdu_of(self, event_id: str) -> dict[str, Any] | None:
         """The PDU of an event, as stored."""

@@ -155,6 +155,20 @@ class RoomLookups:
                 self._servers.popitem(last=False)
         return found
 
+    def destinations(self, event: Event, state_before: int | None, state_after: int | None) -> set[str]:
+        """The servers an event goes to: those with a joined member just before or just after it, and the
+        server of a user elsewhere whose invite is withdrawn or whose knock is refused by it (that server has
+        no member to learn it from, and its user would wait for ever)."""
+        servers = set(self.servers_in_group(state_before)) | set(self.servers_in_group(state_after))
+        target = event.state_key
+        ends_pending = (event.type == "m.room.member" and target and ":" in target and target != event.sender
+                        and event.content.get("membership") in ("leave", "ban"))  # fmt: skip
+        if ends_pending and target:
+            before = self.store.state_for_group(state_before) if state_before is not None else {}
+            if self.membership_in(before, target) in ("invite", "knock"):
+                servers.add(target.split(":", 1)[1])
+        return servers
+
     def joined_members(self, room_id: str) -> list[str]:
         """Users whose current membership is join."""
         state = self.current_state(room_id)

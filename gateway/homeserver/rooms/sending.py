@@ -353,8 +353,8 @@ class EventSender:
     def advance(self, head: RoomHead, event: Event, txn: tuple[str, str, str] | None) -> EventWrite:
         """Move the room's head onto ``event`` and return its write (queued by the caller, in order).
 
-        The event is logged for the room's other servers when any has a
-        joined member before or after it.
+        The event is logged for other servers when it has any
+        (``RoomLookups.destinations``).
         """
         state_before = head.state_group
         state_after, new_group = state_before, None
@@ -364,8 +364,7 @@ class EventSender:
             )
             state_after = new_group.group
         position = self.store.next_stream()
-        others = (self.lookups.servers_in_group(state_before) | self.lookups.servers_in_group(state_after)) - {
-            self.server_name}
+        others = self.lookups.destinations(event, state_before, state_after) - {self.server_name}
         cited = set(event.prev_events)
         head.extremities = [event.event_id, *(e for e in head.extremities if e not in cited)]
         head.depth = max(head.depth, event.depth)
