@@ -5,9 +5,10 @@ Rules:
 * the backlog is ``federation_log`` on disk (events logged in their own
   commit); each destination reads it with its own cursor, so a peer away
   for a month costs disk, not memory, and nothing is dropped;
-* an event goes to the servers with a joined member in the room just
-  before or just after it (so a kicked server still gets its kick), never
-  to us;
+* an event goes to the servers ``RoomLookups.destinations`` names: those
+  with a joined member in the room just before or just after it (so a
+  kicked server still gets its kick) that the room's ACL there allows, and
+  the server of a user whose invite or knock it ends; never to us;
 * a transaction holds at most 50 PDUs and 100 EDUs. Its number and the log
   position it covers are written before it is sent; a retry, also after a
   restart or ``kill -9``, sends the same transaction ID with the same PDUs;

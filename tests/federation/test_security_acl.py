@@ -13,7 +13,8 @@ import asyncio
 
 from hostile_peer import HostilePeer, attacked_gateway, http_session, local_user, messages, public_room, q
 
-from lowband.gateway.matrix.events import build_event
+from lowband.gateway.matrix import room_versions
+from lowband.gateway.matrix.events import build_event, compute_event_id
 
 ACL = {"allow": ["*"], "deny": ["evil.test"], "allow_ip_literals": True}
 
@@ -64,6 +65,15 @@ async def _protected_answers(peer, session, gw, room_id, bob):
     return out
 
 
+def _pdus(peer):
+    """Every PDU the gateway sent ``peer``."""
+    return [p for txn in peer.received for p in txn.get("pdus", [])]
+
+
+def _pdu_ids(peer):
+    return {compute_event_id(p, room_versions.V10) for p in _pdus(peer)}
+
+
 def test_a_denied_server_is_refused_everywhere_and_an_allowed_one_works(tmp_path):
     async def main():
         async with HostilePeer(tmp_path, "evil.test") as evil, HostilePeer(tmp_path, "good.test") as good, \
@@ -112,5 +122,17 @@ def test_a_denied_server_is_refused_everywhere_and_an_allowed_one_works(tmp_path
             assert denied == dict.fromkeys(denied, (403, "M_FORBIDDEN")), denied
             allowed = await _protected_answers(good, session, gw, room_id, bob.user_id)
             assert allowed == dict.fromkeys(allowed, (200, None)), allowed
+
+            # what we send: the denied server got the ACL that denies it, and nothing after it
+            status, sent = await alice.request("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/a1",
+                                               {"msgtype": "m.text", "body": "after the ACL"})  # fmt: skip
+            assert status == 200, sent
+            deadline = asyncio.get_running_loop().time() + 30
+            while sent["event_id"] not in _pdu_ids(good):
+                assert asyncio.get_running_loop().time() < deadline, "the allowed server never got the message"
+                await asyncio.sleep(0.1)
+            acl_events = [p for p in _pdus(evil) if p.get("type") == "m.room.server_acl"]
+            assert acl_events and acl_events[-1]["content"] == ACL
+            assert sent["event_id"] not in _pdu_ids(evil)
 
     asyncio.run(asyncio.wait_for(main(), 120))

@@ -16,6 +16,7 @@ from typing import Any
 from lowband.gateway.matrix import auth_rules, room_versions
 from lowband.gateway.matrix.events import Event, reference_hash
 from lowband.gateway.matrix.room_versions import RoomVersion
+from lowband.gateway.matrix.server_acl import server_allowed
 from lowband.gateway.matrix.signing import encode_base64
 from lowband.gateway.store.interfaces import StateMap, Store
 
@@ -43,6 +44,7 @@ class RoomLookups:
         self._heads: dict[str, RoomHead] = {}
         self._event_cache: dict[str, Event] = {}
         self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()  # state group -> servers with joined members
+        self._allowed: OrderedDict[int, frozenset[str]] = OrderedDict()  # the same, less those its ACL denies
         # v1-v2 rooms: reference hashes of recent events, which the next events cite before they commit
         self._reference_hashes: dict[str, str] = {}
 
@@ -156,10 +158,11 @@ class RoomLookups:
         return found
 
     def destinations(self, event: Event, state_before: int | None, state_after: int | None) -> set[str]:
-        """The servers an event goes to: those with a joined member just before or just after it, and the
-        server of a user elsewhere whose invite is withdrawn or whose knock is refused by it (that server has
-        no member to learn it from, and its user would wait for ever)."""
-        servers = set(self.servers_in_group(state_before)) | set(self.servers_in_group(state_after))
+        """The servers an event goes to: those with a joined member just before or just after it that the
+        room's ``m.room.server_acl`` there allows (so a server learns of the ACL that denies it, and nothing
+        after), and the server of a user elsewhere whose invite is withdrawn or whose knock is refused by it
+        (that server has no member to learn it from, and its user would wait for ever)."""
+        servers = set(self.allowed_servers_in_group(state_before)) | set(self.allowed_servers_in_group(state_after))
         target = event.state_key
         ends_pending = (event.type == "m.room.member" and target and ":" in target and target != event.sender
                         and event.content.get("membership") in ("leave", "ban"))  # fmt: skip
@@ -168,6 +171,20 @@ class RoomLookups:
             if self.membership_in(before, target) in ("invite", "knock"):
                 servers.add(target.split(":", 1)[1])
         return servers
+
+    def allowed_servers_in_group(self, group: int | None) -> frozenset[str]:
+        """:meth:`servers_in_group` less those the group's ``m.room.server_acl`` denies (cached)."""
+        servers = self.servers_in_group(group)
+        if group is None or not servers:
+            return servers
+        found = self._allowed.get(group)
+        if found is None:
+            acl = self.state_content(self.store.state_for_group(group), "m.room.server_acl")
+            found = servers if acl is None else frozenset(s for s in servers if server_allowed(acl, s))
+            self._allowed[group] = found
+            if len(self._allowed) > 4096:
+                self._allowed.popitem(last=False)
+        return found
 
     def joined_members(self, room_id: str) -> list[str]:
         """Users whose current membership is join."""
