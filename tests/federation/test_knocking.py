@@ -47,12 +47,16 @@ async def membership_is(client, room_id, user_id, wanted):
     return content is not None and content.get("membership") == wanted and content
 
 
+async def cast(session, gw):
+    """alice on A (the room's server), bob and carol on B."""
+    return (await user(session, gw["a"], "alice"), await user(session, gw["b"], "bob"),
+            await user(session, gw["b"], "carol"))  # fmt: skip
+
+
 def test_a_knock_through_the_rooms_server_then_an_invite_then_a_join(tmp_path):
     async def main(gw) -> None:
         async with http_session() as session:
-            alice = await user(session, gw["a"], "alice")
-            bob = await user(session, gw["b"], "bob")
-            carol = await user(session, gw["b"], "carol")
+            alice, bob, carol = await cast(session, gw)
             status, _ = await bob.request("PUT", f"{V3}/profile/{q(bob.user_id)}/displayname", {"displayname": "Bob"})
             assert status == 200
             a_name = gw["a"].server_name
@@ -147,9 +151,7 @@ def test_a_refused_knock_and_a_withdrawn_invite_reach_the_users_server(tmp_path)
     # B holds neither room (no member of B is in it): only the room's server can tell B, over /send.
     async def main(gw) -> None:
         async with http_session() as session:
-            alice = await user(session, gw["a"], "alice")
-            bob = await user(session, gw["b"], "bob")
-            carol = await user(session, gw["b"], "carol")
+            alice, bob, carol = await cast(session, gw)
             room_id = await knock_room(alice, "gate")
             status, answer = await bob.request("POST", f"{V3}/knock/{q(room_id)}?via={q(gw['a'].server_name)}", {})
             assert status == 200, answer
