@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lowband.gateway.matrix.request_auth import (
@@ -11,6 +14,7 @@ from lowband.gateway.matrix.request_auth import (
     request_json,
     verify_request,
 )
+from lowband.gateway.matrix.canonical_json import encode_canonical_json
 from lowband.gateway.matrix.server_keys import SEVEN_DAYS_MS, KeyResponseError, key_document, parse_key_document
 from lowband.gateway.matrix.signing import SignatureError, SigningKey, encode_base64, sign_json
 
@@ -122,3 +126,19 @@ def _doc(**changes):
 def test_bad_key_documents_are_refused(doc, message):
     with pytest.raises(KeyResponseError, match=message):
         parse_key_document(doc, "a")
+
+
+def test_the_transaction_example_of_the_docs_is_what_the_code_signs():
+    # docs/federation.md "On the wire": the key from seed bytes 0..31, its header and signed bytes
+    key = SigningKey.from_seed(bytes(range(32)), "a_1")
+    body = {"origin": "127.0.0.1:8448", "origin_server_ts": 1764849600000, "pdus": [],
+            "edus": [{"edu_type": "m.typing", "content": {"room_id": "!r:127.0.0.1:8448",
+                                                           "user_id": "@alice:127.0.0.1:8448", "typing": True}}]}  # fmt: skip
+    uri = "/_matrix/federation/v1/send/a_1.3"
+    docs = (Path(__file__).parents[2] / "docs" / "federation.md").read_text()
+    header = authorization_header("PUT", uri, "127.0.0.1:8448", "192.168.1.20:8448", key, body)
+    signed_bytes = encode_canonical_json(request_json("PUT", uri, "127.0.0.1:8448", "192.168.1.20:8448", body))
+    assert f"Authorization: {header}\n" in docs
+    assert signed_bytes.decode() + "\n" in docs
+    assert json.dumps(body, separators=(",", ":")) in docs  # the body as sent
+    assert encode_base64(key.verify_key_bytes) in docs
