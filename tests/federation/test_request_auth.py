@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lowband.gateway.matrix.canonical_json import encode_canonical_json
 from lowband.gateway.matrix.request_auth import (
     AuthHeaderError,
     authorization_header,
@@ -14,7 +15,6 @@ from lowband.gateway.matrix.request_auth import (
     request_json,
     verify_request,
 )
-from lowband.gateway.matrix.canonical_json import encode_canonical_json
 from lowband.gateway.matrix.server_keys import SEVEN_DAYS_MS, KeyResponseError, key_document, parse_key_document
 from lowband.gateway.matrix.signing import SignatureError, SigningKey, encode_base64, sign_json
 
