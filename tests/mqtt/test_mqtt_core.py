@@ -265,6 +265,13 @@ def test_senml_pack_is_resolved():
         ("auto", b"{}", "no_values"),
         ("auto", b'{"big": 123456789012345678901234567890123}', "no_values"),
         ("json", b"[" * 100_000, "malformed_json"),
+        # exponents past decimal's context limits (they raised decimal.Overflow and stalled the broker's acks)
+        ("number", b"1e1000000", "no_values"),
+        ("number", b"1e-1000000", "no_values"),
+        ("auto", b'{"v": 1e1000000}', "no_values"),
+        ("auto", b'{"v": -1E+999999999}', "no_values"),
+        ("auto", b'[{"n": "a", "v": 1e1000000}]', "no_values"),
+        ("number", b"1.0000000000000000000000000001", "no_values"),  # more digits than 2**53 has: not rounded
     ],
 )  # fmt: skip
 def test_refusals_are_values(kind, payload, reason):

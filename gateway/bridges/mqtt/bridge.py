@@ -315,7 +315,11 @@ class MqttBridge:
             if properties.get(ORIGIN_PROPERTY) == self.server_name or self.echo.is_echo(topic, digest, now):
                 self._refuse(session, mapping.name, ticket, "loop", "published by this gateway", topic)
                 continue
-            translated = translate(payload, mapping, topic, now_ms, retained=bool(message.retain))
+            try:
+                translated = translate(payload, mapping, topic, now_ms, retained=bool(message.retain))
+            except Exception as exc:  # a translation bug: refuse (and acknowledge) this message, never stall the rest
+                log.exception("mqtt: translating a message on %s (mapping %s) failed", topic, mapping.name)
+                translated = Refusal("translation_failed", type(exc).__name__)
             if isinstance(translated, Refusal):
                 self._refuse(session, mapping.name, ticket, translated.reason, translated.detail, topic)
                 continue

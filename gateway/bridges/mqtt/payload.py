@@ -136,12 +136,21 @@ def mantissa_scale(value: int | Decimal) -> tuple[int, int] | None:
         value = Decimal(value)
     if not value.is_finite():
         return None
-    sign, digits, exponent = value.normalize().as_tuple()
+    # Trailing zeros move into the exponent, as normalize() would do; but normalize() works in a context
+    # whose exponent limits a payload such as 1e1000000 exceeds (decimal.Overflow), and it rounds past 28
+    # digits, which would not be exact.
+    sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
-    mantissa = int("".join(map(str, digits)) or "0")
+    kept = len(digits)
+    while kept > 1 and digits[kept - 1] == 0:
+        kept -= 1
+    exponent += len(digits) - kept
+    if kept > len(str(_SAFE_INT)):
+        return None
+    mantissa = int("".join(map(str, digits[:kept])) or "0")
     if mantissa == 0:
         return 0, 0
-    if exponent > 0 and mantissa * 10**exponent <= _SAFE_INT:
+    if 0 < exponent <= _MAX_SCALE and mantissa * 10**exponent <= _SAFE_INT:
         mantissa, exponent = mantissa * 10**exponent, 0
     if mantissa > _SAFE_INT or not -_MAX_SCALE <= exponent <= _MAX_SCALE:
         return None
