@@ -382,6 +382,8 @@ def test_wildcards_retained_and_what_is_refused(tmp_path: Path, env: Env) -> Non
             probe.publish(f"{p}/home/attic/temperature", b"\xff\xfe21")  # invalid UTF-8
             probe.publish(f"{p}/home/attic/temperature", b"1" * 2000)  # over this mapping's 1000 bytes
             probe.publish(f"{p}/plant/big", b"x" * (1024 * 1024))  # 1 MB, over the default 64 KiB
+            # an exponent past decimal's limits, QoS 1: it raised and held back every later ack on this broker
+            probe.publish(f"{p}/home/attic/temperature", b"1e1000000")
             probe.publish(f"{p}/json/valve", b"{open")  # not JSON in a json mapping
             probe.publish(f"{p}/json/valve", b'{"open": true}')
             events = await wait_messages(alice, room, lambda e: len(bridged(e)) == 4)
@@ -392,6 +394,7 @@ def test_wildcards_retained_and_what_is_refused(tmp_path: Path, env: Env) -> Non
             assert counter(bridge, "home", "refused.empty") == 1
             assert counter(bridge, "home", "refused.invalid_utf8") == 1
             assert counter(bridge, "home", "refused.oversize") == 1
+            assert counter(bridge, "home", "refused.no_values") == 1
             assert counter(bridge, "plant", "refused.oversize") == 1
             assert counter(bridge, "_bridge", "refused.unmapped") == 1  # plant/# also delivers the excluded topic
         # Restarted on the same session: the retained message is not posted a second time.
