@@ -132,7 +132,7 @@ class Config:
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` → (host, port); ConfigError if malformed."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"listen address {value!r} must be HOST:PORT")
     return host.strip("[]"), int(port)
 
@@ -148,7 +148,7 @@ def parse_peer(name: str, address: str, where: str) -> tuple[str, str]:
     """A peer mapping ``NAME`` → ``HOST:PORT`` checked; ConfigError naming ``where`` otherwise."""
     check_server_name(name)
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) <= 65535:
         raise ConfigError(f"{where}: peer address {address!r} must be HOST:PORT")
     return name, address
 

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lowband.gateway.matrix.numbers import parse_digits
+
 STOP_TIMEOUT_S = 15.0
 
 
@@ -38,7 +40,7 @@ def parse_vmrss_kib(status_text: str) -> int:
     for line in status_text.splitlines():
         if line.startswith("VmRSS:"):
             parts = line.split()
-            if len(parts) < 2 or not parts[1].isdigit() or (len(parts) > 2 and parts[2] != "kB"):
+            if len(parts) < 2 or parse_digits(parts[1]) is None or (len(parts) > 2 and parts[2] != "kB"):
                 raise ValueError(f"unreadable VmRSS line: {line!r}")
             return int(parts[1])
     return 0

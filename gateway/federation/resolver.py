@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lowband.gateway.matrix.numbers import parse_digits
+
 __all__ = ["DEFAULT_PORT", "ServerNameError", "Target", "Resolver", "parse_server_name"]
 
 DEFAULT_PORT = 8448
@@ -82,9 +84,9 @@ def parse_server_name(name: str) -> tuple[str, int | None, bool]:
             raise ServerNameError(f"{name[:80]!r}: bad host name")
     port: int | None = None
     if rest:
-        if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6 or not 0 < int(rest[1:]) < 65536:
+        port = parse_digits(rest[1:], 5) if rest.startswith(":") else None
+        if port is None or not 0 < port < 65536:
             raise ServerNameError(f"{name[:80]!r}: bad port")
-        port = int(rest[1:])
     return host, port, literal
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.matrix.errors import invalid_param
+from lowband.gateway.matrix.numbers import parse_digits
 from lowband.gateway.store.interfaces import Store
 
 __all__ = ["MAX_PUBLIC_ROOMS", "public_rooms_page", "room_summary"]
@@ -60,9 +61,9 @@ def _matches(entry: dict[str, Any], term: str | None, room_types: list[Any] | No
 def public_rooms_page(rooms: RoomService, store: Store, limit: int | None, since: str | None, term: str | None,
                       room_types: list[Any] | None) -> dict[str, Any]:  # fmt: skip
     """One page of the directory, largest rooms first; ``since`` is an offset token (M_INVALID_PARAM if not)."""
-    if since is not None and not (since.isdigit() and len(since) < 10):
+    start = parse_digits(since, 9) if since is not None else 0
+    if start is None:
         raise invalid_param("invalid 'since' token")
-    start = int(since) if since else 0
     entries = [room_summary(rooms, room_id) for room_id in store.public_rooms()]
     entries = [e for e in entries if _matches(e, term, room_types)]
     entries.sort(key=lambda e: (-e["num_joined_members"], e["room_id"]))

@@ -27,6 +27,7 @@ from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.matrix.errors import MatrixError, forbidden, invalid_param
 from lowband.gateway.matrix.events import Event, redact
+from lowband.gateway.matrix.numbers import parse_digits
 from lowband.gateway.store.interfaces import EventRow, StateMap, Store
 
 DEFAULT_TIMELINE_LIMIT = 10
@@ -58,10 +59,12 @@ class SyncToken:
         """
         body = text[1:] if text.startswith("s") else ""
         parts = body.split("_")
-        if not body or len(parts) > 2 or not all(p.removeprefix("-" if history and i == 0 else "").isdigit()
-                                                 and len(p) < 20 for i, p in enumerate(parts)):  # fmt: skip
+        negative = history and parts[0].startswith("-")
+        values = [parse_digits(parts[0][1:] if negative else parts[0]), *(parse_digits(p) for p in parts[1:2])]
+        if not body or len(parts) > 2 or None in values:
             raise invalid_param(f"invalid token {text[:40]!r}")
-        return cls(int(parts[0]), int(parts[1]) if len(parts) == 2 else 0)
+        stream = values[0] or 0
+        return cls(-stream if negative else stream, (values[1] or 0) if len(values) == 2 else 0)
 
 
 class EventFilter:

@@ -293,6 +293,35 @@ def test_unknown_rooms_events_aliases_and_filters_are_m_not_found(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_numbers_in_paths_and_parameters_are_ascii_digits_or_one_documented_error(tmp_path):
+    # str.isdigit() accepted "²" (and Arabic-Indic digits), which int() refused with a 500 and a traceback;
+    # a 5,000-digit number is past what int() parses at all. Each is now the endpoint's own 4xx.
+    odd = ["\u00b2", "\u0663", "1\u00b2", "9" * 5000]
+
+    async def scenario(base, session):
+        (alice,) = await users(session, base, "alice")
+        room = await create_room(alice)
+        for text in odd:
+            value = quote(text)
+            expect_error(await alice.request("GET", f"{V3}/user/{alice.user_id}/filter/{value}"), 404, "M_NOT_FOUND")
+            expect_error(await alice.request("GET", f"{V3}/sync?timeout=0&filter={value}"), 400, "M_INVALID_PARAM")
+            expect_error(await alice.request("GET", f"{V3}/sync?timeout=0&since=s{value}"), 400, "M_INVALID_PARAM")
+            expect_error(await alice.request("GET", f"{V3}/rooms/{quote(room)}/messages?from=s{value}"), 400,
+                         "M_INVALID_PARAM")  # fmt: skip
+            expect_error(await alice.request("GET", f"{V3}/rooms/{quote(room)}/messages?from=s-{value}"), 400,
+                         "M_INVALID_PARAM")  # fmt: skip
+            expect_error(await alice.request("GET", f"{V3}/publicRooms?since={value}"), 400, "M_INVALID_PARAM")
+            status, _ = await alice.request("GET", f"/_matrix/client/v1/media/thumbnail/localhost/abc?width={value}"
+                                                   "&height=32")  # fmt: skip
+            assert status == 400, (text[:5], status)
+        # ASCII digits keep working
+        expect_ok(await alice.request("GET", f"{V3}/publicRooms?since=0"))
+        page = expect_ok(await alice.request("GET", f"{V3}/rooms/{quote(room)}/messages?dir=b&limit=1"))
+        expect_ok(await alice.request("GET", f"{V3}/rooms/{quote(room)}/messages?from={quote(page['end'])}&dir=b"))
+
+    run(tmp_path, scenario)
+
+
 def test_unknown_endpoints_and_wrong_methods_are_m_unrecognized(tmp_path):
     async def scenario(base, session):
         (alice,) = await users(session, base, "alice")

@@ -10,6 +10,7 @@ from aiohttp import web
 from lowband.gateway.api.http.base import CLIENT, authenticate, json_body, ok, query_int, services
 from lowband.gateway.homeserver.sync import SyncToken
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
+from lowband.gateway.matrix.numbers import parse_digits
 
 MAX_FILTER_BYTES = 16 * 1024
 
@@ -28,9 +29,10 @@ def _filter_for(request: web.Request, user_id: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise bad_json("a filter must be a JSON object")
         return value
-    if not raw.isdigit():
+    filter_id = parse_digits(raw)
+    if filter_id is None:
         raise MatrixError(400, "M_INVALID_PARAM", "unknown filter ID")
-    stored = services(request).store.get_filter(user_id, int(raw))
+    stored = services(request).store.get_filter(user_id, filter_id)
     if stored is None:
         raise MatrixError(400, "M_INVALID_PARAM", f"no filter {raw}")
     return stored
@@ -69,7 +71,8 @@ async def get_filter(request: web.Request) -> web.Response:
     """GET /user/{userId}/filter/{filterId}."""
     user_id = _own_user(request)
     raw = request.match_info["filter_id"]
-    stored = services(request).store.get_filter(user_id, int(raw)) if raw.isdigit() else None
+    filter_id = parse_digits(raw)
+    stored = services(request).store.get_filter(user_id, filter_id) if filter_id is not None else None
     if stored is None:
         raise MatrixError(404, "M_NOT_FOUND", "no such filter")
     return ok(stored)

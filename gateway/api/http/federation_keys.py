@@ -10,6 +10,7 @@ from lowband.gateway.api.http.base import ok
 from lowband.gateway.api.http.federation_base import federation, read_body
 from lowband.gateway.federation.resolver import ServerNameError, parse_server_name
 from lowband.gateway.matrix.errors import bad_json
+from lowband.gateway.matrix.numbers import parse_digits
 
 KEYS = "/_matrix/key/v2"
 VERSION = "0.1.0"
@@ -46,7 +47,8 @@ async def query_one(request: web.Request) -> web.Response:
     except ServerNameError as exc:
         raise bad_json(str(exc)) from None
     minimum = request.query.get("minimum_valid_until_ts")
-    wanted: dict[str, int | None] = {"": int(minimum)} if minimum and minimum.isdigit() else {}
+    at_least = parse_digits(minimum) if minimum else None
+    wanted: dict[str, int | None] = {"": at_least} if at_least is not None else {}
     docs = await federation(request).keyring.notary_answer({server: wanted})
     return ok({"server_keys": docs})
 

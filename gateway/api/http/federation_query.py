@@ -11,6 +11,7 @@ from lowband.gateway.api.http.federation_base import FEDERATION_V1, authenticate
 from lowband.gateway.homeserver.directory import public_rooms_page
 from lowband.gateway.matrix.errors import MatrixError, bad_json, not_found
 from lowband.gateway.matrix.events import server_name_of
+from lowband.gateway.matrix.numbers import parse_digits
 
 
 def _local(request: web.Request, identifier: str, what: str) -> None:
@@ -60,8 +61,8 @@ async def query_profile(request: web.Request) -> web.Response:
 def _limit(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.isdigit() and len(value) < 10:
-        return int(value)
+    if isinstance(value, str):
+        return parse_digits(value, 9)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise MatrixError(400, "M_INVALID_PARAM", "limit must be a non-negative integer")

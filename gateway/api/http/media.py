@@ -39,6 +39,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from lowband.gateway.api.http.base import authenticate, ok, rate_limit, services
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, invalid_param, not_found
+from lowband.gateway.matrix.numbers import parse_digits
 from lowband.gateway.store.interfaces import MediaRow
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,10 @@ def _dimension(request: web.Request, key: str) -> int:
     raw = request.query.get(key)
     if raw is None:
         raise MatrixError(400, "M_MISSING_PARAM", f"missing '{key}'")
-    if not raw.isdigit() or not 0 < int(raw) <= _MAX_THUMBNAIL_SIDE:
+    value = parse_digits(raw, 9)
+    if value is None or not 0 < value <= _MAX_THUMBNAIL_SIDE:
         raise invalid_param(f"'{key}' must be a positive integer")
-    return int(raw)
+    return value
 
 
 async def _thumbnail(request: web.Request, authenticated: bool) -> web.StreamResponse:

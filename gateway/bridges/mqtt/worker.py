@@ -61,6 +61,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from lowband.gateway.matrix.numbers import parse_digits
+
 _READ_SIZE = 1 << 16  # bytes one recv() of the gateway's socket asks for
 #: Packets read from the broker in one turn before the gateway's commands
 #: (the acks that let the broker send more) get theirs.
@@ -468,10 +470,11 @@ def _no_op(*args: Any) -> None:
 
 def main(argv: list[str]) -> int:
     """Entry point: ``worker FD`` (FD: this end of the socket pair). Returns the exit status."""
-    if len(argv) != 1 or not argv[0].isdigit():
+    fd = parse_digits(argv[0], 9) if len(argv) == 1 else None
+    if fd is None:
         sys.stderr.write("usage: python -m lowband.gateway.bridges.mqtt.worker FD (started by the gateway)\n")
         return 2
-    sock = socket.socket(fileno=int(argv[0]))
+    sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     first = read_frame(sock)
     if not first or not isinstance(first[0], dict):
