@@ -23,13 +23,13 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from lowband.gateway.cli.allocator import limit_retention
+from lowband.gateway.cli.logs import setup_logging
 from lowband.gateway.cli.main import UsageError
 
 ROOM_ALIAS = "sensors"
@@ -57,7 +57,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``demo``."""
     from lowband.gateway.config import ConfigError, load_config, parse_listen
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(logging.INFO)
     try:
         host, port = parse_listen(args.http)
         config = load_config(None, data_dir=args.data_dir, server_name="localhost", http_host=host, http_port=port,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 import time
 from typing import Any
 
 from lowband.gateway.cli.allocator import limit_retention
+from lowband.gateway.cli.logs import setup_logging
 from lowband.gateway.cli.main import UsageError
 from lowband.gateway.config import ConfigError, load_config, parse_listen, parse_peer
 
@@ -91,7 +91,7 @@ def run_serve(args: argparse.Namespace) -> int:
         config = _config_from(args)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(args.log_level)
     _check_server_name(config)
     logging.getLogger("lowband").debug("allocator: %s", limit_retention())  # before the first thread starts
     try:

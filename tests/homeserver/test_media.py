@@ -321,3 +321,27 @@ def test_thumbnails(tmp_path: Path, base: str) -> None:
                 assert status == 401
 
     asyncio.run(run())
+
+
+def test_a_content_type_with_bytes_outside_ascii_is_refused(tmp_path: Path) -> None:
+    # A 0xFF byte in the header reached the store as an unencodable character: a 500 with a traceback.
+    async def main() -> None:
+        async with media_gateway(tmp_path) as (url, _session, client):
+            host, port = URL(url).host, URL(url).port
+            for header in (b"image/png\xff", b"text/plain; charset=\xc3\xa9", b"\xff\xfe"):
+                reader, writer = await asyncio.open_connection(host, port)
+                body = b"payload"
+                writer.write(b"POST " + UPLOAD.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                             + client.token.encode() + b"\r\nContent-Type: " + header + b"\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)  # fmt: skip
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                status_line = answer.split(b"\r\n", 1)[0]
+                assert status_line.split()[1] == b"400", (header, answer[:300])
+                assert b"M_INVALID_PARAM" in answer and b"Content-Type" in answer
+            # an ordinary one still works
+            status, _ = await upload(client, b"fine", "text/plain; charset=utf-8")
+            assert status == 200
+
+    asyncio.run(main())

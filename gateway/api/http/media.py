@@ -94,9 +94,15 @@ def content_disposition(content_type: str, filename: str | None, *, inline: bool
     return f"{disposition}; filename*=utf-8''{quote(filename, safe='')}"
 
 
-def _header_text(value: str, what: str) -> str:
-    if len(value) > _MAX_HEADER_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise invalid_param(f"invalid {what}")
+def _header_text(value: str, what: str, *, ascii_only: bool = False) -> str:
+    """``value`` if it is not too long and has no control characters and no surrogates (and, with
+    ``ascii_only``, is printable ASCII, as a header must be); M_INVALID_PARAM otherwise.
+
+    aiohttp hands a header's bytes outside ASCII on as surrogate escapes, which the store cannot encode.
+    """
+    if len(value) > _MAX_HEADER_CHARS or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000
+                                             or (ascii_only and ord(c) > 0x7E) for c in value):  # fmt: skip
+        raise invalid_param(f"invalid {what}" + (": printable ASCII only" if ascii_only else ""))
     return value
 
 
@@ -123,7 +129,7 @@ async def upload(request: web.Request) -> web.Response:
     filename = request.query.get("filename") or None
     if filename is not None:
         _header_text(filename, "file name")
-    content_type = _header_text(request.headers.get("Content-Type", "").strip(), "Content-Type")
+    content_type = _header_text(request.headers.get("Content-Type", "").strip(), "Content-Type", ascii_only=True)
     content_type = content_type or "application/octet-stream"
     media_id = secrets.token_urlsafe(18)
     size, digest = await _receive(request, svc, media_id, limit)
