@@ -335,6 +335,25 @@ def test_outbound_body_with_device():
     assert outbound_message(out(), "m.room.message", "@alice:gw", edit).reason == "edit"
 
 
+@pytest.mark.parametrize("sender", ["@a+b:gw", "@home#1:gw", "@nul\x00:gw", "@" + "x" * 129 + ":gw"])
+def test_a_sender_that_cannot_be_a_topic_level_is_skipped_not_retried(sender):
+    # paho refuses to publish to a topic with a wildcard: the publish never completed and the outbound
+    # cursor stayed on that event, across restarts, so nothing after it was published.
+    got = outbound_message(out(topic="chat/{sender}"), "m.room.message", sender, {"msgtype": "m.text", "body": "hi"})
+    assert isinstance(got, Refusal) and got.reason == "bad_sender"
+    # the same user is fine where the topic does not name the sender
+    assert outbound_message(out(topic="chat/all"), "m.room.message", sender, {"msgtype": "m.text", "body": "hi"}) == (
+        "chat/all", b"hi")
+    assert outbound_message(out(topic="chat/{sender}"), "m.room.message", "@a.b:gw",
+                            {"msgtype": "m.text", "body": "hi"}) == ("chat/a.b", b"hi")  # fmt: skip
+
+
+@pytest.mark.parametrize("device", ["a+b", "x#", "nul\x00", "d" * 129])
+def test_a_device_that_cannot_be_a_topic_level_is_refused(device):
+    got = outbound_message(out(), "m.room.message", "@alice:gw", {"msgtype": "m.text", "body": f"{device} on"})
+    assert isinstance(got, Refusal) and got.reason == "bad_device"
+
+
 def test_outbound_fixed_topic_and_content_format():
     got = outbound_message(out(topic="house/say"), "m.room.message", "@alice:gw", {"msgtype": "m.text", "body": "hi"})
     assert got == ("house/say", b"hi")

@@ -377,12 +377,18 @@ def reading_text(record: dict[str, Any]) -> str | None:
     return None
 
 
+def _one_topic_level(text: str) -> bool:
+    """Whether ``text`` may stand in a topic a client publishes to (no wildcard, no NUL, at most 128 bytes)."""
+    return not any(c in text for c in "+#\x00") and len(text.encode("utf-8", "surrogatepass")) <= 128
+
+
 def outbound_message(
     mapping: OutboundMapping, event_type: str, sender: str, content: dict[str, Any]
 ) -> tuple[str, bytes] | Refusal:
     """(topic, payload) for one room event, or why it is not published.
 
-    Refusal reasons: ``not_a_message``, ``msgtype``, ``edit``, ``no_device``,
+    Refusal reasons: ``not_a_message``, ``msgtype``, ``edit``, ``bad_sender``
+    (a sender whose localpart cannot be a topic level), ``no_device``,
     ``bad_device``, ``no_telemetry``.
     """
     if event_type != "m.room.message":
@@ -394,6 +400,8 @@ def outbound_message(
         return Refusal("edit", "edits are not published")
     localpart = sender[1:].split(":", 1)[0]
     topic = mapping.topic.replace("{sender}", localpart.replace("/", "_"))
+    if "{sender}" in mapping.topic and not _one_topic_level(localpart):
+        return Refusal("bad_sender", f"{localpart[:40]!r} cannot be a topic level (+, #, NUL or too long)")
     body = content.get("body")
     if mapping.format in ("body", "content"):
         if "{device}" in topic:
@@ -401,7 +409,7 @@ def outbound_message(
             device, _, rest = text.strip().partition(" ")
             if not device or not rest.strip():
                 return Refusal("no_device", "the body must start with a device name, then the payload")
-            if any(c in device for c in "/+#\x00") or len(device) > 128:
+            if "/" in device or not _one_topic_level(device):
                 return Refusal("bad_device", f"{device[:40]!r} is not a single topic level")
             topic = topic.replace("{device}", device)
             body = rest.strip()
