@@ -322,6 +322,30 @@ def test_numbers_in_paths_and_parameters_are_ascii_digits_or_one_documented_erro
     run(tmp_path, scenario)
 
 
+def test_room_state_is_for_members_and_former_members_only(tmp_path):
+    # A user banned (or whose invite ended) without ever joining read the room's state and members.
+    async def scenario(base, session):
+        alice, bob, mallory, ivy = await users(session, base, "alice", "bob", "mallory", "ivy")
+        room = await create_room(alice, preset="private_chat")
+        expect_ok(await alice.request("POST", f"{V3}/rooms/{quote(room)}/invite", {"user_id": bob.user_id}))
+        await join(bob, room)
+        await alice.request("PUT", f"{V3}/rooms/{quote(room)}/state/m.room.topic/", {"topic": "secret plans"})
+        expect_ok(await alice.request("POST", f"{V3}/rooms/{quote(room)}/ban", {"user_id": mallory.user_id}))
+        expect_ok(await alice.request("POST", f"{V3}/rooms/{quote(room)}/invite", {"user_id": ivy.user_id}))
+        expect_ok(await ivy.request("POST", f"{V3}/rooms/{quote(room)}/leave", {}))  # rejects the invite
+        for outsider in (mallory, ivy):
+            for path in ("state", "members", "state/m.room.topic/"):
+                expect_error(await outsider.request("GET", f"{V3}/rooms/{quote(room)}/{path}"), 403, "M_FORBIDDEN")
+        # bob was joined: after leaving he reads the state as it was when he left
+        expect_ok(await bob.request("POST", f"{V3}/rooms/{quote(room)}/leave", {}))
+        await alice.request("PUT", f"{V3}/rooms/{quote(room)}/state/m.room.topic/", {"topic": "after bob"})
+        state = expect_ok(await bob.request("GET", f"{V3}/rooms/{quote(room)}/state"))
+        assert [e["content"]["topic"] for e in state if e["type"] == "m.room.topic"] == ["secret plans"]
+        assert expect_ok(await bob.request("GET", f"{V3}/rooms/{quote(room)}/members"))["chunk"]
+
+    run(tmp_path, scenario)
+
+
 def test_unknown_endpoints_and_wrong_methods_are_m_unrecognized(tmp_path):
     async def scenario(base, session):
         (alice,) = await users(session, base, "alice")

@@ -325,8 +325,14 @@ def _visible_state(request: web.Request, requester: Requester, room_id: str) -> 
         raise forbidden("you are not a member of this room")
     if rows[0][1] == "join":
         return svc.rooms.current_state(room_id)
-    row = svc.store.get_event(rows[0][3])  # state when the user left
-    return svc.store.state_for_group(row["state_after"]) if row else {}
+    row = svc.store.get_event(rows[0][3])  # the state when the user left, if they had joined before leaving
+    if row is None or row["state_before"] is None:  # a room held elsewhere: an invite rejected, a knock refused
+        raise forbidden("you were never joined to this room")
+    before = svc.store.state_for_group(row["state_before"])
+    if svc.rooms.membership_in(before, requester.user_id) != "join":
+        # Banned, or an invite or knock ended, without ever being in: the room's state is not theirs to read.
+        raise forbidden("you were not joined to this room when you left it")
+    return svc.store.state_for_group(row["state_after"])
 
 
 async def get_state(request: web.Request) -> web.Response:
