@@ -8,7 +8,11 @@ Rules:
 * a version 12 room ID has no server: it is the room's create event ID
   with ``!`` for ``$`` (MSC4291), so ``!`` and 43 characters of URL-safe
   unpadded base64 (a sha256);
-* every identifier is at most 255 bytes of UTF-8.
+* every identifier is at most 255 bytes of UTF-8;
+* a room alias is ``#localpart:server``; we also refuse control
+  characters and surrogates in its localpart (the spec allows any code
+  point but ``:`` and NUL there; a TAB or a newline in an alias only
+  serves to mislead).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "create_event_id_of_room",
     "is_hash_room_id",
+    "is_room_alias",
     "is_room_id",
     "is_user_id",
     "room_id_of_create_event",
@@ -50,6 +55,18 @@ def is_user_id(value: Any) -> bool:
         return False
     localpart, sep, server = value[1:].partition(":")
     return bool(localpart and sep and server)
+
+
+_ALIAS_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def is_room_alias(value: Any) -> bool:
+    """Whether ``value`` is ``#localpart:server`` of at most 255 bytes, the localpart free of ``:``, control
+    characters and surrogates (both parts non-empty)."""
+    if not isinstance(value, str) or not value.startswith("#") or _ALIAS_BAD.search(value):
+        return False
+    localpart, sep, server = value[1:].partition(":")
+    return bool(localpart and sep and server) and len(value.encode("utf-8")) <= MAX_ID_BYTES
 
 
 def is_hash_room_id(value: Any) -> bool:

@@ -59,6 +59,14 @@ class DeviceNameTaken(StoreError):
     """A link device of that name exists and no re-key was asked for."""
 
 
+class TooManyFilters(StoreError):
+    """A user has stored :data:`MAX_FILTERS_PER_USER` different filters already."""
+
+
+#: Different filters one user may store (the same filter stored again keeps its ID and costs nothing).
+MAX_FILTERS_PER_USER = 1000
+
+
 class NoFreeAddress(StoreError):
     """Every link address (1–254) is in use."""
 
@@ -276,7 +284,8 @@ class AccountStore(Protocol):
         ...
 
     async def add_filter(self, user_id: str, filter_json: str) -> int:
-        """Store a filter; returns its ID, the next free one of this user (0, 1, …)."""
+        """Store a filter; returns its ID, the next free one of this user (0, 1, …), or the ID it already has
+        when the user stored the same text before. TooManyFilters past MAX_FILTERS_PER_USER different ones."""
         ...
 
     def get_filter(self, user_id: str, filter_id: int) -> dict[str, Any] | None:

@@ -346,6 +346,32 @@ def test_room_state_is_for_members_and_former_members_only(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_aliases_transaction_ids_and_filters_are_bounded(tmp_path):
+    # A 200-emoji alias name made an 811-byte alias the directory then refused; a TAB was accepted;
+    # 7,000-character transaction IDs were stored; stored filters had no bound.
+    async def scenario(base, session):
+        (alice,) = await users(session, base, "alice")
+        for name in ("\U0001f600" * 200, "a\tb", "line\nbreak", "x" * 250):
+            expect_error(await alice.request("POST", f"{V3}/createRoom", {"room_alias_name": name}), 400,
+                         "M_INVALID_PARAM")  # fmt: skip
+        room = await create_room(alice, room_alias_name="kitchen")
+        for alias in ("#a\tb:localhost", "#" + "x" * 250 + ":localhost", "#\u0085:localhost"):
+            expect_error(await alice.request("PUT", f"{V3}/directory/room/{quote(alias)}", {"room_id": room}), 400,
+                         "M_INVALID_PARAM")  # fmt: skip
+        accented = quote("#caf\u00e9:localhost")
+        expect_ok(await alice.request("PUT", f"{V3}/directory/room/{accented}", {"room_id": room}))
+        path = f"{V3}/rooms/{quote(room)}/send/m.room.message/"
+        expect_error(await alice.request("PUT", path + "t" * 7000, {"msgtype": "m.text", "body": "x"}), 400,
+                     "M_INVALID_PARAM")  # fmt: skip
+        expect_ok(await alice.request("PUT", path + "t" * 255, {"msgtype": "m.text", "body": "x"}))
+        # the same filter twice is one filter
+        same = [expect_ok(await alice.request("POST", f"{V3}/user/{alice.user_id}/filter", {"room": {"timeline":
+                {"limit": 5}}}))["filter_id"] for _ in range(3)]  # fmt: skip
+        assert len(set(same)) == 1
+
+    run(tmp_path, scenario)
+
+
 def test_unknown_endpoints_and_wrong_methods_are_m_unrecognized(tmp_path):
     async def scenario(base, session):
         (alice,) = await users(session, base, "alice")

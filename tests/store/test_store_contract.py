@@ -313,6 +313,21 @@ def test_an_event_first_stored_as_an_outlier_is_placed_in_the_timeline_later(ope
     with_store(opener, scenario)
 
 
+def test_filters_are_kept_once_and_bounded_per_user(opener: Callable[[], Store]) -> None:
+    async def scenario(store: Store) -> None:
+        first = await store.add_filter(ALICE, '{"a":1}')
+        assert await store.add_filter(ALICE, '{"a":1}') == first  # the same text keeps its ID
+        for i in range(1, interfaces.MAX_FILTERS_PER_USER):
+            assert await store.add_filter(ALICE, f'{{"a":{i + 1}}}') == first + i
+        with pytest.raises(interfaces.TooManyFilters):
+            await store.add_filter(ALICE, '{"one":"too many"}')
+        assert await store.add_filter(ALICE, '{"a":7}') == first + 6  # an existing one is still found
+        assert await store.add_filter(BOB, '{"one":"too many"}') == 0  # the bound is per user
+        assert store.get_filter(ALICE, first) == {"a": 1}
+
+    with_store(opener, scenario)
+
+
 def test_long_state_chains_load_back_from_disk(opener: Callable[[], Store]) -> None:
     key = SigningKey.generate()
 

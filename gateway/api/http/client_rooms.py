@@ -22,7 +22,7 @@ from lowband.gateway.federation.component import federation_of
 from lowband.gateway.homeserver.sync import transaction_key
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
 from lowband.gateway.matrix.events import server_name_of
-from lowband.gateway.matrix.identifiers import is_room_id
+from lowband.gateway.matrix.identifiers import is_room_alias, is_room_id
 from lowband.gateway.store.interfaces import EventWrite
 
 MAX_ID_BYTES = 255
@@ -263,7 +263,7 @@ async def send(request: web.Request) -> web.Response:
     rate_limit(request, requester)
     room_id = _room_id(request)
     event_type = request.match_info["event_type"]
-    txn_id = request.match_info["txn_id"]
+    txn_id = _txn_id(request)
     content = await json_body(request)
     if event_type == "m.room.redaction":
         raise bad_json("use the /redact endpoint to redact events")
@@ -286,7 +286,7 @@ async def redact(request: web.Request) -> web.Response:
     sent = await services(request).rooms.send(
         requester.user_id, room_id, "m.room.redaction", content, redacts=request.match_info["event_id"],
         txn=(requester.user_id, requester.device_id,
-             transaction_key(room_id, "m.room.redaction", request.match_info["txn_id"])),
+             transaction_key(room_id, "m.room.redaction", _txn_id(request))),
     )  # fmt: skip
     return ok({"event_id": sent.event.event_id})
 
@@ -438,10 +438,22 @@ async def joined_members(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ aliases
 
 
+#: Longest client transaction ID kept (clients use 20–40 characters; every one is stored with its event).
+MAX_TXN_ID_CHARS = 255
+
+
+def _txn_id(request: web.Request) -> str:
+    txn_id = request.match_info["txn_id"]
+    if len(txn_id) > MAX_TXN_ID_CHARS:
+        raise MatrixError(400, "M_INVALID_PARAM", f"transaction IDs are at most {MAX_TXN_ID_CHARS} characters")
+    return txn_id
+
+
 def _alias(request: web.Request) -> str:
     alias = request.match_info["alias"]
-    if not alias.startswith("#") or ":" not in alias or len(alias.encode()) > MAX_ID_BYTES:
-        raise MatrixError(400, "M_INVALID_PARAM", "not a room alias")
+    if not is_room_alias(alias):
+        raise MatrixError(400, "M_INVALID_PARAM", "not a room alias (#localpart:server, at most 255 bytes, "
+                          "no control characters)")  # fmt: skip
     return alias
 
 

@@ -11,6 +11,7 @@ from lowband.gateway.api.http.base import CLIENT, authenticate, json_body, ok, q
 from lowband.gateway.homeserver.sync import SyncToken
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
 from lowband.gateway.matrix.numbers import parse_digits
+from lowband.gateway.store.interfaces import MAX_FILTERS_PER_USER, TooManyFilters
 
 MAX_FILTER_BYTES = 16 * 1024
 
@@ -64,7 +65,12 @@ async def create_filter(request: web.Request) -> web.Response:
     text = json.dumps(body)
     if len(text) > MAX_FILTER_BYTES:
         raise MatrixError(413, "M_TOO_LARGE", "filter too large")
-    return ok({"filter_id": str(await services(request).store.add_filter(user_id, text))})
+    try:
+        filter_id = await services(request).store.add_filter(user_id, text)
+    except TooManyFilters:
+        raise MatrixError(400, "M_LIMIT_EXCEEDED", f"at most {MAX_FILTERS_PER_USER} different filters per user; "
+                          "use an inline filter or one stored before") from None  # fmt: skip
+    return ok({"filter_id": str(filter_id)})
 
 
 async def get_filter(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from lowband.gateway.matrix import auth_rules, room_versions
 from lowband.gateway.matrix.auth_rules import AuthError
 from lowband.gateway.matrix.errors import MatrixError, bad_json
 from lowband.gateway.matrix.events import Event, EventFormatError, build_event, reference_hash
+from lowband.gateway.matrix.identifiers import is_room_alias
 from lowband.gateway.matrix.room_versions import RoomVersion
 from lowband.gateway.matrix.signing import SigningKey, encode_base64
 from lowband.gateway.store.interfaces import Store
@@ -107,9 +108,10 @@ class RoomCreator:
         alias = None
         alias_name = body.get("room_alias_name")
         if alias_name is not None:
-            if not isinstance(alias_name, str) or not alias_name or ":" in alias_name or len(alias_name) > 200:
-                raise bad_json("'room_alias_name' must be the local part of an alias")
-            alias = f"#{alias_name}:{self.server_name}"
+            alias = f"#{alias_name}:{self.server_name}" if isinstance(alias_name, str) else ""
+            if not alias_name or ":" in alias_name or not is_room_alias(alias):
+                raise MatrixError(400, "M_INVALID_PARAM", "'room_alias_name' must be the local part of an alias: "
+                                  "no ':' or control characters, the whole alias at most 255 bytes")  # fmt: skip
             if self.store.get_alias(alias) is not None:
                 raise MatrixError(400, "M_ROOM_IN_USE", f"alias {alias} is taken")
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from lowband.gateway.matrix.events import Event
 from lowband.gateway.store.interfaces import (
+    MAX_FILTERS_PER_USER,
     DeviceInfo,
     EventRow,
     EventWrite,
@@ -28,6 +29,7 @@ from lowband.gateway.store.interfaces import (
     RoomRow,
     StateGroupWrite,
     StateMap,
+    TooManyFilters,
     UserExists,
     UserRow,
     pdu_bytes,
@@ -190,10 +192,18 @@ class SQLiteStore:
         await self.db.write(lambda c: c.execute(f"UPDATE users SET {field} = ? WHERE user_id = ?", (value, user_id)))
 
     async def add_filter(self, user_id: str, filter_json: str) -> int:
-        """Store a filter; returns its ID (per user)."""
+        """Store a filter; returns its ID (per user): the existing one for the same text. TooManyFilters past
+        :data:`MAX_FILTERS_PER_USER` different ones."""
 
         def fn(c: sqlite3.Connection) -> int:
-            row = c.execute("SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = ?", (user_id,)).fetchone()
+            same = c.execute("SELECT filter_id FROM filters WHERE user_id = ? AND filter_json = ? LIMIT 1",
+                             (user_id, filter_json)).fetchone()  # fmt: skip
+            if same is not None:
+                return int(same[0])
+            row = c.execute("SELECT COALESCE(MAX(filter_id), -1) + 1, COUNT(*) FROM filters WHERE user_id = ?",
+                            (user_id,)).fetchone()  # fmt: skip
+            if row[1] >= MAX_FILTERS_PER_USER:
+                raise TooManyFilters(f"{user_id} already has {row[1]} filters")
             c.execute("INSERT INTO filters VALUES (?, ?, ?)", (user_id, row[0], filter_json))
             return int(row[0])
 
