@@ -32,6 +32,8 @@ from lowband.gateway.store.interfaces import EventRow, StateMap, Store
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_LIMIT = 1000
+#: Events one /sync room or /messages page reads at most, whatever its filter leaves (then it says where to go on).
+MAX_SCAN_ROWS = 5000
 _STRIPPED_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.canonical_alias", "m.room.avatar",
                    "m.room.encryption", "m.room.topic")  # fmt: skip
 
@@ -243,7 +245,7 @@ class SyncHandler:
         timeline_filter: EventFilter, state_filter: EventFilter, device: tuple[str, str],
     ) -> dict[str, Any] | None:  # fmt: skip
         after = 0 if initial or since is None else since.stream
-        rows, limited = self._visible_events(user_id, room_id, after, upto, timeline_filter, joined_now=True)
+        rows, limited, resume = self._visible_events(user_id, room_id, after, upto, timeline_filter, joined_now=True)
         if initial or full_state:
             state_at_start = self._state_at_start(room_id, rows, upto)
             state_ids = state_at_start
@@ -266,7 +268,7 @@ class SyncHandler:
         ]
         if not (initial or full_state or rows or state_events or ephemeral or room_account_data):
             return None
-        prev_batch = f"s{rows[0]['stream'] - 1}" if rows else f"s{after}"
+        prev_batch = f"s{resume}"
         return {
             "timeline": {
                 "events": [self.client_event(r, with_room_id=False, device=device) for r in rows],
@@ -286,38 +288,51 @@ class SyncHandler:
             # A room held elsewhere (a rejected or withdrawn invite, a rescinded or refused knock): the timeline
             # is the member event that ended it, which is all this server has of the room.
             row = self.store.get_event(member_event)
-            rows, limited = ([row] if row is not None and timeline_filter.allows(row["event"]) else []), False
+            rows = [row] if row is not None and timeline_filter.allows(row["event"]) else []
+            limited, resume = False, after
         else:
-            rows, limited = self._visible_events(user_id, room_id, after, leave_stream, timeline_filter,
-                                                 joined_now=False)  # fmt: skip
+            rows, limited, resume = self._visible_events(user_id, room_id, after, leave_stream, timeline_filter,
+                                                         joined_now=False)  # fmt: skip
         return {
             "timeline": {"events": [self.client_event(r, with_room_id=False) for r in rows], "limited": limited,
-                         "prev_batch": f"s{rows[0]['stream'] - 1}" if rows else f"s{after}"},
+                         "prev_batch": f"s{resume}"},
             "state": {"events": []},
             "account_data": {"events": []},
         }  # fmt: skip
 
     def _visible_events(
         self, user_id: str, room_id: str, after: int, upto: int, event_filter: EventFilter, *, joined_now: bool
-    ) -> tuple[list[EventRow], bool]:
-        """Newest ``limit`` visible events in (after, upto], oldest first, and whether more were left out."""
+    ) -> tuple[list[EventRow], bool, int]:
+        """Newest ``limit`` visible events in (after, upto], oldest first; whether more may be left out; and the
+        position a client pages back from (``prev_batch``).
+
+        At most :data:`MAX_SCAN_ROWS` events are read: a filter that matches little cannot make one request
+        read a whole room. When the bound stops the scan, the answer is ``limited`` and pages back from
+        where it stopped.
+        """
         wanted = event_filter.limit
         picked: list[EventRow] = []
         top = upto
         limited = False
+        scanned = 0
         while len(picked) <= wanted:
             batch = self.store.room_events(room_id, after=after, upto=top, limit=wanted * 2 + 1, backwards=True)
+            scanned += len(batch)
             for row in batch:
                 if event_filter.allows(row["event"]) and self.visible(user_id, row, joined_now):
                     picked.append(row)
             if len(batch) < wanted * 2 + 1:
                 break
             top = batch[-1]["stream"] - 1
+            if scanned >= MAX_SCAN_ROWS and len(picked) <= wanted:
+                limited = True
+                break
         if len(picked) > wanted:
             picked = picked[:wanted]
             limited = True
         picked.reverse()
-        return picked, limited
+        resume = picked[0]["stream"] - 1 if picked else (top if limited else after)
+        return picked, limited, resume
 
     def _state_at(self, room_id: str, position: int) -> StateMap:
         rows = self.store.room_events(room_id, after=0, upto=position, limit=1, backwards=True)
@@ -391,8 +406,9 @@ class SyncHandler:
         position = min(start, ceiling)
         if direction == "f" and not from_token:
             position = _HISTORY_FLOOR
-        while len(chunk) < event_filter.limit and not exhausted:
-            want = event_filter.limit - len(chunk)
+        scanned = 0
+        while len(chunk) < event_filter.limit and not exhausted and scanned < MAX_SCAN_ROWS:
+            want = min(event_filter.limit - len(chunk), MAX_SCAN_ROWS - scanned)
             if direction == "b":
                 lower = bound if bound is not None else _HISTORY_FLOOR
                 batch = self.store.room_events(room_id, after=lower, upto=position, limit=want, backwards=True)
@@ -404,6 +420,7 @@ class SyncHandler:
                 if batch:
                     position = batch[-1]["stream"]
             exhausted = len(batch) < want
+            scanned += len(batch)
             chunk += [r for r in batch if event_filter.allows(r["event"]) and self.visible(user_id, r, joined_now)]
         response: dict[str, Any] = {
             "start": from_token or f"s{min(start, ceiling)}",
