@@ -174,7 +174,8 @@ async def run_gateway(
     """
     services = open_services(config)
     app = make_app(services)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # auto_decompress off: a compressed body is refused unread (api.http.app.plain_bodies), never inflated.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
     await runner.setup()
     try:
         tls = tls_context(config)

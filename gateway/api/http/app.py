@@ -65,12 +65,26 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
     return response
 
 
+@web.middleware
+async def plain_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a request body sent compressed (``Content-Encoding`` other than identity), before reading it.
+
+    Inflating is where a 10 KB request becomes 10 MB; no Matrix client or server compresses requests. The
+    server runs with aiohttp's ``auto_decompress`` off, so nothing is inflated even while this answers.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise MatrixError(415, "M_UNKNOWN", "compressed request bodies (Content-Encoding) are not accepted")
+    return await handler(request)
+
+
 def make_app(services: Services) -> web.Application:
     """The application serving the client-server, media and server-server APIs."""
     # The largest body any endpoint takes is a media upload; JSON endpoints
     # check their own, smaller limit in json_body via max_request_bytes.
     limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
-    app = web.Application(middlewares=[matrix_errors, federation_base.bounded_bodies], client_max_size=limit)
+    app = web.Application(middlewares=[matrix_errors, plain_bodies, federation_base.bounded_bodies],
+                          client_max_size=limit)  # fmt: skip
     app[SERVICES] = services
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     for module in (client_auth, client_rooms, client_sync, client_misc, media, federation_keys, federation_query,
