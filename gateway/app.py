@@ -108,8 +108,11 @@ def claim_data_dir(config: Config) -> None:
         recorded = marker.read_text().strip()
         if recorded != config.server_name:
             raise ConfigError(f"data dir {config.data_dir} belongs to server {recorded!r}, not {config.server_name!r}")
+        if config.data_dir.stat().st_mode & 0o077:  # made before data dirs were private
+            config.data_dir.chmod(0o700)
         return
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.chmod(0o700)
     marker.write_text(config.server_name + "\n")
 
 
@@ -141,7 +144,9 @@ def open_services(config: Config) -> Services:
     asyncio locks).
     """
     claim_data_dir(config)
-    config.media_dir.mkdir(parents=True, exist_ok=True)
+    config.media_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if config.media_dir.stat().st_mode & 0o077:
+        config.media_dir.chmod(0o700)
     key = SigningKey.load_or_create(config.signing_key_path)
     store = open_store(config.db_path)
     notifier = Notifier()

@@ -149,7 +149,7 @@ async def _receive(request: web.Request, svc: Services, media_id: str, limit: in
     hasher = hashlib.sha256()
     size = 0
     try:
-        with open(temp, "xb") as file:
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
             try:
                 async for chunk in request.content.iter_chunked(_CHUNK):
                     size += len(chunk)

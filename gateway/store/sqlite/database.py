@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -44,12 +45,30 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def private_file(path: Path) -> None:
+    """Create ``path`` readable and writable by its owner only, or take group and other access off it.
+
+    The database holds access tokens, password hashes and link session keys.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists() and companion.stat().st_mode & 0o077:
+            companion.chmod(0o600)
+
+
 class Database:
     """A SQLite file with one group-committing writer and one reader."""
 
     def __init__(self, path: Path, schema: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        private_file(path)  # before SQLite opens it: its -wal and -shm files take the database file's mode
         writer = connect(path)
         writer.executescript(schema)
         self._writer_conn = writer
