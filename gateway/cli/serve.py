@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from lowband.gateway.cli.allocator import limit_retention
@@ -54,7 +57,11 @@ def register(subparsers: Any) -> None:
     sub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     add = sub.add_parser("add", help="create a user", description="Create a user with a password.")
     add.add_argument("name", help="user name (localpart, e.g. alice) or full user ID")
-    add.add_argument("--password", required=True, help="the user's password")
+    secret = add.add_mutually_exclusive_group()
+    secret.add_argument("--password-file", metavar="FILE",
+                        help="read the password from the first line of FILE ('-': standard input)")
+    secret.add_argument("--password", help="the password on the command line (other local users can see it in ps; "
+                                           "prefer the prompt or --password-file)")  # fmt: skip
     add.add_argument("--data-dir", required=True, metavar="DIR", help="the gateway's data dir")
     add.add_argument("--server-name", metavar="NAME", help="server name (default: the one the data dir was started with)")
     add.add_argument("--config", metavar="FILE.toml", help="configuration file to read the server name from")
@@ -111,13 +118,35 @@ def _check_server_name(config: Any) -> None:
         raise UsageError(str(exc)) from None
 
 
+def _password(args: argparse.Namespace) -> str:
+    """The new user's password: ``--password``, ``--password-file`` (``-``: stdin), else asked twice at the
+    terminal, else the first line of standard input. UsageError when empty or the two answers differ."""
+    if args.password is not None:
+        password = args.password
+    elif args.password_file is not None:
+        try:
+            text = sys.stdin.read() if args.password_file == "-" else Path(args.password_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the password from {args.password_file}: {exc}") from None
+        password = text.splitlines()[0] if text else ""
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("the password is empty")
+    return password
+
+
 def run_user_add(args: argparse.Namespace) -> int:
     """Handler of ``user add``."""
     from lowband.gateway.app import open_store, reserved_namespaces
     from lowband.gateway.homeserver.accounts import hash_password, user_id_for
     from lowband.gateway.store.interfaces import UserExists
 
-    marker = __import__("pathlib").Path(args.data_dir) / "server_name"
+    marker = Path(args.data_dir) / "server_name"
     server_name = args.server_name or (marker.read_text().strip() if marker.exists() else None)
     try:
         config = load_config(args.config, data_dir=args.data_dir, server_name=server_name)
@@ -138,9 +167,10 @@ def run_user_add(args: argparse.Namespace) -> int:
     if holder is not None and not args.allow_reserved:
         raise UsageError(f"{user_id} is in a namespace reserved for {holder}; pass --allow-reserved if you mean it "
                          f"(the account is then a person's: {holder} will never speak as it)")  # fmt: skip
+    password = _password(args)
     store = open_store(config.db_path)
     try:
-        store.create_user_sync(user_id, hash_password(args.password), args.admin, int(time.time() * 1000))
+        store.create_user_sync(user_id, hash_password(password), args.admin, int(time.time() * 1000))
     except UserExists:
         raise UsageError(f"user {user_id} already exists") from None
     finally:
