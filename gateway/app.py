@@ -26,6 +26,7 @@ from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
 from lowband.gateway.homeserver.accounts import ReservedNamespaces
 from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.ratelimit import LoginThrottle
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.homeserver.sync import SyncHandler, typing_expiry_loop
@@ -155,7 +156,9 @@ def open_services(config: Config) -> Services:
     sync = SyncHandler(store, rooms, typing, notifier)
     user_limiter, ip_limiter = Services.rate_limiters(config.rate_limits)
     namespaces = reserved_namespaces(config)
-    return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter, namespaces=namespaces)
+    throttle = LoginThrottle() if config.rate_limits.enabled else None
+    return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter, namespaces=namespaces,
+                    login_throttle=throttle)  # fmt: skip
 
 
 def reserved_namespaces(config: Config) -> ReservedNamespaces:

@@ -15,7 +15,7 @@ from typing import Any
 from lowband.gateway.config import Config, RateLimits
 from lowband.gateway.homeserver.accounts import ReservedNamespaces
 from lowband.gateway.homeserver.notifier import Notifier
-from lowband.gateway.homeserver.ratelimit import RateLimiter
+from lowband.gateway.homeserver.ratelimit import LoginThrottle, RateLimiter
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.sync import SyncHandler
 from lowband.gateway.homeserver.typing import TypingTracker
@@ -35,6 +35,8 @@ class Services:
     user_limiter: RateLimiter | None = None
     ip_limiter: RateLimiter | None = None
     login_sessions: dict[str, float] = field(default_factory=dict)
+    #: failed logins per account (None: rate limits are off in the config)
+    login_throttle: LoginThrottle | None = None
     namespaces: ReservedNamespaces = field(default_factory=ReservedNamespaces)
     components: dict[str, Any] = field(default_factory=dict)
     #: told (room_id, receipt_type, user_id, event_id, ts) of every public receipt a local user moves

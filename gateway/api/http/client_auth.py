@@ -77,6 +77,9 @@ async def login(request: web.Request) -> web.Response:
     password = get_str(body, "password")
     assert user is not None and password is not None
     user_id = user if user.startswith("@") else f"@{user.lower()}:{svc.server_name}"
+    throttle = svc.login_throttle
+    if throttle is not None:
+        throttle.check(user_id)
     row = svc.store.get_user(user_id)
     # An unknown or deactivated user costs the same scrypt as a wrong password: the answer's timing must not
     # tell which names exist (it did: 38 ms against 0.6 ms).
@@ -84,7 +87,11 @@ async def login(request: web.Request) -> web.Response:
     stored = row["password_hash"] if row is not None and known else await asyncio.to_thread(_decoy_hash)
     matches = await asyncio.to_thread(check_password, password, stored)
     if not known or not matches:
+        if throttle is not None:
+            throttle.failed(user_id)
         raise forbidden("invalid user name or password")
+    if throttle is not None:
+        throttle.succeeded(user_id)
     return ok(await _issue_token(request, user_id, body))
 
 
