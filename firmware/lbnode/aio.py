@@ -13,10 +13,12 @@ Loaded only by arun(): a blocking node never pays its RAM.
 """
 
 import asyncio
+import gc
 
 from .ticks import ticks_ms
 
 _POLL_MS = 20
+_MEMORY_RETRIES = 3
 
 
 async def arun(node, sensors, interval, readings):
@@ -28,6 +30,7 @@ async def arun(node, sensors, interval, readings):
     try:
         done = 0
         while readings is None or done < readings:
+            await _alive(pump, reader)
             node.sample(sensors)
             done += 1
             wake.set()
@@ -35,6 +38,7 @@ async def arun(node, sensors, interval, readings):
                 break
             await asyncio.sleep_ms(int(interval * 1000))
         while not node.settled():
+            await _alive(pump, reader)
             await asyncio.sleep_ms(50)
     finally:
         pump.cancel()
@@ -42,11 +46,28 @@ async def arun(node, sensors, interval, readings):
             reader.cancel()
 
 
+async def _alive(pump, reader):
+    """Raise the error a task ended on (they only end on one): readings would otherwise pile up unsent and
+    the wait for the link to settle would never end."""
+    for task in (pump, reader):
+        if task is not None and task.done():
+            await task  # re-raises its exception
+            raise RuntimeError("a link task ended")
+
+
 async def _read(node, wake, reader):
+    short = 0  # MemoryErrors in a row (see _pump)
     while True:
         data = await reader.read(64)
         if data:
-            node.transport.feed(data, node._on_frame)
+            try:
+                node.transport.feed(data, node._on_frame)
+                short = 0
+            except MemoryError:
+                short += 1
+                if short > _MEMORY_RETRIES:
+                    raise
+                gc.collect()
             wake.set()
         else:
             await asyncio.sleep_ms(_POLL_MS)  # a hung-up port polls readable forever
@@ -54,14 +75,27 @@ async def _read(node, wake, reader):
 
 async def _pump(node, wake, polled):
     link = node.link
+    short = 0  # MemoryErrors in a row
     while True:
         wake.clear()  # before sending: a frame handed in from now on wakes the next wait
-        node._send_due()
-        if polled:
-            frame = node.transport.recv(0)
+        try:
+            node._send_due()
+            frame = node.transport.recv(0) if polled else None
             if frame is not None:
                 node._on_frame(frame)
-                continue
+            short = 0
+        except MemoryError:
+            # A fragmented heap can refuse one allocation (a handshake's big integers): collect and try
+            # again; the link's own retransmission covers what was lost. A heap that stays too small ends
+            # the pump with the error, which arun() raises.
+            short += 1
+            if short > _MEMORY_RETRIES:
+                raise
+            gc.collect()
+            await asyncio.sleep_ms(_POLL_MS)
+            continue
+        if frame is not None:
+            continue
         wait = link.wait_ms(ticks_ms())
         if polled and (wait is None or wait > _POLL_MS):
             wait = _POLL_MS
