@@ -55,6 +55,19 @@ async def _alive(pump, reader):
             raise RuntimeError("a link task ended")
 
 
+def _short_of_memory(exc, short):
+    """After a MemoryError in a link task: the new count of them in a row, the heap collected.
+
+    A fragmented heap can refuse one allocation (a handshake's big
+    integers); the link's own retransmission covers what was lost. A heap
+    that stays too small ends the task with the error, which arun() raises.
+    """
+    if short >= _MEMORY_RETRIES:
+        raise exc
+    gc.collect()
+    return short + 1
+
+
 async def _read(node, wake, reader):
     short = 0  # MemoryErrors in a row (see _pump)
     while True:
@@ -63,11 +76,8 @@ async def _read(node, wake, reader):
             try:
                 node.transport.feed(data, node._on_frame)
                 short = 0
-            except MemoryError:
-                short += 1
-                if short > _MEMORY_RETRIES:
-                    raise
-                gc.collect()
+            except MemoryError as exc:
+                short = _short_of_memory(exc, short)
             wake.set()
         else:
             await asyncio.sleep_ms(_POLL_MS)  # a hung-up port polls readable forever
@@ -84,14 +94,8 @@ async def _pump(node, wake, polled):
             if frame is not None:
                 node._on_frame(frame)
             short = 0
-        except MemoryError:
-            # A fragmented heap can refuse one allocation (a handshake's big integers): collect and try
-            # again; the link's own retransmission covers what was lost. A heap that stays too small ends
-            # the pump with the error, which arun() raises.
-            short += 1
-            if short > _MEMORY_RETRIES:
-                raise
-            gc.collect()
+        except MemoryError as exc:
+            short = _short_of_memory(exc, short)
             await asyncio.sleep_ms(_POLL_MS)
             continue
         if frame is not None:
