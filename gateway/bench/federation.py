@@ -156,8 +156,21 @@ async def read_room(user: MatrixUser, room_id: str, prefix: str, want: int | Non
             return found
 
 
+async def until_joined(user: MatrixUser, room_id: str, members: set[str], timeout_s: float = 120.0) -> None:
+    """Wait until ``user``'s server lists every one of ``members`` as joined; BenchError after ``timeout_s``."""
+    start = time.perf_counter()
+    while True:
+        answer = await user.request("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/joined_members")
+        joined = set(answer.get("joined") or {})
+        if members <= joined:
+            return
+        if time.perf_counter() - start > timeout_s:
+            raise BenchError(f"{user.user_id}'s server still lacks {sorted(members - joined)} after {timeout_s:.0f} s")
+        await asyncio.sleep(0.2)
+
+
 async def until_read(user: MatrixUser, room_id: str, prefix: str, expected: set[str], what: str,
-                     newest: str | None = None) -> float:  # fmt: skip
+                     newest: str | None = None, stall_s: float = STALL_S) -> float:  # fmt: skip
     """Seconds until ``user`` reads every body of ``expected`` in the room; BenchError on a stall.
 
     With ``newest`` (the body sent last), first waits until the newest page
@@ -188,8 +201,8 @@ async def until_read(user: MatrixUser, room_id: str, prefix: str, expected: set[
         if have > best:
             best, best_at = have, now
             progress(BENCH, f"{what}: {have}/{len(expected)} after {now - start:.0f} s")
-        elif now - best_at > STALL_S:
-            raise BenchError(f"{what}: stuck at {have} of {len(expected)} events for {STALL_S:.0f} s")
+        elif now - best_at > stall_s:
+            raise BenchError(f"{what}: stuck at {have} of {len(expected)} events for {stall_s:.0f} s")
         await asyncio.sleep(0.5)
 
 
@@ -397,12 +410,17 @@ async def measure(servers: list[Any], names: list[str], messages: int, small: in
         room_id = str(made["room_id"])
         for user in users[1:]:
             await join(user, room_id, servers[0].server_name)
-        # Everyone sees everyone joined before the load starts.
+        # Every server knows every member before anyone sends: an event goes to the servers its sender's
+        # server knows to be in the room, so one sent before a join arrived would reach the new server
+        # only when a later event of that sender leads to it.
+        everyone = {user.user_id for user in users}
+        for user in users:
+            await until_joined(user, room_id, everyone)
         for user in users:
             await user.send(room_id, f"ready {user.user_id}")
         ready = {f"ready {u.user_id}" for u in users}
         for user in users:
-            await until_read(user, room_id, "ready ", ready, f"joins seen by {user.user_id}")
+            await until_read(user, room_id, "ready ", ready, f"joins seen by {user.user_id}", stall_s=60)
 
         progress(BENCH, f"{names}: replicating {messages} events")
         figures = await replicate(users, users, room_id, messages)
