@@ -158,7 +158,7 @@ def open_services(config: Config) -> Services:
     namespaces = reserved_namespaces(config)
     throttle = LoginThrottle() if config.rate_limits.enabled else None
     return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter, namespaces=namespaces,
-                    login_throttle=throttle)  # fmt: skip
+                    login_throttle=throttle, read_limiter=Services.read_rate_limiter(config.rate_limits))  # fmt: skip
 
 
 def reserved_namespaces(config: Config) -> ReservedNamespaces:
@@ -183,7 +183,13 @@ async def run_gateway(
     services = open_services(config)
     app = make_app(services)
     # auto_decompress off: a compressed body is refused unread (api.http.app.plain_bodies), never inflated.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+    # keepalive_timeout is also aiohttp's only bound on a connection whose request headers never complete
+    # (its default, an hour, let 200 half-open requests sit there): it closes such a connection, and an
+    # idle one, after header_timeout_s. Bodies have their own deadline (api.http.base.body_deadline); after
+    # a response to a body not read to its end (413, 408), aiohttp drains it for lingering_time before closing,
+    # so a refused slow sender is let go after 2 s rather than aiohttp's 10.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                           keepalive_timeout=config.header_timeout_s, lingering_time=2.0)  # fmt: skip
     await runner.setup()
     try:
         tls = tls_context(config)

@@ -58,13 +58,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RateLimits:
-    """Token buckets for requests that write (sends, joins, registrations)."""
+    """Token buckets for requests that write (sends, joins, registrations) and, separately, that read."""
 
     enabled: bool = True
     per_user_per_s: float = 10.0
     per_user_burst: int = 50
     per_ip_per_s: float = 20.0
     per_ip_burst: int = 100
+    #: requests that read (sync, messages, state, members, media downloads …), per user
+    reads_per_user_per_s: float = 50.0
+    reads_per_user_burst: int = 300
 
 
 #: Addresses federation never connects to unless the config says otherwise: the ranges Synapse
@@ -103,7 +106,15 @@ class Config:
     http_port: int = 8008
     registration_enabled: bool = False
     max_upload_bytes: int = 10 * 1024 * 1024
+    #: all media one user may keep stored (uploads past it: 403)
+    media_quota_bytes: int = 1024 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
+    #: a request's headers must arrive within this many seconds of the connection opening (or of the last
+    #: response on it); an idle keep-alive connection is closed after as long
+    header_timeout_s: float = 30.0
+    #: a request body must arrive within body_timeout_s plus one second per min_body_bytes_per_s bytes
+    body_timeout_s: float = 30.0
+    min_body_bytes_per_s: int = 1024
     rate_limits: RateLimits = field(default_factory=RateLimits)
     federation: FederationConfig = field(default_factory=FederationConfig)
     #: PEM certificate chain and key: the one listener speaks HTTPS (client and federation APIs)
@@ -192,8 +203,8 @@ def _rate_limits(section: dict[str, Any]) -> RateLimits:
         if f.name in section:
             kind: type | tuple[type, ...] = bool if f.type == "bool" else (int, float) if f.type == "float" else int
             value = _take(section, f.name, kind, "rate_limits")
-            if not isinstance(value, bool) and value <= 0:
-                raise ConfigError(f"rate_limits.{f.name} must be positive")
+            if not isinstance(value, bool) and not 0 < value < float("inf"):
+                raise ConfigError(f"rate_limits.{f.name} must be a positive finite number")
             values[f.name] = value
     return RateLimits(**values)
 
@@ -254,12 +265,21 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
             values[key] = Path(_take(http, key, str, "http"))
     if "max_request_bytes" in http:
         values["max_request_bytes"] = _positive(_take(http, "max_request_bytes", int, "http"), "http.max_request_bytes")
+    for key in ("header_timeout_s", "body_timeout_s"):
+        if key in http:
+            values[key] = _positive(_take(http, key, (int, float), "http"), f"http.{key}")
+    if "min_body_bytes_per_s" in http:
+        values["min_body_bytes_per_s"] = _positive(_take(http, "min_body_bytes_per_s", int, "http"),
+                                                   "http.min_body_bytes_per_s")  # fmt: skip
     registration = sections.get("registration", {})
     if "enabled" in registration:
         values["registration_enabled"] = _take(registration, "enabled", bool, "registration")
     media = sections.get("media", {})
     if "max_upload_bytes" in media:
         values["max_upload_bytes"] = _positive(_take(media, "max_upload_bytes", int, "media"), "media.max_upload_bytes")
+    if "quota_bytes_per_user" in media:
+        values["media_quota_bytes"] = _positive(_take(media, "quota_bytes_per_user", int, "media"),
+                                                "media.quota_bytes_per_user")  # fmt: skip
     if "rate_limits" in sections:
         values["rate_limits"] = _rate_limits(sections["rate_limits"])
     if "federation" in sections:
@@ -270,7 +290,7 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
     return replace(config, **values)
 
 
-def _positive(value: int, key: str) -> int:
-    if value <= 0:
-        raise ConfigError(f"{key} must be positive")
+def _positive(value: Any, key: str) -> Any:
+    if not 0 < value < float("inf"):  # TOML spells nan and inf too: neither is a size or a duration
+        raise ConfigError(f"{key} must be a positive finite number")
     return value

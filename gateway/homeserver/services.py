@@ -34,6 +34,8 @@ class Services:
     notifier: Notifier
     user_limiter: RateLimiter | None = None
     ip_limiter: RateLimiter | None = None
+    #: every client/media GET, per user (per address without a token); None when rate limits are off
+    read_limiter: RateLimiter | None = None
     login_sessions: dict[str, float] = field(default_factory=dict)
     #: failed logins per account (None: rate limits are off in the config)
     login_throttle: LoginThrottle | None = None
@@ -48,6 +50,11 @@ class Services:
         if not limits.enabled:
             return None, None
         return RateLimiter(limits.per_user_per_s, limits.per_user_burst), RateLimiter(limits.per_ip_per_s, limits.per_ip_burst)
+
+    @classmethod
+    def read_rate_limiter(cls, limits: RateLimits) -> RateLimiter | None:
+        """The per-user bucket for reads the config asks for (None when disabled)."""
+        return RateLimiter(limits.reads_per_user_per_s, limits.reads_per_user_burst) if limits.enabled else None
 
     @property
     def server_name(self) -> str:

@@ -447,6 +447,10 @@ class MediaStore(Protocol):
         """Metadata of an uploaded file, or None."""
         ...
 
+    def media_bytes_of(self, user_id: str) -> int:
+        """The bytes of all media ``user_id`` uploaded (what counts against the media quota)."""
+        ...
+
 
 class LinkDeviceStore(Protocol):
     """The device registry's tables: provisioned link devices, their sessions and announcements.

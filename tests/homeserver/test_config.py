@@ -20,12 +20,16 @@ data_dir = "/var/lib/lowband"
 [http]
 listen = "0.0.0.0:8448"
 max_request_bytes = 2048
+header_timeout_s = 12
+body_timeout_s = 7.5
+min_body_bytes_per_s = 300
 
 [registration]
 enabled = true
 
 [media]
 max_upload_bytes = 1000
+quota_bytes_per_user = 5000
 
 [rate_limits]
 enabled = true
@@ -33,6 +37,8 @@ per_user_per_s = 2.5
 per_user_burst = 5
 per_ip_per_s = 7
 per_ip_burst = 9
+reads_per_user_per_s = 3
+reads_per_user_burst = 4
 """
 
 
@@ -53,7 +59,9 @@ def test_every_key_of_the_file(tmp_path):
     assert config.server_name == "gw.example" and config.data_dir == Path("/var/lib/lowband")
     assert (config.http_host, config.http_port, config.max_request_bytes) == ("0.0.0.0", 8448, 2048)
     assert config.registration_enabled and config.max_upload_bytes == 1000
-    assert config.rate_limits == RateLimits(True, 2.5, 5, 7, 9)
+    assert config.rate_limits == RateLimits(True, 2.5, 5, 7, 9, 3, 4)
+    assert (config.header_timeout_s, config.body_timeout_s, config.min_body_bytes_per_s) == (12, 7.5, 300)
+    assert config.media_quota_bytes == 5000
 
 
 def test_flags_override_the_file(tmp_path):
@@ -76,6 +84,13 @@ def test_flags_override_the_file(tmp_path):
         ('[registration]\nenabled = "yes"', "wrong type"),
         ("[media]\nmax_upload_bytes = true", "boolean"),
         ("[rate_limits]\nper_user_per_s = 0", "positive"),
+        ("[rate_limits]\nreads_per_user_per_s = nan", "positive finite"),
+        ("[rate_limits]\nreads_per_user_burst = 0", "positive"),
+        ("[http]\nheader_timeout_s = inf", "positive finite"),
+        ("[http]\nbody_timeout_s = nan", "positive finite"),
+        ('[http]\nbody_timeout_s = "30"', "wrong type"),
+        ("[http]\nmin_body_bytes_per_s = 0.5", "wrong type"),
+        ("[media]\nquota_bytes_per_user = 0", "positive"),
         ('[rate_limits]\nper_user_burst = 1.5', "wrong type"),
         ("[rate_limits]\nunknown = 1", "unknown config key rate_limits.unknown"),
         ("server = 3", "must be a table"),

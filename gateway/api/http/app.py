@@ -19,7 +19,7 @@ from lowband.gateway.api.http import (
     federation_rooms,
     media,
 )
-from lowband.gateway.api.http.base import SERVICES
+from lowband.gateway.api.http.base import SERVICES, read_limit
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError
 
@@ -46,7 +46,10 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         response = await handler(request)
     except MatrixError as exc:
-        return _error_response(exc.status, exc.errcode, exc.message, **exc.extra)
+        refused = _error_response(exc.status, exc.errcode, exc.message, **exc.extra)
+        if exc.status == 408:  # the rest of a body that came too slowly is not waited for
+            refused.force_close()
+        return refused
     except web.HTTPRequestEntityTooLarge:
         return _error_response(413, "M_TOO_LARGE", "the request body is too large")
     except web.HTTPMethodNotAllowed:
@@ -78,15 +81,30 @@ async def plain_bodies(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+_READ_PREFIXES = ("/_matrix/client/", "/_matrix/media/")
+
+
+@web.middleware
+async def bounded_reads(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every client and media API GET takes from its user's (or address's) read bucket: 429 when empty.
+
+    Writes have their own buckets in the handlers; federation is bounded per request (federation_base).
+    """
+    if request.method in ("GET", "HEAD") and request.path.startswith(_READ_PREFIXES):
+        read_limit(request)
+    return await handler(request)
+
+
 def make_app(services: Services) -> web.Application:
     """The application serving the client-server, media and server-server APIs."""
     # The largest body any endpoint takes is a media upload; JSON endpoints
     # check their own, smaller limit in json_body via max_request_bytes.
     limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
-    app = web.Application(middlewares=[matrix_errors, plain_bodies, federation_base.bounded_bodies],
+    app = web.Application(middlewares=[matrix_errors, plain_bodies, bounded_reads, federation_base.bounded_bodies],
                           client_max_size=limit)  # fmt: skip
     app[SERVICES] = services
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
+    app[media.UPLOADS_IN_FLIGHT] = {}
     for module in (client_auth, client_rooms, client_sync, client_misc, media, federation_keys, federation_query,
                    federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())

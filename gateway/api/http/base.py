@@ -8,7 +8,10 @@ into the spec's JSON error bodies by the middleware in ``app.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +68,21 @@ def rate_limit(request: web.Request, requester: Requester | None = None) -> None
         svc.user_limiter.check(requester.user_id)
 
 
+def read_limit(request: web.Request) -> None:
+    """Take a token from the read bucket of the request's user (by access token), or of its address without one.
+
+    Called for every client and media API GET by the ``bounded_reads`` middleware: a read can cost a bounded
+    scan (sync.MAX_SCAN_ROWS), and without a limit ten parallel readers of a big room held the loop for
+    seconds. An unknown token counts against the address; the handler then answers it 401 as before.
+    """
+    limiter = services(request).read_limiter
+    if limiter is None:
+        return
+    token = access_token(request)
+    found = services(request).store.lookup_token(token) if token is not None else None
+    limiter.check(found[0] if found is not None else "ip:" + (request.remote or "unknown"))
+
+
 async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """The request body as a JSON object.
 
@@ -74,7 +92,8 @@ async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[
     limit = services(request).config.max_request_bytes
     if (request.content_length or 0) > limit:
         raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
-    raw = await request.read()
+    async with body_deadline(request, limit):
+        raw = await request.read()
     if len(raw) > limit:
         raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
     if not raw.strip():
@@ -92,6 +111,24 @@ async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[
     except UnicodeEncodeError:
         raise bad_json("the request body contains a lone surrogate (\\ud800-\\udfff)") from None
     return value
+
+
+@asynccontextmanager
+async def body_deadline(request: web.Request, largest: int) -> AsyncIterator[None]:
+    """Bound the time reading ``request``'s body may take; 408 M_UNKNOWN (and the connection closed) past it.
+
+    The allowance is ``body_timeout_s`` plus one second per ``min_body_bytes_per_s`` bytes of the announced
+    length (``largest`` when none is announced), so a big upload over a slow link gets its time while a
+    client that trickles a byte now and then cannot hold a connection open for ever.
+    """
+    config = services(request).config
+    size = request.content_length if request.content_length is not None else largest
+    allowed = config.body_timeout_s + min(size, largest) / config.min_body_bytes_per_s
+    try:
+        async with asyncio.timeout(allowed):
+            yield
+    except TimeoutError:
+        raise MatrixError(408, "M_UNKNOWN", f"the request body did not arrive within {allowed:.0f} s") from None
 
 
 def _no_constant(name: str) -> Any:

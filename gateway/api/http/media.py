@@ -11,6 +11,12 @@ Rules:
   fsynced, renamed into place, its directory fsynced, and only then the
   row is written: a crash leaves at worst an orphan file, never a row
   without bytes;
+* a user's stored uploads may total ``media.quota_bytes_per_user``: an
+  upload whose announced length (or, without one, the whole upload limit)
+  does not fit beside them and the user's uploads in progress is refused
+  403 M_FORBIDDEN before a byte is read;
+* the body must arrive within ``http.body_timeout_s`` plus a second per
+  ``http.min_body_bytes_per_s`` bytes (408 otherwise);
 * a download is served inline only for the spec's list of types that
   cannot run script; everything else is an attachment, and every response
   carries a sandboxing Content-Security-Policy.
@@ -36,7 +42,7 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from lowband.gateway.api.http.base import authenticate, ok, rate_limit, services
+from lowband.gateway.api.http.base import authenticate, body_deadline, ok, rate_limit, services
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, invalid_param, not_found
 from lowband.gateway.matrix.numbers import parse_digits
@@ -112,6 +118,9 @@ def _too_large(limit: int) -> MatrixError:
 
 # ---------------------------------------------------------------- upload
 
+#: user ID -> bytes of that user's uploads in progress (they count against the quota until they end)
+UPLOADS_IN_FLIGHT = web.AppKey("uploads_in_flight", dict[str, int])
+
 
 async def upload(request: web.Request) -> web.Response:
     """POST /_matrix/media/v3/upload: the body is the file, ``filename`` a query parameter.
@@ -132,13 +141,32 @@ async def upload(request: web.Request) -> web.Response:
     content_type = _header_text(request.headers.get("Content-Type", "").strip(), "Content-Type", ascii_only=True)
     content_type = content_type or "application/octet-stream"
     media_id = secrets.token_urlsafe(18)
-    size, digest = await _receive(request, svc, media_id, limit)
+    in_flight = request.app[UPLOADS_IN_FLIGHT]
+    user = requester.user_id
+    quota = svc.config.media_quota_bytes
+    left = quota - svc.store.media_bytes_of(user) - in_flight.get(user, 0)
+    wanted = min(limit, request.content_length if request.content_length is not None else limit)
+    if wanted > left:  # without a Content-Length, room for a whole upload is needed
+        raise _over_quota(quota)
+    # Bytes being uploaded count as used until the upload ends, so parallel uploads cannot pass the quota together.
+    in_flight[user] = in_flight.get(user, 0) + wanted
     try:
-        await svc.store.add_media(media_id, content_type, filename, size, digest, requester.user_id, svc.rooms.now_ms())
-    except BaseException:
-        media_path(svc.config.media_dir, media_id).unlink(missing_ok=True)
-        raise
+        # a body longer than announced is cut by aiohttp; one sent without a length reserved a whole upload
+        size, digest = await _receive(request, svc, media_id, limit)
+        try:
+            await svc.store.add_media(media_id, content_type, filename, size, digest, user, svc.rooms.now_ms())
+        except BaseException:
+            media_path(svc.config.media_dir, media_id).unlink(missing_ok=True)
+            raise
+    finally:
+        in_flight[user] -= wanted
+        if not in_flight[user]:
+            del in_flight[user]
     return ok({"content_uri": f"mxc://{svc.server_name}/{media_id}"})
+
+
+def _over_quota(quota: int) -> MatrixError:
+    return MatrixError(403, "M_FORBIDDEN", f"your uploads would pass this gateway's media quota of {quota} bytes")
 
 
 async def _receive(request: web.Request, svc: Services, media_id: str, limit: int) -> tuple[int, str]:
@@ -151,14 +179,15 @@ async def _receive(request: web.Request, svc: Services, media_id: str, limit: in
     try:
         with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
             try:
-                async for chunk in request.content.iter_chunked(_CHUNK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_large(limit)
-                    hasher.update(chunk)
-                    # File writes go to a thread: on a gateway's SD card a
-                    # write can stall long enough to freeze every other request.
-                    await asyncio.to_thread(file.write, chunk)
+                async with body_deadline(request, limit):
+                    async for chunk in request.content.iter_chunked(_CHUNK):
+                        size += len(chunk)
+                        if size > limit:
+                            raise _too_large(limit)
+                        hasher.update(chunk)
+                        # File writes go to a thread: on a gateway's SD card a
+                        # write can stall long enough to freeze every other request.
+                        await asyncio.to_thread(file.write, chunk)
             except (ConnectionError, HttpProcessingError):
                 # The peer hung up or broke the body's framing: its fault, not ours.
                 raise MatrixError(400, "M_UNKNOWN", "the upload was cut short") from None

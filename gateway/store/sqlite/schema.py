@@ -129,6 +129,7 @@ CREATE TABLE IF NOT EXISTS media (
     user_id TEXT NOT NULL,
     created_ts INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS media_by_user ON media(user_id);
 """
 
 _LINK_DEVICES = """

@@ -493,6 +493,11 @@ class SQLiteStore:
                                 (media_id, content_type, filename, size, sha256, user_id, ts))  # fmt: skip
         )
 
+    def media_bytes_of(self, user_id: str) -> int:
+        """The bytes of all media ``user_id`` uploaded."""
+        row = self.db.query_one("SELECT COALESCE(SUM(size), 0) FROM media WHERE user_id = ?", (user_id,))
+        return int(row[0]) if row else 0
+
     def get_media(self, media_id: str) -> MediaRow | None:
         """Metadata of an uploaded file, or None."""
         row = self.db.query_one("SELECT content_type, filename, size, sha256 FROM media WHERE media_id = ?", (media_id,))
