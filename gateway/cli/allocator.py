@@ -1,6 +1,6 @@
 """Keep glibc's malloc from holding on to memory the gateway has freed.
 
-Every registration and login hashes a password with scrypt (n=2**14, r=8):
+Every registration and login hashes a password with scrypt (n=2**14, r=8, p=5):
 16 MiB that OpenSSL mallocs in a worker thread and frees a moment later.
 glibc serves the first such request with mmap and unmaps it on free, but that
 free also raises its *dynamic* mmap threshold to 16 MiB (and the trim

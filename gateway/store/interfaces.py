@@ -256,6 +256,10 @@ class AccountStore(Protocol):
         """The user, or None when there is no such user (deactivated users are returned)."""
         ...
 
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        """Replace the user's password hash; committed on return."""
+        ...
+
     async def add_token(self, token: str, user_id: str, device_id: str, display_name: str | None, ts: int) -> None:
         """Store an access token and create or update its device; committed on return.
 

@@ -1,4 +1,5 @@
-"""The data dir is the owner's alone: it holds access tokens, password hashes, link session keys and media.
+"""The data dir is the owner's alone: it holds access tokens, password hashes, link session keys and media;
+and what it holds of tokens and passwords is hashed.
 
 Found: lowband.db and its WAL were 0644 in a 0755 directory, and media files 0644.
 """
@@ -6,6 +7,10 @@ Found: lowband.db and its WAL were 0644 in a 0755 directory, and media files 064
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -53,3 +58,92 @@ def test_a_data_dir_made_before_is_made_private_at_start(tmp_path):
     assert _mode(data / "lowband.db") == 0o600
     if (data / "lowband.db-wal").exists():
         assert _mode(data / "lowband.db-wal") == 0o600
+
+
+# ------------------------------------------------------------ tokens and password hashes
+# Found: access tokens were stored in clear (a copy of lowband.db logged anyone in), and passwords were hashed
+# with scrypt N=2^14, r=8, p=1, a fifth of the work OWASP asks for.
+
+
+def _db_bytes(data: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in data.iterdir() if p.name.startswith("lowband.db"))
+
+
+async def _whoami(base: str, token: str) -> int:
+    async with aiohttp.ClientSession() as session:
+        status, _ = await Client(session, base, token).request("GET", "/_matrix/client/v3/account/whoami")
+        return status
+
+
+def test_access_tokens_are_kept_only_as_hashes(tmp_path):
+    async def main() -> None:
+        async with gateway_in_loop(tmp_path) as base, aiohttp.ClientSession() as session:
+            alice = Client(session, base)
+            await alice.register("alice")
+            assert alice.token is not None
+            assert await _whoami(base, alice.token) == 200
+            assert alice.token.encode() not in _db_bytes(tmp_path / "data")
+            status, _ = await alice.request("POST", "/_matrix/client/v3/logout", {})
+            assert status == 200
+            assert await _whoami(base, alice.token) == 401
+
+    asyncio.run(main())
+
+
+def test_tokens_of_an_older_database_are_hashed_at_start_and_keep_working(tmp_path):
+    async def register() -> str:
+        async with gateway_in_loop(tmp_path) as base, aiohttp.ClientSession() as session:
+            alice = Client(session, base)
+            await alice.register("alice")
+            assert alice.token is not None
+            return alice.token
+
+    token = asyncio.run(register())
+    db = sqlite3.connect(tmp_path / "data" / "lowband.db")
+    with db:  # what a database written before tokens were hashed holds
+        db.execute("UPDATE access_tokens SET token = ?", (token,))
+    db.close()
+    assert token.encode() in _db_bytes(tmp_path / "data")
+
+    async def reuse() -> None:
+        async with gateway_in_loop(tmp_path) as base:
+            assert await _whoami(base, token) == 200
+
+    asyncio.run(reuse())
+    db = sqlite3.connect(tmp_path / "data" / "lowband.db")
+    db.execute("VACUUM")  # the clear token may linger in a free page until the space is reused
+    db.close()
+    assert token.encode() not in _db_bytes(tmp_path / "data")
+
+
+def test_a_password_hash_with_old_parameters_is_replaced_at_login(tmp_path):
+    from lowband.gateway.homeserver.accounts import needs_rehash
+
+    async def register() -> None:
+        async with gateway_in_loop(tmp_path) as base, aiohttp.ClientSession() as session:
+            await Client(session, base).register("alice", "right horse")
+
+    asyncio.run(register())
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(b"right horse", salt=salt, n=2**14, r=8, p=1, dklen=32)
+    old = f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    assert needs_rehash(old)
+    db = sqlite3.connect(tmp_path / "data" / "lowband.db")
+    with db:
+        db.execute("UPDATE users SET password_hash = ? WHERE user_id = '@alice:localhost'", (old,))
+
+    async def login(password: str) -> int:
+        async with gateway_in_loop(tmp_path) as base, aiohttp.ClientSession() as session:
+            status, _ = await Client(session, base).request("POST", "/_matrix/client/v3/login", {
+                "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                "password": password}, token=False)  # fmt: skip
+            return status
+
+    assert asyncio.run(login("wrong horse")) == 403
+    (stored,) = db.execute("SELECT password_hash FROM users WHERE user_id = '@alice:localhost'").fetchone()
+    assert stored == old  # a wrong password changes nothing
+    assert asyncio.run(login("right horse")) == 200
+    (stored,) = db.execute("SELECT password_hash FROM users WHERE user_id = '@alice:localhost'").fetchone()
+    assert stored.startswith("scrypt$16384$8$5$") and not needs_rehash(stored)
+    assert asyncio.run(login("right horse")) == 200  # the new hash checks
+    db.close()

@@ -13,6 +13,7 @@ from lowband.gateway.api.http.base import CLIENT, authenticate, get_str, json_bo
 from lowband.gateway.homeserver.accounts import (
     check_password,
     hash_password,
+    needs_rehash,
     new_device_id,
     new_token,
     user_id_for,
@@ -92,6 +93,8 @@ async def login(request: web.Request) -> web.Response:
         raise forbidden("invalid user name or password")
     if throttle is not None:
         throttle.succeeded(user_id)
+    if needs_rehash(stored):  # the one moment the password is at hand: bring an old hash up to today's cost
+        await svc.store.set_password_hash(user_id, await asyncio.to_thread(hash_password, password))
     return ok(await _issue_token(request, user_id, body))
 
 

@@ -13,7 +13,16 @@ writer, so an edge's row and the room event queued after it commit in that
 order (see ``store/interfaces.py``).
 """
 
+import hashlib
 import sqlite3
+
+
+def token_key(token: str) -> str:
+    """What the database keeps of an access token: its SHA-256, so a copy of the file holds no usable token.
+
+    A token is 32 bytes from ``secrets``: a plain hash is enough (there is nothing to guess, unlike a password).
+    """
+    return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 _HOMESERVER = """
 CREATE TABLE IF NOT EXISTS users (
@@ -27,7 +36,7 @@ CREATE TABLE IF NOT EXISTS users (
     owner TEXT                      -- NULL: a person's; else the edge that created it ('device:NAME', 'mqtt')
 );
 CREATE TABLE IF NOT EXISTS access_tokens (
-    token TEXT PRIMARY KEY,
+    token TEXT PRIMARY KEY,         -- token_key(token): 'sha256:' and the hex digest, never the token
     user_id TEXT NOT NULL REFERENCES users(user_id),
     device_id TEXT NOT NULL,
     created_ts INTEGER NOT NULL
@@ -212,6 +221,10 @@ def upgrade(conn: sqlite3.Connection) -> None:
     for column in ("outlier", "soft_failed"):  # federation: events known outside the timeline
         if column not in event_columns:
             conn.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    # Access tokens were stored in clear until 0.x; the database now keeps only their SHA-256 (token_key).
+    clear = conn.execute("SELECT token FROM access_tokens WHERE token NOT LIKE 'sha256:%'").fetchall()
+    for (token,) in clear:
+        conn.execute("UPDATE access_tokens SET token = ? WHERE token = ?", (token_key(token), token))
     columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
     if "owner" in columns:
         return

@@ -38,7 +38,7 @@ from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.devices import SQLiteLinkDevices
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
-from lowband.gateway.store.sqlite.schema import SCHEMA, upgrade
+from lowband.gateway.store.sqlite.schema import SCHEMA, token_key, upgrade
 from lowband.gateway.store.sqlite.state_groups import StateGroups
 
 _INSERT_EVENT = (
@@ -112,6 +112,11 @@ class SQLiteStore:
         """
         await self.db.write(lambda c: _insert_user(c, user_id, password_hash, admin, ts, owner))
 
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        """Replace the user's password hash (a rehash with current parameters, or a new password)."""
+        await self.db.write(lambda c: c.execute("UPDATE users SET password_hash = ? WHERE user_id = ?",
+                                                (password_hash, user_id)))  # fmt: skip
+
     def get_user(self, user_id: str) -> UserRow | None:
         """The user's row (``owner`` included: None for a person's account), or None."""
         keys = ("user_id", "password_hash", "admin", "displayname", "avatar_url", "deactivated", "owner", "created_ts")
@@ -127,7 +132,7 @@ class SQLiteStore:
         """Store an access token and its device."""
 
         def fn(c: sqlite3.Connection) -> None:
-            c.execute("INSERT INTO access_tokens VALUES (?, ?, ?, ?)", (token, user_id, device_id, ts))
+            c.execute("INSERT INTO access_tokens VALUES (?, ?, ?, ?)", (token_key(token), user_id, device_id, ts))
             c.execute(
                 "INSERT INTO devices VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET display_name = "
                 "COALESCE(excluded.display_name, display_name)",
@@ -148,7 +153,7 @@ class SQLiteStore:
         row = self.db.query_one(
             "SELECT t.user_id, t.device_id FROM access_tokens t JOIN users u USING (user_id) "
             "WHERE t.token = ? AND u.deactivated = 0",
-            (token,),
+            (token_key(token),),
         )
         if row is None:
             return None
@@ -161,9 +166,11 @@ class SQLiteStore:
         """Log a token out."""
         self._tokens.pop(token, None)
 
+        key = token_key(token)
+
         def fn(c: sqlite3.Connection) -> None:
-            row = c.execute("SELECT user_id, device_id FROM access_tokens WHERE token = ?", (token,)).fetchone()
-            c.execute("DELETE FROM access_tokens WHERE token = ?", (token,))
+            row = c.execute("SELECT user_id, device_id FROM access_tokens WHERE token = ?", (key,)).fetchone()
+            c.execute("DELETE FROM access_tokens WHERE token = ?", (key,))
             if row is not None:  # a device goes with its last token
                 c.execute(
                     "DELETE FROM devices WHERE user_id = ? AND device_id = ? AND NOT EXISTS "
