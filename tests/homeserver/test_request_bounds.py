@@ -162,3 +162,29 @@ def test_media_quota_per_user(tmp_path):
             assert (await upload(bob, 1))[0] == 403
 
     asyncio.run(main())
+
+
+def test_a_chunked_json_body_stops_at_the_json_limit(tmp_path):
+    # Without a Content-Length, aiohttp read a JSON body up to the upload limit (10 MiB) before json_body refused
+    # it. Now the answer comes once the JSON limit is passed, while the sender is still sending.
+    async def main() -> None:
+        config: dict[str, Any] = {"rate_limits": NO_LIMITS, "max_request_bytes": 10_000}
+        async with gateway_in_loop(tmp_path, **config) as base, aiohttp.ClientSession() as session:
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(base))
+            writer.write(f"POST {V3}/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            for _ in range(20):  # 20 KB of a body that goes on (no last chunk is sent)
+                writer.write(b"3e8\r\n" + b" " * 1000 + b"\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 413"), head
+            async with session.post(base + f"{V3}/login", data=_chunks(b'{"type": "m.login.password"}')) as resp:
+                assert resp.status == 400  # a small chunked body is read and answered as before
+                assert (await resp.json())["errcode"] == "M_MISSING_PARAM"
+
+    asyncio.run(main())
+
+
+async def _chunks(data: bytes):  # type: ignore[no-untyped-def]
+    for i in range(0, len(data), 7):
+        yield data[i : i + 7]

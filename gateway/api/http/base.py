@@ -93,7 +93,16 @@ async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[
     if (request.content_length or 0) > limit:
         raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
     async with body_deadline(request, limit):
-        raw = await request.read()
+        if request.content_length is not None:
+            raw = await request.read()
+        else:  # chunked: stop at this route's limit, not at the upload limit aiohttp applies to every route
+            parts, size = [], 0
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
+                parts.append(chunk)
+            raw = b"".join(parts)
     if len(raw) > limit:
         raise MatrixError(413, "M_TOO_LARGE", f"the request body is larger than {limit} bytes")
     if not raw.strip():
