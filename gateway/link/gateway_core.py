@@ -11,7 +11,8 @@ Rules:
 * a handshake (HS1) is answered with HS2; the new session stays *pending*
   beside the current one until the device's first valid DATA frame under
   it, so a replayed HS1 cannot cut a working session off; a retransmitted
-  identical HS1 gets the identical HS2;
+  identical HS1 gets the identical HS2 (a repeated answer, rate-limited as
+  below);
 * a reading is acknowledged only after the runtime reports it done
   (docs/protocol/link.md section 3, gateway/homeserver/delivery.py): a
   whole message comes out as ``Deliver`` with a :class:`DeliveryToken` and
@@ -33,10 +34,26 @@ Rules:
       storing     delivered(token)             -> Persist, ACK; in window
       storing     delivery_failed(token)       -> nothing; failed
       failed      same frame again             -> Deliver (same message ID); storing
-      in window   same frame again             -> Persist, ACK (duplicate); in window
+      in window   same frame again, the        -> the same answer bytes again, at most
+                  device's latest frame           once per reack_interval after the
+                                                  first (no write); in window
+      in window   same frame again, older      -> Refused("replay"); in window
 
-* every other uplink that carries a plaintext (a duplicate of a stored
-  message, a fragment that does not complete one) is answered at once
+* a frame that was stored before is a device's retransmission only when
+  it is the latest frame of the session: the device sends nothing new
+  while a message waits for its ACK (stop and wait), so an older one is a
+  replay, refused without an answer. The latest one gets the answer sent
+  for it before, byte for byte (no new counter, so no durable write): the
+  first repeat of each message always, then at most one repeated answer per
+  device per ``reack_interval`` seconds (``Refused("duplicate_limited")``
+  in between). A lost ACK never stalls the device: its own retry, or a
+  replay of its frame by someone else, brings the answer again;
+* a durable write (``Persist``) follows only what must survive a restart:
+  a stored message's counter, a new session, a new block of send counters;
+  a pure ACK's counter is written at most every ``PURE_ACK_PERSIST_EVERY``
+  counters (nothing depends on it but the counter reach after a restart);
+* every other uplink that carries a plaintext (a retransmission of a
+  stored message, a fragment that does not complete one) is answered at once
   (the device listens right after it sends, then may sleep): with the
   next queued command carrying the ACK, or with a pure ACK — followed by
   the unacked command, resent byte for byte;
@@ -64,12 +81,28 @@ MAX_COMMANDS = 16
 #: waits for each acknowledgement (stop and wait), so it has one at a time;
 #: the bound keeps a misbehaving one from growing the gateway's memory.
 MAX_UNDELIVERED = 4
+#: Seconds between two repeated answers (to retransmitted or replayed frames) for one device, after the first
+#: repeat of each message: the least retransmission timeout of a device (sim/device_core.py rto_for_bps), so the
+#: retries of a device alone are never refused. The runtime passes a longer one on a slow line (runtime.py).
+REACK_INTERVAL = 0.2
+#: A pure ACK's counter is written to disk once the window has moved this far past the stored one. Half of the
+#: 127 counters the reconstruction reaches back and forth (crypto.py), so a restart never loses the device.
+PURE_ACK_PERSIST_EVERY = 32
 
 
 @dataclass
 class _Undelivered:
     payload: bytes
     in_flight: bool = True  # False once the runtime reported it failed: a retransmission delivers it again
+
+
+@dataclass
+class _Answer:
+    """The frames sent to acknowledge one uplink message, to send again when it comes again."""
+
+    counter: int  # the uplink counter they acknowledge
+    frames: tuple[bytes, ...]
+    repeats: int = 0  # times sent again
 
 
 @dataclass
@@ -84,6 +117,9 @@ class Session:
     # purpose: after a crash the device retransmits, the frame is new to the stored window, and it is
     # delivered again under the same message ID (the room's transaction ID dedupes it).
     undelivered: dict[int, _Undelivered] = field(default_factory=dict)
+    # The answer to the latest message, memory only (after a restart the first repeat is answered afresh).
+    last_answer: _Answer | None = None
+    stored_highest: int = -1  # the window's highest counter in the last Persist of this session
 
     @property
     def epoch(self) -> int:
@@ -106,7 +142,8 @@ class Session:
     def from_state(cls, state: dict[str, Any]) -> Session:
         """Rebuild a stored session; its send counter resumes at the stored limit."""
         keys = SessionKeys(epoch=state["epoch"], k_up=bytes.fromhex(state["k_up"]), k_down=bytes.fromhex(state["k_down"]))
-        return cls(keys, crypto.ReplayWindow.from_state(state["window"]), crypto.SendCounter.resume(state["send_limit"]))
+        window = crypto.ReplayWindow.from_state(state["window"])
+        return cls(keys, window, crypto.SendCounter.resume(state["send_limit"]), stored_highest=window.highest)
 
 
 @dataclass(frozen=True)
@@ -210,15 +247,20 @@ class _Device:
     last_hs: tuple[bytes, bytes, Session] | None = None  # (HS1 body, HS2 frame, pending session)
     commands: deque[tuple[bytes, bool]] = field(default_factory=deque)  # (plaintext, is fragment)
     counters: dict[str, int] = field(default_factory=dict)
+    hs_repeats: int = 0  # times last_hs's HS2 was sent again
+    repeated_at: float = float("-inf")  # when a repeated answer (ACK or HS2) last went out: the rate limit
 
 
 class GatewayLink:
     """All devices on one link, seen from the gateway."""
 
-    def __init__(self, static_private: bytes, *, mtu: int = 255, max_commands: int = MAX_COMMANDS) -> None:
+    def __init__(self, static_private: bytes, *, mtu: int = 255, max_commands: int = MAX_COMMANDS,
+                 reack_interval: float = REACK_INTERVAL) -> None:  # fmt: skip
+        """``reack_interval``: seconds between repeated answers to one device (see the module rules)."""
         self.static_private = static_private
         self.mtu = mtu
         self.max_commands = max_commands
+        self.reack_interval = reack_interval
         self._devices: dict[int, _Device] = {}
         self._reassembler = fragmentation.Reassembler(max_messages=8, max_message_bytes=4096, max_age=600.0)
         self._fragment_ids: dict[int, int] = {}
@@ -292,7 +334,7 @@ class GatewayLink:
         if device is None:
             return [self._refuse(frame.address, "unknown_device")]
         if frame.type == TYPE_HS1:
-            return self._handshake(device, frame)
+            return self._handshake(device, frame, now)
         if frame.type == TYPE_HS2:
             return [self._refuse(frame.address, "unexpected_hs2", device)]
         return self._data(device, frame, now)
@@ -303,9 +345,12 @@ class GatewayLink:
             device.counters[reason] = device.counters.get(reason, 0) + 1
         return Refused(address, reason)
 
-    def _handshake(self, device: _Device, frame: Frame) -> list[Action]:
-        if device.last_hs is not None and device.last_hs[0] == frame.body:
-            return [Transmit(frame.address, device.last_hs[1])]  # HS2 was lost: same answer
+    def _handshake(self, device: _Device, frame: Frame, now: float) -> list[Action]:
+        if device.last_hs is not None and device.last_hs[0] == frame.body:  # HS2 was lost, or a replay: same answer
+            if not self._may_repeat(device, device.hs_repeats, now):
+                return [self._refuse(frame.address, "handshake_limited", device)]
+            device.hs_repeats += 1
+            return [Transmit(frame.address, device.last_hs[1])]
         responder = Responder(self.static_private, device.entry.static_public, frame.address, frame.epoch)
         try:
             message2, keys = responder.respond(frame.body)
@@ -314,8 +359,19 @@ class GatewayLink:
         pending = Session(keys)
         hs2 = Frame(TYPE_HS2, frame.epoch, frame.address, message2).encode()
         device.pending = pending
-        device.last_hs = (frame.body, hs2, pending)
+        device.last_hs, device.hs_repeats = (frame.body, hs2, pending), 0
         return [Transmit(frame.address, hs2)]
+
+    def _may_repeat(self, device: _Device, repeats: int, now: float) -> bool:
+        """Whether an answer sent before may go out again now; records it if so.
+
+        The first repeat always may (a lost answer must not stall the
+        device); later ones at most once per ``reack_interval`` per device.
+        """
+        if repeats > 0 and now - device.repeated_at < self.reack_interval:
+            return False
+        device.repeated_at = now
+        return True
 
     def _data(self, device: _Device, frame: Frame, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -330,7 +386,7 @@ class GatewayLink:
             return [self._refuse(frame.address, "bad_tag", device)]
         if fresh:  # the device proved the pending session: it replaces the old one
             device.session, device.pending, device.last_hs = session, None, None
-            actions += [SessionStarted(frame.address, session.session_id), Persist(frame.address, session.to_state())]
+            actions += [SessionStarted(frame.address, session.session_id), self._persist(frame.address, session)]
         waiting = session.undelivered.get(counter) if plaintext else None
         if waiting is not None:  # a retransmission of a message not stored yet (its counter is not in the window)
             if waiting.in_flight:
@@ -347,19 +403,37 @@ class GatewayLink:
                     actions.append(CommandAcked(frame.address, sent_counter))
             if not plaintext:  # a pure ack is never acknowledged
                 session.window.accept(counter)
-                return actions + [Persist(frame.address, session.to_state())]
+                if fresh or session.window.highest - session.stored_highest >= PURE_ACK_PERSIST_EVERY:
+                    actions.append(self._persist(frame.address, session))
+                return actions
             if len(session.undelivered) >= MAX_UNDELIVERED:
                 return actions + [self._refuse(frame.address, "undelivered_backlog", device)]  # not accepted: resent later
             payload = self._reassemble(frame, plaintext, now)
             if payload is None:  # a fragment that completes nothing yet: acknowledge it now
                 session.window.accept(counter)
-                return actions + self._answer(device, session, counter)
+                return actions + self._answer(device, session, counter, persist=True)
             session.undelivered[counter] = _Undelivered(payload)
             return actions + [self._deliver(frame.address, session, counter, payload)]
-        if plaintext:  # stored before (only delivered counters enter the window): the device missed the ack
-            self._refuse(frame.address, "duplicate", device)  # counted; acknowledged again
-            return actions + self._answer(device, session, counter)
-        return [self._refuse(frame.address, "replay", device)]
+        if plaintext and counter == session.window.highest:  # stored before, and the device's latest frame
+            return actions + self._repeat_answer(device, session, counter, now)
+        return actions + [self._refuse(frame.address, "replay", device)]
+
+    def _repeat_answer(self, device: _Device, session: Session, counter: int, now: float) -> list[Action]:
+        # The device missed the ACK and retransmits, or someone replays its frame: the two look the same.
+        answer = session.last_answer
+        repeats = answer.repeats if answer is not None and answer.counter == counter else 0
+        if not self._may_repeat(device, repeats, now):
+            return [self._refuse(device.entry.address, "duplicate_limited", device)]
+        self._refuse(device.entry.address, "duplicate", device)  # counted, not refused: answered
+        if answer is None or answer.counter != counter or (session.outstanding is None and device.commands):
+            # No answer in memory (a restart came between), or a command waits: a fresh answer, which writes
+            # only when it opens a new block of send counters.
+            actions = self._answer(device, session, counter, persist=False)
+            if session.last_answer is not None:  # always: _answer keeps what it sent
+                session.last_answer.repeats = repeats + 1
+            return actions
+        answer.repeats += 1
+        return [Transmit(device.entry.address, frame) for frame in answer.frames]
 
     def _deliver(self, address: int, session: Session, counter: int, payload: bytes) -> Deliver:
         token = DeliveryToken(address, session.session_id, counter)
@@ -387,7 +461,7 @@ class GatewayLink:
         del session.undelivered[token.counter]
         if session.window.check(token.counter) in ("new", "late"):
             session.window.accept(token.counter)
-        return self._answer(device, session, token.counter)
+        return self._answer(device, session, token.counter, persist=True)
 
     def delivery_failed(self, token: DeliveryToken, now: float) -> list[Action]:
         """Nothing of the message of ``token`` was stored (the store failed): do not acknowledge it.
@@ -433,9 +507,11 @@ class GatewayLink:
             return plaintext
         return self._reassembler.feed(frame.address, plaintext, now)
 
-    def _answer(self, device: _Device, session: Session, acked: int) -> list[Action]:
+    def _answer(self, device: _Device, session: Session, acked: int, *, persist: bool) -> list[Action]:
+        """The ACK of uplink ``acked``; ``persist``: the window changed, so the state is written before it."""
         actions: list[Action] = []
         frames: list[bytes] = []
+        limit = session.send.persisted_limit
         if session.outstanding is None and device.commands:
             plaintext, frag = device.commands.popleft()
             counter = self._next_counter(session)
@@ -447,9 +523,15 @@ class GatewayLink:
             frames.append(self._seal(device, session, counter, acked, b"", False))
             if session.outstanding is not None:
                 frames.append(session.outstanding[1])
-        actions.append(Persist(device.entry.address, session.to_state()))
+        if persist or session.send.persisted_limit != limit:
+            actions.append(self._persist(device.entry.address, session))
         actions += [Transmit(device.entry.address, f) for f in frames]
+        session.last_answer = _Answer(acked, tuple(frames))
         return actions
+
+    def _persist(self, address: int, session: Session) -> Persist:
+        session.stored_highest = session.window.highest  # written before anything that follows is carried out
+        return Persist(address, session.to_state())
 
     def _next_counter(self, session: Session) -> int:
         # The Persist action that follows carries the reserved limit; the
@@ -464,6 +546,6 @@ class GatewayLink:
 
 
 __all__ = [
-    "Action", "CommandAcked", "CommandDropped", "Deliver", "DeliveryToken", "DeviceEntry", "GatewayLink", "Persist",
-    "Refused", "Session", "SessionStarted", "Transmit",
+    "PURE_ACK_PERSIST_EVERY", "REACK_INTERVAL", "Action", "CommandAcked", "CommandDropped", "Deliver", "DeliveryToken",
+    "DeviceEntry", "GatewayLink", "Persist", "Refused", "Session", "SessionStarted", "Transmit",
 ]  # fmt: skip

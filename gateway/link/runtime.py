@@ -7,6 +7,12 @@ One :class:`LinkRuntime` per gateway. It
 * feeds received frames to that link's :class:`GatewayLink` and carries out
   the actions in order — a ``Persist`` is durable before the ``Transmit``
   after it (a list whose action fails is abandoned there);
+* counts refused frames per link and kind — the core's ``Refused`` and the
+  bytes the serial framer could not decode (``undecodable``) — at once, not
+  behind the queue of writes, and logs them through a
+  :class:`~lowband.gateway.link.refusals.RefusalLog`: one line per kind per
+  :data:`~lowband.gateway.link.refusals.LOG_INTERVAL` at most, saying how
+  many; :meth:`LinkRuntime.refusal_counts` reads the counters;
 * acknowledges after commit (gateway/homeserver/delivery.py): each
   ``Deliver`` becomes a room event sent as the device's Matrix user in a
   task of its own (a slow store holds up no other frame), and only then
@@ -49,11 +55,26 @@ from lowband.gateway.devices.uplink import deliver_uplink
 from lowband.gateway.homeserver import delivery
 from lowband.gateway.homeserver.rooms import Sent
 from lowband.gateway.link import gateway_core as core
+from lowband.gateway.link.refusals import RefusalLine, RefusalLog
 from lowband.gateway.matrix.errors import MatrixError
 
 log = logging.getLogger("lowband.link")
 RECONCILE_SECONDS = 2.0
 COMMAND_LEVEL_KEY = "org.lowband.command"
+
+
+def reack_interval(bps: float) -> float:
+    """Seconds between repeated answers to one device on a line of ``bps``.
+
+    Ten times the time a pure ACK (14 bytes on a serial line, 10 bits a
+    byte) takes on the air, so repeated answers hold at most a tenth of the
+    line, and at least 0.2 s. At every rate it stays within the device's own
+    retransmission timeout (sim/device_core.py ``rto_for_bps``: the same
+    0.2 s floor, and 1,560 bit times against 1,400): without replays every
+    retry of the device is answered, and a retry refused because of replays
+    comes less than one interval after an answer that went out.
+    """
+    return max(core.REACK_INTERVAL, 10 * 14 * 10 / max(bps, 1))
 
 
 def parse_link(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -151,6 +172,7 @@ class _Link:
     framer: SerialFramer = field(default_factory=SerialFramer)
     queue: asyncio.Queue[list[Any]] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
+    refusals: RefusalLog = field(default_factory=RefusalLog)
 
 
 class LinkRuntime:
@@ -165,6 +187,7 @@ class LinkRuntime:
         self.contexts: dict[str, Context] = {}
         self._version: tuple[int, int, int] | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # deliveries and notices in flight
         self.stats: dict[str, int] = {}
         #: Device name -> why the link will not speak as its account (someone else's); see devices/account.py.
@@ -178,11 +201,14 @@ class LinkRuntime:
         self.services.rooms.add_listener(self._on_room_event)
         await self.reconcile()
         self._reconciler = asyncio.create_task(self._reconcile_loop())
+        self._reporter = asyncio.create_task(self._report_loop())
 
     async def stop(self) -> None:
         """Stop the workers and close every port."""
         if self._reconciler is not None:
             self._reconciler.cancel()
+        await cancel_and_wait(self._reporter)
+        self._log_refusals(time.monotonic(), final=True)
         for task in list(self._tasks):  # an event being stored stays unacknowledged: the device sends it again
             await cancel_and_wait(task)
         for link in self.links.values():
@@ -197,6 +223,31 @@ class LinkRuntime:
                 await self.reconcile()
             except Exception:
                 log.exception("device reconciliation failed; retrying")
+
+    async def _report_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            deadlines = [d for d in (link.refusals.next_deadline() for link in self.links.values()) if d is not None]
+            # A kind counted after this look has its deadline an interval after its own line, later than ours.
+            await asyncio.sleep(max(0.05, min(deadlines) - now) if deadlines else RECONCILE_SECONDS)
+            self._log_refusals(time.monotonic())
+
+    def _log_refusals(self, now: float, final: bool = False) -> None:
+        for link in self.links.values():
+            for line in link.refusals.flush(now) if final else link.refusals.due(now):
+                self._log_refusal(link, line)
+
+    def _log_refusal(self, link: _Link, line: RefusalLine) -> None:
+        log.info("link %s: %s", link.spec, line.text())
+
+    def refusal_counts(self) -> dict[str, dict[str, int]]:
+        """Frames refused since start, per link spec and kind (``bad_tag``, ``undecodable``, ...); a copy.
+
+        The kinds are the core's ``Refused`` reasons (gateway_core.py) and
+        ``undecodable`` for bytes the serial framer could not turn into a
+        frame. Never raises.
+        """
+        return {spec: link.refusals.totals for spec, link in self.links.items()}
 
     async def reconcile(self) -> None:
         """Bring links, users, memberships and notices in line with the registry."""
@@ -248,7 +299,7 @@ class LinkRuntime:
             scheduler = scheduler_for(query)
             transport = LoRaModemTransport(transport, scheduler)
             mtu = min(mtu, scheduler.mtu)
-        link = _Link(spec, core.GatewayLink(self.key, mtu=mtu), transport)
+        link = _Link(spec, core.GatewayLink(self.key, mtu=mtu, reack_interval=reack_interval(bps)), transport)
         holder["link"] = link
         self.links[spec] = link
         link.worker = asyncio.create_task(self._work(link))
@@ -333,10 +384,25 @@ class LinkRuntime:
 
     def _on_bytes(self, link: _Link, data: bytes) -> None:
         now = time.monotonic()
-        for frame in link.framer.feed(data):
-            actions = link.core.receive(frame, now)
+        dropped = link.framer.dropped
+        frames = link.framer.feed(data)
+        if link.framer.dropped > dropped:  # not COBS, or longer than a frame: no address to name
+            self._refused(link, "undecodable", None, now, link.framer.dropped - dropped)
+        for frame in frames:
+            actions: list[core.Action] = []
+            for action in link.core.receive(frame, now):
+                if isinstance(action, core.Refused):  # counted here: a flood of them never queues behind writes
+                    self._refused(link, action.reason, action.address, now)
+                else:
+                    actions.append(action)
             if actions:
                 link.queue.put_nowait(actions)
+
+    def _refused(self, link: _Link, kind: str, address: int | None, now: float, count: int = 1) -> None:
+        self._count(f"refused_{kind}", count)
+        line = link.refusals.note(kind, address, now, count)
+        if line is not None:
+            self._log_refusal(link, line)
 
     async def _work(self, link: _Link) -> None:
         while True:
@@ -366,8 +432,7 @@ class LinkRuntime:
         elif isinstance(action, core.Deliver):
             self._spawn(self._uplink(link, record, action))
         elif isinstance(action, core.Refused):
-            self._count(f"refused_{action.reason}")
-            log.info("link %s: refused a frame from address %s: %s", link.spec, action.address, action.reason)
+            self._refused(link, action.reason, action.address, time.monotonic())
         elif isinstance(action, core.SessionStarted) and record is not None:
             log.info("device %s: new link session %s", record.name, action.session_id)
         elif isinstance(action, core.CommandAcked) and record is not None:
@@ -377,8 +442,8 @@ class LinkRuntime:
             await self._notice(record.user_id, record.rooms[0],
                                f"Device {record.name} has too many waiting commands; the oldest was dropped.")  # fmt: skip
 
-    def _count(self, key: str) -> None:
-        self.stats[key] = self.stats.get(key, 0) + 1
+    def _count(self, key: str, count: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + count
 
     async def _uplink(self, link: _Link, record: DeviceRecord | None, action: core.Deliver) -> None:
         """Store one message and report the outcome to the core; its answer (the ACK) goes to the worker."""
