@@ -14,10 +14,12 @@ from typing import Any
 
 from lowband.gateway.config import Config, RateLimits
 from lowband.gateway.homeserver.accounts import ReservedNamespaces
+from lowband.gateway.homeserver.e2ee_keys import DeviceKeys
 from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.ratelimit import LoginThrottle, RateLimiter
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.sync import SyncHandler
+from lowband.gateway.homeserver.to_device import ToDevice
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.store.interfaces import Store
 
@@ -43,6 +45,13 @@ class Services:
     components: dict[str, Any] = field(default_factory=dict)
     #: told (room_id, receipt_type, user_id, event_id, ts) of every public receipt a local user moves
     receipt_listeners: list[Callable[[str, str, str, str, int], None]] = field(default_factory=list)
+    #: end-to-end encryption: device keys and to-device messages (built from the store)
+    device_keys: DeviceKeys = field(init=False)
+    to_device: ToDevice = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.device_keys = DeviceKeys(self.store, self.config.server_name, self.notifier.notify)
+        self.to_device = ToDevice(self.store, self.config.server_name, self.notifier.notify)
 
     @classmethod
     def rate_limiters(cls, limits: RateLimits) -> tuple[RateLimiter | None, RateLimiter | None]:

@@ -19,11 +19,12 @@ import asyncio
 import fnmatch
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.rooms import RoomService
+from lowband.gateway.homeserver.to_device import e2ee_sync
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.matrix.errors import MatrixError, forbidden, invalid_param
 from lowband.gateway.matrix.events import Event, redact
@@ -48,25 +49,32 @@ class SyncToken:
 
     stream: int
     typing: int = 0
+    #: where to-device delivery stopped when a response could not carry every waiting message (None: at stream)
+    to_device: int | None = None
 
     def __str__(self) -> str:
-        return f"s{self.stream}_{self.typing}"
+        tail = "" if self.to_device is None else f"_{self.to_device}"
+        return f"s{self.stream}_{self.typing}{tail}"
 
     @classmethod
     def parse(cls, text: str, *, history: bool = False) -> SyncToken:
-        """Parse ``s<stream>[_<typing>]``; M_INVALID_PARAM otherwise.
+        """Parse ``s<stream>[_<typing>[_<to-device>]]``; M_INVALID_PARAM otherwise.
 
         ``history``: a ``/messages`` token, whose stream may be negative
-        (backfilled history lies below 0); a ``/sync`` token never is.
+        (backfilled history lies below 0); a ``/sync`` token never is, nor has it
+        a to-device part above its stream.
         """
         body = text[1:] if text.startswith("s") else ""
         parts = body.split("_")
         negative = history and parts[0].startswith("-")
-        values = [parse_digits(parts[0][1:] if negative else parts[0]), *(parse_digits(p) for p in parts[1:2])]
-        if not body or len(parts) > 2 or None in values:
+        values = [parse_digits(parts[0][1:] if negative else parts[0]), *(parse_digits(p) for p in parts[1:3])]
+        if not body or len(parts) > 3 or None in values or (history and len(parts) > 2):
             raise invalid_param(f"invalid token {text[:40]!r}")
         stream = values[0] or 0
-        return cls(-stream if negative else stream, (values[1] or 0) if len(values) == 2 else 0)
+        to_device = values[2] if len(values) == 3 else None
+        if to_device is not None and to_device > stream:
+            raise invalid_param(f"invalid token {text[:40]!r}")
+        return cls(-stream if negative else stream, (values[1] or 0) if len(values) >= 2 else 0, to_device)
 
 
 class EventFilter:
@@ -186,7 +194,14 @@ class SyncHandler:
         deadline = time.monotonic() + max(0, min(timeout_ms, 300_000)) / 1000
         while True:
             generation = self.notifier.generation
-            response, empty = self._sync_once(user_id, since, full_state, filter_doc, device_id)
+            upto = self.store.persisted
+            response, empty = self._sync_once(user_id, since, full_state, filter_doc, device_id, upto)
+            fields, delivered, fresh = await e2ee_sync(self.store, user_id, device_id, since.stream if since else None,
+                                                       since.to_device if since else None, upto)  # fmt: skip
+            response.update(fields)
+            if delivered is not None:
+                response["next_batch"] = str(replace(SyncToken.parse(response["next_batch"]), to_device=delivered))
+            empty = empty and not fresh
             remaining = deadline - time.monotonic()
             if since is None or full_state or not empty or remaining <= 0:
                 return response
@@ -194,10 +209,10 @@ class SyncHandler:
                 return response
 
     def _sync_once(
-        self, user_id: str, since: SyncToken | None, full_state: bool, filter_doc: dict[str, Any], device_id: str
+        self, user_id: str, since: SyncToken | None, full_state: bool, filter_doc: dict[str, Any], device_id: str,
+        upto: int,
     ) -> tuple[dict[str, Any], bool]:
         device = (user_id, device_id)
-        upto = self.store.persisted
         typing_serial = self.typing.serial
         room_doc = filter_doc.get("room")
         room_filter: dict[str, Any] = room_doc if isinstance(room_doc, dict) else {}
@@ -233,9 +248,6 @@ class SyncHandler:
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "account_data": {"events": account_data},
             "presence": {"events": []},
-            "to_device": {"events": []},
-            "device_lists": {"changed": [], "left": []},
-            "device_one_time_keys_count": {},
         }
         empty = not (join or invite or knock or leave or account_data)
         return response, empty

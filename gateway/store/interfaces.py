@@ -275,6 +275,14 @@ class AccountStore(Protocol):
         """End a token (at once: :meth:`lookup_token` fails from now on); its device goes with its last token."""
         ...
 
+    async def remove_device(self, user_id: str, device_id: str) -> bool:
+        """End every token of the device and forget it (at once); False when there was none."""
+        ...
+
+    async def set_device_display_name(self, user_id: str, device_id: str, name: str | None) -> bool:
+        """Rename a device; False when the user has no such device."""
+        ...
+
     def user_devices(self, user_id: str) -> list[DeviceInfo]:
         """The user's client devices, by device ID."""
         ...
@@ -396,6 +404,14 @@ class RoomStore(Protocol):
 
     def rooms_for_user(self, user_id: str) -> list[tuple[str, str, int, str]]:
         """(room_id, membership, its stream position, its event ID) of every room the user has not forgotten."""
+        ...
+
+    def users_sharing_rooms(self, user_id: str) -> set[str]:
+        """Users joined to a room ``user_id`` is joined to (``user_id`` too when joined anywhere)."""
+        ...
+
+    def memberships_in(self, room_ids: list[str], since: int, upto: int) -> list[tuple[str, str, str]]:
+        """(room_id, user_id, membership) of the memberships in those rooms set in (since, upto]."""
         ...
 
     def membership(self, room_id: str, user_id: str) -> str | None:
@@ -636,6 +652,61 @@ class FederationStore(Protocol):
         ...
 
 
+class OneTimeKeyConflict(ValueError):
+    """A one-time key ID uploaded again with other content (the spec's 400 M_INVALID_PARAM)."""
+
+
+class E2EEStore(Protocol):
+    """Device keys, one-time and fallback keys, cross-signing, device list changes, to-device messages.
+
+    Contracts are those of :class:`~lowband.gateway.store.sqlite.e2ee.E2EETables`; every write is committed on
+    return, and writes that take a stream position mark it persisted.
+    """
+
+    def device_keys(self, user_id: str, device_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]: ...
+
+    async def set_device_keys(self, user_id: str, device_id: str, keys: dict[str, Any]) -> bool: ...
+
+    async def add_one_time_keys(self, user_id: str, device_id: str, keys: list[tuple[str, str, Any]]) -> None: ...
+
+    async def set_fallback_keys(self, user_id: str, device_id: str, keys: list[tuple[str, str, Any]]) -> None: ...
+
+    def one_time_key_counts(self, user_id: str, device_id: str) -> dict[str, int]: ...
+
+    def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]: ...
+
+    async def claim(self, wanted: list[tuple[str, str, str]]) -> dict[tuple[str, str], tuple[str, Any]]: ...
+
+    def cross_signing_keys(self, user_id: str) -> dict[str, dict[str, Any]]: ...
+
+    async def set_cross_signing_keys(self, user_id: str, keys: dict[str, dict[str, Any]]) -> int: ...
+
+    def signatures_for(self, target_user: str, target_key: str) -> list[tuple[str, str, str]]: ...
+
+    async def add_signatures(self, signatures: list[tuple[str, str, str, str, str]]) -> None: ...
+
+    async def device_list_changed(self, user_ids: list[str]) -> int: ...
+
+    def device_lists_changed(self, since: int, upto: int, limit: int = 10_000) -> list[str]: ...
+
+    def device_list_position(self, user_id: str) -> int | None: ...
+
+    async def delete_device(self, user_id: str, device_id: str) -> None: ...
+
+    def seen_txn(self, sender: str, sender_device: str, txn_id: str) -> bool: ...
+
+    def inbox_size(self, user_id: str, device_id: str) -> int: ...
+
+    async def enqueue(self, messages: list[tuple[str, str, str, str, dict[str, Any]]],
+                      txn: tuple[str, str, str] | None, ts: int) -> bool: ...  # fmt: skip
+
+    def pending(self, user_id: str, device_id: str, since: int, upto: int, limit: int) -> list[tuple[int, str, str, Any]]: ...
+
+    async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None: ...
+
+    async def forget_txns_before(self, ts: int) -> None: ...
+
+
 class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     """Everything one gateway keeps: what :class:`~lowband.gateway.homeserver.services.Services` holds.
 
@@ -657,6 +728,12 @@ class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     def federation(self) -> FederationStore:
         """Federation's tables."""
         ...
+
+    @property
+    def e2ee(self) -> E2EEStore:
+        """End-to-end encryption's tables (keys, device lists, to-device messages)."""
+        ...
+
 
     def close(self) -> None:
         """Commit every queued write, then release the database (blocking)."""

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from lowband.gateway.api.http import (
     client_auth,
+    client_keys,
     client_misc,
     client_rooms,
     client_sync,
@@ -105,7 +106,7 @@ def make_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
-    for module in (client_auth, client_rooms, client_sync, client_misc, media, federation_keys, federation_query,
-                   federation_rooms):  # fmt: skip
+    for module in (client_auth, client_keys, client_rooms, client_sync, client_misc, media,
+                   federation_keys, federation_query, federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())
     return app

@@ -57,7 +57,11 @@ async def _issue_token(request: web.Request, user_id: str, body: dict) -> dict:
     device_id = get_str(body, "device_id", required=False) or new_device_id()
     display_name = get_str(body, "initial_device_display_name", required=False)
     token = new_token()
+    new_device = svc.store.user_device(user_id, device_id) is None
     await svc.store.add_token(token, user_id, device_id, display_name, int(time.time() * 1000))
+    if new_device:  # users sharing a room learn of it (device_lists.changed) and can warn about it
+        await svc.store.e2ee.device_list_changed([user_id])
+        svc.device_keys.changed(user_id)
     return {"user_id": user_id, "access_token": token, "device_id": device_id, "home_server": svc.server_name}
 
 

@@ -36,6 +36,7 @@ from lowband.gateway.store.interfaces import (
 )
 from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.devices import SQLiteLinkDevices
+from lowband.gateway.store.sqlite.e2ee import E2EETables
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
 from lowband.gateway.store.sqlite.schema import SCHEMA, token_key, upgrade
@@ -63,6 +64,8 @@ class SQLiteStore:
             "SELECT MAX(stream) FROM account_data UNION ALL SELECT MAX(stream) FROM receipts)"
         )
         self._stream = (row[0] if row and row[0] is not None else 0)
+        self.e2ee = E2EETables(self.db, self.next_stream, self._write_at)
+        self._stream = max(self._stream, self.e2ee.highest_position())
         self.persisted = self._stream
         low = self.db.query_one("SELECT MIN(stream) FROM events")
         self._backfill = min(0, low[0] if low and low[0] is not None else 0)
@@ -179,6 +182,26 @@ class SQLiteStore:
                 )
 
         await self.db.write(fn)
+
+    async def remove_device(self, user_id: str, device_id: str) -> bool:
+        """End every token of the device and forget it; False when there was no such device or token."""
+        for token, owner in list(self._tokens.items()):
+            if owner == (user_id, device_id):
+                del self._tokens[token]
+
+        def fn(c: sqlite3.Connection) -> bool:
+            tokens = c.execute("DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+            devices = c.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+            return tokens.rowcount > 0 or devices.rowcount > 0
+
+        removed: bool = await self.db.write(fn)
+        return removed
+
+    async def set_device_display_name(self, user_id: str, device_id: str, name: str | None) -> bool:
+        """Rename one of the user's devices; False when there is no such device."""
+        cursor = await self.db.write(lambda c: c.execute(
+            "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?", (name, user_id, device_id)))
+        return bool(cursor.rowcount)
 
     def user_devices(self, user_id: str) -> list[DeviceInfo]:
         """The user's client devices, by device ID."""
@@ -420,6 +443,27 @@ class SQLiteStore:
             (user_id,),
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def users_sharing_rooms(self, user_id: str) -> set[str]:
+        """Users joined to at least one room ``user_id`` is joined to (``user_id`` included when joined anywhere)."""
+        rows = self.db.query(
+            "SELECT DISTINCT other.user_id FROM memberships mine JOIN memberships other USING (room_id) "
+            "WHERE mine.user_id = ? AND mine.membership = 'join' AND other.membership = 'join'", (user_id,))
+        return {str(r[0]) for r in rows}
+
+    def memberships_in(self, room_ids: list[str], since: int, upto: int) -> list[tuple[str, str, str]]:
+        """(room_id, user_id, membership) of the memberships in those rooms set in (since, upto].
+
+        ``since`` below every position (the history floor) gives every current membership up to ``upto``.
+        """
+        found: list[tuple[str, str, str]] = []
+        for i in range(0, len(room_ids), 500):
+            part = room_ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.query(f"SELECT room_id, user_id, membership FROM memberships WHERE room_id IN ({marks}) "
+                                 "AND stream > ? AND stream <= ?", (*part, since, upto))  # fmt: skip
+            found += [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+        return found
 
     def membership(self, room_id: str, user_id: str) -> str | None:
         """The user's current membership in the room, or None."""
