@@ -33,7 +33,7 @@ any other exception from a write means that write (the whole batch, for
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypedDict
@@ -707,6 +707,69 @@ class E2EEStore(Protocol):
     async def forget_txns_before(self, ts: int) -> None: ...
 
 
+@dataclass(frozen=True)
+class BackedUpKey:
+    """One session key in a server-side key backup: what the server compares, and the client's opaque data."""
+
+    first_message_index: int
+    forwarded_count: int
+    is_verified: bool
+    #: the client's ``session_data`` object as compact JSON text (the server never looks inside)
+    session_data: str
+
+
+class RoomKeyVersion(NamedTuple):
+    """A live key backup version of one user."""
+
+    version: int
+    algorithm: str
+    auth_data: str  # JSON object text
+    etag: int  # grows whenever the version's keys change
+    key_count: int  # keys stored in it
+    data_bytes: int  # bytes of their session_data
+
+
+class WrongRoomKeysVersion(StoreError):
+    """A key upload named a version that is not the user's current one (``current`` None: the user has none)."""
+
+    def __init__(self, current: int | None) -> None:
+        super().__init__(f"current version: {current}")
+        self.current = current
+
+
+class RoomKeysFull(StoreError):
+    """A write would take a user's backups past a limit the caller set (the message names it)."""
+
+
+class RoomKeyStore(Protocol):
+    """Server-side key backups ("room_keys"), per user. Contracts are those of
+    :class:`~lowband.gateway.store.sqlite.room_keys.RoomKeyTables`; every write is committed on return."""
+
+    def current_version(self, user_id: str) -> RoomKeyVersion | None: ...
+
+    def get_version(self, user_id: str, version: int) -> RoomKeyVersion | None: ...
+
+    def last_issued(self, user_id: str) -> int: ...
+
+    async def create_version(self, user_id: str, algorithm: str, auth_data: str, max_versions: int) -> int: ...
+
+    async def update_version(self, user_id: str, version: int, auth_data: str) -> bool: ...
+
+    async def delete_version(self, user_id: str, version: int) -> bool: ...
+
+    async def put_keys(self, user_id: str, version: int, keys: list[tuple[str, str, BackedUpKey]],
+                       replaces: Callable[[BackedUpKey, BackedUpKey], bool], max_keys: int,
+                       max_bytes: int) -> tuple[int, int]: ...  # fmt: skip
+
+    async def delete_keys(self, user_id: str, version: int, room_id: str | None,
+                          session_id: str | None) -> tuple[int, int] | None: ...  # fmt: skip
+
+    def get_key(self, user_id: str, version: int, room_id: str, session_id: str) -> BackedUpKey | None: ...
+
+    def keys_page(self, user_id: str, version: int, room_id: str | None, after: tuple[str, str] | None,
+                  limit: int) -> list[tuple[str, str, BackedUpKey]]: ...  # fmt: skip
+
+
 class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     """Everything one gateway keeps: what :class:`~lowband.gateway.homeserver.services.Services` holds.
 
@@ -734,6 +797,10 @@ class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
         """End-to-end encryption's tables (keys, device lists, to-device messages)."""
         ...
 
+    @property
+    def room_keys(self) -> RoomKeyStore:
+        """Server-side key backups (``room_keys``)."""
+        ...
 
     def close(self) -> None:
         """Commit every queued write, then release the database (blocking)."""

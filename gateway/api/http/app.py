@@ -12,6 +12,7 @@ from lowband.gateway.api.http import (
     client_auth,
     client_keys,
     client_misc,
+    client_room_keys,
     client_rooms,
     client_sync,
     federation_base,
@@ -106,7 +107,7 @@ def make_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
-    for module in (client_auth, client_keys, client_rooms, client_sync, client_misc, media,
+    for module in (client_auth, client_keys, client_rooms, client_sync, client_misc, client_room_keys, media,
                    federation_keys, federation_query, federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())
     return app

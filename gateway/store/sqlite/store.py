@@ -39,6 +39,7 @@ from lowband.gateway.store.sqlite.devices import SQLiteLinkDevices
 from lowband.gateway.store.sqlite.e2ee import E2EETables
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
+from lowband.gateway.store.sqlite.room_keys import RoomKeyTables
 from lowband.gateway.store.sqlite.schema import SCHEMA, token_key, upgrade
 from lowband.gateway.store.sqlite.state_groups import StateGroups
 
@@ -74,6 +75,7 @@ class SQLiteStore:
         self.link_devices = SQLiteLinkDevices(self.db)
         self.mqtt = SQLiteMqttTables(self.db)
         self.federation = FederationTables(self.db)  # creates its own tables (store/sqlite/federation.py)
+        self.room_keys = RoomKeyTables(self.db)  # key backups, its own tables (store/sqlite/room_keys.py)
 
     def close(self) -> None:
         """Flush queued writes and close."""
