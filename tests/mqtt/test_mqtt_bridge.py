@@ -32,6 +32,7 @@ import lowband.gateway.app as server
 from lowband.codecs.compact import SENML_KEY
 from lowband.gateway.bridges.mqtt.bridge import MqttBridge, start_mqtt
 from lowband.gateway.config import ConfigError
+from lowband.gateway.homeserver.accounts import hash_password
 from lowband.sim.mosquitto import PrivateMosquitto
 
 BROKER_PORT = 1883
@@ -195,8 +196,12 @@ def env():
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path: Path, mqtt_config: dict[str, Any] | None) -> AsyncIterator[tuple[str, MqttBridge | None]]:
-    """An in-loop gateway with the MQTT bridge as a component; yields (base URL, bridge)."""
+async def gateway(tmp_path: Path, mqtt_config: dict[str, Any] | None,
+                  ready: list[Any] | None = None) -> AsyncIterator[tuple[str, MqttBridge | None]]:  # fmt: skip
+    """An in-loop gateway with the MQTT bridge as a component; yields (base URL, bridge).
+
+    ``ready`` (a list) receives the gateway's ``Services`` once it runs.
+    """
     bridges: list[MqttBridge] = []
 
     async def component(services: Any) -> Any:
@@ -209,7 +214,8 @@ async def gateway(tmp_path: Path, mqtt_config: dict[str, Any] | None) -> AsyncIt
     server.COMPONENTS[:] = [c for c in saved if getattr(c, "__name__", "") != "start_mqtt"] + [component]
     try:
         extra = {"components": {"mqtt": mqtt_config}} if mqtt_config is not None else {}
-        async with gateway_in_loop(tmp_path, **extra) as base:
+        on_ready = ready.append if ready is not None else None
+        async with gateway_in_loop(tmp_path, on_ready=on_ready, **extra) as base:
             yield base, (bridges[0] if bridges else None)
     finally:
         server.COMPONENTS[:] = saved
@@ -241,10 +247,17 @@ async def login(base: str, name: str = "alice") -> AsyncClient:
     return client
 
 
+async def register_admin(base: str, services: Any, name: str = "alice") -> AsyncClient:
+    """A server admin's account, made in the store as ``lowband user add --admin`` makes it, logged in."""
+    await services.store.create_user(f"@{name}:localhost", hash_password(PASSWORD), True, int(time.time() * 1000))
+    return await login(base, name)
+
+
 async def first_room(tmp_path: Path, alias: str) -> str:
-    """Start a gateway without the bridge, let alice create a public room, stop it; returns the room ID."""
-    async with gateway(tmp_path, None) as (base, _):
-        alice = await register(base)
+    """A public room made by alice, a server admin (so its alias binds), on a gateway without the bridge; its ID."""
+    services: list[Any] = []
+    async with gateway(tmp_path, None, services) as (base, _):
+        alice = await register_admin(base, services[0])
         room = await create_room(alice, alias)
         await alice.close()
     return room
@@ -469,8 +482,9 @@ def test_private_room_waits_for_the_bot_and_mappings_keep_to_their_rooms(tmp_pat
     p = env.prefix
 
     async def scenario() -> None:
-        async with gateway(tmp_path, None) as (base, _):
-            alice = await register(base)
+        services: list[Any] = []
+        async with gateway(tmp_path, None, services) as (base, _):
+            alice = await register_admin(base, services[0])
             private = await create_room(alice, f"private-{env.id}", public=False)
             public = await create_room(alice, f"public-{env.id}")
             await alice.close()

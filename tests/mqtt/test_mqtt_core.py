@@ -61,6 +61,7 @@ def test_config_defaults_and_placeholders():
     only = cfg.inbound[0]
     assert (only.broker, only.qos, only.payload, only.sender, only.retained) == ("home", 1, "auto", "wildcard", True)
     assert cfg.payload_limit(only) == 65536
+    assert (only.qos0_queue, cfg.new_users_burst, cfg.new_users_per_hour, cfg.room_admins) == (1000, 100, 60.0, ())
     assert parse_mqtt_config(None, "gw") is None
 
 
@@ -110,6 +111,12 @@ def test_config_in_the_gateway_file(tmp_path):
         (config(outbound=[{"name": "z2m", "room": "#r:gw", "topic": "a"}]), "name"),
         (config(bot="Bad Bot"), "mqtt.bot"),
         (config(max_payload_bytes=0), "mqtt.max_payload_bytes"),
+        (config(room_admins=["alice"]), "mqtt.room_admins"),
+        (config(room_admins="@alice:gw"), "mqtt.room_admins"),
+        (config(new_users_per_hour=0), "mqtt.new_users_per_hour"),
+        (config(new_users_burst=-1), "mqtt.new_users_burst"),
+        (config(inbound=[{"name": "a", "topic": "a", "room": "#r:gw", "qos0_queue": 0}]), "mqtt.inbound[0].qos0_queue"),
+        (config(inbound=[{"name": "a", "topic": "a", "room": "#r\tx:gw"}]), "mqtt.inbound[0].room"),
         ("not a table", "mqtt"),
     ],
 )  # fmt: skip

@@ -88,16 +88,19 @@ async def read_sequences(url: str, room_id: str) -> list[int]:
         await client.close()
 
 
-async def create_room(url: str) -> str:
+async def join_bridge_room(url: str) -> str:
+    """Register alice and join the room the bridge created for ``#dur`` (it invited her: ``room_admins``)."""
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
         client = Client(session, url)
         await client.register("alice", PASSWORD)
-        status, body = await client.request("POST", "/_matrix/client/v3/createRoom",
-                                            {"preset": "public_chat", "room_alias_name": "dur"})  # fmt: skip
+        status, body = await client.request("GET", "/_matrix/client/v3/directory/room/%23dur:localhost")
         assert status == 200, body
-        return str(body["room_id"])
+        room_id = str(body["room_id"])
+        status, body = await client.request("POST", f"/_matrix/client/v3/rooms/{room_id}/join", {})
+        assert status == 200, body
+        return room_id
 
 
 def worker_pid(gateway_pid: int, timeout: float = 10.0) -> int:
@@ -137,14 +140,14 @@ def run_stream(tmp_path: Path, total: int) -> None:
     with PrivateMosquitto(tmp_path / "broker") as broker:
         config = (
             "[rate_limits]\nenabled = false\n\n"
-            '[mqtt]\nstats_interval_s = 0\n\n'
+            '[mqtt]\nstats_interval_s = 0\nroom_admins = ["@alice:localhost"]\n\n'
             f'[[mqtt.brokers]]\nname = "local"\nhost = "127.0.0.1"\nport = {broker.port}\nreceive_maximum = 500\n'
             "reconnect_min_s = 0.2\nreconnect_max_s = 1.0\n\n"
             '[[mqtt.inbound]]\nname = "dur"\ntopic = "dur/+"\nroom = "#dur:localhost"\nsender = "mapping"\n'
             "rate_per_s = 1000000.0\nburst = 1000000\n"
         )  # fmt: skip
         with GatewayProcess(tmp_path / "data", config=config) as gateway:
-            room_id = asyncio.run(create_room(gateway.url))
+            room_id = asyncio.run(join_bridge_room(gateway.url))
             db = gateway.data_dir / "lowband.db"
             publish(broker.port, 0, part_a)
             wait_count(db, total // 8, 60)

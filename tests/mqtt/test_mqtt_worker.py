@@ -253,3 +253,38 @@ def test_the_worker_keeps_its_connection_alive_and_comes_back_after_a_broker_res
 
     with PrivateMosquitto(tmp_path / "broker") as broker:
         asyncio.run(scenario(broker))
+
+
+def test_the_worker_reads_no_more_than_receive_maximum_unacknowledged_messages(tmp_path: Path) -> None:
+    # The attack: a broker that sends everything it has, unacknowledged (Mosquitto with max_inflight_messages 0 on
+    # MQTT 3.1.1, which has no receive maximum; Mosquitto 2.0.11 on MQTT 5 once one PUBACK came back). Without flow
+    # control every message ended up in the gateway's memory.
+    prefix = f"lbw-{uuid.uuid4().hex[:8]}"
+    window = 20
+
+    async def scenario(port: int) -> None:
+        handler = Recorder(auto_ack=False)
+        link = make_link(handler, prefix, port, protocol="3.1.1", receive_maximum=window)
+        link.start()
+        try:
+            await asyncio.wait_for(link.connected.wait(), 15)
+            payloads = [b"%d" % i for i in range(300)]
+            await asyncio.to_thread(publish, f"{prefix}/in/a", *payloads, port=port)
+            await until(lambda: len(handler.messages) > window, 15)
+            await asyncio.sleep(0.5)  # the broker has sent everything it holds; the worker does not read it
+            assert len(handler.messages) == window + 1, f"{len(handler.messages)} messages held unacknowledged"
+            acked = 0
+            while acked < len(payloads):  # acknowledge in steps: each step lets as many more in, never more
+                for gen, message in handler.messages[acked : acked + 10]:
+                    assert link.ack(gen, message.mid)
+                acked = min(acked + 10, len(handler.messages))
+                want = min(len(payloads), acked + window + 1)
+                await until(lambda want=want: len(handler.messages) >= want, 15)
+                assert len(handler.messages) == want
+            assert handler.payloads() == payloads  # in order, each once: nothing lost, nothing twice
+            assert len(handler.connects) == 1
+        finally:
+            await link.stop()
+
+    with PrivateMosquitto(tmp_path / "broker", persistence=False) as broker:
+        asyncio.run(scenario(broker.port))

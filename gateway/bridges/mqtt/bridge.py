@@ -6,9 +6,11 @@ it returns None when the config has no ``[mqtt]`` section.
 Inbound path of one QoS 1 message (rules in ``mqtt_ingest``)::
 
     worker process (paho) ─on_message─▶ socket pair, batched ─▶ BrokerLink ─▶ link_messages
+      (the worker stops reading while receive_maximum of them are unacknowledged)
       route by topic filter → size / loop / payload checks (refused: counted, acknowledged)
       → ingestion row claimed (a redelivery) or queued for writing (new)
       → the mapping's FIFO queue → pump: token bucket (delays, never drops)
+      → the bridged user, created if new and the new-user limit allows (else refused, acknowledged)
       → rooms.send_batch(txn each) as the bridged users (several batches in flight)
       → committed → PUBACK in arrival order → barrier answered → row deleted
 
@@ -17,6 +19,12 @@ to ``_LAUNCH_BATCH``) and starts one ``send_batch`` for it, whose events are
 created in order under the room's lock and written as one job; the store's
 writer commits every job queued meanwhile in one transaction and one fsync.
 While a batch commits, the next one gathers.
+
+Memory under a flood: QoS 1 messages held are at most ``receive_maximum``
+per broker (the worker stops reading beyond that); QoS 0 messages held
+(queued or being sent) at most ``qos0_queue`` per mapping, more are
+dropped and counted (``dropped.qos0_queue_full``) — the broker drops QoS 0
+to a slow subscriber too, and there is no one to acknowledge to.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from lowband.gateway.bridges.mqtt.payload import (
     route,
     translate,
 )  # fmt: skip
-from lowband.gateway.bridges.mqtt.rooms import RoomAccess, UserTaken
+from lowband.gateway.bridges.mqtt.rooms import RoomAccess, UserLimited, UserTaken
 from lowband.gateway.bridges.mqtt.session import Barrier, BrokerSession
 from lowband.gateway.bridges.mqtt.store import BridgeTables
 from lowband.gateway.config import ConfigError
@@ -64,6 +72,8 @@ _BARRIER_DELAY_S = 0.02
 #: After a reconnect, rows of the old connection that no redelivery claimed
 #: are deleted at the first barrier this long after the CONNACK.
 _REDELIVERY_GRACE_S = 5.0
+_UNAVAILABLE = Refusal("user_unavailable", "the bridged user cannot be used")
+_LIMITED = Refusal("user_limit", "no new bridged user allowed yet (new_users_burst, new_users_per_hour)")
 
 
 @dataclass(eq=False)
@@ -91,6 +101,7 @@ class InboundState:
     room_id: str | None = None
     room_ready: asyncio.Event = field(default_factory=asyncio.Event)
     flooding: bool = False
+    held0: int = 0  # QoS 0 items queued or being sent (at most mapping.qos0_queue)
 
 
 class MqttBridge:
@@ -102,11 +113,13 @@ class MqttBridge:
         self.store = services.store
         self.server_name = services.config.server_name
         self.tables = BridgeTables(services.store.mqtt)
-        self.access = RoomAccess(self.rooms, self.store, self.tables, self.server_name, config.bot)
+        now = time.monotonic()
+        new_users = TokenBucket(config.new_users_per_hour / 3600.0, config.new_users_burst, now)
+        self.access = RoomAccess(self.rooms, self.store, self.tables, self.server_name, config.bot,
+                                 new_users=new_users, room_admins=config.room_admins)  # fmt: skip
         self.counters = Counters()
         self.echo = EchoGuard()
         self.origin = discovery.Origin(self.server_name, config.status_topic, config.discovery_prefix)
-        now = time.monotonic()
         self.inbound = {m.name: InboundState(m, TokenBucket(m.rate_per_s, m.burst, now)) for m in config.inbound}
         self.sessions: dict[str, BrokerSession] = {}  # by broker name, filled by start()
         self.outbound = Outbound(config.outbound, self.sessions, self.store, self.tables, self.access, self.echo,
@@ -304,6 +317,13 @@ class MqttBridge:
             mapping, captured = found
             payload = message.payload
             self.counters.add(mapping.name, "received")
+            state = self.inbound[mapping.name]
+            if ticket is None and state.held0 >= mapping.qos0_queue:
+                # Before translating: under a flood, dropping must cost less than taking.
+                self.counters.add(mapping.name, "dropped.qos0_queue_full")
+                self._log_limited(mapping.name, "qos0_queue_full", "mqtt: dropped QoS 0 messages on %s (mapping %s): "
+                                  "%d are waiting already (qos0_queue)", topic, mapping.name, state.held0)  # fmt: skip
+                continue
             if len(payload) > self.config.payload_limit(mapping):
                 self._refuse(session, mapping.name, ticket, "oversize", f"{len(payload)} bytes", topic)
                 continue
@@ -337,7 +357,8 @@ class MqttBridge:
                 else:
                     item.redelivery = True
                     self.counters.add(mapping.name, "redelivered")
-            state = self.inbound[mapping.name]
+            if ticket is None:
+                state.held0 += 1
             state.queue.append(item)
             woken.add(mapping.name)
         if new_rows:
@@ -402,16 +423,17 @@ class MqttBridge:
         """Start sending a batch, in order (creating bridged users first when new)."""
         mapping = state.mapping
         assert state.room_id is not None
-        senders: dict[str, str | None] = {}
+        senders: dict[str, str | Refusal] = {}
         items: list[Item] = []
         requests: list[SendRequest] = []
         for item in batch:
             if item.device not in senders:
                 senders[item.device] = await self._sender(state, item)
             sender = senders[item.device]
-            if sender is None:
-                self._refuse(self.sessions[item.broker], mapping.name, item.ticket, "user_unavailable",
-                             "the bridged user cannot be used", item.topic)  # fmt: skip
+            if isinstance(sender, Refusal):
+                self._left(state, item)
+                self._refuse(self.sessions[item.broker], mapping.name, item.ticket, sender.reason, sender.detail,
+                             item.topic)  # fmt: skip
                 continue
             txn = (sender, "mqtt", item.txn_id) if item.txn_id is not None else None
             items.append(item)
@@ -421,8 +443,9 @@ class MqttBridge:
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
-    async def _sender(self, state: InboundState, item: Item) -> str | None:
-        """The bridged user for an item, created and joined on first use; None if unusable."""
+    async def _sender(self, state: InboundState, item: Item) -> str | Refusal:
+        """The bridged user for an item, created and joined on first use; a refusal if it cannot be used, or is
+        new and the new-user limit allows none now (``user_unavailable``, ``user_limit``)."""
         mapping = state.mapping
         if mapping.sender == "mapping":
             localpart = mapping.user or self.config.user_prefix + mapping.name
@@ -431,14 +454,16 @@ class MqttBridge:
         user_id = self.access.user_id(localpart)
         assert state.room_id is not None
         try:
-            await self.access.ensure_user(user_id, item.device)
+            await self.access.ensure_user(user_id, item.device, limited=True)
             await self.access.join(user_id, state.room_id)
+        except UserLimited:
+            return _LIMITED
         except UserTaken as exc:
             self._log_limited(mapping.name, "user_taken", "mqtt: %s", exc)
-            return None
+            return _UNAVAILABLE
         except MatrixError as exc:
             self._log_limited(mapping.name, "join", "mqtt: %s cannot join %s: %s", user_id, mapping.room, exc.message)
-            return None
+            return _UNAVAILABLE
         return user_id
 
     async def _send(self, state: InboundState, items: list[Item], requests: list[SendRequest]) -> None:
@@ -450,11 +475,12 @@ class MqttBridge:
             retry_items: list[Item] = []
             retry_requests: list[SendRequest] = []
             for item, request, result in zip(items, requests, results, strict=True):
+                if isinstance(result, MatrixError) and result.status >= 500 and not self._stopped:
+                    retry_items.append(item)
+                    retry_requests.append(request)
+                    continue
+                self._left(state, item)
                 if isinstance(result, MatrixError):
-                    if result.status >= 500 and not self._stopped:
-                        retry_items.append(item)
-                        retry_requests.append(request)
-                        continue
                     if result.status == 403:
                         self.access.forget_membership(request.sender, state.room_id)
                     self._refuse(self.sessions[item.broker], mapping.name, item.ticket, "rejected_by_room",
@@ -469,6 +495,12 @@ class MqttBridge:
             items, requests = retry_items, retry_requests
             if items:
                 await asyncio.sleep(_SEND_RETRY_S)
+
+    @staticmethod
+    def _left(state: InboundState, item: Item) -> None:
+        """An item is done (posted or refused): a QoS 0 one no longer counts against ``qos0_queue``."""
+        if item.ticket is None:
+            state.held0 -= 1
 
     # ----------------------------------------------------------------- acks
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from lowband.gateway.config import ConfigError
 from lowband.gateway.homeserver.accounts import Reservation, valid_localpart
-from lowband.gateway.matrix.identifiers import is_room_id
+from lowband.gateway.matrix.identifiers import is_room_alias, is_room_id, is_user_id
 
 PAYLOAD_KINDS = ("auto", "json", "text", "number", "binary")
 SENDER_MODES = ("wildcard", "mapping")
@@ -82,6 +82,7 @@ class InboundMapping:
     discovery: bool = True
     dedup_property: str = ""
     max_payload_bytes: int = 0  # 0: the [mqtt] default
+    qos0_queue: int = 1000  # QoS 0 messages held (waiting or being sent); more are dropped
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class MqttConfig:
     discovery_prefix: str = "homeassistant"
     discovery: bool = True
     max_payload_bytes: int = 65536
+    new_users_burst: int = 100  # bridged users created at once before the hourly rate applies
+    new_users_per_hour: float = 60.0
+    room_admins: tuple[str, ...] = ()  # invited, at power level 100, into rooms the bridge creates
 
     def payload_limit(self, mapping: InboundMapping) -> int:
         """Largest payload ``mapping`` accepts."""
@@ -218,7 +222,7 @@ def check_topic_name(value: str, where: str, placeholders: tuple[str, ...] = ())
 
 
 def _room(value: str, where: str) -> str:
-    if not (is_room_id(value) or (value.startswith("#") and ":" in value)):
+    if not (is_room_id(value) or is_room_alias(value)):
         raise ConfigError(f"{where}: {value!r} must be a room ID (!id:server, or a v12 !hash) or alias (#name:server)")
     return value
 
@@ -250,7 +254,13 @@ def parse_mqtt_config(raw: Any, server_name: str) -> MqttConfig | None:
         "discovery_prefix": check_topic_name(top.text("discovery_prefix", "homeassistant"), "mqtt.discovery_prefix"),
         "discovery": top.flag("discovery", True),
         "max_payload_bytes": top.integer("max_payload_bytes", 65536, 1, 256 * 1024 * 1024),
+        "new_users_burst": top.integer("new_users_burst", 100, 0, 10**9),
+        "new_users_per_hour": top.number("new_users_per_hour", 60.0, 0.001, 1e9),
+        "room_admins": top.strings("room_admins", ()),
     }
+    for user in config_values["room_admins"]:
+        if not is_user_id(user):
+            raise ConfigError(f"mqtt.room_admins: {user!r} is not a user ID (@name:server)")
     raw_brokers = top._pop("brokers", list, None, True)
     if not raw_brokers:
         raise ConfigError("mqtt.brokers must name at least one broker")
@@ -363,6 +373,7 @@ def _inbound(raw: Any, where: str, brokers: list[str]) -> InboundMapping:
         "discovery": t.flag("discovery", True),
         "dedup_property": t.text("dedup_property", "", empty=True),
         "max_payload_bytes": t.integer("max_payload_bytes", 0, 0, 256 * 1024 * 1024),
+        "qos0_queue": t.integer("qos0_queue", 1000, 1, 10**7),
     }
     fields: dict[str, FieldSpec] = {}
     for key, spec in t.table("fields").items():

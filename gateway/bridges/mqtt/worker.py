@@ -36,6 +36,21 @@ Rules:
 * the worker never outlives the gateway: end of file on the socket (the
   gateway exited, even by ``kill -9``) ends the process at once without a
   DISCONNECT, so the broker publishes the last will;
+* flow control: the worker stops reading from the broker while more than
+  ``receive_maximum`` QoS 1 messages it reported on the current
+  connection are unacknowledged (no ``loop_read``, the socket left out of
+  ``select``), and TCP holds the broker's further messages back.
+  ``receive_maximum`` is also what the CONNECT asks of an MQTT 5 broker;
+  this enforces it against brokers that overrun it (Mosquitto 2.0.11 does
+  once a PUBACK came back while messages were queued) and on MQTT 3.1.1,
+  which has no such limit. At exactly ``receive_maximum`` the worker still
+  reads, so a broker that keeps to it never causes a pause, and the
+  PINGRESP of a connection waiting for acknowledgements is read. The
+  bound is ``receive_maximum`` + 1 plus one per QoS 1 publish of ours
+  awaiting its PUBACK: ``loop_read`` reads that many packets more. A pause
+  longer than about the keepalive leaves a PINGRESP unread and paho drops
+  the connection; the session resumes on the next one, where the broker
+  sends the unacknowledged messages again;
 * ``("stop",)`` disconnects cleanly (no will) and exits;
 * MQTT 5 is refused with "unsupported protocol version" and the protocol
   is ``auto``: the worker reports ``fallback``, stops reconnecting, and the
@@ -190,6 +205,8 @@ class Worker:
         self._connect_at: float | None = 0.0  # when to (re)connect; None: not scheduled
         self._reconnects = True  # False once the gateway is replacing this worker
         self._stopping = False
+        self._window: int = settings["receive_maximum"]
+        self._unacked: set[int] = set()  # packet ids of QoS 1 messages reported on this connection, not acknowledged
         self._origin: Properties | None = None
         if self.protocol == mqtt.MQTTv5:
             self._origin = Properties(PacketTypes.PUBLISH)
@@ -278,11 +295,13 @@ class Worker:
             conn = self.client.socket()
             readers: list[Any] = [self.sock]
             writers: list[Any] = []
+            paused = self.paused()
             # Decrypted bytes can wait inside the SSL object, where select() cannot see them.
-            pending = isinstance(conn, ssl.SSLSocket) and conn.pending() > 0
+            pending = isinstance(conn, ssl.SSLSocket) and conn.pending() > 0 and not paused
             timeout: float | None
             if conn is not None:
-                readers.append(conn)
+                if not paused:
+                    readers.append(conn)
                 if self.client.want_write():
                     writers.append(conn)
                 timeout = 0.0 if pending else max(0.0, misc_at - now)
@@ -294,7 +313,7 @@ class Worker:
             if self.sock in readable:
                 self._read_commands()
             if conn is not None and self.client.socket() is conn:
-                if pending or conn in readable:
+                if (pending or conn in readable) and not self.paused():
                     self._read_packets()
                 self._write()
                 if time.monotonic() >= misc_at:
@@ -303,6 +322,10 @@ class Worker:
                     self._write()
             self._flush()
         self._disconnect()
+
+    def paused(self) -> bool:
+        """Whether reading from the broker waits for acknowledgements (flow control, see the rules)."""
+        return len(self._unacked) > self._window
 
     def _read_packets(self) -> None:
         """Read what the broker sent, packet after packet, while packets keep completing.
@@ -317,6 +340,8 @@ class Worker:
             before = self._progress
             rc = self.client.loop_read()
             if rc != mqtt.MQTT_ERR_SUCCESS or self.client.socket() is None or self._progress == before:
+                return
+            if self.paused():
                 return
 
     def _write(self) -> None:
@@ -358,6 +383,7 @@ class Worker:
         if kind == "ack":
             if command[1] == self.net_gen:  # never on another connection than the message's
                 self.client.ack(command[2], 1)
+                self._unacked.discard(command[2])
         elif kind == "publish":
             _, ident, topic, payload, qos, retain = command
             info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=self._origin)
@@ -398,6 +424,7 @@ class Worker:
                 return
             self._backoff.reset()
             self.net_gen += 1
+            self._unacked.clear()  # the broker sends the unacknowledged messages again
             session_present = bool(flags.session_present)
             self._subscribe(client, session_present)
             self.emit(("connect", self.net_gen, session_present))
@@ -431,6 +458,7 @@ class Worker:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._progress += 1
         self.net_gen += 1
+        self._unacked.clear()  # the next connection's CONNACK must be read
         self.emit(("disconnect", str(reason)))
         self._retry_later(f"disconnected ({reason})")
 
@@ -441,6 +469,8 @@ class Worker:
         except UnicodeDecodeError:
             topic = None  # the gateway refuses it (counted, acknowledged)
         pairs = getattr(message.properties, "UserProperty", None)
+        if message.qos > 0:
+            self._unacked.add(message.mid)
         self.emit(("msg", self.net_gen, message.mid, message.qos, bool(message.retain), bool(message.dup), topic,
                    message.payload, [tuple(p) for p in pairs] if pairs else None))  # fmt: skip
 
