@@ -30,9 +30,19 @@ serve: $(STAMP)
 wire-demo: $(STAMP)
 	$(VENV)/bin/lowband wire demo
 
+# The pinned npm packages of the real-client tests (matrix-js-sdk, Hydrogen,
+# playwright-core), installed again only when the lock file changed. No
+# install scripts run: none of them needs one, and Chromium is Debian's.
+JS := tests/e2e_clients/js
+JS_STAMP := $(JS)/node_modules/.installed
+
+$(JS_STAMP): $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --ignore-scripts
+	touch $(JS_STAMP)
+
 # The whole test suite.
-test: $(STAMP)
+test: $(STAMP) $(JS_STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(JS)/node_modules

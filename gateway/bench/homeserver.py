@@ -9,7 +9,10 @@ directory, and the same load client measures both:
 * ``sync_latency_ms`` — median time from the start of user A's send request
   until user B's parked long-poll ``/sync`` returns that event;
 * ``rss_idle_mb`` / ``rss_load_mb`` — resident memory of the server process
-  and its children (``VmRSS``), idle after start-up and right after the load.
+  and its children (``VmRSS``), idle after start-up and right after the load;
+* ``e2ee_sends_per_s`` / ``e2ee_latency_ms`` — the same in an encrypted room
+  with two matrix-nio clients doing Olm and Megolm (``encrypted_room.py``),
+  send → *decrypted* by the other client; None without ``matrix-nio[e2e]``.
 
 Each load phase stops at a message count or a duration, whichever comes
 first, so a slow server is measured for the duration and a fast one for the
@@ -40,6 +43,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from lowband.gateway.bench.encrypted_room import MISSING, measure_encrypted
 from lowband.gateway.bench.matrix_load import (
     Counters,
     LoadPlan,
@@ -97,6 +101,8 @@ def assemble(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     result["ratio_sends"] = _ratio(figures, "sends_per_s_8")
     result["ratio_rss"] = _ratio(figures, "rss_load_mb")
     result["ratio_latency"] = _ratio(figures, "sync_latency_ms")
+    result["ratio_e2ee_sends"] = _ratio(figures, "e2ee_sends_per_s")
+    result["ratio_e2ee_latency"] = _ratio(figures, "e2ee_latency_ms")
     return result
 
 
@@ -106,12 +112,16 @@ _ROWS = (
     ("send → /sync, median ms", "sync_latency_ms", "{:.1f}"),
     ("RSS idle, MiB", "rss_idle_mb", "{:.1f}"),
     ("RSS after load, MiB", "rss_load_mb", "{:.1f}"),
+    ("encrypted sends/s", "e2ee_sends_per_s", "{:.1f}"),
+    ("send → decrypted, median ms", "e2ee_latency_ms", "{:.1f}"),
 )
 # figure key → (ratio key, target text, is the ratio good?)
 _TARGETS: dict[str, tuple[str, str, Callable[[float], bool]]] = {
     "sends_per_s_8": ("ratio_sends", f"≥ {TARGET_SENDS:g}×", lambda r: r >= TARGET_SENDS),
     "sync_latency_ms": ("ratio_latency", "≤ ⅕", lambda r: r <= TARGET_LATENCY),
     "rss_load_mb": ("ratio_rss", "≤ ¼", lambda r: r <= TARGET_RSS),
+    "e2ee_sends_per_s": ("ratio_e2ee_sends", f"≥ {TARGET_SENDS:g}×", lambda r: r >= TARGET_SENDS),
+    "e2ee_latency_ms": ("ratio_e2ee_latency", "≤ ⅕", lambda r: r <= TARGET_LATENCY),
 }
 
 
@@ -143,6 +153,8 @@ def render_table(result: dict[str, Any]) -> str:
                 f"{f.get('latency_rounds', '?')} latency rounds, peak RSS {f.get('rss_peak_mb', '?')} MiB, "
                 f"load average {f.get('loadavg_1m', '?')} before"
             )
+    if any(name in result and result[name].get("e2ee_sends_per_s") is None for name in SERVERS):
+        lines.append(MISSING)
     return "\n".join(lines)
 
 
@@ -226,6 +238,7 @@ async def measure(server: ServerProcess, plan: LoadPlan) -> dict[str, Any]:
             _progress(f"{server.name}: send → /sync latency, {plan.latency_rounds} rounds")
             latencies = await sync_latencies(users[0], users[1], room_id, plan.latency_rounds)
             rss_load = rss_mib(pid)
+            encrypted = await measure_encrypted(server, plan.seconds, plan.messages, plan.latency_rounds, _progress)
         finally:
             sampler.cancel()
         if server.proc.poll() is not None:
@@ -251,6 +264,7 @@ async def measure(server: ServerProcess, plan: LoadPlan) -> dict[str, Any]:
         # Near 1.0 the load client, not the server, was the limit with 8 senders.
         "client_cpu_8": round(client_cpu_8, 2),
         "loadavg_1m": round(load_before, 2),
+        **encrypted,
     }
 
 

@@ -217,3 +217,42 @@ def test_registration_answers_a_uia_401_with_its_session(tmp_path):
     user = asyncio.run(scenario())
     assert (user.token, user.user_id) == ("t0", "@bench0:localhost")
     assert seen == [{"type": "m.login.dummy"}, {"type": "m.login.dummy", "session": "s1"}]
+
+
+def test_the_encrypted_room_phase_against_a_real_gateway(tmp_path):
+    # Two matrix-nio clients with Olm/Megolm against `lowband serve`: every figure measured, nothing undecryptable.
+    from lowband.gateway.bench import encrypted_room
+
+    assert encrypted_room.available()
+    server = bench.prepare_lowband(tmp_path)
+    server.start()
+    try:
+
+        async def measure() -> dict:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                await matrix_load.wait_ready(http, server)
+            return await encrypted_room.measure_encrypted(server, seconds=1.0, messages=20, rounds=3, progress=print)
+
+        found = asyncio.run(measure())
+    finally:
+        server.stop()
+    assert set(found) == set(encrypted_room.FIGURES)
+    assert 1 <= found["e2ee_messages"] <= 20
+    assert found["e2ee_sends_per_s"] > 0 and 0 < found["e2ee_latency_ms"] <= found["e2ee_latency_ms_max"]
+    assert found["e2ee_undecryptable"] == 0
+
+
+def test_the_table_says_when_the_encrypted_figures_could_not_be_measured():
+    from lowband.gateway.bench import encrypted_room
+
+    plain = figures(100, 40, 10)
+    result = bench.assemble({"lowband": {**plain, **dict.fromkeys(encrypted_room.FIGURES)}})
+    assert result["ratio_e2ee_latency"] is None
+    assert encrypted_room.MISSING in bench.render_table(result)
+    measured = {**plain, "e2ee_sends_per_s": 50.0, "e2ee_latency_ms": 12.0}
+    result = bench.assemble({"lowband": measured, "synapse": {**figures(5, 120, 60), "e2ee_sends_per_s": 5.0,
+                                                              "e2ee_latency_ms": 60.0}})  # fmt: skip
+    assert (result["ratio_e2ee_sends"], result["ratio_e2ee_latency"]) == (10.0, 0.2)
+    assert encrypted_room.MISSING not in bench.render_table(result)
