@@ -95,11 +95,11 @@ class ToDevice:
                 queued += [(user_id, target, sender, event_type, content) for target in targets]
             if len(queued) > MAX_TARGETS:
                 raise MatrixError(400, "M_LIMIT_EXCEEDED", f"at most {MAX_TARGETS} devices per request")
-        room = [m for m in queued if self.store.e2ee.inbox_size(m[0], m[1]) < MAX_INBOX]
-        if len(room) < len(queued):
-            self._drop("inbox_full", len(queued) - len(room), f"a device's inbox holds {MAX_INBOX} messages")
         now = int(time.time() * 1000)
-        if await self.store.e2ee.enqueue(room, txn, now) and room:
+        left_out = await self.store.e2ee.enqueue(queued, txn, now, MAX_INBOX)
+        if left_out:
+            self._drop("inbox_full", left_out, f"a device's inbox holds {MAX_INBOX} messages")
+        if left_out is not None and left_out < len(queued):
             self.notify()
         if now - self._last_pruned > 3600_000:
             self._last_pruned = now

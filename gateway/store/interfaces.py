@@ -698,7 +698,7 @@ class E2EEStore(Protocol):
     def inbox_size(self, user_id: str, device_id: str) -> int: ...
 
     async def enqueue(self, messages: list[tuple[str, str, str, str, dict[str, Any]]],
-                      txn: tuple[str, str, str] | None, ts: int) -> bool: ...  # fmt: skip
+                      txn: tuple[str, str, str] | None, ts: int, max_inbox: int) -> int | None: ...  # fmt: skip
 
     def pending(self, user_id: str, device_id: str, since: int, upto: int, limit: int) -> list[tuple[int, str, str, Any]]: ...
 

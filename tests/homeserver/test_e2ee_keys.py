@@ -347,3 +347,43 @@ def test_keys_and_to_device_messages_survive_kill_9(tmp_path):
         asyncio.run(after())
     finally:
         gateway.stop()
+
+
+def test_a_to_device_flood_is_capped_per_device_and_counted(tmp_path):
+    from lowband.gateway.homeserver import to_device
+
+    found: list[Any] = []
+
+    async def main() -> None:
+        async with gateway_in_loop(tmp_path, rate_limits=NO_LIMITS, on_ready=found.append) as base, \
+                aiohttp.ClientSession() as session:  # fmt: skip
+            alice = await device(session, base, "alice", "ALICEDEV", register=True)
+            bob = await device(session, base, "bob", "BOBDEV", register=True)
+            carol = await device(session, base, "carol", "CAROLDEV", register=True)
+            flood = to_device.MAX_INBOX + 50
+
+            async def send(i: int) -> int:
+                status, _ = await alice.req("PUT", f"{V3}/sendToDevice/m.flood/f{i}",
+                                            {"messages": {bob.user_id: {"BOBDEV": {"i": i}}}})  # fmt: skip
+                return status
+
+            for start in range(0, flood, 70):  # parallel sends across the cap: it must hold all the same
+                assert set(await asyncio.gather(*(send(i) for i in range(start, min(flood, start + 70))))) == {200}
+            services = found[0]
+            assert services.to_device.dropped["inbox_full"] == 50
+            assert services.store.e2ee.inbox_size(bob.user_id, "BOBDEV") == to_device.MAX_INBOX
+            # another device's inbox is not touched by the flood
+            status, _ = await alice.req("PUT", f"{V3}/sendToDevice/m.hello/h", {"messages": {carol.user_id: {"*": {}}}})
+            assert status == 200 and len((await sync(carol))["to_device"]["events"]) == 1
+            # bob drains his inbox 100 at a time and can receive again
+            token = None
+            received = 0
+            for _ in range(11):
+                page = await sync(bob, token)
+                received += len(page["to_device"]["events"])
+                token = page["next_batch"]
+            assert received == to_device.MAX_INBOX
+            await send(99_999)
+            assert [e["content"]["i"] for e in (await sync(bob, token))["to_device"]["events"]] == [99_999]
+
+    asyncio.run(main())

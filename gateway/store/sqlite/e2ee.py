@@ -338,26 +338,37 @@ class E2EETables:
         return int(row[0]) if row else 0
 
     async def enqueue(self, messages: list[tuple[str, str, str, str, dict[str, Any]]],
-                      txn: tuple[str, str, str] | None, ts: int) -> bool:  # fmt: skip
-        """Queue (user, device, sender, type, content) messages, with the sender's transaction; False if seen.
+                      txn: tuple[str, str, str] | None, ts: int, max_inbox: int) -> int | None:  # fmt: skip
+        """Queue (user, device, sender, type, content) messages with the sender's transaction.
 
-        The transaction ID and the messages commit together: a retry after a crash delivers each once.
+        The transaction ID and the messages commit together: a retry after a crash delivers each once. A message
+        for a device already holding ``max_inbox`` is left out (checked in the transaction, so parallel senders
+        cannot pass the cap together). Returns how many were left out, or None when the transaction was seen.
         """
         positions = [self._next_stream() for _ in messages] or [self._next_stream()]
 
-        def fn(c: sqlite3.Connection) -> bool:
+        def fn(c: sqlite3.Connection) -> int | None:
             if txn is not None:
                 if c.execute("SELECT 1 FROM to_device_txns WHERE sender = ? AND sender_device = ? AND txn_id = ?",
                              txn).fetchone():  # fmt: skip
-                    return False
+                    return None
                 c.execute("INSERT INTO to_device_txns VALUES (?, ?, ?, ?)", (*txn, ts))
-            c.executemany("INSERT INTO to_device_inbox VALUES (?, ?, ?, ?, ?, ?)",
-                          [(p, u, d, s, t, _dumps(content)) for p, (u, d, s, t, content) in zip(positions, messages)])  # fmt: skip
+            held: dict[tuple[str, str], int] = {}
+            rows = []
+            for position, (user, device, sender, kind, content) in zip(positions, messages, strict=False):
+                if (user, device) not in held:
+                    held[(user, device)] = c.execute("SELECT COUNT(*) FROM to_device_inbox WHERE user_id = ? AND "
+                                                     "device_id = ?", (user, device)).fetchone()[0]  # fmt: skip
+                if held[(user, device)] >= max_inbox:
+                    continue
+                held[(user, device)] += 1
+                rows.append((position, user, device, sender, kind, _dumps(content)))
+            c.executemany("INSERT INTO to_device_inbox VALUES (?, ?, ?, ?, ?, ?)", rows)
             c.execute("INSERT INTO e2e_positions VALUES ('to_device', ?) ON CONFLICT DO UPDATE SET "
                       "position = MAX(position, excluded.position)", (positions[-1],))  # fmt: skip
-            return True
+            return len(messages) - len(rows)
 
-        result: bool = await self._write_at(positions[-1], fn)
+        result: int | None = await self._write_at(positions[-1], fn)
         return result
 
     def pending(self, user_id: str, device_id: str, since: int, upto: int, limit: int) -> list[tuple[int, str, str, Any]]:
