@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from lowband.gateway.matrix.errors import MatrixError, bad_json, invalid_param
 from lowband.gateway.matrix.signing import SignatureError, decode_base64, verify_json
-from lowband.gateway.store.interfaces import OneTimeKeyConflict, Store
+from lowband.gateway.store.interfaces import OneTimeKeyConflict, Store, TooManyOneTimeKeys
 
 #: Largest key object (a device's keys, a one-time key, a cross-signing key), as compact JSON.
 MAX_KEY_BYTES = 8 * 1024
@@ -126,13 +126,12 @@ class DeviceKeys:
         if len({algorithm for algorithm, _, _ in fallbacks}) != len(fallbacks):
             raise invalid_param("one fallback key per algorithm")
         if otks:
-            held = sum(self.store.e2ee.one_time_key_counts(user_id, device_id).values())
-            if held + len(otks) > MAX_OTKS_PER_DEVICE:
-                raise MatrixError(400, "M_LIMIT_EXCEEDED", f"a device holds at most {MAX_OTKS_PER_DEVICE} one-time keys")
             try:
-                await self.store.e2ee.add_one_time_keys(user_id, device_id, otks)
+                await self.store.e2ee.add_one_time_keys(user_id, device_id, otks, MAX_OTKS_PER_DEVICE)
             except OneTimeKeyConflict as exc:
                 raise invalid_param(str(exc)) from None
+            except TooManyOneTimeKeys as exc:
+                raise MatrixError(400, "M_LIMIT_EXCEEDED", str(exc)) from None
         if fallbacks:
             await self.store.e2ee.set_fallback_keys(user_id, device_id, fallbacks)
         if device_keys is not None and await self.store.e2ee.set_device_keys(user_id, device_id, device_keys):

@@ -656,6 +656,10 @@ class OneTimeKeyConflict(ValueError):
     """A one-time key ID uploaded again with other content (the spec's 400 M_INVALID_PARAM)."""
 
 
+class TooManyOneTimeKeys(ValueError):
+    """An upload would leave a device holding more unclaimed one-time keys than allowed."""
+
+
 class E2EEStore(Protocol):
     """Device keys, one-time and fallback keys, cross-signing, device list changes, to-device messages.
 
@@ -667,7 +671,8 @@ class E2EEStore(Protocol):
 
     async def set_device_keys(self, user_id: str, device_id: str, keys: dict[str, Any]) -> bool: ...
 
-    async def add_one_time_keys(self, user_id: str, device_id: str, keys: list[tuple[str, str, Any]]) -> None: ...
+    async def add_one_time_keys(self, user_id: str, device_id: str, keys: list[tuple[str, str, Any]],
+                                max_held: int) -> None: ...  # fmt: skip
 
     async def set_fallback_keys(self, user_id: str, device_id: str, keys: list[tuple[str, str, Any]]) -> None: ...
 

@@ -160,6 +160,13 @@ def test_bad_key_uploads_are_refused_with_nothing_stored(tmp_path):
         await bob.req("POST", f"{V3}/keys/upload", {"one_time_keys": {"signed_curve25519:K1": bob.otk(1)}})
         got = await bob.req("POST", f"{V3}/keys/upload", {"one_time_keys": {"signed_curve25519:K1": bob.otk(2)}})
         assert got[0] == 400 and got[1]["errcode"] == "M_INVALID_PARAM"  # same ID, other key
+        # a device holds at most 1,000 unclaimed keys, however many uploads race for the room
+        uploads = [{"one_time_keys": {f"signed_curve25519:U{n}_{i}": bob.otk(i % 250) for i in range(150)}}
+                   for n in range(8)]  # fmt: skip
+        answers = await asyncio.gather(*(bob.req("POST", f"{V3}/keys/upload", body) for body in uploads))
+        assert sorted(status for status, _ in answers) == [200] * 6 + [400] * 2, answers
+        counts = (await bob.req("POST", f"{V3}/keys/upload", {}))[1]["one_time_key_counts"]
+        assert counts == {"signed_curve25519": 901}
         status, found = await bob.req("POST", f"{V3}/keys/query", {"device_keys": {bob.user_id: []}})
         assert found["device_keys"][bob.user_id] == {}  # none of the refused device keys was kept
         for body in ({"device_keys": []}, {"device_keys": {bob.user_id: "BOBDEV"}},

@@ -29,7 +29,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from lowband.gateway.store.interfaces import OneTimeKeyConflict
+from lowband.gateway.store.interfaces import OneTimeKeyConflict, TooManyOneTimeKeys
 from lowband.gateway.store.sqlite.database import Database
 
 E2EE_SCHEMA = [
@@ -178,13 +178,18 @@ class E2EETables:
         await self._write_at(position, fn)
         return True
 
-    async def add_one_time_keys(self, user_id: str, device_id: str, keys: list[tuple[str, str, Any]]) -> None:
+    async def add_one_time_keys(self, user_id: str, device_id: str, keys: list[tuple[str, str, Any]],
+                                max_held: int) -> None:  # fmt: skip
         """Add (algorithm, key ID, key) one-time keys; the same key again is ignored.
 
-        OneTimeKeyConflict (nothing stored) when a key ID is already held with other content.
+        Nothing is stored on OneTimeKeyConflict (a key ID already held with other content) or TooManyOneTimeKeys
+        (the device would hold more than ``max_held``; counted in the transaction, so parallel uploads cannot pass
+        it together).
         """
 
         def fn(c: sqlite3.Connection) -> None:
+            held = c.execute("SELECT COUNT(*) FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ?",
+                             (user_id, device_id)).fetchone()[0]  # fmt: skip
             for algorithm, key_id, key in keys:
                 text = _dumps(key)
                 row = c.execute(
@@ -194,6 +199,9 @@ class E2EETables:
                     if row[0] != text:
                         raise OneTimeKeyConflict(f"one-time key {algorithm}:{key_id} already exists with other content")
                     continue
+                held += 1
+                if held > max_held:
+                    raise TooManyOneTimeKeys(f"a device holds at most {max_held} one-time keys")
                 c.execute("INSERT INTO e2e_one_time_keys VALUES (?, ?, ?, ?, ?)",
                           (user_id, device_id, algorithm, key_id, text))  # fmt: skip
 
