@@ -21,10 +21,11 @@ from aiohttp import web
 
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.api.http.app import make_app
+from lowband.gateway.appservices.registration import APPSERVICES, AppServices, load_appservices
 from lowband.gateway.bridges.mqtt import config as mqtt_config
 from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
-from lowband.gateway.homeserver.accounts import ReservedNamespaces
+from lowband.gateway.homeserver.accounts import Reservation, ReservedNamespaces
 from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.ratelimit import LoginThrottle
 from lowband.gateway.homeserver.rooms import RoomService
@@ -95,6 +96,7 @@ COMPONENTS: list[Component] = [
                lambda config: config.federation.enabled),
     Registered("links", "lowband.gateway.link.component:start_links", _always),
     Registered("mqtt", "lowband.gateway.bridges.mqtt.bridge:start_mqtt", _has_section("mqtt")),
+    Registered("appservices", "lowband.gateway.appservices.component:start_appservices", _has_section("appservices")),
 ]
 
 
@@ -155,19 +157,27 @@ def open_services(config: Config) -> Services:
     rooms = RoomService(store, config.server_name, key, on_new_event=lambda sent: notifier.notify())
     sync = SyncHandler(store, rooms, typing, notifier)
     user_limiter, ip_limiter = Services.rate_limiters(config.rate_limits)
-    namespaces = reserved_namespaces(config)
+    bridges = load_appservices(config.components.get("appservices"), config.server_name)
+    namespaces = reserved_namespaces(config, bridges)
     throttle = LoginThrottle() if config.rate_limits.enabled else None
-    return Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter, namespaces=namespaces,
-                    login_throttle=throttle, read_limiter=Services.read_rate_limiter(config.rate_limits))  # fmt: skip
+    services = Services(config, store, rooms, sync, typing, notifier, user_limiter, ip_limiter, namespaces=namespaces,
+                        login_throttle=throttle, read_limiter=Services.read_rate_limiter(config.rate_limits))  # fmt: skip
+    services.components[APPSERVICES] = bridges
+    return services
 
 
-def reserved_namespaces(config: Config) -> ReservedNamespaces:
-    """The localparts edges keep for themselves under ``config``: ``dev.*`` and every enabled bridge's.
+def reserved_namespaces(config: Config, bridges: AppServices | None = None) -> ReservedNamespaces:
+    """The localparts edges keep for themselves under ``config``: ``dev.*``, every enabled bridge's, and the
+    exclusive user namespaces of the registered application services (read from their files when not given).
 
     ``/register`` and ``lowband user add`` refuse them; a new bridge adds its
     reservations here.
     """
-    return ReservedNamespaces([devices_registry.RESERVATION, *mqtt_config.reservations(config.components)])
+    if bridges is None:
+        bridges = load_appservices(config.components.get("appservices"), config.server_name)
+    registered = [Reservation(f"the application service {b.id!r}", user_ids=b.owns_user) for b in bridges.all]
+    return ReservedNamespaces([devices_registry.RESERVATION, *mqtt_config.reservations(config.components),
+                               *registered])  # fmt: skip
 
 
 async def run_gateway(

@@ -49,7 +49,7 @@ _SERVER_NAME = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})
 
 
 #: Sections handed raw to the components that own them (they validate them).
-COMPONENT_SECTIONS = ("mqtt", "links", "devices")
+COMPONENT_SECTIONS = ("mqtt", "links", "devices", "appservices")
 
 
 class ConfigError(ValueError):

@@ -163,7 +163,7 @@ def run_user_add(args: argparse.Namespace) -> int:
         user_id = user_id_for(name, config.server_name)
     except Exception as exc:  # MatrixError M_INVALID_USERNAME
         raise UsageError(str(exc)) from None
-    holder = reserved_namespaces(config).owner_of(name)
+    holder = reserved_namespaces(config).owner_of(name, user_id)
     if holder is not None and not args.allow_reserved:
         raise UsageError(f"{user_id} is in a namespace reserved for {holder}; pass --allow-reserved if you mean it "
                          f"(the account is then a person's: {holder} will never speak as it)")  # fmt: skip

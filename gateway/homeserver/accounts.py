@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lowband.gateway.matrix.errors import MatrixError
@@ -47,10 +48,14 @@ class Reservation:
     owner: str  # who holds it, for error messages ("the MQTT bridge")
     exact: str | None = None
     prefix: str | None = None
+    #: full user IDs it holds, as a test (an application service's exclusive regexes)
+    user_ids: Callable[[str], bool] | None = None
 
-    def covers(self, localpart: str) -> bool:
-        """Whether ``localpart`` falls in this reservation."""
+    def covers(self, localpart: str, user_id: str = "") -> bool:
+        """Whether ``localpart`` (with its full ``user_id``) falls in this reservation."""
         if self.exact is not None and localpart == self.exact:
+            return True
+        if self.user_ids is not None and user_id and self.user_ids(user_id):
             return True
         return bool(self.prefix) and localpart.startswith(self.prefix or "")
 
@@ -65,16 +70,16 @@ class ReservedNamespaces:
         """Reserve one more namespace."""
         self._items.append(reservation)
 
-    def owner_of(self, localpart: str) -> str | None:
-        """Who reserved ``localpart``, or None when it is free to register."""
+    def owner_of(self, localpart: str, user_id: str = "") -> str | None:
+        """Who reserved ``localpart`` (full ID ``user_id``), or None when it is free to register."""
         for item in self._items:
-            if item.covers(localpart):
+            if item.covers(localpart, user_id):
                 return item.owner
         return None
 
     def check_registrable(self, localpart: str, user_id: str) -> None:
         """M_EXCLUSIVE (400) naming the owner when ``localpart`` is reserved."""
-        owner = self.owner_of(localpart)
+        owner = self.owner_of(localpart, user_id)
         if owner is not None:
             raise MatrixError(400, "M_EXCLUSIVE", f"{user_id} is in a namespace reserved for {owner}")
 

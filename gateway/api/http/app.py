@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from lowband.gateway.api.http import (
+    client_appservice,
     client_auth,
     client_keys,
     client_misc,
@@ -35,9 +36,9 @@ _CORS = {
 }
 
 
-def _error_response(status: int, errcode: str, message: str, **extra: object) -> web.Response:
+def _error_response(http_status: int, errcode: str, message: str, **extra: object) -> web.Response:
     body = json.dumps({"errcode": errcode, "error": message, **extra})
-    return web.Response(status=status, text=body, content_type="application/json", headers=_CORS)
+    return web.Response(status=http_status, text=body, content_type="application/json", headers=_CORS)
 
 
 @web.middleware
@@ -107,7 +108,7 @@ def make_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
-    for module in (client_auth, client_keys, client_rooms, client_sync, client_misc, client_room_keys, media,
-                   federation_keys, federation_query, federation_rooms):  # fmt: skip
+    for module in (client_appservice, client_auth, client_keys, client_rooms, client_sync, client_misc,
+                   client_room_keys, media, federation_keys, federation_query, federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())
     return app

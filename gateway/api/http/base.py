@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lowband.gateway.appservices.registration import AppService, appservices_of
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, bad_json
 
@@ -33,11 +34,13 @@ def services(request: web.Request) -> Services:
 
 @dataclass(frozen=True)
 class Requester:
-    """The authenticated user behind a request."""
+    """The authenticated user behind a request (for an application service: the user it acts as)."""
 
     user_id: str
     device_id: str
     token: str
+    #: the bridge whose as_token authenticated the request, or None for a user's own token
+    appservice: AppService | None = None
 
 
 def access_token(request: web.Request) -> str | None:
@@ -49,19 +52,44 @@ def access_token(request: web.Request) -> str | None:
 
 
 def authenticate(request: web.Request) -> Requester:
-    """The requester, or 401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN."""
+    """The requester, or 401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN.
+
+    An application service's ``as_token`` acts as its sender, or as ``?user_id=`` when that user is in its
+    namespaces and exists (403 M_EXCLUSIVE / M_FORBIDDEN otherwise), on ``?device_id=`` (also
+    ``org.matrix.msc3202.device_id``) when that device is the user's (400 M_UNKNOWN_DEVICE otherwise).
+    """
     token = access_token(request)
     if token is None:
         raise MatrixError(401, "M_MISSING_TOKEN", "missing access token")
-    found = services(request).store.lookup_token(token)
+    svc = services(request)
+    bridge = appservices_of(svc).by_token(token)
+    if bridge is not None:
+        return _as_appservice(request, svc, bridge, token)
+    found = svc.store.lookup_token(token)
     if found is None:
         raise MatrixError(401, "M_UNKNOWN_TOKEN", "unknown access token", soft_logout=False)
     return Requester(found[0], found[1], token)
 
 
+def _as_appservice(request: web.Request, svc: Services, bridge: AppService, token: str) -> Requester:
+    user_id = request.query.get("user_id") or bridge.sender
+    if not bridge.may_act_as(user_id):
+        raise MatrixError(403, "M_EXCLUSIVE", f"{user_id[:100]} is outside the application service's namespaces")
+    if user_id != bridge.sender:
+        row = svc.store.get_user(user_id)
+        if row is None or row["deactivated"]:
+            raise MatrixError(403, "M_FORBIDDEN", f"the application service has not registered {user_id[:100]}")
+    device_id = request.query.get("device_id") or request.query.get("org.matrix.msc3202.device_id") or ""
+    if device_id and svc.store.user_device(user_id, device_id) is None:
+        raise MatrixError(400, "M_UNKNOWN_DEVICE", f"{user_id[:100]} has no device {device_id[:100]}")
+    return Requester(user_id, device_id, token, bridge)
+
+
 def rate_limit(request: web.Request, requester: Requester | None = None) -> None:
-    """Apply the per-IP and (when authenticated) per-user limits."""
+    """Apply the per-IP and (when authenticated) per-user limits; none for a bridge registered unlimited."""
     svc = services(request)
+    if requester is not None and requester.appservice is not None and not requester.appservice.rate_limited:
+        return
     if svc.ip_limiter is not None:
         svc.ip_limiter.check(request.remote or "unknown")
     if svc.user_limiter is not None and requester is not None:
@@ -75,11 +103,17 @@ def read_limit(request: web.Request) -> None:
     scan (sync.MAX_SCAN_ROWS), and without a limit ten parallel readers of a big room held the loop for
     seconds. An unknown token counts against the address; the handler then answers it 401 as before.
     """
-    limiter = services(request).read_limiter
+    svc = services(request)
+    limiter = svc.read_limiter
     if limiter is None:
         return
     token = access_token(request)
-    found = services(request).store.lookup_token(token) if token is not None else None
+    bridge = appservices_of(svc).by_token(token) if token is not None else None
+    if bridge is not None:  # a bridge reads for all its users: its own bucket, or none when registered unlimited
+        if bridge.rate_limited:
+            limiter.check("appservice:" + bridge.id)
+        return
+    found = svc.store.lookup_token(token) if token is not None else None
     limiter.check(found[0] if found is not None else "ip:" + (request.remote or "unknown"))
 
 

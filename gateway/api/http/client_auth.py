@@ -9,7 +9,18 @@ import time
 
 from aiohttp import web
 
-from lowband.gateway.api.http.base import CLIENT, authenticate, get_str, json_body, ok, rate_limit, services
+from lowband.gateway.api.http.base import (
+    CLIENT,
+    Requester,
+    access_token,
+    authenticate,
+    get_str,
+    json_body,
+    ok,
+    rate_limit,
+    services,
+)
+from lowband.gateway.appservices.registration import appservices_of
 from lowband.gateway.homeserver.accounts import (
     check_password,
     hash_password,
@@ -49,7 +60,7 @@ async def capabilities(request: web.Request) -> web.Response:
 
 async def login_flows(request: web.Request) -> web.Response:
     """GET /login."""
-    return ok({"flows": [{"type": "m.login.password"}]})
+    return ok({"flows": [{"type": "m.login.password"}, {"type": "m.login.application_service"}]})
 
 
 async def _issue_token(request: web.Request, user_id: str, body: dict) -> dict:
@@ -70,8 +81,10 @@ async def login(request: web.Request) -> web.Response:
     rate_limit(request)
     svc = services(request)
     body = await json_body(request)
+    if body.get("type") == "m.login.application_service":
+        return await _login_appservice_user(request, body)
     if body.get("type") != "m.login.password":
-        raise MatrixError(400, "M_UNKNOWN", "only m.login.password is supported")
+        raise MatrixError(400, "M_UNKNOWN", "only m.login.password and m.login.application_service are supported")
     identifier = body.get("identifier")
     if isinstance(identifier, dict):
         if identifier.get("type") != "m.id.user":
@@ -102,6 +115,25 @@ async def login(request: web.Request) -> web.Response:
     return ok(await _issue_token(request, user_id, body))
 
 
+async def _login_appservice_user(request: web.Request, body: dict) -> web.Response:
+    """m.login.application_service: a token for a user in the bridge's namespace, with its as_token."""
+    token = access_token(request)
+    svc = services(request)
+    bridge = appservices_of(svc).by_token(token) if token is not None else None
+    if bridge is None:
+        raise MatrixError(401, "M_UNKNOWN_TOKEN", "m.login.application_service needs an application service's token")
+    identifier = body.get("identifier")
+    user = get_str(identifier, "user") if isinstance(identifier, dict) else get_str(body, "user")
+    assert user is not None
+    user_id = user if user.startswith("@") else f"@{user.lower()}:{svc.server_name}"
+    if not bridge.may_act_as(user_id):
+        raise MatrixError(403, "M_EXCLUSIVE", f"{user_id[:100]} is outside the application service's namespaces")
+    row = svc.store.get_user(user_id)
+    if row is None or row["deactivated"]:
+        raise forbidden(f"{user_id[:100]} is not registered")
+    return ok(await _issue_token(request, user_id, body))
+
+
 async def logout(request: web.Request) -> web.Response:
     """POST /logout."""
     requester = authenticate(request)
@@ -110,9 +142,12 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    """POST /register (m.login.dummy), only when registration is enabled."""
-    rate_limit(request)
+    """POST /register: m.login.dummy when registration is enabled; m.login.application_service for a bridge."""
     svc = services(request)
+    token = access_token(request)
+    if token is not None and appservices_of(svc).by_token(token) is not None:
+        return await _register_appservice_user(request, authenticate(request))
+    rate_limit(request)
     if request.query.get("kind", "user") != "user":
         raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "guest accounts are not available")
     if not svc.config.registration_enabled:
@@ -133,6 +168,30 @@ async def register(request: web.Request) -> web.Response:
     try:
         password_hash = await asyncio.to_thread(hash_password, password)
         await svc.store.create_user(user_id, password_hash, False, int(time.time() * 1000))
+    except UserExists:
+        raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is taken") from None
+    if body.get("inhibit_login") is True:
+        return ok({"user_id": user_id, "home_server": svc.server_name})
+    return ok(await _issue_token(request, user_id, body))
+
+
+async def _register_appservice_user(request: web.Request, requester: Requester) -> web.Response:
+    """A bridge registers a user in its namespace (no password: it acts as the user with its as_token)."""
+    bridge = requester.appservice
+    assert bridge is not None
+    svc = services(request)
+    body = await json_body(request)
+    if body.get("type") != "m.login.application_service":
+        raise MatrixError(400, "M_UNKNOWN", "an application service registers with type m.login.application_service")
+    username = get_str(body, "username")
+    assert username is not None
+    user_id = username if username.startswith("@") else user_id_for(username, svc.server_name)
+    if user_id.partition(":")[2] != svc.server_name or not bridge.may_act_as(user_id):
+        raise MatrixError(400, "M_EXCLUSIVE", f"{user_id[:100]} is outside the application service's namespaces")
+    user_id_for(user_id[1:].partition(":")[0], svc.server_name)  # M_INVALID_USERNAME for a bad localpart
+    try:
+        await svc.store.create_user(user_id, "!appservice-" + secrets.token_hex(16), False, int(time.time() * 1000),
+                                    owner=f"appservice:{bridge.id}")  # fmt: skip
     except UserExists:
         raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is taken") from None
     if body.get("inhibit_login") is True:
@@ -162,7 +221,10 @@ async def register_available(request: web.Request) -> web.Response:
 async def whoami(request: web.Request) -> web.Response:
     """GET /account/whoami."""
     requester = authenticate(request)
-    return ok({"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False})
+    answer: dict[str, object] = {"user_id": requester.user_id, "is_guest": False}
+    if requester.device_id:  # an application service acting without ?device_id= has none
+        answer["device_id"] = requester.device_id
+    return ok(answer)
 
 
 def routes() -> list[web.RouteDef]:

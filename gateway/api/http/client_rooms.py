@@ -18,6 +18,7 @@ from lowband.gateway.api.http.base import (
     rate_limit,
     services,
 )
+from lowband.gateway.appservices.registration import appservices_of
 from lowband.gateway.federation.component import federation_of
 from lowband.gateway.homeserver.sync import transaction_key
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
@@ -53,8 +54,19 @@ async def create_room(request: web.Request) -> web.Response:
     requester = authenticate(request)
     rate_limit(request, requester)
     body = await json_body(request, allow_empty=True)
+    alias_name = body.get("room_alias_name")
+    if isinstance(alias_name, str):
+        _may_take_alias(request, requester, f"#{alias_name}:{services(request).server_name}")
     room_id = await services(request).rooms.create_room(requester.user_id, body)
     return ok({"room_id": room_id})
+
+
+def _may_take_alias(request: web.Request, requester: Requester, alias: str) -> None:
+    """400 M_EXCLUSIVE when ``alias`` is in a bridge's exclusive namespace and the requester is not that bridge."""
+    owner = appservices_of(services(request)).exclusive_owner_of_alias(alias)
+    if owner is not None and requester.appservice is not owner:
+        raise MatrixError(400, "M_EXCLUSIVE", f"{alias[:100]} is in a namespace reserved for the application "
+                          f"service {owner.id!r}")  # fmt: skip
 
 
 async def _resolve_room(request: web.Request, target: str) -> tuple[str, list[str]]:
@@ -382,7 +394,7 @@ async def messages(request: web.Request) -> web.Response:
     if raw_filter:
         try:
             filter_doc = json.loads(raw_filter)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting past the recursion limit is not JSON we take either
             raise MatrixError(400, "M_NOT_JSON", "filter is not valid JSON") from None
         if not isinstance(filter_doc, dict):
             raise bad_json("filter must be an object")
@@ -486,6 +498,7 @@ async def put_alias(request: web.Request) -> web.Response:
     if svc.rooms.head(room_id) is None:
         raise not_found("unknown room")
     _require_joined(request, requester, room_id)
+    _may_take_alias(request, requester, alias)
     if not await svc.store.create_alias(alias, room_id, requester.user_id):
         raise MatrixError(409, "M_UNKNOWN", "alias already exists")
     return ok()
