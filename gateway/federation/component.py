@@ -3,7 +3,9 @@
 ``start_federation`` (in ``app.COMPONENTS``) builds the outbound client,
 the key ring, the receive path, the membership handshakes, invites, EDUs,
 the transaction sender, the client's questions to other servers (profiles,
-aliases, public rooms) and, when asked, LAN discovery, and hangs them on
+aliases, public rooms), end-to-end encryption's remote half (set on
+``services.device_keys.remote`` and ``services.to_device.remote``) and,
+when asked, LAN discovery, and hangs them on
 ``services.components["federation"]``; the federation HTTP handlers and
 the client API (remote joins and invites) find them there. With
 ``[federation] enabled = false`` nothing is built and the federation API
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from lowband.gateway.federation.backfill import Backfiller
 from lowband.gateway.federation.client import FederationClient
 from lowband.gateway.federation.discovery import LanDiscovery
+from lowband.gateway.federation.e2ee import FederatedKeys, FederatedToDevice
 from lowband.gateway.federation.edus import Edus
 from lowband.gateway.federation.inbound.pipeline import InboundPipeline
 from lowband.gateway.federation.invites import Invites
@@ -53,13 +56,17 @@ class Federation:
     edus: Edus
     backfiller: Backfiller
     queries: RemoteQueries
+    e2ee: FederatedKeys
+    to_device: FederatedToDevice
     discovery: LanDiscovery | None = None
 
     async def stop(self) -> None:
         """Withdraw the LAN announcement, stop sending and close outbound connections.
 
-        What is unsent stays logged for the next start.
+        What is unsent stays logged for the next start (EDUs, kept in memory, are lost).
         """
+        e2ee = self.e2ee.services
+        e2ee.device_keys.remote, e2ee.to_device.remote = None, None  # from now on nothing would be sent
         if self.discovery is not None:
             await self.discovery.stop()
         await self.sender.stop()
@@ -91,8 +98,10 @@ async def start_federation(services: Services) -> Callable[[], Awaitable[None]] 
     pipeline = InboundPipeline(client, keyring, dag, edus.receive, outside=invites.outside_room)
     memberships = Memberships(server_name, key, client, keyring, dag, lambda: int(time.time() * 1000))
     backfiller = Backfiller(server_name, client, keyring, dag)
+    e2ee, to_device = FederatedKeys(services, client, sender), FederatedToDevice(sender)
     federation = Federation(server_name, client, keyring, tables, dag, pipeline, memberships, invites, sender, edus,
-                            backfiller, RemoteQueries(client))  # fmt: skip
+                            backfiller, RemoteQueries(client), e2ee, to_device)  # fmt: skip
+    services.device_keys.remote, services.to_device.remote = e2ee, to_device
     rooms.sender.log_listeners.append(lambda stream, event_id: _logged(sender, stream, event_id))
     await sender.start()
     if config.federation.discovery:

@@ -1,4 +1,9 @@
-"""Server-server queries: room aliases, profiles, the public room directory, a user's devices."""
+"""Server-server queries: room aliases, profiles, the public room directory, a user's devices and keys.
+
+The end-to-end encryption answers (``/user/devices``, ``/user/keys/query``, ``/user/keys/claim``) are
+shaped by :class:`~lowband.gateway.federation.e2ee.FederatedKeys`, which also decides what other servers
+may see of a device (its signed keys, not its display name).
+"""
 
 from __future__ import annotations
 
@@ -94,16 +99,26 @@ async def public_rooms(request: web.Request) -> web.Response:
 
 
 async def user_devices(request: web.Request) -> web.Response:
-    """GET /v1/user/devices/{userId}: a local user's devices (keys come with end-to-end encryption)."""
+    """GET /v1/user/devices/{userId}: a local user's devices with keys, cross-signing keys and ``stream_id``."""
     await authenticate_server(request)
+    fed = federation(request)
     user_id = request.match_info["user_id"]
     _local(request, user_id, "user ID")
-    store = services(request).store
-    if store.get_user(user_id) is None:
+    if services(request).store.get_user(user_id) is None:
         raise not_found("no such user")
-    devices = [{"device_id": d.device_id, **({"device_display_name": d.display_name} if d.display_name else {}),
-                "keys": {}} for d in store.user_devices(user_id)]  # fmt: skip
-    return ok({"user_id": user_id, "stream_id": 0, "devices": devices})
+    return ok(fed.e2ee.answer_user_devices(user_id))
+
+
+async def user_keys_query(request: web.Request) -> web.Response:
+    """POST /v1/user/keys/query: device and cross-signing keys of our users (others in the request are ignored)."""
+    _, body = await authenticate_server(request)
+    return ok(federation(request).e2ee.answer_query(body))
+
+
+async def user_keys_claim(request: web.Request) -> web.Response:
+    """POST /v1/user/keys/claim: a one-time (else fallback) key per asked device of our users, handed out once."""
+    _, body = await authenticate_server(request)
+    return ok(await federation(request).e2ee.answer_claim(body))
 
 
 def routes() -> list[web.RouteDef]:
@@ -114,4 +129,6 @@ def routes() -> list[web.RouteDef]:
         web.get(FEDERATION_V1 + "/publicRooms", public_rooms),
         web.post(FEDERATION_V1 + "/publicRooms", public_rooms),
         web.get(FEDERATION_V1 + "/user/devices/{user_id}", user_devices),
+        web.post(FEDERATION_V1 + "/user/keys/query", user_keys_query),
+        web.post(FEDERATION_V1 + "/user/keys/claim", user_keys_claim),
     ]
