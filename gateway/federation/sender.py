@@ -9,7 +9,8 @@ Rules:
   with a joined member in the room just before or just after it (so a
   kicked server still gets its kick) that the room's ACL there allows, and
   the server of a user whose invite or knock it ends; never to us;
-* a transaction holds at most 50 PDUs and 100 EDUs. Its number and the log
+* a transaction holds at most 50 PDUs and 100 EDUs, and EDUs only while
+  its body stays under 4 MiB (:data:`MAX_TXN_BYTES`). Its number and the log
   position it covers are written before it is sent; a retry, also after a
   restart or ``kill -9``, sends the same transaction ID with the same PDUs;
 * when the peer accepts it (200, whatever it thinks of each PDU) the cursor
@@ -23,6 +24,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -42,6 +44,9 @@ MAX_PDUS = 50
 MAX_EDUS = 100
 _SCAN = 500  # log rows looked at per transaction when few concern the destination
 _EDU_BACKLOG = 1000
+#: a transaction's body stays under this many bytes (another server refuses a larger one, and the same
+#: transaction would be retried for ever): EDUs that do not fit wait for the next one
+MAX_TXN_BYTES = 4 * 1024 * 1024
 
 #: servers(event_id) -> the servers that must receive it (joined just before or after it)
 ServersOf = Callable[[str], set[str]]
@@ -188,7 +193,7 @@ class FederationSender:
         head = self.tables.log_head()
         if dest.txn_upto is None:
             pdus, upto = self._pdus_between(dest, dest.cursor, head)
-            dest.in_flight_edus = list(dest.edus.items())[:MAX_EDUS]
+            dest.in_flight_edus = _edus_within(list(dest.edus.items())[:MAX_EDUS], MAX_TXN_BYTES - _size(pdus))
             for slot, _ in dest.in_flight_edus:
                 del dest.edus[slot]
             if not pdus and not dest.in_flight_edus:
@@ -219,3 +224,20 @@ class FederationSender:
         dest.cursor, dest.txn_upto, dest.in_flight_edus = upto, None, []
         self.sent_transactions += 1
         return dest.cursor < self.tables.log_head() or bool(dest.edus)
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def _edus_within(edus: list[tuple[tuple[str, ...], dict[str, Any]]],
+                 budget: int) -> list[tuple[tuple[str, ...], dict[str, Any]]]:  # fmt: skip
+    """The first EDUs that fit in ``budget`` bytes, in order; always the first (an EDU is far below the limit)."""
+    chosen = []
+    for item in edus:
+        cost = _size(item[1]) + 1
+        if chosen and cost > budget:
+            break
+        chosen.append(item)
+        budget -= cost
+    return chosen

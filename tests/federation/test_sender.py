@@ -156,3 +156,33 @@ def test_events_logged_back_to_back_for_a_new_peer_all_reach_it(tmp_path):
         world.db.close()
 
     asyncio.run(main())
+
+
+def test_edus_wait_for_the_next_transaction_rather_than_pass_the_byte_budget(tmp_path):
+    # Found: 100 to-device EDUs of 64 KiB beside large PDUs made a 9.5 MiB transaction, which another Lowband
+    # refuses (413) at every retry of the same transaction: federation to it stopped.
+    import json
+
+    from lowband.gateway.federation import sender as sender_module
+
+    async def main():
+        world = World(tmp_path, Peer(), {})
+        sender = world.sender()
+        sizes: list[int] = []
+        record = world.peer.request
+
+        async def measured(destination, method, path, *, body=None, **kwargs):
+            sizes.append(len(json.dumps(body).encode()))
+            return await record(destination, method, path, body=body, **kwargs)
+
+        world.peer.request = measured
+        for i in range(100):
+            sender.send_edu("b", "m.direct_to_device", {"n": i, "pad": "x" * 64_000}, key=(str(i),))
+        await sender.start()
+        await until(lambda: sum(len(s[3]) for s in world.peer.seen) == 100)
+        await sender.stop()
+        assert max(sizes) <= sender_module.MAX_TXN_BYTES + 1024 and len(sizes) >= 2
+        assert [e["content"]["n"] for s in world.peer.seen for e in s[3]] == list(range(100))  # none lost, in order
+        world.db.close()
+
+    asyncio.run(main())
