@@ -199,7 +199,8 @@ async def run_gateway(
     # a response to a body not read to its end (413, 408), aiohttp drains it for lingering_time before closing,
     # so a refused slow sender is let go after 2 s rather than aiohttp's 10.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
-                           keepalive_timeout=config.header_timeout_s, lingering_time=2.0)  # fmt: skip
+                           keepalive_timeout=config.header_timeout_s, lingering_time=2.0,
+                           shutdown_timeout=5.0)  # fmt: skip
     await runner.setup()
     try:
         tls = tls_context(config)
@@ -258,6 +259,7 @@ async def run_gateway(
             except Exception:
                 log.exception("a component failed to stop cleanly")
         await cancel_and_wait(expiry)
+        services.notifier.close()  # parked /sync requests answer now: runner.cleanup() waits for every handler
         await runner.cleanup()
         services.store.close()
         if stop is None:

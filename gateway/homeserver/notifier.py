@@ -18,6 +18,13 @@ class Notifier:
     def __init__(self) -> None:
         self.generation = 0
         self._changed = asyncio.Event()
+        #: set when the gateway stops: long-polls answer at once instead of holding the shutdown
+        self.closed = False
+
+    def close(self) -> None:
+        """The gateway is stopping: wake every waiter, and let none wait again."""
+        self.closed = True
+        self.notify()
 
     def notify(self) -> None:
         """Something changed: wake every waiter."""
@@ -27,7 +34,7 @@ class Notifier:
 
     async def wait(self, generation: int, timeout: float) -> bool:
         """Wait until the generation passes ``generation``; False on timeout."""
-        if self.generation != generation:
+        if self.generation != generation or self.closed:
             return True
         event = self._changed
         try:

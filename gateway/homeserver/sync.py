@@ -203,7 +203,7 @@ class SyncHandler:
                 response["next_batch"] = str(replace(SyncToken.parse(response["next_batch"]), to_device=delivered))
             empty = empty and not fresh
             remaining = deadline - time.monotonic()
-            if since is None or full_state or not empty or remaining <= 0:
+            if since is None or full_state or not empty or remaining <= 0 or self.notifier.closed:
                 return response
             if not await self.notifier.wait(generation, remaining):
                 return response

@@ -188,3 +188,24 @@ def test_a_chunked_json_body_stops_at_the_json_limit(tmp_path):
 async def _chunks(data: bytes):  # type: ignore[no-untyped-def]
     for i in range(0, len(data), 7):
         yield data[i : i + 7]
+
+
+def test_stopping_does_not_wait_for_parked_syncs(tmp_path):
+    # Found: a /sync long-poll (timeout 30 s) held the gateway's shutdown (runner.cleanup waits for every
+    # handler, up to aiohttp's 60 s): each stop of a gateway with a syncing client took 15-30 s.
+    async def main() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with gateway_in_loop(tmp_path, rate_limits=NO_LIMITS) as base:
+                alice = Client(session, base)
+                await alice.register("alice")
+                status, first = await alice.request("GET", f"{V3}/sync?timeout=0")
+                parked = asyncio.create_task(alice.request("GET", f"{V3}/sync?timeout=30000&since={first['next_batch']}"))
+                await asyncio.sleep(0.5)
+                assert not parked.done()
+                stopping = asyncio.get_running_loop().time()
+            stopped = asyncio.get_running_loop().time() - stopping
+            status, body = await asyncio.wait_for(parked, 5)
+            assert stopped < 5, stopped
+            assert status == 200 and body["next_batch"]  # the parked sync was answered, not cut off
+
+    asyncio.run(main())
