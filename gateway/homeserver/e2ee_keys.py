@@ -196,7 +196,7 @@ class DeviceKeys:
                 remote.setdefault(user_id.partition(":")[2] or user_id, {})[user_id] = device_ids
                 continue
             result["device_keys"][user_id] = self.devices_of(user_id, device_ids or None)
-            for usage, key in self.cross_signing_of(user_id).items():
+            for usage, key in self.cross_signing_of(user_id, viewer=requester).items():
                 if usage != "user_signing" or user_id == requester:
                     result[f"{usage}_keys"][user_id] = key
         answers = await asyncio.gather(*(self._ask(server, asked, "query") for server, asked in remote.items()))
@@ -228,17 +228,23 @@ class DeviceKeys:
             keys["unsigned"] = {"device_display_name": names[device_id]} if names[device_id] else {}
         return {d: k for d, k in devices.items() if d in names}
 
-    def cross_signing_of(self, user_id: str) -> dict[str, dict[str, Any]]:
-        """The user's cross-signing keys by usage, with signatures uploaded since merged."""
+    def cross_signing_of(self, user_id: str, viewer: str | None = None) -> dict[str, dict[str, Any]]:
+        """The user's cross-signing keys by usage, with signatures uploaded since merged.
+
+        With a ``viewer``, another user's signature of a key (who verified whom) is shown only to that signer:
+        the spec's "signatures the user is allowed to see".
+        """
         keys = self.store.e2ee.cross_signing_keys(user_id)
         for key in keys.values():
             public = next(iter(key.get("keys", {}).values()), None)
             if isinstance(public, str):
-                self._merge_signatures(user_id, public, key)
+                self._merge_signatures(user_id, public, key, viewer)
         return keys
 
-    def _merge_signatures(self, user_id: str, target: str, obj: dict[str, Any]) -> None:
+    def _merge_signatures(self, user_id: str, target: str, obj: dict[str, Any], viewer: str | None = None) -> None:
         extra = self.store.e2ee.signatures_for(user_id, target)
+        if viewer is not None:
+            extra = [e for e in extra if e[0] in (user_id, viewer)]
         if not extra:
             return
         signatures = obj.setdefault("signatures", {})

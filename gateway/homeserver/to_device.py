@@ -116,6 +116,8 @@ def check_messages(event_type: Any, messages: Any) -> dict[str, dict[str, dict[s
         raise MatrixError(400, "M_INVALID_PARAM", "the event type is 1 to 255 characters")
     if not isinstance(messages, dict):
         raise bad_json("messages must be an object")
+    if len(messages) + sum(len(d) for d in messages.values() if isinstance(d, dict)) > MAX_TARGETS:
+        raise MatrixError(400, "M_LIMIT_EXCEEDED", f"at most {MAX_TARGETS} users and devices per request")
     for devices in messages.values():
         if not isinstance(devices, dict):
             raise bad_json("each user's messages must be an object")

@@ -394,3 +394,38 @@ def test_a_to_device_flood_is_capped_per_device_and_counted(tmp_path):
             assert [e["content"]["i"] for e in (await sync(bob, token))["to_device"]["events"]] == [99_999]
 
     asyncio.run(main())
+
+
+def test_who_verified_whom_is_shown_only_to_the_signer_and_a_huge_to_device_request_is_refused(tmp_path):
+    async def scenario(base: str, session: aiohttp.ClientSession) -> None:
+        bob = await device(session, base, "bob", "BOBDEV", register=True)
+        alice = await device(session, base, "alice", "ALICEDEV", register=True)
+        carol = await device(session, base, "carol", "CAROLDEV", register=True)
+
+        async def cross_sign(dev: Device) -> tuple[nacl.signing.SigningKey, str, dict[str, Any]]:
+            master_sk, user_sk = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+            master_pub, user_pub = b64(bytes(master_sk.verify_key)), b64(bytes(user_sk.verify_key))
+            master = {"user_id": dev.user_id, "usage": ["master"], "keys": {f"ed25519:{master_pub}": master_pub}}
+            user_signing = sign({"user_id": dev.user_id, "usage": ["user_signing"], "keys": {
+                f"ed25519:{user_pub}": user_pub}}, dev.user_id, master_sk, f"ed25519:{master_pub}")  # fmt: skip
+            got = await dev.req("POST", f"{V3}/keys/device_signing/upload", {"master_key": master,
+                                                                            "user_signing_key": user_signing})
+            assert got[0] == 200, got
+            return user_sk, user_pub, master
+
+        _, _, bob_master = await cross_sign(bob)
+        alice_user_sk, alice_user_pub, _ = await cross_sign(alice)
+        # alice verifies bob: her user-signing key signs his master key
+        signed = sign(bob_master, alice.user_id, alice_user_sk, f"ed25519:{alice_user_pub}")
+        status, body = await alice.req("POST", f"{V3}/keys/signatures/upload", {
+            bob.user_id: {next(iter(bob_master["keys"].values())): signed}})  # fmt: skip
+        assert status == 200 and body["failures"] == {}, body
+        for viewer, sees in ((alice, True), (bob, False), (carol, False)):
+            _, found = await viewer.req("POST", f"{V3}/keys/query", {"device_keys": {bob.user_id: []}})
+            assert (alice.user_id in found["master_keys"][bob.user_id].get("signatures", {})) is sees, viewer.user_id
+        # a request naming 20,000 users (with nothing for them) is refused before any lookup
+        status, body = await alice.req("PUT", f"{V3}/sendToDevice/m.x/huge", {"messages": {
+            f"@u{i}:localhost": {} for i in range(20_000)}})  # fmt: skip
+        assert (status, body["errcode"]) == (400, "M_LIMIT_EXCEEDED"), body
+
+    run(tmp_path, scenario)

@@ -12,7 +12,16 @@ from typing import Any
 
 from aiohttp import web
 
-from lowband.gateway.api.http.base import CLIENT, Requester, authenticate, json_body, ok, rate_limit, services
+from lowband.gateway.api.http.base import (
+    CLIENT,
+    Requester,
+    authenticate,
+    json_body,
+    ok,
+    rate_limit,
+    read_limit,
+    services,
+)
 from lowband.gateway.homeserver.accounts import check_password
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.homeserver.sync import SyncToken
@@ -34,8 +43,9 @@ async def upload_keys(request: web.Request) -> web.Response:
 
 
 async def query_keys(request: web.Request) -> web.Response:
-    """POST /keys/query."""
+    """POST /keys/query (a read, from the read bucket: a POST only because the question can be long)."""
     requester = authenticate(request)
+    read_limit(request)
     body = await json_body(request)
     return ok(await services(request).device_keys.query(requester.user_id, body))
 
