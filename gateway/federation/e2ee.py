@@ -501,16 +501,19 @@ class FederatedToDevice:
         self.sent = 0
         self.dropped = 0
 
-    def send(self, server: str, sender: str, event_type: str, messages: dict[str, dict[str, Any]]) -> None:
-        """Queue ``messages`` (checked by ``ToDevice``) for ``server``'s users; dropped (counted) for a bad name."""
+    async def send(self, server: str, sender: str, event_type: str, messages: dict[str, dict[str, Any]]) -> None:
+        """Keep ``messages`` (checked by ``ToDevice``) for ``server``'s users on disk, to go out as EDUs; dropped
+        (counted) for a bad name. On disk when this returns: a restart loses none."""
         try:
             parse_server_name(server)
         except ServerNameError:
             self.dropped += sum(len(d) for d in messages.values())
             log.warning("to-device messages for %r dropped: not a server name", server[:100])
             return
+        edus = []
         for part in split_messages(messages):
             message_id = secrets.token_urlsafe(12)  # 16 characters; the spec allows 32
-            self.sender.send_edu(server, "m.direct_to_device", {"sender": sender, "type": event_type,
-                                 "message_id": message_id, "messages": part}, key=(message_id,))  # fmt: skip
-            self.sent += 1
+            edus.append(("m.direct_to_device", {"sender": sender, "type": event_type, "message_id": message_id,
+                                                "messages": part}))  # fmt: skip
+        await self.sender.send_kept_edus(server, edus)
+        self.sent += len(edus)

@@ -18,7 +18,11 @@ Rules:
   1 s doubling to a minute) and any request from that peer wakes it at once;
 * EDUs (typing, receipts) are kept in memory only, a bounded number per
   destination (oldest dropped first): they describe the present, and a peer
-  that was away catches up with the room, not with who was typing.
+  that was away catches up with the room, not with who was typing. To-device
+  messages are kept on disk instead (``send_kept_edus``, the
+  ``federation_edu_outbox`` table) and dropped only when the peer accepted a
+  transaction holding them; after a crash they go out again in a later
+  transaction (the receiver deduplicates them by ``message_id``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class _Destination:
     txn_upto: int | None
     edus: OrderedDict[tuple[str, ...], dict[str, Any]] = field(default_factory=OrderedDict)
     in_flight_edus: list[tuple[tuple[str, ...], dict[str, Any]]] = field(default_factory=list)
+    #: ids of kept EDUs (``federation_edu_outbox``) in the transaction in flight
+    in_flight_kept: list[int] = field(default_factory=list)
 
 
 class FederationSender:
@@ -93,6 +99,9 @@ class FederationSender:
             self._destinations[name] = _Destination(name, cursor, seq, upto)
             if upto is not None or cursor < head:
                 self.schedule.add_work(name)
+        for name in self.tables.outbox_destinations():
+            self._known(name)
+            self.schedule.add_work(name)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -117,14 +126,28 @@ class FederationSender:
             self.schedule.add_work(server)
         self._kick.set()
 
-    def send_edu(self, destination: str, edu_type: str, content: dict[str, Any], key: tuple[str, ...] = ()) -> None:
-        """Queue an EDU; a later one with the same ``key`` (e.g. room and user) replaces it."""
-        if destination == self.server_name:
-            return
+    def _known(self, destination: str) -> _Destination:
         dest = self._destinations.get(destination)
         if dest is None:
             dest = self._destinations[destination] = _Destination(destination, self.tables.log_head(), 0, None)
             asyncio.ensure_future(self.tables.add_destination(destination, dest.cursor))
+        return dest
+
+    async def send_kept_edus(self, destination: str, edus: list[tuple[str, dict[str, Any]]]) -> None:
+        """Queue EDUs that must survive a restart (to-device messages): on disk when this returns, sent in
+        order, dropped only when the peer accepted a transaction holding them."""
+        if destination == self.server_name or not edus:
+            return
+        await self.tables.add_outbox(destination, edus)
+        self._known(destination)
+        self.schedule.add_work(destination)
+        self._kick.set()
+
+    def send_edu(self, destination: str, edu_type: str, content: dict[str, Any], key: tuple[str, ...] = ()) -> None:
+        """Queue an EDU; a later one with the same ``key`` (e.g. room and user) replaces it."""
+        if destination == self.server_name:
+            return
+        dest = self._known(destination)
         slot = (edu_type, *key) if key else (edu_type, str(id(content)))
         dest.edus.pop(slot, None)
         dest.edus[slot] = {"edu_type": edu_type, "content": content}
@@ -193,9 +216,14 @@ class FederationSender:
         head = self.tables.log_head()
         if dest.txn_upto is None:
             pdus, upto = self._pdus_between(dest, dest.cursor, head)
-            dest.in_flight_edus = _edus_within(list(dest.edus.items())[:MAX_EDUS], MAX_TXN_BYTES - _size(pdus))
+            kept = [((f"kept.{i}",), {"edu_type": kind, "content": content})
+                    for i, kind, content in self.tables.outbox(dest.name, MAX_EDUS)]
+            chosen = _edus_within(kept + list(dest.edus.items())[: MAX_EDUS - len(kept)], MAX_TXN_BYTES - _size(pdus))
+            dest.in_flight_kept = [int(slot[0][5:]) for slot, _ in chosen if slot[0].startswith("kept.")]
+            dest.in_flight_edus = [(slot, edu) for slot, edu in chosen if not slot[0].startswith("kept.")]
             for slot, _ in dest.in_flight_edus:
                 del dest.edus[slot]
+            dest.in_flight_edus = chosen
             if not pdus and not dest.in_flight_edus:
                 if upto != dest.cursor:
                     await self.tables.end_transaction(dest.name, upto, int(time.time() * 1000))
@@ -220,10 +248,11 @@ class FederationSender:
         for event_id, verdict in list(refused.items())[:5]:
             log.warning("%s refused %s: %s", dest.name, event_id, str(verdict.get("error"))[:200])
         upto = dest.txn_upto
+        await self.tables.drop_outbox(dest.in_flight_kept)
         await self.tables.end_transaction(dest.name, upto, int(time.time() * 1000))
-        dest.cursor, dest.txn_upto, dest.in_flight_edus = upto, None, []
+        dest.cursor, dest.txn_upto, dest.in_flight_edus, dest.in_flight_kept = upto, None, [], []
         self.sent_transactions += 1
-        return dest.cursor < self.tables.log_head() or bool(dest.edus)
+        return dest.cursor < self.tables.log_head() or bool(dest.edus) or bool(self.tables.outbox(dest.name, 1))
 
 
 def _size(value: Any) -> int:

@@ -17,8 +17,8 @@ Rules:
   (``s<stream>_<typing>_<to-device>``), so the rest follow in the next
   response and nothing is acknowledged unseen;
 * messages for users of other servers go to federation (:attr:`ToDevice.remote`,
-  an ``m.direct_to_device`` EDU per server); without federation they are
-  counted and logged as dropped.
+  ``m.direct_to_device`` EDUs kept on disk until the server accepts them);
+  without federation they are counted and logged as dropped.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ TXN_MEMORY_MS = 24 * 3600 * 1000
 class RemoteToDevice(Protocol):
     """Federation's side of to-device messages (set on :attr:`ToDevice.remote` by the federation component)."""
 
-    def send(self, server: str, sender: str, event_type: str, messages: dict[str, dict[str, Any]]) -> None:
-        """Send ``messages`` ({user: {device or '*': content}}) for ``server``'s users (``m.direct_to_device``)."""
+    async def send(self, server: str, sender: str, event_type: str, messages: dict[str, dict[str, Any]]) -> None:
+        """Send ``messages`` ({user: {device or '*': content}}) for ``server``'s users (``m.direct_to_device``);
+        kept durably when this returns."""
         ...
 
 
@@ -82,7 +83,7 @@ class ToDevice:
                 self._drop("remote", sum(len(d) for d in for_server.values()), f"{server[:80]} is another server and "
                            "this gateway does not federate")  # fmt: skip
             else:
-                self.remote.send(server, sender, event_type, for_server)
+                await self.remote.send(server, sender, event_type, for_server)
 
     async def deliver(self, sender: str, event_type: str, messages: dict[str, dict[str, Any]],
                       txn: tuple[str, str, str]) -> None:  # fmt: skip

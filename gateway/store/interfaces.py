@@ -33,7 +33,7 @@ any other exception from a write means that write (the whole batch, for
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypedDict
@@ -402,6 +402,16 @@ class RoomStore(Protocol):
         """At most ``limit`` accepted events with ``after`` < stream ≤ ``upto``, oldest or newest first."""
         ...
 
+    def room_events_near_ts(self, room_id: str, ts: int, *, forwards: bool, upto: int, limit: int) -> list[EventRow]:
+        """Accepted timeline events at or after ``ts`` (``forwards``) or at or before it, nearest first.
+
+        Taken from the ``limit`` events nearest ``ts`` by ``origin_server_ts``
+        (one index range, so the cost is bounded by ``limit``); those past
+        stream ``upto``, rejected, outliers or soft-failed are left out, not
+        replaced by further ones.
+        """
+        ...
+
     def rooms_for_user(self, user_id: str) -> list[tuple[str, str, int, str]]:
         """(room_id, membership, its stream position, its event ID) of every room the user has not forgotten."""
         ...
@@ -620,6 +630,22 @@ class FederationStore(Protocol):
         """The transaction was accepted: the cursor moves to ``cursor``, nothing is in flight; committed."""
         ...
 
+    async def add_outbox(self, destination: str, edus: list[tuple[str, dict[str, Any]]]) -> None:
+        """Keep EDUs that must reach ``destination`` across restarts; committed on return."""
+        ...
+
+    def outbox(self, destination: str, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The oldest kept EDUs for ``destination``: (id, edu_type, content)."""
+        ...
+
+    def outbox_destinations(self) -> list[str]:
+        """Destinations with kept EDUs waiting."""
+        ...
+
+    async def drop_outbox(self, ids: list[int]) -> None:
+        """The peer accepted these kept EDUs."""
+        ...
+
     async def count_failure(self, destination: str) -> None:
         """One more failed attempt to reach ``destination``."""
         ...
@@ -775,6 +801,73 @@ class RoomKeyStore(Protocol):
                   limit: int) -> list[tuple[str, str, BackedUpKey]]: ...  # fmt: skip
 
 
+class DirectoryNetworkStore(Protocol):
+    """Rooms bridges published under their third-party networks. Contracts are those of
+    :class:`~lowband.gateway.store.sqlite.directory_networks.DirectoryNetworkTables`; writes committed on return."""
+
+    async def publish(self, appservice_id: str, network_id: str, room_id: str, limit: int) -> bool: ...
+
+    async def unpublish(self, appservice_id: str, network_id: str, room_id: str) -> None: ...
+
+    def rooms(self, appservice_ids: Sequence[str], network_id: str | None = None) -> list[str]: ...
+
+
+@dataclass
+class AppServiceQueueRow:
+    """One application service's place in the stream and its transaction in flight (see :class:`AppServiceStore`)."""
+
+    appservice_id: str
+    cursor: int
+    txn_prefix: str
+    txn_seq: int
+    txn_upto: int | None
+    txn_content: dict[str, Any] | None
+    failures: int = 0
+    last_ok_ts: int | None = None
+    last_error: str | None = None
+    last_error_ts: int | None = None
+    sent_txns: int = 0
+    sent_events: int = 0
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    """A timeline event, as much as deciding which application services want it takes."""
+
+    stream: int
+    event_id: str
+    room_id: str
+    type: str
+    state_key: str | None
+    sender: str
+    state_before: int | None
+
+
+class AppServiceStore(Protocol):
+    """The application services' push queue: a cursor per bridge over the event stream, and the transaction in
+    flight. Contracts are those of :class:`~lowband.gateway.store.sqlite.appservices.AppServiceTables`; every
+    write is committed on return."""
+
+    def queues(self) -> dict[str, AppServiceQueueRow]: ...
+
+    async def add_queue(self, appservice_id: str, cursor: int, txn_prefix: str) -> AppServiceQueueRow: ...
+
+    async def move_cursor(self, appservice_id: str, cursor: int) -> None: ...
+
+    async def begin_transaction(self, appservice_id: str, txn_seq: int, upto: int, content: dict[str, Any]) -> None: ...
+
+    async def end_transaction(self, appservice_id: str, upto: int, ts: int, events: int,
+                              to_device: list[int]) -> None: ...  # fmt: skip
+
+    async def count_failure(self, appservice_id: str, error: str, ts: int) -> None: ...
+
+    def timeline_after(self, cursor: int, upto: int, limit: int) -> list[TimelineRow]: ...
+
+    def to_device_after(self, cursor: int, upto: int, limit: int) -> list[tuple[int, str, str]]: ...
+
+    def to_device_at(self, positions: list[int]) -> list[dict[str, Any]]: ...
+
+
 class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     """Everything one gateway keeps: what :class:`~lowband.gateway.homeserver.services.Services` holds.
 
@@ -805,6 +898,16 @@ class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     @property
     def room_keys(self) -> RoomKeyStore:
         """Server-side key backups (``room_keys``)."""
+        ...
+
+    @property
+    def appservices(self) -> AppServiceStore:
+        """The application services' push queue."""
+        ...
+
+    @property
+    def directory_networks(self) -> DirectoryNetworkStore:
+        """The room directory per bridge network."""
         ...
 
     def close(self) -> None:

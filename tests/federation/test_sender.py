@@ -186,3 +186,28 @@ def test_edus_wait_for_the_next_transaction_rather_than_pass_the_byte_budget(tmp
         world.db.close()
 
     asyncio.run(main())
+
+
+def test_kept_edus_survive_a_restart_and_go_out_in_order_until_accepted(tmp_path):
+    # To-device messages for another server waited in memory: a restart before the peer took them lost them.
+    async def main():
+        world = World(tmp_path, Peer(fail=1000), {})
+        sender = world.sender()
+        await sender.start()
+        await sender.send_kept_edus("b", [("m.direct_to_device", {"message_id": f"m{i}"}) for i in range(150)])
+        sender.send_edu("b", "m.typing", {"typing": True}, key=("!r", "@a:us"))
+        await until(lambda: world.peer.fail < 995)  # tried and failed a few times
+        await sender.stop()  # "crash": nothing was accepted
+        assert world.peer.seen == []
+        world.peer.fail = 1
+        restarted = world.sender()
+        await restarted.start()
+        await until(lambda: sum(len(s[3]) for s in world.peer.seen) == 150)
+        await restarted.stop()
+        sent = [e["content"]["message_id"] for s in world.peer.seen for e in s[3]]
+        assert sent == [f"m{i}" for i in range(150)]  # each once, in order; the typing notice died with the process
+        assert all(len(s[3]) <= 100 for s in world.peer.seen)
+        assert world.tables.outbox("b", 10) == []  # accepted, forgotten
+        world.db.close()
+
+    asyncio.run(main())

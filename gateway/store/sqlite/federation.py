@@ -10,6 +10,8 @@
 * ``federation_destinations``: per peer, the cursor in that log, the
   transaction in flight (its ID, kept across retries and restarts, and the
   log position it covers) and the retry bookkeeping;
+* ``federation_edu_outbox``: EDUs that must survive a restart (to-device
+  messages), per destination, until the peer accepts a transaction holding them;
 * ``federation_received_txns``: transactions already handled per origin, so
   a retried transaction is answered without being processed twice;
 * ``federation_invites`` and ``federation_knocks``: our users' invites to,
@@ -28,6 +30,15 @@ from typing import Any
 from lowband.gateway.store.sqlite.database import Database
 
 FEDERATION_SCHEMA = [
+    """
+CREATE TABLE IF NOT EXISTS federation_edu_outbox (
+    id INTEGER PRIMARY KEY,           -- order of sending
+    destination TEXT NOT NULL,
+    edu_type TEXT NOT NULL,
+    content TEXT NOT NULL             -- JSON
+)
+""",
+    "CREATE INDEX IF NOT EXISTS federation_edu_outbox_dest ON federation_edu_outbox(destination, id)",
     """
 CREATE TABLE IF NOT EXISTS server_keys (
     server_name TEXT NOT NULL,
@@ -175,6 +186,28 @@ class FederationTables:
         await self.db.write(lambda c: c.execute(
             "UPDATE federation_destinations SET cursor = ?, txn_upto = NULL, failures = 0, last_ok_ts = ?"
             " WHERE destination = ?", (cursor, ts, destination)))  # fmt: skip
+
+    async def add_outbox(self, destination: str, edus: list[tuple[str, dict[str, Any]]]) -> None:
+        """Keep EDUs that must reach ``destination`` even across a restart (to-device messages); committed on return."""
+        rows = [(destination, kind, json.dumps(content, ensure_ascii=False, separators=(",", ":"))) for kind, content in edus]
+        await self.db.write(lambda c: c.executemany(
+            "INSERT INTO federation_edu_outbox (destination, edu_type, content) VALUES (?, ?, ?)", rows))
+
+    def outbox(self, destination: str, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The oldest kept EDUs for ``destination``: (id, edu_type, content)."""
+        rows = self.db.query("SELECT id, edu_type, content FROM federation_edu_outbox WHERE destination = ? "
+                             "ORDER BY id LIMIT ?", (destination, limit))  # fmt: skip
+        return [(int(r[0]), str(r[1]), json.loads(r[2])) for r in rows]
+
+    def outbox_destinations(self) -> list[str]:
+        """Destinations with kept EDUs waiting."""
+        return [str(r[0]) for r in self.db.query("SELECT DISTINCT destination FROM federation_edu_outbox")]
+
+    async def drop_outbox(self, ids: list[int]) -> None:
+        """The peer accepted these kept EDUs: forget them."""
+        if ids:
+            await self.db.write(lambda c: c.executemany("DELETE FROM federation_edu_outbox WHERE id = ?",
+                                                        [(i,) for i in ids]))  # fmt: skip
 
     async def count_failure(self, destination: str) -> None:
         """One more failed attempt (kept for the status page and the logs)."""
