@@ -85,7 +85,7 @@ class BridgeClient:
             raise BridgeError(status, f"answer larger than {MAX_ANSWER_BYTES} bytes")
         try:
             return json.loads(text) if text.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting past the recursion limit is not an answer we take either
             raise BridgeError(status, "answer is not JSON") from None
 
     async def ping(self, bridge: AppService, transaction_id: str | None) -> int:
