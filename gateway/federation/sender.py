@@ -262,7 +262,7 @@ def _size(value: Any) -> int:
 def _edus_within(edus: list[tuple[tuple[str, ...], dict[str, Any]]],
                  budget: int) -> list[tuple[tuple[str, ...], dict[str, Any]]]:  # fmt: skip
     """The first EDUs that fit in ``budget`` bytes, in order; always the first (an EDU is far below the limit)."""
-    chosen = []
+    chosen: list[tuple[tuple[str, ...], dict[str, Any]]] = []
     for item in edus:
         cost = _size(item[1]) + 1
         if chosen and cost > budget:
