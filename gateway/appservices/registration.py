@@ -37,7 +37,9 @@ from lowband.gateway.homeserver.services import Services
 APPSERVICES = "appservices"
 MAX_FILE_BYTES = 256 * 1024
 MAX_REGEX_CHARS = 1024
-_LOCALPART = re.compile(r"[a-z0-9._=\-/+]+")
+#: what a bridge may name its own user: the spec's historical user ID grammar (printable ASCII but ':'), as
+#: Synapse takes it (mautrix bridges generate a random mixed-case sender_localpart)
+_LOCALPART = re.compile(r"[!-9;-~]{1,255}")
 _KINDS = ("users", "aliases", "rooms")
 _KNOWN = {"id", "url", "as_token", "hs_token", "sender_localpart", "rate_limited", "protocols", "receive_ephemeral",
           "de.sorunome.msc2409.push_ephemeral", "org.matrix.msc3202", "namespaces", "push_ephemeral",
@@ -159,7 +161,7 @@ def parse_registration(doc: Any, server_name: str, where: str = "<registration>"
     if as_token == hs_token:
         raise fail("hs_token", "must differ from as_token")
     if not _LOCALPART.fullmatch(localpart):
-        raise fail("sender_localpart", "a user name of a-z, 0-9 and ._=-/+")
+        raise fail("sender_localpart", "1 to 255 printable ASCII characters, no ':' or space")
     protocols = doc.get("protocols") or []
     if not isinstance(protocols, list) or not all(isinstance(p, str) and p for p in protocols):
         raise fail("protocols", "must be a list of names")

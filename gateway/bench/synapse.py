@@ -42,12 +42,15 @@ def synapse_rate_limits() -> dict[str, Any]:
     }
 
 
-def configure_synapse(config: dict[str, Any], *, port: int, data_dir: str) -> dict[str, Any]:
+def configure_synapse(
+    config: dict[str, Any], *, port: int, data_dir: str, app_service_config_files: list[str] | None = None
+) -> dict[str, Any]:
     """Synapse's generated config edited for the benchmark; ``config`` is left as it was.
 
     One plain-HTTP client listener on 127.0.0.1:``port`` (no federation),
     SQLite and media under ``data_dir``, open registration without
-    verification, no key servers, no stats, rate limits out of the way.
+    verification, no key servers, no stats, rate limits out of the way, and
+    the bridges' registration files ``app_service_config_files`` when given.
     Everything else keeps Synapse's generated defaults.
     """
     edited = dict(config)
@@ -70,6 +73,8 @@ def configure_synapse(config: dict[str, Any], *, port: int, data_dir: str) -> di
     edited["suppress_key_server_warning"] = True
     edited["report_stats"] = False
     edited.update(synapse_rate_limits())
+    if app_service_config_files:
+        edited["app_service_config_files"] = list(app_service_config_files)
     return edited
 
 
@@ -89,8 +94,8 @@ def ensure_synapse() -> Path:
         raise BenchError(str(exc)) from exc
 
 
-def prepare_synapse(workdir: Path) -> ServerProcess:
-    """Synapse with a generated, then edited, config in ``workdir``."""
+def prepare_synapse(workdir: Path, app_service_config_files: list[str] | None = None) -> ServerProcess:
+    """Synapse with a generated, then edited, config in ``workdir`` (and these bridges registered)."""
     python = ensure_synapse()
     version = _run_tool([str(python), "-c", "import synapse; print(synapse.__version__)"], "reading Synapse's version", 120).strip()
     port = free_port()
@@ -111,7 +116,9 @@ def prepare_synapse(workdir: Path) -> ServerProcess:
         [str(python), "-c", "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)", str(config_path)],
         "reading the generated Synapse config", 60,
     )  # fmt: skip
-    config = configure_synapse(json.loads(as_json), port=port, data_dir=str(workdir))
+    config = configure_synapse(
+        json.loads(as_json), port=port, data_dir=str(workdir), app_service_config_files=app_service_config_files
+    )
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     argv = [str(python), "-m", "synapse.app.homeserver", "-c", str(config_path)]
     return ServerProcess("synapse", argv, workdir, workdir / "synapse.stdout.log", version, port)

@@ -39,6 +39,12 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "lowband.gateway.bench.federation",
         ("only", "messages", "latency_rounds", "catch_up", "synapse_catch_up"),
     ),
+    "appservice": (
+        ("events/s pushed to a bridge (an application service inside the bench) and send-to-bridge latency "
+         "(median, p99), lost and duplicated, memory, side by side with a real Synapse pushing to the same bridge"),
+        "lowband.gateway.bench.appservice",
+        ("only", "messages", "seconds", "latency_rounds"),
+    ),
 }
 
 
@@ -58,12 +64,18 @@ def register(subparsers: Any) -> None:
     )
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
-    bench.add_argument("--only", choices=("lowband", "synapse"), help="homeserver, federation: measure one side only")
+    bench.add_argument("--only", choices=("lowband", "synapse"),
+                       help="homeserver, federation, appservice: measure one side only")  # fmt: skip
     bench.add_argument("--messages", type=int,
-                       help="homeserver, mqtt, federation: how many messages (homeserver: per phase; federation: "
-                            "replicated across the gateways, default 3000)")  # fmt: skip
-    bench.add_argument("--seconds", type=float, help="homeserver, mqtt: at most this long (homeserver: per phase)")
-    bench.add_argument("--latency-rounds", type=int, help="homeserver, federation: send-to-sync samples")
+                       help="homeserver, mqtt, federation, appservice: how many messages (homeserver: per phase; "
+                            "federation: replicated across the gateways, default 3000; appservice: the burst sent "
+                            "by 8 users at once, default 2000)")  # fmt: skip
+    bench.add_argument("--seconds", type=float,
+                       help="homeserver, mqtt, appservice: at most this long (homeserver: per phase; appservice: "
+                            "sending the burst, default 30)")  # fmt: skip
+    bench.add_argument("--latency-rounds", type=int,
+                       help="homeserver, federation, appservice: latency samples (appservice: paced messages, "
+                            "each sent once the previous one reached the bridge, default 100)")  # fmt: skip
     bench.add_argument("--catch-up", type=int,
                        help="federation: events a killed gateway misses in the big catch-up (default 100000; 0 skips it)")
     bench.add_argument("--synapse-catch-up", type=int,

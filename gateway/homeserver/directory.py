@@ -59,12 +59,16 @@ def _matches(entry: dict[str, Any], term: str | None, room_types: list[Any] | No
 
 
 def public_rooms_page(rooms: RoomService, store: Store, limit: int | None, since: str | None, term: str | None,
-                      room_types: list[Any] | None) -> dict[str, Any]:  # fmt: skip
-    """One page of the directory, largest rooms first; ``since`` is an offset token (M_INVALID_PARAM if not)."""
+                      room_types: list[Any] | None, room_ids: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One page of the directory, largest rooms first; ``since`` is an offset token (M_INVALID_PARAM if not).
+
+    ``room_ids``: the rooms to list instead of the server's own directory (a bridge's network).
+    """
     start = parse_digits(since, 9) if since is not None else 0
     if start is None:
         raise invalid_param("invalid 'since' token")
-    entries = [room_summary(rooms, room_id) for room_id in store.public_rooms()]
+    listed = store.public_rooms() if room_ids is None else room_ids
+    entries = [room_summary(rooms, room_id) for room_id in listed]
     entries = [e for e in entries if _matches(e, term, room_types)]
     entries.sort(key=lambda e: (-e["num_joined_members"], e["room_id"]))
     size = min(limit if limit else MAX_PUBLIC_ROOMS, MAX_PUBLIC_ROOMS)

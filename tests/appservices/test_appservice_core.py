@@ -57,6 +57,7 @@ def test_a_bridge_file_is_read_as_synapse_reads_it(tmp_path):
         ({"as_token": ""}, "as_token: required"),
         ({"hs_token": AS_TOKEN}, "hs_token: must differ"),
         ({"sender_localpart": "Bad Name"}, "sender_localpart"),
+        ({"sender_localpart": "a:b"}, "sender_localpart"),
         ({"url": "ftp://x"}, "url: must be an http"),
         ({"namespaces": {"users": [{"regex": "(unclosed", "exclusive": True}]}}, r"namespaces.users\[0\].regex: not a valid"),
         ({"namespaces": {"users": [{"regex": "x", "exclusive": "yes"}]}}, "exclusive: must be true or false"),
@@ -124,6 +125,10 @@ def test_as_token_registration_masquerading_namespaces_and_ping(tmp_path):
                 status, body = await bridge.request("POST", f"{V3}/register", {
                     "type": "m.login.application_service", "username": "irc_bob", "inhibit_login": True})
                 assert (status, body["user_id"]) == (200, "@irc_bob:localhost"), body
+                # mautrix names the puppet it registers in ?user_id= as well: that is not a masquerade
+                status, body = await bridge.request("POST", f"{V3}/register?user_id=%40irc_dan%3Alocalhost", {
+                    "type": "m.login.application_service", "username": "irc_dan", "inhibit_login": True})
+                assert (status, body["user_id"]) == (200, "@irc_dan:localhost"), body
                 status, body = await bridge.request("POST", f"{V3}/register", {
                     "type": "m.login.application_service", "username": "carol"})
                 assert (status, body["errcode"]) == (400, "M_EXCLUSIVE"), body

@@ -16,6 +16,8 @@ from lowband.gateway.api.http import (
     client_room_keys,
     client_rooms,
     client_sync,
+    client_thirdparty,
+    client_timestamp,
     federation_base,
     federation_keys,
     federation_query,
@@ -109,6 +111,7 @@ def make_app(services: Services) -> web.Application:
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
     for module in (client_appservice, client_auth, client_keys, client_rooms, client_sync, client_misc,
-                   client_room_keys, media, federation_keys, federation_query, federation_rooms):  # fmt: skip
+                   client_room_keys, client_thirdparty, client_timestamp, media, federation_keys, federation_query,
+                   federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())
     return app

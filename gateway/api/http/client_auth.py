@@ -145,8 +145,9 @@ async def register(request: web.Request) -> web.Response:
     """POST /register: m.login.dummy when registration is enabled; m.login.application_service for a bridge."""
     svc = services(request)
     token = access_token(request)
-    if token is not None and appservices_of(svc).by_token(token) is not None:
-        return await _register_appservice_user(request, authenticate(request))
+    bridge = appservices_of(svc).by_token(token) if token is not None else None
+    if bridge is not None:  # the bridge itself, whatever ?user_id= says (mautrix names the user it registers)
+        return await _register_appservice_user(request, Requester(bridge.sender, "", token or "", bridge))
     rate_limit(request)
     if request.query.get("kind", "user") != "user":
         raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "guest accounts are not available")

@@ -27,6 +27,8 @@ from lowband.gateway.api.http.base import (
     rate_limit,
     services,
 )  # fmt: skip
+from lowband.gateway.api.http.client_thirdparty import directory_room_ids, network_options
+from lowband.gateway.appservices.queries import ask_bridges_for_user
 from lowband.gateway.federation.component import federation_of
 from lowband.gateway.homeserver.directory import MAX_PUBLIC_ROOMS, public_rooms_page
 from lowband.gateway.homeserver.services import Services
@@ -104,6 +106,8 @@ async def _profile(svc: Services, user_id: str) -> dict[str, str]:
         raise invalid_param("not a user ID") from None
     fed = federation_of(svc)
     if server == svc.server_name or fed is None:
+        if server == svc.server_name and svc.store.get_user(user_id) is None:
+            await ask_bridges_for_user(svc, user_id)  # appservices: a bridge may make it now (appservices/queries.py)
         row = _local_user(svc, user_id)
         return {k: row[k] for k in PROFILE_FIELDS if row.get(k)}
     return await fed.queries.profile(user_id)
@@ -352,7 +356,9 @@ async def get_public_rooms(request: web.Request) -> web.Response:
     fed = federation_of(svc)
     if remote is not None and fed is not None:
         return ok(await fed.queries.public_rooms(remote, limit or None, request.query.get("since")))
-    return ok(public_rooms_page(svc.rooms, svc.store, limit, request.query.get("since"), None, None))
+    # the directory per bridge network: include_all_networks / third_party_instance_id (client_thirdparty)
+    room_ids = directory_room_ids(svc, *network_options(request.query, from_query=True))
+    return ok(public_rooms_page(svc.rooms, svc.store, limit, request.query.get("since"), None, None, room_ids))
 
 
 async def post_public_rooms(request: web.Request) -> web.Response:
@@ -383,7 +389,9 @@ async def post_public_rooms(request: web.Request) -> web.Response:
         search: dict[str, Any] = {"filter": room_filter}
         search.update({k: body[k] for k in ("include_all_networks", "third_party_instance_id") if k in body})
         return ok(await fed.queries.public_rooms(remote, limit or None, since, search))
-    return ok(public_rooms_page(svc.rooms, svc.store, limit, since, term, room_types))
+    # the directory per bridge network: include_all_networks / third_party_instance_id (client_thirdparty)
+    room_ids = directory_room_ids(svc, *network_options(body, from_query=False))
+    return ok(public_rooms_page(svc.rooms, svc.store, limit, since, term, room_types, room_ids))
 
 
 async def get_room_visibility(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from lowband.gateway.api.http.base import (
     rate_limit,
     services,
 )
+from lowband.gateway.appservices.queries import ask_bridges_for_alias
 from lowband.gateway.appservices.registration import appservices_of
 from lowband.gateway.federation.component import federation_of
 from lowband.gateway.homeserver.sync import transaction_key
@@ -79,6 +80,8 @@ async def _resolve_room(request: web.Request, target: str) -> tuple[str, list[st
         except ValueError:
             raise MatrixError(400, "M_INVALID_PARAM", "an alias needs a server name") from None
         found = svc.store.get_alias(target)
+        if found is None and alias_server == svc.server_name and await ask_bridges_for_alias(svc, target):
+            found = svc.store.get_alias(target)  # appservices: the bridge made it just now (appservices/queries.py)
         if found is not None:
             return found[0], servers
         fed = federation_of(svc)
@@ -474,6 +477,8 @@ async def get_alias(request: web.Request) -> web.Response:
     alias = _alias(request)
     svc = services(request)
     found = svc.store.get_alias(alias)
+    if found is None and server_name_of(alias) == svc.server_name and await ask_bridges_for_alias(svc, alias):
+        found = svc.store.get_alias(alias)  # appservices: the bridge made it just now (appservices/queries.py)
     if found is not None:
         room_id = found[0]
         others = sorted(s for s in svc.rooms.dag.servers_in_room(room_id) if s != svc.server_name)

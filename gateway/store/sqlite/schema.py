@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS events (
     soft_failed INTEGER NOT NULL DEFAULT 0   -- 1: refused by the current state when it came, never shown
 );
 CREATE INDEX IF NOT EXISTS events_room_stream ON events(room_id, stream);
+-- timestamp_to_event: the events of a room nearest a time, one index range (created on first start if missing)
+CREATE INDEX IF NOT EXISTS events_room_ts ON events(room_id, origin_server_ts);
 CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events(txn_user, txn_device, txn_id) WHERE txn_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS memberships (

@@ -34,8 +34,10 @@ from lowband.gateway.store.interfaces import (
     UserRow,
     pdu_bytes,
 )
+from lowband.gateway.store.sqlite.appservices import AppServiceTables
 from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.devices import SQLiteLinkDevices
+from lowband.gateway.store.sqlite.directory_networks import DirectoryNetworkTables
 from lowband.gateway.store.sqlite.e2ee import E2EETables
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
@@ -76,6 +78,8 @@ class SQLiteStore:
         self.mqtt = SQLiteMqttTables(self.db)
         self.federation = FederationTables(self.db)  # creates its own tables (store/sqlite/federation.py)
         self.room_keys = RoomKeyTables(self.db)  # key backups, its own tables (store/sqlite/room_keys.py)
+        self.appservices = AppServiceTables(self.db)  # the bridges' push queue (store/sqlite/appservices.py)
+        self.directory_networks = DirectoryNetworkTables(self.db)  # bridges' networks (directory_networks.py)
 
     def close(self) -> None:
         """Flush queued writes and close."""
@@ -435,6 +439,21 @@ class SQLiteStore:
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL"
             f" AND outlier = 0 AND soft_failed = 0 ORDER BY stream {order} LIMIT ?",
             (room_id, after, upto, limit),
+        )
+        return [_event_row(r) for r in rows]
+
+    def room_events_near_ts(self, room_id: str, ts: int, *, forwards: bool, upto: int, limit: int) -> list[EventRow]:
+        """Accepted timeline events at or after ``ts`` (``forwards``) or at or before it, nearest first, among
+        the ``limit`` nearest by origin_server_ts (those past ``upto`` or not in the timeline are left out)."""
+        # The inner query walks at most ``limit`` entries of events_room_ts (stream, the rowid, is in the
+        # index): filtering in one query would walk on past rows it refuses, up to the whole room.
+        compare, order = (">=", "ASC") if forwards else ("<=", "DESC")
+        rows = self.db.query(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream IN (SELECT stream FROM events WHERE room_id = ?"
+            f" AND origin_server_ts {compare} ? ORDER BY origin_server_ts {order}, stream {order} LIMIT ?)"
+            f" AND stream <= ? AND rejected IS NULL AND outlier = 0 AND soft_failed = 0"
+            f" ORDER BY origin_server_ts {order}, stream {order}",
+            (room_id, ts, limit, upto),
         )
         return [_event_row(r) for r in rows]
 
