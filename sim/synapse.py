@@ -98,8 +98,12 @@ def _free_port() -> int:
 class SynapsePeer:
     """One Synapse homeserver federating on loopback (see the module docstring)."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: dict[str, Any] | None = None,
+                 tls: bool = True) -> None:  # fmt: skip
+        """``extra``: config keys set last (``app_service_config_files`` …); ``tls=False``: plain HTTP, for
+        clients that cannot be told to trust a self-signed certificate (bridges)."""
         self.workdir = workdir
+        self.tls = tls
         self.port = port or _free_port()
         self.server_name = f"127.0.0.1:{self.port}"
         self.extra = extra or {}
@@ -110,7 +114,7 @@ class SynapsePeer:
     @property
     def url(self) -> str:
         """Base URL of both APIs."""
-        return f"https://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def configure(self) -> None:
         """Generate and edit the config once (keeps the signing key and database across restarts)."""
@@ -132,7 +136,7 @@ class SynapsePeer:
         found = json.loads(run_setup([str(python), "-c", script, str(config_path)], "reading the Synapse config", 60))
         config = found["config"]
         config.update({
-            "listeners": [{"port": self.port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
+            "listeners": [{"port": self.port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": self.tls,
                            "x_forwarded": False, "resources": [{"names": ["client", "federation"], "compress": False}]}],
             "tls_certificate_path": str(cert),
             "tls_private_key_path": str(key),
