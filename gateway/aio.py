@@ -1,9 +1,11 @@
-"""Two asyncio idioms the runtime layers share."""
+"""The asyncio idioms the runtime layers share."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 
 async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
@@ -31,3 +33,30 @@ async def wait_until(event: asyncio.Event, deadline: float | None) -> None:
         await asyncio.wait_for(event.wait(), max(0.001, deadline - time.monotonic()))
     except TimeoutError:
         pass
+
+
+class Schedule(Protocol):
+    """What :func:`drive_schedule` needs of a delivery schedule (``homeserver.retry_schedule.DeliverySchedule``)."""
+
+    def due(self, now: float) -> list[str]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+
+async def drive_schedule(schedule: Schedule, attempt: Callable[[str], Awaitable[None]], kick: asyncio.Event,
+                         clock: Callable[[], float], running: set[asyncio.Task[None]]) -> None:  # fmt: skip
+    """The loop of every durable outbound queue (federation destinations, bridges): start an attempt for each
+    destination that is due, then sleep until the next deadline or until ``kick`` is set. Runs until cancelled;
+    the attempts in flight are kept in ``running`` (so the caller can cancel them at stop)."""
+    while True:
+        for name in schedule.due(clock()):
+            task = asyncio.create_task(attempt(name))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        deadline = schedule.next_deadline()
+        kick.clear()
+        timeout = None if deadline is None else max(0.0, deadline - clock())
+        try:
+            await asyncio.wait_for(kick.wait(), timeout)
+        except TimeoutError:
+            pass

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lowband.gateway.aio import drive_schedule
 from lowband.gateway.appservices.client import BridgeClient, BridgeError, BridgeUnreachable, path_segment
 from lowband.gateway.appservices.interest import Interest
 from lowband.gateway.appservices.registration import AppService
@@ -190,18 +191,7 @@ class AppServicePusher:
             await notifier.wait(generation, 30.0)
 
     async def _run(self) -> None:
-        while True:
-            for name in self.schedule.due(self.clock()):
-                task = asyncio.create_task(self._attempt(name))
-                self._attempts.add(task)
-                task.add_done_callback(self._attempts.discard)
-            deadline = self.schedule.next_deadline()
-            self._kick.clear()
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
-            try:
-                await asyncio.wait_for(self._kick.wait(), timeout)
-            except TimeoutError:
-                pass
+        await drive_schedule(self.schedule, self._attempt, self._kick, self.clock, self._attempts)
 
     async def _attempt(self, name: str) -> None:
         queue = self._queues[name]

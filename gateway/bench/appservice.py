@@ -43,6 +43,7 @@ from urllib.parse import quote
 import aiohttp
 
 from lowband.gateway.bench.bridge_receiver import BridgeReceiver
+from lowband.gateway.bench.figures import median, ratio
 from lowband.gateway.bench.matrix_load import Counters, MatrixUser, wait_ready
 from lowband.gateway.bench.processes import BenchError, ServerProcess, free_port, lowband_argv, progress, rss_mib
 from lowband.gateway.bench.synapse import SERVER_NAME, prepare_synapse
@@ -85,25 +86,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(ordered[rank - 1])
 
 
-def median(values: list[float]) -> float:
-    """The median of ``values`` (mean of the middle two for an even count); ValueError when there are none."""
-    if not values:
-        raise ValueError("median of no values")
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return float(ordered[middle]) if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def _ratio(figures: dict[str, dict[str, Any]], key: str) -> float | None:
-    ours, theirs = figures.get("lowband"), figures.get("synapse")
-    if ours is None or theirs is None:
-        return None
-    a, b = ours.get(key), theirs.get(key)
-    if a is None or not b:
-        return None
-    return round(float(a) / float(b), 4)
-
-
 def assemble(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The benchmark result from each measured server's figures.
 
@@ -112,10 +94,10 @@ def assemble(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     sides were not both measured (or whose anchor is 0 or None) is None.
     """
     result: dict[str, Any] = {name: dict(figures[name]) for name in SERVERS if name in figures}
-    result["ratio_push"] = _ratio(figures, "push_events_per_s")
-    result["ratio_latency"] = _ratio(figures, "push_latency_ms")
-    result["ratio_latency_p99"] = _ratio(figures, "push_latency_ms_p99")
-    result["ratio_rss"] = _ratio(figures, "rss_load_mb")
+    result["ratio_push"] = ratio(figures, "push_events_per_s")
+    result["ratio_latency"] = ratio(figures, "push_latency_ms")
+    result["ratio_latency_p99"] = ratio(figures, "push_latency_ms_p99")
+    result["ratio_rss"] = ratio(figures, "rss_load_mb")
     return result
 
 

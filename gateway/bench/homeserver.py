@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from urllib.parse import quote
 import aiohttp
 
 from lowband.gateway.bench.encrypted_room import MISSING, measure_encrypted
+from lowband.gateway.bench.figures import median, ratio
 from lowband.gateway.bench.matrix_load import (
     Counters,
     LoadPlan,
@@ -73,23 +73,6 @@ RSS_SAMPLE_S = 0.25
 __all__ = ["FIGURE_KEYS", "SERVERS", "BenchError", "assemble", "median", "render_table", "run"]
 
 
-def median(values: list[float]) -> float:
-    """The median of ``values``; raises ValueError when there are none."""
-    if not values:
-        raise ValueError("median of no values")
-    return float(statistics.median(values))
-
-
-def _ratio(figures: dict[str, dict[str, Any]], key: str) -> float | None:
-    ours, theirs = figures.get("lowband"), figures.get("synapse")
-    if ours is None or theirs is None:
-        return None
-    a, b = ours.get(key), theirs.get(key)
-    if a is None or not b:
-        return None
-    return round(float(a) / float(b), 4)
-
-
 def assemble(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The benchmark result from each measured server's figures.
 
@@ -98,11 +81,11 @@ def assemble(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     (or whose anchor is 0) is None.
     """
     result: dict[str, Any] = {name: dict(figures[name]) for name in SERVERS if name in figures}
-    result["ratio_sends"] = _ratio(figures, "sends_per_s_8")
-    result["ratio_rss"] = _ratio(figures, "rss_load_mb")
-    result["ratio_latency"] = _ratio(figures, "sync_latency_ms")
-    result["ratio_e2ee_sends"] = _ratio(figures, "e2ee_sends_per_s")
-    result["ratio_e2ee_latency"] = _ratio(figures, "e2ee_latency_ms")
+    result["ratio_sends"] = ratio(figures, "sends_per_s_8")
+    result["ratio_rss"] = ratio(figures, "rss_load_mb")
+    result["ratio_latency"] = ratio(figures, "sync_latency_ms")
+    result["ratio_e2ee_sends"] = ratio(figures, "e2ee_sends_per_s")
+    result["ratio_e2ee_latency"] = ratio(figures, "e2ee_latency_ms")
     return result
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lowband.gateway.aio import drive_schedule
 from lowband.gateway.federation.client import FederationClient, FederationError, path_segment
 from lowband.gateway.homeserver.retry_schedule import DeliverySchedule
 from lowband.gateway.store.interfaces import FederationStore
@@ -164,18 +165,7 @@ class FederationSender:
     # ------------------------------------------------------------- loop
 
     async def _run(self) -> None:
-        while True:
-            for name in self.schedule.due(self.clock()):
-                task = asyncio.create_task(self._attempt(name))
-                self._attempts.add(task)
-                task.add_done_callback(self._attempts.discard)
-            deadline = self.schedule.next_deadline()
-            self._kick.clear()
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
-            try:
-                await asyncio.wait_for(self._kick.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+        await drive_schedule(self.schedule, self._attempt, self._kick, self.clock, self._attempts)
 
     async def _attempt(self, name: str) -> None:
         dest = self._destinations[name]

@@ -57,16 +57,6 @@ def test_percentile_refuses_nothing_and_out_of_range(values, q):
         bench.percentile(values, q)
 
 
-@pytest.mark.parametrize(("values", "expected"), [([5.0], 5.0), ([3.0, 1.0, 2.0], 2.0), ([4.0, 1.0, 3.0, 2.0], 2.5)])
-def test_median(values, expected):
-    assert bench.median(values) == expected
-
-
-def test_median_of_nothing_is_an_error():
-    with pytest.raises(ValueError):
-        bench.median([])
-
-
 def test_ratios_are_lowband_over_synapse():
     result = bench.assemble({"lowband": figures(900.0, 4.0, 9.0, 40.0), "synapse": figures(30.0, 80.0, 150.0, 120.0)})
     assert result["ratio_push"] == pytest.approx(30.0)
