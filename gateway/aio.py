@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 
 async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
@@ -43,14 +43,14 @@ class Schedule(Protocol):
     def next_deadline(self) -> float | None: ...
 
 
-async def drive_schedule(schedule: Schedule, attempt: Callable[[str], Awaitable[None]], kick: asyncio.Event,
+async def drive_schedule(schedule: Schedule, attempt: Callable[[str], Coroutine[Any, Any, None]], kick: asyncio.Event,
                          clock: Callable[[], float], running: set[asyncio.Task[None]]) -> None:  # fmt: skip
     """The loop of every durable outbound queue (federation destinations, bridges): start an attempt for each
     destination that is due, then sleep until the next deadline or until ``kick`` is set. Runs until cancelled;
     the attempts in flight are kept in ``running`` (so the caller can cancel them at stop)."""
     while True:
         for name in schedule.due(clock()):
-            task = asyncio.create_task(attempt(name))
+            task: asyncio.Task[None] = asyncio.create_task(attempt(name))
             running.add(task)
             task.add_done_callback(running.discard)
         deadline = schedule.next_deadline()
