@@ -21,6 +21,7 @@ from aiohttp import web
 
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.api.http.app import make_app
+from lowband.gateway.api.http.metrics import make_metrics_app, metrics_of
 from lowband.gateway.appservices.registration import APPSERVICES, AppServices, load_appservices
 from lowband.gateway.bridges.mqtt import config as mqtt_config
 from lowband.gateway.config import Config, ConfigError
@@ -180,6 +181,23 @@ def reserved_namespaces(config: Config, bridges: AppServices | None = None) -> R
                                *registered])  # fmt: skip
 
 
+async def _start_metrics_listener(config: Config, services: Services) -> web.AppRunner | None:
+    """The token-less metrics listener ``[metrics] listen`` asks for (None: not asked); OSError naming the address."""
+    metrics = metrics_of(services)
+    if config.metrics.listen is None or metrics is None:
+        return None
+    host, port = config.metrics.listen
+    runner = web.AppRunner(make_metrics_app(metrics), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(f"cannot listen for metrics on {host}:{port}: {exc.strerror}") from None
+    log.info("metrics at http://%s:%d/metrics (no token: loopback only)", host, port)
+    return runner
+
+
 async def run_gateway(
     config: Config,
     started: asyncio.Event | None = None,
@@ -215,8 +233,16 @@ async def run_gateway(
         await runner.cleanup()
         services.store.close()
         raise OSError(f"cannot listen on {config.http_host}:{config.http_port}: {exc.strerror}") from None
+    try:
+        metrics_runner = await _start_metrics_listener(config, services)
+    except OSError:
+        await runner.cleanup()
+        services.store.close()
+        raise
     expiry = asyncio.create_task(typing_expiry_loop(services.typing, services.notifier))
-    stoppers = []
+    stoppers: list[Callable[[], Awaitable[None]]] = []
+    if metrics_runner is not None:
+        stoppers.append(metrics_runner.cleanup)
     try:
         for component in COMPONENTS:
             stopper = await component(services)

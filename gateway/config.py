@@ -34,6 +34,9 @@ Example::
     verify_certificates = true
     ip_range_blocklist = ["10.0.0.0/8", "127.0.0.0/8"]   # default: private, loopback, link-local …
     discovery = false
+
+    [metrics]
+    listen = "127.0.0.1:9100"   # Prometheus metrics without a token, loopback only (default: off)
 """
 
 from __future__ import annotations
@@ -96,6 +99,22 @@ class FederationConfig:
     trusted_key_servers: tuple[str, ...] = ()
 
 
+#: Hosts the token-less metrics listener may bind: it answers anyone who can connect, so only this machine.
+_LOOPBACK_HOSTS = ("localhost",)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (``[metrics]``, docs/metrics.md).
+
+    ``/metrics`` on the client listener always needs an admin's access token;
+    ``listen`` adds a listener that serves them without one, on a loopback
+    address only (None: no such listener).
+    """
+
+    listen: tuple[str, int] | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything ``lowband serve`` needs to run."""
@@ -117,6 +136,7 @@ class Config:
     min_body_bytes_per_s: int = 1024
     rate_limits: RateLimits = field(default_factory=RateLimits)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: PEM certificate chain and key: the one listener speaks HTTPS (client and federation APIs)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -188,6 +208,21 @@ def _federation(section: dict[str, Any]) -> FederationConfig:
     return FederationConfig(**values)
 
 
+def _metrics(section: dict[str, Any]) -> MetricsConfig:
+    if "listen" not in section:
+        return MetricsConfig()
+    host, port = parse_listen(_take(section, "listen", str, "metrics"))
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in _LOOPBACK_HOSTS
+    if not loopback or port == 0:
+        raise ConfigError(f"metrics.listen {host}:{port} must be a loopback address with a port (127.0.0.1:9100): "
+                          "it serves without a token; scrape /metrics on the client listener with an admin token "
+                          "from elsewhere")  # fmt: skip
+    return MetricsConfig((host, port))
+
+
 def _take(section: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = section.pop(key)
     if isinstance(value, bool) and kind is not bool:
@@ -248,7 +283,7 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
     if components:
         values["components"] = components
     for name, section in sections.items():
-        if name not in ("server", "http", "registration", "media", "rate_limits", "federation"):
+        if name not in ("server", "http", "registration", "media", "rate_limits", "federation", "metrics"):
             raise ConfigError(f"unknown config section [{name}]")
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -284,6 +319,8 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
         values["rate_limits"] = _rate_limits(sections["rate_limits"])
     if "federation" in sections:
         values["federation"] = _federation(sections["federation"])
+    if "metrics" in sections:
+        values["metrics"] = _metrics(sections["metrics"])
     for name, section in sections.items():
         if section:
             raise ConfigError(f"unknown config key {name}.{next(iter(section))}")

@@ -53,6 +53,11 @@ class DeliverySchedule:
         """``destination`` has something to send."""
         self.state(destination).has_work = True
 
+    def failures(self, destination: str) -> int:
+        """Failed attempts since the last success (0 for a destination not waiting); adds no state."""
+        state = self._states.get(destination)
+        return 0 if state is None else state.failures
+
     def wake(self, destination: str) -> None:
         """``destination`` showed it is reachable: try it now if it has work."""
         state = self._states.get(destination)

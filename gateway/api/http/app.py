@@ -23,6 +23,7 @@ from lowband.gateway.api.http import (
     federation_query,
     federation_rooms,
     media,
+    metrics,
 )
 from lowband.gateway.api.http.base import SERVICES, read_limit
 from lowband.gateway.homeserver.services import Services
@@ -105,9 +106,12 @@ def make_app(services: Services) -> web.Application:
     # The largest body any endpoint takes is a media upload; JSON endpoints
     # check their own, smaller limit in json_body via max_request_bytes.
     limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
-    app = web.Application(middlewares=[matrix_errors, plain_bodies, bounded_reads, federation_base.bounded_bodies],
-                          client_max_size=limit)  # fmt: skip
+    # The metrics are made before the app so their middleware can come first: it sees every final status.
+    gateway_metrics = metrics.GatewayMetrics(services)
+    app = web.Application(middlewares=[gateway_metrics.middleware(), matrix_errors, plain_bodies, bounded_reads,
+                                       federation_base.bounded_bodies], client_max_size=limit)  # fmt: skip
     app[SERVICES] = services
+    metrics.install(app, services, gateway_metrics)
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
     for module in (client_appservice, client_auth, client_keys, client_rooms, client_sync, client_misc,

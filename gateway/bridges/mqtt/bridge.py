@@ -645,4 +645,5 @@ async def start_mqtt(services: Services) -> Callable[[], Awaitable[None]] | None
         return None
     bridge = MqttBridge(services, config)
     await bridge.start()
+    services.components["mqtt"] = bridge  # read by the metrics (api/http/metrics.py) through stats()
     return bridge.stop
