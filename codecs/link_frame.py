@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowband.codecs.errors import WireError
-from lowband.codecs.framing import cobs_decode, cobs_encode
+from lowband.codecs.framing import cobs_decode, cobs_encode, cobs_max_encoded_len
 
 TYPE_HS1 = 0
 TYPE_HS2 = 1
@@ -23,6 +23,7 @@ HANDSHAKE_LEN = 48
 TAG_LEN = 8
 MAX_FRAME = 255  # a LoRa packet's limit; serial frames keep to it too
 MIN_ADDRESS, MAX_ADDRESS = 1, 254
+_MAX_ENCODED = cobs_max_encoded_len(MAX_FRAME)  # 257: the longest COBS form of a frame
 
 
 class LinkFrameError(ValueError):
@@ -111,20 +112,26 @@ class SerialFramer:
         self.dropped = 0
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Frames completed by ``data``, in order."""
+        """Frames completed by ``data``, in order; none longer than :data:`MAX_FRAME` bytes."""
         out = []
         for byte in data:
             if byte != 0:
-                if len(self._buffer) > MAX_FRAME + 2:
+                if len(self._buffer) >= _MAX_ENCODED:
                     self._overflow = True
                 else:
                     self._buffer.append(byte)
                 continue
             if self._buffer and not self._overflow:
                 try:
-                    out.append(cobs_decode(bytes(self._buffer)))
+                    frame = cobs_decode(bytes(self._buffer))
                 except WireError:
                     self.dropped += 1
+                else:
+                    # Short COBS blocks decode to more bytes than they take: 257 bytes of 0x01 are 256 zeros.
+                    if len(frame) > MAX_FRAME:
+                        self.dropped += 1
+                    else:
+                        out.append(frame)
             elif self._overflow:
                 self.dropped += 1
             self._buffer.clear()
