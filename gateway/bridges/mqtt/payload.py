@@ -310,7 +310,7 @@ def _parse_json(text: str) -> tuple[Any, str | None]:
         return _DECODER.decode(text), None
     except RecursionError:
         return None, "JSON nested too deeply"
-    except ValueError as exc:
+    except (ValueError, ArithmeticError) as exc:  # Decimal refuses some exponents (1.5e3333…) with InvalidOperation
         return None, f"not JSON: {str(exc)[:80]}"
 
 
