@@ -25,7 +25,7 @@ def _filter_for(request: web.Request, user_id: str) -> dict[str, Any]:
             raise MatrixError(400, "M_INVALID_PARAM", "filter too large")
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting past the recursion limit is not JSON we take either
             raise MatrixError(400, "M_NOT_JSON", "the inline filter is not valid JSON") from None
         if not isinstance(value, dict):
             raise bad_json("a filter must be a JSON object")
