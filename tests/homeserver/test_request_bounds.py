@@ -209,3 +209,19 @@ def test_stopping_does_not_wait_for_parked_syncs(tmp_path):
             assert status == 200 and body["next_batch"]  # the parked sync was answered, not cut off
 
     asyncio.run(main())
+
+
+def test_integer_parameters_are_ascii_digits(tmp_path):
+    # Found by the fuzz review: limit and timeout went through int(), which takes ' 5 ', '1_0' and '٣'.
+    async def main() -> None:
+        async with gateway_in_loop(tmp_path, rate_limits=NO_LIMITS) as base, aiohttp.ClientSession() as session:
+            alice = Client(session, base)
+            await alice.register("alice")
+            for bad in ("%205%20", "1_0", "%D9%A3", "", "5x", "9" * 40):
+                status, body = await alice.request("GET", f"{V3}/sync?timeout={bad}", exact_path=True)
+                assert (status, body["errcode"]) == (400, "M_INVALID_PARAM"), (bad, body)
+            for good in ("0", "-5", "10"):
+                status, _ = await alice.request("GET", f"{V3}/sync?timeout={good}", exact_path=True)
+                assert status == 200, good
+
+    asyncio.run(main())

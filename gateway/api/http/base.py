@@ -20,6 +20,7 @@ from aiohttp import web
 from lowband.gateway.appservices.registration import AppService, appservices_of
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, bad_json
+from lowband.gateway.matrix.numbers import parse_digits
 
 CLIENT = "/_matrix/client/{version:(?:v3|r0)}"
 
@@ -204,8 +205,8 @@ def query_int(request: web.Request, key: str, default: int, *, low: int = 0, hig
     raw = request.query.get(key)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise MatrixError(400, "M_INVALID_PARAM", f"'{key}' must be an integer") from None
-    return max(low, min(high, value))
+    negative = raw.startswith("-")
+    value = parse_digits(raw[1:] if negative else raw)  # ASCII digits only: int() took ' 5 ', '1_0' and '٣'
+    if value is None:
+        raise MatrixError(400, "M_INVALID_PARAM", f"'{key}' must be an integer")
+    return max(low, min(high, -value if negative else value))
