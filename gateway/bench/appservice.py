@@ -42,10 +42,11 @@ from urllib.parse import quote
 
 import aiohttp
 
+from lowband.gateway.bench import homeserver as homeserver_bench
 from lowband.gateway.bench.bridge_receiver import BridgeReceiver
 from lowband.gateway.bench.figures import median, ratio
 from lowband.gateway.bench.matrix_load import Counters, MatrixUser, wait_ready
-from lowband.gateway.bench.processes import BenchError, ServerProcess, free_port, lowband_argv, progress, rss_mib
+from lowband.gateway.bench.processes import BenchError, ServerProcess, progress, rss_mib
 from lowband.gateway.bench.synapse import SERVER_NAME, prepare_synapse
 
 SERVERS = ("lowband", "synapse")
@@ -167,34 +168,11 @@ def registration(bridge_url: str, as_token: str, hs_token: str) -> dict[str, Any
     }
 
 
-def _lowband_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lowband")
-    except PackageNotFoundError:
-        return "?"
-
-
 def prepare_lowband(workdir: Path, registration_file: Path) -> ServerProcess:
     """The gateway as a subprocess on a fresh data dir, rate limits off, the bridge registered."""
-    port = free_port()
-    data = workdir / "data"
-    data.mkdir()
-    config = workdir / "lowband.toml"
     # A JSON string is a valid TOML basic string.
-    config.write_text(
-        f"[rate_limits]\nenabled = false\n\n[appservices]\nconfig_files = [{json.dumps(str(registration_file))}]\n"
-    )
-    argv = lowband_argv() + [
-        "serve",
-        "--data-dir", str(data),
-        "--server-name", SERVER_NAME,
-        "--http", f"127.0.0.1:{port}",
-        "--config", str(config),
-        "--enable-registration",
-    ]  # fmt: skip
-    return ServerProcess("lowband", argv, workdir, workdir / "lowband.log", _lowband_version(), port)
+    return homeserver_bench.prepare_lowband(
+        workdir, f"\n[appservices]\nconfig_files = [{json.dumps(str(registration_file))}]\n")
 
 
 def _prepare(name: str, workdir: Path, registration_file: Path) -> ServerProcess:

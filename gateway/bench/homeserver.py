@@ -158,13 +158,13 @@ def _lowband_version() -> str:
         return "?"
 
 
-def prepare_lowband(workdir: Path) -> ServerProcess:
-    """The gateway as a subprocess on a fresh data dir, rate limits off."""
+def prepare_lowband(workdir: Path, extra_config: str = "") -> ServerProcess:
+    """The gateway as a subprocess on a fresh data dir, rate limits off, ``extra_config`` (TOML) added."""
     port = free_port()
     data = workdir / "data"
     data.mkdir()
     config = workdir / "lowband.toml"
-    config.write_text("[rate_limits]\nenabled = false\n")
+    config.write_text("[rate_limits]\nenabled = false\n" + extra_config)
     argv = lowband_argv() + [
         "serve",
         "--data-dir", str(data),
@@ -251,7 +251,7 @@ async def measure(server: ServerProcess, plan: LoadPlan) -> dict[str, Any]:
     }
 
 
-_PREPARE = {"lowband": prepare_lowband, "synapse": prepare_synapse}
+_PREPARE: dict[str, Callable[[Path], ServerProcess]] = {"lowband": prepare_lowband, "synapse": prepare_synapse}
 
 
 def measure_server(name: str, plan: LoadPlan) -> dict[str, Any]:
