@@ -30,7 +30,8 @@ async def wait_until(event: asyncio.Event, deadline: float | None) -> None:
         await event.wait()
         return
     try:
-        await asyncio.wait_for(event.wait(), max(0.001, deadline - time.monotonic()))
+        async with asyncio.timeout(max(0.001, deadline - time.monotonic())):  # see drive_schedule
+            await event.wait()
     except TimeoutError:
         pass
 
@@ -57,6 +58,7 @@ async def drive_schedule(schedule: Schedule, attempt: Callable[[str], Coroutine[
         kick.clear()
         timeout = None if deadline is None else max(0.0, deadline - clock())
         try:
-            await asyncio.wait_for(kick.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+                await kick.wait()
         except TimeoutError:
             pass

@@ -102,6 +102,7 @@ class AppServicePusher:
         self._queues: dict[str, _Queue] = {}
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._attempts: set[asyncio.Task[None]] = set()
         #: counters since start (for tests and logs)
         self.sent_transactions = 0
@@ -134,6 +135,7 @@ class AppServicePusher:
             self.services.typing.listeners.remove(self._typing)
         if self._receipt in self.services.receipt_listeners:
             self.services.receipt_listeners.remove(self._receipt)
+        self._stopping = True  # a cancellation lost in a wait must not start another round
         tasks = [*self._tasks, *self._attempts]
         for task in tasks:
             task.cancel()
@@ -185,7 +187,7 @@ class AppServicePusher:
     async def _watch(self) -> None:
         """Follow the notifier: every committed event, receipt, to-device message or key change wakes it."""
         notifier = self.services.notifier
-        while not notifier.closed:
+        while not notifier.closed and not self._stopping:
             generation = notifier.generation
             self.wake()
             await notifier.wait(generation, 30.0)

@@ -38,7 +38,10 @@ class Notifier:
             return True
         event = self._changed
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as
+            # the event is set, and the cancelled waiter then waits again (a gateway's stop hung 20 s on it)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             return False
         return True
