@@ -38,14 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
 from lowband.gateway.bench import homeserver as homeserver_bench
 from lowband.gateway.bench.bridge_receiver import BridgeReceiver
 from lowband.gateway.bench.figures import median, ratio
-from lowband.gateway.bench.matrix_load import Counters, MatrixUser, wait_ready
+from lowband.gateway.bench.matrix_load import Counters, MatrixUser, join_path, users_in_one_room, wait_ready
 from lowband.gateway.bench.processes import BenchError, ServerProcess, progress, rss_mib
 from lowband.gateway.bench.synapse import SERVER_NAME, prepare_synapse
 
@@ -251,21 +250,10 @@ async def measure(
         rss_idle = rss_mib(pid)
 
         _progress(f"{server.name}: registering {SENDERS} users, one room, the bridge's bot joins it")
-        users = [MatrixUser(http, server, counters) for _ in range(SENDERS)]
-        for n, user in enumerate(users):
-            await user.register(f"bench{n}")
-        created = await users[0].request(
-            "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "name": "bench"}
-        )
-        room_id = str(created.get("room_id", ""))
-        if not room_id:
-            raise BenchError(f"{server.name}: /createRoom gave no room_id")
-        join = f"/_matrix/client/v3/join/{quote(room_id, safe='')}"
-        for user in users[1:]:
-            await user.request("POST", join, {})
+        users, room_id = await users_in_one_room(http, server, counters, SENDERS)
         bot = MatrixUser(http, server, counters)
         bot.token = as_token  # no ?user_id=: the bridge acts as its sender_localpart
-        await bot.request("POST", join, {})
+        await bot.request("POST", join_path(room_id), {})
 
         warmup = [f"warm-up {run_id} {n} {i}" for n in range(SENDERS) for i in range(WARMUP_SENDS)]
         for n, user in enumerate(users):

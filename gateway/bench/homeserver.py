@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
@@ -47,10 +46,10 @@ from lowband.gateway.bench.figures import median, ratio
 from lowband.gateway.bench.matrix_load import (
     Counters,
     LoadPlan,
-    MatrixUser,
     concurrent_sends,
     sequential_sends,
     sync_latencies,
+    users_in_one_room,
     wait_ready,
 )
 from lowband.gateway.bench.processes import BenchError, ServerProcess, free_port, lowband_argv, progress, rss_mib
@@ -196,15 +195,7 @@ async def measure(server: ServerProcess, plan: LoadPlan) -> dict[str, Any]:
         rss_idle = rss_mib(pid)
 
         _progress(f"{server.name}: registering {SENDERS} users, one room")
-        users = [MatrixUser(http, server, counters) for _ in range(SENDERS)]
-        for n, user in enumerate(users):
-            await user.register(f"bench{n}")
-        created = await users[0].request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "name": "bench"})
-        room_id = str(created.get("room_id", ""))
-        if not room_id:
-            raise BenchError(f"{server.name}: /createRoom gave no room_id")
-        for user in users[1:]:
-            await user.request("POST", f"/_matrix/client/v3/join/{quote(room_id, safe='')}", {})
+        users, room_id = await users_in_one_room(http, server, counters, SENDERS)
         for user in users:
             for _ in range(WARMUP_SENDS):
                 await user.send(room_id, "warm-up")

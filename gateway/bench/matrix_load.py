@@ -149,6 +149,26 @@ class LoadPlan:
     latency_rounds: int = 30
 
 
+def join_path(room_id: str) -> str:
+    """The client API path that joins ``room_id``."""
+    return f"/_matrix/client/v3/join/{quote(room_id, safe='')}"
+
+
+async def users_in_one_room(http: aiohttp.ClientSession, server: ServerProcess, counters: Counters,
+                            count: int) -> tuple[list[MatrixUser], str]:  # fmt: skip
+    """``count`` registered users (bench0, bench1 …) joined to one public room the first made; (users, room ID)."""
+    users = [MatrixUser(http, server, counters) for _ in range(count)]
+    for n, user in enumerate(users):
+        await user.register(f"bench{n}")
+    created = await users[0].request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "name": "bench"})
+    room_id = str(created.get("room_id", ""))
+    if not room_id:
+        raise BenchError(f"{server.name}: /createRoom gave no room_id")
+    for user in users[1:]:
+        await user.request("POST", join_path(room_id), {})
+    return users, room_id
+
+
 async def sequential_sends(user: MatrixUser, room_id: str, plan: LoadPlan) -> tuple[int, float]:
     """(messages sent, seconds) for one user sending one message at a time."""
     start = time.perf_counter()
