@@ -17,6 +17,7 @@ the device sends it again): anything that kept the event from being stored.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lowband.codecs import compact
@@ -44,6 +45,7 @@ def reading_event(payload: bytes, ctx: Context, now_ms: int) -> dict[str, Any]:
 
 async def deliver_uplink(
     rooms: Any, *, user_id: str, rooms_allowed: list[str], ctx: Context, edge: str, message_id: str, payload: bytes,
+    committed: Callable[[dict[str, Any]], None] | None = None,
 ) -> Delivery:  # fmt: skip
     """Turn one device message into a room event sent as ``user_id``; never raises (but CancelledError).
 
@@ -51,6 +53,9 @@ async def deliver_uplink(
     ``(user_id, edge, message_id)``: a retry of the same message returns the
     first event. The caller has checked that ``user_id`` is an account this
     edge created (see ``users.owner``); the room's auth rules check the rest.
+    ``committed`` (which must not raise) gets the event (``type``,
+    ``content``, ``origin_server_ts`` …) once it is committed: the edge keeps
+    the device's last reading from it without reading the store again.
     """
     try:
         event = reading_event(payload, ctx, int(time.time() * 1000))
@@ -60,7 +65,10 @@ async def deliver_uplink(
     if room_id not in rooms_allowed:
         return delivery.refused("room", f"not provisioned for {room_id}")
     ts = event.get("origin_server_ts")
-    return await delivery.commit_event(
+    result = await delivery.commit_event(
         rooms, user_id, room_id, event["type"], event["content"],
         txn=(user_id, edge, message_id), origin_server_ts=ts if isinstance(ts, int) else None,
     )  # fmt: skip
+    if committed is not None and result.outcome is delivery.Outcome.COMMITTED:
+        committed(event)
+    return result

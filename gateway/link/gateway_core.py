@@ -60,19 +60,26 @@ Rules:
 * commands wait per device in a bounded queue (oldest dropped, reported)
   until the device next sends: store and forward for sleeping devices;
 * uplink fragments are reassembled here; ``Deliver`` always carries a whole
-  compact message.
+  compact message;
+* each device's figures (frames and bytes in and out, refusals by kind,
+  retransmissions both ways, handshakes, when it was last seen and its time
+  on air) go to its :class:`~lowband.gateway.link.device_stats.DeviceCounters`
+  as plain increments; "seen" is a frame that authenticated and was not
+  refused (device_stats.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lowband.codecs import fragment as fragmentation
 from lowband.codecs.link_frame import TYPE_DATA, TYPE_HS1, TYPE_HS2, Frame, LinkFrameError, parse_frame
 from lowband.gateway.link import crypto
+from lowband.gateway.link.device_stats import NOT_REFUSALS, DeviceCounters
 from lowband.gateway.link.handshake import HandshakeError, Responder, SessionKeys
 
 UP, DOWN = 0, 1
@@ -249,15 +256,21 @@ class _Device:
     counters: dict[str, int] = field(default_factory=dict)
     hs_repeats: int = 0  # times last_hs's HS2 was sent again
     repeated_at: float = float("-inf")  # when a repeated answer (ACK or HS2) last went out: the rate limit
+    stats: DeviceCounters = field(default_factory=DeviceCounters)
 
 
 class GatewayLink:
     """All devices on one link, seen from the gateway."""
 
     def __init__(self, static_private: bytes, *, mtu: int = 255, max_commands: int = MAX_COMMANDS,
-                 reack_interval: float = REACK_INTERVAL) -> None:  # fmt: skip
-        """``reack_interval``: seconds between repeated answers to one device (see the module rules)."""
+                 reack_interval: float = REACK_INTERVAL, airtime_s: Callable[[int], float] | None = None) -> None:  # fmt: skip
+        """``reack_interval``: seconds between repeated answers to one device (see the module rules).
+
+        ``airtime_s``: seconds on air of a link frame of so many bytes on this
+        link (None: not counted); each device's seen frames add to its window.
+        """
         self.static_private = static_private
+        self.airtime_s = airtime_s
         self.mtu = mtu
         self.max_commands = max_commands
         self.reack_interval = reack_interval
@@ -268,9 +281,10 @@ class GatewayLink:
 
     # ------------------------------------------------------------ devices
 
-    def add_device(self, entry: DeviceEntry, session_state: dict[str, Any] | None = None) -> None:
-        """Register a device (and its stored session, if any)."""
-        device = _Device(entry)
+    def add_device(self, entry: DeviceEntry, session_state: dict[str, Any] | None = None,
+                   stats: DeviceCounters | None = None) -> None:  # fmt: skip
+        """Register a device (and its stored session, if any); ``stats``: its counters to go on with (a new key)."""
+        device = _Device(entry) if stats is None else _Device(entry, stats=stats)
         if session_state is not None:
             device.session = Session.from_state(session_state)
         self._devices[entry.address] = device
@@ -283,6 +297,11 @@ class GatewayLink:
         """Per-device counters by reason: refused frames, and deliveries (``awaiting_commit``, ``delivery_failed``)."""
         device = self._devices.get(address)
         return dict(device.counters) if device else {}
+
+    def stats(self, address: int) -> DeviceCounters | None:
+        """The device's counters (the object itself, bumped as frames come and go), or None for no such device."""
+        device = self._devices.get(address)
+        return device.stats if device else None
 
     def has_session(self, address: int) -> bool:
         """Whether the device has a confirmed session."""
@@ -333,24 +352,46 @@ class GatewayLink:
         device = self._devices.get(frame.address)
         if device is None:
             return [self._refuse(frame.address, "unknown_device")]
+        stats = device.stats
+        stats.frames_in += 1
+        stats.bytes_in += len(data)
         if frame.type == TYPE_HS1:
-            return self._handshake(device, frame, now)
+            return self._handshake(device, frame, len(data), now)
         if frame.type == TYPE_HS2:
             return [self._refuse(frame.address, "unexpected_hs2", device)]
-        return self._data(device, frame, now)
+        return self._data(device, frame, len(data), now)
 
     def _refuse(self, address: int | None, reason: str, device: _Device | None = None) -> Refused:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         if device is not None:
             device.counters[reason] = device.counters.get(reason, 0) + 1
+            if reason not in NOT_REFUSALS:
+                refused = device.stats.refused
+                refused[reason] = refused.get(reason, 0) + 1
         return Refused(address, reason)
 
-    def _handshake(self, device: _Device, frame: Frame, now: float) -> list[Action]:
+    def _seen(self, device: _Device, size: int, now: float) -> None:
+        """A frame of ``size`` bytes from the device authenticated and is not refused: it was on the air."""
+        stats = device.stats
+        stats.last_seen = now
+        if self.airtime_s is not None:
+            stats.airtime.add(self.airtime_s(size), now)
+
+    def _send(self, device: _Device, frame: bytes) -> Transmit:
+        stats = device.stats
+        stats.frames_out += 1
+        stats.bytes_out += len(frame)
+        return Transmit(device.entry.address, frame)
+
+    def _handshake(self, device: _Device, frame: Frame, size: int, now: float) -> list[Action]:
         if device.last_hs is not None and device.last_hs[0] == frame.body:  # HS2 was lost, or a replay: same answer
+            device.stats.retransmissions_in += 1
             if not self._may_repeat(device, device.hs_repeats, now):
                 return [self._refuse(frame.address, "handshake_limited", device)]
             device.hs_repeats += 1
-            return [Transmit(frame.address, device.last_hs[1])]
+            device.stats.retransmissions_out += 1
+            self._seen(device, size, now)
+            return [self._send(device, device.last_hs[1])]
         responder = Responder(self.static_private, device.entry.static_public, frame.address, frame.epoch)
         try:
             message2, keys = responder.respond(frame.body)
@@ -360,7 +401,9 @@ class GatewayLink:
         hs2 = Frame(TYPE_HS2, frame.epoch, frame.address, message2).encode()
         device.pending = pending
         device.last_hs, device.hs_repeats = (frame.body, hs2, pending), 0
-        return [Transmit(frame.address, hs2)]
+        device.stats.handshakes += 1
+        self._seen(device, size, now)
+        return [self._send(device, hs2)]
 
     def _may_repeat(self, device: _Device, repeats: int, now: float) -> bool:
         """Whether an answer sent before may go out again now; records it if so.
@@ -373,7 +416,7 @@ class GatewayLink:
         device.repeated_at = now
         return True
 
-    def _data(self, device: _Device, frame: Frame, now: float) -> list[Action]:
+    def _data(self, device: _Device, frame: Frame, size: int, now: float) -> list[Action]:
         actions: list[Action] = []
         session, fresh = self._session_for(device, frame)
         if session is None:
@@ -389,6 +432,8 @@ class GatewayLink:
             actions += [SessionStarted(frame.address, session.session_id), self._persist(frame.address, session)]
         waiting = session.undelivered.get(counter) if plaintext else None
         if waiting is not None:  # a retransmission of a message not stored yet (its counter is not in the window)
+            device.stats.retransmissions_in += 1
+            self._seen(device, size, now)
             if waiting.in_flight:
                 self._count(device, "awaiting_commit")  # the ACK follows the commit
                 return actions
@@ -401,6 +446,8 @@ class GatewayLink:
                 if frame.ack == sent_counter & 0xFF:
                     session.outstanding = None
                     actions.append(CommandAcked(frame.address, sent_counter))
+            if len(session.undelivered) < MAX_UNDELIVERED or not plaintext:
+                self._seen(device, size, now)
             if not plaintext:  # a pure ack is never acknowledged
                 session.window.accept(counter)
                 if fresh or session.window.highest - session.stored_highest >= PURE_ACK_PERSIST_EVERY:
@@ -415,25 +462,30 @@ class GatewayLink:
             session.undelivered[counter] = _Undelivered(payload)
             return actions + [self._deliver(frame.address, session, counter, payload)]
         if plaintext and counter == session.window.highest:  # stored before, and the device's latest frame
-            return actions + self._repeat_answer(device, session, counter, now)
+            return actions + self._repeat_answer(device, session, counter, size, now)
         return actions + [self._refuse(frame.address, "replay", device)]
 
-    def _repeat_answer(self, device: _Device, session: Session, counter: int, now: float) -> list[Action]:
+    def _repeat_answer(self, device: _Device, session: Session, counter: int, size: int, now: float) -> list[Action]:
         # The device missed the ACK and retransmits, or someone replays its frame: the two look the same.
+        stats = device.stats
+        stats.retransmissions_in += 1
         answer = session.last_answer
         repeats = answer.repeats if answer is not None and answer.counter == counter else 0
         if not self._may_repeat(device, repeats, now):
             return [self._refuse(device.entry.address, "duplicate_limited", device)]
         self._refuse(device.entry.address, "duplicate", device)  # counted, not refused: answered
+        self._seen(device, size, now)
         if answer is None or answer.counter != counter or (session.outstanding is None and device.commands):
             # No answer in memory (a restart came between), or a command waits: a fresh answer, which writes
             # only when it opens a new block of send counters.
+            stats.retransmissions_out += 1  # the answer, again (an unacked command in it is counted by _answer)
             actions = self._answer(device, session, counter, persist=False)
             if session.last_answer is not None:  # always: _answer keeps what it sent
                 session.last_answer.repeats = repeats + 1
             return actions
         answer.repeats += 1
-        return [Transmit(device.entry.address, frame) for frame in answer.frames]
+        stats.retransmissions_out += len(answer.frames)
+        return [self._send(device, frame) for frame in answer.frames]
 
     def _deliver(self, address: int, session: Session, counter: int, payload: bytes) -> Deliver:
         token = DeliveryToken(address, session.session_id, counter)
@@ -523,9 +575,10 @@ class GatewayLink:
             frames.append(self._seal(device, session, counter, acked, b"", False))
             if session.outstanding is not None:
                 frames.append(session.outstanding[1])
+                device.stats.retransmissions_out += 1  # the unacked command, byte for byte
         if persist or session.send.persisted_limit != limit:
             actions.append(self._persist(device.entry.address, session))
-        actions += [Transmit(device.entry.address, f) for f in frames]
+        actions += [self._send(device, f) for f in frames]
         session.last_answer = _Answer(acked, tuple(frames))
         return actions
 

@@ -11,9 +11,17 @@ what a radio needs:
   budget (e.g. 1 % per hour in EU868 g1) allows them — it never transmits
   over the budget; frames wait in order, and when more than ``max_queue``
   wait, the oldest is dropped (a retransmission will bring it again);
-* the MTU of the data rate, so the link core fragments larger messages.
+* the MTU of the data rate, so the link core fragments larger messages;
+* each device's figures (device_stats.py): its frames' time on air at the
+  link's data rate (:func:`frame_airtime`) against its own budget in the
+  sub-band (:func:`device_budget_s`: 36 s per hour at 1 %).
 
 Link spec: ``lora:/dev/ttyUSB1?region=EU868&dr=0&freq=868100000``.
+
+Such a modem writes back the packet's bytes and nothing else: no RSSI, no
+SNR. So the devices' ``rssi_dbm`` and ``snr_db`` stay None on this link; a
+driver for a modem that reports them would call
+``DeviceCounters.note_signal`` with the figures of each received packet.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from lowband.gateway.aio import cancel_and_wait, wait_until
-from lowband.hardware.lora import DutyCycleBudget
+from lowband.gateway.link.device_stats import wire_len
+from lowband.hardware.lora import MAX_PAYLOAD, DutyCycleBudget
 from lowband.hardware.radio import Region, load_region
 
 log = logging.getLogger("lowband.link")
@@ -45,6 +55,11 @@ class DutyCycleScheduler:
         self._queue: deque[tuple[bytes, float]] = deque()
         self.dropped = 0
         self.sent_airtime_ms = 0.0
+
+    @property
+    def budget_window_s(self) -> float:
+        """Seconds of the region's duty-cycle window (3600 in EU868)."""
+        return float(self.region.duty_cycle_window_s)
 
     @property
     def mtu(self) -> int:
@@ -115,6 +130,21 @@ class LoRaModemTransport:
         """Stop sending and close the port."""
         await cancel_and_wait(self._task)
         await self.serial.close()
+
+
+def frame_airtime(scheduler: DutyCycleScheduler) -> Callable[[int], float]:
+    """Seconds on air of a link frame of ``n`` bytes at the scheduler's data rate (the modem sends it COBS-framed).
+
+    A frame too long for one packet (none is sent: ``submit`` refuses it)
+    is charged as the longest packet, so it never raises.
+    """
+    return lambda n: scheduler.airtime_ms(min(wire_len(n), MAX_PAYLOAD)) / 1000
+
+
+def device_budget_s(scheduler: DutyCycleScheduler) -> float | None:
+    """Seconds a device may spend on air per window in the link's sub-band; None where it has no duty-cycle limit."""
+    duty = scheduler.sub_band.duty_cycle
+    return None if duty >= 1.0 else duty * scheduler.budget_window_s
 
 
 def scheduler_for(query: dict[str, str]) -> DutyCycleScheduler:

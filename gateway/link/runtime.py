@@ -30,7 +30,11 @@ One :class:`LinkRuntime` per gateway. It
   queues ``text`` for device NAME, delivered at its next uplink;
 * joins each device's user to its rooms, posts a notice when a device joins
   a room or gets a new key, and picks up ``lowband device`` changes within
-  :data:`RECONCILE_SECONDS`.
+  :data:`RECONCILE_SECONDS`;
+* keeps figures per device (gateway/link/device_stats.py): the core counts
+  frames, refusals, retransmissions, handshakes and time on air into each
+  device's counters, the runtime adds the last reading (from the event it
+  committed, no store read); :meth:`LinkRuntime.device_stats` reads them.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -55,6 +59,7 @@ from lowband.gateway.devices.uplink import deliver_uplink
 from lowband.gateway.homeserver import delivery
 from lowband.gateway.homeserver.rooms import Sent
 from lowband.gateway.link import gateway_core as core
+from lowband.gateway.link.device_stats import AIRTIME_WINDOW_S, AirtimeWindow, DeviceCounters, snapshot, wire_len
 from lowband.gateway.link.refusals import RefusalLine, RefusalLog
 from lowband.gateway.matrix.errors import MatrixError
 
@@ -75,6 +80,12 @@ def reack_interval(bps: float) -> float:
     comes less than one interval after an answer that went out.
     """
     return max(core.REACK_INTERVAL, 10 * 14 * 10 / max(bps, 1))
+
+
+def serial_airtime(bps: float) -> Callable[[int], float]:
+    """Seconds a link frame of ``n`` bytes takes on a serial line of ``bps`` (10 bits a byte, COBS included)."""
+    rate = max(float(bps), 1.0)
+    return lambda n: wire_len(n) * 10 / rate
 
 
 def parse_link(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -173,6 +184,8 @@ class _Link:
     queue: asyncio.Queue[list[Any]] = field(default_factory=asyncio.Queue)
     worker: asyncio.Task[None] | None = None
     refusals: RefusalLog = field(default_factory=RefusalLog)
+    window_s: float = AIRTIME_WINDOW_S  # of the devices' airtime figures
+    budget_s: float | None = None  # a device's duty-cycle budget per window (None: unlimited or not configured)
 
 
 class LinkRuntime:
@@ -193,6 +206,7 @@ class LinkRuntime:
         #: Device name -> why the link will not speak as its account (someone else's); see devices/account.py.
         self.refused_accounts: dict[str, str] = {}
         self._own_users: set[str] = set()  # device accounts checked to be the link's own: the only ones it speaks as
+        self._counters: dict[str, DeviceCounters] = {}  # device name -> its figures, kept across key rotations
 
     # ------------------------------------------------------------- life
 
@@ -249,6 +263,32 @@ class LinkRuntime:
         """
         return {spec: link.refusals.totals for spec, link in self.links.items()}
 
+    def device_stats(self) -> dict[str, dict[str, Any]]:
+        """Figures per provisioned device since start, by device name; JSON-ready copies. Never raises.
+
+        Each value has exactly these keys: ``link``, ``address``,
+        ``frames_in``, ``frames_out``, ``bytes_in``, ``bytes_out`` (link frame
+        bytes), ``refused`` (kind -> count, frames attributable to the
+        device), ``retransmissions`` (``retransmissions_in`` + ``_out``),
+        ``handshakes``, ``session``, ``last_seen_ms`` (Unix ms of the last
+        authenticated frame not refused), ``rssi_dbm``, ``snr_db``,
+        ``battery``, ``last_reading``, ``airtime_s_window``,
+        ``airtime_window_s``, ``duty_cycle_budget_s``, ``duty_cycle_left``,
+        ``commands_pending``; unknowable ones are None (docs/metrics.md).
+        """
+        now, wall_now = time.monotonic(), time.time()
+        out: dict[str, dict[str, Any]] = {}
+        for name, record in list(self.devices.items()):
+            link = self.links.get(record.link)
+            counters = self._counters.get(name)
+            if link is None or counters is None:
+                continue
+            out[name] = snapshot(counters, link=record.link, address=record.address,
+                                 session=link.core.has_session(record.address),
+                                 commands_pending=link.core.pending_commands(record.address),
+                                 now=now, wall_now=wall_now, budget_s=link.budget_s)  # fmt: skip
+        return out
+
     async def reconcile(self) -> None:
         """Bring links, users, memberships and notices in line with the registry."""
         version = self.registry.version()
@@ -266,10 +306,13 @@ class LinkRuntime:
             if known is None or known.key_ts != record.key_ts:
                 if known is not None and known.link in self.links:
                     self.links[known.link].core.remove_device(known.address)
+                counters = self._counters.get(record.name)
+                if counters is None or (known is not None and known.link != record.link):  # figures of one link
+                    counters = self._counters[record.name] = DeviceCounters(airtime=AirtimeWindow(link.window_s))
                 link.core.add_device(
                     core.DeviceEntry(record.address, record.name, record.static_public),
-                    self.registry.session_state(record.name, record.key_ts),
-                )
+                    self.registry.session_state(record.name, record.key_ts), counters,
+                )  # fmt: skip
                 self.contexts[record.name] = parse_context(record.context)
                 self.devices[record.name] = record
             await self._join_rooms(record)
@@ -293,13 +336,21 @@ class LinkRuntime:
         mtu = int(query.get("mtu", "253"))
         holder: dict[str, _Link] = {}
         transport: Any = SerialTransport(path, bps, lambda data: self._on_bytes(holder["link"], data))
+        airtime, window_s, budget_s = serial_airtime(bps), AIRTIME_WINDOW_S, _serial_budget(spec, query)
         if kind == "lora":  # a transparent UART modem: same frames, within the duty cycle
-            from lowband.gateway.link.lora_modem import LoRaModemTransport, scheduler_for
+            from lowband.gateway.link.lora_modem import (
+                LoRaModemTransport,
+                device_budget_s,
+                frame_airtime,
+                scheduler_for,
+            )
 
             scheduler = scheduler_for(query)
             transport = LoRaModemTransport(transport, scheduler)
             mtu = min(mtu, scheduler.mtu)
-        link = _Link(spec, core.GatewayLink(self.key, mtu=mtu, reack_interval=reack_interval(bps)), transport)
+            airtime, window_s, budget_s = frame_airtime(scheduler), scheduler.budget_window_s, device_budget_s(scheduler)
+        gateway = core.GatewayLink(self.key, mtu=mtu, reack_interval=reack_interval(bps), airtime_s=airtime)
+        link = _Link(spec, gateway, transport, window_s=window_s, budget_s=budget_s)
         holder["link"] = link
         self.links[spec] = link
         link.worker = asyncio.create_task(self._work(link))
@@ -309,6 +360,7 @@ class LinkRuntime:
 
     async def _retire(self, record: DeviceRecord) -> None:
         known = self.devices.pop(record.name, None)
+        self._counters.pop(record.name, None)
         if known is not None and known.link in self.links:
             self.links[known.link].core.remove_device(known.address)
             log.info("device %s revoked: its frames are refused", record.name)
@@ -457,6 +509,7 @@ class LinkRuntime:
             result = await deliver_uplink(
                 self.services.rooms, user_id=record.user_id, rooms_allowed=record.rooms, ctx=self.contexts[record.name],
                 edge="link", message_id=action.message_id, payload=action.payload,
+                committed=self._reading_noter(record.name),
             )  # fmt: skip
         name = record.name if record is not None else f"at address {action.address}"
         now = time.monotonic()
@@ -477,6 +530,17 @@ class LinkRuntime:
             log.info("device %s: %s done, but its session changed meanwhile: no acknowledgement", name, action.message_id)
         if answer:
             link.queue.put_nowait(answer)
+
+    def _reading_noter(self, name: str) -> Callable[[dict[str, Any]], None]:
+        """What keeps a committed event's values as the device's last reading (a text message changes nothing)."""
+
+        def note(event: dict[str, Any]) -> None:
+            counters = self._counters.get(name)
+            ts = event.get("origin_server_ts")
+            if counters is not None:
+                counters.note_reading(event["content"], ts if isinstance(ts, int) else int(time.time() * 1000))
+
+        return note
 
     # ------------------------------------------------------------- commands
 
@@ -514,6 +578,21 @@ class LinkRuntime:
             link.queue.put_nowait(drops)
         self._count("commands_queued")
         log.info("command for %s queued by %s (%d waiting)", name, event.sender, link.core.pending_commands(record.address))
+
+
+def _serial_budget(spec: str, query: dict[str, str]) -> float | None:
+    """A serial device's duty-cycle budget per window, from ``?duty=0.01`` in its link spec (None: no limit)."""
+    text = query.get("duty")
+    if text is None:
+        return None
+    try:
+        duty = float(text)
+    except ValueError:
+        duty = -1.0
+    if not 0 < duty <= 1:
+        log.warning("link %s: duty=%s is not a fraction in (0, 1]; no duty-cycle budget", spec, text)
+        return None
+    return None if duty == 1 else duty * AIRTIME_WINDOW_S
 
 
 async def start_links(services: Any) -> Any:

@@ -8,7 +8,7 @@ Rules:
 * the request path pays for two metric updates (a counter and a histogram
   observation) in :meth:`GatewayMetrics.middleware`, nothing else; every other
   figure is read at scrape time, by :class:`_StateCollector`, from counters the
-  components already keep (``LinkRuntime.refusal_counts``, the MQTT bridge's
+  components already keep (``LinkRuntime.refusal_counts`` and ``device_stats``, the MQTT bridge's
   ``stats``, the store's queue rows …), so nothing is counted twice;
 * labels have bounded values: a request is labelled by its route *template*
   (``/_matrix/client/v3/rooms/{room_id}/send/...``), ``unmatched`` when no
@@ -166,7 +166,7 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Every family below; a part that fails is logged and left out, so one broken part spoils no scrape."""
-        for part in (self._homeserver, self._links, self._mqtt, self._federation, self._appservices):
+        for part in (self._homeserver, self._links, self._devices, self._mqtt, self._federation, self._appservices):
             try:
                 yield from part()
             except Exception:
@@ -202,6 +202,65 @@ class _StateCollector(Collector):
             outcomes.add_metric([outcome], count)
         yield outcomes
         yield GaugeMetricFamily("lowband_link_devices", "Devices provisioned on the links", value=len(runtime.devices))
+
+    def _devices(self) -> Iterator[Metric]:
+        # Duck-typed like _links; LinkRuntime.device_stats() gives the figures the link core counted (one dict per
+        # device, docs/metrics.md), so a scrape costs a copy of them and nothing between scrapes.
+        runtime = self.services.components.get("links")
+        if runtime is None or not hasattr(runtime, "device_stats"):
+            return
+        labels = ["device"]
+
+        def counter(name: str, text: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
+            return CounterMetricFamily(f"lowband_device_{name}", text, labels=labels + list(extra))
+
+        def gauge(name: str, text: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"lowband_device_{name}", text, labels=labels)
+
+        counters = {
+            "frames_in": counter("frames_received", "Link frames received with the device's address, refused or not"),
+            "frames_out": counter("frames_sent", "Link frames the gateway sent to the device"),
+            "bytes_in": counter("received_bytes", "Link frame bytes received from the device (before serial framing)"),
+            "bytes_out": counter("sent_bytes", "Link frame bytes sent to the device (before serial framing)"),
+            "handshakes": counter("handshakes", "Handshakes the device started and the gateway answered"),
+        }  # fmt: skip
+        refused = counter("refused_frames", "Frames from the device's address refused, by kind", ("kind",))
+        retransmissions = counter("retransmissions", "Frames repeated: the device's retries (in), the gateway's "
+                                  "repeated answers and commands (out)", ("direction",))  # fmt: skip
+        gauges = {
+            "session": gauge("session", "1 while the device has a confirmed link session"),
+            "last_seen_ms": gauge("last_seen_timestamp_seconds",
+                                  "Unix time of the device's last authenticated frame (absent: not since start)"),
+            "rssi_dbm": gauge("rssi_dbm", "Signal strength of the device's last frame (only radios that report it)"),
+            "snr_db": gauge("snr_db", "Signal to noise ratio of the device's last frame (only radios that report it)"),
+            "airtime_s_window": gauge("airtime_seconds", "Seconds the device was on the air in the last hour (the "
+                                      "duty-cycle window)"),
+            "duty_cycle_budget_s": gauge("duty_cycle_budget_seconds",
+                                         "Seconds on air the device may use per window (absent: no limit)"),
+            "duty_cycle_left": gauge("duty_cycle_left_ratio", "Share of the device's duty-cycle budget left, 0 to 1"),
+            "commands_pending": gauge("commands_pending", "Commands waiting for the device's next uplink"),
+        }  # fmt: skip
+        volts = gauge("battery_volts", "Battery voltage in the device's latest reading")
+        charge = gauge("battery_ratio", "Battery charge in the device's latest reading, 0 to 1 (from %)")
+        for name, figures in runtime.device_stats().items():
+            key = [name]
+            for field, family in counters.items():
+                family.add_metric(key, figures[field])
+            for kind, count in figures["refused"].items():
+                refused.add_metric([name, kind], count)
+            retransmissions.add_metric([name, "in"], figures["retransmissions_in"])
+            retransmissions.add_metric([name, "out"], figures["retransmissions_out"])
+            for field, gauge_family in gauges.items():
+                value = figures[field]
+                if value is None:
+                    continue
+                gauge_family.add_metric(key, value / 1000 if field == "last_seen_ms" else float(value))
+            battery = figures["battery"]
+            if battery is not None:
+                (volts if battery["unit"] == "V" else charge).add_metric(
+                    key, battery["value"] if battery["unit"] == "V" else battery["value"] / 100)
+        yield from counters.values()
+        yield from (refused, retransmissions, *gauges.values(), volts, charge)
 
     def _mqtt(self) -> Iterator[Metric]:
         # Duck-typed too: importing the bridge module would import paho-mqtt into gateways without [mqtt].
