@@ -22,6 +22,7 @@ from aiohttp import web
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.api.http.app import make_app
 from lowband.gateway.api.http.metrics import make_metrics_app, metrics_of
+from lowband.gateway.api.http.status import start_snapshots
 from lowband.gateway.appservices.registration import APPSERVICES, AppServices, load_appservices
 from lowband.gateway.bridges.mqtt import config as mqtt_config
 from lowband.gateway.config import Config, ConfigError
@@ -248,6 +249,8 @@ async def run_gateway(
             stopper = await component(services)
             if stopper is not None:
                 stoppers.append(stopper)
+        # DATA_DIR/status.json every 5 s, and once more when stopping (first of the stoppers): `lowband status`
+        stoppers.append(await start_snapshots(services))
     except BaseException:
         for stopper in reversed(stoppers):
             await stopper()

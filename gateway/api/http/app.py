@@ -24,6 +24,7 @@ from lowband.gateway.api.http import (
     federation_rooms,
     media,
     metrics,
+    status,
 )
 from lowband.gateway.api.http.base import SERVICES, read_limit
 from lowband.gateway.homeserver.services import Services
@@ -112,6 +113,7 @@ def make_app(services: Services) -> web.Application:
                                        federation_base.bounded_bodies], client_max_size=limit)  # fmt: skip
     app[SERVICES] = services
     metrics.install(app, services, gateway_metrics)
+    status.add_status_routes(app)  # GET /_lowband/admin/v1/status (admin only), docs/status.md
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
     for module in (client_appservice, client_auth, client_keys, client_rooms, client_sync, client_misc,
