@@ -208,6 +208,11 @@ def _federation(section: dict[str, Any]) -> FederationConfig:
     return FederationConfig(**values)
 
 
+def metrics_config(listen: str) -> MetricsConfig:
+    """``[metrics] listen = LISTEN`` as a :class:`MetricsConfig`; ConfigError unless a loopback HOST:PORT."""
+    return _metrics({"listen": listen})
+
+
 def _metrics(section: dict[str, Any]) -> MetricsConfig:
     if "listen" not in section:
         return MetricsConfig()

@@ -8,9 +8,12 @@ It runs, all on this machine and on embedded defaults:
   compiled with mpy-cross, ``-X heapsize=64k``) as board ``board1``, sending
   a reading every ``--interval`` seconds into ``#sensors:localhost``.
 
-A user ``demo`` (password ``demo``) owns the room. In any Matrix client,
-log in to the printed URL, join ``#sensors:localhost``, watch the readings,
-and type ``!board1 report`` to command the board. Ctrl-C stops everything.
+A user ``demo`` (password ``demo``, a server admin) owns the room. In any
+Matrix client, log in to the printed URL, join ``#sensors:localhost``, watch
+the readings, and type ``!board1 report`` to command the board. The status
+page (``/_lowband/status/``, log in as demo) shows the board's health and
+plots its readings live; Prometheus metrics are served without a token on
+``--metrics`` (loopback only). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ def register(subparsers: Any) -> None:
     )
     demo.add_argument("--data-dir", default="run/data", metavar="DIR", help="gateway data dir (default run/data)")
     demo.add_argument("--http", default="127.0.0.1:8008", metavar="HOST:PORT", help="client API address")
+    demo.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="token-less Prometheus metrics listener, loopback only (default: the HTTP port + 1)",
+    )
     demo.add_argument("--bps", type=int, default=100, help="emulated line rate in bit/s (default 100)")
     demo.add_argument("--interval", type=int, default=30, help="seconds between readings (default 30)")
     demo.add_argument("--device", choices=("micropython", "python"), default="micropython",
@@ -55,13 +63,14 @@ def register(subparsers: Any) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``demo``."""
-    from lowband.gateway.config import ConfigError, load_config, parse_listen
+    from lowband.gateway.config import ConfigError, load_config, metrics_config, parse_listen
 
     setup_logging(logging.INFO)
     try:
         host, port = parse_listen(args.http)
+        metrics = metrics_config(args.metrics or f"127.0.0.1:{port + 1}")
         config = load_config(None, data_dir=args.data_dir, server_name="localhost", http_host=host, http_port=port,
-                             registration_enabled=True)  # fmt: skip
+                             registration_enabled=True, metrics=metrics)  # fmt: skip
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     logging.getLogger("lowband").debug("allocator: %s", limit_retention())  # before the first thread starts
@@ -80,9 +89,9 @@ async def _ensure_room(services: Any) -> str:
 
     owner = "@demo:localhost"
     try:
-        await services.store.create_user(owner, hash_password("demo"), False, int(time.time() * 1000))
-    except UserExists:
-        pass
+        await services.store.create_user(owner, hash_password("demo"), True, int(time.time() * 1000))
+    except UserExists:  # a data dir from an earlier demo: demo becomes an admin there too (the status page needs one)
+        await services.store.set_admin(owner, True)
     alias = f"#{ROOM_ALIAS}:localhost"
     found = services.store.get_alias(alias)
     if found is not None:
@@ -142,9 +151,12 @@ async def _demo(config: Any, args: argparse.Namespace) -> None:
         config_path = await asyncio.to_thread(_provision, data_dir, port_link, args.bps)
         device_proc, peer = await _start_device(args, config_path, line.path_b, rto_for_bps(args.bps))
         url = f"http://{config.http_host}:{config.http_port}"
+        metrics_host, metrics_port = config.metrics.listen
         print(
             f"\nLowband demo running.\n"
             f"  Matrix client: {url}  (user demo, password demo; or register your own)\n"
+            f"  Status page: {url}/_lowband/status/  (log in as demo, password demo: a server admin)\n"
+            f"  Metrics: http://{metrics_host}:{metrics_port}/metrics  (Prometheus, no token, this machine only)\n"
             f"  Room: #{ROOM_ALIAS}:localhost{f'  ({room_id})' if room_id else ''} — board {DEVICE} posts a reading "
             f"every {args.interval} s over a {args.bps} bps emulated serial line ({args.device} firmware).\n"
             f"  Command the board: type  !{DEVICE} report  in the room (it answers at its next uplink).\n"

@@ -260,6 +260,10 @@ class AccountStore(Protocol):
         """Replace the user's password hash; committed on return."""
         ...
 
+    async def set_admin(self, user_id: str, admin: bool) -> None:
+        """Give or take the server admin flag (``users.admin``); committed on return; no-op for no such user."""
+        ...
+
     async def add_token(self, token: str, user_id: str, device_id: str, display_name: str | None, ts: int) -> None:
         """Store an access token and create or update its device; committed on return.
 

@@ -25,6 +25,7 @@ from lowband.gateway.api.http import (
     media,
     metrics,
     status,
+    status_page,
 )
 from lowband.gateway.api.http.base import SERVICES, read_limit
 from lowband.gateway.homeserver.services import Services
@@ -114,6 +115,7 @@ def make_app(services: Services) -> web.Application:
     app[SERVICES] = services
     metrics.install(app, services, gateway_metrics)
     status.add_status_routes(app)  # GET /_lowband/admin/v1/status (admin only), docs/status.md
+    status_page.install(app, services)  # the status web page, device readings, live events (docs/status.md)
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
     for module in (client_appservice, client_auth, client_keys, client_rooms, client_sync, client_misc,

@@ -126,6 +126,10 @@ class SQLiteStore:
         await self.db.write(lambda c: c.execute("UPDATE users SET password_hash = ? WHERE user_id = ?",
                                                 (password_hash, user_id)))  # fmt: skip
 
+    async def set_admin(self, user_id: str, admin: bool) -> None:
+        """Give or take the server admin flag (``users.admin``); no-op for no such user."""
+        await self.db.write(lambda c: c.execute("UPDATE users SET admin = ? WHERE user_id = ?", (int(admin), user_id)))
+
     def get_user(self, user_id: str) -> UserRow | None:
         """The user's row (``owner`` included: None for a person's account), or None."""
         keys = ("user_id", "password_hash", "admin", "displayname", "avatar_url", "deactivated", "owner", "created_ts")
