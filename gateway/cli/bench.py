@@ -6,15 +6,23 @@ in :data:`BENCHMARKS` explicitly, each with the options it takes, by module
 path: a benchmark's module (with what it pulls in: paho, noise, aiohttp's
 client, the simulators) is imported only when that benchmark runs, so
 building the parser for ``lowband serve`` costs nothing.
+
+``--plot FILE.png`` also draws the result beside its anchor
+(``bench/plot.py``, matplotlib from the ``plot`` extra); the file and
+matplotlib are checked before the benchmark starts. On a terminal, and
+without ``--json``, the phases a benchmark reports on stderr show as
+spinners (``cli/progress.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 Runner = Callable[..., tuple[dict[str, Any], str]]
@@ -81,6 +89,9 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--synapse-catch-up", type=int,
                        help="federation: the same big catch-up on Synapse (default 0: skipped, it takes many minutes)")
     bench.add_argument("--rounds", type=int, help="firmware: timing repetitions")
+    bench.add_argument("--plot", metavar="FILE.png",
+                       help="also draw what was measured beside its anchor (with the ratios) as a PNG; needs "
+                            "matplotlib: pip install 'lowband[plot]'. Checked before the benchmark runs")  # fmt: skip
     bench.set_defaults(handler=run)
 
 
@@ -94,11 +105,18 @@ def run(args: argparse.Namespace) -> int:
     if unsupported:
         sys.stderr.write(f"lowband: error: bench {args.name} takes no --{unsupported[0].replace('_', '-')}\n")
         return 2
+    plot_path = Path(args.plot) if args.plot else None
+    if plot_path is not None and not _plot_ready(args.name, plot_path):
+        return 2
     from lowband.gateway.bench.homeserver import BenchError  # every benchmark's one-line failure
+    from lowband.gateway.cli import progress
 
     function = runner(args.name)
     try:
-        result, table = function(**options)
+        # The benchmarks report their phases as lines on stderr; on a terminal each becomes a spinner.
+        phases = progress.phases(enabled=progress.interactive(machine_output=args.json))
+        with phases as phase_lines, contextlib.redirect_stderr(phase_lines):
+            result, table = function(**options)
     except BenchError as exc:
         sys.stderr.write(f"lowband: bench {args.name} failed: {exc}\n")
         return 1
@@ -106,4 +124,36 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(table)
+    sys.stdout.flush()
+    if plot_path is not None:
+        from lowband.gateway.bench import plot
+
+        try:
+            plot.write_plot(args.name, result, plot_path)
+        except OSError as exc:
+            sys.stderr.write(f"lowband: bench {args.name}: could not write the plot {plot_path}: {exc}\n")
+            return 1
+        sys.stderr.write(f"lowband: bench {args.name}: plot written to {plot_path}\n")
     return 0
+
+
+def _plot_ready(name: str, path: Path) -> bool:
+    """Whether ``--plot PATH`` can be honoured; says why not on stderr (before a long run, not after it)."""
+    from lowband.gateway.bench import plot
+
+    reason = None
+    if name not in plot.DESCRIPTIONS:
+        reason = f"bench {name} has no plot"
+    else:
+        try:
+            plot.require_matplotlib()
+            plot.check_writable(path)
+        except plot.PlotUnavailable as exc:
+            reason = str(exc)
+        except OSError as exc:
+            reason = f"--plot {path}: cannot write there ({exc.strerror or exc})"
+        if reason is None and path.suffix.lower() != ".png":
+            reason = f"--plot writes a PNG: give a file name ending in .png, not {path.name!r}"
+    if reason is not None:
+        sys.stderr.write(f"lowband: error: {reason}\n")
+    return reason is None

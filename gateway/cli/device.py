@@ -1,4 +1,4 @@
-"""``lowband device add|list|show|revoke``: provision devices for the link."""
+"""``lowband device add|list|show|revoke|flash``: provision devices for the link, flash them onto boards."""
 
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ def register(subparsers: Any) -> None:
         help="copy the firmware and a device's config to a board with mpremote",
         description=(
             "Copy the MicroPython firmware packages (firmware/lbwire, lbcrypto, lbnode), the board entry "
-            "(firmware/main.py) and the device's config file to a board over USB with mpremote, showing "
-            "progress. --dry-run lists what would be written and writes nothing."
+            "(firmware/main.py) and the device's config file to a board over USB with mpremote: on a terminal "
+            "a bar of the bytes copied (and of the mpy-cross step with --mpy) on stderr, otherwise a line per "
+            "file on stdout. --dry-run lists what would be written and writes nothing."
         ),
     )
     flash.add_argument("name", help="the provisioned device")
@@ -257,12 +258,17 @@ def flash_plan(config_path: Path, board: str | None, mpy_dir: Path | None) -> li
 
 
 def _compile_mpy(target: Path) -> Path:
+    """Compile the firmware packages into ``target`` with mpy-cross, one package at a time behind a bar."""
+    from lowband.gateway.cli.progress import meter
     from lowband.sim.firmware import PACKAGES, FirmwareError, build_mpy
 
-    try:
-        build_mpy(target, PACKAGES)
-    except FirmwareError as exc:
-        raise UsageError(str(exc)) from None
+    with meter("compiling with mpy-cross", len(PACKAGES)) as bar:
+        for package in PACKAGES:
+            try:
+                build_mpy(target, (package,))
+            except FirmwareError as exc:
+                raise UsageError(str(exc)) from None
+            bar.advance(1, package)
     return target
 
 
@@ -272,6 +278,8 @@ def run_flash(args: argparse.Namespace) -> int:
     import subprocess
     import sys
     import tempfile
+
+    from lowband.gateway.cli.progress import meter
 
     config_path = Path(args.config) if args.config else Path(args.data_dir) / "devices" / f"{args.name}.json"
     if not config_path.exists():
@@ -294,15 +302,17 @@ def run_flash(args: argparse.Namespace) -> int:
         tool = shutil.which("mpremote") or str(Path(sys.executable).parent / "mpremote")
         folders = sorted({str(Path(t).parent) for _, t in plan if "/" in t})
         mkdirs = "import os\nfor d in %r:\n try: os.mkdir(d)\n except OSError: pass" % (["/lib"] + ["/" + f for f in folders],)
-        steps = [["exec", mkdirs]] + [["fs", "cp", str(source), f":{target}"] for source, target in plan]
-        written = 0
-        for i, step in enumerate(steps):
+
+        def mpremote(*step: str) -> None:
             done = subprocess.run([tool, "connect", args.port, *step], capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 raise UsageError(f"mpremote failed ({' '.join(step[:3])}): {done.stderr.strip()[:300]}")
-            if i:
-                source, target = plan[i - 1]
-                written += source.stat().st_size
-                print(f"[{i}/{len(plan)}] :{target}  {written * 100 // max(total, 1)}%", flush=True)
+
+        mpremote("exec", mkdirs)
+        # A bar of bytes on a terminal; elsewhere one line per file on stdout, as a log wants it.
+        with meter(f"flashing {args.name}", total, unit="bytes", steps=len(plan), plain=sys.stdout) as bar:
+            for source, target in plan:
+                mpremote("fs", "cp", str(source), f":{target}")
+                bar.advance(source.stat().st_size, f":{target}")
     print(f"flashed {args.name}: {len(plan)} files, {total} bytes; reset the board to start it")
     return 0
