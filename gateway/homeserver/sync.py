@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.relation_bundles import summaries
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.to_device import e2ee_sync
 from lowband.gateway.homeserver.typing import TypingTracker
@@ -41,6 +42,8 @@ _STRIPPED_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.
 
 #: Below every stream position: backfilled history is stored at negative positions.
 _HISTORY_FLOOR = -(1 << 62)
+#: the same, for the other readers of the event stream (relations, context)
+HISTORY_FLOOR = _HISTORY_FLOOR
 
 
 @dataclass(frozen=True)
@@ -159,15 +162,19 @@ class SyncHandler:
         return visibility == "shared" and joined_now
 
     def client_event(
-        self, row: EventRow, *, with_room_id: bool = True, device: tuple[str, str] | None = None
+        self, row: EventRow, *, with_room_id: bool = True, device: tuple[str, str] | None = None,
+        relations: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The client-format event of a stored row, redacted if it was redacted.
 
         ``device`` = (user_id, device_id) of the reader: the device that sent
         the event gets its ``transaction_id`` back in ``unsigned``.
+        ``relations``: the event's ``m.relations`` (see :meth:`serve`).
         """
         event: Event = row["event"]
         unsigned: dict[str, Any] = {"age": max(0, self.rooms.now_ms() - event.origin_server_ts)}
+        if relations:
+            unsigned["m.relations"] = relations
         txn = row.get("txn")
         if txn is not None and device is not None and txn[:2] == device:
             client_txn = client_transaction_id(txn[2])
@@ -183,6 +190,39 @@ class SyncHandler:
         if not with_room_id:
             result.pop("room_id", None)
         return result
+
+    def serve(
+        self, user_id: str, rows: list[EventRow], upto: int, *, with_room_id: bool = True,
+        device: tuple[str, str] | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The client format of ``rows`` as ``user_id`` reads them, each with its ``m.relations`` (threads,
+        references, edits at positions up to ``upto``), in two queries whatever the number of rows."""
+        return self._serve_groups(user_id, [rows], upto, with_room_id=with_room_id, device=device)[0]
+
+    def _serve_groups(
+        self, user_id: str, groups: list[list[EventRow]], upto: int, *, with_room_id: bool,
+        device: tuple[str, str] | None,
+    ) -> list[list[dict[str, Any]]]:  # fmt: skip
+        """:meth:`serve` for several lists at once (the timelines of every room of a /sync): one bundle query."""
+        rows = [row for group in groups for row in group]
+        bundled = summaries(self.store, rows, user_id, upto,
+                            lambda r: self.client_event(r, with_room_id=with_room_id, device=device))  # fmt: skip
+        return [[self.client_event(r, with_room_id=with_room_id, device=device,
+                                   relations=bundled.get(r["event"].event_id)) for r in group]
+                for group in groups]  # fmt: skip
+
+    def reader_ceiling(self, user_id: str, room_id: str) -> tuple[int, bool]:
+        """(the highest position ``user_id`` may read in the room, whether they are joined now); 403 when they
+        were never in it (joined, left or banned) and it is not ``world_readable``, or it is unknown here."""
+        membership_row = [r for r in self.store.rooms_for_user(user_id) if r[0] == room_id]
+        membership, mstream = (membership_row[0][1], membership_row[0][2]) if membership_row else (None, 0)
+        if self.rooms.head(room_id) is None:
+            raise forbidden("you are not a member of this room")
+        world = (self.rooms.state_content(self.rooms.current_state(room_id), "m.room.history_visibility") or {}).get(
+            "history_visibility") == "world_readable"  # fmt: skip
+        if membership not in ("join", "leave", "ban") and not world:
+            raise forbidden("you are not a member of this room")
+        return (self.store.persisted if membership == "join" or world else mstream), membership == "join"
 
     # ---------------------------------------------------------------- sync
 
@@ -240,6 +280,11 @@ class SyncHandler:
                 knock[room_id] = {"knock_state": {"events": self._stripped_state(room_id, user_id, "knock")}}
             elif membership in ("leave", "ban") and (fresh if since is not None else include_leave):
                 leave[room_id] = self._left_room(user_id, room_id, since_stream, mstream, timeline_filter, member_event)
+        # The joined rooms' timelines hold stored rows so far: one m.relations query serves them all.
+        timelines = [room["timeline"] for room in join.values()]
+        served = self._serve_groups(user_id, [t["events"] for t in timelines], upto, with_room_id=False, device=device)
+        for timeline, events in zip(timelines, served, strict=True):
+            timeline["events"] = events
         account_data = [
             {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, since_stream, upto) if r == ""
         ]
@@ -283,7 +328,7 @@ class SyncHandler:
         prev_batch = f"s{resume}"
         return {
             "timeline": {
-                "events": [self.client_event(r, with_room_id=False, device=device) for r in rows],
+                "events": rows,  # served by _sync_once, with every other room's
                 "limited": limited,
                 "prev_batch": prev_batch,
             },
@@ -306,7 +351,7 @@ class SyncHandler:
             rows, limited, resume = self._visible_events(user_id, room_id, after, leave_stream, timeline_filter,
                                                          joined_now=False)  # fmt: skip
         return {
-            "timeline": {"events": [self.client_event(r, with_room_id=False) for r in rows], "limited": limited,
+            "timeline": {"events": self.serve(user_id, rows, leave_stream, with_room_id=False), "limited": limited,
                          "prev_batch": f"s{resume}"},
             "state": {"events": []},
             "account_data": {"events": []},
@@ -400,19 +445,10 @@ class SyncHandler:
         """The /messages response: a page of visible events in one direction."""
         if direction not in ("b", "f"):
             raise invalid_param("dir must be 'b' or 'f'")
-        membership_row = [r for r in self.store.rooms_for_user(user_id) if r[0] == room_id]
-        membership, mstream = (membership_row[0][1], membership_row[0][2]) if membership_row else (None, 0)
-        if self.rooms.head(room_id) is None:
-            raise forbidden("you are not a member of this room")
-        world = (self.rooms.state_content(self.rooms.current_state(room_id), "m.room.history_visibility") or {}).get(
-            "history_visibility") == "world_readable"  # fmt: skip
-        if membership not in ("join", "leave", "ban") and not world:
-            raise forbidden("you are not a member of this room")
-        ceiling = self.store.persisted if membership == "join" or world else mstream
+        ceiling, joined_now = self.reader_ceiling(user_id, room_id)
         event_filter = EventFilter(filter_doc, limit)
         start = SyncToken.parse(from_token, history=True).stream if from_token else (ceiling if direction == "b" else 0)
         bound = SyncToken.parse(to_token, history=True).stream if to_token else None
-        joined_now = membership == "join"
         chunk: list[EventRow] = []
         exhausted = False
         position = min(start, ceiling)
@@ -436,7 +472,7 @@ class SyncHandler:
             chunk += [r for r in batch if event_filter.allows(r["event"]) and self.visible(user_id, r, joined_now)]
         response: dict[str, Any] = {
             "start": from_token or f"s{min(start, ceiling)}",
-            "chunk": [self.client_event(r, device=(user_id, device_id)) for r in chunk],
+            "chunk": self.serve(user_id, chunk, ceiling, device=(user_id, device_id)),
             "state": [],
         }
         if not exhausted:
@@ -444,14 +480,25 @@ class SyncHandler:
         return response
 
     def get_event(self, user_id: str, room_id: str, event_id: str, device_id: str = "") -> dict[str, Any]:
-        """One event the user may see; M_NOT_FOUND otherwise (no hint whether it exists)."""
+        """One event the user may see, with its ``m.relations``; M_NOT_FOUND otherwise (no hint whether it exists)."""
+        row = self.visible_row(user_id, room_id, event_id)
+        membership = self.store.membership(room_id, user_id)
+        upto = self.store.persisted
+        if membership in ("leave", "ban"):  # relations up to the moment they left, as /messages shows them
+            found = [r for r in self.store.rooms_for_user(user_id) if r[0] == room_id]
+            upto = found[0][2] if found else upto
+        return self.serve(user_id, [row], upto, device=(user_id, device_id))[0]
+
+    def visible_row(self, user_id: str, room_id: str, event_id: str) -> EventRow:
+        """The stored row of an event of ``room_id`` the user may see; M_NOT_FOUND otherwise (no hint whether it
+        exists, is in another room or is hidden)."""
         row = self.store.get_event(event_id)
         if row is None or row["event"].room_id != room_id or row["rejected"]:
             raise MatrixError(404, "M_NOT_FOUND", "event not found")
         joined_now = self.store.membership(room_id, user_id) == "join"
         if not self.visible(user_id, row, joined_now):
             raise MatrixError(404, "M_NOT_FOUND", "event not found")
-        return self.client_event(row, device=(user_id, device_id))
+        return row
 
 
 async def typing_expiry_loop(typing: TypingTracker, notifier: Notifier) -> None:

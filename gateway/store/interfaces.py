@@ -402,6 +402,10 @@ class RoomStore(Protocol):
         """A committed event, accepted or rejected, or None."""
         ...
 
+    def get_events(self, event_ids: list[str]) -> dict[str, EventRow]:
+        """The committed ones of these events, by event ID (one query per 500 IDs)."""
+        ...
+
     def room_events(self, room_id: str, *, after: int, upto: int, limit: int, backwards: bool) -> list[EventRow]:
         """At most ``limit`` accepted events with ``after`` < stream ≤ ``upto``, oldest or newest first."""
         ...
@@ -872,6 +876,21 @@ class AppServiceStore(Protocol):
     def to_device_at(self, positions: list[int]) -> list[dict[str, Any]]: ...
 
 
+class RelationStore(Protocol):
+    """The index of ``m.relates_to`` (relations, threads). Contracts are those of
+    :class:`~lowband.gateway.store.sqlite.relations.RelationTables`; kept up to date by every event write."""
+
+    def relation_of(self, event_id: str) -> tuple[str, str] | None: ...
+
+    def children(self, room_id: str, parent_id: str, *, rel_type: str | None, event_type: str | None, after: int,
+                 upto: int, backwards: bool, limit: int, depth: int = 1) -> list[str]: ...  # fmt: skip
+
+    def bundles(self, parent_ids: list[str], user_id: str, upto: int) -> dict[str, dict[str, Any]]: ...
+
+    def threads(self, room_id: str, *, below: int | None, limit: int,
+                participant: str | None) -> list[tuple[str, int]]: ...  # fmt: skip
+
+
 class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     """Everything one gateway keeps: what :class:`~lowband.gateway.homeserver.services.Services` holds.
 
@@ -912,6 +931,11 @@ class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     @property
     def directory_networks(self) -> DirectoryNetworkStore:
         """The room directory per bridge network."""
+        ...
+
+    @property
+    def relations(self) -> RelationStore:
+        """The index of event relations (threads, edits, references, annotations)."""
         ...
 
     def close(self) -> None:

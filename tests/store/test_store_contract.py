@@ -86,6 +86,7 @@ def _members(protocol: type) -> dict[str, Any]:
         (interfaces.LinkDeviceStore, "link_devices"),
         (interfaces.MqttBridgeStore, "mqtt"),
         (interfaces.FederationStore, "federation"),
+        (interfaces.RelationStore, "relations"),
     ],
 )
 def test_each_sqlite_class_has_every_member_of_its_protocol_with_the_same_signature(

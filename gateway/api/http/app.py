@@ -13,6 +13,7 @@ from lowband.gateway.api.http import (
     client_auth,
     client_keys,
     client_misc,
+    client_relations,
     client_room_keys,
     client_rooms,
     client_sync,
@@ -119,7 +120,7 @@ def make_app(services: Services) -> web.Application:
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
     for module in (client_appservice, client_auth, client_keys, client_rooms, client_sync, client_misc,
-                   client_room_keys, client_thirdparty, client_timestamp, media, federation_keys, federation_query,
-                   federation_rooms):  # fmt: skip
+                   client_relations, client_room_keys, client_thirdparty, client_timestamp, media, federation_keys,
+                   federation_query, federation_rooms):  # fmt: skip
         app.router.add_routes(module.routes())
     return app

@@ -41,6 +41,7 @@ from lowband.gateway.store.sqlite.directory_networks import DirectoryNetworkTabl
 from lowband.gateway.store.sqlite.e2ee import E2EETables
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
+from lowband.gateway.store.sqlite.relations import RelationTables
 from lowband.gateway.store.sqlite.room_keys import RoomKeyTables
 from lowband.gateway.store.sqlite.schema import SCHEMA, token_key, upgrade
 from lowband.gateway.store.sqlite.state_groups import StateGroups
@@ -80,6 +81,7 @@ class SQLiteStore:
         self.room_keys = RoomKeyTables(self.db)  # key backups, its own tables (store/sqlite/room_keys.py)
         self.appservices = AppServiceTables(self.db)  # the bridges' push queue (store/sqlite/appservices.py)
         self.directory_networks = DirectoryNetworkTables(self.db)  # bridges' networks (directory_networks.py)
+        self.relations = RelationTables(self.db)  # m.relates_to index, kept by triggers (relations.py)
 
     def close(self) -> None:
         """Flush queued writes and close."""
@@ -433,6 +435,17 @@ class SQLiteStore:
             (event_id,),
         )
         return _event_row(row) if row else None
+
+    def get_events(self, event_ids: list[str]) -> dict[str, EventRow]:
+        """The rows of those events that are stored, by event ID, in one query per 500 IDs."""
+        found: dict[str, EventRow] = {}
+        for start in range(0, len(event_ids), 500):
+            part = event_ids[start:start + 500]
+            rows = self.db.query(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({','.join('?' * len(part))})",
+                                 tuple(part))  # fmt: skip
+            for r in rows:
+                found[str(r[0])] = _event_row(r)
+        return found
 
     def room_events(
         self, room_id: str, *, after: int, upto: int, limit: int, backwards: bool

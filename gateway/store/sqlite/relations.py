@@ -1,0 +1,271 @@
+"""Event relations (``m.relates_to``) in the SQLite file: the index behind /relations, /threads and ``m.relations``.
+
+* ``event_relations``: one row per timeline event that relates to another
+  (``content["m.relates_to"]`` with a string ``rel_type`` and ``event_id``):
+  the parent, the relation type, the child's type, sender, stream position and
+  timestamp, and an annotation's ``key``;
+* ``event_threads``: per thread root, the stream position of its latest
+  ``m.thread`` reply (the order of ``/threads``);
+* ``relations_backfill``: how far the index of events stored before it
+  existed has come (one row; ``below`` NULL when done).
+
+The index is kept by triggers on ``events``, so every path that stores an
+event (local sends, federation, backfilled history, an outlier placed later)
+indexes it in the same transaction without knowing about relations. Only
+events shown in a timeline are indexed (not rejected, outliers or
+soft-failed). A redacted child leaves the index (redaction strips
+``m.relates_to`` in every room version Lowband serves); ``event_threads``
+keeps its latest position then (a thread may sort a little high until its
+next reply).
+
+Events stored before this table existed are indexed by :data:`BACKFILL_BATCH`
+stream positions per write, newest first: for up to :data:`BACKFILL_BUDGET_S`
+while the store opens, then one batch per write job, chained, so the one
+writer is never held for long and a start with a large database is not
+delayed for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from lowband.gateway.store.sqlite.database import Database
+
+log = logging.getLogger(__name__)
+
+#: stream positions indexed per backfill write (a position holds at most one event)
+BACKFILL_BATCH = 20_000
+#: how long opening the store may spend indexing older events before the rest goes to the background
+BACKFILL_BUDGET_S = 2.0
+#: nodes a recursive /relations walk visits at most
+MAX_TREE_NODES = 10_000
+#: references listed per event in ``m.relations`` (the spec sets no bound; a client pages /relations for more)
+MAX_BUNDLED_REFERENCES = 50
+
+_REL = "'$.content.\"m.relates_to\".rel_type'"
+_PARENT = "'$.content.\"m.relates_to\".event_id'"
+_KEY = "'$.content.\"m.relates_to\".key'"
+
+#: the relation columns of an events row ``e`` (for the trigger, ``NEW``), in event_relations' order
+_SELECT_RELATION = (
+    "SELECT {e}.event_id, {e}.room_id, json_extract({e}.pdu, " + _PARENT + "), json_extract({e}.pdu, " + _REL + "),"
+    " {e}.type, {e}.sender, {e}.stream, {e}.origin_server_ts,"
+    " CASE WHEN json_type({e}.pdu, " + _KEY + ") = 'text' THEN json_extract({e}.pdu, " + _KEY + ") END"
+)
+#: when an events row ``e`` is indexed: shown in the timeline, not redacted, with a well-formed relation
+_INDEXED = (
+    "{e}.rejected IS NULL AND {e}.outlier = 0 AND {e}.soft_failed = 0 AND {e}.redacted_by IS NULL"
+    " AND json_type({e}.pdu, " + _REL + ") = 'text' AND json_type({e}.pdu, " + _PARENT + ") = 'text'"
+    " AND json_extract({e}.pdu, " + _PARENT + ") != {e}.event_id"
+)
+
+RELATIONS_SCHEMA = [
+    """
+CREATE TABLE IF NOT EXISTS event_relations (
+    child_id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    parent_id TEXT NOT NULL,
+    rel_type TEXT NOT NULL,
+    child_type TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    child_stream INTEGER NOT NULL,
+    child_ts INTEGER NOT NULL,
+    aggregation_key TEXT              -- m.annotation's key, else NULL
+) WITHOUT ROWID
+""",
+    "CREATE INDEX IF NOT EXISTS event_relations_parent ON event_relations(parent_id, rel_type, child_stream)",
+    """
+CREATE TABLE IF NOT EXISTS event_threads (
+    room_id TEXT NOT NULL,
+    root_id TEXT NOT NULL,
+    latest_stream INTEGER NOT NULL,
+    PRIMARY KEY (room_id, root_id)
+) WITHOUT ROWID
+""",
+    "CREATE INDEX IF NOT EXISTS event_threads_latest ON event_threads(room_id, latest_stream)",
+    "CREATE TABLE IF NOT EXISTS relations_backfill (id INTEGER PRIMARY KEY CHECK (id = 0), below INTEGER)",
+    f"""
+CREATE TRIGGER IF NOT EXISTS event_relations_insert AFTER INSERT ON events WHEN {_INDEXED.format(e="NEW")}
+BEGIN
+    INSERT OR REPLACE INTO event_relations {_SELECT_RELATION.format(e="NEW")};
+    INSERT INTO event_threads SELECT NEW.room_id, json_extract(NEW.pdu, {_PARENT}), NEW.stream
+        WHERE json_extract(NEW.pdu, {_REL}) = 'm.thread'
+        ON CONFLICT DO UPDATE SET latest_stream = MAX(latest_stream, excluded.latest_stream);
+END
+""",
+    """
+CREATE TRIGGER IF NOT EXISTS event_relations_redact AFTER UPDATE OF redacted_by ON events
+WHEN NEW.redacted_by IS NOT NULL
+BEGIN
+    DELETE FROM event_relations WHERE child_id = NEW.event_id;
+END
+""",
+    """
+CREATE TRIGGER IF NOT EXISTS event_relations_delete AFTER DELETE ON events
+BEGIN
+    DELETE FROM event_relations WHERE child_id = OLD.event_id;
+END
+""",
+]
+
+
+class RelationTables:
+    """The relation index on the gateway's database (a ``RelationStore``). Reads see committed events only."""
+
+    def __init__(self, db: Database, *, budget_s: float | None = None) -> None:
+        """Create the tables and triggers if missing; index older events for up to ``budget_s`` (default
+        :data:`BACKFILL_BUDGET_S`), the rest in background write jobs."""
+        self.db = db
+        #: the background backfill's last write, while one runs (tests wait on it)
+        self.backfilling: Future[Any] | None = None
+
+        def create(c: sqlite3.Connection) -> None:
+            fresh = c.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_relations'").fetchone() is None
+            for statement in RELATIONS_SCHEMA:  # one statement per execute: executescript would commit
+                c.execute(statement)
+            if fresh:  # events stored before the index existed: the triggers index every later one
+                top = c.execute("SELECT MAX(stream) FROM events").fetchone()[0]
+                c.execute("INSERT OR IGNORE INTO relations_backfill VALUES (0, ?)",
+                          (None if top is None else top + 1,))  # fmt: skip
+
+        self.db.write_sync(create)
+        deadline = time.monotonic() + (BACKFILL_BUDGET_S if budget_s is None else budget_s)
+        while self.db.write_sync(_backfill_step):
+            if time.monotonic() >= deadline:
+                log.info("relations: indexing older events in the background")
+                self._continue_backfill()
+                break
+
+    def _continue_backfill(self) -> None:
+        future = self.db.submit(_backfill_step)
+        self.backfilling = future
+
+        def next_step(done: Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None and done.result():
+                self._continue_backfill()
+
+        future.add_done_callback(next_step)
+
+    def backfill_pending(self) -> bool:
+        """Whether events stored before the index existed are still being indexed."""
+        row = self.db.query_one("SELECT below FROM relations_backfill WHERE id = 0")
+        return row is not None and row[0] is not None
+
+    # --------------------------------------------------------------- reads
+
+    def relation_of(self, event_id: str) -> tuple[str, str] | None:
+        """(parent event ID, rel_type) of an indexed child, or None."""
+        row = self.db.query_one("SELECT parent_id, rel_type FROM event_relations WHERE child_id = ?", (event_id,))
+        return (str(row[0]), str(row[1])) if row else None
+
+    def children(
+        self, room_id: str, parent_id: str, *, rel_type: str | None, event_type: str | None, after: int, upto: int,
+        backwards: bool, limit: int, depth: int = 1,
+    ) -> list[str]:  # fmt: skip
+        """IDs of events of ``room_id`` relating to ``parent_id`` with after < stream <= upto, in stream order
+        (newest first when ``backwards``), at most ``limit``.
+
+        ``depth`` > 1 also follows relations of relations that far (at most :data:`MAX_TREE_NODES` events are
+        walked); ``rel_type`` and ``event_type`` then apply at every step, so an event reached only through one
+        that does not match is left out, as the spec says.
+        """
+        match = ""
+        args: list[Any] = []
+        if rel_type is not None:
+            match += " AND r.rel_type = ?"
+            args.append(rel_type)
+        if event_type is not None:
+            match += " AND r.child_type = ?"
+            args.append(event_type)
+        order = "DESC" if backwards else "ASC"
+        if depth <= 1:  # one range of event_relations_parent when rel_type is given
+            rows = self.db.query(
+                f"SELECT r.child_id FROM event_relations r WHERE r.parent_id = ? AND r.room_id = ?{match}"
+                f" AND r.child_stream > ? AND r.child_stream <= ? ORDER BY r.child_stream {order} LIMIT ?",
+                (parent_id, room_id, *args, after, upto, limit),
+            )  # fmt: skip
+            return [str(r[0]) for r in rows]
+        rows = self.db.query(
+            "WITH RECURSIVE tree(child_id, level) AS ("
+            f" SELECT r.child_id, 1 FROM event_relations r WHERE r.parent_id = ? AND r.room_id = ?{match}"
+            " UNION SELECT r.child_id, tree.level + 1 FROM event_relations r JOIN tree ON r.parent_id = tree.child_id"
+            f" WHERE tree.level < ? AND r.room_id = ?{match} LIMIT ?)"
+            " SELECT r.child_id FROM event_relations r WHERE r.child_id IN (SELECT child_id FROM tree)"
+            f" AND r.child_stream > ? AND r.child_stream <= ? ORDER BY r.child_stream {order} LIMIT ?",
+            (parent_id, room_id, *args, depth, room_id, *args, MAX_TREE_NODES, after, upto, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    def bundles(self, parent_ids: list[str], user_id: str, upto: int) -> dict[str, dict[str, Any]]:
+        """What ``m.relations`` needs of these events, in one query: children at positions up to ``upto``.
+
+        Per parent that has any: ``m.thread`` → ``{"count", "latest", "participated"}`` (the latest reply's ID,
+        whether ``user_id`` replied); ``m.reference`` → ``{"ids"}`` (the oldest :data:`MAX_BUNDLED_REFERENCES`);
+        ``m.replace`` → ``{"latest_by": {sender: edit ID}}``, each sender's newest edit by timestamp then ID
+        (the caller keeps the original sender's).
+        """
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(parent_ids), 500):  # well under SQLite's bound-parameter limit
+            part = parent_ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.query(
+                "SELECT parent_id, rel_type, child_id, sender, n, mine FROM (SELECT parent_id, rel_type, child_id,"
+                " sender, ROW_NUMBER() OVER (PARTITION BY parent_id, rel_type,"
+                " CASE WHEN rel_type = 'm.replace' THEN sender END ORDER BY CASE rel_type"
+                " WHEN 'm.thread' THEN -child_stream WHEN 'm.reference' THEN child_stream ELSE -child_ts END,"
+                " child_id DESC) AS rank, COUNT(*) OVER (PARTITION BY parent_id, rel_type) AS n,"
+                " MAX(sender = ?) OVER (PARTITION BY parent_id, rel_type) AS mine FROM event_relations"
+                f" WHERE parent_id IN ({marks}) AND rel_type IN ('m.thread', 'm.reference', 'm.replace')"
+                " AND child_stream <= ?) WHERE rank <= CASE rel_type WHEN 'm.reference' THEN ? ELSE 1 END",
+                (user_id, *part, upto, MAX_BUNDLED_REFERENCES),
+            )  # fmt: skip
+            for parent, rel_type, child, sender, count, mine in rows:
+                entry = found.setdefault(str(parent), {}).setdefault(str(rel_type), {})
+                if rel_type == "m.thread":
+                    entry.update(count=int(count), latest=str(child), participated=bool(mine))
+                elif rel_type == "m.reference":
+                    entry.setdefault("ids", []).append(str(child))
+                else:
+                    entry.setdefault("latest_by", {})[str(sender)] = str(child)
+        return found
+
+    def threads(self, room_id: str, *, below: int | None, limit: int, participant: str | None) -> list[tuple[str, int]]:
+        """(root ID, latest reply's position) of the room's threads, latest activity first, positions below
+        ``below`` (all when None); ``participant``: only threads that user started or replied to."""
+        where = ""
+        args: list[Any] = [room_id]
+        if below is not None:
+            where += " AND t.latest_stream < ?"
+            args.append(below)
+        if participant is not None:
+            where += (" AND (EXISTS (SELECT 1 FROM events e WHERE e.event_id = t.root_id AND e.sender = ?) OR EXISTS"
+                      " (SELECT 1 FROM event_relations r WHERE r.parent_id = t.root_id AND r.rel_type = 'm.thread'"
+                      " AND r.sender = ?))")  # fmt: skip
+            args += [participant, participant]
+        rows = self.db.query(
+            f"SELECT t.root_id, t.latest_stream FROM event_threads t WHERE t.room_id = ?{where}"
+            " ORDER BY t.latest_stream DESC LIMIT ?", (*args, limit))  # fmt: skip
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def _backfill_step(c: sqlite3.Connection) -> bool:
+    """Index one batch of events stored before the index existed; whether more is left."""
+    row = c.execute("SELECT below FROM relations_backfill WHERE id = 0").fetchone()
+    if row is None or row[0] is None:
+        return False
+    below = int(row[0])
+    low = c.execute("SELECT MIN(stream) FROM events").fetchone()[0]
+    lower = below - BACKFILL_BATCH
+    c.execute(f"INSERT OR IGNORE INTO event_relations {_SELECT_RELATION.format(e='e')} FROM events e"
+              f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')}", (lower, below))  # fmt: skip
+    c.execute(f"INSERT INTO event_threads SELECT e.room_id, json_extract(e.pdu, {_PARENT}), MAX(e.stream) FROM events e"
+              f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')} AND json_extract(e.pdu, {_REL})"
+              " = 'm.thread' GROUP BY 1, 2 ON CONFLICT DO UPDATE SET latest_stream ="
+              " MAX(latest_stream, excluded.latest_stream)", (lower, below))  # fmt: skip
+    done = low is None or lower <= low
+    c.execute("UPDATE relations_backfill SET below = ? WHERE id = 0", (None if done else lower,))
+    return not done
