@@ -24,6 +24,7 @@ from lowband.gateway.api.http.app import make_app
 from lowband.gateway.api.http.metrics import make_metrics_app, metrics_of
 from lowband.gateway.api.http.status import start_snapshots
 from lowband.gateway.appservices.registration import APPSERVICES, AppServices, load_appservices
+from lowband.gateway.ble import registry as ble_registry
 from lowband.gateway.bridges.mqtt import config as mqtt_config
 from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
@@ -99,7 +100,25 @@ COMPONENTS: list[Component] = [
     Registered("links", "lowband.gateway.link.component:start_links", _always),
     Registered("mqtt", "lowband.gateway.bridges.mqtt.bridge:start_mqtt", _has_section("mqtt")),
     Registered("appservices", "lowband.gateway.appservices.component:start_appservices", _has_section("appservices")),
+    # BLE sensors (bleak and the parser libraries are imported only here): with `[ble] enabled = true`, or once
+    # `lowband ble add` has made the sensors file (the gateway picks up the first one at its next start).
+    Registered("ble", "lowband.gateway.ble.component:start_ble",
+               lambda config: config.ble.enabled or ble_registry.has_sensors(config.data_dir)),
 ]
+
+
+def connect_ble_discovery(services: Services) -> None:
+    """Home Assistant discovery of BLE sensors: the MQTT bridge's ``BleDiscovery`` observes the BLE component.
+
+    BLE and the bridges are sibling layers that do not import each other; the
+    app joins them here when both run (``[ble]`` or sensors, and ``[mqtt]``).
+    """
+    ble, bridge = services.components.get("ble"), services.components.get("mqtt")
+    if ble is None or bridge is None:
+        return
+    from lowband.gateway.bridges.mqtt.ble_discovery import BleDiscovery
+
+    ble.add_observer(BleDiscovery(bridge))
 
 
 def claim_data_dir(config: Config) -> None:
@@ -169,7 +188,7 @@ def open_services(config: Config) -> Services:
 
 
 def reserved_namespaces(config: Config, bridges: AppServices | None = None) -> ReservedNamespaces:
-    """The localparts edges keep for themselves under ``config``: ``dev.*``, every enabled bridge's, and the
+    """The localparts edges keep for themselves under ``config``: ``dev.*``, ``ble_*``, every enabled bridge's, and the
     exclusive user namespaces of the registered application services (read from their files when not given).
 
     ``/register`` and ``lowband user add`` refuse them; a new bridge adds its
@@ -178,7 +197,8 @@ def reserved_namespaces(config: Config, bridges: AppServices | None = None) -> R
     if bridges is None:
         bridges = load_appservices(config.components.get("appservices"), config.server_name)
     registered = [Reservation(f"the application service {b.id!r}", user_ids=b.owns_user) for b in bridges.all]
-    return ReservedNamespaces([devices_registry.RESERVATION, *mqtt_config.reservations(config.components),
+    return ReservedNamespaces([devices_registry.RESERVATION, ble_registry.RESERVATION,
+                               *mqtt_config.reservations(config.components),
                                *registered])  # fmt: skip
 
 
@@ -249,6 +269,7 @@ async def run_gateway(
             stopper = await component(services)
             if stopper is not None:
                 stoppers.append(stopper)
+        connect_ble_discovery(services)
         # DATA_DIR/status.json every 5 s, and once more when stopping (first of the stoppers): `lowband status`
         stoppers.append(await start_snapshots(services))
     except BaseException:

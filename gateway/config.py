@@ -37,6 +37,11 @@ Example::
 
     [metrics]
     listen = "127.0.0.1:9100"   # Prometheus metrics without a token, loopback only (default: off)
+
+    [ble]
+    enabled = true              # BLE sensors (docs/ble.md); also on when `lowband ble add` made sensors
+    adapter = "hci0"
+    mode = "passive"
 """
 
 from __future__ import annotations
@@ -115,6 +120,28 @@ class MetricsConfig:
     listen: tuple[str, int] | None = None
 
 
+BLE_MODES = ("passive", "active")
+
+
+@dataclass(frozen=True)
+class BleConfig:
+    """BLE sensors (``[ble]``, docs/ble.md). The component also runs, with these settings, when sensors exist."""
+
+    enabled: bool = False
+    #: the BlueZ adapter to scan with (None: the default adapter)
+    adapter: str | None = None
+    #: passive scanning hears advertisements only; active also asks for scan responses
+    mode: str = "passive"
+    #: unknown addresses remembered (LRU); a flood of random addresses evicts the oldest
+    unknown_cap: int = 1024
+    #: the same packet id heard again within this many seconds is the same packet
+    dedup_window_s: float = 4.0
+    #: a sensor is reported silent after interval_s × silent_factor without a word
+    silent_factor: float = 3.0
+    #: advertisements waiting to be handled; past it they are dropped and counted
+    queue_size: int = 4096
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything ``lowband serve`` needs to run."""
@@ -137,6 +164,7 @@ class Config:
     rate_limits: RateLimits = field(default_factory=RateLimits)
     federation: FederationConfig = field(default_factory=FederationConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    ble: BleConfig = field(default_factory=BleConfig)
     #: PEM certificate chain and key: the one listener speaks HTTPS (client and federation APIs)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -228,6 +256,28 @@ def _metrics(section: dict[str, Any]) -> MetricsConfig:
     return MetricsConfig((host, port))
 
 
+def _ble(section: dict[str, Any]) -> BleConfig:
+    values: dict[str, Any] = {}
+    if "enabled" in section:
+        values["enabled"] = _take(section, "enabled", bool, "ble")
+    if "adapter" in section:
+        adapter = _take(section, "adapter", str, "ble")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", adapter):
+            raise ConfigError(f"ble.adapter {adapter!r} must be an adapter name such as hci0")
+        values["adapter"] = adapter
+    if "mode" in section:
+        values["mode"] = _take(section, "mode", str, "ble")
+        if values["mode"] not in BLE_MODES:
+            raise ConfigError(f"ble.mode must be one of {', '.join(BLE_MODES)}")
+    for key in ("unknown_cap", "queue_size"):
+        if key in section:
+            values[key] = _positive(_take(section, key, int, "ble"), f"ble.{key}")
+    for key in ("dedup_window_s", "silent_factor"):
+        if key in section:
+            values[key] = _positive(_take(section, key, (int, float), "ble"), f"ble.{key}")
+    return BleConfig(**values)
+
+
 def _take(section: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = section.pop(key)
     if isinstance(value, bool) and kind is not bool:
@@ -288,7 +338,7 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
     if components:
         values["components"] = components
     for name, section in sections.items():
-        if name not in ("server", "http", "registration", "media", "rate_limits", "federation", "metrics"):
+        if name not in ("server", "http", "registration", "media", "rate_limits", "federation", "metrics", "ble"):
             raise ConfigError(f"unknown config section [{name}]")
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -326,6 +376,8 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
         values["federation"] = _federation(sections["federation"])
     if "metrics" in sections:
         values["metrics"] = _metrics(sections["metrics"])
+    if "ble" in sections:
+        values["ble"] = _ble(sections["ble"])
     for name, section in sections.items():
         if section:
             raise ConfigError(f"unknown config key {name}.{next(iter(section))}")

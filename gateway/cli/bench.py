@@ -53,6 +53,13 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "lowband.gateway.bench.appservice",
         ("only", "messages", "seconds", "latency_rounds"),
     ),
+    "ble": (
+        ("BLE adverts → room events: adverts/s and advert-to-event latency (median, p99) with 500 simulated BTHome "
+         "v2 sensors (real packets, 1 in 5 encrypted) in an in-process gateway, events and lost; anchor: the "
+         "decoder alone"),
+        "lowband.gateway.bench.ble",
+        ("sensors", "messages", "seconds"),
+    ),
 }
 
 
@@ -77,10 +84,11 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--messages", type=int,
                        help="homeserver, mqtt, federation, appservice: how many messages (homeserver: per phase; "
                             "federation: replicated across the gateways, default 3000; appservice: the burst sent "
-                            "by 8 users at once, default 2000)")  # fmt: skip
+                            "by 8 users at once, default 2000; ble: readings per sensor in the flood phase, "
+                            "default 10)")  # fmt: skip
     bench.add_argument("--seconds", type=float,
-                       help="homeserver, mqtt, appservice: at most this long (homeserver: per phase; appservice: "
-                            "sending the burst, default 30)")  # fmt: skip
+                       help="homeserver, mqtt, appservice, ble: at most this long (homeserver: per phase; appservice: "
+                            "sending the burst, default 30; ble: the paced latency phase, default 10)")  # fmt: skip
     bench.add_argument("--latency-rounds", type=int,
                        help="homeserver, federation, appservice: latency samples (appservice: paced messages, "
                             "each sent once the previous one reached the bridge, default 100)")  # fmt: skip
@@ -89,6 +97,7 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--synapse-catch-up", type=int,
                        help="federation: the same big catch-up on Synapse (default 0: skipped, it takes many minutes)")
     bench.add_argument("--rounds", type=int, help="firmware: timing repetitions")
+    bench.add_argument("--sensors", type=int, help="ble: simulated sensors (default 500)")
     bench.add_argument("--plot", metavar="FILE.png",
                        help="also draw what was measured beside its anchor (with the ratios) as a PNG; needs "
                             "matplotlib: pip install 'lowband[plot]'. Checked before the benchmark runs")  # fmt: skip
@@ -99,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``bench``."""
     _, _, accepted = BENCHMARKS[args.name]
     options = {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
-    given = [name for name in ("only", "messages", "seconds", "latency_rounds", "rounds", "catch_up", "synapse_catch_up")
-             if getattr(args, name) is not None]  # fmt: skip
+    given = [name for name in ("only", "messages", "seconds", "latency_rounds", "rounds", "catch_up", "synapse_catch_up",
+                               "sensors") if getattr(args, name) is not None]  # fmt: skip
     unsupported = [name for name in given if name not in accepted]
     if unsupported:
         sys.stderr.write(f"lowband: error: bench {args.name} takes no --{unsupported[0].replace('_', '-')}\n")

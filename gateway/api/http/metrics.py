@@ -166,7 +166,8 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Every family below; a part that fails is logged and left out, so one broken part spoils no scrape."""
-        for part in (self._homeserver, self._links, self._devices, self._mqtt, self._federation, self._appservices):
+        for part in (self._homeserver, self._links, self._devices, self._mqtt, self._ble, self._federation,
+                     self._appservices):  # fmt: skip
             try:
                 yield from part()
             except Exception:
@@ -182,6 +183,12 @@ class _StateCollector(Collector):
         for reason, count in svc.to_device.dropped.items():
             dropped.add_metric([reason], count)
         yield dropped
+
+    def _ble(self) -> Iterator[Metric]:
+        # Duck-typed like the links: the BLE component (gateway/ble, a sibling layer) builds its own families.
+        ble = self.services.components.get("ble")
+        if ble is not None and hasattr(ble, "metrics"):
+            yield from ble.metrics()
 
     def _links(self) -> Iterator[Metric]:
         # Duck-typed: the link runtime is a sibling layer (gateway/link), and absent until a device exists.
