@@ -48,6 +48,7 @@ from lowband.gateway.ble.registry import BleRegistry, BleRegistryError, SensorCo
 from lowband.gateway.ble.tracker import Event, Presence, Reading, Refused, SensorTracker
 from lowband.gateway.config import BleConfig
 from lowband.gateway.homeserver import delivery
+from lowband.gateway.homeserver.commands import may_command, parse_command
 from lowband.gateway.matrix.errors import MatrixError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ POST_ATTEMPTS = 5
 #: The transaction IDs' edge name (``(user_id, edge, id)``).
 EDGE = "ble"
 #: The room's power level event key for who may command devices and sensors (the link's too).
-COMMAND_LEVEL_KEY = "org.lowband.command"
 #: A summary line per refusal kind at most this often.
 REFUSAL_LOG_INTERVAL = 60.0
 
@@ -538,27 +538,21 @@ class BleComponent:
         event = sent.event
         if self._stopping or event.type != "m.room.message" or event.sender in self._own_users:
             return
-        body = event.content.get("body")
-        if not isinstance(body, str) or not body.startswith("!"):
+        command = parse_command(event.content.get("body"), "ble_")
+        if command is None:
             return
-        name, _, text = body[1:].partition(" ")
-        sensor = self.sensors.get(name.removeprefix("ble_"))
-        if sensor is None or sensor.gatt is None or sensor.gatt.command is None or not text.strip():
+        name, text = command
+        sensor = self.sensors.get(name)
+        if sensor is None or sensor.gatt is None or sensor.gatt.command is None:
             return
         if event.room_id not in self._joined.get(sensor.name, []):
             return
-        rooms = self.services.rooms
-        levels = rooms.state_event(event.room_id, "m.room.power_levels")
-        needed = 50
-        if levels is not None:
-            value = (levels.content.get("events") or {}).get(COMMAND_LEVEL_KEY, 50)
-            needed = value if isinstance(value, int) else 50
-        uid = user_id(sensor.name, self.server_name)
-        if rooms.power_level(event.room_id, event.sender) < needed:
+        allowed, needed = may_command(self.services.rooms, event.room_id, event.sender)
+        if not allowed:
             refusal = f"{event.sender} may not command {sensor.name} (needs power level {needed})."
-            self._spawn(self._notice(uid, event.room_id, refusal))
+            self._spawn(self._notice(user_id(sensor.name, self.server_name), event.room_id, refusal))
             return
-        self._spawn(self._command(sensor, event.room_id, text.strip()))
+        self._spawn(self._command(sensor, event.room_id, text))
 
     async def _command(self, sensor: SensorConfig, room_id: str, text: str) -> None:
         uid = user_id(sensor.name, self.server_name)

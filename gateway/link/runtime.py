@@ -57,6 +57,7 @@ from lowband.gateway.devices.account import account_problem, device_owner
 from lowband.gateway.devices.registry import DeviceRecord, Registry, fingerprint, load_or_create_link_key
 from lowband.gateway.devices.uplink import deliver_uplink
 from lowband.gateway.homeserver import delivery
+from lowband.gateway.homeserver.commands import may_command, parse_command
 from lowband.gateway.homeserver.rooms import Sent
 from lowband.gateway.link import gateway_core as core
 from lowband.gateway.link.device_stats import AIRTIME_WINDOW_S, AirtimeWindow, DeviceCounters, snapshot, wire_len
@@ -65,7 +66,6 @@ from lowband.gateway.matrix.errors import MatrixError
 
 log = logging.getLogger("lowband.link")
 RECONCILE_SECONDS = 2.0
-COMMAND_LEVEL_KEY = "org.lowband.command"
 
 
 def reack_interval(bps: float) -> float:
@@ -548,21 +548,15 @@ class LinkRuntime:
         event = sent.event
         if event.type != "m.room.message" or event.sender.startswith("@dev."):
             return
-        body = event.content.get("body")
-        if not isinstance(body, str) or not body.startswith("!"):
+        command = parse_command(event.content.get("body"), "dev.")
+        if command is None:
             return
-        name, _, text = body[1:].partition(" ")
-        name = name.removeprefix("dev.")
+        name, text = command
         record = self.devices.get(name)
-        if record is None or event.room_id not in record.rooms or not text.strip():
+        if record is None or event.room_id not in record.rooms:
             return
-        rooms = self.services.rooms
-        levels = rooms.state_event(event.room_id, "m.room.power_levels")
-        needed = 50
-        if levels is not None:
-            value = (levels.content.get("events") or {}).get(COMMAND_LEVEL_KEY, 50)
-            needed = value if isinstance(value, int) else 50
-        if rooms.power_level(event.room_id, event.sender) < needed:
+        allowed, needed = may_command(self.services.rooms, event.room_id, event.sender)
+        if not allowed:
             log.info("%s may not command %s (power level below %d)", event.sender, name, needed)
             self._spawn(self._notice(record.user_id, event.room_id,
                                      f"{event.sender} may not command {name} (needs power level {needed})."))  # fmt: skip
