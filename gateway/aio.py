@@ -36,6 +36,16 @@ async def wait_until(event: asyncio.Event, deadline: float | None) -> None:
         pass
 
 
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` or until ``stop`` is set; True when ``stop`` is set (the caller should end), else False."""
+    try:
+        async with asyncio.timeout(seconds):  # see drive_schedule
+            await stop.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 class Schedule(Protocol):
     """What :func:`drive_schedule` needs of a delivery schedule (``homeserver.retry_schedule.DeliverySchedule``)."""
 

@@ -42,6 +42,7 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
+from lowband.gateway.aio import sleep_unless
 from lowband.gateway.ble.gatt_core import (
     Backoff,
     GattRefusal,
@@ -164,15 +165,6 @@ class GattLink:
             self._logged_error = self.last_error
             log.warning("ble: GATT sensor %s: %s (retrying with back-off)", self.sensor.name, self.last_error)
 
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopping; True when stopping."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
-
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -182,7 +174,7 @@ class GattLink:
             except Exception as exc:  # a bleak or D-Bus surprise must not end reconnecting for good
                 log.exception("ble: GATT sensor %s: unexpected error", self.sensor.name)
                 self._note_error(exc)
-            if await self._sleep(self.backoff.next_delay()):
+            if await sleep_unless(self._stopping, self.backoff.next_delay()):
                 return
 
     async def _session(self) -> None:

@@ -46,6 +46,7 @@ from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from lowband.gateway.aio import sleep_unless
 from lowband.gateway.ble.advert import Advertisement, make_advertisement
 from lowband.gateway.ble.gatt_core import Backoff
 from lowband.gateway.config import BleConfig
@@ -346,26 +347,17 @@ class BleScanner:
             return False
         return True
 
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopping; True when stopping."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
-
     async def _supervise(self) -> None:
         while not self._stopping.is_set():
             if self._scanner is not None:
-                if await self._sleep(self.watch_s):
+                if await sleep_unless(self._stopping, self.watch_s):
                     return
                 if await self._adapter_alive():
                     continue
                 log.warning("BLE adapter %s went away: restarting the scanner", self.adapter_in_use)
                 await self._close()
                 self.restarts += 1
-            if await self._sleep(self.backoff.next_delay()):
+            if await sleep_unless(self._stopping, self.backoff.next_delay()):
                 return
             try:
                 await self._open()
