@@ -52,7 +52,9 @@ what it shows:
                       duty cycle left, frames in/out, refused frames, last reading
   bridges and peers   MQTT brokers and mappings, federation peers, application services
                       with their queues
-  recent refusals     frames and messages refused, newest first
+  BLE sensors         health, last seen, RSSI, readings, refused advertisements, last
+                      reading (with [ble] enabled or sensors added by lowband ble add)
+  recent refusals     frames, messages and advertisements refused, newest first
 
 exit status:
   0   the summary was shown (a stale snapshot too, with a warning)
@@ -412,6 +414,10 @@ def render(summary: dict[str, Any], now: float, from_file: bool = True) -> Any:
     if len(listed) > devices.row_count:
         parts.append(Text(f"… {len(listed) - devices.row_count} more (lowband status --json lists them all)"))
 
+    ble = summary.get("ble")
+    if ble is not None:
+        parts.append(_ble_table(_obj(ble), now))
+
     queues = Table(title="bridges and peers", title_justify="left")
     for column in ("kind", "name", "state", "queue / behind", "in flight", "failures", "last success"):
         queues.add_column(column)
@@ -450,6 +456,53 @@ def render(summary: dict[str, Any], now: float, from_file: bool = True) -> Any:
         table.add_row(Text("none", style="dim"), "", "", "", "")
     parts.append(table)
     return Group(*parts)
+
+
+def _ble_table(ble: dict[str, Any], now: float) -> Any:
+    """The BLE sensors table, its title naming the scanner's state (summary ``ble``)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    found = ble.get("sensors")
+    listed: list[Any] = found if isinstance(found, list) else []
+    healths = [s.get("health") for s in listed if isinstance(s, dict)]
+    tally = ", ".join(f"{healths.count(h)} {h}" for h in _HEALTH_STYLE if h in healths)
+    scanner = _obj(ble.get("scanner"))
+    mode = clean(scanner.get("mode_in_use") or scanner.get("mode"), 12)
+    where = f" on {clean(scanner.get('adapter'), 16)}" if isinstance(scanner.get("adapter"), str) else ""
+    state = f"scanner {clean(scanner.get('state'), 16)}, {mode}{where}"
+    if isinstance(scanner.get("last_error"), str) and scanner["last_error"]:
+        state += f" ({clean(scanner['last_error'], 60)})"
+    unknown = _count(ble.get("unknown_devices"))
+    title = (f"BLE sensors ({len(listed)}{': ' + tally if tally else ''}) · {state}, {unknown} unknown "
+             f"device{'' if unknown == '1' else 's'} in range, {_count(ble.get('dropped'))} dropped")  # fmt: skip
+    table = Table(title=title, title_justify="left")
+    for column in ("sensor", "health", "last seen", "RSSI", "readings", "refused", "last reading"):
+        table.add_column(column, overflow="fold")
+    for sensor in _dicts(listed):
+        health = clean(sensor.get("health"), 10)
+        rssi = _num(sensor.get("rssi_dbm"))
+        gatt = sensor.get("gatt")
+        name = Text(clean(sensor.get("name"), 32), style="bold")
+        if isinstance(gatt, dict):
+            name.append(" (GATT, connected)" if gatt.get("connected") is True else " (GATT, not connected)",
+                        style="" if gatt.get("connected") is True else "red")  # fmt: skip
+        table.add_row(name, Text(health, style=_HEALTH_STYLE.get(health, "")), Text(ago(sensor.get("last_seen_ms"), now)),
+                      Text("—" if sensor.get("rssi_dbm") is None else "?" if rssi is None else f"{rssi:.0f} dBm"),
+                      Text(_count(sensor.get("readings"))), Text(_refused(sensor.get("refused"))),
+                      Text(_reading(sensor.get("last_reading"))))  # fmt: skip
+    if not table.row_count:
+        table.add_row(Text("no BLE sensor configured (lowband ble add)", style="dim"), *[""] * 6)
+    return table
+
+
+def _refused(value: Any) -> str:
+    """A refusal count with its kinds: ``3 (replay 2, downgrade 1)``."""
+    total = _count(_sum(value))
+    if not isinstance(value, dict) or not value or total in ("0", "?"):
+        return total
+    kinds = ", ".join(f"{clean(k, 20)} {_count(n)}" for k, n in list(value.items())[:4])
+    return f"{total} ({kinds})"
 
 
 __all__ = ["EXIT_BAD_INPUT", "fetch_status", "parse_summary", "read_snapshot", "register", "render", "run"]

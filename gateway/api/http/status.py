@@ -4,7 +4,7 @@
   /work/scratch/notes/status-schema.md, written out in docs/status.md). It is
   **synchronous** and cheap: it reads counters the components keep anyway
   (``LinkRuntime.device_stats()`` and ``refusal_counts()``, the MQTT bridge's
-  ``stats()``, the appservice and federation queue rows) and ``/proc/self``,
+  and the BLE component's ``stats()``, the appservice and federation queue rows) and ``/proc/self``,
   and never awaits, so a handler and the snapshot task call it as is;
 * the components are reached through ``Services.components`` by duck typing,
   as ``metrics.py`` does: the link runtime is a sibling layer, the MQTT bridge
@@ -176,6 +176,7 @@ def build_status(svc: Services) -> dict[str, Any]:
         "started_at_ms": tracker.started_at_ms,
         "devices": part("devices", lambda: _devices(svc, tracker, now_ms), []),
         "mqtt": part("mqtt", lambda: _mqtt(svc, tracker, now_ms), None),
+        "ble": part("ble", lambda: _ble(svc, tracker, now_ms), None),
         "federation": part("federation", lambda: _federation(svc), []),
         "appservices": part("appservices", lambda: _appservices(svc), []),
         "process": part("process", lambda: process_figures(tracker.started_at_ms, now_ms), {}),
@@ -273,6 +274,71 @@ def _mqtt(svc: Services, tracker: StatusTracker, now_ms: int) -> dict[str, Any] 
         refused += [(mapping, reason, count) for reason, count in by_reason.items()]
     tracker.note_refusals("mqtt", refused, now_ms)
     return {"brokers": brokers, "mappings": mappings}
+
+
+def _ble(svc: Services, tracker: StatusTracker, now_ms: int) -> dict[str, Any] | None:
+    """The BLE component's scanner, sensors and counters (None when it does not run); its refusals enter the ring."""
+    component = svc.components.get("ble")
+    stats_of = getattr(component, "stats", None)
+    if not callable(stats_of):
+        return None
+    stats: dict[str, Any] = stats_of()
+    settings = getattr(component, "settings", None)
+    sensors, refused = [], []
+    per_kind: dict[str, int] = {}
+    for name, own in sorted((stats.get("sensors") or {}).items()):
+        ago = own.get("last_seen_s_ago")
+        last_seen_ms = None if not isinstance(ago, int | float) else int(now_ms - ago * 1000)
+        interval = own.get("interval_s")
+        interval = float(interval) if isinstance(interval, int | float) and interval > 0 else None
+        by_kind = dict(own.get("refused") or {})
+        gatt = own.get("gatt")
+        sensors.append({
+            "name": name, "user_id": own.get("user_id"), "address": own.get("address"), "format": own.get("format"),
+            "rooms": list(own.get("rooms") or []), "reading_interval_s": interval,
+            "health": device_health(last_seen_ms, now_ms, interval), "present": own.get("present"),
+            "last_seen_ms": last_seen_ms, "rssi_dbm": own.get("rssi"), "readings": own.get("readings", 0),
+            "refused": by_kind, "last_reading": own.get("last_reading"),
+            "gatt": None if not isinstance(gatt, dict) else {
+                "connected": gatt.get("connected"), "last_error": gatt.get("last_error"),
+                "attempts": gatt.get("attempts")},
+        })  # fmt: skip
+        for kind, count in by_kind.items():
+            refused.append((name, kind, count))
+            per_kind[kind] = per_kind.get(kind, 0) + count
+    # Refusals the tracker could not pin on a configured sensor (a GATT reading of a removed one: unknown_sensor).
+    for kind, total in (stats.get("refused") or {}).items():
+        if total - per_kind.get(kind, 0) > 0:
+            refused.append(("other", kind, total - per_kind.get(kind, 0)))
+    tracker.note_refusals("ble", refused, now_ms)
+    return {
+        "scanner": _ble_scanner(stats, settings),
+        "sensors": sensors,
+        "advertisements": stats.get("adverts", 0),
+        "duplicates": stats.get("duplicates", 0),
+        "posted": stats.get("posted", 0),
+        "post_failed": stats.get("post_failed", 0),
+        "dropped": stats.get("queue_full", 0),
+        "queued": stats.get("queue", 0),
+        "queue_size": stats.get("queue_size"),
+        "unknown_devices": stats.get("unknown_tracked", 0),
+        "unknown_cap": stats.get("unknown_cap"),
+        "unknown_evicted": stats.get("unknown_evicted", 0),
+        "refused_accounts": dict(stats.get("refused_accounts") or {}),
+    }
+
+
+def _ble_scanner(stats: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """The scanner's state: its own ``stats()`` where it has one (bleak), else what the component knows."""
+    found = stats.get("scanner")
+    own: dict[str, Any] = found if isinstance(found, dict) else {}
+    mode = getattr(settings, "mode", None)
+    state = own.get("state") or ("running" if stats.get("scanning") else "not started")
+    return {
+        "state": state, "mode": mode, "mode_in_use": own.get("mode_in_use", mode), "mode_reason": own.get("mode_reason"),
+        "adapter": own.get("adapter") or getattr(settings, "adapter", None), "last_error": own.get("last_error"),
+        "restarts": own.get("restarts"), "bad_adverts": own.get("bad_adverts"),
+    }  # fmt: skip
 
 
 def _federation(svc: Services) -> list[dict[str, Any]]:

@@ -7,9 +7,10 @@ Routes (:func:`install` adds them; every ``/_lowband/admin/v1/...`` one needs a 
   once): the page itself needs no token, it asks for a Matrix login and calls the admin API with the token;
 * ``GET /_lowband/admin/v1/devices/{name}/readings?since_ms=&limit=``: the device's telemetry events from its
   rooms' history, oldest first, as ``{"ts_ms", "values", "units", "room_id", "event_id"}``;
+  ``GET /_lowband/admin/v1/ble/{name}/readings`` the same for a BLE sensor (one reader, :func:`account_readings`);
 * ``GET /_lowband/admin/v1/events``: a ``text/event-stream`` of ``status`` events (the summary of
   ``status.build_status``, every :data:`STATUS_INTERVAL_S`) and ``reading`` events (a device's reading as soon as
-  its room event is committed).
+  its room event is committed; a BLE sensor's too, with ``sensor`` in place of ``device``).
 
 Rules:
 
@@ -40,6 +41,8 @@ from aiohttp import web
 from lowband.codecs.compact import SENML_KEY, format_reading
 from lowband.gateway.api.http.base import authenticate, ok, services
 from lowband.gateway.api.http.status import build_status
+from lowband.gateway.ble.registry import USER_PREFIX, BleRegistry, BleRegistryError
+from lowband.gateway.ble.registry import user_id as ble_user_id
 from lowband.gateway.homeserver.rooms.sending import Sent
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError
@@ -66,6 +69,8 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }  # fmt: skip
 
+#: the start of a BLE sensor's Matrix user ID (``@ble_NAME:server``)
+BLE_USER_PREFIX = "@" + USER_PREFIX
 DEFAULT_SINCE_MS = 24 * 3600 * 1000
 DEFAULT_LIMIT = 2000
 MAX_LIMIT = 2000
@@ -129,14 +134,22 @@ def _reading_row(row: EventRow, user_id: str) -> dict[str, Any] | None:
 def device_readings(
     svc: Services, device: DeviceRecord, since_ms: int, limit: int
 ) -> tuple[list[dict[str, Any]], bool]:
-    """The device's readings at or after ``since_ms`` (newest ``limit`` of them), oldest first, and whether the
-    answer is short: more readings than ``limit``, or :data:`SCAN_EVENTS` room events read before reaching
-    ``since_ms``. Reads each room backwards from its newest event."""
+    """The device's readings (:func:`account_readings` of its account in its rooms)."""
+    return account_readings(svc, device.user_id, device.rooms, since_ms, limit)
+
+
+def account_readings(
+    svc: Services, user_id: str, rooms: list[str] | tuple[str, ...], since_ms: int, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """The readings ``user_id`` (a device's or BLE sensor's account) sent into ``rooms`` at or after ``since_ms``
+    (newest ``limit`` of them), oldest first, and whether the answer is short: more readings than ``limit``, or
+    :data:`SCAN_EVENTS` room events read before reaching ``since_ms``. Reads each room backwards from its newest
+    event."""
     store = svc.store
     head = store.persisted
     found: list[dict[str, Any]] = []
     budget, truncated = SCAN_EVENTS, False
-    for room_id in device.rooms:
+    for room_id in rooms:
         upto = head
         while True:
             if budget <= 0:
@@ -150,7 +163,7 @@ def device_readings(
                 if event.origin_server_ts < since_ms:
                     older += 1
                     continue
-                reading = _reading_row(row, device.user_id)
+                reading = _reading_row(row, user_id)
                 if reading is not None:
                     found.append(reading)
             # Stream order follows arrival, a device's buffered reading may be a little older than its neighbours:
@@ -186,20 +199,38 @@ class LiveHub:
         self._devices_read = -1.0
 
     def on_event(self, sent: Sent) -> None:
-        """Room listener: a device's telemetry event becomes a ``reading`` on every open stream."""
+        """Room listener: a device's or BLE sensor's telemetry event becomes a ``reading`` on every open stream."""
         if not self.streams:
             return
         event = sent.event
         if event.type != "m.room.message" or SENML_KEY not in event.content:
             return
-        device = self._device(event.sender)
-        if device is None or event.room_id not in device.rooms:
-            return
+        if event.sender.startswith(BLE_USER_PREFIX):
+            sensor = self._ble_sensor(event.sender, event.room_id)
+            if sensor is None:
+                return
+            source = {"sensor": sensor}
+        else:
+            device = self._device(event.sender)
+            if device is None or event.room_id not in device.rooms:
+                return
+            source = {"device": device.name}
         reading = reading_of(event.content, event.origin_server_ts)
         if reading is None:
             return
-        reading.update(device=device.name, room_id=event.room_id, event_id=event.event_id)
+        reading.update(source, room_id=event.room_id, event_id=event.event_id)
         self.publish("reading", reading)
+
+    def _ble_sensor(self, user_id: str, room_id: str) -> str | None:
+        """The name of the BLE sensor speaking as ``user_id`` into ``room_id`` (None: not one of the component's)."""
+        component = getattr(self.services, "components", {}).get("ble")
+        sensors = getattr(component, "sensors", None)
+        name = user_id[len(BLE_USER_PREFIX) :].partition(":")[0]
+        if component is None or not isinstance(sensors, dict) or name not in sensors:
+            return None
+        if ble_user_id(name, self.services.config.server_name) != user_id:
+            return None
+        return name if room_id in component.joined_rooms(name) else None
 
     def _device(self, user_id: str) -> DeviceRecord | None:
         found = self._devices.get(user_id)
@@ -331,22 +362,67 @@ def _query_number(request: web.Request, key: str, default: int) -> int:
     return value
 
 
-async def _readings(request: web.Request) -> web.Response:
-    """``GET .../devices/{name}/readings``: 400 M_INVALID_PARAM for a malformed ``since_ms`` or a ``limit``
-    outside 1..MAX_LIMIT, 404 M_NOT_FOUND for no such device."""
-    svc = _require_admin(request)
-    name = request.match_info["name"]
+def _readings_window(request: web.Request) -> tuple[int, int]:
+    """``since_ms`` and ``limit`` of a readings request: 400 M_INVALID_PARAM for a malformed ``since_ms`` or a
+    ``limit`` outside 1..MAX_LIMIT."""
     now_ms = int(time.time() * 1000)
     since_ms = _query_number(request, "since_ms", max(0, now_ms - DEFAULT_SINCE_MS))
     limit = _query_number(request, "limit", DEFAULT_LIMIT)
     if not 1 <= limit <= MAX_LIMIT:
         raise MatrixError(400, "M_INVALID_PARAM", f"'limit' must be between 1 and {MAX_LIMIT}")
+    return since_ms, limit
+
+
+async def _readings(request: web.Request) -> web.Response:
+    """``GET .../devices/{name}/readings``: 400 as :func:`_readings_window`, 404 M_NOT_FOUND for no such device."""
+    svc = _require_admin(request)
+    name = request.match_info["name"]
+    since_ms, limit = _readings_window(request)
     device = next((d for d in svc.store.link_devices.devices() if d.name == name), None)
     if device is None:
         raise MatrixError(404, "M_NOT_FOUND", f"no device named {name[:64]}")
     readings, truncated = device_readings(svc, device, since_ms, limit)
     return ok({"device": device.name, "user_id": device.user_id, "rooms": device.rooms, "since_ms": since_ms,
                "limit": limit, "readings": readings, "truncated": truncated})  # fmt: skip
+
+
+def ble_sensor_rooms(svc: Services, name: str) -> list[str] | None:
+    """The room IDs BLE sensor ``name`` posts into; None for no such sensor.
+
+    The running component's joined rooms; without it (``[ble]`` off now, the
+    history stays) the sensors file's rooms, aliases resolved here.
+    """
+    component = svc.components.get("ble")
+    sensors = getattr(component, "sensors", None)
+    if isinstance(sensors, dict) and component is not None:
+        return component.joined_rooms(name) if name in sensors else None
+    try:
+        sensor = next((s for s in BleRegistry(svc.config.data_dir).sensors() if s.name == name), None)
+    except BleRegistryError as exc:
+        log.warning("status page: %s", exc)
+        return None
+    if sensor is None:
+        return None
+    rooms = []
+    for room in sensor.rooms:
+        found = svc.store.get_alias(room) if room.startswith("#") else (room,)
+        if found is not None:
+            rooms.append(found[0])
+    return rooms
+
+
+async def _ble_readings(request: web.Request) -> web.Response:
+    """``GET .../ble/{name}/readings``: as the device's, 404 M_NOT_FOUND for no such BLE sensor."""
+    svc = _require_admin(request)
+    name = request.match_info["name"]
+    since_ms, limit = _readings_window(request)
+    rooms = ble_sensor_rooms(svc, name)
+    if rooms is None:
+        raise MatrixError(404, "M_NOT_FOUND", f"no BLE sensor named {name[:64]}")
+    user_id = ble_user_id(name, svc.config.server_name)
+    readings, truncated = account_readings(svc, user_id, rooms, since_ms, limit)
+    return ok({"sensor": name, "user_id": user_id, "rooms": rooms, "since_ms": since_ms, "limit": limit,
+               "readings": readings, "truncated": truncated})  # fmt: skip
 
 
 def _page_files() -> dict[str, bytes]:
@@ -385,4 +461,5 @@ def install(app: web.Application, svc: Services) -> None:
     app.on_shutdown.append(close_streams)
     app.router.add_routes(_page_routes())
     app.router.add_get(ADMIN_PREFIX + "/devices/{name}/readings", _readings)
+    app.router.add_get(ADMIN_PREFIX + "/ble/{name}/readings", _ble_readings)
     app.router.add_get(ADMIN_PREFIX + "/events", _events)

@@ -2,9 +2,10 @@
 // kept live by the gateway's event stream. Everything it loads comes from the gateway that serves it.
 //
 // Flow: sign in (POST /_matrix/client/v3/login) -> GET /_lowband/admin/v1/status with the token
-// (403: not a server admin, the session is logged out again) -> the readings of each device for the
-// chosen range -> GET /_lowband/admin/v1/events read with fetch() (the token in the Authorization
-// header, never in a URL), which pushes `status` every few seconds and `reading` as a board sends.
+// (403: not a server admin, the session is logged out again) -> the readings of each device and BLE
+// sensor for the chosen range -> GET /_lowband/admin/v1/events read with fetch() (the token in the
+// Authorization header, never in a URL), which pushes `status` every few seconds and `reading` as a
+// board or a BLE sensor sends.
 
 import { LinePlot, formatValue } from "./chart.js";
 
@@ -16,10 +17,20 @@ const ANNOUNCE_EVERY_MS = 15000;
 
 const $ = (id) => document.getElementById(id);
 
+// The two kinds of cards: link devices and BLE sensors. Each card is one entry of its kind's map:
+// name -> {kind, name, card, plots: Map(series -> LinePlot), series: Map(series -> [{t, v}]), units, lastReading}
+const KINDS = {
+  device: { list: "devices", cards: new Map(), readings: (name) => `${ADMIN}/devices/${encodeURIComponent(name)}/readings` },
+  ble: { list: "ble-sensors", cards: new Map(), readings: (name) => `${ADMIN}/ble/${encodeURIComponent(name)}/readings` },
+};
+
+function* allCards() {
+  for (const kind of Object.values(KINDS)) yield* kind.cards.values();
+}
+
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   status: null,
-  devices: new Map(), // name -> {card, plots: Map(series -> LinePlot), series: Map(series -> [{t, v}]), units}
   stream: null, // AbortController of the live stream
   lastAnnounce: 0,
 };
@@ -182,6 +193,38 @@ function deviceFacts(d) {
   ];
 }
 
+function bleFacts(s) {
+  const refused = sum(s.refused);
+  const facts = [
+    ["Last seen", s.last_seen_ms == null ? "never" : ago(s.last_seen_ms)],
+    ["Signal (RSSI)", s.rssi_dbm == null ? dash : `${formatValue(s.rssi_dbm)} dBm`],
+    ["Readings", s.readings ?? dash],
+    ["Refused advertisements", refused ? `${refused} (${Object.entries(s.refused).map(([k, n]) => `${k} ${n}`).join(", ")})` : "0"],
+    ["Address", s.address || dash],
+    ["Format", s.format || dash],
+  ];
+  if (s.gatt) {
+    const error = s.gatt.last_error ? ` (${s.gatt.last_error})` : "";
+    facts.push(["GATT connection", s.gatt.connected ? "connected" : `not connected${error}`]);
+  }
+  return facts;
+}
+
+function scannerFacts(b) {
+  const sc = b.scanner || {};
+  const mode = sc.mode_in_use && sc.mode && sc.mode_in_use !== sc.mode ? `${sc.mode_in_use} (configured ${sc.mode})` : sc.mode_in_use || sc.mode || dash;
+  const facts = [
+    ["Scanner", sc.state || dash],
+    ["Mode", sc.mode_reason ? `${mode}: ${sc.mode_reason}` : mode],
+    ["Adapter", sc.adapter || "default"],
+    ["Advertisements", b.advertisements ?? dash],
+    ["Unknown devices in range", b.unknown_cap == null ? b.unknown_devices ?? dash : `${b.unknown_devices} (at most ${b.unknown_cap} kept)`],
+    ["Dropped (queue full)", b.dropped ?? dash],
+  ];
+  if (sc.last_error) facts.splice(1, 0, ["Scanner error", sc.last_error]);
+  return facts;
+}
+
 function fillFacts(dl, facts) {
   dl.replaceChildren();
   for (const [term, value] of facts) {
@@ -194,38 +237,55 @@ function fillFacts(dl, facts) {
 }
 
 function clearDevices() {
-  state.devices.clear();
-  $("devices").replaceChildren();
+  for (const kind of Object.values(KINDS)) {
+    kind.cards.clear();
+    $(kind.list).replaceChildren();
+  }
 }
 
-function deviceCard(name) {
-  let entry = state.devices.get(name);
+function cardOf(kind, name) {
+  const cards = KINDS[kind].cards;
+  let entry = cards.get(name);
   if (entry) return entry;
   const card = document.createElement("li");
   card.className = "device";
-  card.dataset.device = name;
-  const id = `device-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  if (kind === "device") card.dataset.device = name;
+  else card.dataset.sensor = name;
+  const id = `${kind}-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
   card.setAttribute("aria-labelledby", id);
   card.innerHTML = `<div class="device-head"><h3 id="${id}"></h3><span class="health"></span></div>
     <p class="last-reading"></p><dl class="facts"></dl><div class="plots"></div>`;
   card.querySelector("h3").textContent = name;
-  $("devices").appendChild(card);
-  entry = { card, plots: new Map(), series: new Map(), units: {}, lastReading: null };
-  state.devices.set(name, entry);
+  $(KINDS[kind].list).appendChild(card);
+  entry = { kind, name, card, plots: new Map(), series: new Map(), units: {}, lastReading: null };
+  cards.set(name, entry);
   return entry;
 }
 
 const HEALTH = { ok: "OK", late: "Late", silent: "Silent", never: "Never heard" };
 
-function renderDevice(d) {
-  const entry = deviceCard(d.name);
+function renderCard(kind, d, facts) {
+  const entry = cardOf(kind, d.name);
   const health = entry.card.querySelector(".health");
   health.textContent = HEALTH[d.health] || d.health || "unknown";
   health.className = `health health-${d.health || "unknown"}`;
   const mine = d.last_reading && (!entry.lastReading || d.last_reading.ts_ms >= entry.lastReading.ts_ms);
   if (mine) entry.lastReading = d.last_reading;
   showLastReading(entry);
-  fillFacts(entry.card.querySelector(".facts"), deviceFacts(d));
+  fillFacts(entry.card.querySelector(".facts"), facts);
+}
+
+/** Show the cards of one kind from the summary's list: new ones added, gone ones removed. */
+function renderCards(kind, items, facts) {
+  const cards = KINDS[kind].cards;
+  const names = new Set(items.map((d) => d.name));
+  for (const [name, entry] of cards) {
+    if (!names.has(name)) {
+      entry.card.remove();
+      cards.delete(name);
+    }
+  }
+  for (const d of items) renderCard(kind, d, facts(d));
 }
 
 function showLastReading(entry) {
@@ -277,14 +337,14 @@ function renderStatus(s) {
   $("server-name").textContent = s.server_name ? `· ${s.server_name}` : "";
   const devices = s.devices || [];
   $("devices-empty").hidden = devices.length > 0;
-  const names = new Set(devices.map((d) => d.name));
-  for (const [name, entry] of state.devices) {
-    if (!names.has(name)) {
-      entry.card.remove();
-      state.devices.delete(name);
-    }
-  }
-  for (const d of devices) renderDevice(d);
+  renderCards("device", devices, deviceFacts);
+  const ble = s.ble;
+  const sensors = (ble && ble.sensors) || [];
+  $("ble-off").hidden = Boolean(ble);
+  $("ble-empty").hidden = !ble || sensors.length > 0;
+  $("ble-scanner").hidden = !ble;
+  if (ble) fillFacts($("ble-scanner"), scannerFacts(ble));
+  renderCards("ble", sensors, bleFacts);
   redrawPlots();
 
   const mqtt = s.mqtt;
@@ -339,8 +399,9 @@ function addReading(entry, reading) {
 }
 
 function redrawPlots(only = null) {
-  for (const [name, entry] of state.devices) {
-    if (only && only !== name) continue;
+  for (const entry of allCards()) {
+    if (only && only !== entry) continue;
+    const name = entry.name;
     // The gateway's clock stamps the readings: a browser whose clock is behind still shows the newest point.
     let to = Date.now();
     for (const points of entry.series.values()) if (points.length) to = Math.max(to, points[points.length - 1].t);
@@ -377,10 +438,10 @@ function redrawPlots(only = null) {
 
 async function loadReadings() {
   const since = Date.now() - rangeMs();
-  await Promise.all([...state.devices.keys()].map(async (name) => {
-    const entry = state.devices.get(name);
+  await Promise.all([...allCards()].map(async (entry) => {
+    const name = entry.name;
     try {
-      const answer = await api("GET", `${ADMIN}/devices/${encodeURIComponent(name)}/readings?since_ms=${since}&limit=2000`);
+      const answer = await api("GET", `${KINDS[entry.kind].readings(name)}?since_ms=${since}&limit=2000`);
       entry.series = new Map();
       for (const r of answer.readings) addReading(entry, r);
       entry.truncated = answer.truncated;
@@ -407,15 +468,16 @@ async function loadReadings() {
 }
 
 function onReading(reading) {
-  const entry = state.devices.get(reading.device);
+  const entry = reading.sensor != null ? KINDS.ble.cards.get(reading.sensor) : KINDS.device.cards.get(reading.device);
   if (!entry) return;
   addReading(entry, reading);
   if (!entry.lastReading || reading.ts_ms >= entry.lastReading.ts_ms) {
     entry.lastReading = reading;
     showLastReading(entry);
   }
-  redrawPlots(reading.device);
-  announce(`New reading from ${reading.device}: ${readingText(reading)}`);
+  redrawPlots(entry);
+  const what = entry.kind === "ble" ? `BLE sensor ${entry.name}` : entry.name;
+  announce(`New reading from ${what}: ${readingText(reading)}`);
 }
 
 // ------------------------------------------------------------------ live stream
