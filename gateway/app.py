@@ -30,6 +30,7 @@ from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
 from lowband.gateway.homeserver.accounts import Reservation, ReservedNamespaces
 from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.presence import presence_loop
 from lowband.gateway.homeserver.ratelimit import LoginThrottle
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.services import Services
@@ -95,6 +96,8 @@ def _has_section(name: str) -> Callable[[Config], bool]:
 #: cryptography) only once a device is provisioned (``link/component.py``);
 #: the MQTT bridge (paho) is imported only with an ``[mqtt]`` section.
 COMPONENTS: list[Component] = [
+    # push rules judged on every new event, unread counts in /sync, delivery to push gateways (docs/client-api.md)
+    Registered("push", "lowband.gateway.homeserver.notifications:start_push", _always),
     Registered("federation", "lowband.gateway.federation.component:start_federation",
                lambda config: config.federation.enabled),
     Registered("links", "lowband.gateway.link.component:start_links", _always),
@@ -261,6 +264,9 @@ async def run_gateway(
         services.store.close()
         raise
     expiry = asyncio.create_task(typing_expiry_loop(services.typing, services.notifier))
+    if services.sync.presence is not None:  # online -> unavailable -> offline on idle (presence.py)
+        presence_task = asyncio.create_task(presence_loop(services.sync.presence, services.notifier))
+        expiry.add_done_callback(lambda _: presence_task.cancel())
     stoppers: list[Callable[[], Awaitable[None]]] = []
     if metrics_runner is not None:
         stoppers.append(metrics_runner.cleanup)

@@ -120,6 +120,26 @@ class MetricsConfig:
     listen: tuple[str, int] | None = None
 
 
+PUSH_URL_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Where pushers may send (``[push]``, docs/security.md "Push gateway addresses").
+
+    By default a push gateway must be a public address: loopback, private, link-local, shared (CGNAT),
+    multicast and other special-purpose addresses are refused when a pusher is set and again for each
+    address a name resolves to when a notification is sent.
+    """
+
+    #: allow every address but the unspecified, multicast and broadcast ones (a LAN push gateway)
+    allow_private: bool = False
+    #: CIDR ranges allowed even though special-purpose (``"127.0.0.1/32"`` for a push gateway on this host)
+    allowed_ranges: tuple[str, ...] = ()
+    #: the URL schemes a pusher may use (``["https"]`` refuses plain http)
+    url_schemes: tuple[str, ...] = PUSH_URL_SCHEMES
+
+
 BLE_MODES = ("passive", "active")
 
 
@@ -151,6 +171,20 @@ class Config:
     http_host: str = "127.0.0.1"
     http_port: int = 8008
     registration_enabled: bool = False
+    #: /user_directory/search finds every local user and every user in a room here (False: users sharing a
+    #: room with the searcher and users in rooms published in the directory)
+    user_directory_search_all: bool = False
+    #: /register?kind=guest makes guest accounts (limited to the spec's guest endpoints)
+    guests_enabled: bool = False
+    #: presence kept and shown in /sync (off: PUT is accepted and dropped, everyone reads offline)
+    presence_enabled: bool = True
+    #: an online user idle this long becomes unavailable, and offline after presence_offline_s
+    presence_idle_s: float = 300.0
+    presence_offline_s: float = 1800.0
+    #: with tokens, /register asks for one of them (m.login.registration_token) instead of m.login.dummy
+    registration_tokens: tuple[str, ...] = ()
+    #: the client API's URL as clients should reach it, for /.well-known/matrix/client (None: the request's)
+    public_base_url: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
     #: all media one user may keep stored (uploads past it: 403)
     media_quota_bytes: int = 1024 * 1024 * 1024
@@ -165,6 +199,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ble: BleConfig = field(default_factory=BleConfig)
+    push: PushConfig = field(default_factory=PushConfig)
     #: PEM certificate chain and key: the one listener speaks HTTPS (client and federation APIs)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -278,6 +313,27 @@ def _ble(section: dict[str, Any]) -> BleConfig:
     return BleConfig(**values)
 
 
+def _push(section: dict[str, Any]) -> PushConfig:
+    values: dict[str, Any] = {}
+    if "allow_private" in section:
+        values["allow_private"] = _take(section, "allow_private", bool, "push")
+    if "allowed_ranges" in section:
+        ranges = _take(section, "allowed_ranges", list, "push")
+        for item in ranges:
+            try:
+                ipaddress.ip_network(item)
+            except (TypeError, ValueError):
+                raise ConfigError(f"push.allowed_ranges: {item!r} is not an address range such as "
+                                  "\"192.168.1.20/32\" (host bits must be zero)") from None  # fmt: skip
+        values["allowed_ranges"] = tuple(ranges)
+    if "url_schemes" in section:
+        schemes = _take(section, "url_schemes", list, "push")
+        if not schemes or not all(s in PUSH_URL_SCHEMES for s in schemes):
+            raise ConfigError('push.url_schemes must be a non-empty list of "http" and "https"')
+        values["url_schemes"] = tuple(schemes)
+    return PushConfig(**values)
+
+
 def _take(section: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = section.pop(key)
     if isinstance(value, bool) and kind is not bool:
@@ -338,7 +394,8 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
     if components:
         values["components"] = components
     for name, section in sections.items():
-        if name not in ("server", "http", "registration", "media", "rate_limits", "federation", "metrics", "ble"):
+        if name not in ("server", "http", "registration", "media", "rate_limits", "federation", "metrics", "ble",
+                        "presence", "user_directory", "push"):
             raise ConfigError(f"unknown config section [{name}]")
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -364,6 +421,27 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
     registration = sections.get("registration", {})
     if "enabled" in registration:
         values["registration_enabled"] = _take(registration, "enabled", bool, "registration")
+    if "guests" in registration:
+        values["guests_enabled"] = _take(registration, "guests", bool, "registration")
+    presence = sections.get("presence", {})
+    if "enabled" in presence:
+        values["presence_enabled"] = _take(presence, "enabled", bool, "presence")
+    for key in ("idle_s", "offline_s"):
+        if key in presence:
+            values[f"presence_{key}"] = _positive(_take(presence, key, (int, float), "presence"), f"presence.{key}")
+    if "tokens" in registration:
+        tokens = _take(registration, "tokens", list, "registration")
+        if not all(isinstance(t, str) and re.fullmatch(r"[A-Za-z0-9._~-]{1,64}", t) for t in tokens):
+            raise ConfigError("registration.tokens must be strings of 1-64 characters A-Z a-z 0-9 . _ ~ -")
+        values["registration_tokens"] = tuple(tokens)
+    if "public_base_url" in http:
+        url = _take(http, "public_base_url", str, "http")
+        if not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(?:/[A-Za-z0-9._~/-]*)?", url):
+            raise ConfigError(f"http.public_base_url {url[:100]!r} must be an http(s) URL such as https://matrix.example")
+        values["public_base_url"] = url.rstrip("/")
+    user_directory = sections.get("user_directory", {})
+    if "search_all_users" in user_directory:
+        values["user_directory_search_all"] = _take(user_directory, "search_all_users", bool, "user_directory")
     media = sections.get("media", {})
     if "max_upload_bytes" in media:
         values["max_upload_bytes"] = _positive(_take(media, "max_upload_bytes", int, "media"), "media.max_upload_bytes")
@@ -378,6 +456,8 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
         values["metrics"] = _metrics(sections["metrics"])
     if "ble" in sections:
         values["ble"] = _ble(sections["ble"])
+    if "push" in sections:
+        values["push"] = _push(sections["push"])
     for name, section in sections.items():
         if section:
             raise ConfigError(f"unknown config key {name}.{next(iter(section))}")

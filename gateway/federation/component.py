@@ -28,6 +28,7 @@ from lowband.gateway.federation.inbound.pipeline import InboundPipeline
 from lowband.gateway.federation.invites import Invites
 from lowband.gateway.federation.keyring import KeyRing
 from lowband.gateway.federation.membership import Memberships
+from lowband.gateway.federation.presence_edus import PresenceEdus
 from lowband.gateway.federation.queries import RemoteQueries
 from lowband.gateway.federation.sender import FederationSender
 from lowband.gateway.homeserver.rooms.dag import RoomDag
@@ -95,7 +96,8 @@ async def start_federation(services: Services) -> Callable[[], Awaitable[None]] 
     sender = FederationSender(server_name, key.version, client, tables, dag.servers_of, dag.pdu_of)
     edus = Edus(services, sender)
     invites = Invites(server_name, key, client, keyring, rooms, services.store, services.notifier.notify)
-    pipeline = InboundPipeline(client, keyring, dag, edus.receive, outside=invites.outside_room)
+    presence = PresenceEdus(services, sender)  # m.presence out and in (presence_edus.py)
+    pipeline = InboundPipeline(client, keyring, dag, presence.wrap(edus.receive), outside=invites.outside_room)
     memberships = Memberships(server_name, key, client, keyring, dag, lambda: int(time.time() * 1000))
     backfiller = Backfiller(server_name, client, keyring, dag)
     e2ee, to_device = FederatedKeys(services, client, sender), FederatedToDevice(sender)

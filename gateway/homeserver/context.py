@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lowband.gateway.homeserver.ignored import ignored_users
 from lowband.gateway.homeserver.sync import HISTORY_FLOOR, MAX_SCAN_ROWS, EventFilter, SyncHandler
 from lowband.gateway.store.interfaces import EventRow
 
@@ -39,7 +40,7 @@ class ContextHandler:
         the user was never in the room."""
         row = self.sync.visible_row(user_id, room_id, event_id)
         ceiling, joined_now = self.sync.reader_ceiling(user_id, room_id)
-        event_filter = EventFilter(filter_doc)
+        event_filter = EventFilter(filter_doc, ignored=ignored_users(self.store, user_id))
         before_limit = limit // 2
         before, start = self._side(user_id, room_id, row["stream"] - 1, before_limit, event_filter, joined_now,
                                    backwards=True, ceiling=ceiling)  # fmt: skip

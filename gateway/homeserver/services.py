@@ -15,12 +15,15 @@ from typing import Any
 from lowband.gateway.config import Config, RateLimits
 from lowband.gateway.homeserver.accounts import ReservedNamespaces
 from lowband.gateway.homeserver.e2ee_keys import DeviceKeys
+from lowband.gateway.homeserver.guests import Guests
 from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.presence import PresenceTracker
 from lowband.gateway.homeserver.ratelimit import LoginThrottle, RateLimiter
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.sync import SyncHandler
 from lowband.gateway.homeserver.to_device import ToDevice
 from lowband.gateway.homeserver.typing import TypingTracker
+from lowband.gateway.homeserver.uia import UserInteractiveAuth
 from lowband.gateway.store.interfaces import Store
 
 
@@ -47,11 +50,22 @@ class Services:
     receipt_listeners: list[Callable[[str, str, str, str, int], None]] = field(default_factory=list)
     #: end-to-end encryption: device keys and to-device messages (built from the store)
     device_keys: DeviceKeys = field(init=False)
+    #: user-interactive auth sessions and stages, shared by every endpoint that asks for them (uia.py)
+    uia: UserInteractiveAuth = field(init=False)
     to_device: ToDevice = field(init=False)
+    #: which users are guests (guests.py)
+    guests: Guests = field(init=False)
 
     def __post_init__(self) -> None:
+        self.uia = UserInteractiveAuth(self.store, self.login_throttle, self.config.registration_tokens)
         self.device_keys = DeviceKeys(self.store, self.config.server_name, self.notifier.notify)
         self.to_device = ToDevice(self.store, self.config.server_name, self.notifier.notify)
+        self.guests = Guests(self.store)
+        self.guests.watch(self.rooms)  # guests leave a room that stops allowing them
+        if self.config.presence_enabled and self.sync.presence is None:
+            self.sync.presence = PresenceTracker(self.typing, idle_s=self.config.presence_idle_s,
+                                                 offline_s=self.config.presence_offline_s,
+                                                 on_change=self.notifier.notify)  # fmt: skip
 
     @classmethod
     def rate_limiters(cls, limits: RateLimits) -> tuple[RateLimiter | None, RateLimiter | None]:

@@ -19,10 +19,15 @@ import asyncio
 import fnmatch
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from lowband.gateway.homeserver import lazy_members
+from lowband.gateway.homeserver.ignored import ignored_users
+from lowband.gateway.homeserver.lazy_members import NO_LAZY, LazyOptions, SentMembers
 from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.presence import PresenceTracker, presence_section
 from lowband.gateway.homeserver.relation_bundles import summaries
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.to_device import e2ee_sync
@@ -83,8 +88,11 @@ class SyncToken:
 class EventFilter:
     """The RoomEventFilter subset Lowband applies: types, senders, limit, rooms."""
 
-    def __init__(self, spec: dict[str, Any] | None, default_limit: int = DEFAULT_TIMELINE_LIMIT) -> None:
+    def __init__(self, spec: dict[str, Any] | None, default_limit: int = DEFAULT_TIMELINE_LIMIT,
+                 ignored: frozenset[str] = frozenset()) -> None:  # fmt: skip
         spec = spec if isinstance(spec, dict) else {}
+        #: senders the reader ignores (``homeserver/ignored.py``): their non-state events are left out
+        self.ignored = ignored
         self.types = _string_list(spec.get("types"))
         self.not_types = _string_list(spec.get("not_types")) or []
         self.senders = _string_list(spec.get("senders"))
@@ -103,6 +111,8 @@ class EventFilter:
 
     def allows(self, event: Event) -> bool:
         """Whether the filter keeps this event."""
+        if self.ignored and event.sender in self.ignored and not event.is_state:
+            return False
         if any(fnmatch.fnmatchcase(event.type, p) for p in self.not_types):
             return False
         if self.types is not None and not any(fnmatch.fnmatchcase(event.type, p) for p in self.types):
@@ -142,6 +152,17 @@ class SyncHandler:
         self.rooms = rooms
         self.typing = typing
         self.notifier = notifier
+        #: set by the push component (homeserver/notifications.py): each joined room's unread_notifications,
+        #: ``unread(user, room)``, and whether they changed in (since, upto], ``unread_changed(user, room, a, b)``
+        self.unread: Callable[[str, str], dict[str, int]] | None = None
+        self.unread_changed: Callable[[str, str, int, int], bool] | None = None
+        #: also the push component's: waits (briefly) until every stored event's counts are counted, so an
+        #: event and its counts usually come in one response
+        self.settle: Callable[[], Awaitable[None]] | None = None
+        #: member events (and summaries) each device was sent, for lazy loading (lazy_members.py)
+        self.sent_members = SentMembers()
+        #: presence of local users (presence.py); None: presence is off in the config
+        self.presence: PresenceTracker | None = None
 
     # -------------------------------------------------------- visibility
 
@@ -234,6 +255,8 @@ class SyncHandler:
         deadline = time.monotonic() + max(0, min(timeout_ms, 300_000)) / 1000
         while True:
             generation = self.notifier.generation
+            if self.settle is not None:
+                await self.settle()
             upto = self.store.persisted
             response, empty = self._sync_once(user_id, since, full_state, filter_doc, device_id, upto)
             fields, delivered, fresh = await e2ee_sync(self.store, user_id, device_id, since.stream if since else None,
@@ -256,8 +279,10 @@ class SyncHandler:
         typing_serial = self.typing.serial
         room_doc = filter_doc.get("room")
         room_filter: dict[str, Any] = room_doc if isinstance(room_doc, dict) else {}
-        timeline_filter = EventFilter(room_filter.get("timeline"))
+        ignored = ignored_users(self.store, user_id)
+        timeline_filter = EventFilter(room_filter.get("timeline"), ignored=ignored)
         state_filter = EventFilter(room_filter.get("state"), MAX_LIMIT)
+        lazy = LazyOptions.of(room_filter.get("state"))
         rooms_only = EventFilter(room_filter)
         include_leave = room_filter.get("include_leave") is True
         join: dict[str, Any] = {}
@@ -271,10 +296,12 @@ class SyncHandler:
             fresh = since is None or mstream > since_stream
             if membership == "join":
                 room = self._joined_room(user_id, room_id, since, fresh, full_state, upto,
-                                         timeline_filter, state_filter, device)  # fmt: skip
+                                         timeline_filter, state_filter, device, lazy)  # fmt: skip
                 if room is not None:
                     join[room_id] = room
             elif membership == "invite" and fresh:
+                if ignored and self._invited_by(member_event) in ignored:
+                    continue  # an invite from an ignored user is not shown
                 invite[room_id] = {"invite_state": {"events": self._stripped_state(room_id, user_id, "invite")}}
             elif membership == "knock" and fresh:
                 knock[room_id] = {"knock_state": {"events": self._stripped_state(room_id, user_id, "knock")}}
@@ -292,14 +319,16 @@ class SyncHandler:
             "next_batch": str(SyncToken(upto, typing_serial)),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "account_data": {"events": account_data},
-            "presence": {"events": []},
+            "presence": {"events": presence_section(self.presence, self.store, user_id, since.typing if since else None,
+                                                    filter_doc.get("presence"))},
         }
-        empty = not (join or invite or knock or leave or account_data)
+        empty = not (join or invite or knock or leave or account_data or response["presence"]["events"])
         return response, empty
 
     def _joined_room(
         self, user_id: str, room_id: str, since: SyncToken | None, initial: bool, full_state: bool, upto: int,
         timeline_filter: EventFilter, state_filter: EventFilter, device: tuple[str, str],
+        lazy: LazyOptions = NO_LAZY,
     ) -> dict[str, Any] | None:  # fmt: skip
         after = 0 if initial or since is None else since.stream
         rows, limited, resume = self._visible_events(user_id, room_id, after, upto, timeline_filter, joined_now=True)
@@ -312,6 +341,12 @@ class SyncHandler:
             previous = self._state_at(room_id, after)
         else:
             state_ids, previous = {}, {}
+        acknowledged = None if initial or full_state or since is None else since.stream
+        if lazy.enabled and (state_ids or rows):  # members of the timeline's senders only (lazy_members.py)
+            start = state_ids if state_ids else self._state_at_start(room_id, rows, upto)
+            state_ids = lazy_members.pick_state(lazy, self.sent_members, device, room_id, rows, start,
+                                                previous if state_ids else start, acknowledged)  # fmt: skip
+            previous = {}
         state_events = []
         for key, event_id in sorted(state_ids.items()):
             if previous.get(key) == event_id:
@@ -323,8 +358,12 @@ class SyncHandler:
         room_account_data = [
             {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, after, upto) if r == room_id
         ]
-        if not (initial or full_state or rows or state_events or ephemeral or room_account_data):
+        counts_changed = self.unread_changed is not None and self.unread_changed(user_id, room_id, after, upto)
+        if not (initial or full_state or rows or state_events or ephemeral or room_account_data or counts_changed):
             return None
+        if lazy.enabled:
+            lazy_members.note_sent(self.sent_members, device, room_id, state_events, rows, upto)
+        summary = self._summary(user_id, room_id, rows, state_events, acknowledged, upto, device)
         prev_batch = f"s{resume}"
         return {
             "timeline": {
@@ -335,9 +374,24 @@ class SyncHandler:
             "state": {"events": state_events},
             "ephemeral": {"events": ephemeral},
             "account_data": {"events": room_account_data},
-            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
-            "summary": {},
+            "unread_notifications": ({"notification_count": 0, "highlight_count": 0} if self.unread is None
+                                     else self.unread(user_id, room_id)),
+            "summary": summary,
         }
+
+    def _summary(self, user_id: str, room_id: str, rows: list[EventRow], state: list[dict[str, Any]],
+                 acknowledged: int | None, upto: int, device: tuple[str, str]) -> dict[str, Any]:  # fmt: skip
+        """The room ``summary`` when it may have changed since what the device acknowledged, else ``{}``."""
+        if acknowledged is not None and not lazy_members.summary_wanted(rows, state):
+            return {}
+        current = self.rooms.current_state(room_id)
+        named = bool((self.rooms.state_content(current, "m.room.name") or {}).get("name")) or bool(
+            (self.rooms.state_content(current, "m.room.canonical_alias") or {}).get("alias"))  # fmt: skip
+        summary = lazy_members.room_summary(self.store, room_id, user_id, upto, named)
+        if self.sent_members.summary_unchanged(device, room_id, summary, acknowledged):
+            return {}
+        self.sent_members.note_summary(device, room_id, summary, upto)
+        return summary
 
     def _left_room(self, user_id: str, room_id: str, after: int, leave_stream: int, timeline_filter: EventFilter,
                    member_event: str) -> dict[str, Any]:  # fmt: skip
@@ -419,6 +473,11 @@ class SyncHandler:
             events.append({"type": "m.receipt", "content": content})
         return events
 
+    def _invited_by(self, member_event: str) -> str | None:
+        """The sender of an invite event, or None when it is not stored."""
+        row = self.store.get_event(member_event)
+        return row["event"].sender if row is not None else None
+
     def _stripped_state(self, room_id: str, user_id: str, membership: str) -> list[dict[str, Any]]:
         if self.rooms.head(room_id) is None:  # an invite to, or a knock on, a room held elsewhere
             if membership == "knock":
@@ -446,7 +505,7 @@ class SyncHandler:
         if direction not in ("b", "f"):
             raise invalid_param("dir must be 'b' or 'f'")
         ceiling, joined_now = self.reader_ceiling(user_id, room_id)
-        event_filter = EventFilter(filter_doc, limit)
+        event_filter = EventFilter(filter_doc, limit, ignored=ignored_users(self.store, user_id))
         start = SyncToken.parse(from_token, history=True).stream if from_token else (ceiling if direction == "b" else 0)
         bound = SyncToken.parse(to_token, history=True).stream if to_token else None
         chunk: list[EventRow] = []
@@ -473,7 +532,8 @@ class SyncHandler:
         response: dict[str, Any] = {
             "start": from_token or f"s{min(start, ceiling)}",
             "chunk": self.serve(user_id, chunk, ceiling, device=(user_id, device_id)),
-            "state": [],
+            "state": [self.client_event(r) for r in lazy_members.chunk_members(self.store, chunk,
+                                                                                LazyOptions.of(filter_doc))],
         }
         if not exhausted:
             response["end"] = f"s{position}"

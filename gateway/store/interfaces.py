@@ -876,6 +876,74 @@ class AppServiceStore(Protocol):
     def to_device_at(self, positions: list[int]) -> list[dict[str, Any]]: ...
 
 
+class TooManyPushers(StoreError):
+    """The user already has as many pushers as allowed."""
+
+
+class NotificationRow(NamedTuple):
+    """One event a user's push rules asked to notify about."""
+
+    user_id: str
+    stream: int
+    room_id: str
+    event_id: str
+    actions: list[Any]
+    highlight: bool
+    ts: int
+
+
+class PusherRow(NamedTuple):
+    """One pusher of a user: ``body`` is the pusher as ``GET /pushers`` shows it; ``cursor`` the notification
+    position delivered up to."""
+
+    user_id: str
+    app_id: str
+    pushkey: str
+    kind: str
+    body: dict[str, Any]
+    device_id: str | None
+    cursor: int
+    failures: int = 0
+    last_error: str | None = None
+
+
+class PushStore(Protocol):
+    """Push rules, notification rows and pushers. Contracts are those of
+    :class:`~lowband.gateway.store.sqlite.push.PushTables`; every write is committed on return."""
+
+    def rules_doc(self, user_id: str) -> dict[str, Any] | None: ...
+
+    async def edit_rules(self, user_id: str,
+                         edit: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]: ...  # fmt: skip
+
+    def evaluated(self) -> int | None: ...
+
+    def timeline_after(self, cursor: int, upto: int, limit: int) -> list[TimelineRow]: ...
+
+    async def add_notifications(self, rows: list[NotificationRow], evaluated: int) -> int | None: ...
+
+    def rooms_changed(self, user_id: str, after: int, upto: int) -> set[str]: ...
+
+    def unread_counts(self, user_id: str, room_id: str, after: int) -> tuple[int, int]: ...
+
+    def notification_rooms(self, user_id: str) -> list[str]: ...
+
+    def notifications(self, user_id: str, below: int | None, limit: int,
+                      only_highlight: bool) -> list[NotificationRow]: ...  # fmt: skip
+
+    def notifications_after(self, user_id: str, cursor: int, limit: int) -> list[NotificationRow]: ...
+
+    def pushers(self, user_id: str | None = None) -> list[PusherRow]: ...
+
+    async def set_pusher(self, pusher: PusherRow, *, append: bool, limit: int, ts: int) -> list[PusherRow]: ...
+
+    async def delete_pusher(self, user_id: str, app_id: str, pushkey: str) -> bool: ...
+
+    async def move_pusher_cursor(self, user_id: str, app_id: str, pushkey: str, cursor: int) -> None: ...
+
+    async def count_pusher_failure(self, user_id: str, app_id: str, pushkey: str, error: str) -> None: ...
+
+
 class RelationStore(Protocol):
     """The index of ``m.relates_to`` (relations, threads). Contracts are those of
     :class:`~lowband.gateway.store.sqlite.relations.RelationTables`; kept up to date by every event write."""
@@ -889,6 +957,43 @@ class RelationStore(Protocol):
 
     def threads(self, room_id: str, *, below: int | None, limit: int,
                 participant: str | None) -> list[tuple[str, int]]: ...  # fmt: skip
+
+
+class SearchHit(NamedTuple):
+    """One event the full-text index matched."""
+
+    stream: int
+    event_id: str
+    room_id: str
+    type: str
+    sender: str
+    state_before: int | None
+    #: higher for a better match
+    rank: float
+
+
+class SearchStore(Protocol):
+    """The full-text index of message bodies, room names and topics. Contracts are those of
+    :class:`~lowband.gateway.store.sqlite.search.SearchTables`; kept up to date by every event write."""
+
+    def matches(self, words: list[str], *, below: int, limit: int) -> list[SearchHit]: ...
+
+    def directory_users(self, searcher: str, public_rooms: list[str], *, everyone: bool, user_id_like: str,
+                        name_like: tuple[str, str], limit: int) -> list[tuple[str, str | None, str | None]]: ...
+
+
+class AccountLifecycleStore(Protocol):
+    """OpenID tokens, deactivation and erasure, what ``whois`` shows. Contracts are those of
+    :class:`~lowband.gateway.store.sqlite.accounts_lifecycle.AccountLifecycleTables`; writes committed on return."""
+
+    async def add_openid_token(self, token: str, user_id: str, now_ms: int, lifetime_ms: int,
+                               max_per_user: int) -> None: ...  # fmt: skip
+
+    def openid_user(self, token: str, now_ms: int) -> str | None: ...
+
+    async def deactivate(self, user_id: str, *, erase: bool) -> None: ...
+
+    def device_sessions(self, user_id: str) -> dict[str, list[int]]: ...
 
 
 class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
@@ -936,6 +1041,21 @@ class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     @property
     def relations(self) -> RelationStore:
         """The index of event relations (threads, edits, references, annotations)."""
+        ...
+
+    @property
+    def push(self) -> PushStore:
+        """Push rules, notifications and pushers."""
+        ...
+
+    @property
+    def account_lifecycle(self) -> AccountLifecycleStore:
+        """OpenID tokens, deactivation and erasure."""
+        ...
+
+    @property
+    def search(self) -> SearchStore:
+        """The full-text index behind ``POST /search``."""
         ...
 
     def close(self) -> None:

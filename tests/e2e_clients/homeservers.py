@@ -141,6 +141,8 @@ def start_synapse(workdir: Path, timeout: float = 90.0) -> Iterator[Homeserver]:
 LOWBAND_CONFIG = """
 [rate_limits]
 enabled = false
+[registration]
+guests = true
 """
 
 

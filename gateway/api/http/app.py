@@ -9,14 +9,20 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from lowband.gateway.api.http import (
+    client_account,
     client_appservice,
     client_auth,
     client_keys,
+    client_legacy,
     client_misc,
+    client_presence,
+    client_push,
     client_relations,
     client_room_keys,
     client_rooms,
+    client_search,
     client_sync,
+    client_tags,
     client_thirdparty,
     client_timestamp,
     federation_base,
@@ -55,6 +61,8 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         response = await handler(request)
     except MatrixError as exc:
+        if not exc.errcode:  # a user-interactive auth challenge before any attempt: no error (homeserver/uia.py)
+            return web.json_response(exc.extra, status=exc.status, headers=_CORS)
         refused = _error_response(exc.status, exc.errcode, exc.message, **exc.extra)
         if exc.status == 408:  # the rest of a body that came too slowly is not waited for
             refused.force_close()
@@ -119,8 +127,10 @@ def make_app(services: Services) -> web.Application:
     status_page.install(app, services)  # the status web page, device readings, live events (docs/status.md)
     app[federation_base.BODY_BUDGET] = federation_base.BodyBudget()
     app[media.UPLOADS_IN_FLIGHT] = {}
-    for module in (client_appservice, client_auth, client_keys, client_rooms, client_sync, client_misc,
-                   client_relations, client_room_keys, client_thirdparty, client_timestamp, media, federation_keys,
-                   federation_query, federation_rooms):  # fmt: skip
+    for module in (client_account, client_appservice, client_auth, client_keys, client_rooms, client_sync, client_misc,
+                   client_presence, client_relations, client_room_keys, client_thirdparty, client_timestamp, media,
+                   federation_keys, federation_query, federation_rooms):  # fmt: skip
+        app.router.add_routes(module.routes())
+    for module in (client_legacy, client_push, client_search, client_tags):  # push, search, directory, tags, legacy
         app.router.add_routes(module.routes())
     return app

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from lowband.gateway.appservices.registration import AppService, appservices_of
+from lowband.gateway.homeserver.guests import guest_route_allowed
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, bad_json
 from lowband.gateway.matrix.numbers import parse_digits
@@ -69,7 +70,28 @@ def authenticate(request: web.Request) -> Requester:
     found = svc.store.lookup_token(token)
     if found is None:
         raise MatrixError(401, "M_UNKNOWN_TOKEN", "unknown access token", soft_logout=False)
+    if svc.guests.is_guest(found[0]):
+        _guest_gate(request, svc)
     return Requester(found[0], found[1], token)
+
+
+def _guest_gate(request: web.Request, svc: Services) -> None:
+    """403 M_GUEST_ACCESS_FORBIDDEN for a guest outside the spec's guest endpoints, or joining a room whose
+    ``m.room.guest_access`` is not ``can_join`` (guests.py)."""
+    info = request.match_info
+    template = info.route.resource.canonical if info.route.resource is not None else ""
+    if not guest_route_allowed(request.method, template, info.get("event_type")):
+        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "guests may not use this endpoint")
+    target = info.get("room_id") if template.endswith("/join") else info.get("room_or_alias")
+    if request.method == "POST" and target is not None and template.endswith(("/join", "/join/{room_or_alias}")):
+        room_id = target
+        if target.startswith("#"):
+            found = svc.store.get_alias(target)
+            room_id = found[0] if found is not None else ""
+        content = svc.rooms.state_content(svc.rooms.current_state(room_id), "m.room.guest_access") \
+            if room_id and svc.rooms.head(room_id) is not None else None  # fmt: skip
+        if (content or {}).get("guest_access") != "can_join":
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "guests may not join this room")
 
 
 def _as_appservice(request: web.Request, svc: Services, bridge: AppService, token: str) -> Requester:

@@ -20,6 +20,7 @@ from lowband.gateway.api.http.base import (
     rate_limit,
     services,
 )
+from lowband.gateway.api.http.client_presence import register_guest
 from lowband.gateway.appservices.registration import appservices_of
 from lowband.gateway.homeserver.accounts import (
     check_password,
@@ -29,6 +30,8 @@ from lowband.gateway.homeserver.accounts import (
     new_token,
     user_id_for,
 )
+from lowband.gateway.homeserver.services import Services
+from lowband.gateway.homeserver.uia import DUMMY, REGISTRATION_TOKEN
 from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
 from lowband.gateway.store.interfaces import UserExists
@@ -50,7 +53,7 @@ async def capabilities(request: web.Request) -> web.Response:
                 "default": room_versions.DEFAULT.identifier,
                 "available": dict.fromkeys(room_versions.KNOWN, "stable"),
             },
-            "m.change_password": {"enabled": False},
+            "m.change_password": {"enabled": True},
             "m.set_displayname": {"enabled": True},
             "m.set_avatar_url": {"enabled": True},
             "m.3pid_changes": {"enabled": False},
@@ -99,15 +102,17 @@ async def login(request: web.Request) -> web.Response:
     if throttle is not None:
         throttle.check(user_id)
     row = svc.store.get_user(user_id)
-    # An unknown or deactivated user costs the same scrypt as a wrong password: the answer's timing must not
-    # tell which names exist (it did: 38 ms against 0.6 ms).
-    known = row is not None and not row["deactivated"]
-    stored = row["password_hash"] if row is not None and known else await asyncio.to_thread(_decoy_hash)
+    # An unknown user costs the same scrypt as a wrong password: the answer's timing must not tell which names
+    # exist (it did: 38 ms against 0.6 ms). A deactivated account keeps its hash: only its right password
+    # learns that it was deactivated.
+    stored = row["password_hash"] if row is not None else await asyncio.to_thread(_decoy_hash)
     matches = await asyncio.to_thread(check_password, password, stored)
-    if not known or not matches:
+    if row is None or not matches:
         if throttle is not None:
             throttle.failed(user_id)
         raise forbidden("invalid user name or password")
+    if row["deactivated"]:
+        raise MatrixError(403, "M_USER_DEACTIVATED", f"{user_id} has been deactivated")
     if throttle is not None:
         throttle.succeeded(user_id)
     if needs_rehash(stored):  # the one moment the password is at hand: bring an old hash up to today's cost
@@ -149,31 +154,74 @@ async def register(request: web.Request) -> web.Response:
     if bridge is not None:  # the bridge itself, whatever ?user_id= says (mautrix names the user it registers)
         return await _register_appservice_user(request, Requester(bridge.sender, "", token or "", bridge))
     rate_limit(request)
-    if request.query.get("kind", "user") != "user":
-        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "guest accounts are not available")
+    kind = request.query.get("kind", "user")
+    if kind == "guest":  # client_presence.py (guests.py): only when the config allows guests
+        return await register_guest(request)
+    if kind != "user":
+        raise MatrixError(400, "M_INVALID_PARAM", "kind must be user or guest")
     if not svc.config.registration_enabled:
         raise forbidden("registration is disabled on this gateway")
     body = await json_body(request)
-    auth = body.get("auth")
-    if not isinstance(auth, dict) or auth.get("type") != "m.login.dummy":
-        session = secrets.token_urlsafe(12)
-        return ok({"flows": [{"stages": ["m.login.dummy"]}], "params": {}, "session": session}, status=401)
-    username = get_str(body, "username", required=False) or secrets.token_hex(6)
-    password = get_str(body, "password", required=False)
-    if password is None:
-        raise MatrixError(400, "M_MISSING_PARAM", "a password is required")
-    if len(password) > 512:
+    username = _registration_params(body)
+    if username is not None and not isinstance(body.get("auth"), dict):  # the first request: say it at once
+        _check_available(svc, username)
+    # User-interactive auth (homeserver/uia.py): the session keeps the first request's parameters and, once
+    # the account is made, its answer: completing the session again returns that answer, never a 2nd account.
+    # With tokens the flow is the token then m.login.dummy, as Synapse offers it (matrix-nio's
+    # register_with_token completes the session with m.login.dummy after the token).
+    flows = [[REGISTRATION_TOKEN, DUMMY]] if svc.config.registration_tokens else [[DUMMY]]
+    session = await svc.uia.require("register", body, flows, keep=_REGISTRATION_PARAMS)
+    async with session.lock:
+        if session.answer is None:
+            session.answer = await _create_account(request, svc, session.params)
+            session.params.pop("password", None)  # no longer needed in memory
+    return ok(session.answer)
+
+
+#: what a registration session remembers of its first request (each bounded by _registration_params)
+_REGISTRATION_PARAMS = ("username", "password", "device_id", "initial_device_display_name", "inhibit_login")
+
+
+def _registration_params(body: dict) -> str | None:
+    """Check the types and sizes of /register's parameters (M_BAD_JSON); the username, if any."""
+    for key in ("username", "password", "device_id", "initial_device_display_name"):
+        get_str(body, key, required=False)
+    if len(body.get("password") or "") > 512:
         raise bad_json("password too long")
+    if len(body.get("username") or "") > 255:
+        raise MatrixError(400, "M_INVALID_USERNAME", "a user ID is at most 255 bytes")
+    if len(body.get("initial_device_display_name") or "") > 255 or len(body.get("device_id") or "") > 255:
+        raise bad_json("device_id and initial_device_display_name must be at most 255 characters")
+    if not isinstance(body.get("inhibit_login", False), bool):
+        raise bad_json("'inhibit_login' must be true or false")
+    return get_str(body, "username", required=False)
+
+
+def _check_available(svc: Services, username: str) -> str:
+    """The user ID for ``username``: M_INVALID_USERNAME, M_EXCLUSIVE (reserved), M_USER_IN_USE otherwise."""
     user_id = user_id_for(username, svc.server_name)
     svc.namespaces.check_registrable(username, user_id)
+    if svc.store.get_user(user_id) is not None:
+        raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is taken")
+    return user_id
+
+
+async def _create_account(request: web.Request, svc: Services, params: dict) -> dict:
+    """Make the account a completed registration session asked for; its answer (with a token unless
+    ``inhibit_login``)."""
+    username = _registration_params(params) or secrets.token_hex(6)
+    password = get_str(params, "password", required=False)
+    if password is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "a password is required")
+    user_id = _check_available(svc, username)
     try:
         password_hash = await asyncio.to_thread(hash_password, password)
         await svc.store.create_user(user_id, password_hash, False, int(time.time() * 1000))
     except UserExists:
         raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is taken") from None
-    if body.get("inhibit_login") is True:
-        return ok({"user_id": user_id, "home_server": svc.server_name})
-    return ok(await _issue_token(request, user_id, body))
+    if params.get("inhibit_login") is True:
+        return {"user_id": user_id, "home_server": svc.server_name}
+    return await _issue_token(request, user_id, params)
 
 
 async def _register_appservice_user(request: web.Request, requester: Requester) -> web.Response:
@@ -211,18 +259,15 @@ async def register_available(request: web.Request) -> web.Response:
     svc = services(request)
     if not svc.config.registration_enabled:  # closed: it would only tell strangers which names exist
         raise forbidden("registration is disabled")
-    username = request.query.get("username", "")
-    user_id = user_id_for(username, svc.server_name)
-    svc.namespaces.check_registrable(username, user_id)
-    if svc.store.get_user(user_id) is not None:
-        raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is taken")
+    _check_available(svc, request.query.get("username", ""))
     return ok({"available": True})
 
 
 async def whoami(request: web.Request) -> web.Response:
     """GET /account/whoami."""
     requester = authenticate(request)
-    answer: dict[str, object] = {"user_id": requester.user_id, "is_guest": False}
+    answer: dict[str, object] = {"user_id": requester.user_id,
+                                 "is_guest": services(request).guests.is_guest(requester.user_id)}
     if requester.device_id:  # an application service acting without ?device_id= has none
         answer["device_id"] = requester.device_id
     return ok(answer)

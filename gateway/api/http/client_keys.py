@@ -6,8 +6,6 @@ asks for the password where the spec wants user-interactive auth, and shapes the
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from typing import Any
 
 from aiohttp import web
@@ -22,9 +20,9 @@ from lowband.gateway.api.http.base import (
     read_limit,
     services,
 )
-from lowband.gateway.homeserver.accounts import check_password
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.homeserver.sync import SyncToken
+from lowband.gateway.homeserver.uia import PASSWORD
 from lowband.gateway.matrix.errors import MatrixError, bad_json, not_found
 
 #: devices one delete_devices request may name
@@ -177,29 +175,13 @@ async def remove_devices(svc: Services, user_id: str, device_ids: list[str], als
 
 
 async def _require_password(request: web.Request, svc: Services, requester: Requester, body: dict[str, Any]) -> None:
-    """User-interactive auth with one stage, m.login.password: 401 with the flows until the password is given."""
-    auth = body.get("auth")
-    flows = {"flows": [{"stages": ["m.login.password"]}], "params": {}}
-    if not isinstance(auth, dict):
-        raise MatrixError(401, "M_FORBIDDEN", "this needs your password", session=secrets.token_urlsafe(12), **flows)
-    session = auth.get("session") if isinstance(auth.get("session"), str) else secrets.token_urlsafe(12)
-    identifier = auth.get("identifier")
-    user = identifier.get("user") if isinstance(identifier, dict) else auth.get("user")
-    if auth.get("type") != "m.login.password" or user not in (None, requester.user_id, requester.user_id[1:].split(":")[0]):
-        raise MatrixError(401, "M_FORBIDDEN", "only m.login.password for yourself", session=session, **flows)
-    password = auth.get("password")
-    throttle = svc.login_throttle
-    if throttle is not None:
-        throttle.check(requester.user_id)
-    row = svc.store.get_user(requester.user_id)
-    good = (isinstance(password, str) and row is not None
-            and await asyncio.to_thread(check_password, password, row["password_hash"]))  # fmt: skip
-    if not good:
-        if throttle is not None:
-            throttle.failed(requester.user_id)
-        raise MatrixError(401, "M_FORBIDDEN", "invalid password", session=session, completed=[], **flows)
-    if throttle is not None:
-        throttle.succeeded(requester.user_id)
+    """User-interactive auth with one stage, m.login.password (homeserver/uia.py): 401 until it is given.
+
+    One purpose for every device and key operation of the user: a session completed for deleting one device
+    also serves a following deletion or key replacement while it lives (clients reuse it so), never a
+    password change or deactivation.
+    """
+    await svc.uia.require("devices", body, [[PASSWORD]], user_id=requester.user_id)
 
 
 def routes() -> list[web.RouteDef]:

@@ -1,6 +1,6 @@
 """Profiles, account data, receipts, read markers, typing, the room directory,
-and the small endpoints clients call on start (push rules, devices, TURN,
-presence).
+and the small endpoints clients call on start (push rules, devices, TURN;
+presence is in client_presence.py).
 
 Everything a long-polling /sync must deliver (typing, receipts, account
 data) calls ``notifier.notify()`` once it is stored; profile changes reach
@@ -430,13 +430,6 @@ async def put_room_visibility(request: web.Request) -> web.Response:
 # ----------------------------------------------------- start-up endpoints
 
 
-async def get_push_rules(request: web.Request) -> web.Response:
-    """GET /pushrules/: an empty global rule set (this gateway sends no pushes)."""
-    authenticate(request)
-    kinds = ("override", "content", "room", "sender", "underride")
-    return ok({"global": {kind: [] for kind in kinds}})
-
-
 def _device(info: DeviceInfo) -> dict[str, Any]:
     device: dict[str, Any] = {"device_id": info.device_id}
     if info.display_name is not None:
@@ -466,25 +459,6 @@ async def get_turn_server(request: web.Request) -> web.Response:
     return ok()
 
 
-async def get_presence(request: web.Request) -> web.Response:
-    """GET /presence/{userId}/status: presence is not tracked, everyone is offline."""
-    authenticate(request)
-    _local_user(services(request), _user_param(request))
-    return ok({"presence": "offline"})
-
-
-async def put_presence(request: web.Request) -> web.Response:
-    """PUT /presence/{userId}/status: validated, then dropped (presence is not tracked)."""
-    requester = authenticate(request)
-    _own_user(request, requester, "presence")
-    body = await json_body(request)
-    presence = get_str(body, "presence")
-    if presence not in ("online", "offline", "unavailable"):
-        raise invalid_param("presence must be online, offline or unavailable")
-    get_str(body, "status_msg", required=False)
-    return ok()
-
-
 def routes() -> list[web.RouteDef]:
     """Routes of this module."""
     profile = CLIENT + "/profile/{user_id}"
@@ -506,11 +480,7 @@ def routes() -> list[web.RouteDef]:
         web.post(CLIENT + "/publicRooms", post_public_rooms),
         web.get(CLIENT + "/directory/list/room/{room_id}", get_room_visibility),
         web.put(CLIENT + "/directory/list/room/{room_id}", put_room_visibility),
-        web.get(CLIENT + "/pushrules/", get_push_rules),
-        web.get(CLIENT + "/pushrules", get_push_rules),
         web.get(CLIENT + "/devices", get_devices),
         web.get(CLIENT + "/devices/{device_id}", get_device),
         web.get(CLIENT + "/voip/turnServer", get_turn_server),
-        web.get(CLIENT + "/presence/{user_id}/status", get_presence),
-        web.put(CLIENT + "/presence/{user_id}/status", put_presence),
     ]

@@ -11,6 +11,7 @@ from aiohttp import web
 from lowband.gateway.api.http.base import CLIENT, authenticate, ok, services
 from lowband.gateway.homeserver import context, relations
 from lowband.gateway.homeserver.context import ContextHandler
+from lowband.gateway.homeserver.filter_check import check_room_event_filter
 from lowband.gateway.homeserver.relations import RelationsHandler, page_limit
 from lowband.gateway.matrix.errors import MatrixError, bad_json, invalid_param
 from lowband.gateway.matrix.identifiers import is_room_id
@@ -49,7 +50,7 @@ def _room_event_filter(request: web.Request) -> dict[str, Any] | None:
         raise MatrixError(400, "M_NOT_JSON", "filter is not valid JSON") from None
     if not isinstance(value, dict):
         raise bad_json("filter must be an object")
-    return value
+    return check_room_event_filter(value)
 
 
 async def get_relations(request: web.Request) -> web.Response:

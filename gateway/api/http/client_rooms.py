@@ -1,8 +1,9 @@
-"""Rooms: create, membership, send, state, events, history, aliases."""
+"""Rooms: create, upgrade, membership, send, state, events, history, aliases."""
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -21,13 +22,15 @@ from lowband.gateway.api.http.base import (
 from lowband.gateway.appservices.queries import ask_bridges_for_alias
 from lowband.gateway.appservices.registration import appservices_of
 from lowband.gateway.federation.component import federation_of
+from lowband.gateway.homeserver.filter_check import check_room_event_filter
 from lowband.gateway.homeserver.sync import transaction_key
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
 from lowband.gateway.matrix.events import server_name_of
-from lowband.gateway.matrix.identifiers import is_room_alias, is_room_id
+from lowband.gateway.matrix.identifiers import is_room_alias, is_room_id, is_user_id
 from lowband.gateway.store.interfaces import EventWrite
 
 MAX_ID_BYTES = 255
+log = logging.getLogger(__name__)
 
 
 def _room_id(request: web.Request) -> str:
@@ -105,11 +108,13 @@ async def join(request: web.Request) -> web.Response:
     target = request.match_info.get("room_id") or request.match_info["room_or_alias"]
     room_id, servers = await _resolve_room(request, target)
     body = await json_body(request, allow_empty=True)
+    custom = _member_content(body)
     svc = services(request)
     held = svc.rooms.head(room_id) is not None
     if held and svc.server_name in svc.rooms.dag.servers_in_room(room_id):
-        if svc.store.membership(room_id, requester.user_id) != "join":
-            await svc.rooms.set_membership(requester.user_id, room_id, requester.user_id, "join", body.get("reason"))
+        if svc.store.membership(room_id, requester.user_id) != "join" or _changes_member(
+                svc, room_id, requester.user_id, {k: v for k, v in custom.items() if k != "reason"}):  # fmt: skip
+            await svc.rooms.set_membership(requester.user_id, room_id, requester.user_id, "join", extra=custom)
         return ok({"room_id": room_id})
     fed = federation_of(svc)
     if fed is None:
@@ -121,12 +126,30 @@ async def join(request: web.Request) -> web.Response:
             servers.insert(0, server_name_of(found["event"].sender))
     if held:
         servers += sorted(svc.rooms.dag.servers_in_room(room_id))
-    content: dict[str, Any] = {**svc.rooms.lookups.profile(requester.user_id)}
-    if isinstance(body.get("reason"), str):
-        content["reason"] = body["reason"]
+    content: dict[str, Any] = {**svc.rooms.lookups.profile(requester.user_id), **custom}
     await fed.memberships.join_remote(requester.user_id, room_id, servers, content)
     svc.notifier.notify()
     return ok({"room_id": room_id})
+
+
+#: Keys of a membership event's content that only the server sets: a client's own copy is dropped (a restricted
+#: room's voucher would let a client claim a join nobody authorised; a third-party invite is signed elsewhere).
+_SERVER_MEMBER_KEYS = ("membership", "join_authorised_via_users_server", "third_party_signed", "third_party_invite")
+
+
+def _member_content(body: dict[str, Any]) -> dict[str, Any]:
+    """The content a client asks a membership event to carry (reason, displayname, avatar_url, anything else),
+    less what only the server sets; M_BAD_JSON for a reason, displayname or avatar_url that is not a string."""
+    for key in ("reason", "displayname", "avatar_url"):
+        if key in body and not isinstance(body[key], str):
+            raise bad_json(f"'{key}' must be a string")
+    return {k: v for k, v in body.items() if k not in _SERVER_MEMBER_KEYS}
+
+
+def _changes_member(svc: Any, room_id: str, user_id: str, content: dict[str, Any]) -> bool:
+    """Whether ``content`` would change anything in ``user_id``'s current membership content."""
+    current = svc.rooms.state_content(svc.rooms.current_state(room_id), "m.room.member", user_id) or {}
+    return any(current.get(k) != v for k, v in content.items())
 
 
 async def knock(request: web.Request) -> web.Response:
@@ -316,7 +339,7 @@ async def put_state(request: web.Request) -> web.Response:
     state_key = request.match_info.get("state_key", "")
     svc = services(request)
     if event_type == "m.room.member":
-        raise bad_json("use the membership endpoints to change membership")
+        return await _put_member(request, requester, room_id, state_key, content)
     if event_type == "m.room.canonical_alias":
         alt = content.get("alt_aliases", [])
         if not isinstance(alt, list):
@@ -329,13 +352,60 @@ async def put_state(request: web.Request) -> web.Response:
             found = svc.store.get_alias(alias)
             if found is None or found[0] != room_id:
                 raise MatrixError(400, "M_BAD_ALIAS", f"alias {alias[:80]!r} does not point to this room")
+    same = _same_state(svc, requester, room_id, event_type, state_key, content)
+    if same is not None:
+        return ok({"event_id": same})
     sent = await svc.rooms.send(requester.user_id, room_id, event_type, content, state_key=state_key)
+    return ok({"event_id": sent.event.event_id})
+
+
+def _same_state(svc: Any, requester: Requester, room_id: str, event_type: str, state_key: str,
+                content: dict[str, Any]) -> str | None:  # fmt: skip
+    """The current state event's ID when the requester sent it with this very content (a no-op: no new event), only
+    while the requester is still joined (the auth rules would refuse anyone else)."""
+    current = svc.rooms.state_event(room_id, event_type, state_key)
+    if current is None or current.sender != requester.user_id or current.content != content:
+        return None
+    if svc.store.membership(room_id, requester.user_id) != "join":
+        return None
+    return str(current.event_id)
+
+
+async def _put_member(request: web.Request, requester: Requester, room_id: str, target: str,
+                      content: dict[str, Any]) -> web.Response:  # fmt: skip
+    """PUT /state/m.room.member/{userId}: a membership change through the membership path (join or leave oneself,
+    change one's own displayname or avatar, invite, kick, ban, unban), the content kept as sent."""
+    if not is_user_id(target):
+        raise MatrixError(400, "M_INVALID_PARAM", "the state key of m.room.member must be a user ID")
+    membership = content.get("membership")
+    if membership not in ("join", "invite", "leave", "ban", "knock"):
+        raise bad_json("'membership' must be one of join, invite, leave, ban, knock")
+    custom = _member_content(content)
+    svc = services(request)
+    if svc.rooms.head(room_id) is None:
+        raise not_found("unknown room: join it through /join")
+    if membership in ("join", "knock") and target != requester.user_id:
+        raise forbidden(f"only {target[:80]} may set their membership to {membership}")
+    current = svc.rooms.state_event(room_id, "m.room.member", target)
+    would = {**(svc.rooms.lookups.profile(target) if membership == "join" else {}), **custom, "membership": membership}
+    if current is not None and current.sender == requester.user_id and would == {
+            k: v for k, v in current.content.items() if k != "join_authorised_via_users_server"}:  # fmt: skip
+        return ok({"event_id": current.event_id})  # the same membership again: no new event
+    fed = federation_of(svc)
+    if membership == "invite" and fed is not None and server_name_of(target) != svc.server_name:
+        invited = await fed.invites.invite_remote(requester.user_id, room_id, target, custom.get("reason"))
+        return ok({"event_id": invited.event_id})
+    sent = await svc.rooms.set_membership(requester.user_id, room_id, target, membership, extra=custom)
     return ok({"event_id": sent.event.event_id})
 
 
 def _visible_state(request: web.Request, requester: Requester, room_id: str) -> dict[tuple[str, str], str]:
     svc = services(request)
     rows = [r for r in svc.store.rooms_for_user(requester.user_id) if r[0] == room_id]
+    if (not rows or rows[0][1] != "join") and svc.rooms.head(room_id) is not None and (svc.rooms.state_content(
+            svc.rooms.current_state(room_id), "m.room.history_visibility") or {}).get(
+            "history_visibility") == "world_readable":  # anyone reads a world_readable room's state (sync14)
+        return svc.rooms.current_state(room_id)
     if not rows or rows[0][1] not in ("join", "leave", "ban"):
         raise forbidden("you are not a member of this room")
     if rows[0][1] == "join":
@@ -395,12 +465,15 @@ async def messages(request: web.Request) -> web.Response:
     raw_filter = request.query.get("filter")
     filter_doc = None
     if raw_filter:
+        if len(raw_filter) > 16 * 1024:
+            raise MatrixError(400, "M_INVALID_PARAM", "filter too large")
         try:
             filter_doc = json.loads(raw_filter)
         except (ValueError, RecursionError):  # nesting past the recursion limit is not JSON we take either
             raise MatrixError(400, "M_NOT_JSON", "filter is not valid JSON") from None
         if not isinstance(filter_doc, dict):
             raise bad_json("filter must be an object")
+        check_room_event_filter(filter_doc)
     svc = services(request)
     args = (requester.user_id, room_id, request.query.get("from"), request.query.get("to"),
             request.query.get("dir", "b"), query_int(request, "limit", 10, low=1, high=1000), filter_doc,
@@ -521,7 +594,33 @@ async def delete_alias(request: web.Request) -> web.Response:
     if creator != requester.user_id and svc.rooms.power_level(room_id, requester.user_id) < 50:
         raise forbidden("only the alias creator or a moderator may delete it")
     await svc.store.delete_alias(alias)
+    await _drop_from_canonical_alias(svc, requester.user_id, room_id, alias)
     return ok()
+
+
+async def _drop_from_canonical_alias(svc: Any, user_id: str, room_id: str, alias: str) -> None:
+    """Take a deleted alias out of the room's ``m.room.canonical_alias`` (``alias`` and ``alt_aliases``) with a new
+    state event sent as the deleter, when the auth rules let them; otherwise the event stays as it is (logged)."""
+    current = svc.rooms.state_event(room_id, "m.room.canonical_alias")
+    if current is None:
+        return
+    content = dict(current.content)
+    alt = content.get("alt_aliases")
+    changed = False
+    if content.get("alias") == alias:
+        del content["alias"]
+        changed = True
+    if isinstance(alt, list) and alias in alt:
+        content["alt_aliases"] = [a for a in alt if a != alias]
+        if not content["alt_aliases"]:
+            del content["alt_aliases"]
+        changed = True
+    if not changed:
+        return
+    try:
+        await svc.rooms.send(user_id, room_id, "m.room.canonical_alias", content, state_key="")
+    except MatrixError as exc:
+        log.info("alias %s deleted; %s's canonical alias left as it was: %s", alias, room_id, exc.message)
 
 
 async def room_aliases(request: web.Request) -> web.Response:
@@ -532,10 +631,25 @@ async def room_aliases(request: web.Request) -> web.Response:
     return ok({"aliases": services(request).store.aliases_for_room(room_id)})
 
 
+async def upgrade(request: web.Request) -> web.Response:
+    """POST /rooms/{roomId}/upgrade {new_version[, additional_creators]}: a new room replaces this one
+    (``homeserver/rooms/upgrade.py``); answers ``{"replacement_room": id}``."""
+    requester = authenticate(request)
+    rate_limit(request, requester)
+    room_id = _room_id(request)
+    body = await json_body(request)
+    if "new_version" not in body:
+        raise bad_json("'new_version' is required")
+    new_room = await services(request).rooms.upgrade_room(requester.user_id, room_id, body["new_version"],
+                                                          body.get("additional_creators"))  # fmt: skip
+    return ok({"replacement_room": new_room})
+
+
 def routes() -> list[web.RouteDef]:
     """Routes of this module."""
     room = CLIENT + "/rooms/{room_id}"
     return [
+        web.post(room + "/upgrade", upgrade),
         web.post(CLIENT + "/createRoom", create_room),
         web.post(CLIENT + "/join/{room_or_alias}", join),
         web.post(CLIENT + "/knock/{room_or_alias}", knock),

@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from lowband.gateway.api.http.base import CLIENT, authenticate, json_body, ok, query_int, services
+from lowband.gateway.api.http.client_presence import note_sync
+from lowband.gateway.homeserver.filter_check import check_filter
 from lowband.gateway.homeserver.sync import SyncToken
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
 from lowband.gateway.matrix.numbers import parse_digits
@@ -29,7 +31,7 @@ def _filter_for(request: web.Request, user_id: str) -> dict[str, Any]:
             raise MatrixError(400, "M_NOT_JSON", "the inline filter is not valid JSON") from None
         if not isinstance(value, dict):
             raise bad_json("a filter must be a JSON object")
-        return value
+        return check_filter(value)
     filter_id = parse_digits(raw)
     if filter_id is None:
         raise MatrixError(400, "M_INVALID_PARAM", "unknown filter ID")
@@ -48,6 +50,7 @@ async def sync(request: web.Request) -> web.Response:
     timeout = query_int(request, "timeout", 0, high=300_000)
     full_state = request.query.get("full_state", "false") == "true"
     filter_doc = _filter_for(request, requester.user_id)
+    note_sync(svc, requester.user_id, request.query.get("set_presence"))  # presence.py: online unless told
     return ok(await svc.sync.sync(requester.user_id, since, timeout, full_state, filter_doc, requester.device_id))
 
 
@@ -61,7 +64,7 @@ def _own_user(request: web.Request) -> str:
 async def create_filter(request: web.Request) -> web.Response:
     """POST /user/{userId}/filter."""
     user_id = _own_user(request)
-    body = await json_body(request)
+    body = check_filter(await json_body(request))
     text = json.dumps(body)
     if len(text) > MAX_FILTER_BYTES:
         raise MatrixError(413, "M_TOO_LARGE", "filter too large")

@@ -6,6 +6,7 @@
   check, idempotent transaction IDs, one write per batch;
 * :mod:`.creation` — /createRoom: presets and the initial state;
 * :mod:`.membership` — join, invite, leave, kick, ban;
+* :mod:`.upgrade` — /upgrade: a new room of another version replaces an old one;
 * :mod:`.service` — :class:`RoomService`, the one object the rest of the
   gateway holds.
 

@@ -175,6 +175,19 @@ class RoomCreator:
         for user in invites:
             plan.append(("m.room.member", user, {"membership": "invite", **({"is_direct": True} if body.get("is_direct") is True else {})}))
 
+        room_id = await self.create_from_plan(creator, version, plan, alias)
+        if visibility == "public":
+            await self.store.set_room_public(room_id, True)
+        return room_id
+
+    async def create_from_plan(self, creator: str, version: RoomVersion, plan: list[tuple[str, str, dict[str, Any]]],
+                               alias: str | None = None) -> str:  # fmt: skip
+        """Build, authorise and commit a new room's first events, ``plan`` = (type, state_key, content) in order
+        (the create event first); returns the room ID. ``alias`` is taken for the room before the commit.
+
+        Raises MatrixError: M_INVALID_ROOM_STATE when the auth rules refuse an event (nothing is stored),
+        M_BAD_JSON for a malformed event, M_ROOM_IN_USE when ``alias`` is taken meanwhile.
+        """
         # v12: the create event names the room, and _dry_run sets the ID once it has built it
         room_id = "" if version.room_id_is_create_hash else self.new_room_id()
         head = RoomHead(room_id, creator, None, [], 0, version)
@@ -191,8 +204,6 @@ class RoomCreator:
         await committed
         for write in writes:
             self.sender.announce(Sent(write.event, write.position))
-        if visibility == "public":
-            await self.store.set_room_public(room_id, True)
         return room_id
 
     def _dry_run(self, head: RoomHead, sender: str, plan: list[tuple[str, str, dict[str, Any]]]) -> list[Event]:

@@ -17,6 +17,7 @@ from lowband.gateway.homeserver.rooms.dag import RoomDag
 from lowband.gateway.homeserver.rooms.lookups import RoomHead, RoomLookups
 from lowband.gateway.homeserver.rooms.membership import MembershipChanges
 from lowband.gateway.homeserver.rooms.sending import EventSender, SendRequest, Sent
+from lowband.gateway.homeserver.rooms.upgrade import RoomUpgrader
 from lowband.gateway.matrix.errors import MatrixError
 from lowband.gateway.matrix.events import Event
 from lowband.gateway.matrix.room_versions import RoomVersion
@@ -43,6 +44,7 @@ class RoomService:
         self.creator = RoomCreator(store, self.lookups, self.sender, server_name, signing_key)
         self.memberships = MembershipChanges(store, self.lookups, self.sender, server_name)
         self.dag = RoomDag(store, self.lookups, self.sender, server_name)
+        self.upgrader = RoomUpgrader(store, self.lookups, self.sender, self.creator, server_name)
         if on_new_event is not None:
             self.sender.add_listener(on_new_event)
 
@@ -137,6 +139,10 @@ class RoomService:
     async def create_room(self, creator: str, body: dict[str, Any]) -> str:
         """Create a room as the /createRoom body asks; returns its ID. See :meth:`RoomCreator.create_room`."""
         return await self.creator.create_room(creator, body)
+
+    async def upgrade_room(self, user_id: str, room_id: str, new_version: Any, additional_creators: Any = None) -> str:
+        """Replace a room by one of ``new_version``; returns the new room's ID. See :meth:`RoomUpgrader.upgrade`."""
+        return await self.upgrader.upgrade(user_id, room_id, new_version, additional_creators)
 
     # ---------------------------------------------------------- membership
 

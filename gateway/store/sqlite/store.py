@@ -34,6 +34,7 @@ from lowband.gateway.store.interfaces import (
     UserRow,
     pdu_bytes,
 )
+from lowband.gateway.store.sqlite.accounts_lifecycle import AccountLifecycleTables
 from lowband.gateway.store.sqlite.appservices import AppServiceTables
 from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.devices import SQLiteLinkDevices
@@ -41,9 +42,11 @@ from lowband.gateway.store.sqlite.directory_networks import DirectoryNetworkTabl
 from lowband.gateway.store.sqlite.e2ee import E2EETables
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
+from lowband.gateway.store.sqlite.push import PushTables
 from lowband.gateway.store.sqlite.relations import RelationTables
 from lowband.gateway.store.sqlite.room_keys import RoomKeyTables
 from lowband.gateway.store.sqlite.schema import SCHEMA, token_key, upgrade
+from lowband.gateway.store.sqlite.search import SearchTables
 from lowband.gateway.store.sqlite.state_groups import StateGroups
 
 _INSERT_EVENT = (
@@ -70,6 +73,8 @@ class SQLiteStore:
         self._stream = (row[0] if row and row[0] is not None else 0)
         self.e2ee = E2EETables(self.db, self.next_stream, self._write_at)
         self._stream = max(self._stream, self.e2ee.highest_position())
+        self.push = PushTables(self.db, self.next_stream, self._write_at)  # push rules, notifications (push.py)
+        self._stream = max(self._stream, self.push.highest_position())
         self.persisted = self._stream
         low = self.db.query_one("SELECT MIN(stream) FROM events")
         self._backfill = min(0, low[0] if low and low[0] is not None else 0)
@@ -82,6 +87,9 @@ class SQLiteStore:
         self.appservices = AppServiceTables(self.db)  # the bridges' push queue (store/sqlite/appservices.py)
         self.directory_networks = DirectoryNetworkTables(self.db)  # bridges' networks (directory_networks.py)
         self.relations = RelationTables(self.db)  # m.relates_to index, kept by triggers (relations.py)
+        # OpenID tokens, deactivation and erasure (accounts_lifecycle.py)
+        self.account_lifecycle = AccountLifecycleTables(self.db, self._forget_cached_tokens)
+        self.search = SearchTables(self.db)  # full-text index of message bodies, kept by triggers (search.py)
 
     def close(self) -> None:
         """Flush queued writes and close."""
@@ -155,6 +163,12 @@ class SQLiteStore:
             )
 
         await self.db.write(fn)
+
+    def _forget_cached_tokens(self, user_id: str) -> None:
+        """Drop every cached token of ``user_id`` (its tokens are about to end)."""
+        for token, owner in list(self._tokens.items()):
+            if owner[0] == user_id:
+                del self._tokens[token]
 
     def lookup_token(self, token: str) -> tuple[str, str] | None:
         """(user_id, device_id) for a live token, else None.

@@ -1,0 +1,326 @@
+"""Notifications: push rules applied to every new event, unread counts for /sync, ``GET /notifications``.
+
+Rules:
+
+* the evaluator follows the event stream from a position kept on disk
+  (``push_evaluated``), whatever path stored the event (a local client, a
+  device, a bridge, federation): each timeline event is judged for the
+  room's joined local users other than the sender (and for a local user it
+  invites), with the room's state just before the event, and a row is
+  stored for each user whose rules ask to notify. Rows and the position
+  reached go in one write; the position alone is written every few seconds,
+  and an event judged again after a crash makes no second row. History
+  fetched later (backfill, below position 0) and events older than the
+  first start of this version are not judged;
+* the cost per event is bounded by the room's local members: one rule
+  evaluation each (``push_eval``), conditions that do not depend on the user
+  judged once per event, and no store read per user besides the cached rules
+  and member events;
+* ``/sync`` waits for judging at most :data:`SETTLE_S` before it answers
+  (it takes a few milliseconds), so an event and its counts come in one
+  response; past that the event is served and its counts follow: a write of
+  rows takes a stream position of its own and wakes the long-polls, and a
+  room whose counts changed after a client's token is served again;
+* a room's ``unread_notifications`` are the user's rows after their read
+  receipt (``m.read`` or ``m.read.private``, the later one) in the room: a
+  receipt clears them. Per-thread counts are not kept
+  (``unread_thread_notifications`` is not served);
+* a failure on one event is logged and the event passed over: judging never
+  stops behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lowband.gateway.homeserver import push_rules
+from lowband.gateway.homeserver.push_eval import PushContext, evaluate, outcome
+from lowband.gateway.matrix import auth_rules
+from lowband.gateway.store.interfaces import NotificationRow, StateMap, Store, TimelineRow
+
+if TYPE_CHECKING:
+    from lowband.gateway.homeserver.pushers import PusherDelivery
+    from lowband.gateway.homeserver.services import Services
+
+__all__ = [
+    "NAME",
+    "CountsChanged",
+    "NotificationEvaluator",
+    "PushRuleBook",
+    "PushRuntime",
+    "push_of",
+    "read_position",
+    "start_push",
+    "unread_counts",
+]
+
+log = logging.getLogger("lowband.push")
+
+NAME = "push"
+#: timeline events judged per step (one write each step)
+BATCH = 200
+#: how often the evaluated position alone is written (it is always written with notification rows)
+CURSOR_WRITE_S = 5.0
+#: how long a /sync waits at most for the counts of the events it is about to serve
+SETTLE_S = 0.25
+#: users whose ordered rules are kept in memory
+RULE_CACHE = 10_000
+
+
+class PushRuleBook:
+    """Each user's push rules: read, edited (``push_rules``), kept in order for evaluation in a bounded cache."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._ordered: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+
+    def document(self, user_id: str) -> dict[str, Any] | None:
+        """The user's stored rule document (None: server-default rules only)."""
+        return self.store.push.rules_doc(user_id)
+
+    def ordered(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's rules in evaluation order (cached until the user edits them)."""
+        found = self._ordered.get(user_id)
+        if found is None:
+            found = push_rules.ordered_rules(user_id, self.document(user_id))
+            self._ordered[user_id] = found
+            if len(self._ordered) > RULE_CACHE:
+                self._ordered.popitem(last=False)
+        else:
+            self._ordered.move_to_end(user_id)
+        return found
+
+    async def edit(self, user_id: str, edit: Callable[[dict[str, Any] | None], dict[str, Any]]) -> None:
+        """Apply one edit (it raises the spec's MatrixError for a refused one, and nothing changes)."""
+        self._ordered.pop(user_id, None)
+        await self.store.push.edit_rules(user_id, edit)
+        self._ordered.pop(user_id, None)
+
+
+def read_position(store: Store, user_id: str, room_id: str) -> int:
+    """The stream position of the user's latest read receipt (public or private) in the room; 0 without one."""
+    best = 0
+    for receipt_type in ("m.read", "m.read.private"):
+        event_id = store.get_receipt(room_id, receipt_type, user_id)
+        row = store.get_event(event_id) if event_id else None
+        if row is not None:
+            best = max(best, int(row["stream"]))
+    return best
+
+
+def unread_counts(store: Store, user_id: str, room_id: str) -> dict[str, int]:
+    """``unread_notifications`` of one joined room for /sync."""
+    count, highlight = store.push.unread_counts(user_id, room_id, read_position(store, user_id, room_id))
+    return {"notification_count": count, "highlight_count": highlight}
+
+
+class CountsChanged:
+    """``SyncHandler.unread_changed``: whether a room's counts changed in (after, upto]; one query per /sync (the
+    answer for every room of the user is kept until another user, or other positions, are asked about)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._key: tuple[str, int, int] | None = None
+        self._rooms: set[str] = set()
+
+    def __call__(self, user_id: str, room_id: str, after: int, upto: int) -> bool:
+        key = (user_id, after, upto)
+        if key != self._key:
+            self._rooms, self._key = self.store.push.rooms_changed(user_id, after, upto), key
+        return room_id in self._rooms
+
+
+class NotificationEvaluator:
+    """Follows the event stream and stores the notifications each event makes."""
+
+    def __init__(self, services: Services, book: PushRuleBook,
+                 on_notified: Callable[[set[str]], None] | None = None) -> None:  # fmt: skip
+        self.services = services
+        self.store = services.store
+        self.book = book
+        self.on_notified = on_notified
+        found = self.store.push.evaluated()
+        #: the stream is judged up to here (a new database starts at its head: history is not judged)
+        self.position = self.store.persisted if found is None else found
+        self._fresh = found is None
+        self._saved = self.position
+        self._progress = asyncio.Event()  # replaced after every step: set wakes those waiting in settle()
+        self._saved_at = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+        #: per state group: (joined members, joined local users); messages share their room's group
+        self._members: OrderedDict[int, tuple[int, list[str]]] = OrderedDict()
+        self.evaluated_events = 0
+        self.failed_events = 0
+
+    def start(self) -> None:
+        """Start following the stream."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop following (what is not judged yet is judged at the next start); the position reached is kept."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.position > self._saved:
+            await self.store.push.add_notifications([], self.position)
+
+    async def settle(self, timeout: float = SETTLE_S) -> None:
+        """Wait until every stored event is judged, or ``timeout`` seconds (``/sync`` calls it first)."""
+        deadline = time.monotonic() + timeout
+        while self.position < self.store.persisted and self._task is not None and not self._task.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            progress = self._progress
+            try:
+                async with asyncio.timeout(remaining):
+                    await progress.wait()
+            except TimeoutError:
+                return
+
+    async def _run(self) -> None:
+        notifier = self.services.notifier
+        while not notifier.closed:
+            generation = notifier.generation
+            try:
+                wrote = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a store failure: try again shortly
+                log.exception("push evaluation failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            if wrote:
+                notifier.notify()  # counts changed: long-polling /sync requests look again
+            if self.position >= self.store.persisted:
+                await notifier.wait(generation, 30.0)
+
+    async def step(self) -> bool:
+        """Judge the next events of the stream (at most :data:`BATCH`); whether notification rows were written.
+
+        The position alone is written at most every :data:`CURSOR_WRITE_S` (and at stop): an event judged
+        again after a crash makes no second row.
+        """
+        head = self.store.persisted
+        if head <= self.position and not self._fresh:
+            return False
+        rows = self.store.push.timeline_after(self.position, head, BATCH)
+        reached = head if len(rows) < BATCH else rows[-1].stream
+        made: list[NotificationRow] = []
+        for row in rows:
+            try:
+                made += self.judge(row)
+                self.evaluated_events += 1
+            except Exception:
+                self.failed_events += 1
+                log.exception("push rules could not be applied to %s; passed over", row.event_id)
+        now = time.monotonic()
+        if made or self._fresh or now - self._saved_at >= CURSOR_WRITE_S:
+            await self.store.push.add_notifications(made, reached)
+            self._saved, self._saved_at = reached, now
+        self._fresh = False
+        self.position = max(self.position, reached)
+        self._progress.set()
+        self._progress = asyncio.Event()
+        if made and self.on_notified is not None:
+            self.on_notified({n.user_id for n in made})
+        return bool(made)
+
+    def judge(self, row: TimelineRow) -> list[NotificationRow]:
+        """The notifications one timeline event makes (sans-I/O besides cached reads)."""
+        rooms = self.services.rooms
+        event = rooms.event(row.event_id)
+        if event is None:
+            return []
+        suffix = ":" + self.services.server_name
+        state = self.store.state_for_group(row.state_before) if row.state_before is not None else {}
+        count, local = self._joined(row.state_before, state, suffix)
+        targets = [user for user in local if user != event.sender]
+        invited = (event.type == "m.room.member" and event.state_key and event.content.get("membership") == "invite"
+                   and event.state_key.endswith(suffix) and event.state_key not in targets)  # fmt: skip
+        if invited and event.state_key:
+            targets.append(event.state_key)
+        if not targets:
+            return []
+        levels = rooms.state_content(state, "m.room.power_levels")
+        create = rooms.event(state[("m.room.create", "")]) if ("m.room.create", "") in state else None
+        sender_power = auth_rules.power_level_for_user(levels, create, event.sender)
+        notification_levels = levels.get("notifications") if isinstance(levels, dict) else None
+        pdu = event.pdu
+        out: list[NotificationRow] = []
+        memo: dict[tuple[Any, ...], bool] = {}  # conditions that do not depend on the user: judged once per event
+        for user_id in targets:
+            member = rooms.state_content(state, "m.room.member", user_id) or {}
+            name = member.get("displayname")
+            ctx = PushContext(user_id, name if isinstance(name, str) else None, count, sender_power,
+                              notification_levels if isinstance(notification_levels, dict) else {})  # fmt: skip
+            actions = evaluate(self.book.ordered(user_id), pdu, ctx, memo)
+            result = outcome(actions)
+            if result.notify:
+                out.append(NotificationRow(user_id, row.stream, row.room_id, row.event_id, actions or [],
+                                           result.highlight, event.origin_server_ts))  # fmt: skip
+        return out
+
+    def _joined(self, group: int | None, state: StateMap, suffix: str) -> tuple[int, list[str]]:
+        """(joined members, joined local users) of a state group (cached: a group never changes)."""
+        found = self._members.get(group) if group is not None else None
+        if found is None:
+            rooms = self.services.rooms
+            joined = [
+                key for (kind, key) in state if kind == "m.room.member" and rooms.membership_in(state, key) == "join"
+            ]
+            found = (len(joined), [user for user in joined if user.endswith(suffix)])
+            if group is not None:
+                self._members[group] = found
+                if len(self._members) > 256:
+                    self._members.popitem(last=False)
+        return found
+
+
+@dataclass
+class PushRuntime:
+    """The running push machinery: rules, the evaluator and the pushers' delivery."""
+
+    book: PushRuleBook
+    evaluator: NotificationEvaluator | None = None
+    delivery: PusherDelivery | None = None
+
+
+def push_of(services: Services) -> PushRuntime:
+    """The push runtime (a rule book alone when the component is not running, as in tools and some tests)."""
+    found = services.components.get(NAME)
+    if isinstance(found, PushRuntime):
+        return found
+    runtime = PushRuntime(PushRuleBook(services.store))
+    services.components[NAME] = runtime
+    return runtime
+
+
+async def start_push(services: Services) -> Callable[[], Awaitable[None]]:
+    """Component entry: judge new events, serve counts to /sync, deliver to pushers."""
+    from lowband.gateway.homeserver.pushers import PusherDelivery
+
+    runtime = push_of(services)
+    delivery = PusherDelivery(services)
+    evaluator = NotificationEvaluator(services, runtime.book, delivery.wake)
+    runtime.evaluator, runtime.delivery = evaluator, delivery
+    store = services.store
+    services.sync.unread = lambda user_id, room_id: unread_counts(store, user_id, room_id)
+    services.sync.unread_changed = CountsChanged(store)
+    services.sync.settle = evaluator.settle
+    await delivery.start(evaluator)
+    evaluator.start()
+
+    async def stop() -> None:
+        services.sync.unread = services.sync.unread_changed = None
+        services.sync.settle = None
+        await evaluator.stop()
+        await delivery.stop()
+
+    return stop

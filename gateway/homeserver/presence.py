@@ -1,0 +1,209 @@
+"""Presence of local users: kept in memory, shown to users who share a room, in /sync's ``presence`` section.
+
+Rules:
+- States are ``online``, ``unavailable`` and ``offline``. ``PUT /presence/{userId}/status`` sets one, with an
+  optional ``status_msg`` (at most :data:`MAX_STATUS_MSG` characters; absent clears it). Setting ``online``
+  counts as activity.
+- A /sync marks its user online (``set_presence`` absent or ``online``: activity), ``unavailable``
+  (``set_presence=unavailable``) or leaves presence alone (``set_presence=offline``).
+- An online user with no activity for ``idle_s`` becomes ``unavailable``; any user with none for
+  ``offline_s`` becomes ``offline`` (:meth:`PresenceTracker.expire`, called by :func:`presence_loop`).
+- Every change takes a new value of the *ephemeral serial*, the typing tracker's serial that sync tokens
+  already carry (``s<stream>_<serial>``): /sync delivers the presence of users changed after its token's
+  serial, and all known presence on an initial sync. Activity alone (an online user syncing again) is not a
+  change: ``last_active_ago`` is computed when delivered.
+- Who sees whom: a user sees the presence of users joined to a room they are joined to, and their own.
+- Memory is bounded: at most ``max_users`` users are tracked, the least recently changed forgotten first
+  (a forgotten user reads as offline). Presence does not survive a restart.
+- Other servers: a local user's change is told to :attr:`PresenceTracker.listeners` (the federation sends it
+  as an ``m.presence`` EDU, ``federation/presence_edus.py``); what another server says of its own users comes
+  in through :meth:`PresenceTracker.set_remote` and is never told back out. The idle rules apply to both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.typing import TypingTracker
+from lowband.gateway.store.interfaces import Store
+
+STATES = ("online", "unavailable", "offline")
+MAX_STATUS_MSG = 1024
+#: "currently_active" means activity within this many seconds
+ACTIVE_WINDOW_S = 60.0
+#: at most this many presence events in one /sync response (the filter's limit may ask fewer)
+MAX_EVENTS = 1000
+
+
+@dataclass
+class UserPresence:
+    """One user's presence as tracked."""
+
+    presence: str
+    status_msg: str | None
+    last_active: float
+    serial: int
+    #: a user of this server (False: what another server said)
+    local: bool = True
+
+
+class PresenceTracker:
+    """Presence of local users, with the expiry rules of the module docstring; sans-I/O (``clock`` given)."""
+
+    def __init__(self, serial_source: TypingTracker, *, idle_s: float = 300.0, offline_s: float = 1800.0,
+                 max_users: int = 100_000, clock: Callable[[], float] = time.time,
+                 on_change: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self.serial_source = serial_source
+        self.idle_s = idle_s
+        self.offline_s = max(offline_s, idle_s)
+        self.max_users = max_users
+        self.clock = clock
+        self.on_change = on_change
+        #: told the user ID of every change of a local user's presence (federation sends it on)
+        self.listeners: list[Callable[[str], None]] = []
+        #: the serial of the latest change (0: none yet), so a /sync with nothing new skips the room query
+        self.latest = 0
+        self._users: OrderedDict[str, UserPresence] = OrderedDict()
+
+    def _bump(self) -> int:
+        """The next ephemeral serial (shared with typing, so one token position covers both)."""
+        source = self.serial_source
+        source.serial = max(source.serial + 1, int(self.clock() * 1000))
+        return source.serial
+
+    def _store(self, user_id: str, presence: str, status_msg: str | None, last_active: float,
+               local: bool = True) -> None:  # fmt: skip
+        self.latest = self._bump()
+        self._users[user_id] = UserPresence(presence, status_msg, last_active, self.latest, local)
+        self._users.move_to_end(user_id)
+        while len(self._users) > self.max_users:
+            self._users.popitem(last=False)
+        if self.on_change is not None:
+            self.on_change()
+        if local:
+            for listener in self.listeners:
+                listener(user_id)
+
+    def set_remote(self, user_id: str, presence: str, status_msg: str | None, last_active_ago: int) -> None:
+        """What another server says of its user (checked by the caller: a state of :data:`STATES`, a
+        ``status_msg`` within :data:`MAX_STATUS_MSG`); listeners are not told."""
+        last_active = self.clock() - max(0, last_active_ago) / 1000
+        self._store(user_id, presence, status_msg, last_active, local=False)
+
+    def set_status(self, user_id: str, presence: str, status_msg: str | None) -> None:
+        """An explicit PUT: ``presence`` one of :data:`STATES`; ValueError for another state or a too long
+        ``status_msg``."""
+        if presence not in STATES:
+            raise ValueError("presence must be online, unavailable or offline")
+        if status_msg is not None and len(status_msg) > MAX_STATUS_MSG:
+            raise ValueError(f"status_msg is longer than {MAX_STATUS_MSG} characters")
+        now = self.clock()
+        known = self._users.get(user_id)
+        last_active = now if presence == "online" or known is None else known.last_active
+        self._store(user_id, presence, status_msg, last_active)
+
+    def synced(self, user_id: str, set_presence: str) -> None:
+        """A /sync with ``set_presence`` (``online``, ``unavailable`` or ``offline``: see the module rules)."""
+        known = self._users.get(user_id)
+        now = self.clock()
+        if set_presence == "online":
+            if known is not None and known.presence == "online":
+                known.last_active = now  # activity, not a change: no new serial, no wake-up
+                return
+            self._store(user_id, "online", known.status_msg if known else None, now)
+        elif set_presence == "unavailable" and (known is None or known.presence != "unavailable"):
+            self._store(user_id, "unavailable", known.status_msg if known else None,
+                        known.last_active if known else now)  # fmt: skip
+
+    def expire(self) -> bool:
+        """Apply the idle rules at the clock's time; True when someone changed."""
+        now = self.clock()
+        changed = False
+        for user_id, known in list(self._users.items()):
+            idle = now - known.last_active
+            if known.presence != "offline" and idle >= self.offline_s:
+                self._store(user_id, "offline", known.status_msg, known.last_active, known.local)
+                changed = True
+            elif known.presence == "online" and idle >= self.idle_s:
+                self._store(user_id, "unavailable", known.status_msg, known.last_active, known.local)
+                changed = True
+        return changed
+
+    def next_expiry(self) -> float | None:
+        """The clock time of the next idle transition, or None."""
+        times = [p.last_active + (self.idle_s if p.presence == "online" else self.offline_s)
+                 for p in self._users.values() if p.presence != "offline"]  # fmt: skip
+        return min(times) if times else None
+
+    def content(self, user_id: str) -> dict[str, Any]:
+        """The ``m.presence`` content of a user (``offline`` when not tracked)."""
+        known = self._users.get(user_id)
+        if known is None:
+            return {"presence": "offline"}
+        ago = max(0, int((self.clock() - known.last_active) * 1000))
+        content: dict[str, Any] = {
+            "presence": known.presence,
+            "last_active_ago": ago,
+            "currently_active": known.presence == "online" and ago < ACTIVE_WINDOW_S * 1000,
+        }
+        if known.status_msg is not None:
+            content["status_msg"] = known.status_msg
+        return content
+
+    def changed_since(self, users: set[str], serial: int | None) -> list[str]:
+        """Users among ``users`` whose presence changed after ``serial`` (None: every tracked one)."""
+        if len(users) < len(self._users):
+            found = [u for u in users if u in self._users and (serial is None or self._users[u].serial > serial)]
+        else:
+            found = [u for u, p in self._users.items() if u in users and (serial is None or p.serial > serial)]
+        return sorted(found)
+
+
+def presence_section(tracker: PresenceTracker | None, store: Store, user_id: str, since_serial: int | None,
+                     filter_spec: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """The events of /sync's ``presence`` section: changes after ``since_serial`` of users sharing a room with
+    ``user_id`` (and their own), as the filter's ``presence`` part (types, senders, limit) keeps them."""
+    if tracker is None:
+        return []
+    spec = filter_spec if isinstance(filter_spec, dict) else {}
+    if not _type_allowed(spec) or (since_serial is not None and tracker.latest <= since_serial):
+        return []
+    users = store.users_sharing_rooms(user_id) | {user_id}
+    senders, not_senders = spec.get("senders"), spec.get("not_senders")
+    if isinstance(senders, list):
+        users &= {s for s in senders if isinstance(s, str)}
+    if isinstance(not_senders, list):
+        users -= {s for s in not_senders if isinstance(s, str)}
+    limit = spec.get("limit")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        limit = MAX_EVENTS
+    changed = tracker.changed_since(users, since_serial)[: min(limit, MAX_EVENTS)]
+    return [{"type": "m.presence", "sender": u, "content": tracker.content(u)} for u in changed]
+
+
+def _type_allowed(spec: dict[str, Any]) -> bool:
+    types, not_types = spec.get("types"), spec.get("not_types")
+    if isinstance(not_types, list) and any(isinstance(p, str) and fnmatch.fnmatchcase("m.presence", p)
+                                           for p in not_types):  # fmt: skip
+        return False
+    return not isinstance(types, list) or any(isinstance(p, str) and fnmatch.fnmatchcase("m.presence", p)
+                                              for p in types)  # fmt: skip
+
+
+async def presence_loop(tracker: PresenceTracker, notifier: Notifier) -> None:
+    """Background task: apply the idle rules on time and wake syncs when someone changed."""
+    # A user who turns online after the sleep began is looked at on the next round: at most ``cap`` late.
+    cap = min(5.0, tracker.idle_s / 2)
+    while True:
+        due = tracker.next_expiry()
+        delay = cap if due is None else max(0.05, min(cap, due - tracker.clock()))
+        await asyncio.sleep(delay)
+        if tracker.expire():
+            notifier.notify()

@@ -1,0 +1,255 @@
+"""Push rules, notifications and pushers in the SQLite file (a ``PushStore``).
+
+* ``push_rule_docs``: one JSON document per user holding their own rules and
+  their changes to server-default ones (``homeserver/push_rules.py``); an
+  edit is a function run inside the write, so two edits never lose one;
+* ``push_notifications``: one row per (user, event) whose push rules asked
+  to notify, with the actions and whether it highlights; a user keeps at
+  most :data:`MAX_NOTIFICATIONS_PER_USER` (the oldest go). Unread counts are
+  the rows after the user's read receipt in the room: a receipt clears them
+  without a write here;
+* ``push_evaluated``: how far the event stream has been evaluated, written
+  with the rows it produced (one write), so a restart skips no event (one
+  judged again after a crash makes no second row);
+* each write of rows takes a stream position of its own (``written``), like
+  a receipt: ``/sync`` serves a room again when its counts changed after the
+  client's token, and the highest position used is kept across restarts;
+* ``pushers``: the users' HTTP pushers, each with its cursor over the
+  user's notification rows (what the push gateway has acknowledged).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lowband.gateway.store.interfaces import NotificationRow, PusherRow, TimelineRow, TooManyPushers
+from lowband.gateway.store.sqlite.database import Database
+
+PUSH_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS push_rule_docs (user_id TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",
+    (
+        "CREATE TABLE IF NOT EXISTS push_evaluated (id INTEGER PRIMARY KEY CHECK (id = 0), stream INTEGER NOT NULL,"
+        " written INTEGER NOT NULL DEFAULT 0)"
+    ),
+    """
+CREATE TABLE IF NOT EXISTS push_notifications (
+    user_id TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    room_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    actions TEXT NOT NULL,     -- JSON list, as the rule gave it
+    highlight INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    written INTEGER NOT NULL,  -- the stream position of the write that made the row
+    PRIMARY KEY (user_id, stream)
+) WITHOUT ROWID
+""",
+    "CREATE INDEX IF NOT EXISTS push_notifications_room ON push_notifications (user_id, room_id, stream)",
+    "CREATE INDEX IF NOT EXISTS push_notifications_written ON push_notifications (user_id, written)",
+    """
+CREATE TABLE IF NOT EXISTS pushers (
+    user_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    pushkey TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,        -- JSON: the pusher as GET /pushers shows it
+    device_id TEXT,
+    cursor INTEGER NOT NULL,   -- notification rows up to here were delivered (or skipped)
+    failures INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_ts INTEGER NOT NULL,
+    PRIMARY KEY (user_id, app_id, pushkey)
+) WITHOUT ROWID
+""",
+    "CREATE INDEX IF NOT EXISTS pushers_key ON pushers (app_id, pushkey)",
+]
+
+MAX_NOTIFICATIONS_PER_USER = 1000
+
+_TIMELINE = (
+    "SELECT stream, event_id, room_id, type, state_key, sender, state_before FROM events WHERE stream > ?"
+    " AND stream <= ? AND rejected IS NULL AND outlier = 0 AND soft_failed = 0 ORDER BY stream LIMIT ?"
+)
+_NOTIFICATION_COLUMNS = "user_id, stream, room_id, event_id, actions, highlight, ts"
+_PUSHER_COLUMNS = "user_id, app_id, pushkey, kind, body, device_id, cursor, failures, last_error"
+
+
+def _notification(row: tuple[Any, ...]) -> NotificationRow:
+    return NotificationRow(str(row[0]), int(row[1]), str(row[2]), str(row[3]), json.loads(row[4]), bool(row[5]),
+                           int(row[6]))  # fmt: skip
+
+
+def _pusher(row: tuple[Any, ...]) -> PusherRow:
+    return PusherRow(str(row[0]), str(row[1]), str(row[2]), str(row[3]), json.loads(row[4]), row[5], int(row[6]),
+                     int(row[7]), row[8])  # fmt: skip
+
+
+class PushTables:
+    """Reads and writes of the push tables on the gateway's database. Reads see committed writes only."""
+
+    def __init__(self, db: Database, next_stream: Callable[[], int],
+                 write_at: Callable[[int, Callable[[sqlite3.Connection], Any]], Awaitable[Any]]) -> None:  # fmt: skip
+        self.db = db
+        self._next_stream = next_stream
+        self._write_at = write_at
+
+        def create(c: sqlite3.Connection) -> None:  # one statement per execute (executescript would commit)
+            for statement in PUSH_SCHEMA:
+                c.execute(statement)
+
+        self.db.write_sync(create)
+
+    # ------------------------------------------------------------ rules
+
+    def rules_doc(self, user_id: str) -> dict[str, Any] | None:
+        """The user's push rule document, or None (only server-default rules, unchanged)."""
+        row = self.db.query_one("SELECT doc FROM push_rule_docs WHERE user_id = ?", (user_id,))
+        return json.loads(row[0]) if row else None
+
+    async def edit_rules(self, user_id: str,
+                         edit: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+        """Replace the user's document by ``edit(current)`` inside one write; what ``edit`` raises is raised
+        and nothing is written. Returns the new document."""
+
+        def fn(c: sqlite3.Connection) -> dict[str, Any]:
+            row = c.execute("SELECT doc FROM push_rule_docs WHERE user_id = ?", (user_id,)).fetchone()
+            doc = edit(json.loads(row[0]) if row else None)
+            c.execute("INSERT INTO push_rule_docs VALUES (?, ?) ON CONFLICT DO UPDATE SET doc = excluded.doc",
+                      (user_id, json.dumps(doc, separators=(",", ":"))))  # fmt: skip
+            return doc
+
+        return await self.db.write(fn)
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluated(self) -> int | None:
+        """How far the event stream was evaluated (None: never, a new database or one made before push)."""
+        row = self.db.query_one("SELECT stream FROM push_evaluated WHERE id = 0")
+        return int(row[0]) if row else None
+
+    def timeline_after(self, cursor: int, upto: int, limit: int) -> list[TimelineRow]:
+        """Timeline events (not rejected, outlier or soft-failed) with cursor < stream <= upto, oldest first."""
+        rows = self.db.query(_TIMELINE, (cursor, upto, limit))
+        return [TimelineRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], str(r[5]), r[6]) for r in rows]
+
+    def highest_position(self) -> int:
+        """The highest stream position a write of rows used (0 when none)."""
+        row = self.db.query_one("SELECT written FROM push_evaluated WHERE id = 0")
+        return int(row[0]) if row else 0
+
+    async def add_notifications(self, rows: list[NotificationRow], evaluated: int) -> int | None:
+        """Store the rows an evaluation made and move the evaluated position, in one write; trims every user
+        given a row to their newest :data:`MAX_NOTIFICATIONS_PER_USER`. Rows take a new stream position, which
+        is returned (None without rows: only the position moves)."""
+        written = self._next_stream() if rows else None
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.executemany(
+                f"INSERT OR IGNORE INTO push_notifications ({_NOTIFICATION_COLUMNS}, written) VALUES (?,?,?,?,?,?,?,?)",
+                [(r.user_id, r.stream, r.room_id, r.event_id, json.dumps(r.actions, separators=(",", ":")),
+                  int(r.highlight), r.ts, written) for r in rows],
+            )  # fmt: skip
+            for user_id in {r.user_id for r in rows}:
+                cut = c.execute("SELECT stream FROM push_notifications WHERE user_id = ? ORDER BY stream DESC"
+                                " LIMIT 1 OFFSET ?", (user_id, MAX_NOTIFICATIONS_PER_USER)).fetchone()  # fmt: skip
+                if cut is not None:
+                    c.execute("DELETE FROM push_notifications WHERE user_id = ? AND stream <= ?", (user_id, cut[0]))
+            c.execute("INSERT INTO push_evaluated VALUES (0, ?, ?) ON CONFLICT DO UPDATE SET stream = excluded.stream,"
+                      " written = MAX(written, excluded.written)", (evaluated, written or 0))  # fmt: skip
+
+        if written is None:
+            await self.db.write(fn)
+        else:
+            await self._write_at(written, fn)
+        return written
+
+    def rooms_changed(self, user_id: str, after: int, upto: int) -> set[str]:
+        """The rooms where rows of the user were written at positions in (after, upto]."""
+        rows = self.db.query("SELECT DISTINCT room_id FROM push_notifications WHERE user_id = ? AND written > ?"
+                             " AND written <= ?", (user_id, after, upto))  # fmt: skip
+        return {str(r[0]) for r in rows}
+
+    def unread_counts(self, user_id: str, room_id: str, after: int) -> tuple[int, int]:
+        """(notifications, highlights) of the user in the room at positions above ``after``."""
+        row = self.db.query_one("SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM push_notifications"
+                                " WHERE user_id = ? AND room_id = ? AND stream > ?", (user_id, room_id, after))  # fmt: skip
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def notification_rooms(self, user_id: str) -> list[str]:
+        """The rooms the user has notification rows in."""
+        return [str(r[0]) for r in self.db.query("SELECT DISTINCT room_id FROM push_notifications WHERE user_id = ?",
+                                                 (user_id,))]  # fmt: skip
+
+    def notifications(self, user_id: str, below: int | None, limit: int, only_highlight: bool) -> list[NotificationRow]:
+        """The user's notification rows below position ``below`` (None: all), newest first, at most ``limit``."""
+        where = " AND highlight = 1" if only_highlight else ""
+        rows = self.db.query(f"SELECT {_NOTIFICATION_COLUMNS} FROM push_notifications WHERE user_id = ?"
+                             f" AND stream < ?{where} ORDER BY stream DESC LIMIT ?",
+                             (user_id, (1 << 62) if below is None else below, limit))  # fmt: skip
+        return [_notification(r) for r in rows]
+
+    def notifications_after(self, user_id: str, cursor: int, limit: int) -> list[NotificationRow]:
+        """The user's notification rows above ``cursor``, oldest first (what a pusher has still to send)."""
+        rows = self.db.query(f"SELECT {_NOTIFICATION_COLUMNS} FROM push_notifications WHERE user_id = ?"
+                             " AND stream > ? ORDER BY stream LIMIT ?", (user_id, cursor, limit))  # fmt: skip
+        return [_notification(r) for r in rows]
+
+    # ------------------------------------------------------------ pushers
+
+    def pushers(self, user_id: str | None = None) -> list[PusherRow]:
+        """The user's pushers (every user's with None), oldest first."""
+        if user_id is None:
+            rows = self.db.query(f"SELECT {_PUSHER_COLUMNS} FROM pushers ORDER BY created_ts")
+        else:
+            rows = self.db.query(f"SELECT {_PUSHER_COLUMNS} FROM pushers WHERE user_id = ? ORDER BY created_ts",
+                                 (user_id,))  # fmt: skip
+        return [_pusher(r) for r in rows]
+
+    async def set_pusher(self, pusher: PusherRow, *, append: bool, limit: int, ts: int) -> list[PusherRow]:
+        """Add or replace the pusher (user, app_id, pushkey); without ``append``, other users' pushers with the
+        same app_id and pushkey go (the spec's rule). A replaced pusher keeps its cursor. TooManyPushers when
+        the user would have more than ``limit``. Returns the pushers removed."""
+
+        def fn(c: sqlite3.Connection) -> list[PusherRow]:
+            removed: list[PusherRow] = []
+            if not append:
+                removed = [_pusher(r) for r in c.execute(
+                    f"SELECT {_PUSHER_COLUMNS} FROM pushers WHERE app_id = ? AND pushkey = ? AND user_id != ?",
+                    (pusher.app_id, pusher.pushkey, pusher.user_id))]  # fmt: skip
+                c.execute("DELETE FROM pushers WHERE app_id = ? AND pushkey = ? AND user_id != ?",
+                          (pusher.app_id, pusher.pushkey, pusher.user_id))  # fmt: skip
+            exists = c.execute("SELECT 1 FROM pushers WHERE user_id = ? AND app_id = ? AND pushkey = ?",
+                               (pusher.user_id, pusher.app_id, pusher.pushkey)).fetchone()  # fmt: skip
+            if exists is None:
+                count = c.execute("SELECT COUNT(*) FROM pushers WHERE user_id = ?", (pusher.user_id,)).fetchone()[0]
+                if count >= limit:
+                    raise TooManyPushers(limit)
+            c.execute("INSERT INTO pushers (user_id, app_id, pushkey, kind, body, device_id, cursor, created_ts)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET kind = excluded.kind,"
+                      " body = excluded.body, device_id = excluded.device_id",
+                      (pusher.user_id, pusher.app_id, pusher.pushkey, pusher.kind, json.dumps(pusher.body),
+                       pusher.device_id, pusher.cursor, ts))  # fmt: skip
+            return removed
+
+        return await self.db.write(fn)
+
+    async def delete_pusher(self, user_id: str, app_id: str, pushkey: str) -> bool:
+        """Remove one pusher; False when there was none."""
+        return bool(await self.db.write(lambda c: c.execute(
+            "DELETE FROM pushers WHERE user_id = ? AND app_id = ? AND pushkey = ?",
+            (user_id, app_id, pushkey)).rowcount))  # fmt: skip
+
+    async def move_pusher_cursor(self, user_id: str, app_id: str, pushkey: str, cursor: int) -> None:
+        """A pusher delivered (or passed) the rows up to ``cursor``: its failures are reset."""
+        await self.db.write(lambda c: c.execute(
+            "UPDATE pushers SET cursor = MAX(cursor, ?), failures = 0, last_error = NULL"
+            " WHERE user_id = ? AND app_id = ? AND pushkey = ?", (cursor, user_id, app_id, pushkey)))  # fmt: skip
+
+    async def count_pusher_failure(self, user_id: str, app_id: str, pushkey: str, error: str) -> None:
+        """Record a failed delivery attempt."""
+        await self.db.write(lambda c: c.execute(
+            "UPDATE pushers SET failures = failures + 1, last_error = ? WHERE user_id = ? AND app_id = ? AND pushkey = ?",
+            (error[:500], user_id, app_id, pushkey)))  # fmt: skip
