@@ -18,6 +18,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 DATA = Path(__file__).parent / "data"
 
+# The fake BlueZ fixture of tests/ble (a conftest.py there would replace this module as ``conftest``).
+pytest_plugins = ["bluez_fixture"]
+
 _INT64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 json_scalars = st.none() | st.booleans() | _INT64 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
 

@@ -208,7 +208,7 @@ def test_persistent_scanner_starts_without_bluez_and_picks_it_up_later(fake_blue
 
 
 def test_fake_bluez_cleans_up_its_processes_and_directory() -> None:
-    from conftest import require_fake_bluez
+    from bluez_fixture import require_fake_bluez
 
     require_fake_bluez()
     fake = FakeBluez()

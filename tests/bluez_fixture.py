@@ -1,4 +1,8 @@
-"""Fixtures for bleak against a fake BlueZ on a private D-Bus (sim/bluez.py); shared by the tests/ble files.
+"""The fake BlueZ fixture for bleak on a private D-Bus (sim/bluez.py), used by the tests/ble files.
+
+A plugin of tests/conftest.py (``pytest_plugins``), not a conftest.py in
+tests/ble: tests import tests/conftest.py as the module ``conftest``, and a
+second conftest.py outside a package would take its place.
 
 Where dbus-daemon or Debian's python3-dbusmock is missing the tests that use
 ``fake_bluez`` are skipped with the reason, except in CI (``.ci/run`` exports
