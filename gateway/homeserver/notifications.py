@@ -16,11 +16,12 @@ Rules:
   evaluation each (``push_eval``), conditions that do not depend on the user
   judged once per event, and no store read per user besides the cached rules
   and member events;
-* ``/sync`` waits for judging at most :data:`SETTLE_S` before it answers
-  (it takes a few milliseconds), so an event and its counts come in one
-  response; past that the event is served and its counts follow: a write of
-  rows takes a stream position of its own and wakes the long-polls, and a
-  room whose counts changed after a client's token is served again;
+* ``/sync`` serves no event before it is judged, so an event and its counts
+  always come in one response: it waits for judging (a few milliseconds) at
+  most :data:`SETTLE_S`, and past that serves up to the position judged; the
+  step that judges the rest wakes the long-polls. Rows therefore take no
+  stream position and their write needs no fsync of its own (store/sqlite/
+  push.py). While the evaluator is not running, /sync serves everything;
 * a room's ``unread_notifications`` are the user's rows after their read
   receipt (``m.read`` or ``m.read.private``, the later one) in the room: a
   receipt clears them. Per-thread counts are not kept
@@ -114,9 +115,19 @@ def read_position(store: Store, user_id: str, room_id: str) -> int:
     return best
 
 
-def unread_counts(store: Store, user_id: str, room_id: str) -> dict[str, int]:
-    """``unread_notifications`` of one joined room for /sync."""
-    count, highlight = store.push.unread_counts(user_id, room_id, read_position(store, user_id, room_id))
+def unread_counts(store: Store, user_id: str, room_id: str,
+                  pending: dict[tuple[str, str], list[tuple[int, bool]]] | None = None) -> dict[str, int]:  # fmt: skip
+    """``unread_notifications`` of one joined room for /sync: the stored rows after the user's read receipt,
+    and the ``pending`` ones (judged, their write not committed yet: see :meth:`NotificationEvaluator.step`)."""
+    after = read_position(store, user_id, room_id)
+    count, highlight = store.push.unread_counts(user_id, room_id, after)
+    waiting = pending.get((user_id, room_id)) if pending else None
+    if waiting:
+        stored = store.push.newest_notification(user_id, room_id)  # rows are written in stream order
+        for stream, highlights in waiting:
+            if stream > after and stream > stored:
+                count += 1
+                highlight += int(highlights)
     return {"notification_count": count, "highlight_count": highlight}
 
 
@@ -151,6 +162,9 @@ class NotificationEvaluator:
         self._fresh = found is None
         self._saved = self.position
         self._progress = asyncio.Event()  # replaced after every step: set wakes those waiting in settle()
+        self._held_back = False  # a /sync served less than was stored because judging lagged (settle)
+        #: rows judged whose write has not committed yet, by (user, room): (stream, highlight); /sync counts them
+        self.pending: dict[tuple[str, str], list[tuple[int, bool]]] = {}
         self._saved_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         #: per state group: (joined members, joined local users); messages share their room's group
@@ -170,19 +184,25 @@ class NotificationEvaluator:
         if self.position > self._saved:
             await self.store.push.add_notifications([], self.position)
 
-    async def settle(self, timeout: float = SETTLE_S) -> None:
-        """Wait until every stored event is judged, or ``timeout`` seconds (``/sync`` calls it first)."""
+    async def settle(self, timeout: float = SETTLE_S) -> int:
+        """The stream position ``/sync`` may serve up to (it calls this first): everything stored, once judged,
+        waiting at most ``timeout`` seconds for that; past it, the position judged so far, and the step that
+        judges the rest wakes the long-polls. Everything stored while the evaluator is not running."""
         deadline = time.monotonic() + timeout
-        while self.position < self.store.persisted and self._task is not None and not self._task.done():
+        while True:
+            head = self.store.persisted
+            if self.position >= head or self._task is None or self._task.done():
+                return head
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                self._held_back = True
+                return self.position
             progress = self._progress
             try:
                 async with asyncio.timeout(remaining):
                     await progress.wait()
             except TimeoutError:
-                return
+                pass
 
     async def _run(self) -> None:
         notifier = self.services.notifier
@@ -197,12 +217,13 @@ class NotificationEvaluator:
                 await asyncio.sleep(1.0)
                 continue
             if wrote:
-                notifier.notify()  # counts changed: long-polling /sync requests look again
+                notifier.notify()  # a /sync held events back until they were judged: they are now
             if self.position >= self.store.persisted:
                 await notifier.wait(generation, 30.0)
 
     async def step(self) -> bool:
-        """Judge the next events of the stream (at most :data:`BATCH`); whether notification rows were written.
+        """Judge the next events of the stream (at most :data:`BATCH`); whether a /sync held events back
+        meanwhile (the long-polls are to look again).
 
         The position alone is written at most every :data:`CURSOR_WRITE_S` (and at stop): an event judged
         again after a crash makes no second row.
@@ -221,16 +242,32 @@ class NotificationEvaluator:
                 self.failed_events += 1
                 log.exception("push rules could not be applied to %s; passed over", row.event_id)
         now = time.monotonic()
-        if made or self._fresh or now - self._saved_at >= CURSOR_WRITE_S:
-            await self.store.push.add_notifications(made, reached)
-            self._saved, self._saved_at = reached, now
-        self._fresh = False
-        self.position = max(self.position, reached)
+        # Judged: /sync may serve these events now, their counts taken from ``pending`` until the write commits
+        # (a /sync does not wait for the commit; a failed write puts the position back and judges again).
+        before, self.position = self.position, max(self.position, reached)
+        for n in made:
+            self.pending.setdefault((n.user_id, n.room_id), []).append((n.stream, n.highlight))
         self._progress.set()
         self._progress = asyncio.Event()
+        try:
+            if made or self._fresh or now - self._saved_at >= CURSOR_WRITE_S:
+                await self.store.push.add_notifications(made, reached)
+                self._saved, self._saved_at = reached, now
+        except BaseException:
+            self.position = before
+            raise
+        finally:
+            for n in made:
+                waiting = self.pending.get((n.user_id, n.room_id))
+                if waiting:
+                    waiting.remove((n.stream, n.highlight))
+                    if not waiting:
+                        del self.pending[(n.user_id, n.room_id)]
+        self._fresh = False
         if made and self.on_notified is not None:
             self.on_notified({n.user_id for n in made})
-        return bool(made)
+        held_back, self._held_back = self._held_back, False
+        return held_back
 
     def judge(self, row: TimelineRow) -> list[NotificationRow]:
         """The notifications one timeline event makes (sans-I/O besides cached reads)."""
@@ -311,7 +348,7 @@ async def start_push(services: Services) -> Callable[[], Awaitable[None]]:
     evaluator = NotificationEvaluator(services, runtime.book, delivery.wake)
     runtime.evaluator, runtime.delivery = evaluator, delivery
     store = services.store
-    services.sync.unread = lambda user_id, room_id: unread_counts(store, user_id, room_id)
+    services.sync.unread = lambda user_id, room_id: unread_counts(store, user_id, room_id, evaluator.pending)
     services.sync.unread_changed = CountsChanged(store)
     services.sync.settle = evaluator.settle
     await delivery.start(evaluator)

@@ -156,9 +156,9 @@ class SyncHandler:
         #: ``unread(user, room)``, and whether they changed in (since, upto], ``unread_changed(user, room, a, b)``
         self.unread: Callable[[str, str], dict[str, int]] | None = None
         self.unread_changed: Callable[[str, str, int, int], bool] | None = None
-        #: also the push component's: waits (briefly) until every stored event's counts are counted, so an
-        #: event and its counts usually come in one response
-        self.settle: Callable[[], Awaitable[None]] | None = None
+        #: also the push component's: the position a /sync may serve up to, once every stored event is judged
+        #: (waiting briefly), else the position judged: an event and its counts come in one response
+        self.settle: Callable[[], Awaitable[int]] | None = None
         #: member events (and summaries) each device was sent, for lazy loading (lazy_members.py)
         self.sent_members = SentMembers()
         #: presence of local users (presence.py); None: presence is off in the config
@@ -255,9 +255,8 @@ class SyncHandler:
         deadline = time.monotonic() + max(0, min(timeout_ms, 300_000)) / 1000
         while True:
             generation = self.notifier.generation
-            if self.settle is not None:
-                await self.settle()
-            upto = self.store.persisted
+            # the push component holds back events not judged yet (their counts come with them)
+            upto = await self.settle() if self.settle is not None else self.store.persisted
             response, empty = self._sync_once(user_id, since, full_state, filter_doc, device_id, upto)
             fields, delivered, fresh = await e2ee_sync(self.store, user_id, device_id, since.stream if since else None,
                                                        since.to_device if since else None, upto)  # fmt: skip

@@ -63,10 +63,10 @@ async def sync(client: Client, since: str | None = None, timeout: int = 0) -> di
 
 
 async def settled(svc: Any) -> None:
-    """Wait (at most 10 s) until every stored event is judged."""
+    """Wait (at most 10 s) until every stored event is judged and its rows are written."""
     evaluator = push_of(svc).evaluator
     for _ in range(1000):
-        if evaluator is None or evaluator.position >= svc.store.persisted:
+        if evaluator is None or (evaluator.position >= svc.store.persisted and not evaluator.pending):
             return
         await asyncio.sleep(0.01)
     raise TimeoutError("push evaluation did not catch up")
@@ -200,7 +200,10 @@ def test_evaluation_judges_only_local_joined_users(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
-def test_counts_judged_after_the_event_was_served_come_in_a_later_sync(tmp_path: Path) -> None:
+def test_an_event_is_never_served_before_its_counts_even_when_judging_lags(tmp_path: Path) -> None:
+    """Judging held up past the settle time: /sync serves up to the position judged, holds the event back,
+    and the step that judges it wakes the long-poll, which then gets the event with its counts."""
+
     async def run() -> None:
         async with gateway(tmp_path, "alice", "bob") as ((alice, bob), svc):
             room = await make_room(alice, bob)
@@ -208,22 +211,55 @@ def test_counts_judged_after_the_event_was_served_come_in_a_later_sync(tmp_path:
             since = (await sync(alice))["next_batch"]
             evaluator = push_of(svc).evaluator
             assert evaluator is not None
-            await evaluator.stop()  # judging held back: the event is served first
-            hello = await say(
-                bob,
-                room,
-                "hello",
-            )
-            first = await sync(alice, since)
+            gate = asyncio.Event()
+            step = evaluator.step
+
+            async def slow_step() -> bool:
+                await gate.wait()  # judging lags until the test lets it go
+                return await step()
+
+            evaluator.step = slow_step  # type: ignore[method-assign]
+            await evaluator.stop()
+            evaluator.start()  # the running task picks up the slow step
+            hello = await say(bob, room, "hello")
+            early = await sync(alice, since)  # waits the settle time, then serves what was judged: not hello
+            assert room not in early["rooms"]["join"] or hello not in [
+                e["event_id"] for e in early["rooms"]["join"][room]["timeline"]["events"]]
+            waiting = asyncio.create_task(sync(alice, early["next_batch"], timeout=10_000))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # the long-poll waits for the judging, not for its timeout
+            gate.set()
+            joined = (await asyncio.wait_for(waiting, 10))["rooms"]["join"][room]
+            assert [e["event_id"] for e in joined["timeline"]["events"]] == [hello]
+            assert joined["unread_notifications"] == {"notification_count": 1, "highlight_count": 0}
+
+    asyncio.run(run())
+
+
+def test_counts_of_rows_still_being_written_come_with_their_event_and_are_not_counted_twice(tmp_path: Path) -> None:
+    """/sync does not wait for the rows' commit: judged rows count from memory until written, then from the store."""
+
+    async def run() -> None:
+        async with gateway(tmp_path, "alice", "bob") as ((alice, bob), svc):
+            room = await make_room(alice, bob)
+            await settled(svc)
+            since = (await sync(alice))["next_batch"]
+            gate = asyncio.Event()
+            write = svc.store.push.add_notifications
+
+            async def slow_write(rows: Any, evaluated: int) -> None:
+                await gate.wait()  # the commit is slow
+                await write(rows, evaluated)
+
+            svc.store.push.add_notifications = slow_write
+            hello = await say(bob, room, "hello")
+            first = await sync(alice, since, timeout=5_000)
             joined = first["rooms"]["join"][room]
             assert [e["event_id"] for e in joined["timeline"]["events"]] == [hello]
-            assert joined["unread_notifications"] == {"notification_count": 0, "highlight_count": 0}
-            evaluator.start()
-            later = await sync(alice, first["next_batch"], timeout=10_000)
-            joined = later["rooms"]["join"][room]
-            assert joined["timeline"]["events"] == []
             assert joined["unread_notifications"] == {"notification_count": 1, "highlight_count": 0}
-            quiet = await sync(alice, later["next_batch"], timeout=300)
-            assert room not in quiet["rooms"]["join"]
+            assert push_of(svc).evaluator.pending  # still being written
+            gate.set()
+            await settled(svc)
+            assert await counts(alice, room, svc) == {"notification_count": 1, "highlight_count": 0}
 
     asyncio.run(run())

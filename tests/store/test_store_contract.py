@@ -87,6 +87,8 @@ def _members(protocol: type) -> dict[str, Any]:
         (interfaces.MqttBridgeStore, "mqtt"),
         (interfaces.FederationStore, "federation"),
         (interfaces.RelationStore, "relations"),
+        (interfaces.PushStore, "push"),
+        (interfaces.SearchStore, "search"),
     ],
 )
 def test_each_sqlite_class_has_every_member_of_its_protocol_with_the_same_signature(

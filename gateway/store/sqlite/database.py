@@ -9,6 +9,13 @@ Rules:
   a failing job rolls back alone and its caller gets the exception;
 * a job's future resolves only after COMMIT returned, so "acknowledged" means
   "on disk": ``kill -9`` after an acknowledgement loses nothing;
+* a job may say it needs no fsync of its own (``durable=False``): data derived
+  from what is already durable and rebuilt from it after a power loss (push
+  notification rows with the position judged up to). A batch of such jobs
+  only commits with ``synchronous=NORMAL`` (the WAL is written, not synced:
+  safe against a crashed process, not a power loss, which rolls back to a
+  consistent earlier state); any durable job in the batch makes it FULL, and
+  the next durable commit syncs the WAL with them;
 * jobs commit in the order they were queued;
 * reads run on the event loop's thread with a separate connection (WAL lets
   them proceed while the writer commits); they are short indexed queries.
@@ -72,6 +79,7 @@ class Database:
         writer = connect(path)
         writer.executescript(schema)
         self._writer_conn = writer
+        self._synchronous = "FULL"  # the writer connection's setting now (connect() sets FULL)
         self.reader = connect(path)
         self._jobs: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="lowband-db-writer", daemon=True)
@@ -80,15 +88,19 @@ class Database:
 
     # ------------------------------------------------------------- writing
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        """Queue a write job; the future resolves after its COMMIT."""
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> Future[T]:
+        """Queue a write job; the future resolves after its COMMIT (``durable``: see the module rules)."""
         future: Future[T] = Future()
-        self._jobs.put((fn, future))
+        self._jobs.put((fn, future, durable))
         return future
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in the writer's next transaction and wait until committed."""
-        return await asyncio.wrap_future(self.submit(fn))
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``fn`` in the writer's next transaction and wait until committed.
+
+        ``durable=False``: only for data rebuilt from durable data after a power
+        loss; its commit is not synced unless a durable job shares it.
+        """
+        return await asyncio.wrap_future(self.submit(fn, durable=durable))
 
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking form of :meth:`write`, for command-line tools."""
@@ -120,10 +132,14 @@ class Database:
         results: list[tuple[Future[Any], bool, Any]] = []
         # A caller may have given up waiting (its future was cancelled): the
         # job still runs, in order, but nobody is told its result.
-        alive = {id(future): future.set_running_or_notify_cancel() for _, future in batch}
+        alive = {id(future): future.set_running_or_notify_cancel() for _, future, _ in batch}
+        synchronous = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
         try:
+            if synchronous != self._synchronous:  # outside a transaction, where SQLite takes it
+                conn.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
             conn.execute("BEGIN IMMEDIATE")
-            for fn, future in batch:
+            for fn, future, _ in batch:
                 conn.execute("SAVEPOINT job")
                 try:
                     value = fn(conn)
@@ -140,7 +156,7 @@ class Database:
             log.error("database commit failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for _, future in batch:
+            for _, future, _ in batch:
                 if alive[id(future)] and not future.done():
                     future.set_exception(exc)
             return

@@ -4,16 +4,22 @@
   their changes to server-default ones (``homeserver/push_rules.py``); an
   edit is a function run inside the write, so two edits never lose one;
 * ``push_notifications``: one row per (user, event) whose push rules asked
-  to notify, with the actions and whether it highlights; a user keeps at
-  most :data:`MAX_NOTIFICATIONS_PER_USER` (the oldest go). Unread counts are
+  to notify, with the actions and whether it highlights; a user keeps
+  about :data:`MAX_NOTIFICATIONS_PER_USER` (the oldest go: a user is trimmed
+  back to it once every :data:`TRIM_EVERY` writes that gave them rows, so at
+  most that many more wait in between). Unread counts are
   the rows after the user's read receipt in the room: a receipt clears them
   without a write here;
 * ``push_evaluated``: how far the event stream has been evaluated, written
   with the rows it produced (one write), so a restart skips no event (one
   judged again after a crash makes no second row);
-* each write of rows takes a stream position of its own (``written``), like
-  a receipt: ``/sync`` serves a room again when its counts changed after the
-  client's token, and the highest position used is kept across restarts;
+* rows and the position judged up to are written together without an fsync
+  of their own (``Database.write(durable=False)``): they are derived from the
+  event stream, and a power loss rolls both back to a point the evaluator
+  judges again from. A row takes no stream position: ``/sync`` serves no
+  event before it is judged (homeserver/notifications.py), so an event and
+  its counts always come in one response (``written`` holds the event's
+  position, kept for databases made before this rule);
 * ``pushers``: the users' HTTP pushers, each with its cursor over the
   user's notification rows (what the push gateway has acknowledged).
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from lowband.gateway.store.interfaces import NotificationRow, PusherRow, TimelineRow, TooManyPushers
@@ -68,6 +74,9 @@ CREATE TABLE IF NOT EXISTS pushers (
 ]
 
 MAX_NOTIFICATIONS_PER_USER = 1000
+#: writes with rows for a user between two trims of their rows (a trim reads MAX_NOTIFICATIONS_PER_USER index
+#: entries: trimming at every write made it most of the cost of storing one message's notifications)
+TRIM_EVERY = 100
 
 _TIMELINE = (
     "SELECT stream, event_id, room_id, type, state_key, sender, state_before FROM events WHERE stream > ?"
@@ -90,11 +99,10 @@ def _pusher(row: tuple[Any, ...]) -> PusherRow:
 class PushTables:
     """Reads and writes of the push tables on the gateway's database. Reads see committed writes only."""
 
-    def __init__(self, db: Database, next_stream: Callable[[], int],
-                 write_at: Callable[[int, Callable[[sqlite3.Connection], Any]], Awaitable[Any]]) -> None:  # fmt: skip
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self._next_stream = next_stream
-        self._write_at = write_at
+        #: per user, writes with rows for them since their last trim (read and written by the writer thread only)
+        self._untrimmed: dict[str, int] = {}
 
         def create(c: sqlite3.Connection) -> None:  # one statement per execute (executescript would commit)
             for statement in PUSH_SCHEMA:
@@ -136,40 +144,48 @@ class PushTables:
         return [TimelineRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], str(r[5]), r[6]) for r in rows]
 
     def highest_position(self) -> int:
-        """The highest stream position a write of rows used (0 when none)."""
+        """The highest stream position a write of rows took in versions that gave rows positions (0: none)."""
         row = self.db.query_one("SELECT written FROM push_evaluated WHERE id = 0")
         return int(row[0]) if row else 0
 
-    async def add_notifications(self, rows: list[NotificationRow], evaluated: int) -> int | None:
-        """Store the rows an evaluation made and move the evaluated position, in one write; trims every user
-        given a row to their newest :data:`MAX_NOTIFICATIONS_PER_USER`. Rows take a new stream position, which
-        is returned (None without rows: only the position moves)."""
-        written = self._next_stream() if rows else None
+    async def add_notifications(self, rows: list[NotificationRow], evaluated: int) -> None:
+        """Store the rows an evaluation made and move the evaluated position, in one write without an fsync of
+        its own (see the module rules); trims users given a row back to :data:`MAX_NOTIFICATIONS_PER_USER`
+        every :data:`TRIM_EVERY` writes."""
 
         def fn(c: sqlite3.Connection) -> None:
             c.executemany(
                 f"INSERT OR IGNORE INTO push_notifications ({_NOTIFICATION_COLUMNS}, written) VALUES (?,?,?,?,?,?,?,?)",
                 [(r.user_id, r.stream, r.room_id, r.event_id, json.dumps(r.actions, separators=(",", ":")),
-                  int(r.highlight), r.ts, written) for r in rows],
+                  int(r.highlight), r.ts, r.stream) for r in rows],
             )  # fmt: skip
-            for user_id in {r.user_id for r in rows}:
+            for user_id in self._due_for_trim({r.user_id for r in rows}):
                 cut = c.execute("SELECT stream FROM push_notifications WHERE user_id = ? ORDER BY stream DESC"
                                 " LIMIT 1 OFFSET ?", (user_id, MAX_NOTIFICATIONS_PER_USER)).fetchone()  # fmt: skip
                 if cut is not None:
                     c.execute("DELETE FROM push_notifications WHERE user_id = ? AND stream <= ?", (user_id, cut[0]))
-            c.execute("INSERT INTO push_evaluated VALUES (0, ?, ?) ON CONFLICT DO UPDATE SET stream = excluded.stream,"
-                      " written = MAX(written, excluded.written)", (evaluated, written or 0))  # fmt: skip
+            c.execute("INSERT INTO push_evaluated VALUES (0, ?, 0) ON CONFLICT DO UPDATE SET stream = excluded.stream",
+                      (evaluated,))  # fmt: skip
 
-        if written is None:
-            await self.db.write(fn)
-        else:
-            await self._write_at(written, fn)
-        return written
+        await self.db.write(fn, durable=False)
+
+    def _due_for_trim(self, users: set[str]) -> list[str]:
+        """The users among ``users`` whose rows are to be trimmed in this write (every TRIM_EVERY-th write)."""
+        due = []
+        for user_id in users:
+            count = self._untrimmed.get(user_id, 0) + 1
+            if count >= TRIM_EVERY:
+                due.append(user_id)
+                count = 0
+            self._untrimmed[user_id] = count
+        if len(self._untrimmed) > 100_000:  # bounded: forgetting only delays a trim
+            self._untrimmed.clear()
+        return due
 
     def rooms_changed(self, user_id: str, after: int, upto: int) -> set[str]:
-        """The rooms where rows of the user were written at positions in (after, upto]."""
-        rows = self.db.query("SELECT DISTINCT room_id FROM push_notifications WHERE user_id = ? AND written > ?"
-                             " AND written <= ?", (user_id, after, upto))  # fmt: skip
+        """The rooms where the user has rows for events at positions in (after, upto]."""
+        rows = self.db.query("SELECT DISTINCT room_id FROM push_notifications WHERE user_id = ? AND stream > ?"
+                             " AND stream <= ?", (user_id, after, upto))  # fmt: skip
         return {str(r[0]) for r in rows}
 
     def unread_counts(self, user_id: str, room_id: str, after: int) -> tuple[int, int]:
@@ -177,6 +193,12 @@ class PushTables:
         row = self.db.query_one("SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM push_notifications"
                                 " WHERE user_id = ? AND room_id = ? AND stream > ?", (user_id, room_id, after))  # fmt: skip
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def newest_notification(self, user_id: str, room_id: str) -> int:
+        """The stream position of the user's newest row in the room (0: none)."""
+        row = self.db.query_one("SELECT MAX(stream) FROM push_notifications WHERE user_id = ? AND room_id = ?",
+                                (user_id, room_id))  # fmt: skip
+        return int(row[0]) if row and row[0] is not None else 0
 
     def notification_rooms(self, user_id: str) -> list[str]:
         """The rooms the user has notification rows in."""

@@ -73,7 +73,7 @@ class SQLiteStore:
         self._stream = (row[0] if row and row[0] is not None else 0)
         self.e2ee = E2EETables(self.db, self.next_stream, self._write_at)
         self._stream = max(self._stream, self.e2ee.highest_position())
-        self.push = PushTables(self.db, self.next_stream, self._write_at)  # push rules, notifications (push.py)
+        self.push = PushTables(self.db)  # push rules, notifications (push.py)
         self._stream = max(self._stream, self.push.highest_position())
         self.persisted = self._stream
         low = self.db.query_one("SELECT MIN(stream) FROM events")
