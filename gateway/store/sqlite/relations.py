@@ -27,15 +27,12 @@ delayed for it.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
-import time
 from concurrent.futures import Future
 from typing import Any
 
 from lowband.gateway.store.sqlite.database import Database
-
-log = logging.getLogger(__name__)
+from lowband.gateway.store.sqlite.event_index import OlderEvents, create_index
 
 #: stream positions indexed per backfill write (a position holds at most one event)
 BACKFILL_BATCH = 20_000
@@ -120,40 +117,20 @@ class RelationTables:
         """Create the tables and triggers if missing; index older events for up to ``budget_s`` (default
         :data:`BACKFILL_BUDGET_S`), the rest in background write jobs."""
         self.db = db
-        #: the background backfill's last write, while one runs (tests wait on it)
-        self.backfilling: Future[Any] | None = None
+        self.db.write_sync(lambda c: create_index(c, marker="event_relations", schema=RELATIONS_SCHEMA,
+                                                  progress_table="relations_backfill"))  # fmt: skip
+        self._older = OlderEvents(db, progress_table="relations_backfill", index_range=_index_range,
+                                  batch=BACKFILL_BATCH, label="relations",
+                                  budget_s=BACKFILL_BUDGET_S if budget_s is None else budget_s)  # fmt: skip
 
-        def create(c: sqlite3.Connection) -> None:
-            fresh = c.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_relations'").fetchone() is None
-            for statement in RELATIONS_SCHEMA:  # one statement per execute: executescript would commit
-                c.execute(statement)
-            if fresh:  # events stored before the index existed: the triggers index every later one
-                top = c.execute("SELECT MAX(stream) FROM events").fetchone()[0]
-                c.execute("INSERT OR IGNORE INTO relations_backfill VALUES (0, ?)",
-                          (None if top is None else top + 1,))  # fmt: skip
-
-        self.db.write_sync(create)
-        deadline = time.monotonic() + (BACKFILL_BUDGET_S if budget_s is None else budget_s)
-        while self.db.write_sync(_backfill_step):
-            if time.monotonic() >= deadline:
-                log.info("relations: indexing older events in the background")
-                self._continue_backfill()
-                break
-
-    def _continue_backfill(self) -> None:
-        future = self.db.submit(_backfill_step)
-        self.backfilling = future
-
-        def next_step(done: Future[Any]) -> None:
-            if not done.cancelled() and done.exception() is None and done.result():
-                self._continue_backfill()
-
-        future.add_done_callback(next_step)
+    @property
+    def backfilling(self) -> Future[Any] | None:
+        """The background indexing's last write, while one runs (tests wait on it)."""
+        return self._older.backfilling
 
     def backfill_pending(self) -> bool:
         """Whether events stored before the index existed are still being indexed."""
-        row = self.db.query_one("SELECT below FROM relations_backfill WHERE id = 0")
-        return row is not None and row[0] is not None
+        return self._older.pending()
 
     # --------------------------------------------------------------- reads
 
@@ -252,20 +229,11 @@ class RelationTables:
         return [(str(r[0]), int(r[1])) for r in rows]
 
 
-def _backfill_step(c: sqlite3.Connection) -> bool:
-    """Index one batch of events stored before the index existed; whether more is left."""
-    row = c.execute("SELECT below FROM relations_backfill WHERE id = 0").fetchone()
-    if row is None or row[0] is None:
-        return False
-    below = int(row[0])
-    low = c.execute("SELECT MIN(stream) FROM events").fetchone()[0]
-    lower = below - BACKFILL_BATCH
+def _index_range(c: sqlite3.Connection, lower: int, below: int) -> None:
+    """Index the relations of the events at positions in [lower, below) (stored before the index existed)."""
     c.execute(f"INSERT OR IGNORE INTO event_relations {_SELECT_RELATION.format(e='e')} FROM events e"
               f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')}", (lower, below))  # fmt: skip
     c.execute(f"INSERT INTO event_threads SELECT e.room_id, json_extract(e.pdu, {_PARENT}), MAX(e.stream) FROM events e"
               f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')} AND json_extract(e.pdu, {_REL})"
               " = 'm.thread' GROUP BY 1, 2 ON CONFLICT DO UPDATE SET latest_stream ="
               " MAX(latest_stream, excluded.latest_stream)", (lower, below))  # fmt: skip
-    done = low is None or lower <= low
-    c.execute("UPDATE relations_backfill SET below = ? WHERE id = 0", (None if done else lower,))
-    return not done
