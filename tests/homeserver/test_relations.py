@@ -354,9 +354,9 @@ def test_older_databases_are_indexed_by_the_migration_in_bounded_batches(tmp_pat
     monkeypatch.setattr(relation_tables, "BACKFILL_BUDGET_S", 0.0)  # everything after the first batch: background
     store = SQLiteStore(path)
     try:
-        assert store.relations.backfilling is not None  # the rest went to background write jobs
+        assert store.relations.older.backfilling is not None  # the rest went to background write jobs
         deadline = time.monotonic() + 10
-        while store.relations.backfill_pending():
+        while store.relations.older.pending():
             assert time.monotonic() < deadline, "backfill did not finish"
             time.sleep(0.01)
         children = store.relations.children("!r:x", "$root", rel_type="m.thread", event_type=None, after=-100,

@@ -302,11 +302,11 @@ def test_index_kept_by_triggers_and_backfilled(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(search_tables, "BACKFILL_BUDGET_S", 0.0)
     store = SQLiteStore(db)
     try:
-        assert store.search.backfilling is not None
+        assert store.search.older.backfilling is not None
         deadline = time.monotonic() + 10
-        while store.search.backfill_pending() and time.monotonic() < deadline:
+        while store.search.older.pending() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not store.search.backfill_pending()
+        assert not store.search.older.pending()
         hits = store.search.matches(["gauge"], below=1 << 62, limit=100)
         assert len(hits) == 30 and {h.room_id for h in hits} == {room}
         assert [h.stream for h in hits] == sorted((h.stream for h in hits), reverse=True)

@@ -28,9 +28,9 @@ from lowband.gateway.store.sqlite.database import Database
 log = logging.getLogger(__name__)
 
 
-def create_index(c: sqlite3.Connection, *, marker: str, schema: list[str], progress_table: str) -> None:
+def _create_index(c: sqlite3.Connection, *, marker: str, schema: list[str], progress_table: str) -> None:
     """Create the index's tables and triggers if missing (``marker``: one of its tables); a new index starts
-    its progress above the highest stored event, so the older ones are indexed as :class:`OlderEvents`."""
+    its progress above the highest stored event, so the older ones are indexed by :class:`OlderEvents`."""
     fresh = c.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (marker,)).fetchone() is None
     for statement in schema:  # one statement per execute: executescript would commit
         c.execute(statement)
@@ -40,14 +40,16 @@ def create_index(c: sqlite3.Connection, *, marker: str, schema: list[str], progr
 
 
 class OlderEvents:
-    """Indexes the events stored before an index existed (see the module rules)."""
+    """Creates an index (its ``schema``, ``marker`` one of its tables) and indexes the events stored before it
+    existed (see the module rules)."""
 
-    def __init__(self, db: Database, *, progress_table: str,
+    def __init__(self, db: Database, *, marker: str, schema: list[str], progress_table: str,
                  index_range: Callable[[sqlite3.Connection, int, int], None], batch: int, budget_s: float,
                  label: str) -> None:  # fmt: skip
         """``index_range(c, lower, below)`` indexes the events at positions in [lower, below); runs batches for
         up to ``budget_s`` now, the rest in background write jobs."""
         self.db = db
+        db.write_sync(lambda c: _create_index(c, marker=marker, schema=schema, progress_table=progress_table))
         self.progress_table = progress_table
         self.index_range = index_range
         self.batch = batch
@@ -89,4 +91,4 @@ class OlderEvents:
         future.add_done_callback(next_step)
 
 
-__all__ = ["OlderEvents", "create_index"]
+__all__ = ["OlderEvents"]

@@ -28,11 +28,10 @@ delayed for it.
 from __future__ import annotations
 
 import sqlite3
-from concurrent.futures import Future
 from typing import Any
 
 from lowband.gateway.store.sqlite.database import Database
-from lowband.gateway.store.sqlite.event_index import OlderEvents, create_index
+from lowband.gateway.store.sqlite.event_index import OlderEvents
 
 #: stream positions indexed per backfill write (a position holds at most one event)
 BACKFILL_BATCH = 20_000
@@ -117,20 +116,10 @@ class RelationTables:
         """Create the tables and triggers if missing; index older events for up to ``budget_s`` (default
         :data:`BACKFILL_BUDGET_S`), the rest in background write jobs."""
         self.db = db
-        self.db.write_sync(lambda c: create_index(c, marker="event_relations", schema=RELATIONS_SCHEMA,
-                                                  progress_table="relations_backfill"))  # fmt: skip
-        self._older = OlderEvents(db, progress_table="relations_backfill", index_range=_index_range,
-                                  batch=BACKFILL_BATCH, label="relations",
-                                  budget_s=BACKFILL_BUDGET_S if budget_s is None else budget_s)  # fmt: skip
-
-    @property
-    def backfilling(self) -> Future[Any] | None:
-        """The background indexing's last write, while one runs (tests wait on it)."""
-        return self._older.backfilling
-
-    def backfill_pending(self) -> bool:
-        """Whether events stored before the index existed are still being indexed."""
-        return self._older.pending()
+        #: the index made and the events stored before it indexed (``older.pending()``: tests wait on it)
+        self.older = OlderEvents(db, marker="event_relations", schema=RELATIONS_SCHEMA,
+                                 progress_table="relations_backfill", index_range=_index_range, batch=BACKFILL_BATCH, label="relations",
+                                 budget_s=BACKFILL_BUDGET_S if budget_s is None else budget_s)  # fmt: skip
 
     # --------------------------------------------------------------- reads
 

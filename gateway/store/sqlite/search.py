@@ -31,12 +31,11 @@ also keeps only letters and digits: :func:`lowband.gateway.homeserver.search.que
 from __future__ import annotations
 
 import sqlite3
-from concurrent.futures import Future
 from typing import Any
 
 from lowband.gateway.store.interfaces import SearchHit
 from lowband.gateway.store.sqlite.database import Database
-from lowband.gateway.store.sqlite.event_index import OlderEvents, create_index
+from lowband.gateway.store.sqlite.event_index import OlderEvents
 
 #: stream positions indexed per backfill write
 BACKFILL_BATCH = 20_000
@@ -100,20 +99,10 @@ class SearchTables:
         """Create the table and triggers if missing; index older events for up to ``budget_s`` (default
         :data:`BACKFILL_BUDGET_S`), the rest in background write jobs."""
         self.db = db
-        self.db.write_sync(lambda c: create_index(c, marker="event_search", schema=SEARCH_SCHEMA,
-                                                  progress_table="search_backfill"))  # fmt: skip
-        self._older = OlderEvents(db, progress_table="search_backfill", index_range=_index_range,
-                                  batch=BACKFILL_BATCH, label="search",
-                                  budget_s=BACKFILL_BUDGET_S if budget_s is None else budget_s)  # fmt: skip
-
-    @property
-    def backfilling(self) -> Future[Any] | None:
-        """The background indexing's last write, while one runs (tests wait on it)."""
-        return self._older.backfilling
-
-    def backfill_pending(self) -> bool:
-        """Whether events stored before the index existed are still being indexed."""
-        return self._older.pending()
+        #: the index made and the events stored before it indexed (``older.pending()``: tests wait on it)
+        self.older = OlderEvents(db, marker="event_search", schema=SEARCH_SCHEMA, progress_table="search_backfill",
+                                 index_range=_index_range, batch=BACKFILL_BATCH, label="search",
+                                 budget_s=BACKFILL_BUDGET_S if budget_s is None else budget_s)  # fmt: skip
 
     def matches(self, words: list[str], *, below: int, limit: int) -> list[SearchHit]:
         """Indexed events holding every one of ``words`` at positions below ``below``, newest first, at most
