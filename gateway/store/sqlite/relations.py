@@ -118,7 +118,8 @@ class RelationTables:
         self.db = db
         #: the index made and the events stored before it indexed (``older.pending()``: tests wait on it)
         self.older = OlderEvents(db, marker="event_relations", schema=RELATIONS_SCHEMA,
-                                 progress_table="relations_backfill", index_range=_index_range, batch=BACKFILL_BATCH, label="relations",
+                                 progress_table="relations_backfill", index_range=_index_range,
+                                 batch=BACKFILL_BATCH, label="relations",
                                  budget_s=BACKFILL_BUDGET_S if budget_s is None else budget_s)  # fmt: skip
 
     # --------------------------------------------------------------- reads
