@@ -166,6 +166,31 @@ async def gateway_in_loop(tmp_path: Path, *, on_ready: Callable[[Any], None] | N
         await asyncio.wait_for(task, 20)
 
 
+@contextlib.asynccontextmanager
+async def users_gateway(tmp_path: Path, *names: str, **config: Any) -> AsyncIterator[tuple[list[Client], Any, str]]:
+    """A gateway in the current loop (:func:`gateway_in_loop`, ``config`` passed on), one registered
+    :class:`Client` per name on one HTTP session; yields (clients, the gateway's ``Services``, its base URL)."""
+    import aiohttp
+
+    found: list[Any] = []
+    async with gateway_in_loop(tmp_path, on_ready=found.append, **config) as url, aiohttp.ClientSession() as session:
+        clients = []
+        for name in names:
+            client = Client(session, url)
+            await client.register(name)
+            clients.append(client)
+        yield clients, found[0], url
+
+
+def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
+    """The body of a (status, body) answer after checking its status (and ``errcode`` when given)."""
+    got_status, body = result
+    assert got_status == status, body
+    if errcode is not None:
+        assert body["errcode"] == errcode, body
+    return body
+
+
 class Client:
     """A tiny raw-HTTP Matrix client over aiohttp, for what matrix-nio does not call."""
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import aiohttp
 import nacl.signing
 import pytest
-from harness import Client, gateway_in_loop
+from harness import Client, expect, users_gateway
 
 from lowband.gateway.config import ConfigError, load_config
 from lowband.gateway.matrix.canonical_json import encode_canonical_json
@@ -31,25 +31,11 @@ def q(value: str) -> str:
     return quote(value, safe="")
 
 
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
-
-
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, *names: str, **config: Any) -> AsyncIterator[tuple[list[Client], Any, str]]:
     """A gateway, one registered client per name, its services and its URL."""
-    found: list[Any] = []
-    async with gateway_in_loop(tmp_path, on_ready=found.append, **config) as url, aiohttp.ClientSession() as session:
-        clients = []
-        for name in names:
-            client = Client(session, url)
-            await client.register(name)
-            clients.append(client)
-        yield clients, found[0], url
+    async with users_gateway(tmp_path, *names, **config) as (clients, services, url):
+        yield clients, services, url
 
 
 async def login(client: Client, user: str, password: str = PW, device_id: str | None = None) -> tuple[int, Any]:

@@ -14,19 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import Client, gateway_in_loop
+from harness import Client, expect, gateway_in_loop
 
 from lowband.gateway.homeserver.uia import DUMMY, PASSWORD, REGISTRATION_TOKEN, UIASessions, flow_complete
 
 V3 = "/_matrix/client/v3"
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
 
 
 @contextlib.asynccontextmanager

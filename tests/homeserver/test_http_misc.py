@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-from harness import Client, gateway_in_loop
+from harness import Client, expect, gateway_in_loop, users_gateway
 
 V3 = "/_matrix/client/v3"
 
@@ -26,21 +25,8 @@ def q(value: str) -> str:
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, *names: str, **config: Any) -> AsyncIterator[list[Client]]:
     """A gateway and one registered client per name."""
-    async with gateway_in_loop(tmp_path, **config) as url, aiohttp.ClientSession() as session:
-        clients = []
-        for name in names:
-            client = Client(session, url)
-            await client.register(name)
-            clients.append(client)
+    async with users_gateway(tmp_path, *names, **config) as (clients, _, _):
         yield clients
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
 
 
 async def make_room(owner: Client, *joiners: Client, **create: Any) -> str:

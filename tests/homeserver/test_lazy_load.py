@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from harness import Client, gateway_in_loop
+from harness import Client, expect, gateway_in_loop
 
 from lowband.gateway.config import RateLimits
 from lowband.gateway.homeserver.lazy_members import SentMembers
@@ -36,14 +36,6 @@ def in_loop(test: Callable[[Path], Awaitable[None]]) -> Callable[[Path], None]:
 
 def q(value: str) -> str:
     return quote(value, safe="")
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
 
 
 @contextlib.asynccontextmanager
@@ -75,18 +67,7 @@ async def say_as(svc: Any, user_id: str, room_id: str, body: str) -> None:
     await svc.rooms.send(user_id, room_id, "m.room.message", {"msgtype": "m.text", "body": body})
 
 
-async def settled(svc: Any) -> None:
-    """Wait (5 s at most) until /sync may serve every stored event: a component may hold its position back
-    until it has judged the newest events (the push rules' ``SyncHandler.ceiling``)."""
-    deadline = time.monotonic() + 5
-    while (ceiling := getattr(svc.sync, "ceiling", None)) is not None and ceiling() < svc.store.persisted:
-        assert time.monotonic() < deadline, "the sync position did not catch up"
-        await asyncio.sleep(0.01)
-
-
-async def sync(svc: Any, client: Client, filter_doc: dict[str, Any],
-               since: str | None = None) -> tuple[dict[str, Any], int]:  # fmt: skip
-    await settled(svc)
+async def sync(client: Client, filter_doc: dict[str, Any], since: str | None = None) -> tuple[dict[str, Any], int]:
     query = "filter=" + q(json.dumps(filter_doc)) + (f"&since={q(since)}" if since else "")
     status, body = await client.request("GET", f"{V3}/sync?{query}")
     assert status == 200, body
@@ -104,8 +85,8 @@ async def test_initial_sync_sends_only_the_senders_members_and_saves_bytes(tmp_p
         await say_as(svc, "@m007:localhost", room_id, "two")
         await send(bob, room_id, "three")
         await send(alice, room_id, "four")
-        full, full_bytes = await sync(svc, alice, FULL)
-        lazy, lazy_bytes = await sync(svc, alice, LAZY)
+        full, full_bytes = await sync(alice, FULL)
+        lazy, lazy_bytes = await sync(alice, LAZY)
         full_room, lazy_room = full["rooms"]["join"][room_id], lazy["rooms"]["join"][room_id]
         assert len(members_in(full_room)) == 200
         assert members_in(lazy_room) == ["@alice:localhost", "@bob:localhost", "@m007:localhost"]
@@ -122,22 +103,22 @@ async def test_initial_sync_sends_only_the_senders_members_and_saves_bytes(tmp_p
 async def test_incremental_sync_sends_a_member_once_per_device(tmp_path: Path) -> None:
     async with big_room(tmp_path, 12) as (alice, bob, room_id, svc, url):
         await send(bob, room_id, "hello")
-        first, _ = await sync(svc, alice, LAZY)
+        first, _ = await sync(alice, LAZY)
         assert "@bob:localhost" in members_in(first["rooms"]["join"][room_id])
         token = first["next_batch"]
         await send(bob, room_id, "again")
         await say_as(svc, "@m003:localhost", room_id, "new voice")
-        second, _ = await sync(svc, alice, LAZY, token)
+        second, _ = await sync(alice, LAZY, token)
         room = second["rooms"]["join"][room_id]
         assert [e["content"]["body"] for e in room["timeline"]["events"]] == ["again", "new voice"]
         assert members_in(room) == ["@m003:localhost"]  # bob's was sent already; m003 never was
         # include_redundant_members: every sender's member again
         redundant = {"room": {"state": {"lazy_load_members": True, "include_redundant_members": True}}}
-        again, _ = await sync(svc, alice, redundant, token)
+        again, _ = await sync(alice, redundant, token)
         assert members_in(again["rooms"]["join"][room_id]) == ["@alice:localhost", "@bob:localhost", "@m003:localhost"]
         # a token older than the response that carried bob's member: sent again
         stream = int(token[1:].split("_")[0])
-        older, _ = await sync(svc, alice, LAZY, f"s{stream - 1}_0")
+        older, _ = await sync(alice, LAZY, f"s{stream - 1}_0")
         assert "@bob:localhost" in members_in(older["rooms"]["join"][room_id])
         # another device of alice's never got it either
         async with aiohttp.ClientSession() as session:
@@ -147,7 +128,7 @@ async def test_incremental_sync_sends_a_member_once_per_device(tmp_path: Path) -
                 "password": "secret-pw"}, token=False)  # fmt: skip
             assert status == 200, body
             other.token = body["access_token"]
-            fresh, _ = await sync(svc, other, LAZY, token)
+            fresh, _ = await sync(other, LAZY, token)
             assert members_in(fresh["rooms"]["join"][room_id]) == ["@alice:localhost", "@bob:localhost",
                                                                    "@m003:localhost"]  # fmt: skip
 
@@ -155,49 +136,49 @@ async def test_incremental_sync_sends_a_member_once_per_device(tmp_path: Path) -
 @in_loop
 async def test_limited_timeline_keeps_other_state_and_drops_silent_members(tmp_path: Path) -> None:
     async with big_room(tmp_path, 8) as (alice, bob, room_id, svc, _):
-        start, _ = await sync(svc, alice, LAZY)
+        start, _ = await sync(alice, LAZY)
         token = start["next_batch"]
         expect(await alice.request("PUT", f"{V3}/rooms/{q(room_id)}/state/m.room.topic", {"topic": "gap"}), 200)
         await svc.rooms.set_membership("@m002:localhost", room_id, "@m002:localhost", "leave")  # silent: no message
         for i in range(6):
             await send(bob, room_id, f"msg {i}")
-        lazy, _ = await sync(svc, alice, LAZY, token)
+        lazy, _ = await sync(alice, LAZY, token)
         room = lazy["rooms"]["join"][room_id]
         assert room["timeline"]["limited"] is True
         types = {e["type"] for e in room["state"]["events"]}
         assert "m.room.topic" in types  # the gap's other state changes still come
         assert "@m002:localhost" not in members_in(room)  # a member who said nothing is not sent
         assert members_in(room) == ["@bob:localhost"]
-        full, _ = await sync(svc, alice, FULL, token)
+        full, _ = await sync(alice, FULL, token)
         assert "@m002:localhost" in members_in(full["rooms"]["join"][room_id])  # without lazy loading it is
 
 
 @in_loop
 async def test_summary_sent_when_it_changes(tmp_path: Path) -> None:
     async with big_room(tmp_path, 4) as (alice, bob, room_id, svc, _):
-        first, _ = await sync(svc, alice, FULL)
+        first, _ = await sync(alice, FULL)
         summary = first["rooms"]["join"][room_id]["summary"]
         assert summary == {"m.joined_member_count": 4, "m.invited_member_count": 0,
                            "m.heroes": ["@bob:localhost", "@m000:localhost", "@m001:localhost"]}  # fmt: skip
         token = first["next_batch"]
         await send(bob, room_id, "nothing changes")
-        quiet, _ = await sync(svc, alice, FULL, token)
+        quiet, _ = await sync(alice, FULL, token)
         assert quiet["rooms"]["join"][room_id]["summary"] == {}
         token = quiet["next_batch"]
         expect(await alice.request("POST", f"{V3}/rooms/{q(room_id)}/invite", {"user_id": "@m900:localhost"}), 200)
-        invited, _ = await sync(svc, alice, FULL, token)
+        invited, _ = await sync(alice, FULL, token)
         assert invited["rooms"]["join"][room_id]["summary"]["m.invited_member_count"] == 1
         assert "@m900:localhost" in invited["rooms"]["join"][room_id]["summary"]["m.heroes"]
         token = invited["next_batch"]
         expect(await alice.request("PUT", f"{V3}/rooms/{q(room_id)}/state/m.room.name", {"name": "Named"}), 200)
-        named, _ = await sync(svc, alice, FULL, token)
+        named, _ = await sync(alice, FULL, token)
         assert named["rooms"]["join"][room_id]["summary"] == {"m.joined_member_count": 4,
                                                               "m.invited_member_count": 1}  # fmt: skip
         # a display name change is a member event, but the summary is the same: not sent again
         token = named["next_batch"]
         path = f"{V3}/profile/{q('@bob:localhost')}/displayname"
         expect(await bob.request("PUT", path, {"displayname": "Bobby"}), 200)
-        renamed, _ = await sync(svc, alice, FULL, token)
+        renamed, _ = await sync(alice, FULL, token)
         assert renamed["rooms"]["join"][room_id]["summary"] == {}
 
 

@@ -7,11 +7,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-from harness import Client, gateway_in_loop
+from harness import Client, expect, users_gateway
 
 from lowband.gateway.api.http import client_legacy
 from lowband.gateway.config import RateLimits
@@ -23,22 +21,8 @@ R0 = "/_matrix/client/r0"
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, *names: str) -> AsyncIterator[list[Client]]:
     """A gateway and one registered client per name."""
-    async with gateway_in_loop(tmp_path, rate_limits=RateLimits(enabled=False)) as url, \
-            aiohttp.ClientSession() as session:  # fmt: skip
-        clients = []
-        for name in names:
-            client = Client(session, url)
-            await client.register(name)
-            clients.append(client)
+    async with users_gateway(tmp_path, *names, rate_limits=RateLimits(enabled=False)) as (clients, _, _):
         yield clients
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
 
 
 async def post_send(client: Client, room: str, body: str) -> str:

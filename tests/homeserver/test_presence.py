@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 import nio
-from harness import Client, gateway_in_loop, nio_client
+from harness import Client, expect, gateway_in_loop, nio_client
 
 from lowband.gateway.config import RateLimits
 from lowband.gateway.homeserver.presence import PresenceTracker
@@ -38,23 +38,6 @@ def q(value: str) -> str:
     return quote(value, safe="")
 
 
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
-
-
-async def settled(svc: Any) -> None:
-    """Wait (5 s at most) until /sync may serve every stored event: a component may hold its position back
-    until it has judged the newest events (the push rules' ``SyncHandler.ceiling``)."""
-    deadline = time.monotonic() + 5
-    while (ceiling := getattr(svc.sync, "ceiling", None)) is not None and ceiling() < svc.store.persisted:
-        assert time.monotonic() < deadline, "the sync position did not catch up"
-        await asyncio.sleep(0.01)
-
-
 @contextlib.asynccontextmanager
 async def three(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Client, Client, Client, Any]]:
     """alice and bob share a room; carol shares none."""
@@ -66,7 +49,6 @@ async def three(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Client, Cl
             await client.register(name)
         room_id = expect(await clients[0].request("POST", V3 + "/createRoom", {"preset": "public_chat"}), 200)["room_id"]
         expect(await clients[1].request("POST", f"{V3}/join/{q(room_id)}", {}), 200)
-        await settled(found[0])
         yield clients[0], clients[1], clients[2], found[0]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from harness import Client, gateway_in_loop
+from harness import Client, expect, gateway_in_loop, users_gateway
 
 from lowband.gateway.config import RateLimits
 
@@ -26,25 +26,8 @@ def q(value: str) -> str:
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, *names: str) -> AsyncIterator[tuple[list[Client], Any]]:
     """A gateway (rate limits off), one registered client per name, and the gateway's services."""
-    found: list[Any] = []
-    async with (
-        gateway_in_loop(tmp_path, on_ready=found.append, rate_limits=RateLimits(enabled=False)) as url,
-        aiohttp.ClientSession() as session,
-    ):
-        clients = []
-        for name in names:
-            client = Client(session, url)
-            await client.register(name)
-            clients.append(client)
-        yield clients, found[0]
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
+    async with users_gateway(tmp_path, *names, rate_limits=RateLimits(enabled=False)) as (clients, services, _):
+        yield clients, services
 
 
 def test_rules_read_written_ordered_and_kept(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from harness import Client, gateway_in_loop
+from harness import Client, expect, gateway_in_loop, users_gateway
 
 from lowband.gateway.config import RateLimits
 from lowband.gateway.homeserver.notifications import push_of
@@ -25,23 +25,8 @@ def q(value: str) -> str:
 
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, *names: str) -> AsyncIterator[tuple[list[Client], Any]]:
-    found: list[Any] = []
-    async with gateway_in_loop(tmp_path, on_ready=found.append, rate_limits=RateLimits(enabled=False)) as url, \
-            aiohttp.ClientSession() as session:  # fmt: skip
-        clients = []
-        for name in names:
-            client = Client(session, url)
-            await client.register(name)
-            clients.append(client)
-        yield clients, found[0]
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
+    async with users_gateway(tmp_path, *names, rate_limits=RateLimits(enabled=False)) as (clients, services, _):
+        yield clients, services
 
 
 async def make_room(owner: Client, *joiners: Client) -> str:

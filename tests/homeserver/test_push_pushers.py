@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-from harness import Client, free_port, gateway_in_loop
+from harness import Client, expect, free_port, gateway_in_loop
 
 from lowband.gateway.config import PushConfig, RateLimits
 
@@ -26,14 +26,6 @@ LOOPBACK_ALLOWED = PushConfig(allowed_ranges=("127.0.0.1/32",))
 
 def q(value: str) -> str:
     return quote(value, safe="")
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
 
 
 class PushGateway:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-from harness import Client, gateway_in_loop
+from harness import Client, expect, users_gateway
 
 from lowband.gateway.config import RateLimits
 from lowband.gateway.store.sqlite import relations as relation_tables
@@ -32,23 +31,8 @@ def q(value: str) -> str:
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, *names: str, **config: Any) -> AsyncIterator[tuple[list[Client], Any]]:
     """A gateway, one registered client per name, and the gateway's services."""
-    found: list[Any] = []
-    async with gateway_in_loop(tmp_path, on_ready=found.append, **config) as url, \
-            aiohttp.ClientSession() as session:  # fmt: skip
-        clients = []
-        for name in names:
-            client = Client(session, url)
-            await client.register(name)
-            clients.append(client)
-        yield clients, found[0]
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
+    async with users_gateway(tmp_path, *names, **config) as (clients, services, _):
+        yield clients, services
 
 
 async def make_room(owner: Client, *joiners: Client, **create: Any) -> str:

@@ -7,11 +7,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-from harness import Client, gateway_in_loop
+from harness import Client, expect, users_gateway
 
 from lowband.gateway.api.http import client_tags
 from lowband.gateway.config import RateLimits
@@ -22,22 +20,8 @@ V3 = "/_matrix/client/v3"
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, *names: str) -> AsyncIterator[list[Client]]:
     """A gateway and one registered client per name."""
-    async with gateway_in_loop(tmp_path, rate_limits=RateLimits(enabled=False)) as url, \
-            aiohttp.ClientSession() as session:  # fmt: skip
-        clients = []
-        for name in names:
-            client = Client(session, url)
-            await client.register(name)
-            clients.append(client)
+    async with users_gateway(tmp_path, *names, rate_limits=RateLimits(enabled=False)) as (clients, _, _):
         yield clients
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
 
 
 def test_tags_round_trip_and_sync(tmp_path: Path) -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-from harness import Client, gateway_in_loop
+from harness import Client, expect, users_gateway
 
 from lowband.gateway.config import ConfigError, RateLimits, load_config
 from lowband.gateway.homeserver import user_directory
@@ -33,22 +32,8 @@ def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, *names: str, **config: Any) -> AsyncIterator[list[Client]]:
     """A gateway and one registered client per name."""
-    async with gateway_in_loop(tmp_path, rate_limits=RateLimits(enabled=False), **config) as url, \
-            aiohttp.ClientSession() as session:  # fmt: skip
-        clients = []
-        for name in names:
-            client = Client(session, url)
-            await client.register(name)
-            clients.append(client)
+    async with users_gateway(tmp_path, *names, rate_limits=RateLimits(enabled=False), **config) as (clients, _, _):
         yield clients
-
-
-def expect(result: tuple[int, Any], status: int, errcode: str | None = None) -> Any:
-    got_status, body = result
-    assert got_status == status, body
-    if errcode is not None:
-        assert body["errcode"] == errcode, body
-    return body
 
 
 async def find(client: Client, term: str, limit: int | None = None) -> Any:
