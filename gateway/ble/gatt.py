@@ -42,7 +42,7 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
-from lowband.gateway.aio import sleep_unless
+from lowband.gateway.aio import cancel_and_wait, sleep_unless
 from lowband.gateway.ble.gatt_core import (
     Backoff,
     GattRefusal,
@@ -121,10 +121,7 @@ class GattLink:
         """Disconnect and stop reconnecting."""
         self._stopping.set()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def stats(self) -> dict[str, Any]:
         """Connection state and counters."""

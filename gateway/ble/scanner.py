@@ -31,7 +31,6 @@ starts again with back-off (:class:`~lowband.gateway.ble.gatt_core.Backoff`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from lowband.gateway.aio import sleep_unless
+from lowband.gateway.aio import cancel_and_wait, sleep_unless
 from lowband.gateway.ble.advert import Advertisement, make_advertisement
 from lowband.gateway.ble.gatt_core import Backoff
 from lowband.gateway.config import BleConfig
@@ -240,10 +239,7 @@ class BleScanner:
         """Stop scanning and the supervisor; safe to call twice."""
         self._stopping.set()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self._close()
         self.state = "stopped"
 
