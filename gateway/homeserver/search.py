@@ -37,7 +37,7 @@ from typing import Any
 
 from lowband.gateway.homeserver.ignored import ignored_users
 from lowband.gateway.homeserver.sync import EventFilter, SyncHandler
-from lowband.gateway.matrix.errors import MatrixError, bad_json, invalid_param
+from lowband.gateway.matrix.errors import MatrixError, bad_json, invalid_param, required_text
 from lowband.gateway.matrix.events import Event
 from lowband.gateway.matrix.numbers import parse_digits
 from lowband.gateway.store.interfaces import EventRow, SearchHit
@@ -125,13 +125,7 @@ class SearchHandler:
 
     def _room_events(self, user_id: str, criteria: dict[str, Any], next_batch: str | None,
                      device_id: str) -> dict[str, Any]:  # fmt: skip
-        term = criteria.get("search_term")
-        if term is None:
-            raise MatrixError(400, "M_MISSING_PARAM", "missing 'search_term'")
-        if not isinstance(term, str):
-            raise bad_json("'search_term' must be a string")
-        if len(term) > MAX_TERM_CHARS:
-            raise invalid_param(f"'search_term' is longer than {MAX_TERM_CHARS} characters")
+        term = required_text(criteria, "search_term", MAX_TERM_CHARS)
         order = criteria.get("order_by", "rank")
         if order not in ("rank", "recent"):
             raise invalid_param("'order_by' must be 'rank' or 'recent'")

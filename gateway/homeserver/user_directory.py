@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowband.gateway.matrix.errors import MatrixError, bad_json, invalid_param
+from lowband.gateway.matrix.errors import bad_json, required_text
 from lowband.gateway.store.interfaces import Store
 
 DEFAULT_LIMIT = 10
@@ -48,13 +48,7 @@ class UserDirectory:
         400 M_MISSING_PARAM without ``search_term``, M_BAD_JSON when it is not a string or ``limit`` not a
         positive integer, M_INVALID_PARAM for a term longer than :data:`MAX_TERM_CHARS`.
         """
-        term = body.get("search_term")
-        if term is None:
-            raise MatrixError(400, "M_MISSING_PARAM", "missing 'search_term'")
-        if not isinstance(term, str):
-            raise bad_json("'search_term' must be a string")
-        if len(term) > MAX_TERM_CHARS:
-            raise invalid_param(f"'search_term' is longer than {MAX_TERM_CHARS} characters")
+        term = required_text(body, "search_term", MAX_TERM_CHARS)
         limit = body.get("limit", DEFAULT_LIMIT)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise bad_json("'limit' must be a positive integer")

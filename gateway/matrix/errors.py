@@ -43,3 +43,16 @@ def bad_json(message: str) -> MatrixError:
 def invalid_param(message: str) -> MatrixError:
     """400 M_INVALID_PARAM."""
     return MatrixError(400, "M_INVALID_PARAM", message)
+
+
+def required_text(doc: dict[str, Any], key: str, max_chars: int) -> str:
+    """``doc[key]``, a string of at most ``max_chars`` characters; 400 M_MISSING_PARAM when absent, M_BAD_JSON
+    when not a string, M_INVALID_PARAM when longer."""
+    value = doc.get(key)
+    if value is None:
+        raise MatrixError(400, "M_MISSING_PARAM", f"missing '{key}'")
+    if not isinstance(value, str):
+        raise bad_json(f"'{key}' must be a string")
+    if len(value) > max_chars:
+        raise invalid_param(f"'{key}' is longer than {max_chars} characters")
+    return value
