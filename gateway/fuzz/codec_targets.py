@@ -1,4 +1,4 @@
-"""Targets for the message codecs: deterministic CBOR, the compact profile, MSC3079.
+"""Targets for the message codecs: deterministic CBOR, the compact profile, MSC3079, CoAP messages.
 
 Each decodes the raw input (a value or :class:`~lowband.codecs.WireError`),
 re-encodes what it accepted, and round-trips a value built from the same
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowband.codecs import cbor, compact, msc3079
+from lowband.codecs import cbor, coap, compact, msc3079
 from lowband.codecs.context import default_context
 from lowband.codecs.errors import WireError
 from lowband.gateway.fuzz.target import ByteSource, Target, require, same
@@ -205,4 +205,48 @@ MSC3079 = Target(
         )
     ],
     max_len=512,
+)
+
+# ------------------------------------------------------------------ CoAP
+
+
+def check_coap(data: bytes) -> None:
+    """parse gives a Message or CoapFormatError; an accepted datagram re-encodes to at most its
+    own length and parses again to the same message, and peek_header agrees with it; the option
+    helpers give values or CoapFormatError; a message built from the bytes round-trips."""
+    try:
+        msg = coap.parse(data)
+    except coap.CoapFormatError:
+        msg = None
+    if msg is not None:
+        wire = coap.encode(msg)
+        require(len(wire) <= len(data), "encode(parse(d)) is longer than d")
+        require(coap.parse(wire) == msg, "parse(encode(m)) != m")
+        require(coap.peek_header(data) == (msg.mtype, msg.code, msg.mid, msg.token), "peek_header disagrees")
+        for helper in (lambda: msg.path, lambda: msg.query, lambda: msg.observe, lambda: msg.block1,
+                       lambda: msg.block2):  # fmt: skip
+            try:
+                helper()
+            except coap.CoapFormatError:
+                pass
+    source = ByteSource(data)
+    options = [(source.between(0, 300) if source.flag() else source.between(0, 65535), source.blob(20))
+               for _ in range(source.below(6))]  # fmt: skip
+    built = coap.Message(source.below(4), source.between(1, 255), source.between(0, 65535), source.blob(8),
+                         tuple(options), source.blob(40))  # fmt: skip
+    require(coap.parse(coap.encode(built)) == built, "parse(encode(m)) != m for a built message")
+
+
+COAP = Target(
+    name="coap",
+    summary="codecs/coap.py: parse, encode, peek_header and the option helpers",
+    prop="Message or CoapFormatError; parse(encode(m)) == m; encode(parse(d)) no longer than d",
+    errors=("CoapFormatError (a WireError)",),
+    check=check_coap,
+    seeds=lambda: [
+        coap.encode(coap.Message(coap.CON, coap.GET, 0x7D34, b"\x01\x02", ((11, b"temperature"), (256, b"tok")))),
+        coap.encode(coap.Message(coap.ACK, coap.CONTENT, 1, b"t", ((6, b"\x05"), (23, b"\x0e")), b"payload")),
+        coap.encode(coap.Message(coap.RST, coap.EMPTY, 9)),
+    ],
+    max_len=1500,
 )

@@ -16,6 +16,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "cbor": ("lowband.gateway.fuzz.codec_targets", "CBOR"),
     "compact": ("lowband.gateway.fuzz.codec_targets", "COMPACT"),
     "msc3079": ("lowband.gateway.fuzz.codec_targets", "MSC3079"),
+    "coap": ("lowband.gateway.fuzz.codec_targets", "COAP"),
     "framing": ("lowband.gateway.fuzz.stream_targets", "FRAMING"),
     "fragment": ("lowband.gateway.fuzz.stream_targets", "FRAGMENT"),
     "link_frame": ("lowband.gateway.fuzz.stream_targets", "LINK_FRAME"),
