@@ -33,7 +33,7 @@ from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.presence import presence_loop
 from lowband.gateway.homeserver.ratelimit import LoginThrottle
 from lowband.gateway.homeserver.rooms import RoomService
-from lowband.gateway.homeserver.services import Services
+from lowband.gateway.homeserver.services import HTTP_SERVER, Services
 from lowband.gateway.homeserver.sync import SyncHandler, typing_expiry_loop
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.matrix.signing import SigningKey
@@ -103,6 +103,8 @@ COMPONENTS: list[Component] = [
     Registered("links", "lowband.gateway.link.component:start_links", _always),
     Registered("mqtt", "lowband.gateway.bridges.mqtt.bridge:start_mqtt", _has_section("mqtt")),
     Registered("appservices", "lowband.gateway.appservices.component:start_appservices", _has_section("appservices")),
+    # the low-bandwidth client API, CoAP+CBOR (MSC3079) with compact mode and Noise sessions (docs/coap.md): `[coap]`
+    Registered("coap", "lowband.gateway.coap.component:start_coap", _has_section("coap")),
     # BLE sensors (bleak and the parser libraries are imported only here): with `[ble] enabled = true`, or once
     # `lowband ble add` has made the sensors file (the gateway picks up the first one at its next start).
     Registered("ble", "lowband.gateway.ble.component:start_ble",
@@ -244,6 +246,8 @@ async def run_gateway(
                            keepalive_timeout=config.header_timeout_s, lingering_time=2.0,
                            shutdown_timeout=5.0)  # fmt: skip
     await runner.setup()
+    # The CoAP API serves its requests through this same application, in memory (gateway/coap/inproc.py).
+    services.components[HTTP_SERVER] = runner.server
     try:
         tls = tls_context(config)
     except ConfigError:

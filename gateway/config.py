@@ -57,7 +57,7 @@ _SERVER_NAME = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})
 
 
 #: Sections handed raw to the components that own them (they validate them).
-COMPONENT_SECTIONS = ("mqtt", "links", "devices", "appservices")
+COMPONENT_SECTIONS = ("mqtt", "links", "devices", "appservices", "coap")
 
 
 class ConfigError(ValueError):

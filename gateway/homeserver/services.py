@@ -27,6 +27,14 @@ from lowband.gateway.homeserver.uia import UserInteractiveAuth
 from lowband.gateway.store.interfaces import Store
 
 
+#: ``components[HTTP_SERVER]``: the HTTP API's ``aiohttp.web.Server`` (a protocol factory), set by app.run_gateway
+#: before the components start; the CoAP API serves its requests through it in memory (gateway/coap/inproc.py).
+HTTP_SERVER = "http_server"
+#: ``components[COAP_VERSIONS]``: the ``m.low_bandwidth`` object of ``/versions`` (MSC3079), set by the CoAP component
+#: while it runs (gateway/coap/component.py); the HTTP ``/versions`` handler adds it when present.
+COAP_VERSIONS = "coap_versions"
+
+
 @dataclass
 class Services:
     """Everything handlers reach, built once per running gateway."""

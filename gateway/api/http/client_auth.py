@@ -6,6 +6,7 @@ import asyncio
 import functools
 import secrets
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -30,7 +31,7 @@ from lowband.gateway.homeserver.accounts import (
     new_token,
     user_id_for,
 )
-from lowband.gateway.homeserver.services import Services
+from lowband.gateway.homeserver.services import COAP_VERSIONS, Services
 from lowband.gateway.homeserver.uia import DUMMY, REGISTRATION_TOKEN
 from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden
@@ -40,8 +41,14 @@ SPEC_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7
 
 
 async def versions(request: web.Request) -> web.Response:
-    """GET /_matrix/client/versions."""
-    return ok({"versions": SPEC_VERSIONS, "unstable_features": {}})
+    """GET /_matrix/client/versions; with a CoAP listener running, MSC3079's low-bandwidth object too."""
+    body: dict[str, Any] = {"versions": SPEC_VERSIONS, "unstable_features": {}}
+    low_bandwidth = services(request).components.get(COAP_VERSIONS)
+    if isinstance(low_bandwidth, dict) and low_bandwidth:
+        # the stable name and the MSC's unstable prefix, for clients that know only one of them
+        body["m.low_bandwidth"] = dict(low_bandwidth)
+        body["org.matrix.msc3079.low_bandwidth"] = dict(low_bandwidth)
+    return ok(body)
 
 
 async def capabilities(request: web.Request) -> web.Response:
