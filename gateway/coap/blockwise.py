@@ -123,24 +123,39 @@ class Block1Assembler:
     """Reassembles Block1 request bodies, one per (peer, request key).
 
     Bounds: a body over ``max_body`` bytes is refused with 4.13 (and Size1 = ``max_body``, also
-    when the client announces a larger Size1 up front); at most ``per_peer`` assemblies per peer
-    and ``max_assemblies`` in all, the oldest forgotten first (its next block then gets 4.08);
-    an assembly idle for ``lifetime`` seconds is forgotten. A block that does not continue the
-    body exactly where it stands (missing, repeated or overlapping) gets 4.08 and ends the
-    assembly: the client starts again from block 0. Memory is at most ``max_assemblies × max_body``.
+    when the client announces a larger Size1, on any block or on a request sent whole); at most
+    ``per_peer`` assemblies per peer and ``max_assemblies`` in all, the oldest forgotten first (its
+    next block then gets 4.08); at most ``max_bytes`` held by all assemblies together (default
+    ``max_assemblies × max_body``), the least recently fed forgotten first; an assembly idle for
+    ``lifetime`` seconds is forgotten. A block that does not continue the body exactly where it
+    stands (missing, repeated or overlapping) gets 4.08 and ends the assembly: the client starts
+    again from block 0.
     """
 
     def __init__(
-        self, *, max_body: int = 64 * 1024, per_peer: int = 2, max_assemblies: int = 64, lifetime: float = 60.0
+        self,
+        *,
+        max_body: int = 64 * 1024,
+        per_peer: int = 2,
+        max_assemblies: int = 64,
+        max_bytes: int | None = None,
+        lifetime: float = 60.0,
     ) -> None:
         self.max_body = max_body
         self.per_peer = per_peer
         self.max_assemblies = max_assemblies
+        self.max_bytes = max_assemblies * max_body if max_bytes is None else max_bytes
         self.lifetime = lifetime
         self._assemblies: OrderedDict[tuple[Hashable, Hashable], _Assembly] = OrderedDict()
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._assemblies)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held in unfinished assemblies (at most ``max_bytes``)."""
+        return self._bytes
 
     def feed(self, peer: Hashable, request: Message, now: float) -> Block1Outcome:
         """Take one request carrying a Block1 option; say what to answer.
@@ -154,6 +169,10 @@ class Block1Assembler:
             announced = request.uint_opt(OPT_SIZE1)
         except CoapFormatError as exc:
             return Block1Refused(BAD_OPTION, str(exc))
+        if announced is not None and announced > self.max_body:  # RFC 7959 §4: refuse before the bytes come
+            if block is not None:
+                self._drop((peer, request_key(request)))
+            return self._too_large()
         if block is None:
             if len(request.payload) > self.max_body:
                 return self._too_large()
@@ -161,17 +180,14 @@ class Block1Assembler:
         slot = (peer, request_key(request))
         payload = request.payload
         if block.more and len(payload) != block.size:
-            self._assemblies.pop(slot, None)
+            self._drop(slot)
             return Block1Refused(BAD_REQUEST, f"block {block.num} has {len(payload)} bytes, not {block.size}")
         if len(payload) > block.size:
-            self._assemblies.pop(slot, None)
+            self._drop(slot)
             return Block1Refused(BAD_REQUEST, f"block {block.num} is larger than its size {block.size}")
         if block.num == 0:
-            if announced is not None and announced > self.max_body:
-                self._assemblies.pop(slot, None)
-                return self._too_large()
             assembly = _Assembly(bytearray(), now)
-            self._assemblies.pop(slot, None)
+            self._drop(slot)
             self._make_room(peer)
             self._assemblies[slot] = assembly
         else:
@@ -180,32 +196,40 @@ class Block1Assembler:
                 return Block1Refused(REQUEST_ENTITY_INCOMPLETE, f"block {block.num} without the blocks before it")
             assembly = found
             if block.offset != len(assembly.body):
-                del self._assemblies[slot]
+                self._drop(slot)
                 return Block1Refused(
                     REQUEST_ENTITY_INCOMPLETE, f"block {block.num} at {block.offset}, expected {len(assembly.body)}"
                 )
-        if len(assembly.body) + len(payload) > self.max_body:
-            del self._assemblies[slot]
+        if len(assembly.body) + len(payload) > min(self.max_body, self.max_bytes):
+            self._drop(slot)
             return self._too_large()
         assembly.body += payload
+        self._bytes += len(payload)
         assembly.last_activity = now
         self._assemblies.move_to_end(slot)
+        while self._bytes > self.max_bytes:  # the least recently fed go first; this one is the most recent
+            self._drop(next(iter(self._assemblies)))
         if block.more:
             return Block1Continue(Block(block.num, True, block.szx))
-        del self._assemblies[slot]
+        self._drop(slot)
         return Block1Done(bytes(assembly.body), Block(block.num, False, block.szx))
 
     def expire(self, now: float) -> None:
         """Forget assemblies idle for longer than ``lifetime``."""
         for slot in [s for s, a in self._assemblies.items() if now - a.last_activity > self.lifetime]:
-            del self._assemblies[slot]
+            self._drop(slot)
+
+    def _drop(self, slot: tuple[Hashable, Hashable]) -> None:
+        assembly = self._assemblies.pop(slot, None)
+        if assembly is not None:
+            self._bytes -= len(assembly.body)
 
     def _make_room(self, peer: Hashable) -> None:
         mine = [slot for slot in self._assemblies if slot[0] == peer]
         while len(mine) >= self.per_peer:
-            del self._assemblies[mine.pop(0)]
+            self._drop(mine.pop(0))
         while len(self._assemblies) >= self.max_assemblies:
-            self._assemblies.popitem(last=False)
+            self._drop(next(iter(self._assemblies)))
 
     def _too_large(self) -> Block1Refused:
         return Block1Refused(REQUEST_ENTITY_TOO_LARGE, f"body over {self.max_body} bytes", self.max_body)

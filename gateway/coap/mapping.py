@@ -66,7 +66,7 @@ from lowband.codecs.errors import WireError
 from lowband.gateway.coap.exchange import CoapRequest, CoapResponse, Peer
 from lowband.gateway.coap.inproc import HttpAnswer, InProcError, InProcessHttp
 from lowband.gateway.coap.paths import PathError, expand
-from lowband.gateway.homeserver.services import COAP_VERSIONS, Services
+from lowband.gateway.homeserver.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,34 @@ def next_batch(resp: CoapResponse) -> str | None:
         return None
     found = document.get("next_batch", document.get(19))  # the string key wins, as in MSC3079
     return found if isinstance(found, str) else None
+
+
+#: an observation whose long-poll returned nothing new in under half its timeout waits this long (at most the
+#: timeout) before the next one, so a handler that does not long-poll cannot spin the loop
+MIN_POLL_INTERVAL_S = 1.0
+#: the /sync sections whose content is news for a client (anything else, e.g. one-time key counts, is not)
+_NEWS = (("rooms", "join"), ("rooms", "invite"), ("rooms", "leave"), ("rooms", "knock"), ("account_data", "events"),
+         ("presence", "events"), ("to_device", "events"), ("device_lists", "changed"), ("device_lists", "left"))  # fmt: skip
+
+
+def has_news(response: CoapResponse) -> bool:
+    """Whether a /sync answer carries something for the client (events, invites, account data, presence,
+    to-device messages, device list changes), so an observation pushes it. Never raises: an answer that
+    does not decode counts as news (the client should see what the handler said)."""
+    try:
+        if response.content_format == coap.FORMAT_JSON:
+            document = json.loads(response.body)
+        else:
+            document = msc3079.decode(response.body)
+    except (WireError, ValueError, RecursionError):
+        return True
+    if not isinstance(document, dict):
+        return True
+    for section, item in _NEWS:
+        part = document.get(section)
+        if isinstance(part, dict) and part.get(item):
+            return True
+    return False
 
 
 def with_query(req: CoapRequest, **params: str | int) -> CoapRequest:

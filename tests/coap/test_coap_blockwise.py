@@ -161,6 +161,40 @@ def test_block1_idle_assembly_expires():
     assert assembler.feed("p", block1_request(2, True, 0, b"x" * 16), 19.5).code == coap.REQUEST_ENTITY_INCOMPLETE
 
 
+def test_block1_bytes_of_all_assemblies_are_bounded():
+    assembler = Block1Assembler(max_body=4096, per_peer=8, max_assemblies=100, max_bytes=3000)
+    for n in range(3):
+        assert assembler.feed("p", block1_request(0, True, 6, b"x" * 1024, f"u{n}"), float(n)) == Block1Continue(
+            Block(0, True, 6)
+        )
+    # 3072 bytes held > 3000: the least recently fed ("u0") went, the newest stays
+    assert len(assembler) == 2 and assembler.held_bytes == 2048
+    assert (
+        assembler.feed("p", block1_request(1, True, 6, b"x" * 1024, "u0"), 3.0).code == coap.REQUEST_ENTITY_INCOMPLETE
+    )
+    # feeding "u1" makes "u2" the least recently fed
+    assert isinstance(assembler.feed("p", block1_request(1, True, 6, b"x" * 1024, "u1"), 4.0), Block1Continue)
+    assert len(assembler) == 1 and assembler.held_bytes == 2048
+    done = assembler.feed("p", block1_request(2, False, 6, b"end", "u1"), 5.0)
+    assert done == Block1Done(b"x" * 2048 + b"end", Block(2, False, 6)) and assembler.held_bytes == 0
+    # one body never grows past what all may hold together: 4.13 rather than dropping itself
+    for num in range(2):
+        assembler.feed("p", block1_request(num, True, 6, b"y" * 1024), 6.0)
+    assert assembler.feed("p", block1_request(2, True, 6, b"y" * 1024), 6.0).code == coap.REQUEST_ENTITY_TOO_LARGE
+    assert len(assembler) == 0 and assembler.held_bytes == 0
+
+
+def test_block1_size1_is_checked_on_every_block_and_on_whole_requests():
+    assembler = Block1Assembler(max_body=100)
+    assert isinstance(assembler.feed("p", block1_request(0, True, 0, b"x" * 16), 0.0), Block1Continue)
+    later = block1_request(1, True, 0, b"x" * 16, o60=101)
+    assert assembler.feed("p", later, 0.0) == Block1Refused(coap.REQUEST_ENTITY_TOO_LARGE, "body over 100 bytes", 100)
+    assert len(assembler) == 0  # the upload is dropped with it
+    whole = Message.request(POST, ["up"], payload=b"x")
+    assert assembler.feed("p", whole.with_option(coap.OPT_SIZE1, 101), 0.0).code == coap.REQUEST_ENTITY_TOO_LARGE
+    assert assembler.feed("p", whole.with_option(coap.OPT_SIZE1, 100), 0.0) == Block1Done(b"x", None)
+
+
 # ------------------------------------------------------------------ Block2
 
 

@@ -19,9 +19,9 @@ from harness import Client, expect, gateway_in_loop
 
 from lowband.codecs import cbor, coap, msc3079
 from lowband.gateway.coap.exchange import CoapRequest, CoapResponse, Peer
-from lowband.gateway.coap.mapping import COAP_VERSIONS, Gateway, _http_query, coap_code, next_batch, with_query
+from lowband.gateway.coap.mapping import Gateway, _http_query, coap_code, next_batch, with_query
 from lowband.gateway.config import RateLimits
-from lowband.gateway.homeserver.services import HTTP_SERVER
+from lowband.gateway.homeserver.services import COAP_VERSIONS, HTTP_SERVER
 
 PASSWORD = "secret-pw"
 
