@@ -60,6 +60,13 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "lowband.gateway.bench.ble",
         ("sensors", "messages", "seconds"),
     ),
+    "coap": (
+        ("bytes on the wire (request + response, all framing) for login, send, 10 idle minutes and a sync of 5 "
+         "messages: HTTP/1.1+JSON (matrix-nio), MSC3079 CoAP+CBOR, compact mode in a Noise session; the compact "
+         "send's time at 100 bps"),
+        "lowband.gateway.bench.coap",
+        ("seconds", "json"),
+    ),
 }
 
 
@@ -88,7 +95,8 @@ def register(subparsers: Any) -> None:
                             "default 10)")  # fmt: skip
     bench.add_argument("--seconds", type=float,
                        help="homeserver, mqtt, appservice, ble: at most this long (homeserver: per phase; appservice: "
-                            "sending the burst, default 30; ble: the paced latency phase, default 10)")  # fmt: skip
+                            "sending the burst, default 30; ble: the paced latency phase, default 10; coap: the "
+                            "measured idle HTTP long-poll, default 30)")  # fmt: skip
     bench.add_argument("--latency-rounds", type=int,
                        help="homeserver, federation, appservice: latency samples (appservice: paced messages, "
                             "each sent once the previous one reached the bridge, default 100)")  # fmt: skip
