@@ -54,11 +54,39 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="token-less Prometheus metrics listener, loopback only (default: the HTTP port + 1)",
     )
+    demo.add_argument(
+        "--coap",
+        metavar="HOST:PORT",
+        help="the low-bandwidth CoAP API on plain UDP, loopback only (default 127.0.0.1:5683 with the default "
+        "--http, else the HTTP port + 2; 'off' for none)",
+    )
     demo.add_argument("--bps", type=int, default=100, help="emulated line rate in bit/s (default 100)")
     demo.add_argument("--interval", type=int, default=30, help="seconds between readings (default 30)")
     demo.add_argument("--device", choices=("micropython", "python"), default="micropython",
                       help="the board: the real firmware on the MicroPython unix port, or the CPython reference device")  # fmt: skip
     demo.set_defaults(handler=run_demo)
+
+
+def _coap_bind(value: str | None, http_port: int) -> str:
+    """The demo's plain CoAP listener: on loopback only (access tokens cross plain UDP in clear)."""
+    from lowband.gateway.config import ConfigError, parse_listen
+
+    if value is None:
+        return f"127.0.0.1:{5683 if http_port == 8008 else http_port + 2}"
+    host, port = parse_listen(value)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError(f"--coap {value}: the demo serves plain CoAP on a loopback address only")
+    return f"{host}:{port}"
+
+
+def _coap_line(config: Any) -> str:
+    section = config.components.get("coap")
+    if not section:
+        return ""
+    return (
+        f"  CoAP (MSC3079, docs/coap.md): lowband coap --url coap://{section['bind']} --user demo --password demo "
+        f"GET 7 --query timeout=0\n"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -69,8 +97,9 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.http)
         metrics = metrics_config(args.metrics or f"127.0.0.1:{port + 1}")
+        components = {"coap": {"bind": _coap_bind(args.coap, port)}} if args.coap != "off" else {}
         config = load_config(None, data_dir=args.data_dir, server_name="localhost", http_host=host, http_port=port,
-                             registration_enabled=True, metrics=metrics)  # fmt: skip
+                             registration_enabled=True, metrics=metrics, components=components)  # fmt: skip
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     logging.getLogger("lowband").debug("allocator: %s", limit_retention())  # before the first thread starts
@@ -157,6 +186,7 @@ async def _demo(config: Any, args: argparse.Namespace) -> None:
             f"  Matrix client: {url}  (user demo, password demo; or register your own)\n"
             f"  Status page: {url}/_lowband/status/  (log in as demo, password demo: a server admin)\n"
             f"  Metrics: http://{metrics_host}:{metrics_port}/metrics  (Prometheus, no token, this machine only)\n"
+            f"{_coap_line(config)}"
             f"  Room: #{ROOM_ALIAS}:localhost{f'  ({room_id})' if room_id else ''} — board {DEVICE} posts a reading "
             f"every {args.interval} s over a {args.bps} bps emulated serial line ({args.device} firmware).\n"
             f"  Command the board: type  !{DEVICE} report  in the room (it answers at its next uplink).\n"

@@ -36,9 +36,9 @@ def advertisement(plain_port: int | None, secure_port: int | None) -> dict[str, 
     found: dict[str, Any] = {}
     if plain_port is not None:
         found["coap"] = plain_port
-    found.update({"cbor_enum_version": CBOR_KEYS_VERSION, "coap_enum_version": PATH_CODES_VERSION, "observe": 1,
-                  "org.lowband.compact": COMPACT_VERSION})  # fmt: skip
-    if secure_port is not None:
+    found.update({"cbor_enum_version": CBOR_KEYS_VERSION, "coap_enum_version": PATH_CODES_VERSION, "observe": 1})
+    if secure_port is not None:  # compact mode is served in Noise sessions only (docs/coap.md)
+        found["org.lowband.compact"] = COMPACT_VERSION
         found["org.lowband.noise"] = secure_port
     return found
 

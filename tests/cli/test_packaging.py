@@ -151,12 +151,12 @@ def test_the_installed_wheel_helps_serves_flashes_and_runs_the_demo(installed: P
         assert _stop(serve) == 0
 
     # the demo starts the board (the real firmware on the unix port) and its reading reaches the room
-    port = free_port()
+    port, coap_port = free_port(), free_port()
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:
         demo = subprocess.Popen([str(installed / "lowband"), "demo", "--data-dir", str(tmp_path / "demo"),
-                                 "--http", f"127.0.0.1:{port}", "--bps", "1200", "--interval", "2"], cwd=elsewhere,
-                                stdout=out, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                 "--http", f"127.0.0.1:{port}", "--coap", f"127.0.0.1:{coap_port}", "--bps", "1200",
+                                 "--interval", "2"], cwd=elsewhere, stdout=out, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         _wait_for(lambda: "MicroPython unix port, pid" in log.read_text(), 60, "board", demo, log)
         base = f"http://127.0.0.1:{port}/_matrix/client/v3"
@@ -170,6 +170,10 @@ def test_the_installed_wheel_helps_serves_flashes_and_runs_the_demo(installed: P
                        for e in page["chunk"])  # fmt: skip
 
         _wait_for(reading, 90, "reading from the board", demo, log)
+        # the demo's CoAP API answers the installed `lowband coap` (aiocoap server, our client)
+        versions = _run(installed, elsewhere, "coap", "--url", f"coap://127.0.0.1:{coap_port}", "GET", "0")
+        assert versions.returncode == 0 and json.loads(versions.stdout)["m.low_bandwidth"]["coap"] == coap_port, (
+            versions.stdout, versions.stderr)  # fmt: skip
     finally:
         _stop(demo)
 
