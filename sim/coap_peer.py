@@ -7,7 +7,7 @@ The same cores as the real thing, driven by a ``now`` the caller passes:
   (Noise KK, one CoAP message per DATA frame), a
   :class:`~lowband.gateway.coap.messaging.Endpoint` (CON retransmission,
   deduplication) and, in compact mode, a
-  :class:`~lowband.gateway.coap.compact.CompactClient`. On top of CoAP's
+  :class:`~lowband.gateway.coap.compact_client.CompactClient`. On top of CoAP's
   own retransmissions it retries a request that the message layer gave up
   on (``Failed``) as a new CoAP message with the same content: for a send,
   the same transaction ID, so the gateway answers a retry whose first try
@@ -17,12 +17,14 @@ The same cores as the real thing, driven by a ``now`` the caller passes:
   gateway's confirmable pushes; in compact mode, aliases that an answer uses
   without defining them (their definitions were in an answer that was lost)
   are looked up before the answer is decoded.
-* :class:`LinkGatewaySide` — the gateway's end of the line: a
-  :class:`~lowband.gateway.coap.secure_core.SecureListener`, one
-  ``Endpoint`` per client, compact sessions and a request handler (the real
-  ``mapping.Gateway.handle`` of an in-process gateway in the tests). A
-  request is served at the ``now`` it arrived: simulated time stands still
-  while the handler runs. It records every request the handler saw
+* :class:`LinkGatewaySide` — the gateway's end of the line: the real
+  :class:`~lowband.gateway.coap.secure_server.SecureServer` (what
+  ``link_transport`` runs per line: message layer, blockwise, compact
+  sessions, provisioned users) in front of a gateway (the real
+  ``mapping.Gateway`` of an in-process gateway in the tests), reading the
+  simulated clock, its timers run by the simulation. A request is served at
+  the ``now`` it arrived: simulated time stands still while the API serves.
+  It records every request that went to the API
   (:attr:`LinkGatewaySide.served`), so a test can tell that a CoAP
   retransmission was answered from the deduplication table and never
   reached the API twice.
@@ -39,30 +41,30 @@ and 40 % loss without waiting hours of wall time.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lowband.codecs import coap as C
 from lowband.codecs import msc3079
 from lowband.codecs.link_frame import SerialFramer, serial_encode
-from lowband.gateway.coap import blockwise, compact
-from lowband.gateway.coap.exchange import CoapRequest, CoapResponse, Peer
+from lowband.gateway.coap import blockwise, compact_client
 from lowband.gateway.coap.link_transport import block_lifetime, line_params, serial_airtime
 from lowband.gateway.coap.messaging import (
     Endpoint,
     Event,
     Failed,
     Limits,
-    Request,
     Reset,
     Response,
     TransmissionParams,
 )
-from lowband.gateway.coap.secure_core import Plaintext, SecureClient, SecureListener, SessionStarted, Transmit
+from lowband.gateway.coap.secure_core import SecureClient, SecureListener
+from lowband.gateway.coap.secure_server import Handles, SecureServer
 
 from .link_model import A, B, LinkModel
 
@@ -75,8 +77,6 @@ __all__ = [
     "block_szx_for",
     "link_params",
 ]
-
-Handler = Callable[[CoapRequest, Peer], Awaitable[CoapResponse]]
 
 #: CoAP header, token and options a block must leave room for inside one frame
 BLOCK_HEADROOM = 64
@@ -159,7 +159,7 @@ class LinkCoapClient:
         self.params = params
         self.rng = rng or random.Random(0)
         self.endpoint = Endpoint(params, rng=self.rng, token_length=0 if compact_mode else 1)
-        self.compact = compact.CompactClient() if compact_mode else None
+        self.compact = compact_client.CompactClient() if compact_mode else None
         self.szx = block_szx_for(max_message)
         self.max_message = max_message
         self.token: str | None = None
@@ -367,6 +367,9 @@ class LinkCoapClient:
                 if op._answer is not None and op._lookup_tries < 8:
                     op._lookup_tries += 1
                     self._lookup(op, now)
+                elif op._answer is not None:  # lookups keep failing: the answer as it is, "~n" and all
+                    msg, op._answer = op._answer, None
+                    self._complete(op, msg, now)
                 elif op.tries < op.attempts and op._last is not None:
                     # The same message again under a new message ID: the same body, so the same transaction
                     # ID; in the middle of a blockwise transfer, the same block.
@@ -386,11 +389,8 @@ class LinkCoapClient:
     def _answered(self, op: Operation, msg: C.Message, now: float) -> None:
         if op._answer is not None:  # the answer to an alias lookup
             kind, number = op._lookups.pop(0)
-            if self.compact is not None and msg.code >> 5 == 2:
-                try:
-                    self.compact.decode_response(self.compact.lookup_path(kind, number), msg.code, msg.payload)
-                except ValueError:
-                    pass
+            if self.compact is not None:
+                self.compact.learn_lookup(kind, number, msg.code, msg.payload)
             if op._lookups:
                 self._lookup(op, now)
                 return
@@ -435,12 +435,17 @@ class LinkCoapClient:
                 self._try(op, now)
                 return
         op.code = msg.code
-        op.result = self._decode(op, msg)
-        if self.compact is not None and self.compact.unresolved:
-            # The answer names aliases this client never saw defined: their definitions came in an answer that
-            # was lost (a request tried again after the message layer gave up counts, for the gateway, as
-            # proof that the client knew them). Look each up (GET ~/{kind}/{n}), then decode the answer again.
-            op._answer, op._lookups, op._lookup_tries = msg, sorted(self.compact.unresolved), 0
+        decoded = self._decoded(op, msg)
+        op.result = decoded.value
+        if decoded.retry and op.tries < op.attempts:
+            # 4.04 unknown alias: the gateway evicted an alias this request used; the compact layer dropped
+            # the request's aliases, so the request goes again naming those values in full.
+            self._try(op, now)
+            return
+        if decoded.unknown:
+            # The answer names aliases this client never saw defined (CompactClient.decode says why): look
+            # each up (GET ~/{kind}/{n}), then decode the answer again.
+            op._answer, op._lookups, op._lookup_tries = msg, list(decoded.unknown), 0
             self.counters["lookups"] += len(op._lookups)
             self._lookup(op, now)
             return
@@ -484,14 +489,17 @@ class LinkCoapClient:
         self._finish(op, now, failed=False)
 
     def _decode(self, op: Operation, msg: C.Message) -> Any:
+        return self._decoded(op, msg).value
+
+    def _decoded(self, op: Operation, msg: C.Message) -> compact_client.Decoded:
         if not msg.payload:
-            return None
+            return compact_client.Decoded(None)
         try:
             if self.compact is not None:
-                return self.compact.decode_response(op._sent_path, msg.code, msg.payload)
-            return msc3079.decode(msg.payload)
+                return self.compact.decode(op._sent_path, msg.code, msg.payload)
+            return compact_client.Decoded(msc3079.decode(msg.payload))
         except ValueError as exc:  # CompactError and WireError are ValueErrors: a value, not a crash
-            return {"undecodable": str(exc)}
+            return compact_client.Decoded({"undecodable": str(exc)})
 
     def _finish(self, op: Operation, now: float, *, failed: bool) -> None:
         op.done, op.failed, op.finished = True, failed, now
@@ -502,15 +510,9 @@ class LinkCoapClient:
 # ----------------------------------------------------------------------------------------- gateway side
 
 
-@dataclass(eq=False)
-class _Conn:
-    endpoint: Endpoint
-    peer: Peer
-
-
 @dataclass(frozen=True)
 class Served:
-    """One request the handler saw: the client's address, the CoAP message ID, method and path as sent."""
+    """One request that went to the API: the client's address, the CoAP message ID, method and path as sent."""
 
     address: int
     mid: int
@@ -520,125 +522,80 @@ class Served:
     at: float
 
 
-class LinkGatewaySide:
-    """The gateway's end of a line of CoAP clients, on simulated time (see the module docstring).
+class _Outbox(asyncio.DatagramTransport):
+    """The server's transport: what it sends waits here until the simulation puts it on the line."""
 
-    ``receive`` is a coroutine because it awaits the handler; ``poll`` and
-    ``next_deadline`` are plain. ``limits`` go to every client's endpoint
-    (``Limits(dedup=0)`` switches deduplication off, to show what it does).
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[bytes] = []
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        """Keep one frame (``addr``, the client's route, is the line itself)."""
+        self.frames.append(bytes(data))
+
+    def close(self) -> None:
+        """Nothing to close (``SecureServer.stop`` calls it)."""
+
+
+class LinkGatewaySide:
+    """The gateway's end of a line of CoAP clients: the real SecureServer, on simulated time.
+
+    ``gateway`` serves the requests (``mapping.Gateway`` of an in-process
+    gateway in the tests). The server runs without its timer loop and reads
+    the simulated clock: :meth:`poll` runs its timers at ``now``, and
+    :meth:`receive` feeds it a frame, then awaits the requests that started
+    (``SecureServer.settle``), so simulated time stands still while the API
+    serves. Blockwise transfers are kept as long as on a real line
+    (``link_transport.block_lifetime``). ``limits`` go to every client's
+    endpoint (``Limits(dedup=0)`` switches deduplication off, to show what it
+    does). Observation loops run on the event loop's own time: simulate
+    polling with plain syncs.
     """
 
-    def __init__(self, listener: SecureListener, handler: Handler, params: TransmissionParams, *,
+    def __init__(self, listener: SecureListener, gateway: Handles, params: TransmissionParams, *,
                  max_message: int = 244, limits: Limits | None = None, rng: random.Random | None = None,
-                 name: str = "sim") -> None:  # fmt: skip
-        self.listener = listener
-        self.handler = handler
-        self.params = params
-        self.szx = block_szx_for(max_message)
-        self.limits = limits
-        self.rng = rng or random.Random(1)
+                 name: str = "sim", max_request_bytes: int = 1 << 20) -> None:  # fmt: skip
+        self.now = 0.0
         self.name = name
-        self._conns: dict[int, _Conn] = {}
-        self._outbox: list[bytes] = []
-        # A transfer of a few blocks can take many minutes on a lossy slow line: keep it as long as the
-        # message layer might still be trying (link_transport does the same for the real server).
-        lifetime = block_lifetime(params)
-        self.block1 = blockwise.Block1Assembler(max_body=1 << 20, lifetime=lifetime)
-        self.block2 = blockwise.Block2Cache(lifetime=lifetime, etag=True)
-        #: every request that reached the handler, in order
+        self._outbox = _Outbox()
+        #: every request that went to the API, in order (not the later blocks of an answer)
         self.served: list[Served] = []
+        self.server = SecureServer(gateway, listener, data_dir=None, max_request_bytes=max_request_bytes,
+                                   observe_timeout_s=30.0, max_observations=16, mtu=max_message, params=params,
+                                   clock=lambda: self.now, block_lifetime=block_lifetime(params),
+                                   rng=rng or random.Random(1), limits=limits, on_request=self._served)  # fmt: skip
 
     def endpoint(self, address: int) -> Endpoint:
-        """The CoAP endpoint towards the client at ``address`` (made on first use); for counters."""
-        return self._conn(address).endpoint
+        """The CoAP endpoint towards the client at ``address`` (for counters); LookupError before it spoke."""
+        endpoint = self.server.endpoint(address)
+        if endpoint is None:
+            raise LookupError(f"client {address} has not spoken")
+        return endpoint
 
-    def _conn(self, address: int) -> _Conn:
-        conn = self._conns.get(address)
-        if conn is None:
-            entry = self.listener.client(address)
-            name = entry.name if entry is not None else str(address)
-            endpoint = Endpoint(self.params, rng=random.Random(self.rng.random()), limits=self.limits)
-            conn = _Conn(endpoint, Peer(address=f"link:{self.name}:{name}", host=f"link:{self.name}#{address}"))
-            self._conns[address] = conn
-        return conn
-
-    async def receive(self, frame: bytes, now: float, source: Hashable = "line") -> None:
-        """One link frame from a client: handshakes answered, requests served through the handler."""
-        for action in self.listener.receive(frame, now, source):
-            if isinstance(action, Transmit):
-                self._outbox.append(action.frame)
-            elif isinstance(action, SessionStarted) and action.address in self._conns:
-                # A new session is a new CoAP connection: sticky options and compact mode start afresh; the
-                # message layer stays (a request retransmitted across the handshake is still served once).
-                conn = self._conns[action.address]
-                conn.peer = Peer(address=conn.peer.address, host=conn.peer.host)
-            elif isinstance(action, Plaintext):
-                conn = self._conn(action.address)
-                for event in conn.endpoint.receive(action.data, now):
-                    if isinstance(event, Request):
-                        answer = await self._answer(action.address, conn, event.msg, now)
-                        conn.endpoint.respond(event.msg, answer, now)
-                self._flush(action.address, conn, now)
+    async def receive(self, frame: bytes, now: float) -> None:
+        """One link frame from a client; returns once every request it started is answered."""
+        self.now = now
+        if self.server.transport is None:
+            await self.server.attach(self._outbox, self.name, timers=False)
+        # The route as link_transport names it: the line and the client's address byte.
+        address = frame[1] if len(frame) > 1 else 0
+        self.server.datagram_received(frame, (f"link:{self.name}#{address}", address))
+        await self.server.settle()
 
     def poll(self, now: float) -> list[bytes]:
         """Frames to transmit at ``now`` (answers, retransmissions, empty ACKs)."""
-        for address, conn in self._conns.items():
-            self._flush(address, conn, now)
-        out, self._outbox = self._outbox, []
+        self.now = now
+        self.server.run_timers(now)
+        out, self._outbox.frames = self._outbox.frames, []
         return out
 
     def next_deadline(self) -> float | None:
         """When ``poll`` next has work, or None."""
-        return min((d for c in self._conns.values() if (d := c.endpoint.next_deadline()) is not None), default=None)
+        return self.server.next_deadline()
 
-    def _flush(self, address: int, conn: _Conn, now: float) -> None:
-        for datagram in conn.endpoint.poll(now):
-            if self.listener.has_session(address):
-                self._outbox.append(self.listener.seal(address, datagram))
-        conn.endpoint.take_events()
-
-    async def _answer(self, address: int, conn: _Conn, msg: C.Message, now: float) -> C.Message:
-        from lowband.gateway.coap.secure_server import to_request
-
-        method = C.METHODS.get(msg.code)
-        if method is None:
-            return C.Message(C.ACK, C.METHOD_NOT_ALLOWED)
-        # A transfer is named by code, path and query (the sticky options come once per connection).
-        identity = C.Message(C.CON, msg.code, options=tuple(o for o in msg.options if o[0] in _IDENTITY))
-        try:
-            block2 = msg.block2
-            if block2 is not None and block2.num > 0:
-                later = self.block2.block(address, identity, block2.num, min(block2.szx, self.szx), now)
-                return later if later is not None else C.Message(C.ACK, C.REQUEST_ENTITY_INCOMPLETE)
-            kept = tuple(o for o in msg.options if o[0] in _IDENTITY_BLOCKS)
-            with_blocks = C.Message(C.CON, msg.code, options=kept, payload=msg.payload)
-            outcome = self.block1.feed(address, with_blocks, now)
-            if not isinstance(outcome, blockwise.Block1Done):
-                return outcome.response()
-            creq = to_request(msg, method, outcome.body)
-        except C.CoapFormatError as exc:
-            return C.Message(C.ACK, C.BAD_OPTION, payload=str(exc)[:80].encode())
-        self.served.append(Served(address, msg.mid, method, msg.path, msg.query, now))
-        response, echo = await compact.serve(creq, conn.peer, self.handler)
-        whole = _with_meta(C.Message(C.ACK, response.code, payload=response.body), response, echo)
-        answer = self.block2.first(address, identity, whole, min(self.szx, block2.szx) if block2 else self.szx, now)
-        if msg.block1 is not None:  # RFC 7959 2.3: the final answer to a blockwise upload names its last block
-            answer = answer.with_option(C.OPT_BLOCK1, C.Block(msg.block1.num, False, msg.block1.szx).encode())
-        return answer
-
-
-_IDENTITY = {C.OPT_URI_PATH, C.OPT_URI_QUERY}
-_IDENTITY_BLOCKS = _IDENTITY | {C.OPT_BLOCK1, C.OPT_SIZE1}
-
-
-def _with_meta(msg: C.Message, response: CoapResponse, echo: int | None) -> C.Message:
-    if response.content_format is not None:
-        msg = msg.with_option(C.OPT_CONTENT_FORMAT, response.content_format)
-    if response.max_age is not None:
-        msg = msg.with_option(C.OPT_MAX_AGE, response.max_age)
-    if echo is not None:
-        msg = msg.with_option(C.OPT_PROFILE, echo)
-    return msg
+    def _served(self, address: int, msg: C.Message) -> None:
+        method = C.METHODS.get(msg.code, str(msg.code))
+        self.served.append(Served(address, msg.mid, method, msg.path, msg.query, self.now))
 
 
 # ----------------------------------------------------------------------------------------- the line

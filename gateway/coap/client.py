@@ -23,6 +23,9 @@ What the client does for the caller:
 * blockwise transfer (RFC 7959): answers with Block2 are fetched block by
   block; a body larger than one block goes up with Block1;
 * OBSERVE (RFC 7641) on ``/sync``: :meth:`CoapClient.observe_sync`;
+* compact mode (``compact_client.CompactClient``): aliases an answer names
+  whose definitions were lost are looked up (``GET ~/{kind}/{n}``) before the
+  answer is returned; a 4.04 unknown alias goes again once with full IDs;
 * transaction IDs: :meth:`CoapClient.send_text` picks one and keeps it for
   its retries, so a retry after a lost answer never makes a second event;
 * byte counters: every UDP payload sent and received (``bytes_out``,
@@ -52,6 +55,7 @@ from urllib.parse import unquote, urlsplit
 from lowband.codecs import coap as C
 from lowband.codecs import msc3079
 from lowband.codecs.errors import WireError
+from lowband.gateway.coap.compact_client import Decoded
 from lowband.gateway.coap.messaging import (
     Endpoint,
     Event,
@@ -166,7 +170,7 @@ class _Observation:
     request: C.Message  # the registration as sent (mid, token)
     path: tuple[str, ...]
     query: tuple[str, ...]
-    queue: asyncio.Queue[tuple[int, Any] | BaseException]
+    queue: asyncio.Queue[tuple[C.Message, Decoded] | BaseException]  # a whole answer, decoded
 
 
 class CoapClient:
@@ -191,7 +195,7 @@ class CoapClient:
                                         epoch=secrets.randbelow(8))  # fmt: skip
         self._compact: Any = None
         if compact:
-            from lowband.gateway.coap.compact import CompactClient
+            from lowband.gateway.coap.compact_client import CompactClient
 
             self._compact = CompactClient()
         self._transport: asyncio.DatagramTransport | None = None
@@ -525,25 +529,39 @@ class CoapClient:
             value = None
         self._compact.note_profile(value)
 
-    def _decode(self, path: tuple[str, ...], answer: C.Message) -> Any:
+    def _decoded(self, path: tuple[str, ...], answer: C.Message) -> Decoded:
+        """The answer as JSON; in compact mode with the aliases it named unknown and whether to retry."""
         if not answer.payload:
-            return None
+            return Decoded(None)
         fmt = answer.uint_opt(C.OPT_CONTENT_FORMAT) if answer.opt(C.OPT_CONTENT_FORMAT) is not None else None
         if fmt == C.FORMAT_JSON:
             import json
 
             try:
-                return json.loads(answer.payload)
+                return Decoded(json.loads(answer.payload))
             except ValueError as exc:
                 raise ProtocolError(f"JSON answer that does not parse: {exc}") from None
         if fmt not in (None, C.FORMAT_CBOR):
-            return answer.payload.decode("utf-8", "replace") if fmt == C.FORMAT_TEXT else answer.payload.hex()
+            return Decoded(answer.payload.decode("utf-8", "replace") if fmt == C.FORMAT_TEXT else answer.payload.hex())
         try:
             if self._compact is not None:
-                return self._compact.decode_response(path, answer.code, answer.payload)
-            return msc3079.decode(answer.payload)
+                decoded: Decoded = self._compact.decode(path, answer.code, answer.payload)
+                return decoded
+            return Decoded(msc3079.decode(answer.payload))
         except (WireError, ValueError) as exc:
             raise ProtocolError(f"answer body that does not decode: {exc}") from None
+
+    async def _resolve(self, path: tuple[str, ...], answer: C.Message, decoded: Decoded) -> Any:
+        """Look up the aliases ``answer`` named without this client knowing them, then decode it again.
+
+        Their definitions came in an earlier answer that was lost (the gateway counts any later request as
+        proof they arrived). Call with the lock held. A lookup the gateway refuses leaves ``"~n"`` in the
+        value; raises :class:`NoAnswer` when a lookup is not answered (the request itself can be repeated).
+        """
+        for kind, number in decoded.unknown:
+            reply = await self._one(C.GET, self._compact.lookup_path(kind, number), (), b"", ())
+            self._compact.learn_lookup(kind, number, reply.code, reply.payload)
+        return self._decoded(path, answer).value
 
     def _encode(self, method: str, path: tuple[str, ...], body: Any) -> tuple[tuple[str, ...], bytes]:
         if self._compact is not None:
@@ -596,7 +614,14 @@ class CoapClient:
                         # The request crossed a new Noise session (the gateway restarted): it went with the old
                         # session's sticky state (compact aliases, no token) and was refused; encode it again.
                         continue
-                    return answer.code, self._decode(sent_path, answer)
+                    decoded = self._decoded(sent_path, answer)
+                    if decoded.retry and attempt == 0:
+                        # 4.04 unknown alias: the gateway evicted an alias this request used; the compact layer
+                        # dropped the request's aliases, so encoding it again names those values in full.
+                        continue
+                    if decoded.unknown:
+                        return answer.code, await self._resolve(sent_path, answer, decoded)
+                    return answer.code, decoded.value
                 raise AssertionError("unreachable")
             finally:
                 self.last_request = (self.bytes_out - out, self.bytes_in - back)
@@ -687,7 +712,11 @@ class CoapClient:
                 answered = True
                 if isinstance(item, BaseException):
                     raise item
-                code, value = item
+                answer, decoded = item
+                code, value = answer.code, decoded.value
+                if decoded.unknown:  # aliases whose definitions were lost: looked up as for any answer
+                    async with self._lock:
+                        value = await self._resolve(path, answer, decoded)
                 if code >> 5 != 2:
                     raise ProtocolError(f"observation answered {C.code_text(code)}", value)
                 yield value
@@ -707,7 +736,7 @@ class CoapClient:
             asyncio.ensure_future(self._complete_notification(observation, msg))
             return
         try:
-            observation.queue.put_nowait((msg.code, self._decode(observation.path, msg)))
+            observation.queue.put_nowait((msg, self._decoded(observation.path, msg)))
         except CoapClientError as exc:
             observation.queue.put_nowait(exc)
 
@@ -726,7 +755,7 @@ class CoapClient:
                         raise ProtocolError("a notification's later blocks did not follow")
                     body += nxt.payload
                 whole = dataclasses.replace(first, payload=bytes(body))
-                observation.queue.put_nowait((first.code, self._decode(observation.path, whole)))
+                observation.queue.put_nowait((whole, self._decoded(observation.path, whole)))
         except CoapClientError as exc:
             observation.queue.put_nowait(exc)
 

@@ -1,4 +1,4 @@
-"""Provisioned CoAP clients of the Noise session layer (docs/coap-secure.md): keys, addresses, key files.
+"""Provisioned CoAP clients of the Noise session layer (docs/protocol/coap-noise.md): keys, addresses, key files.
 
 ``lowband coap-client add|list|remove`` writes here, whether the gateway
 runs or not; a running gateway's secure listener re-reads the list when the
@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from typing import Any
 
 from lowband.gateway.coap.secure_core import ClientEntry
 from lowband.gateway.devices.keys import generate_keypair, public_from_private
-from lowband.gateway.devices.registry import load_or_create_link_key
+from lowband.gateway.devices.registry import load_or_create_link_key, write_file_atomically
 from lowband.gateway.matrix.identifiers import is_user_id, server_name_of
 
 __all__ = [
@@ -212,7 +210,7 @@ def read_key_file(path: Path) -> dict[str, Any]:
 
 def write_key_file(path: Path, doc: dict[str, Any]) -> None:
     """Write a client key file (it holds a private key: mode 0600)."""
-    _write(Path(path), json.dumps(doc, indent=2) + "\n", 0o600)
+    write_file_atomically(Path(path), json.dumps(doc, indent=2) + "\n", 0o600)
 
 
 def _save(data_dir: Path, records: list[ClientRecord]) -> None:
@@ -230,23 +228,7 @@ def _save(data_dir: Path, records: list[ClientRecord]) -> None:
             for r in sorted(records, key=lambda r: r.address)
         ],
     }
-    _write(_path(data_dir), json.dumps(doc, indent=2) + "\n", 0o644)
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    """Replace ``path`` atomically (a reader sees the old or the new file, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomically(_path(data_dir), json.dumps(doc, indent=2) + "\n", 0o644)
 
 
 @contextlib.contextmanager

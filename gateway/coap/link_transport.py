@@ -1,4 +1,4 @@
-"""The CoAP API over serial lines and transparent LoRa modems (``[coap] links``, docs/coap-links.md).
+"""The CoAP API over serial lines and transparent LoRa modems (``[coap] links``, docs/protocol/coap-links.md).
 
 A laptop with a serial radio or a LoRa modem is a full Matrix client: the
 same Noise sessions as on UDP (``secure_core``: HS1/HS2, one CoAP message
@@ -131,7 +131,7 @@ def line_settings(spec: str) -> LineSettings:
     Raises :class:`~lowband.gateway.config.ConfigError` for another kind, a
     number that does not parse, an unknown region or data rate, or a LoRa
     data rate whose packet cannot hold :data:`MIN_MESSAGE` bytes of CoAP
-    (EU868 DR0-2: 49-byte frames; not supported yet, see docs/coap-links.md).
+    (EU868 DR0-2: 49-byte frames; not supported yet, see docs/protocol/coap-links.md).
     """
     kind, path, query = parse_link(spec)
     if kind not in ("serial", "lora") or not path:
@@ -266,8 +266,8 @@ async def start_link_lines(services: Any, gateway: Handles, config: CoapConfig) 
             server = SecureServer(gateway, SecureListener(key, max_datagram=line.frame_limit), data_dir=data_dir,
                                  max_request_bytes=services.config.max_request_bytes,
                                  observe_timeout_s=config.observe_timeout_s, max_observations=config.max_observations,
-                                 mtu=line.max_message, params=line.params)  # fmt: skip
-            server.block1.lifetime = server.block2.lifetime = block_lifetime(line.params)
+                                 mtu=line.max_message, params=line.params,
+                                 block_lifetime=block_lifetime(line.params))  # fmt: skip
             lines[line.spec] = LinkLine(line, server)
             await lines[line.spec].start()
     except BaseException:

@@ -1,4 +1,4 @@
-"""Noise sessions for CoAP clients (docs/coap-secure.md), sans-I/O, both sides.
+"""Noise sessions for CoAP clients (docs/protocol/coap-noise.md), sans-I/O, both sides.
 
 A CoAP client on a slow or untrusted path talks to the gateway through the
 same frames as the device links (docs/protocol/link.md section 2): HS1 and

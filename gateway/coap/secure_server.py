@@ -47,6 +47,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ from lowband.gateway.coap.messaging import (
     EndpointBusy,
     Event,
     Failed,
+    Limits,
     LocalProtocolError,
     Request,
     Reset,
@@ -201,10 +203,19 @@ class SecureServer:
 
     def __init__(self, gateway: Handles, listener: SecureListener, *, data_dir: Path | None,
                  max_request_bytes: int, observe_timeout_s: float, max_observations: int, max_peers: int = 254,
-                 mtu: int = DEFAULT_MTU,
-                 params: TransmissionParams | None = None, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 mtu: int = DEFAULT_MTU, params: TransmissionParams | None = None,
+                 clock: Callable[[], float] = time.monotonic, block_lifetime: float = BLOCK_TTL_S,
+                 rng: random.Random | None = None, limits: Limits | None = None,
+                 on_request: Callable[[int, Message], None] | None = None) -> None:  # fmt: skip
         """``data_dir``: where the client list lives (None: the caller sets clients on ``listener`` itself);
-        ``mtu``: the largest CoAP message sent or asked for in one frame (blocks below it)."""
+        ``mtu``: the largest CoAP message sent or asked for in one frame (blocks below it);
+        ``block_lifetime``: seconds a half-finished upload or an answer's later blocks are kept (longer on a
+        slow line); ``rng`` seeds each client's message layer and ``limits`` bounds its tables (tests and
+        simulations; None: unseeded, the defaults); ``on_request(address, message)`` is told of each request
+        that goes to the API (after deduplication and blockwise reassembly; not observation polls).
+        ``clock`` is the time every core is given; a simulation passes its own and drives the timers
+        itself (:meth:`attach` with ``timers=False``, :meth:`next_deadline`, :meth:`run_timers`,
+        :meth:`settle`)."""
         self.gateway = gateway
         self.listener = listener
         self.data_dir = data_dir
@@ -214,8 +225,11 @@ class SecureServer:
         self.szx = _szx_for(mtu)
         self.params = params or TransmissionParams()
         self.clock = clock
-        self.block1 = blockwise.Block1Assembler(max_body=max_request_bytes, lifetime=BLOCK_TTL_S)
-        self.block2 = blockwise.Block2Cache(lifetime=BLOCK_TTL_S, max_bytes=8 * 1024 * 1024)
+        self.block1 = blockwise.Block1Assembler(max_body=max_request_bytes, lifetime=block_lifetime)
+        self.block2 = blockwise.Block2Cache(lifetime=block_lifetime, max_bytes=8 * 1024 * 1024)
+        self.rng = rng
+        self.limits = limits
+        self.on_request = on_request
         self.max_request_bytes = max_request_bytes
         self.transport: asyncio.DatagramTransport | None = None
         self.host, self.port = "", 0
@@ -246,17 +260,20 @@ class SecureServer:
         await self.attach(transport, f"udp {self.host}:{self.port}")
         log.info("CoAP API (Noise sessions) listening on UDP %s:%d", self.host, self.port)
 
-    async def attach(self, transport: asyncio.DatagramTransport, name: str) -> None:
+    async def attach(self, transport: asyncio.DatagramTransport, name: str, *, timers: bool = True) -> None:
         """Serve through ``transport`` (any datagram sender: a UDP socket, a serial line's framer).
 
         Loads the client list and starts the timer and client-list loops;
         the owner of ``transport`` feeds :meth:`datagram_received` and
         :meth:`stop` closes the transport. ``name`` names the loops' tasks.
+        ``timers=False``: no timer loop; the caller runs :meth:`run_timers`
+        by :meth:`next_deadline` on its own clock (a simulation).
         """
         if self.data_dir is not None:
             self._reload_clients()
         self.transport = transport
-        self._loops.append(asyncio.create_task(self._timer_loop(), name=f"coap-secure-timers {name}"))
+        if timers:
+            self._loops.append(asyncio.create_task(self._timer_loop(), name=f"coap-secure-timers {name}"))
         if self.data_dir is not None:
             self._loops.append(asyncio.create_task(self._clients_loop(), name=f"coap-secure-clients {name}"))
 
@@ -354,7 +371,8 @@ class SecureServer:
             entry = self.listener.client(address)
             if entry is None:
                 return None
-            endpoint = Endpoint(self.params, max_size=coap.DEFAULT_MAX_SIZE)
+            rng = random.Random(self.rng.random()) if self.rng is not None else None
+            endpoint = Endpoint(self.params, max_size=coap.DEFAULT_MAX_SIZE, rng=rng, limits=self.limits)
             conn = _Conn(address, entry.user_id, endpoint, Peer(address=f"noise:{entry.name}"))
             self._conns[address] = conn
             while len(self._conns) > self.max_peers:  # the least recently heard client's CoAP state goes
@@ -411,24 +429,47 @@ class SecureServer:
             return
         self.transport.sendto(self.listener.seal(address, datagram), route)
 
+    def next_deadline(self) -> float | None:
+        """When :meth:`run_timers` next has work (a retransmission, an empty ACK, a give-up, a refusal
+        summary), on ``clock``'s scale; None when nothing is pending."""
+        deadlines = [d for conn in self._conns.values() if (d := conn.endpoint.next_deadline()) is not None]
+        summary = self.refusals.next_deadline()
+        if summary is not None:
+            deadlines.append(summary)
+        return min(deadlines, default=None)
+
+    def run_timers(self, now: float) -> None:
+        """Do what is due by ``now``: send retransmissions and empty ACKs, end what gave up, log refusal
+        summaries. Never waits; a request a timer event starts runs as a task (:meth:`settle`)."""
+        self._log_refusals(self.refusals.due(now))
+        for conn in list(self._conns.values()):
+            due = conn.endpoint.next_deadline()
+            if due is not None and due <= now:
+                self._flush(conn, now)
+
+    async def settle(self) -> None:
+        """Wait until every request in flight is answered (observation loops excepted: they run on).
+
+        For a simulation that stops its clock while the API serves: after
+        feeding datagrams, await this before moving time on.
+        """
+        while True:
+            loops = {o.task for conn in self._conns.values() for o in conn.observations.values()}
+            pending = [t for conn in self._conns.values() for t in conn.tasks if t not in loops and not t.done()]
+            if not pending:
+                return
+            await asyncio.wait(pending)
+
     async def _timer_loop(self) -> None:
         """Run each endpoint's timers (retransmissions, empty ACKs, give-ups) when they are due."""
         while True:
             self._wake.clear()
-            deadlines = [d for conn in self._conns.values() if (d := conn.endpoint.next_deadline()) is not None]
-            summary = self.refusals.next_deadline()
-            if summary is not None:
-                deadlines.append(summary)
-            timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
+            deadline = self.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            now = self.clock()
             try:
-                self._log_refusals(self.refusals.due(now))
-                for conn in list(self._conns.values()):
-                    due = conn.endpoint.next_deadline()
-                    if due is not None and due <= now:
-                        self._flush(conn, now)
+                self.run_timers(self.clock())
             except Exception:  # a bug of ours must not stop every client's retransmissions
                 log.exception("%s: timer round failed", self.name)
                 await asyncio.sleep(1.0)
@@ -477,6 +518,8 @@ class SecureServer:
         if isinstance(body, Message):
             return body
         creq = to_request(msg, method, body)
+        if self.on_request is not None:
+            self.on_request(conn.address, msg)
         if creq.observe == 1:  # RFC 7641 deregistration: end it, then answer as an ordinary request
             self._end_observation(conn, msg.token)
         if creq.observe == 0 and method == "GET" and creq.path in _SYNC_PATHS:
@@ -517,11 +560,6 @@ class SecureServer:
 
     def _body(self, conn: _Conn, msg: Message) -> bytes | Message:
         """The whole request body, or the answer to give instead (2.31 Continue, 4.13, 4.08, 4.02, 4.00)."""
-        size1 = msg.uint_opt(coap.OPT_SIZE1)
-        if msg.block1 is None and size1 is not None and size1 > self.max_request_bytes:
-            return blockwise.Block1Refused(
-                coap.REQUEST_ENTITY_TOO_LARGE, "body too large", self.max_request_bytes
-            ).response()
         outcome = self.block1.feed(conn.address, _identity(msg, with_blocks=True), self.clock())
         if isinstance(outcome, blockwise.Block1Done):
             return outcome.body
@@ -664,6 +702,11 @@ class SecureServer:
     def observations(self) -> int:
         """Observations running now, over all clients."""
         return sum(len(conn.observations) for conn in self._conns.values())
+
+    def endpoint(self, address: int) -> Endpoint | None:
+        """The message layer towards the client at ``address`` (its counters), or None before it spoke."""
+        conn = self._conns.get(address)
+        return conn.endpoint if conn is not None else None
 
 
 def _without_since(query: tuple[str, ...]) -> tuple[str, ...]:

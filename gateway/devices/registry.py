@@ -62,15 +62,20 @@ def load_or_create_link_key(path: Path) -> bytes:
             raise RegistryError(f"{path} does not hold a 32-byte key")
         return key
     private, _ = generate_keypair()
-    _write_private(path, private.hex() + "\n")
+    write_file_atomically(path, private.hex() + "\n")
     return private
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_file_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text`` (created with ``mode``; default: owner only) atomically.
+
+    A reader sees the old or the new file, never half of one; the file is
+    synced before the rename. Raises OSError; no temporary file is left behind.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -167,7 +172,7 @@ def device_config(record: DeviceRecord, private: bytes, gateway_private: bytes) 
 
 def write_device_config(path: Path, config: dict[str, Any]) -> None:
     """Write a device config file (it holds a private key: mode 0600)."""
-    _write_private(path, json.dumps(config, indent=2) + "\n")
+    write_file_atomically(path, json.dumps(config, indent=2) + "\n")
 
 
 def fingerprint(public: bytes) -> str:

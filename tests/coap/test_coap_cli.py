@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import LOWBAND, GatewayProcess
-
-
-def udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from harness import LOWBAND, GatewayProcess, free_udp_port
 
 
 def lowband(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -30,7 +23,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     Yields (plain coap URL, secure coap URL, HTTP URL, data dir).
     """
     tmp = tmp_path_factory.mktemp("coap-cli")
-    port, secure = udp_port(), udp_port()
+    port, secure = free_udp_port(), free_udp_port()
     config = f'[coap]\nbind = "127.0.0.1:{port}"\nsecure_bind = "127.0.0.1:{secure}"\n'
     with GatewayProcess(tmp / "data", config=config) as process:
         import urllib.request
@@ -97,7 +90,7 @@ def test_bad_input_exits_2_with_one_line(gateway: tuple[str, str, str, Path], tm
 
 
 def test_no_answer_exits_3() -> None:
-    out = lowband("coap", "--url", f"coap://127.0.0.1:{udp_port()}", "--timeout", "2", "GET", "0")
+    out = lowband("coap", "--url", f"coap://127.0.0.1:{free_udp_port()}", "--timeout", "2", "GET", "0")
     assert out.returncode == 3, out.stderr
     assert "no answer" in out.stderr and "Traceback" not in out.stderr
 

@@ -8,38 +8,20 @@ sent) and can drop chosen ones (retransmission and transaction-ID reuse).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LOWBAND, users_gateway
+from harness import LOWBAND, free_udp_port, in_loop, users_gateway
 
 from lowband.codecs import coap
 from lowband.gateway.coap.client import BadUrl, CoapClient, KeyFileError, NoAnswer, parse_url
 from lowband.gateway.coap.messaging import TransmissionParams
 
 TEXT = "temp 21.5 C"
-
-
-def in_loop(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run an async test in its own loop, 120 s at most."""
-
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 120))
-
-    return run
-
-
-def udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Relay(asyncio.DatagramProtocol):
@@ -97,7 +79,7 @@ async def new_room(http: Any) -> str:
 
 @in_loop
 async def test_login_sticky_token_send_and_sync_over_plain_udp(tmp_path: Path) -> None:
-    port = udp_port()
+    port = free_udp_port()
     async with users_gateway(tmp_path, "alice", components={"coap": {"bind": f"127.0.0.1:{port}"}}) as (users, _, _):
         room = await new_room(users[0])
         relay = Relay(port)
@@ -139,7 +121,7 @@ async def test_login_sticky_token_send_and_sync_over_plain_udp(tmp_path: Path) -
 
 @in_loop
 async def test_observe_sync_gets_a_confirmable_push_and_acknowledges_it(tmp_path: Path) -> None:
-    port = udp_port()
+    port = free_udp_port()
     async with users_gateway(tmp_path, "alice", "bob", components={"coap": {"bind": f"127.0.0.1:{port}"}}) as (
         users,
         _,
@@ -179,7 +161,7 @@ async def test_observe_sync_gets_a_confirmable_push_and_acknowledges_it(tmp_path
 
 @in_loop
 async def test_blockwise_both_ways_with_small_blocks(tmp_path: Path) -> None:
-    port = udp_port()
+    port = free_udp_port()
     async with users_gateway(tmp_path, "alice", components={"coap": {"bind": f"127.0.0.1:{port}"}}) as (users, _, _):
         room = await new_room(users[0])
         relay = Relay(port)
@@ -205,7 +187,7 @@ async def test_blockwise_both_ways_with_small_blocks(tmp_path: Path) -> None:
 
 @in_loop
 async def test_a_lost_answer_retries_with_the_same_transaction_id(tmp_path: Path) -> None:
-    port = udp_port()
+    port = free_udp_port()
     async with users_gateway(tmp_path, "alice", components={"coap": {"bind": f"127.0.0.1:{port}"}}) as (users, _, _):
         room = await new_room(users[0])
         relay = Relay(port)
@@ -250,7 +232,7 @@ async def provision(data_dir: Path, user: str, out: Path) -> None:
 
 @in_loop
 async def test_noise_session_with_compact_mode(tmp_path: Path) -> None:
-    port = udp_port()
+    port = free_udp_port()
     coap_section = {"secure_bind": f"127.0.0.1:{port}"}
     async with users_gateway(tmp_path, "alice", components={"coap": coap_section}) as (users, _, _):
         room = await new_room(users[0])
@@ -307,7 +289,7 @@ async def test_key_file_and_no_answer_errors(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError):
         await CoapClient.connect("coap://127.0.0.1:5684", key_file=tmp_path / "missing.json")
     # Nothing listens: the port is closed (ICMP) or silent; either way NoAnswer, quickly.
-    client = await CoapClient.connect(f"coap://127.0.0.1:{udp_port()}", timeout=2,
+    client = await CoapClient.connect(f"coap://127.0.0.1:{free_udp_port()}", timeout=2,
                                       params=TransmissionParams(ack_timeout=0.2, max_retransmit=1))  # fmt: skip
     started = time.monotonic()
     with pytest.raises(NoAnswer):
@@ -334,7 +316,7 @@ def test_after_a_gateway_restart_the_client_shakes_hands_again_and_resends_its_t
     from harness import gateway_in_loop
 
     async def scenario() -> None:
-        port = udp_port()
+        port = free_udp_port()
         section = {"coap": {"secure_bind": f"127.0.0.1:{port}"}}
         key = tmp_path / "phone.json"
         async with users_gateway(tmp_path, "alice", components=section) as (users, _, _):
@@ -367,7 +349,7 @@ def test_after_a_gateway_restart_the_client_shakes_hands_again_and_resends_its_t
 async def test_sends_over_a_lossy_path_arrive_exactly_once(tmp_path: Path) -> None:
     import random
 
-    port = udp_port()
+    port = free_udp_port()
     async with users_gateway(tmp_path, "alice", components={"coap": {"bind": f"127.0.0.1:{port}"}}) as (users, _, _):
         room = await new_room(users[0])
         relay = Relay(port)
@@ -396,7 +378,7 @@ async def test_sends_over_a_lossy_path_arrive_exactly_once(tmp_path: Path) -> No
 async def test_after_a_gateway_restart_a_plain_client_sends_its_token_again(tmp_path: Path) -> None:
     from harness import gateway_in_loop
 
-    port = udp_port()
+    port = free_udp_port()
     section = {"coap": {"bind": f"127.0.0.1:{port}"}}
     async with users_gateway(tmp_path, "alice", components=section) as (users, _, _):
         room = await new_room(users[0])
@@ -417,3 +399,65 @@ async def test_after_a_gateway_restart_a_plain_client_sends_its_token_again(tmp_
     puts = [m for m in relay.messages("up") if m.code == coap.PUT]
     assert [m.opt(coap.OPT_AUTH) is not None for m in puts] == [False, True]
     assert coap.UNAUTHORIZED in [m.code for m in relay.messages("down")]
+
+
+@in_loop
+async def test_compact_client_recovers_lost_definitions_and_forgotten_aliases(tmp_path: Path) -> None:
+    port = free_udp_port()
+    async with users_gateway(tmp_path, "alice", components={"coap": {"secure_bind": f"127.0.0.1:{port}"}}) as (
+        users, _, _,
+    ):  # fmt: skip
+        room = await new_room(users[0])
+        key = tmp_path / "phone.json"
+        await provision(tmp_path / "data", "@alice:localhost", key)
+        relay = Relay(port)
+        front = await relay.start()
+        client = await connect_when_provisioned(front, key, compact=True)
+        # What the client sent and got back, as CoAP (the relay sees only Noise frames).
+        wire: list[tuple[tuple[str, ...], int]] = []
+        exchange = client._exchange
+
+        async def recording(msg: coap.Message) -> coap.Message:
+            answer = await exchange(msg)
+            wire.append((msg.path, answer.code))
+            return answer
+
+        client._exchange = recording
+        try:
+            await client.login("alice", "secret-pw")
+            assert client._compact.active
+            # The first sync's answer (it defines the room, user and type aliases) never reaches the client,
+            # nor do the gateway's repeats of it; the client gives up on it.
+            relay.drop = lambda direction, data: direction == "down"
+            client.timeout = 3
+            with pytest.raises(NoAnswer):
+                await client.sync(None, 0)
+            await asyncio.sleep(0.5)  # a repeat still on its way is lost too
+            relay.drop, client.timeout = (lambda direction, data: False), 30
+            # The next request tells the gateway the definitions arrived (NSTART = 1): its answer has bare
+            # alias numbers the client never saw defined; the client looks them up and ends with the full IDs.
+            assert not [path for path, _ in wire if path[:1] == ("~",)]
+            code, doc = await client.sync(None, 0)
+            assert code == coap.CONTENT and list(doc["rooms"]["join"]) == [room]
+            events = timeline(doc, room) + doc["rooms"]["join"][room].get("state", {}).get("events", [])
+            assert events and all(e["sender"] == "@alice:localhost" for e in events)
+            assert all(not e["type"].startswith("~") for e in events) and "m.room.create" in {e["type"] for e in events}
+            lookups = [path for path, code in wire if path[:1] == ("~",) and code == coap.CONTENT]
+            assert ("~", "r", "0") in lookups and ("~", "u", "0") in lookups
+            assert not client._compact.unresolved
+            # The room's alias is known now: a send uses it.
+            code, _ = await client.send_text(room, "one", txn_id="a")
+            assert code == coap.CHANGED and wire[-1][0] == ("9", "~0", "a")
+            # The gateway forgot an alias the client uses (here: one it never gave): 4.04 unknown alias, the
+            # client drops it and sends the request once more with the room ID in full.
+            client._compact.forget("r", 0)
+            client._compact.learn("r", 77, room)
+            code, sent = await client.send_text(room, "two", txn_id="b")
+            assert code == coap.CHANGED and sent["event_id"].startswith("~")
+            assert wire[-2:] == [(("9", "~77", "b"), coap.NOT_FOUND), (("9", room, "b"), coap.CHANGED)]
+            assert 77 not in client._compact.tables["r"]
+        finally:
+            await client.close()
+            relay.close()
+        status, messages = await users[0].request("GET", f"/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5")
+        assert status == 200 and [e["content"].get("body") for e in messages["chunk"]][:2] == ["two", "one"]

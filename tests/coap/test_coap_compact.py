@@ -1,4 +1,4 @@
-"""Compact mode (gateway/coap/compact.py, docs/coap-compact.md): byte vectors, alias life cycle, sync, hostile input.
+"""Compact mode (gateway/coap/compact.py, compact_client.py, docs/protocol/coap-compact.md): byte vectors, alias life cycle, sync, hostile input.
 
 The server session and the client are paired in memory; the HTTP side is a small
 fake that answers as ``mapping.Gateway.handle`` does (MSC3079 CBOR, integer keys).
@@ -16,12 +16,12 @@ import pytest
 from lowband.codecs import cbor, coap, msc3079
 from lowband.gateway.coap import compact
 from lowband.gateway.coap.compact import (
-    CompactClient,
     CompactError,
     CompactSession,
     negotiate,
     serve,
 )
+from lowband.gateway.coap.compact_client import CompactClient
 from lowband.gateway.coap.exchange import CoapRequest, CoapResponse, Peer
 
 ROOM = "!kT7yQmZpLr2sVb4N:gw.example"
@@ -654,16 +654,14 @@ def test_deeply_nested_and_oversized_bodies_are_refused_by_the_client() -> None:
 def test_compact_client_against_the_real_gateway(tmp_path: Path) -> None:
     """Register, create a room, send, sync, five messages from another user, incremental sync: compact
     through mapping.Gateway and the homeserver, compared with the same incremental sync in MSC3079."""
-    from harness import gateway_in_loop
-
     from lowband.gateway.coap.mapping import Gateway
-    from lowband.gateway.config import RateLimits
     from lowband.gateway.homeserver.services import HTTP_SERVER
 
+    from .coap_harness import gateway_services
+
     async def scenario() -> None:
-        found: list[Any] = []
-        async with gateway_in_loop(tmp_path, on_ready=found.append, rate_limits=RateLimits(enabled=False)):
-            gw = Gateway(found[0], found[0].components[HTTP_SERVER])
+        async with gateway_services(tmp_path) as (services, _):
+            gw = Gateway(services, services.components[HTTP_SERVER])
             peer, client = Peer("udp:127.0.0.1:40001", port=40001), CompactClient()
             sizes: dict[str, int] = {}
 

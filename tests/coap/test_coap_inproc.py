@@ -4,42 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from harness import Client, expect, gateway_in_loop, until
+from harness import Client, expect, in_loop, until
 
 from lowband.gateway.coap.inproc import HttpAnswer, InProcError, InProcessHttp, build_request, parse_response
 from lowband.gateway.config import RateLimits
 from lowband.gateway.homeserver.services import HTTP_SERVER
 
+from .coap_harness import gateway_services
+
 PEER = ("192.0.2.7", 5683)
 HOST = [("Host", "localhost")]
-
-
-def in_loop(test: Callable[[Path], Awaitable[None]]) -> Callable[[Path], None]:
-    """Run an async test in its own loop, 120 s at most."""
-
-    @functools.wraps(test)
-    def run(tmp_path: Path) -> None:
-        asyncio.run(asyncio.wait_for(test(tmp_path), 120))
-
-    return run
 
 
 @contextlib.asynccontextmanager
 async def served(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Any, str, aiohttp.ClientSession]]:
     """A gateway in this loop; yields (its aiohttp web.Server, base URL, an HTTP session for comparisons)."""
-    found: list[Any] = []
-    config.setdefault("rate_limits", RateLimits(enabled=False))
-    async with gateway_in_loop(tmp_path, on_ready=found.append, **config) as url, aiohttp.ClientSession() as session:
-        yield found[0].components[HTTP_SERVER], url, session
+    async with gateway_services(tmp_path, **config) as (services, url), aiohttp.ClientSession() as session:
+        yield services.components[HTTP_SERVER], url, session
 
 
 # ----------------------------------------------------------------------------------------------- pure part

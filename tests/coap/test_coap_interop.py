@@ -9,42 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiocoap
 import pytest
 from aiocoap.numbers.optionnumbers import OptionNumber
-from harness import gateway_in_loop, nio_client
+from harness import free_udp_port, gateway_in_loop, in_loop, nio_client
 
 from lowband.codecs import cbor, coap, msc3079
 
 COAP_CLIENT = shutil.which("coap-client-notls") or "/usr/bin/coap-client-notls"
 AIOCOAP_CLIENT = str(Path(sys.executable).parent / "aiocoap-client")
 PASSWORD = "secret-pw"
-
-
-def in_loop(test: Callable[[Path], Awaitable[None]]) -> Callable[[Path], None]:
-    """Run an async test in its own loop, 120 s at most."""
-
-    @functools.wraps(test)
-    def run(tmp_path: Path) -> None:
-        asyncio.run(asyncio.wait_for(test(tmp_path), 120))
-
-    return run
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -3,10 +3,11 @@
 Simulated time (sim/coap_peer.py, sim/link_model.py): nothing sleeps, a run of
 hours of line time takes seconds. The client is the same set of cores a
 laptop with a serial radio runs (Noise session, CoAP message layer, compact
-mode); the gateway's side is a SecureListener and one CoAP endpoint per
-client in front of the REAL ``mapping.Gateway`` of an in-process gateway
-(tests/harness.py), so every request goes through the gateway's HTTP
-handlers and store. Time stands still while the gateway serves a request.
+mode); the gateway's side is the REAL ``SecureServer`` a serial line runs
+(gateway/coap/link_transport.py) in front of the REAL ``mapping.Gateway`` of
+an in-process gateway (tests/harness.py), so every request goes through the
+gateway's CoAP request path, HTTP handlers and store. Time stands still
+while the gateway serves a request.
 
 What must hold, and what each part guards:
 
@@ -60,8 +61,8 @@ async def _setup(tmp_path: Path, users: list[Any], services: Any, *, seed: int, 
     listener = SecureListener(gateway_key, max_datagram=255)
     listener.set_clients([record.entry()])
     params = link_params(BPS, latency=LATENCY)
-    handler = Gateway(services, services.components[HTTP_SERVER]).handle
-    gateway = LinkGatewaySide(listener, handler, params, rng=random.Random(seed + 1), **gateway_options)
+    api = Gateway(services, services.components[HTTP_SERVER])
+    gateway = LinkGatewaySide(listener, api, params, rng=random.Random(seed + 1), **gateway_options)
     secure = SecureClient(private, public_from_private(gateway_key), record.address, epoch=0)
     client = LinkCoapClient(secure, params, compact_mode=compact_mode, rng=random.Random(seed + 2))
     line = SimSerialLine(LinkModel(BPS, latency=LATENCY, frame_loss=LOSS, seed=seed))

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
-from harness import Client, expect, gateway_in_loop
+from harness import Client, expect, in_loop
 
 from lowband.codecs import cbor, coap, msc3079
 from lowband.gateway.coap.exchange import CoapRequest, CoapResponse, Peer
@@ -23,26 +21,15 @@ from lowband.gateway.coap.mapping import Gateway, _http_query, coap_code, next_b
 from lowband.gateway.config import RateLimits
 from lowband.gateway.homeserver.services import COAP_VERSIONS, HTTP_SERVER
 
+from .coap_harness import gateway_services
+
 PASSWORD = "secret-pw"
-
-
-def in_loop(test: Callable[[Path], Awaitable[None]]) -> Callable[[Path], None]:
-    """Run an async test in its own loop, 120 s at most."""
-
-    @functools.wraps(test)
-    def run(tmp_path: Path) -> None:
-        asyncio.run(asyncio.wait_for(test(tmp_path), 120))
-
-    return run
 
 
 @contextlib.asynccontextmanager
 async def coap_gateway(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Gateway, Any, str]]:
     """A gateway in this loop and the CoAP mapping over its HTTP server; yields (mapping, services, url)."""
-    found: list[Any] = []
-    config.setdefault("rate_limits", RateLimits(enabled=False))
-    async with gateway_in_loop(tmp_path, on_ready=found.append, **config) as url:
-        services = found[0]
+    async with gateway_services(tmp_path, **config) as (services, url):
         yield Gateway(services, services.components[HTTP_SERVER]), services, url
 
 

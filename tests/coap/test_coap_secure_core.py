@@ -350,7 +350,7 @@ def test_a_replayed_old_hs1_does_not_displace_the_new_handshake() -> None:
 
 
 def test_the_worked_example_of_docs_coap_secure() -> None:
-    """The send request and its answer in docs/coap-secure.md, byte for byte."""
+    """The send request and its answer in docs/protocol/coap-noise.md, byte for byte."""
     from lowband.codecs import coap, msc3079
 
     gateway, peer = listener(vectors=True), client()

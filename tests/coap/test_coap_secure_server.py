@@ -13,13 +13,13 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
-from harness import Client, gateway_in_loop, until
+from harness import Client, free_udp_port, gateway_in_loop, until
 
 from lowband.codecs import coap, msc3079
 from lowband.codecs.coap import Block, Message
@@ -31,12 +31,6 @@ from lowband.gateway.coap.secure_server import SECURE_SERVER, SecureServer
 from lowband.gateway.devices.keys import generate_keypair, public_from_private
 
 FAST = TransmissionParams(ack_timeout=0.5, max_retransmit=2, empty_ack_delay=0.2)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NoiseCoapClient(asyncio.DatagramProtocol):
@@ -536,3 +530,81 @@ def test_an_unacknowledged_notification_ends_the_observation() -> None:
             await server.stop()
 
     run(scenario)
+
+
+def test_a_simulation_drives_the_timers_on_its_own_clock() -> None:
+    """attach(timers=False) + an injected clock: nothing happens until the caller runs the timers at the
+    time it chooses; settle() returns once the API answered. A slow answer gets an empty ACK when the
+    simulated clock passes EMPTY_ACK_DELAY, then comes as CON and is retransmitted by run_timers alone."""
+
+    class Gated(StandIn):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def handle(self, req: CoapRequest, peer: Peer) -> CoapResponse:
+            if req.path == ("slow",):
+                await self.gate.wait()
+            return await super().handle(req, peer)
+
+    async def scenario() -> None:
+        now = [1000.0]
+        handler = Gated()
+        listener = SecureListener(GATEWAY_KEY)
+        listener.set_clients([ClientEntry(5, "laptop", public_from_private(CLIENT_KEY), "@alice:x")])
+        served: list[tuple[int, int]] = []
+        server = SecureServer(handler, listener, data_dir=None, max_request_bytes=8192, observe_timeout_s=1.0,
+                              max_observations=8, params=FAST, clock=lambda: now[0], rng=random.Random(3),
+                              on_request=lambda address, msg: served.append((address, msg.mid)))  # fmt: skip
+        line = mock.Mock(spec=asyncio.DatagramTransport)  # the simulation's line: keeps what is sent
+        await server.attach(line, "sim", timers=False)
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("coap-secure-timers")]
+        client = SecureClient(CLIENT_KEY, public_from_private(GATEWAY_KEY), 5)
+        server.datagram_received(client.connect(now[0]), ("line", 5))
+        assert client.receive(line.sendto.call_args.args[0]) is None and client.established
+        line.sendto.reset_mock()
+
+        def down() -> list[Message]:
+            frames = [call.args[0] for call in line.sendto.call_args_list]
+            line.sendto.reset_mock()
+            return [coap.parse(p) for f in frames if (p := client.receive(f)) is not None]
+
+        def up(path: str, mid: int) -> Message:
+            sent = Message(
+                coap.CON, coap.GET, mid=mid, token=bytes([mid]), options=((coap.OPT_URI_PATH, path.encode()),)
+            )
+            server.datagram_received(client.seal(coap.encode(sent)), ("line", 5))
+            return sent
+
+        # A quick answer: piggybacked, at the time the request arrived.
+        sent = up("echo", 1)
+        await server.settle()
+        (answer,) = down()
+        assert (answer.mtype, answer.mid, answer.code) == (coap.ACK, sent.mid, coap.CHANGED)
+        assert served == [(5, sent.mid)]
+        # A slow one: nothing goes before the caller runs the timers, and nothing is due before EMPTY_ACK_DELAY.
+        sent = up("slow", 2)
+        await asyncio.sleep(0.05)
+        assert down() == []
+        due = server.next_deadline()
+        assert due is not None and due == pytest.approx(now[0] + FAST.empty_ack_delay)
+        server.run_timers(due - 0.01)
+        assert down() == []
+        now[0] = due
+        server.run_timers(now[0])
+        (empty,) = down()
+        assert (empty.mtype, empty.mid, empty.code) == (coap.ACK, sent.mid, coap.EMPTY)
+        handler.gate.set()
+        await server.settle()
+        (separate,) = down()
+        assert separate.mtype == coap.CON and separate.token == sent.token and separate.code == coap.NOT_FOUND
+        # Unacknowledged: run_timers at the deadline sends it again (same message ID), and only then.
+        due = server.next_deadline()
+        assert due is not None and now[0] < due <= now[0] + FAST.ack_timeout * FAST.ack_random_factor + 1e-9
+        now[0] = due
+        server.run_timers(now[0])
+        (again,) = down()
+        assert (again.mtype, again.mid, again.token) == (coap.CON, separate.mid, separate.token)
+        await server.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

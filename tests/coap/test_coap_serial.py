@@ -186,7 +186,7 @@ def test_handshake_login_send_and_sync_over_a_serial_line(tmp_path: Path, compac
     assert [(e["sender"], e["content"]["body"]) for e in pushed] == [("@bob:localhost", "pushed from bob")]
     # One frame each way, nothing else: a send is one CoAP exchange (CON + piggybacked ACK), no link ACKs.
     assert found["core"].counters["retries"] == 0
-    # The numbers docs/coap-links.md gives: one frame each way (the issue's 60-byte goal is for UDP; a serial
+    # The numbers docs/protocol/coap-links.md gives: one frame each way (the issue's 60-byte goal is for UDP; a serial
     # line adds COBS' 2 bytes per frame).
     assert (up, down) == ((38, 19) if compact_mode else (97, 69))
 

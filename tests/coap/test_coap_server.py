@@ -6,7 +6,6 @@ Clients are aiocoap's Python API and raw UDP datagrams built with lowband.codecs
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from typing import Any, Self
 import aiocoap
 import pytest
 from aiocoap.numbers.optionnumbers import OptionNumber
+from harness import free_udp_port, in_loop
 
 from lowband.codecs import cbor, coap
 from lowband.gateway.coap import blockwise
@@ -32,23 +32,6 @@ from lowband.gateway.coap.server import (
     start_server,
     to_aiocoap,
 )
-
-
-def in_loop(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run an async test in its own loop, 60 s at most."""
-
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 60))
-
-    return run
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Recorder:
