@@ -30,6 +30,7 @@ from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
 from lowband.gateway.homeserver.accounts import Reservation, ReservedNamespaces
 from lowband.gateway.homeserver.notifier import Notifier
+from lowband.gateway.homeserver.presence import flush as flush_presence
 from lowband.gateway.homeserver.presence import presence_loop
 from lowband.gateway.homeserver.ratelimit import LoginThrottle
 from lowband.gateway.homeserver.rooms import RoomService
@@ -269,7 +270,8 @@ async def run_gateway(
         raise
     expiry = asyncio.create_task(typing_expiry_loop(services.typing, services.notifier))
     if services.sync.presence is not None:  # online -> unavailable -> offline on idle (presence.py)
-        presence_task = asyncio.create_task(presence_loop(services.sync.presence, services.notifier))
+        presence_task = asyncio.create_task(presence_loop(services.sync.presence, services.notifier,
+                                                          services.store.presence))  # fmt: skip
         expiry.add_done_callback(lambda _: presence_task.cancel())
     stoppers: list[Callable[[], Awaitable[None]]] = []
     if metrics_runner is not None:
@@ -321,6 +323,8 @@ async def run_gateway(
         await cancel_and_wait(expiry)
         services.notifier.close()  # parked /sync requests answer now: runner.cleanup() waits for every handler
         await runner.cleanup()
+        if services.sync.presence is not None:  # the last changes, before the store closes (presence.py)
+            flush_presence(services.sync.presence, services.store.presence)
         services.store.close()
         if stop is None:
             for sig in (signal.SIGTERM, signal.SIGINT):

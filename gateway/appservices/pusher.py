@@ -169,9 +169,11 @@ class AppServicePusher:
     def _typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
         self._ephemeral_in(room_id, ("m.typing", room_id), None)  # who types is read when it is sent
 
-    def _receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int) -> None:
-        edu = {"type": "m.receipt", "room_id": room_id, "content": {event_id: {receipt_type: {user_id: {"ts": ts}}}}}
-        self._ephemeral_in(room_id, ("m.receipt", room_id, receipt_type, user_id), edu)
+    def _receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int,
+                 thread_id: str | None = None) -> None:  # fmt: skip
+        data: dict[str, Any] = {"ts": ts} if thread_id is None else {"ts": ts, "thread_id": thread_id}
+        edu = {"type": "m.receipt", "room_id": room_id, "content": {event_id: {receipt_type: {user_id: data}}}}
+        self._ephemeral_in(room_id, ("m.receipt", room_id, receipt_type, user_id, thread_id or ""), edu)
 
     def _ephemeral_in(self, room_id: str, key: tuple[str, ...], edu: dict[str, Any] | None) -> None:
         # Called inside a client's typing or receipt request: a failure here is logged, never the client's.

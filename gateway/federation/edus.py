@@ -118,12 +118,19 @@ class Edus:
                     ts = found_ts if isinstance(found_ts, int) else self.services.rooms.now_ms()
                     if not isinstance(event_ids, list) or not event_ids or not isinstance(event_ids[0], str):
                         continue
+                    # spec v1.4: data.thread_id ("main" or a thread root) makes the receipt threaded; one that is
+                    # not a short non-empty string is malformed and the receipt passed over
+                    thread_id = data.get("thread_id") if isinstance(data, dict) else None
+                    if thread_id is not None and (not isinstance(thread_id, str) or not thread_id
+                                                  or len(thread_id) > _MAX_ID_CHARS):  # fmt: skip
+                        continue
                     if not self._may_speak_for(origin, room_id, user_id):
                         continue
                     event = self.services.store.get_event(event_ids[0])
                     if event is None or event["event"].room_id != room_id:
                         continue
-                    await self.services.store.set_receipt(room_id, receipt_type, user_id, event_ids[0], ts)
+                    await self.services.store.set_receipt(room_id, receipt_type, user_id, event_ids[0], ts,
+                                                          thread_id)  # fmt: skip
                     changed = True
         if changed:
             self.services.notifier.notify()
@@ -208,10 +215,12 @@ class Edus:
             self.sender.send_edu(server, "m.typing", {"room_id": room_id, "user_id": user_id, "typing": typing},
                                  key=(room_id, user_id))  # fmt: skip
 
-    def _local_receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int) -> None:
-        content = {room_id: {receipt_type: {user_id: {"event_ids": [event_id], "data": {"ts": ts}}}}}
-        for server in self._others(room_id):
-            self.sender.send_edu(server, "m.receipt", content, key=(room_id, receipt_type, user_id))
+    def _local_receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int,
+                       thread_id: str | None = None) -> None:  # fmt: skip
+        data: dict[str, Any] = {"ts": ts} if thread_id is None else {"ts": ts, "thread_id": thread_id}
+        content = {room_id: {receipt_type: {user_id: {"event_ids": [event_id], "data": data}}}}
+        for server in self._others(room_id):  # each thread's receipt is its own EDU slot: none replaces another
+            self.sender.send_edu(server, "m.receipt", content, key=(room_id, receipt_type, user_id, thread_id or ""))
 
 
 def _device_list_problem(kind: str, content: dict[str, Any]) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lowband.gateway.homeserver.event_fields import EventShape
 from lowband.gateway.homeserver.ignored import ignored_users
 from lowband.gateway.homeserver.sync import HISTORY_FLOOR, MAX_SCAN_ROWS, EventFilter, SyncHandler
 from lowband.gateway.store.interfaces import EventRow
@@ -51,13 +52,16 @@ class ContextHandler:
         served = self.sync.serve(user_id, window, ceiling, device=device)
         last = window[-1]
         lazy = isinstance(filter_doc, dict) and filter_doc.get("lazy_load_members") is True
+        shape = EventShape.of(filter_doc)  # event_fields, event_format (event_fields.py)
+        served = shape.room_events(served, lambda ids: self.sync.raw_events(ids, user_id))
+        state = self._state(user_id, last, event_filter, {r["event"].sender for r in window} if lazy else None)
         return {
             "event": served[len(before)],
             "events_before": list(reversed(served[: len(before)])),
             "events_after": served[len(before) + 1:],
             "start": f"s{start}",
             "end": f"s{end}",
-            "state": self._state(user_id, last, event_filter, {r["event"].sender for r in window} if lazy else None),
+            "state": shape.room_events(state, lambda ids: self.sync.raw_events(ids, user_id)),
         }
 
     def _side(
@@ -95,4 +99,5 @@ class ContextHandler:
                 if senders is None or event_type != "m.room.member" or state_key in senders
                 or state_key == user_id]  # fmt: skip
         rows = self.store.get_events(keep)
-        return [self.sync.client_event(rows[i]) for i in keep if i in rows and event_filter.allows(rows[i]["event"])]
+        return [self.sync.client_event(rows[i], reader=user_id) for i in keep
+                if i in rows and event_filter.allows(rows[i]["event"])]  # fmt: skip

@@ -38,9 +38,7 @@ def check_filter(doc: Any) -> dict[str, Any]:
     M_INVALID_PARAM for a value out of range) naming the offending key.
     """
     _object(doc, "the filter")
-    _strings(doc, "event_fields", "event_fields")
-    if "event_format" in doc and doc["event_format"] not in ("client", "federation"):
-        raise invalid_param("event_format must be 'client' or 'federation'")
+    _event_shape(doc)
     for key in ("presence", "account_data"):
         if key in doc:
             _event_filter(doc[key], key)
@@ -52,7 +50,14 @@ def check_filter(doc: Any) -> dict[str, Any]:
 def check_room_event_filter(doc: Any, path: str = "filter") -> dict[str, Any]:
     """Check a RoomEventFilter (``/messages``, ``/context``); returns it unchanged. MatrixError as :func:`check_filter`."""
     _room_event_filter(doc, path)
+    _event_shape(doc)  # not the spec's RoomEventFilter keys, but honoured there too (event_fields.py)
     return dict(doc)
+
+
+def _event_shape(doc: dict[str, Any]) -> None:
+    _strings(doc, "event_fields", "event_fields")
+    if "event_format" in doc and doc["event_format"] not in ("client", "federation"):
+        raise invalid_param("event_format must be 'client' or 'federation'")
 
 
 def _object(value: Any, path: str) -> None:

@@ -10,7 +10,10 @@ Rules (the spec's guest access module):
 - A guest joins only rooms whose ``m.room.guest_access`` is ``can_join``; when a user of this server changes
   it to anything else, the guests of this server joined to the room are made to leave (as the spec asks).
   A change that comes from another server's user does not (only local events are watched).
-- Guest accounts are never upgraded here (``guest_access_token`` is not taken).
+- A guest becomes a full account through the ordinary registration (``client_auth.py``), naming itself by
+  the ``guest_access_token`` parameter (the spec) or its token in the Authorization header: it keeps its user
+  ID, rooms and devices; ``username`` must be its own localpart or absent. :meth:`Guests.upgraded` then
+  forgets it was a guest.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ def guest_route_allowed(method: str, template: str, event_type: str | None = Non
 
 
 class Guests:
-    """Which users are guests (a bounded memory of answers: an account never stops or starts being one)."""
+    """Which users are guests (a bounded memory of answers: an account never starts being one, and stops only
+    through :meth:`upgraded`)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -139,6 +143,13 @@ class Guests:
         if len(self._known) > _KNOWN_CAP:
             self._known.popitem(last=False)
         return answer
+
+    def upgraded(self, user_id: str) -> None:
+        """``user_id`` is a guest no more (its account was upgraded in the store)."""
+        self._known[user_id] = False
+        self._known.move_to_end(user_id)
+        if len(self._known) > _KNOWN_CAP:
+            self._known.popitem(last=False)
 
     async def create(self, server_name: str, now_ms: int) -> str:
         """Make a guest account (random numeric localpart, no usable password); its user ID."""

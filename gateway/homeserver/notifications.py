@@ -24,8 +24,14 @@ Rules:
   push.py). While the evaluator is not running, /sync serves everything;
 * a room's ``unread_notifications`` are the user's rows after their read
   receipt (``m.read`` or ``m.read.private``, the later one) in the room: a
-  receipt clears them. Per-thread counts are not kept
-  (``unread_thread_notifications`` is not served);
+  receipt clears them. Threads (spec v1.4): each row records the thread its
+  event is in (:func:`thread_of`: ``main`` or a thread root); a row is read
+  once the unthreaded receipt or its own thread's receipt reaches it. When
+  the /sync filter sets ``room.timeline.unread_thread_notifications``,
+  ``unread_notifications`` counts the main timeline and
+  ``unread_thread_notifications`` each thread with a non-zero count (the
+  object always present, so a client sees a thread drop to zero by its
+  absence); without it, ``unread_notifications`` counts every thread;
 * a failure on one event is logged and the event passed over: judging never
   stops behind it.
 """
@@ -55,11 +61,18 @@ __all__ = [
     "NotificationEvaluator",
     "PushRuleBook",
     "PushRuntime",
+    "is_read",
     "push_of",
     "read_position",
     "start_push",
+    "thread_of",
     "unread_counts",
 ]
+
+#: the thread ID of the main timeline (receipts and counts)
+MAIN = "main"
+#: relations followed from an event to find its thread (the spec recommends 3)
+THREAD_HOPS = 3
 
 log = logging.getLogger("lowband.push")
 
@@ -105,30 +118,64 @@ class PushRuleBook:
 
 
 def read_position(store: Store, user_id: str, room_id: str) -> int:
-    """The stream position of the user's latest read receipt (public or private) in the room; 0 without one."""
-    best = 0
-    for receipt_type in ("m.read", "m.read.private"):
-        event_id = store.get_receipt(room_id, receipt_type, user_id)
-        row = store.get_event(event_id) if event_id else None
-        if row is not None:
-            best = max(best, int(row["stream"]))
-    return best
+    """The stream position of the user's latest unthreaded read receipt (public or private) in the room; 0
+    without one (pushers' badge counts: threaded receipts are not taken into account there)."""
+    return store.read_positions(room_id, user_id).get("", 0)
+
+
+def is_read(positions: dict[str, int], stream: int, thread_id: str) -> bool:
+    """Whether a notification row at ``stream`` in ``thread_id`` is read, given the user's receipt positions in
+    the room (``Store.read_positions``): the unthreaded receipt or the row's own thread's receipt reaches it."""
+    return stream <= positions.get("", 0) or stream <= positions.get(thread_id, 0)
+
+
+def thread_of(store: Store, event_id: str) -> str:
+    """The thread an event is in: a thread root's event ID, or :data:`MAIN`. An event with an ``m.thread``
+    relation is in its root's thread; one relating otherwise (an edit, a reaction, a reply relation) is in the
+    thread of the event it relates to, followed at most :data:`THREAD_HOPS` relations (the spec's advice);
+    a thread root itself, and everything else, is in the main timeline. Reads the relation index only."""
+    current = event_id
+    for _ in range(THREAD_HOPS):
+        relation = store.relations.relation_of(current)
+        if relation is None:
+            return MAIN
+        parent, rel_type = relation
+        if rel_type == "m.thread":
+            return parent
+        current = parent
+    return MAIN
 
 
 def unread_counts(store: Store, user_id: str, room_id: str,
-                  pending: dict[tuple[str, str], list[tuple[int, bool]]] | None = None) -> dict[str, int]:  # fmt: skip
-    """``unread_notifications`` of one joined room for /sync: the stored rows after the user's read receipt,
-    and the ``pending`` ones (judged, their write not committed yet: see :meth:`NotificationEvaluator.step`)."""
-    after = read_position(store, user_id, room_id)
-    count, highlight = store.push.unread_counts(user_id, room_id, after)
+                  pending: dict[tuple[str, str], list[tuple[int, bool, str]]] | None = None,
+                  threaded: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The counts of one joined room for /sync: ``{"unread_notifications": {...}}``, with
+    ``"unread_thread_notifications": {root: {...}}`` too when ``threaded`` (the filter asked for per-thread
+    counts; then ``unread_notifications`` is the main timeline's). A row counts when it is above both the
+    user's unthreaded receipt and its own thread's receipt (``read_positions``). ``pending`` holds rows judged
+    whose write has not committed yet (see :meth:`NotificationEvaluator.step`)."""
+    positions = store.read_positions(room_id, user_id)
+    unthreaded = positions.get("", 0)
+    counts: dict[str, list[int]] = {}
+    for thread, (count, highlight) in store.push.unread_by_thread(user_id, room_id, unthreaded, positions).items():
+        found = counts.setdefault(thread if threaded else MAIN, [0, 0])
+        found[0] += count
+        found[1] += highlight
     waiting = pending.get((user_id, room_id)) if pending else None
     if waiting:
         stored = store.push.newest_notification(user_id, room_id)  # rows are written in stream order
-        for stream, highlights in waiting:
-            if stream > after and stream > stored:
-                count += 1
-                highlight += int(highlights)
-    return {"notification_count": count, "highlight_count": highlight}
+        for stream, highlights, thread in waiting:
+            if stream > stored and not is_read(positions, stream, thread):
+                found = counts.setdefault(thread if threaded else MAIN, [0, 0])
+                found[0] += 1
+                found[1] += int(highlights)
+    main = counts.pop(MAIN, [0, 0])
+    out: dict[str, Any] = {"unread_notifications": {"notification_count": main[0], "highlight_count": main[1]}}
+    if threaded:
+        out["unread_thread_notifications"] = {
+            root: {"notification_count": n, "highlight_count": h} for root, (n, h) in counts.items()
+        }
+    return out
 
 
 class CountsChanged:
@@ -163,8 +210,9 @@ class NotificationEvaluator:
         self._saved = self.position
         self._progress = asyncio.Event()  # replaced after every step: set wakes those waiting in settle()
         self._held_back = False  # a /sync served less than was stored because judging lagged (settle)
-        #: rows judged whose write has not committed yet, by (user, room): (stream, highlight); /sync counts them
-        self.pending: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+        #: rows judged whose write has not committed yet, by (user, room): (stream, highlight, thread); /sync
+        #: counts them
+        self.pending: dict[tuple[str, str], list[tuple[int, bool, str]]] = {}
         self._saved_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         #: per state group: (joined members, joined local users); messages share their room's group
@@ -246,7 +294,7 @@ class NotificationEvaluator:
         # (a /sync does not wait for the commit; a failed write puts the position back and judges again).
         before, self.position = self.position, max(self.position, reached)
         for n in made:
-            self.pending.setdefault((n.user_id, n.room_id), []).append((n.stream, n.highlight))
+            self.pending.setdefault((n.user_id, n.room_id), []).append((n.stream, n.highlight, n.thread_id))
         self._progress.set()
         self._progress = asyncio.Event()
         try:
@@ -260,7 +308,7 @@ class NotificationEvaluator:
             for n in made:
                 waiting = self.pending.get((n.user_id, n.room_id))
                 if waiting:
-                    waiting.remove((n.stream, n.highlight))
+                    waiting.remove((n.stream, n.highlight, n.thread_id))
                     if not waiting:
                         del self.pending[(n.user_id, n.room_id)]
         self._fresh = False
@@ -292,6 +340,7 @@ class NotificationEvaluator:
         pdu = event.pdu
         out: list[NotificationRow] = []
         memo: dict[tuple[Any, ...], bool] = {}  # conditions that do not depend on the user: judged once per event
+        thread: str | None = None  # looked up once, for the first user notified
         for user_id in targets:
             member = rooms.state_content(state, "m.room.member", user_id) or {}
             name = member.get("displayname")
@@ -300,8 +349,10 @@ class NotificationEvaluator:
             actions = evaluate(self.book.ordered(user_id), pdu, ctx, memo)
             result = outcome(actions)
             if result.notify:
+                if thread is None:
+                    thread = thread_of(self.store, row.event_id)
                 out.append(NotificationRow(user_id, row.stream, row.room_id, row.event_id, actions or [],
-                                           result.highlight, event.origin_server_ts))  # fmt: skip
+                                           result.highlight, event.origin_server_ts, thread))  # fmt: skip
         return out
 
     def _joined(self, group: int | None, state: StateMap, suffix: str) -> tuple[int, list[str]]:
@@ -348,7 +399,8 @@ async def start_push(services: Services) -> Callable[[], Awaitable[None]]:
     evaluator = NotificationEvaluator(services, runtime.book, delivery.wake)
     runtime.evaluator, runtime.delivery = evaluator, delivery
     store = services.store
-    services.sync.unread = lambda user_id, room_id: unread_counts(store, user_id, room_id, evaluator.pending)
+    services.sync.unread = lambda user_id, room_id, per_thread: unread_counts(store, user_id, room_id,
+                                                                              evaluator.pending, per_thread)
     services.sync.unread_changed = CountsChanged(store)
     services.sync.settle = evaluator.settle
     await delivery.start(evaluator)

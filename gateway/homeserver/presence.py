@@ -1,4 +1,5 @@
-"""Presence of local users: kept in memory, shown to users who share a room, in /sync's ``presence`` section.
+"""Presence of local users: kept in memory (and on disk), shown to users who share a room, in /sync's
+``presence`` section.
 
 Rules:
 - States are ``online``, ``unavailable`` and ``offline``. ``PUT /presence/{userId}/status`` sets one, with an
@@ -14,7 +15,13 @@ Rules:
   change: ``last_active_ago`` is computed when delivered.
 - Who sees whom: a user sees the presence of users joined to a room they are joined to, and their own.
 - Memory is bounded: at most ``max_users`` users are tracked, the least recently changed forgotten first
-  (a forgotten user reads as offline). Presence does not survive a restart.
+  (a forgotten user reads as offline).
+- Presence survives a restart: the tracker notes whom a change or an activity touched, :func:`flush` hands
+  those users' state, ``status_msg`` and last activity to the store in one batch (each round of
+  :func:`presence_loop`, a few seconds apart, and when the gateway stops), and :meth:`PresenceTracker.restore`
+  loads them at start. A request never waits for a write. Restored users take a new serial (so a /sync
+  shows them once); the idle rules then apply to the stored last activity as to any other. A gateway
+  killed outright loses at most the last round's changes.
 - Other servers: a local user's change is told to :attr:`PresenceTracker.listeners` (the federation sends it
   as an ``m.presence`` EDU, ``federation/presence_edus.py``); what another server says of its own users comes
   in through :meth:`PresenceTracker.set_remote` and is never told back out. The idle rules apply to both.
@@ -32,7 +39,7 @@ from typing import Any
 
 from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.typing import TypingTracker
-from lowband.gateway.store.interfaces import Store
+from lowband.gateway.store.interfaces import PresenceRecord, PresenceStore, Store
 
 STATES = ("online", "unavailable", "offline")
 MAX_STATUS_MSG = 1024
@@ -71,6 +78,8 @@ class PresenceTracker:
         #: the serial of the latest change (0: none yet), so a /sync with nothing new skips the room query
         self.latest = 0
         self._users: OrderedDict[str, UserPresence] = OrderedDict()
+        #: users changed or active since the last :meth:`drain` (what :func:`flush` writes)
+        self._dirty: set[str] = set()
 
     def _bump(self) -> int:
         """The next ephemeral serial (shared with typing, so one token position covers both)."""
@@ -83,6 +92,7 @@ class PresenceTracker:
         self.latest = self._bump()
         self._users[user_id] = UserPresence(presence, status_msg, last_active, self.latest, local)
         self._users.move_to_end(user_id)
+        self._dirty.add(user_id)
         while len(self._users) > self.max_users:
             self._users.popitem(last=False)
         if self.on_change is not None:
@@ -116,6 +126,7 @@ class PresenceTracker:
         if set_presence == "online":
             if known is not None and known.presence == "online":
                 known.last_active = now  # activity, not a change: no new serial, no wake-up
+                self._dirty.add(user_id)  # but kept on disk with the next batch
                 return
             self._store(user_id, "online", known.status_msg if known else None, now)
         elif set_presence == "unavailable" and (known is None or known.presence != "unavailable"):
@@ -135,6 +146,28 @@ class PresenceTracker:
                 self._store(user_id, "unavailable", known.status_msg, known.last_active, known.local)
                 changed = True
         return changed
+
+    def drain(self) -> list[PresenceRecord]:
+        """What changed (or was active) since the last call, to keep across a restart; forgets it."""
+        records = []
+        for user_id in sorted(self._dirty):
+            known = self._users.get(user_id)
+            if known is not None:  # a user forgotten meanwhile (max_users) keeps their last stored row
+                records.append(PresenceRecord(user_id, known.presence, known.status_msg,
+                                              int(known.last_active * 1000), known.local))  # fmt: skip
+        self._dirty.clear()
+        return records
+
+    def restore(self, records: list[PresenceRecord]) -> None:
+        """Load presence kept before a restart (oldest first), under the current ``max_users``; records with
+        a state not in :data:`STATES` are skipped. Listeners are not told (nothing changed)."""
+        for record in records[-self.max_users :] if self.max_users > 0 else []:
+            if record.presence not in STATES or record.user_id in self._users:
+                continue
+            status = record.status_msg if record.status_msg is None else record.status_msg[:MAX_STATUS_MSG]
+            self.latest = self._bump()
+            self._users[record.user_id] = UserPresence(record.presence, status, record.last_active_ms / 1000,
+                                                       self.latest, record.local)  # fmt: skip
 
     def next_expiry(self) -> float | None:
         """The clock time of the next idle transition, or None."""
@@ -197,8 +230,17 @@ def _type_allowed(spec: dict[str, Any]) -> bool:
                                               for p in types)  # fmt: skip
 
 
-async def presence_loop(tracker: PresenceTracker, notifier: Notifier) -> None:
-    """Background task: apply the idle rules on time and wake syncs when someone changed."""
+def flush(tracker: PresenceTracker, store: PresenceStore | None) -> int:
+    """Queue the store write of what changed since the last flush (no wait); the number of users written."""
+    records = tracker.drain()
+    if store is not None and records:
+        store.save(records)
+    return len(records)
+
+
+async def presence_loop(tracker: PresenceTracker, notifier: Notifier, store: PresenceStore | None = None) -> None:
+    """Background task: apply the idle rules on time and wake syncs when someone changed; each round, queue
+    the changes for ``store`` (:func:`flush`)."""
     # A user who turns online after the sleep began is looked at on the next round: at most ``cap`` late.
     cap = min(5.0, tracker.idle_s / 2)
     while True:
@@ -207,3 +249,4 @@ async def presence_loop(tracker: PresenceTracker, notifier: Notifier) -> None:
         await asyncio.sleep(delay)
         if tracker.expire():
             notifier.notify()
+        flush(tracker, store)

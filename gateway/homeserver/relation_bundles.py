@@ -12,6 +12,7 @@
   applies ``m.new_content`` itself (the client API advertises up to v1.11).
 
 Annotations are not bundled (the spec dropped their server-side aggregation).
+Relations sent by users the reader ignores are left out (ignored.py).
 Only relations at stream positions the reader may reach count (``upto``: the
 present for a member, the moment they left for one who left), so a user who
 left does not learn of later replies. The cost is one query for every
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lowband.gateway.homeserver.ignored import ignored_users
 from lowband.gateway.store.interfaces import EventRow, Store
 
 
@@ -34,7 +36,9 @@ def summaries(store: Store, rows: list[EventRow], user_id: str, upto: int,
     by_id = {r["event"].event_id: r for r in rows if not r.get("redacted_by")}
     if not by_id:
         return {}
-    found = store.relations.bundles(list(by_id), user_id, upto)
+    # what the reader's ignored users sent counts nowhere: not in a thread's count or latest reply, nor as a
+    # reference (an edit by one is the edit of an event the reader does not see at all)
+    found = store.relations.bundles(list(by_id), user_id, upto, ignored_users(store, user_id))
     if not found:
         return {}
     wanted: list[str] = []

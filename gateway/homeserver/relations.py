@@ -16,13 +16,16 @@ candidate events are read per request (the page then ends early with a
 
 Visibility is the homeserver's (:meth:`SyncHandler.visible`): the parent must
 be visible to the user (else 404 M_NOT_FOUND, as for an unknown event), and
-so must each child; nothing past the moment a user left is listed.
+so must each child; nothing past the moment a user left is listed. Events
+(relations, thread roots) sent by users the reader ignores are not listed
+(state events excepted, as in /sync), nor counted in ``m.relations``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from lowband.gateway.homeserver.ignored import ignored_users
 from lowband.gateway.homeserver.sync import HISTORY_FLOOR, MAX_SCAN_ROWS, SyncHandler, SyncToken
 from lowband.gateway.matrix.errors import MatrixError, invalid_param
 from lowband.gateway.store.interfaces import EventRow
@@ -89,6 +92,7 @@ class RelationsHandler:
         else:
             low = start if start is not None else HISTORY_FLOOR
             top = min(bound, ceiling) if bound is not None else ceiling
+        ignored = ignored_users(self.store, user_id)
         chunk: list[EventRow] = []
         scanned, exhausted = 0, False
         while len(chunk) < limit and not exhausted and scanned < MAX_SCAN_ROWS:
@@ -105,7 +109,7 @@ class RelationsHandler:
                     top = batch[-1]["stream"] - 1
                 else:
                     low = batch[-1]["stream"]
-            chunk += [r for r in batch if self.sync.visible(user_id, r, joined_now)]
+            chunk += [r for r in batch if _shown(r, ignored) and self.sync.visible(user_id, r, joined_now)]
         response: dict[str, Any] = {"chunk": self.sync.serve(user_id, chunk, ceiling, device=(user_id, device_id))}
         if not exhausted:
             response["next_batch"] = f"s{top if backwards else low}"
@@ -126,6 +130,7 @@ class RelationsHandler:
         below = position(from_token, "from") if from_token else None
         ceiling, joined_now = self.sync.reader_ceiling(user_id, room_id)
         participant = user_id if include == "participated" else None
+        ignored = ignored_users(self.store, user_id)
         chunk: list[EventRow] = []
         scanned, exhausted = 0, False
         while len(chunk) < limit and not exhausted and scanned < MAX_SCAN_ROWS:
@@ -139,9 +144,16 @@ class RelationsHandler:
             for root, _ in found:
                 row = rows.get(root)
                 if (row is not None and row["event"].room_id == room_id and not row["rejected"]
-                        and row["stream"] <= ceiling and self.sync.visible(user_id, row, joined_now)):  # fmt: skip
+                        and row["stream"] <= ceiling and _shown(row, ignored)
+                        and self.sync.visible(user_id, row, joined_now)):  # fmt: skip
                     chunk.append(row)
         response: dict[str, Any] = {"chunk": self.sync.serve(user_id, chunk, ceiling, device=(user_id, device_id))}
         if not exhausted and below is not None:
             response["next_batch"] = f"s{below}"
         return response
+
+
+def _shown(row: EventRow, ignored: frozenset[str]) -> bool:
+    """Whether an event is listed to a reader ignoring ``ignored`` (their state events still are)."""
+    event = row["event"]
+    return event.is_state or event.sender not in ignored

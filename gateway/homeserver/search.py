@@ -260,7 +260,8 @@ class SearchHandler:
                                   "rejected": None, "redacted_by": None, "txn": None, "outlier": False,
                                   "soft_failed": False}  # fmt: skip
                 seen[key] = self.sync.visible(user_id, stub, room[1])
-            if seen[key]:
+            # an erased sender's text is not found by a reader who would be served the event redacted
+            if seen[key] and not self.sync.erased_for(user_id, hit.sender, hit.state_before):
                 hits.append(hit)
         if not entries:
             return [], below - 1, below, False

@@ -54,8 +54,9 @@ class Services:
     login_throttle: LoginThrottle | None = None
     namespaces: ReservedNamespaces = field(default_factory=ReservedNamespaces)
     components: dict[str, Any] = field(default_factory=dict)
-    #: told (room_id, receipt_type, user_id, event_id, ts) of every public receipt a local user moves
-    receipt_listeners: list[Callable[[str, str, str, str, int], None]] = field(default_factory=list)
+    #: told (room_id, receipt_type, user_id, event_id, ts, thread_id or None) of every public receipt a local
+    #: user moves
+    receipt_listeners: list[Callable[[str, str, str, str, int, str | None], None]] = field(default_factory=list)
     #: end-to-end encryption: device keys and to-device messages (built from the store)
     device_keys: DeviceKeys = field(init=False)
     #: user-interactive auth sessions and stages, shared by every endpoint that asks for them (uia.py)
@@ -70,10 +71,13 @@ class Services:
         self.to_device = ToDevice(self.store, self.config.server_name, self.notifier.notify)
         self.guests = Guests(self.store)
         self.guests.watch(self.rooms)  # guests leave a room that stops allowing them
+        self.sync.erased.update(self.store.account_lifecycle.erased_users())  # served redacted (sync.py)
         if self.config.presence_enabled and self.sync.presence is None:
             self.sync.presence = PresenceTracker(self.typing, idle_s=self.config.presence_idle_s,
                                                  offline_s=self.config.presence_offline_s,
                                                  on_change=self.notifier.notify)  # fmt: skip
+            # presence kept before a restart (presence.py)
+            self.sync.presence.restore(self.store.presence.load(self.sync.presence.max_users))
 
     @classmethod
     def rate_limiters(cls, limits: RateLimits) -> tuple[RateLimiter | None, RateLimiter | None]:

@@ -11,6 +11,11 @@ event is ``world_readable``; or the user's membership at the event was
 ``join``; or it was ``invite`` and visibility is ``invited``; or visibility
 is ``shared`` and the user is joined now. A user's own membership events are
 always visible to them. "At the event" means the state before it.
+
+Erasure (``POST /account/deactivate`` with ``erase``): an event sent by an
+erased user (:attr:`SyncHandler.erased`) is served redacted, by the room
+version's algorithm, to every reader who was not joined at the event (later
+joiners, ``world_readable`` readers); members of that moment still see it whole.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lowband.gateway.homeserver import lazy_members
+from lowband.gateway.homeserver.event_fields import EventShape
 from lowband.gateway.homeserver.ignored import ignored_users
 from lowband.gateway.homeserver.lazy_members import NO_LAZY, LazyOptions, SentMembers
 from lowband.gateway.homeserver.notifier import Notifier
@@ -99,7 +105,12 @@ class EventFilter:
         self.not_senders = _string_list(spec.get("not_senders")) or []
         self.rooms = _string_list(spec.get("rooms"))
         self.not_rooms = _string_list(spec.get("not_rooms")) or []
+        #: a timeline filter's request for per-thread counts (spec v1.4; MSC3773's unstable name too)
+        self.thread_counts = (spec.get("unread_thread_notifications") is True
+                              or spec.get("org.matrix.msc3773.unread_thread_notifications") is True)  # fmt: skip
         limit = spec.get("limit", default_limit)
+        #: the filter names a limit itself (what :meth:`keep` cuts at; room events always have one)
+        self.explicit_limit = isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
         self.limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else default_limit
         self.limit = min(self.limit, MAX_LIMIT)
 
@@ -113,13 +124,27 @@ class EventFilter:
         """Whether the filter keeps this event."""
         if self.ignored and event.sender in self.ignored and not event.is_state:
             return False
-        if any(fnmatch.fnmatchcase(event.type, p) for p in self.not_types):
+        return self.allows_kind(event.type, event.sender)
+
+    def allows_kind(self, event_type: str, sender: str | None) -> bool:
+        """Whether the filter keeps an event of this type and sender (None: an event with no sender, such as
+        account data, typing or receipts, which the sender rules do not concern)."""
+        if any(fnmatch.fnmatchcase(event_type, p) for p in self.not_types):
             return False
-        if self.types is not None and not any(fnmatch.fnmatchcase(event.type, p) for p in self.types):
+        if self.types is not None and not any(fnmatch.fnmatchcase(event_type, p) for p in self.types):
             return False
-        if event.sender in self.not_senders:
+        if sender is None:
+            return True
+        if sender in self.not_senders:
             return False
-        return self.senders is None or event.sender in self.senders
+        return self.senders is None or sender in self.senders
+
+    def keep(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events that are not room events (account data, typing, receipts) the filter keeps, in order:
+        by type (and sender, for those that have one), at most ``limit`` when the filter names one."""
+        kept = [e for e in events
+                if self.allows_kind(str(e.get("type", "")), e["sender"] if isinstance(e.get("sender"), str) else None)]  # fmt: skip
+        return kept[: self.limit] if self.explicit_limit else kept
 
 
 def transaction_key(room_id: str, event_type: str, txn_id: str) -> str:
@@ -152,9 +177,10 @@ class SyncHandler:
         self.rooms = rooms
         self.typing = typing
         self.notifier = notifier
-        #: set by the push component (homeserver/notifications.py): each joined room's unread_notifications,
-        #: ``unread(user, room)``, and whether they changed in (since, upto], ``unread_changed(user, room, a, b)``
-        self.unread: Callable[[str, str], dict[str, int]] | None = None
+        #: set by the push component (homeserver/notifications.py): each joined room's unread_notifications
+        #: (and unread_thread_notifications when the filter asks), ``unread(user, room, per_thread)``, and whether
+        #: they changed in (since, upto], ``unread_changed(user, room, a, b)``
+        self.unread: Callable[[str, str, bool], dict[str, Any]] | None = None
         self.unread_changed: Callable[[str, str, int, int], bool] | None = None
         #: also the push component's: the position a /sync may serve up to, once every stored event is judged
         #: (waiting briefly), else the position judged: an event and its counts come in one response
@@ -163,6 +189,9 @@ class SyncHandler:
         self.sent_members = SentMembers()
         #: presence of local users (presence.py); None: presence is off in the config
         self.presence: PresenceTracker | None = None
+        #: users deactivated with ``erase`` (loaded from the store by Services, grown by deactivation): their
+        #: events are served redacted to readers who were not joined when they were sent
+        self.erased: set[str] = set()
 
     # -------------------------------------------------------- visibility
 
@@ -182,17 +211,31 @@ class SyncHandler:
             return True
         return visibility == "shared" and joined_now
 
+    def erased_for(self, user_id: str, sender: str, state_before: int | None) -> bool:
+        """Whether an event of ``sender`` whose state before is the group ``state_before`` is served redacted
+        to ``user_id``: the sender was erased and the reader was not joined at the event."""
+        if sender not in self.erased:
+            return False
+        state = self.store.state_for_group(state_before) if state_before is not None else {}
+        return self.rooms.membership_in(state, user_id) != "join"
+
     def client_event(
         self, row: EventRow, *, with_room_id: bool = True, device: tuple[str, str] | None = None,
-        relations: dict[str, Any] | None = None,
+        relations: dict[str, Any] | None = None, reader: str | None = None,
     ) -> dict[str, Any]:
         """The client-format event of a stored row, redacted if it was redacted.
 
         ``device`` = (user_id, device_id) of the reader: the device that sent
         the event gets its ``transaction_id`` back in ``unsigned``.
         ``relations``: the event's ``m.relations`` (see :meth:`serve`).
+        ``reader``: who reads it; an erased sender's event comes redacted (without ``redacted_because``)
+        unless the reader was joined at the event (:meth:`erased_for`).
         """
         event: Event = row["event"]
+        if reader is not None and not row.get("redacted_by") and self.erased_for(reader, event.sender,
+                                                                                 row.get("state_before")):
+            event = Event(event.event_id, redact(event.pdu, self.rooms.room_version(event.room_id)))
+            relations = None  # an erased event shows nothing of what hangs off it either
         unsigned: dict[str, Any] = {"age": max(0, self.rooms.now_ms() - event.origin_server_ts)}
         if relations:
             unsigned["m.relations"] = relations
@@ -227,9 +270,10 @@ class SyncHandler:
         """:meth:`serve` for several lists at once (the timelines of every room of a /sync): one bundle query."""
         rows = [row for group in groups for row in group]
         bundled = summaries(self.store, rows, user_id, upto,
-                            lambda r: self.client_event(r, with_room_id=with_room_id, device=device))  # fmt: skip
+                            lambda r: self.client_event(r, with_room_id=with_room_id, device=device,
+                                                        reader=user_id))  # fmt: skip
         return [[self.client_event(r, with_room_id=with_room_id, device=device,
-                                   relations=bundled.get(r["event"].event_id)) for r in group]
+                                   relations=bundled.get(r["event"].event_id), reader=user_id) for r in group]
                 for group in groups]  # fmt: skip
 
     def reader_ceiling(self, user_id: str, room_id: str) -> tuple[int, bool]:
@@ -282,6 +326,9 @@ class SyncHandler:
         timeline_filter = EventFilter(room_filter.get("timeline"), ignored=ignored)
         state_filter = EventFilter(room_filter.get("state"), MAX_LIMIT)
         lazy = LazyOptions.of(room_filter.get("state"))
+        # the filters of the sections that hold no room events (their rooms/not_rooms too)
+        sections = (EventFilter(room_filter.get("ephemeral"), MAX_LIMIT), EventFilter(room_filter.get("account_data"),
+                                                                                      MAX_LIMIT))  # fmt: skip
         rooms_only = EventFilter(room_filter)
         include_leave = room_filter.get("include_leave") is True
         join: dict[str, Any] = {}
@@ -295,7 +342,7 @@ class SyncHandler:
             fresh = since is None or mstream > since_stream
             if membership == "join":
                 room = self._joined_room(user_id, room_id, since, fresh, full_state, upto,
-                                         timeline_filter, state_filter, device, lazy)  # fmt: skip
+                                         timeline_filter, state_filter, device, lazy, sections)  # fmt: skip
                 if room is not None:
                     join[room_id] = room
             elif membership == "invite" and fresh:
@@ -311,9 +358,9 @@ class SyncHandler:
         served = self._serve_groups(user_id, [t["events"] for t in timelines], upto, with_room_id=False, device=device)
         for timeline, events in zip(timelines, served, strict=True):
             timeline["events"] = events
-        account_data = [
+        account_data = EventFilter(filter_doc.get("account_data"), MAX_LIMIT).keep([
             {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, since_stream, upto) if r == ""
-        ]
+        ])  # fmt: skip
         response: dict[str, Any] = {
             "next_batch": str(SyncToken(upto, typing_serial)),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
@@ -322,13 +369,17 @@ class SyncHandler:
                                                     filter_doc.get("presence"))},
         }
         empty = not (join or invite or knock or leave or account_data or response["presence"]["events"])
+        # event_fields, event_format (event_fields.py)
+        EventShape.of(filter_doc).sync_response(response, lambda ids: self.raw_events(ids, user_id))
         return response, empty
 
     def _joined_room(
         self, user_id: str, room_id: str, since: SyncToken | None, initial: bool, full_state: bool, upto: int,
         timeline_filter: EventFilter, state_filter: EventFilter, device: tuple[str, str],
-        lazy: LazyOptions = NO_LAZY,
+        lazy: LazyOptions = NO_LAZY, sections: tuple[EventFilter, EventFilter] | None = None,
     ) -> dict[str, Any] | None:  # fmt: skip
+        """One joined room of a /sync, or None when nothing in it is new; ``sections``: the filters of its
+        ``ephemeral`` and ``account_data`` (none: everything)."""
         after = 0 if initial or since is None else since.stream
         rows, limited, resume = self._visible_events(user_id, room_id, after, upto, timeline_filter, joined_now=True)
         if initial or full_state:
@@ -352,11 +403,14 @@ class SyncHandler:
                 continue
             row = self.store.get_event(event_id)
             if row is not None and state_filter.allows(row["event"]):
-                state_events.append(self.client_event(row, with_room_id=False))
-        ephemeral = self._ephemeral(user_id, room_id, since, initial, upto)
-        room_account_data = [
+                state_events.append(self.client_event(row, with_room_id=False, reader=user_id))
+        ephemeral_filter, data_filter = sections if sections is not None else (EventFilter(None, MAX_LIMIT),) * 2
+        ephemeral = (ephemeral_filter.keep(self._ephemeral(user_id, room_id, since, initial, upto,
+                                                           timeline_filter.ignored))
+                     if ephemeral_filter.allows_room(room_id) else [])  # fmt: skip
+        room_account_data = data_filter.keep([
             {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, after, upto) if r == room_id
-        ]
+        ]) if data_filter.allows_room(room_id) else []  # fmt: skip
         counts_changed = self.unread_changed is not None and self.unread_changed(user_id, room_id, after, upto)
         if not (initial or full_state or rows or state_events or ephemeral or room_account_data or counts_changed):
             return None
@@ -373,8 +427,8 @@ class SyncHandler:
             "state": {"events": state_events},
             "ephemeral": {"events": ephemeral},
             "account_data": {"events": room_account_data},
-            "unread_notifications": ({"notification_count": 0, "highlight_count": 0} if self.unread is None
-                                     else self.unread(user_id, room_id)),
+            **({"unread_notifications": {"notification_count": 0, "highlight_count": 0}} if self.unread is None
+               else self.unread(user_id, room_id, timeline_filter.thread_counts)),
             "summary": summary,
         }
 
@@ -454,20 +508,25 @@ class SyncHandler:
         return self._state_at(room_id, upto)
 
     def _ephemeral(
-        self, user_id: str, room_id: str, since: SyncToken | None, initial: bool, upto: int
+        self, user_id: str, room_id: str, since: SyncToken | None, initial: bool, upto: int,
+        ignored: frozenset[str] = frozenset(),
     ) -> list[dict[str, Any]]:
+        """Typing and receipts of the room; nothing of the users ``user_id`` ignores (ignored.py)."""
         events: list[dict[str, Any]] = []
         if initial or since is None or self.typing.changed_since(room_id, since.typing):
-            users = self.typing.typing_users(room_id)
+            users = [u for u in self.typing.typing_users(room_id) if u not in ignored]
             if users or not initial:
                 events.append({"type": "m.typing", "content": {"user_ids": users}})
         receipts = self.store.receipts_since(room_id, 0 if initial or since is None else since.stream, upto)
         content: dict[str, Any] = {}
         if receipts:
-            for receipt_type, user, event_id, ts in receipts:
-                if receipt_type == "m.read.private" and user != user_id:
+            for receipt_type, user, event_id, ts, thread_id in receipts:
+                if (receipt_type == "m.read.private" and user != user_id) or user in ignored:
                     continue  # private receipts are shown to their owner only
-                content.setdefault(event_id, {}).setdefault(receipt_type, {})[user] = {"ts": ts}
+                # One entry per (event, type, user): an unthreaded and a threaded receipt on the same event
+                # cannot both be written in this shape; the one stored last wins (both read the same event).
+                content.setdefault(event_id, {}).setdefault(receipt_type, {})[user] = (
+                    {"ts": ts} if thread_id is None else {"ts": ts, "thread_id": thread_id})
         if content:
             events.append({"type": "m.receipt", "content": content})
         return events
@@ -531,12 +590,28 @@ class SyncHandler:
         response: dict[str, Any] = {
             "start": from_token or f"s{min(start, ceiling)}",
             "chunk": self.serve(user_id, chunk, ceiling, device=(user_id, device_id)),
-            "state": [self.client_event(r) for r in lazy_members.chunk_members(self.store, chunk,
+            "state": [self.client_event(r, reader=user_id) for r in lazy_members.chunk_members(self.store, chunk,
                                                                                 LazyOptions.of(filter_doc))],
         }
         if not exhausted:
             response["end"] = f"s{position}"
+        shape = EventShape.of(filter_doc)  # event_fields, event_format (event_fields.py)
+        response["chunk"] = shape.room_events(response["chunk"], lambda ids: self.raw_events(ids, user_id))
+        response["state"] = shape.room_events(response["state"], lambda ids: self.raw_events(ids, user_id))
         return response
+
+    def raw_events(self, event_ids: list[str], reader: str) -> dict[str, dict[str, Any]]:
+        """The federation form of stored events by ID as ``reader`` may see them (one read): the PDU, redacted
+        when it was redacted or its sender erased (as :meth:`client_event` serves it), with ``event_id``;
+        unknown IDs are left out."""
+        rows = self.store.get_events(event_ids)
+        out: dict[str, dict[str, Any]] = {}
+        for event_id, row in rows.items():
+            event: Event = row["event"]
+            hidden = row.get("redacted_by") or self.erased_for(reader, event.sender, row.get("state_before"))
+            pdu = redact(event.pdu, self.rooms.room_version(event.room_id)) if hidden else event.pdu
+            out[event_id] = {**pdu, "event_id": event_id}
+        return out
 
     def get_event(self, user_id: str, room_id: str, event_id: str, device_id: str = "") -> dict[str, Any]:
         """One event the user may see, with its ``m.relations``; M_NOT_FOUND otherwise (no hint whether it exists)."""

@@ -458,18 +458,24 @@ class RoomStore(Protocol):
 
 
 class ReceiptStore(Protocol):
-    """Read receipts (unthreaded): one per room, receipt type and user."""
+    """Read receipts: one per room, receipt type, user and thread (None: unthreaded; 'main' or a thread root)."""
 
-    async def set_receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int) -> int:
+    async def set_receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int,
+                          thread_id: str | None = None) -> int:  # fmt: skip
         """Store (replace) a receipt; returns its stream position, committed."""
         ...
 
-    def get_receipt(self, room_id: str, receipt_type: str, user_id: str) -> str | None:
-        """The event ID the user's receipt of this type points at, or None."""
+    def get_receipt(self, room_id: str, receipt_type: str, user_id: str, thread_id: str | None = None) -> str | None:
+        """The event ID the user's receipt of this type and thread points at, or None."""
         ...
 
-    def receipts_since(self, room_id: str, since: int, upto: int) -> list[tuple[str, str, str, int]]:
-        """(receipt_type, user_id, event_id, ts) of receipts set at a stream position in (since, upto]."""
+    def receipts_since(self, room_id: str, since: int, upto: int) -> list[tuple[str, str, str, int, str | None]]:
+        """(receipt_type, user_id, event_id, ts, thread_id) of receipts set at a stream position in (since, upto]."""
+        ...
+
+    def read_positions(self, room_id: str, user_id: str) -> dict[str, int]:
+        """Per thread key ('' unthreaded, 'main', a thread root) the stream position of the event the user's
+        latest ``m.read``/``m.read.private`` receipt points at (receipts on unknown events left out)."""
         ...
 
 
@@ -809,6 +815,26 @@ class RoomKeyStore(Protocol):
                   limit: int) -> list[tuple[str, str, BackedUpKey]]: ...  # fmt: skip
 
 
+class PresenceRecord(NamedTuple):
+    """One user's presence as kept across restarts (``homeserver/presence.py`` holds the rules)."""
+
+    user_id: str
+    presence: str
+    status_msg: str | None
+    last_active_ms: int
+    #: a user of this server (False: what another server said of its user)
+    local: bool
+
+
+class PresenceStore(Protocol):
+    """Presence kept across restarts. Contracts are those of
+    :class:`~lowband.gateway.store.sqlite.presence.PresenceTables`."""
+
+    def save(self, records: Sequence[PresenceRecord]) -> None: ...
+
+    def load(self, limit: int) -> list[PresenceRecord]: ...
+
+
 class DirectoryNetworkStore(Protocol):
     """Rooms bridges published under their third-party networks. Contracts are those of
     :class:`~lowband.gateway.store.sqlite.directory_networks.DirectoryNetworkTables`; writes committed on return."""
@@ -890,6 +916,8 @@ class NotificationRow(NamedTuple):
     actions: list[Any]
     highlight: bool
     ts: int
+    #: the thread the event is in: "main" or its thread root's event ID (spec v1.4 threading)
+    thread_id: str = "main"
 
 
 class PusherRow(NamedTuple):
@@ -926,6 +954,9 @@ class PushStore(Protocol):
 
     def unread_counts(self, user_id: str, room_id: str, after: int) -> tuple[int, int]: ...
 
+    def unread_by_thread(self, user_id: str, room_id: str, after: int,
+                         read_upto: dict[str, int]) -> dict[str, tuple[int, int]]: ...  # fmt: skip
+
     def newest_notification(self, user_id: str, room_id: str) -> int: ...
 
     def notification_rooms(self, user_id: str) -> list[str]: ...
@@ -955,7 +986,8 @@ class RelationStore(Protocol):
     def children(self, room_id: str, parent_id: str, *, rel_type: str | None, event_type: str | None, after: int,
                  upto: int, backwards: bool, limit: int, depth: int = 1) -> list[str]: ...  # fmt: skip
 
-    def bundles(self, parent_ids: list[str], user_id: str, upto: int) -> dict[str, dict[str, Any]]: ...
+    def bundles(self, parent_ids: list[str], user_id: str, upto: int,
+                ignored: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]: ...  # fmt: skip
 
     def threads(self, room_id: str, *, below: int | None, limit: int,
                 participant: str | None) -> list[tuple[str, int]]: ...  # fmt: skip
@@ -993,7 +1025,11 @@ class AccountLifecycleStore(Protocol):
 
     def openid_user(self, token: str, now_ms: int) -> str | None: ...
 
-    async def deactivate(self, user_id: str, *, erase: bool) -> None: ...
+    async def upgrade_guest(self, user_id: str, guest_owner: str, password_hash: str) -> bool: ...
+
+    async def deactivate(self, user_id: str, *, erase: bool, now_ms: int = 0) -> None: ...
+
+    def erased_users(self) -> list[str]: ...
 
     def device_sessions(self, user_id: str) -> dict[str, list[int]]: ...
 
@@ -1043,6 +1079,11 @@ class Store(AccountStore, RoomStore, ReceiptStore, MediaStore, Protocol):
     @property
     def relations(self) -> RelationStore:
         """The index of event relations (threads, edits, references, annotations)."""
+        ...
+
+    @property
+    def presence(self) -> PresenceStore:
+        """Presence of users, kept across restarts."""
         ...
 
     @property

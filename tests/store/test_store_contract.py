@@ -379,7 +379,7 @@ def test_aliases_receipts_directory_and_media(opener: Callable[[], Store]) -> No
         second = await store.set_receipt(room.room_id, "m.read", ALICE, "$two", 11)
         assert store.get_receipt(room.room_id, "m.read", ALICE) == "$two"
         assert store.get_receipt(room.room_id, "m.read.private", ALICE) is None
-        assert store.receipts_since(room.room_id, 0, second) == [("m.read", ALICE, "$two", 11)]
+        assert store.receipts_since(room.room_id, 0, second) == [("m.read", ALICE, "$two", 11, None)]
         assert store.receipts_since(room.room_id, second, store.persisted) == []
 
         await store.add_media("m1", "image/png", None, 3, "ab" * 32, ALICE, 12)

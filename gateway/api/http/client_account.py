@@ -111,13 +111,17 @@ async def deactivate(request: web.Request) -> web.Response:
 
 async def deactivate_account(svc: Services, user_id: str, *, erase: bool) -> None:
     """End ``user_id`` for good: devices (tokens, end-to-end keys), profile, every room; see docs/client-api.md.
+    With ``erase`` also their account data and filters, and their events are served redacted to every reader
+    who was not joined when they were sent (homeserver/sync.py).
 
     Rooms held by this gateway are left with a leave event each (an invite is rejected the same way); a room
     failing to take the leave is logged and skipped, never stopping the rest. An invite to, or a knock on, a
     room this gateway does not hold is dropped from the user's view without telling the remote server.
     """
     await remove_devices(svc, user_id, [d.device_id for d in svc.store.user_devices(user_id)])
-    await svc.store.account_lifecycle.deactivate(user_id, erase=erase)
+    await svc.store.account_lifecycle.deactivate(user_id, erase=erase, now_ms=int(time.time() * 1000))
+    if erase:  # from now on their events reach readers who were not in the room then redacted (sync.py)
+        svc.sync.erased.add(user_id)
     for room_id, membership, _, _ in svc.store.rooms_for_user(user_id):
         if membership not in ("join", "invite", "knock"):
             continue

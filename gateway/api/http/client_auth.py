@@ -31,6 +31,7 @@ from lowband.gateway.homeserver.accounts import (
     new_token,
     user_id_for,
 )
+from lowband.gateway.homeserver.guests import GUEST_OWNER
 from lowband.gateway.homeserver.services import COAP_VERSIONS, Services
 from lowband.gateway.homeserver.uia import DUMMY, REGISTRATION_TOKEN
 from lowband.gateway.matrix import room_versions
@@ -170,13 +171,20 @@ async def register(request: web.Request) -> web.Response:
         raise forbidden("registration is disabled on this gateway")
     body = await json_body(request)
     username = _registration_params(body)
+    # flows as below: the token (when configured) then m.login.dummy
+    flows = [[REGISTRATION_TOKEN, DUMMY]] if svc.config.registration_tokens else [[DUMMY]]
+    finished = _finished_upgrade(svc, body)
+    if finished is not None:  # a retry after the answer was lost: the guest token it named has ended
+        return ok(finished)
+    guest = _upgrading_guest(svc, token, body)
+    if guest is not None:
+        return await _upgrade_guest(request, svc, guest, username, body, flows)
     if username is not None and not isinstance(body.get("auth"), dict):  # the first request: say it at once
         _check_available(svc, username)
     # User-interactive auth (homeserver/uia.py): the session keeps the first request's parameters and, once
     # the account is made, its answer: completing the session again returns that answer, never a 2nd account.
     # With tokens the flow is the token then m.login.dummy, as Synapse offers it (matrix-nio's
     # register_with_token completes the session with m.login.dummy after the token).
-    flows = [[REGISTRATION_TOKEN, DUMMY]] if svc.config.registration_tokens else [[DUMMY]]
     session = await svc.uia.require("register", body, flows, keep=_REGISTRATION_PARAMS)
     async with session.lock:
         if session.answer is None:
@@ -185,6 +193,8 @@ async def register(request: web.Request) -> web.Response:
     return ok(session.answer)
 
 
+#: the purpose of a guest's upgrade session, with the guest's user ID after it
+_GUEST_UPGRADE = "register_guest:"
 #: what a registration session remembers of its first request (each bounded by _registration_params)
 _REGISTRATION_PARAMS = ("username", "password", "device_id", "initial_device_display_name", "inhibit_login")
 
@@ -202,6 +212,75 @@ def _registration_params(body: dict) -> str | None:
     if not isinstance(body.get("inhibit_login", False), bool):
         raise bad_json("'inhibit_login' must be true or false")
     return get_str(body, "username", required=False)
+
+
+def _finished_upgrade(svc: Services, body: dict) -> dict | None:
+    """The answer of the completed guest-upgrade session ``auth.session`` names, else None (as for any
+    registration, completing a session again returns its answer, never runs it twice)."""
+    auth = body.get("auth")
+    session_id = auth.get("session") if isinstance(auth, dict) else None
+    if not isinstance(session_id, str) or len(session_id) > 255:
+        return None
+    found = svc.uia.sessions.find(session_id, svc.uia.clock())
+    if found is None or not found.purpose.startswith(_GUEST_UPGRADE) or found.answer is None:
+        return None
+    answer: dict = found.answer
+    return answer
+
+
+def _upgrading_guest(svc: Services, header_token: str | None, body: dict) -> tuple[str, str] | None:
+    """(guest user ID, its access token) when this registration upgrades a guest: the body's
+    ``guest_access_token`` (the spec's parameter) or else the Authorization header's token. None without either.
+
+    401 M_UNKNOWN_TOKEN for a token nobody holds; 403 M_FORBIDDEN for the token of an account that is not a guest
+    (a full account is never registered over).
+    """
+    token = body.get("guest_access_token")
+    if token is not None and (not isinstance(token, str) or len(token) > 512):
+        raise bad_json("'guest_access_token' must be an access token")
+    token = token if token is not None else header_token
+    if token is None:
+        return None
+    found = svc.store.lookup_token(token)
+    if found is None:
+        raise MatrixError(401, "M_UNKNOWN_TOKEN", "unknown access token", soft_logout=False)
+    if not svc.guests.is_guest(found[0]):
+        raise forbidden("only a guest's access token upgrades an account: this one is not a guest's")
+    return found[0], token
+
+
+async def _upgrade_guest(request: web.Request, svc: Services, guest: tuple[str, str], username: str | None,
+                         body: dict, flows: list[list[str]]) -> web.Response:  # fmt: skip
+    """The ordinary registration flow for a guest becoming a full account under its own user ID."""
+    user_id, _ = guest
+    localpart = user_id[1:].partition(":")[0]
+    if username is not None and username != localpart:
+        raise forbidden(f"a guest keeps its user ID: 'username' must be {localpart!r} or absent")
+    # the session is bound to this guest: another guest's token cannot complete it
+    session = await svc.uia.require(_GUEST_UPGRADE + user_id, body, flows, keep=_REGISTRATION_PARAMS)
+    async with session.lock:
+        if session.answer is None:
+            session.answer = await _upgrade_account(request, svc, guest, session.params)
+            session.params.pop("password", None)  # no longer needed in memory
+    return ok(session.answer)
+
+
+async def _upgrade_account(request: web.Request, svc: Services, guest: tuple[str, str], params: dict) -> dict:
+    """Give the guest a password and make it a full account; a new token (the guest's own one ends) unless
+    ``inhibit_login``, when the guest's token stays and is now the full account's."""
+    user_id, guest_token = guest
+    password = get_str(params, "password", required=False)
+    if password is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "a password is required")
+    password_hash = await asyncio.to_thread(hash_password, password)
+    if not await svc.store.account_lifecycle.upgrade_guest(user_id, GUEST_OWNER, password_hash):
+        raise forbidden(f"{user_id} is not a guest account")  # upgraded or deactivated meanwhile
+    svc.guests.upgraded(user_id)
+    if params.get("inhibit_login") is True:
+        return {"user_id": user_id, "home_server": svc.server_name}
+    answer = await _issue_token(request, user_id, params)
+    await svc.store.delete_token(guest_token)
+    return answer
 
 
 def _check_available(svc: Services, username: str) -> str:

@@ -31,6 +31,7 @@ from lowband.gateway.api.http.client_thirdparty import directory_room_ids, netwo
 from lowband.gateway.appservices.queries import ask_bridges_for_user
 from lowband.gateway.federation.component import federation_of
 from lowband.gateway.homeserver.directory import MAX_PUBLIC_ROOMS, public_rooms_page
+from lowband.gateway.homeserver.notifications import thread_of
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
 from lowband.gateway.matrix.events import server_name_of
@@ -237,11 +238,14 @@ def _stream_of(svc: Services, event_id: str | None) -> int:
     return int(row["stream"]) if row else -1
 
 
-async def _set_marker(svc: Services, user_id: str, room_id: str, marker: str, event_id: str, stream: int) -> bool:
-    """Move one receipt or the read marker forward; False when it is already there or ahead.
+async def _set_marker(svc: Services, user_id: str, room_id: str, marker: str, event_id: str, stream: int,
+                      thread_id: str | None = None) -> bool:  # fmt: skip
+    """Move one receipt (of a thread: ``thread_id``, None unthreaded) or the read marker forward; False when it
+    is already there or ahead.
 
     Markers say "read up to", so one pointing at an older event than the
-    stored one is ignored rather than moving the marker back.
+    stored one is ignored rather than moving the marker back. Each thread's
+    receipt moves on its own (spec v1.4: one event per user, type and thread).
     """
     if marker == "m.fully_read":
         current = svc.store.get_account_data(user_id, room_id, "m.fully_read") or {}
@@ -249,24 +253,40 @@ async def _set_marker(svc: Services, user_id: str, room_id: str, marker: str, ev
             return False
         await svc.store.set_account_data(user_id, room_id, "m.fully_read", {"event_id": event_id})
         return True
-    current_id = svc.store.get_receipt(room_id, marker, user_id)
+    current_id = svc.store.get_receipt(room_id, marker, user_id, thread_id)
     if current_id is not None and _stream_of(svc, current_id) >= stream:
         return False
     ts = svc.rooms.now_ms()
-    await svc.store.set_receipt(room_id, marker, user_id, event_id, ts)
+    await svc.store.set_receipt(room_id, marker, user_id, event_id, ts, thread_id)
     if marker == "m.read":  # m.read.private stays on this server
         for listener in svc.receipt_listeners:
-            listener(room_id, marker, user_id, event_id, ts)
+            listener(room_id, marker, user_id, event_id, ts, thread_id)
     return True
+
+
+def _receipt_thread(body: dict[str, Any], receipt_type: str) -> str | None:
+    """The ``thread_id`` of a receipt body (None: unthreaded); M_INVALID_PARAM when it is not a non-empty
+    string or comes with ``m.fully_read`` (a marker of the whole room)."""
+    if "thread_id" not in body:
+        return None
+    thread_id = body["thread_id"]
+    if not isinstance(thread_id, str) or not thread_id:
+        raise invalid_param("thread_id field must be a non-empty string")
+    if receipt_type == "m.fully_read":
+        raise invalid_param("m.fully_read cannot be threaded")
+    return thread_id
 
 
 async def post_receipt(request: web.Request) -> web.Response:
     """POST /rooms/{roomId}/receipt/{receiptType}/{eventId}.
 
     m.read, m.read.private or m.fully_read; the body may carry ``thread_id``
-    (accepted, not stored: receipts here are unthreaded). M_INVALID_PARAM
-    for another type, M_FORBIDDEN unless joined, M_NOT_FOUND for an event
-    that is not in the room.
+    ("main" or a thread root's event ID; absent: unthreaded), kept apart
+    from the user's other threads' receipts. M_INVALID_PARAM for another
+    type, a ``thread_id`` that is not a non-empty string, one on
+    m.fully_read, or one the event is not in (``notifications.thread_of``);
+    M_FORBIDDEN unless joined, M_NOT_FOUND for an event that is not in the
+    room.
     """
     requester = authenticate(request)
     rate_limit(request, requester)
@@ -275,12 +295,14 @@ async def post_receipt(request: web.Request) -> web.Response:
     if receipt_type not in RECEIPT_TYPES:
         raise invalid_param(f"receipt type must be one of {', '.join(RECEIPT_TYPES)}")
     body = await json_body(request, allow_empty=True)
-    get_str(body, "thread_id", required=False)
+    thread_id = _receipt_thread(body, receipt_type)
     svc = services(request)
     _require_joined(svc, room_id, requester.user_id)
     event_id = request.match_info["event_id"]
     stream = _marker_target(svc, requester.user_id, room_id, event_id)
-    if await _set_marker(svc, requester.user_id, room_id, receipt_type, event_id, stream):
+    if thread_id is not None and thread_of(svc.store, event_id) != thread_id:
+        raise invalid_param(f"{event_id} is not in thread {thread_id}")
+    if await _set_marker(svc, requester.user_id, room_id, receipt_type, event_id, stream, thread_id):
         svc.notifier.notify()
     return ok()
 

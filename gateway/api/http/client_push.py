@@ -10,7 +10,7 @@ from aiohttp import web
 
 from lowband.gateway.api.http.base import CLIENT, authenticate, json_body, ok, rate_limit, services
 from lowband.gateway.homeserver import push_rules
-from lowband.gateway.homeserver.notifications import push_of, read_position
+from lowband.gateway.homeserver.notifications import is_read, push_of
 from lowband.gateway.homeserver.push_destination import AddressPolicy, PushURLError, check_push_url
 from lowband.gateway.homeserver.pushers import MAX_PUSHERS_PER_USER, NOTIFY_PATH
 from lowband.gateway.matrix.errors import MatrixError, invalid_param
@@ -130,15 +130,16 @@ async def get_notifications(request: web.Request) -> web.Response:
     if only not in (None, "", "highlight"):
         raise invalid_param("'only' may only be 'highlight'")
     rows = svc.store.push.notifications(requester.user_id, below, limit + 1, only == "highlight")
-    read: dict[str, int] = {}
+    read: dict[str, dict[str, int]] = {}  # per room: the user's receipt positions, by thread
     out = []
     for row in rows[:limit]:
         stored = svc.store.get_event(row.event_id)
         if stored is None:
             continue
         if row.room_id not in read:
-            read[row.room_id] = read_position(svc.store, requester.user_id, row.room_id)
-        out.append({"actions": row.actions, "event": svc.sync.client_event(stored), "read": row.stream <= read[row.room_id],
+            read[row.room_id] = svc.store.read_positions(row.room_id, requester.user_id)
+        out.append({"actions": row.actions, "event": svc.sync.client_event(stored),
+                    "read": is_read(read[row.room_id], row.stream, row.thread_id),
                     "room_id": row.room_id, "ts": row.ts})  # fmt: skip
     body: dict[str, Any] = {"notifications": out}
     if len(rows) > limit:
@@ -190,8 +191,9 @@ async def post_pushers_set(request: web.Request) -> web.Response:
         if runtime.delivery is not None:
             runtime.delivery.reload()
         return ok()
-    if kind == "email":
-        raise invalid_param("email pushers are not supported: this server sends no mail")
+    if kind == "email":  # refused rather than kept: a stored email pusher would never deliver (docs/client-api.md)
+        raise invalid_param("email pushers are not supported: this server sends no mail and keeps no email "
+                            "addresses; set an http pusher (a push gateway) instead")
     if kind != "http":
         raise invalid_param("'kind' must be 'http' (or null to delete)")
     fields = {name: _field(body, name) for name in ("app_display_name", "device_display_name", "lang")}

@@ -4,9 +4,12 @@
   ask this server, over federation, who the user is. Kept as ``token_key`` (SHA-256, like access tokens), with
   their expiry; expired ones are deleted whenever a new one is issued, and a user holds at most
   ``max_per_user`` (the oldest go first).
+* a guest upgraded to a full account keeps its row (user ID, rooms, devices): its ``owner`` (``guest``)
+  is cleared and it gets a password hash.
 * deactivation marks ``users.deactivated`` (the row stays, so the user ID is never registered again), clears
   the profile and ends every token and device in one transaction; erasure also deletes the account data
-  and the stored filters.
+  and the stored filters, and records the user in ``erased_users``: the homeserver keeps that (small) set in
+  memory and serves the user's events redacted to readers who were not in the room when they were sent.
 
 The tables are created when the store opens (``CREATE TABLE IF NOT EXISTS``), as relations.py does.
 """
@@ -30,6 +33,8 @@ CREATE TABLE IF NOT EXISTS openid_tokens (
 """,
     "CREATE INDEX IF NOT EXISTS openid_tokens_user ON openid_tokens(user_id, created_ms)",
     "CREATE INDEX IF NOT EXISTS openid_tokens_expiry ON openid_tokens(expires_ms)",
+    # users deactivated with erase: true (homeserver/erasure.py); a row is never removed
+    "CREATE TABLE IF NOT EXISTS erased_users (user_id TEXT PRIMARY KEY, erased_ms INTEGER NOT NULL) WITHOUT ROWID",
 ]
 
 
@@ -67,12 +72,26 @@ class AccountLifecycleTables:
             " WHERE o.token = ? AND o.expires_ms > ? AND u.deactivated = 0", (token_key(token), now_ms))  # fmt: skip
         return str(row[0]) if row else None
 
+    # ------------------------------------------------------------ guest upgrade
+
+    async def upgrade_guest(self, user_id: str, guest_owner: str, password_hash: str) -> bool:
+        """Make the guest account ``user_id`` (``users.owner`` = ``guest_owner``, not deactivated) a full
+        account with ``password_hash``; whether it was such a guest (False: nothing changed)."""
+
+        def fn(c: sqlite3.Connection) -> bool:
+            cursor = c.execute("UPDATE users SET owner = NULL, password_hash = ? WHERE user_id = ? AND owner = ?"
+                               " AND deactivated = 0", (password_hash, user_id, guest_owner))  # fmt: skip
+            return cursor.rowcount == 1
+
+        return bool(await self.db.write(fn))
+
     # ------------------------------------------------------------ deactivation
 
-    async def deactivate(self, user_id: str, *, erase: bool) -> None:
+    async def deactivate(self, user_id: str, *, erase: bool, now_ms: int = 0) -> None:
         """Mark the user deactivated, clear their profile, end every access and OpenID token and device;
-        with ``erase`` also delete their account data and filters. The row (and password hash) stays: the
-        user ID is never free again, and a login with the right password learns it was deactivated."""
+        with ``erase`` also delete their account data and filters and record the user as erased (at
+        ``now_ms``). The row (and password hash) stays: the user ID is never free again, and a login with the
+        right password learns it was deactivated."""
         self._forget_cached_tokens(user_id)
 
         def fn(c: sqlite3.Connection) -> None:
@@ -83,9 +102,14 @@ class AccountLifecycleTables:
             if erase:
                 c.execute("DELETE FROM account_data WHERE user_id = ?", (user_id,))
                 c.execute("DELETE FROM filters WHERE user_id = ?", (user_id,))
+                c.execute("INSERT OR IGNORE INTO erased_users VALUES (?, ?)", (user_id, now_ms))
 
         await self.db.write(fn)
         self._forget_cached_tokens(user_id)  # a lookup that ran while the write was queued
+
+    def erased_users(self) -> list[str]:
+        """Every user deactivated with ``erase``, in no particular order."""
+        return [str(user_id) for user_id, in self.db.query("SELECT user_id FROM erased_users", ())]
 
     # ------------------------------------------------------------------ whois
 

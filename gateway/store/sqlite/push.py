@@ -9,7 +9,8 @@
   back to it once every :data:`TRIM_EVERY` writes that gave them rows, so at
   most that many more wait in between). Unread counts are
   the rows after the user's read receipt in the room: a receipt clears them
-  without a write here;
+  without a write here. Each row keeps the thread its event is in ('main'
+  or a thread root), so a threaded receipt clears its own thread's rows;
 * ``push_evaluated``: how far the event stream has been evaluated, written
   with the rows it produced (one write), so a restart skips no event (one
   judged again after a crash makes no second row);
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS push_notifications (
     highlight INTEGER NOT NULL,
     ts INTEGER NOT NULL,
     written INTEGER NOT NULL,  -- the stream position of the write that made the row
+    thread_id TEXT NOT NULL DEFAULT 'main',  -- 'main' or the event's thread root (see below)
     PRIMARY KEY (user_id, stream)
 ) WITHOUT ROWID
 """,
@@ -74,6 +76,8 @@ CREATE TABLE IF NOT EXISTS pushers (
 ]
 
 MAX_NOTIFICATIONS_PER_USER = 1000
+#: threads with their own read receipt taken into one count query (SQLite binds at most 32,766 values)
+MAX_THREAD_POSITIONS = 1000
 #: writes with rows for a user between two trims of their rows (a trim reads MAX_NOTIFICATIONS_PER_USER index
 #: entries: trimming at every write made it most of the cost of storing one message's notifications)
 TRIM_EVERY = 100
@@ -82,13 +86,13 @@ _TIMELINE = (
     "SELECT stream, event_id, room_id, type, state_key, sender, state_before FROM events WHERE stream > ?"
     " AND stream <= ? AND rejected IS NULL AND outlier = 0 AND soft_failed = 0 ORDER BY stream LIMIT ?"
 )
-_NOTIFICATION_COLUMNS = "user_id, stream, room_id, event_id, actions, highlight, ts"
+_NOTIFICATION_COLUMNS = "user_id, stream, room_id, event_id, actions, highlight, ts, thread_id"
 _PUSHER_COLUMNS = "user_id, app_id, pushkey, kind, body, device_id, cursor, failures, last_error"
 
 
 def _notification(row: tuple[Any, ...]) -> NotificationRow:
     return NotificationRow(str(row[0]), int(row[1]), str(row[2]), str(row[3]), json.loads(row[4]), bool(row[5]),
-                           int(row[6]))  # fmt: skip
+                           int(row[6]), str(row[7]))  # fmt: skip
 
 
 def _pusher(row: tuple[Any, ...]) -> PusherRow:
@@ -107,6 +111,9 @@ class PushTables:
         def create(c: sqlite3.Connection) -> None:  # one statement per execute (executescript would commit)
             for statement in PUSH_SCHEMA:
                 c.execute(statement)
+            # Databases made before threaded counts: their rows count as the main timeline's.
+            if "thread_id" not in {row[1] for row in c.execute("PRAGMA table_info(push_notifications)")}:
+                c.execute("ALTER TABLE push_notifications ADD COLUMN thread_id TEXT NOT NULL DEFAULT 'main'")
 
         self.db.write_sync(create)
 
@@ -155,9 +162,10 @@ class PushTables:
 
         def fn(c: sqlite3.Connection) -> None:
             c.executemany(
-                f"INSERT OR IGNORE INTO push_notifications ({_NOTIFICATION_COLUMNS}, written) VALUES (?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO push_notifications ({_NOTIFICATION_COLUMNS}, written)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 [(r.user_id, r.stream, r.room_id, r.event_id, json.dumps(r.actions, separators=(",", ":")),
-                  int(r.highlight), r.ts, r.stream) for r in rows],
+                  int(r.highlight), r.ts, r.thread_id, r.stream) for r in rows],
             )  # fmt: skip
             for user_id in self._due_for_trim({r.user_id for r in rows}):
                 cut = c.execute("SELECT stream FROM push_notifications WHERE user_id = ? ORDER BY stream DESC"
@@ -193,6 +201,28 @@ class PushTables:
         row = self.db.query_one("SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM push_notifications"
                                 " WHERE user_id = ? AND room_id = ? AND stream > ?", (user_id, room_id, after))  # fmt: skip
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def unread_by_thread(self, user_id: str, room_id: str, after: int,
+                         read_upto: dict[str, int]) -> dict[str, tuple[int, int]]:  # fmt: skip
+        """Per thread ('main' or a root), (notifications, highlights) of the user's rows in the room above
+        ``after`` and above that thread's own ``read_upto`` position (threads missing from it: ``after`` only).
+        One query; only the entries of ``read_upto`` above ``after`` are sent (at most
+        :data:`MAX_THREAD_POSITIONS`, the highest first: a thread left out counts from ``after``)."""
+        marks = sorted(((t, p) for t, p in read_upto.items() if p > after), key=lambda tp: -tp[1])
+        marks = marks[:MAX_THREAD_POSITIONS]
+        where = "n.user_id = ? AND n.room_id = ? AND n.stream > ?"
+        if marks:
+            values = ", ".join("(?, ?)" for _ in marks)
+            sql = (f"WITH marks(thread_id, upto) AS (VALUES {values}) SELECT n.thread_id, COUNT(*),"
+                   f" COALESCE(SUM(n.highlight), 0) FROM push_notifications n LEFT JOIN marks m"
+                   f" ON m.thread_id = n.thread_id WHERE {where} AND n.stream > COALESCE(m.upto, 0)"
+                   f" GROUP BY n.thread_id")  # fmt: skip
+            args: tuple[Any, ...] = (*[x for mark in marks for x in mark], user_id, room_id, after)
+        else:
+            sql = (f"SELECT n.thread_id, COUNT(*), COALESCE(SUM(n.highlight), 0) FROM push_notifications n"
+                   f" WHERE {where} GROUP BY n.thread_id")  # fmt: skip
+            args = (user_id, room_id, after)
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in self.db.query(sql, args)}
 
     def newest_notification(self, user_id: str, room_id: str) -> int:
         """The stream position of the user's newest row in the room (0: none)."""

@@ -27,6 +27,7 @@ delayed for it.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -167,8 +168,10 @@ class RelationTables:
         )
         return [str(r[0]) for r in rows]
 
-    def bundles(self, parent_ids: list[str], user_id: str, upto: int) -> dict[str, dict[str, Any]]:
-        """What ``m.relations`` needs of these events, in one query: children at positions up to ``upto``.
+    def bundles(self, parent_ids: list[str], user_id: str, upto: int,
+                ignored: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:  # fmt: skip
+        """What ``m.relations`` needs of these events, in one query: children at positions up to ``upto``, not
+        sent by one of ``ignored`` (the reader's ignored users, passed as one JSON parameter).
 
         Per parent that has any: ``m.thread`` → ``{"count", "latest", "participated"}`` (the latest reply's ID,
         whether ``user_id`` replied); ``m.reference`` → ``{"ids"}`` (the oldest :data:`MAX_BUNDLED_REFERENCES`);
@@ -176,6 +179,8 @@ class RelationTables:
         (the caller keeps the original sender's).
         """
         found: dict[str, dict[str, Any]] = {}
+        unwanted = " AND sender NOT IN (SELECT value FROM json_each(?))" if ignored else ""
+        extra: tuple[str, ...] = (json.dumps(sorted(ignored)),) if ignored else ()
         for start in range(0, len(parent_ids), 500):  # well under SQLite's bound-parameter limit
             part = parent_ids[start:start + 500]
             marks = ",".join("?" * len(part))
@@ -187,8 +192,8 @@ class RelationTables:
                 " child_id DESC) AS rank, COUNT(*) OVER (PARTITION BY parent_id, rel_type) AS n,"
                 " MAX(sender = ?) OVER (PARTITION BY parent_id, rel_type) AS mine FROM event_relations"
                 f" WHERE parent_id IN ({marks}) AND rel_type IN ('m.thread', 'm.reference', 'm.replace')"
-                " AND child_stream <= ?) WHERE rank <= CASE rel_type WHEN 'm.reference' THEN ? ELSE 1 END",
-                (user_id, *part, upto, MAX_BUNDLED_REFERENCES),
+                f" AND child_stream <= ?{unwanted}) WHERE rank <= CASE rel_type WHEN 'm.reference' THEN ? ELSE 1 END",
+                (user_id, *part, upto, *extra, MAX_BUNDLED_REFERENCES),
             )  # fmt: skip
             for parent, rel_type, child, sender, count, mine in rows:
                 entry = found.setdefault(str(parent), {}).setdefault(str(rel_type), {})

@@ -127,7 +127,8 @@ CREATE TABLE IF NOT EXISTS receipts (
     event_id TEXT NOT NULL,
     ts INTEGER NOT NULL,
     stream INTEGER NOT NULL,
-    PRIMARY KEY (room_id, receipt_type, user_id)
+    thread_id TEXT NOT NULL DEFAULT '',  -- '' unthreaded, 'main' or a thread root's event ID (spec v1.4)
+    PRIMARY KEY (room_id, receipt_type, user_id, thread_id)
 );
 CREATE INDEX IF NOT EXISTS receipts_stream ON receipts(room_id, stream);
 
@@ -219,6 +220,7 @@ def upgrade(conn: sqlite3.Connection) -> None:
     older one was registered by someone before the device existed). Every
     other account stays NULL: a person's, never adopted by an edge.
     """
+    _thread_receipts(conn)
     event_columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
     for column in ("outlier", "soft_failed"):  # federation: events known outside the timeline
         if column not in event_columns:
@@ -238,3 +240,22 @@ def upgrade(conn: sqlite3.Connection) -> None:
     )
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mqtt_users'").fetchone():
         conn.execute("UPDATE users SET owner = 'mqtt' WHERE owner IS NULL AND user_id IN (SELECT user_id FROM mqtt_users)")
+
+
+def _thread_receipts(conn: sqlite3.Connection) -> None:
+    """Give ``receipts`` its ``thread_id`` column, part of the key (threaded receipts, spec v1.4): SQLite cannot
+    change a primary key in place, so the table is rebuilt once; every stored receipt stays, unthreaded."""
+    if "thread_id" in {row[1] for row in conn.execute("PRAGMA table_info(receipts)")}:
+        return
+    conn.execute("ALTER TABLE receipts RENAME TO receipts_unthreaded")
+    conn.execute("DROP INDEX IF EXISTS receipts_stream")
+    conn.execute(
+        "CREATE TABLE receipts (room_id TEXT NOT NULL, receipt_type TEXT NOT NULL, user_id TEXT NOT NULL,"
+        " event_id TEXT NOT NULL, ts INTEGER NOT NULL, stream INTEGER NOT NULL, thread_id TEXT NOT NULL DEFAULT '',"
+        " PRIMARY KEY (room_id, receipt_type, user_id, thread_id))"
+    )
+    conn.execute(
+        "INSERT INTO receipts SELECT room_id, receipt_type, user_id, event_id, ts, stream, '' FROM receipts_unthreaded"
+    )
+    conn.execute("DROP TABLE receipts_unthreaded")
+    conn.execute("CREATE INDEX IF NOT EXISTS receipts_stream ON receipts(room_id, stream)")

@@ -42,6 +42,7 @@ from lowband.gateway.store.sqlite.directory_networks import DirectoryNetworkTabl
 from lowband.gateway.store.sqlite.e2ee import E2EETables
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
+from lowband.gateway.store.sqlite.presence import PresenceTables
 from lowband.gateway.store.sqlite.push import PushTables
 from lowband.gateway.store.sqlite.relations import RelationTables
 from lowband.gateway.store.sqlite.room_keys import RoomKeyTables
@@ -87,6 +88,7 @@ class SQLiteStore:
         self.appservices = AppServiceTables(self.db)  # the bridges' push queue (store/sqlite/appservices.py)
         self.directory_networks = DirectoryNetworkTables(self.db)  # bridges' networks (directory_networks.py)
         self.relations = RelationTables(self.db)  # m.relates_to index, kept by triggers (relations.py)
+        self.presence = PresenceTables(self.db)  # presence across restarts, written in batches (presence.py)
         # OpenID tokens, deactivation and erasure (accounts_lifecycle.py)
         self.account_lifecycle = AccountLifecycleTables(self.db, self._forget_cached_tokens)
         self.search = SearchTables(self.db)  # full-text index of message bodies, kept by triggers (search.py)
@@ -557,34 +559,48 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ receipts
 
-    async def set_receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int) -> int:
-        """Store a read receipt; returns its stream position."""
+    async def set_receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int,
+                          thread_id: str | None = None) -> int:  # fmt: skip
+        """Store a read receipt (``thread_id`` None: unthreaded); returns its stream position."""
         position = self.next_stream()
         await self._write_at(
             position,
             lambda c: c.execute(
-                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET event_id = excluded.event_id,"
-                " ts = excluded.ts, stream = excluded.stream",
-                (room_id, receipt_type, user_id, event_id, ts, position),
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                " event_id = excluded.event_id, ts = excluded.ts, stream = excluded.stream",
+                (room_id, receipt_type, user_id, event_id, ts, position, thread_id or ""),
             ),
         )
         return position
 
-    def get_receipt(self, room_id: str, receipt_type: str, user_id: str) -> str | None:
-        """The event ID the user's receipt of this type points at, or None."""
+    def get_receipt(self, room_id: str, receipt_type: str, user_id: str, thread_id: str | None = None) -> str | None:
+        """The event ID the user's receipt of this type (and thread; None: unthreaded) points at, or None."""
         row = self.db.query_one(
-            "SELECT event_id FROM receipts WHERE room_id = ? AND receipt_type = ? AND user_id = ?",
-            (room_id, receipt_type, user_id),
+            "SELECT event_id FROM receipts WHERE room_id = ? AND receipt_type = ? AND user_id = ? AND thread_id = ?",
+            (room_id, receipt_type, user_id, thread_id or ""),
         )
         return str(row[0]) if row else None
 
-    def receipts_since(self, room_id: str, since: int, upto: int) -> list[tuple[str, str, str, int]]:
-        """(receipt_type, user_id, event_id, ts) stored in (since, upto]."""
+    def receipts_since(self, room_id: str, since: int, upto: int) -> list[tuple[str, str, str, int, str | None]]:
+        """(receipt_type, user_id, event_id, ts, thread_id or None) stored in (since, upto]."""
         rows = self.db.query(
-            "SELECT receipt_type, user_id, event_id, ts FROM receipts WHERE room_id = ? AND stream > ? AND stream <= ?",
+            "SELECT receipt_type, user_id, event_id, ts, thread_id FROM receipts WHERE room_id = ? AND stream > ?"
+            " AND stream <= ?",
             (room_id, since, upto),
         )
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
+        return [(r[0], r[1], r[2], r[3], r[4] or None) for r in rows]
+
+    def read_positions(self, room_id: str, user_id: str) -> dict[str, int]:
+        """Per thread key ('' unthreaded, 'main', a thread root), the stream position of the event the user's
+        latest read receipt (``m.read`` or ``m.read.private``, the later one) points at; receipts on events not
+        stored are left out."""
+        rows = self.db.query(
+            "SELECT r.thread_id, MAX(e.stream) FROM receipts r JOIN events e ON e.event_id = r.event_id"
+            " WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN ('m.read', 'm.read.private')"
+            " GROUP BY r.thread_id",
+            (room_id, user_id),
+        )
+        return {str(r[0]): int(r[1]) for r in rows if r[1] is not None}
 
     # --------------------------------------------------------------- media
 
