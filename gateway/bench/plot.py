@@ -331,6 +331,22 @@ DESCRIPTIONS: dict[str, Description] = {
         ),
         lambda result: _counts(result, {"Lowband": result}, ("sensors", "events", "lost", "duplicated")),
     ),
+    "coap": Description(
+        "the low-bandwidth client API: bytes on the wire", "the same operation in HTTP/1.1+JSON",
+        (
+            Panel("request + response", "bytes", tuple(
+                Group(label, (Bar("HTTP/1.1+JSON", at(phase, "http_json"), "anchor", "HTTP"), Bar("MSC3079", at(phase, "msc3079")),
+                              Bar("compact (Noise)", at(phase, "compact"))))
+                for phase, label in (("login", "login"), ("send", "send a text message"), ("sync_5", "sync, 5 messages"))),
+                "lower"),
+            Panel("10 idle minutes", "bytes", (Group("idle 10 min", (
+                Bar("HTTP/1.1+JSON", at("idle_10min", "http_json"), "anchor", "HTTP"), Bar("MSC3079", at("idle_10min", "msc3079")),
+                Bar("compact (Noise)", at("idle_10min", "compact")),
+                Bar("target: 20 B", lambda result: 20.0, "reference"))),), "lower"),
+        ),
+        lambda result: [f"a compact send at 100 bps: {result['send_100bps_ms']:,.0f} ms"]
+        if isinstance(result.get("send_100bps_ms"), (int, float)) else [],
+    ),
 }
 # fmt: on
 

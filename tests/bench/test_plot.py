@@ -67,11 +67,16 @@ RESULTS: dict[str, dict] = {
     # The keys gateway/bench/ble.py's docstring names (the benchmark is being added beside this test).
     "ble": {"adverts_per_s": 3100.0, "decode_only_per_s": 9800.0, "ratio": 0.316, "latency_ms_p50": 2.4,
             "latency_ms_p99": 9.8, "events": 5000, "lost": 0, "duplicated": 0, "sensors": 500},
+    "coap": {"send": {"http_json": 778, "msc3079": 143, "compact": 56},
+             "login": {"http_json": 775, "msc3079": 172, "compact": 190},
+             "idle_10min": {"http_json": 19300, "msc3079": 250, "compact": 54},
+             "sync_5": {"http_json": 2311, "msc3079": 989, "compact": 154}, "send_100bps_ms": 4480},
 }  # fmt: skip
 
 # (panel index, [bar heights left to right]) the figure of each recorded result must hold.
 HEIGHTS = {
     "wire": (0, [590, 253, 10, 354, 98, 14]),
+    "coap": (0, [775, 172, 190, 778, 143, 56, 2311, 989, 154]),
     "link": (1, [96, 101, 192]),
     "firmware": (0, [35, 64]),
     "mqtt": (0, [4877, 7386, 7386 * 0.7]),
@@ -90,6 +95,7 @@ LABELS = {
     "appservice": "262\n11.6× Synapse",
     "federation": "342\n11.8× Synapse",
     "ble": "3,100\n0.316× decoder",
+    "coap": "56\n0.0720× HTTP",
 }
 
 
