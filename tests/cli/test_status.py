@@ -252,9 +252,11 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
+    import select
     import signal
 
     data = _data_dir(tmp_path, json.dumps(_summary()).encode())
+    started = 2.5  # seconds the interpreter may take to reach the watch loop; measured below on this machine
     for extra, check in ((["--json"], lambda out: [json.loads(line)["devices"][0]["name"] for line in out.splitlines()]
                           == ["kitchen"] * len(out.splitlines()) and len(out.splitlines()) >= 2),
                          ([], lambda out: "kitchen" in out and "recent refusals" in out)):  # fmt: skip
@@ -262,10 +264,16 @@ def test_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "COLUMNS": "200"})  # fmt: skip
         try:
-            time.sleep(2.5)  # the interpreter starts, then a refresh every 0.5 s
-            # Ctrl-C again while it runs: on a loaded machine the first one can come before the watch loop is
-            # there to catch it (seen in CI: the process went on refreshing).
-            for _ in range(8):
+            begin, early = time.monotonic(), ""
+            if extra:  # --json: two refreshes are on stdout before Ctrl-C (a loaded machine starts slowly)
+                assert proc.stdout is not None
+                while early.count("\n") < 2 and time.monotonic() - begin < 60:
+                    if select.select([proc.stdout], [], [], 1.0)[0]:
+                        early += proc.stdout.readline()
+                started = max(started, time.monotonic() - begin + 1.0)
+            else:  # the rich view writes when it stops; give it the start-up the JSON run needed
+                time.sleep(started)
+            for _ in range(8):  # Ctrl-C again while it runs, in case one came before the loop could catch it
                 proc.send_signal(signal.SIGINT)
                 try:
                     proc.wait(2)
@@ -273,6 +281,7 @@ def test_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
                 except subprocess.TimeoutExpired:
                     continue
             out, err = proc.communicate(timeout=15)
+            out = early + out
         finally:
             if proc.poll() is None:
                 proc.kill()
