@@ -273,14 +273,16 @@ def test_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
                 started = max(started, time.monotonic() - begin + 1.0)
             else:  # the rich view writes when it stops; give it the start-up the JSON run needed
                 time.sleep(started)
-            for _ in range(8):  # Ctrl-C again while it runs, in case one came before the loop could catch it
+            # Ctrl-C, again while it runs, in case one came before the loop could catch it. communicate() reads
+            # stdout meanwhile: a full pipe would block the process in a write and keep it from stopping.
+            out = err = ""
+            for _ in range(8):
                 proc.send_signal(signal.SIGINT)
                 try:
-                    proc.wait(2)
+                    out, err = proc.communicate(timeout=2)
                     break
                 except subprocess.TimeoutExpired:
                     continue
-            out, err = proc.communicate(timeout=15)
             out = early + out
         finally:
             if proc.poll() is None:
