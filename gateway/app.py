@@ -99,6 +99,9 @@ def _has_section(name: str) -> Callable[[Config], bool]:
 COMPONENTS: list[Component] = [
     # push rules judged on every new event, unread counts in /sync, delivery to push gateways (docs/client-api.md)
     Registered("push", "lowband.gateway.homeserver.notifications:start_push", _always),
+    # MSC1763 m.room.retention: expired events hidden from every read and purged by a job (docs/retention.md)
+    Registered("retention", "lowband.gateway.homeserver.retention_job:start_retention",
+               lambda config: config.retention.enabled),
     Registered("federation", "lowband.gateway.federation.component:start_federation",
                lambda config: config.federation.enabled),
     Registered("links", "lowband.gateway.link.component:start_links", _always),

@@ -42,6 +42,10 @@ Example::
     enabled = true              # BLE sensors (docs/ble.md); also on when `lowband ble add` made sensors
     adapter = "hci0"
     mode = "passive"
+
+    [retention]
+    enabled = true              # m.room.retention honoured, expired events purged (docs/retention.md)
+    telemetry_max_lifetime_s = 2592000
 """
 
 from __future__ import annotations
@@ -163,6 +167,25 @@ class BleConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """Message retention (``[retention]``, MSC1763, docs/retention.md): expired non-state events hidden from every
+    API at once and purged from the store by a job. Off by default (purging deletes history for good)."""
+
+    enabled: bool = False
+    #: seconds between purge runs
+    interval_s: float = 3600.0
+    #: events one run deletes at most (over all rooms); the rest waits for the next run
+    purge_batch: int = 5000
+    #: max_lifetime of a room with no ``m.room.retention`` max_lifetime (None: kept forever)
+    default_max_lifetime_s: float | None = None
+    #: the same for telemetry rooms (a member is an account an edge owns); None: default_max_lifetime_s
+    telemetry_max_lifetime_s: float | None = None
+    #: bounds a room's own max_lifetime is clamped to (None: no bound)
+    allowed_min_lifetime_s: float | None = None
+    allowed_max_lifetime_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything ``lowband serve`` needs to run."""
 
@@ -200,6 +223,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ble: BleConfig = field(default_factory=BleConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: PEM certificate chain and key: the one listener speaks HTTPS (client and federation APIs)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -334,6 +358,24 @@ def _push(section: dict[str, Any]) -> PushConfig:
     return PushConfig(**values)
 
 
+def _retention(section: dict[str, Any]) -> RetentionConfig:
+    values: dict[str, Any] = {}
+    if "enabled" in section:
+        values["enabled"] = _take(section, "enabled", bool, "retention")
+    if "interval_s" in section:
+        values["interval_s"] = _positive(_take(section, "interval_s", (int, float), "retention"), "retention.interval_s")
+    if "purge_batch" in section:
+        values["purge_batch"] = _positive(_take(section, "purge_batch", int, "retention"), "retention.purge_batch")
+    for key in ("default_max_lifetime_s", "telemetry_max_lifetime_s", "allowed_min_lifetime_s",
+                "allowed_max_lifetime_s"):  # fmt: skip
+        if key in section:
+            values[key] = _positive(_take(section, key, (int, float), "retention"), f"retention.{key}")
+    low, high = values.get("allowed_min_lifetime_s"), values.get("allowed_max_lifetime_s")
+    if low is not None and high is not None and low > high:
+        raise ConfigError(f"retention.allowed_min_lifetime_s ({low}) is above retention.allowed_max_lifetime_s ({high})")
+    return RetentionConfig(**values)
+
+
 def _take(section: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = section.pop(key)
     if isinstance(value, bool) and kind is not bool:
@@ -395,7 +437,7 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
         values["components"] = components
     for name, section in sections.items():
         if name not in ("server", "http", "registration", "media", "rate_limits", "federation", "metrics", "ble",
-                        "presence", "user_directory", "push"):
+                        "presence", "user_directory", "push", "retention"):
             raise ConfigError(f"unknown config section [{name}]")
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -458,6 +500,8 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
         values["ble"] = _ble(sections["ble"])
     if "push" in sections:
         values["push"] = _push(sections["push"])
+    if "retention" in sections:
+        values["retention"] = _retention(sections["retention"])
     for name, section in sections.items():
         if section:
             raise ConfigError(f"unknown config key {name}.{next(iter(section))}")

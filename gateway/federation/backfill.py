@@ -23,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from lowband.gateway.federation.client import FederationClient, FederationError, path_segment
@@ -53,6 +54,9 @@ class Backfiller:
         self.client = client
         self.keyring = keyring
         self.dag = dag
+        #: events past their room's retention (MSC1763; the client API's ``SyncHandler.expired``): not stored
+        #: again when a peer that kept them sends them back
+        self.expired: Callable[[Event], bool] = lambda event: False
 
     def _backward_extremities(self, room_id: str) -> list[str]:
         """Prev events of our oldest timeline events that are not in the timeline yet."""
@@ -82,6 +86,7 @@ class Backfiller:
             pdus = answer.get("pdus") if isinstance(answer, dict) else None
             if isinstance(pdus, list):
                 placed = await self._check(room_id, server, version, pdus[: MAX_BATCH * 2], FetchBudget())
+                placed = [p for p in placed if not self.expired(p[0])]
                 async with self.dag.room_lock(room_id):  # only to store: a slow peer never holds up local sends
                     placed = [p for p in placed if not in_timeline(p[0].event_id, self.dag)]
                     await self.dag.store_backfilled(room_id, placed)

@@ -100,6 +100,7 @@ async def start_federation(services: Services) -> Callable[[], Awaitable[None]] 
     pipeline = InboundPipeline(client, keyring, dag, presence.wrap(edus.receive), outside=invites.outside_room)
     memberships = Memberships(server_name, key, client, keyring, dag, lambda: int(time.time() * 1000))
     backfiller = Backfiller(server_name, client, keyring, dag)
+    backfiller.expired = services.sync.expired  # history past the room's retention is not fetched back
     e2ee, to_device = FederatedKeys(services, client, sender), FederatedToDevice(sender)
     federation = Federation(server_name, client, keyring, tables, dag, pipeline, memberships, invites, sender, edus,
                             backfiller, RemoteQueries(client), e2ee, to_device)  # fmt: skip

@@ -253,6 +253,8 @@ class SearchHandler:
                 shape["state_key"] = ""
             if not event_filter.allows(Event(hit.event_id, shape)):
                 continue
+            if hit.type == "m.room.message" and self.sync.expired_at(hit.room_id, hit.origin_server_ts):
+                continue  # past the room's retention (names and topics are state: they never expire)
             key = (hit.room_id, hit.state_before)
             if key not in seen:
                 stub: EventRow = {"event": Event(hit.event_id, {"type": hit.type, "sender": hit.sender}),

@@ -192,12 +192,17 @@ class SyncHandler:
         #: users deactivated with ``erase`` (loaded from the store by Services, grown by deactivation): their
         #: events are served redacted to readers who were not joined when they were sent
         self.erased: set[str] = set()
+        #: set by the retention component (retention_job.py): a room's cutoff, the ``origin_server_ts`` below
+        #: which its non-state events are expired and left out of every read (None: nothing expires)
+        self.retention: Callable[[str], int | None] | None = None
 
     # -------------------------------------------------------- visibility
 
     def visible(self, user_id: str, row: EventRow, joined_now: bool) -> bool:
-        """Whether ``user_id`` may see the stored event ``row``."""
+        """Whether ``user_id`` may see the stored event ``row`` (never one past its room's retention)."""
         event: Event = row["event"]
+        if self.expired(event):
+            return False
         if event.type == "m.room.member" and event.state_key == user_id:
             return True
         state = self.store.state_for_group(row["state_before"])
@@ -210,6 +215,19 @@ class SyncHandler:
         if visibility == "invited" and membership == "invite":
             return True
         return visibility == "shared" and joined_now
+
+    def expired(self, event: Event) -> bool:
+        """Whether ``event`` is past its room's retention (MSC1763, retention.py): a non-state event older than
+        the room's cutoff; never while the retention component is off."""
+        ts = event.pdu.get("origin_server_ts")
+        if self.retention is None or event.is_state or not isinstance(ts, int):
+            return False  # (a search stub has no timestamp: search judges its hits by theirs)
+        return self.expired_at(event.room_id, ts)
+
+    def expired_at(self, room_id: str, origin_server_ts: int) -> bool:
+        """Whether a non-state event of ``room_id`` sent at ``origin_server_ts`` is past the room's retention."""
+        cutoff = self.retention(room_id) if self.retention is not None else None
+        return cutoff is not None and origin_server_ts < cutoff
 
     def erased_for(self, user_id: str, sender: str, state_before: int | None) -> bool:
         """Whether an event of ``sender`` whose state before is the group ``state_before`` is served redacted
@@ -272,9 +290,21 @@ class SyncHandler:
         bundled = summaries(self.store, rows, user_id, upto,
                             lambda r: self.client_event(r, with_room_id=with_room_id, device=device,
                                                         reader=user_id))  # fmt: skip
+        if self.retention is not None:  # a thread's latest reply or an edit past retention is not bundled either
+            room_of = {r["event"].event_id: r["event"].room_id for r in rows}
+            bundled = {parent: kept for parent, summary in bundled.items()
+                       if (kept := {kind: value for kind, value in summary.items()
+                                    if not self._expired_bundle(room_of[parent], value)})}  # fmt: skip
         return [[self.client_event(r, with_room_id=with_room_id, device=device,
                                    relations=bundled.get(r["event"].event_id), reader=user_id) for r in group]
                 for group in groups]  # fmt: skip
+
+    def _expired_bundle(self, room_id: str, value: dict[str, Any]) -> bool:
+        """Whether a bundled relation of an event of ``room_id`` (``m.thread`` with its ``latest_event``, or an
+        ``m.replace`` event) shows an event past the room's retention."""
+        shown = value.get("latest_event", value)
+        ts = shown.get("origin_server_ts")
+        return "state_key" not in shown and isinstance(ts, int) and self.expired_at(room_id, ts)
 
     def reader_ceiling(self, user_id: str, room_id: str) -> tuple[int, bool]:
         """(the highest position ``user_id`` may read in the room, whether they are joined now); 403 when they
@@ -412,7 +442,11 @@ class SyncHandler:
             {"type": t, "content": c} for r, t, c in self.store.account_data_since(user_id, after, upto) if r == room_id
         ]) if data_filter.allows_room(room_id) else []  # fmt: skip
         counts_changed = self.unread_changed is not None and self.unread_changed(user_id, room_id, after, upto)
-        if not (initial or full_state or rows or state_events or ephemeral or room_account_data or counts_changed):
+        # retention (retention_job.py): a purge of the room since the token is told, with its cutoff
+        purge = self.store.last_purge(room_id) if self.retention is not None else None
+        purged = {"purged_before_ts": purge[1]} if purge is not None and after < purge[0] <= upto else None
+        if not (initial or full_state or rows or state_events or ephemeral or room_account_data or counts_changed
+                or purged):  # fmt: skip
             return None
         if lazy.enabled:
             lazy_members.note_sent(self.sent_members, device, room_id, state_events, rows, upto)
@@ -430,6 +464,7 @@ class SyncHandler:
             **({"unread_notifications": {"notification_count": 0, "highlight_count": 0}} if self.unread is None
                else self.unread(user_id, room_id, timeline_filter.thread_counts)),
             "summary": summary,
+            **({"org.lowband.retention": purged} if purged else {}),
         }
 
     def _summary(self, user_id: str, room_id: str, rows: list[EventRow], state: list[dict[str, Any]],

@@ -410,6 +410,22 @@ class RoomStore(Protocol):
         """At most ``limit`` accepted events with ``after`` < stream ≤ ``upto``, oldest or newest first."""
         ...
 
+    async def purge_history(self, room_id: str, before_ts: int, *, keep: list[str], limit: int) -> list[str]:
+        """Retention (MSC1763): delete up to ``limit`` **non-state** events of the room whose
+        ``origin_server_ts`` is below ``before_ts``, oldest first, except ``keep`` (the forward extremities),
+        with every row derived from them (relations, full-text index, notifications, threads); return the
+        deleted IDs. State events and state groups are never deleted. Fewer than ``limit`` returned: none
+        left. A purge that deletes something takes a stream position, which :meth:`last_purge` gives."""
+        ...
+
+    def last_purge(self, room_id: str) -> tuple[int, int] | None:
+        """(stream position, cutoff ts) of the room's last purge that deleted something, or None. No I/O."""
+        ...
+
+    def all_room_ids(self) -> list[str]:
+        """Every room this gateway holds (the rooms with a head), sorted."""
+        ...
+
     def room_events_near_ts(self, room_id: str, ts: int, *, forwards: bool, upto: int, limit: int) -> list[EventRow]:
         """Accepted timeline events at or after ``ts`` (``forwards``) or at or before it, nearest first.
 
@@ -1004,6 +1020,8 @@ class SearchHit(NamedTuple):
     state_before: int | None
     #: higher for a better match
     rank: float
+    #: the event's origin_server_ts (retention leaves out expired hits)
+    origin_server_ts: int = 0
 
 
 class SearchStore(Protocol):

@@ -18,6 +18,7 @@ from lowband.gateway.api.http import (
     client_presence,
     client_push,
     client_relations,
+    client_retention,
     client_room_keys,
     client_rooms,
     client_search,
@@ -133,4 +134,5 @@ def make_app(services: Services) -> web.Application:
         app.router.add_routes(module.routes())
     for module in (client_legacy, client_push, client_search, client_tags):  # push, search, directory, tags, legacy
         app.router.add_routes(module.routes())
+    app.router.add_routes(client_retention.routes())  # MSC1763 retention configuration (docs/retention.md)
     return app

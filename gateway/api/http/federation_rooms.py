@@ -140,8 +140,8 @@ async def get_event(request: web.Request) -> web.Response:
     """GET /v1/event/{eventId}: one event, if the asking server may see it."""
     fed, origin, _ = await _authenticated(request)
     known = fed.dag.known(request.match_info["event_id"])
-    if known is None or known.rejected is not None:
-        raise not_found("no such event")
+    if known is None or known.rejected is not None or services(request).sync.expired(known.event):
+        raise not_found("no such event")  # an event past its room's retention is not shared (MSC1763)
     _room_check(fed, origin, known.event.room_id, member=False)
     if not fed.dag.server_may_see(origin, known.event):
         raise forbidden("the asking server may not see this event")
@@ -203,7 +203,8 @@ async def backfill(request: web.Request) -> web.Response:
     except ValueError:
         raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
     events = fed.dag.walk_back(room_id, starts, limit, exclude=set())
-    visible = [e.pdu for e in events if fed.dag.server_may_see(origin, e)]
+    expired = services(request).sync.expired  # events past the room's retention are not shared (MSC1763)
+    visible = [e.pdu for e in events if fed.dag.server_may_see(origin, e) and not expired(e)]
     return ok({"origin": fed.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": visible})
 
 
@@ -222,7 +223,8 @@ async def get_missing_events(request: web.Request) -> web.Response:
     starts = [e for e in latest[:20] if isinstance(e, str)]
     exclude = {e for e in earliest[:100] if isinstance(e, str)}
     events = fed.dag.walk_back(room_id, starts, limit, exclude=exclude)
-    visible = [e for e in events if fed.dag.server_may_see(origin, e)]
+    expired = services(request).sync.expired  # events past the room's retention are not shared (MSC1763)
+    visible = [e for e in events if fed.dag.server_may_see(origin, e) and not expired(e)]
     return ok({"events": [e.pdu for e in sorted(visible, key=lambda e: e.depth)]})
 
 

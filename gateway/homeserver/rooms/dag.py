@@ -103,6 +103,11 @@ class RoomDag:
     def _forget(self, event_id: str) -> None:
         self._known.pop(event_id, None)
 
+    def forget_events(self, event_ids: list[str]) -> None:
+        """Drop events from the cache of known events (they were deleted from the store: retention)."""
+        for event_id in event_ids:
+            self._known.pop(event_id, None)
+
     def state_before(self, event_id: str) -> StateMap | None:
         """The state before a placed event, or None (unknown, or an outlier)."""
         known = self.known(event_id)

@@ -110,12 +110,14 @@ class SearchTables:
         if not words:
             return []
         rows = self.db.query(
-            "SELECT m.stream, e.event_id, e.room_id, e.type, e.sender, e.state_before, m.score FROM (SELECT rowid AS stream,"
+            "SELECT m.stream, e.event_id, e.room_id, e.type, e.sender, e.state_before, m.score, e.origin_server_ts"
+            " FROM (SELECT rowid AS stream,"
             " -bm25(event_search) AS score FROM event_search WHERE event_search MATCH ? AND rowid < ?"
             " ORDER BY rowid DESC LIMIT ?) m JOIN events e ON e.stream = m.stream ORDER BY m.stream DESC",
             (match_expression(words), below, limit),
         )  # fmt: skip
-        return [SearchHit(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5], float(r[6])) for r in rows]
+        return [SearchHit(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5], float(r[6]), int(r[7]))
+                for r in rows]
 
 
     def directory_users(self, searcher: str, public_rooms: list[str], *, everyone: bool, user_id_like: str,

@@ -45,6 +45,7 @@ from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
 from lowband.gateway.store.sqlite.presence import PresenceTables
 from lowband.gateway.store.sqlite.push import PushTables
 from lowband.gateway.store.sqlite.relations import RelationTables
+from lowband.gateway.store.sqlite.retention import RetentionTables
 from lowband.gateway.store.sqlite.room_keys import RoomKeyTables
 from lowband.gateway.store.sqlite.schema import SCHEMA, token_key, upgrade
 from lowband.gateway.store.sqlite.search import SearchTables
@@ -92,6 +93,7 @@ class SQLiteStore:
         # OpenID tokens, deactivation and erasure (accounts_lifecycle.py)
         self.account_lifecycle = AccountLifecycleTables(self.db, self._forget_cached_tokens)
         self.search = SearchTables(self.db)  # full-text index of message bodies, kept by triggers (search.py)
+        self._retention = RetentionTables(self.db)  # MSC1763 purges and their record (retention.py)
 
     def close(self) -> None:
         """Flush queued writes and close."""
@@ -489,6 +491,28 @@ class SQLiteStore:
             (room_id, ts, limit, upto),
         )
         return [_event_row(r) for r in rows]
+
+    async def purge_history(self, room_id: str, before_ts: int, *, keep: list[str], limit: int) -> list[str]:
+        """Delete up to ``limit`` expired non-state events of the room and what derives from them (rules in
+        store/sqlite/retention.py); the deleted IDs, oldest first. A purge that deletes something takes a
+        stream position (what :meth:`last_purge` gives)."""
+        keep_set = set(keep)
+        if not self._retention.candidates(room_id, before_ts, keep_set, 1):
+            return []  # nothing expired: no position taken, no write queued
+        position = self.next_stream()
+        deleted: list[str] = await self._write_at(position, self._retention.purge_job(room_id, before_ts, keep_set,
+                                                                                       limit, position))  # fmt: skip
+        if deleted:
+            self._retention.noted(room_id, position, before_ts)
+        return deleted
+
+    def last_purge(self, room_id: str) -> tuple[int, int] | None:
+        """(stream position, cutoff ts) of the room's last purge that deleted something, or None."""
+        return self._retention.last_purge(room_id)
+
+    def all_room_ids(self) -> list[str]:
+        """Every room this gateway holds (has a room row for), sorted."""
+        return [str(r[0]) for r in self.db.query("SELECT room_id FROM rooms ORDER BY room_id")]
 
     def rooms_for_user(self, user_id: str) -> list[tuple[str, str, int, str]]:
         """(room_id, membership, stream of that membership, event_id) for every room the user was in."""
