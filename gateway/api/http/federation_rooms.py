@@ -5,6 +5,13 @@ the room endpoints also check the room's server ACL (403; ``/invite``
 too, for a room this server holds) and that the asking server takes part
 in the room (403), except the handshakes a server uses to join. Answers are bounded: ``limit`` parameters are capped,
 state and auth chains are what the room holds.
+
+Erasure (``erase: true`` on deactivation): ``/event``, ``/backfill`` and ``/get_missing_events`` give a message
+(non-state) event of an erased user in redacted form to a server none of whose users was joined when it was sent,
+the rule the client API applies to later joiners. The redacted PDU keeps its event ID and sender signature (both
+cover the redacted form); its content hash no longer matches, which tells the receiver to keep it redacted. State
+and auth events (``/state``, ``/state_ids``, ``/event_auth``, ``send_join``) stay whole: other servers auth against
+them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from lowband.gateway.api.http.base import ok, services
 from lowband.gateway.api.http.federation_base import FEDERATION_V1, FEDERATION_V2, authenticate_server, federation
 from lowband.gateway.federation.component import Federation
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
+from lowband.gateway.matrix.events import Event
+from lowband.gateway.matrix.redaction import redact
 from lowband.gateway.matrix.server_acl import server_allowed
 
 MAX_BACKFILL = 100
@@ -145,7 +154,22 @@ async def get_event(request: web.Request) -> web.Response:
     _room_check(fed, origin, known.event.room_id, member=False)
     if not fed.dag.server_may_see(origin, known.event):
         raise forbidden("the asking server may not see this event")
-    return ok({"origin": fed.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [known.event.pdu]})
+    pdu = _served(fed, services(request).sync.erased, origin, known.event)
+    return ok({"origin": fed.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [pdu]})
+
+
+def _served(fed: Federation, erased: set[str], origin: str, event: Event) -> dict[str, Any]:
+    """The PDU of ``event`` as ``origin`` gets it: redacted when the sender was erased, it is not a state event and
+    no user of ``origin`` was joined at it (see the module rules). One set lookup unless the sender was erased."""
+    if event.sender not in erased or event.state_key is not None:
+        return event.pdu
+    state = fed.dag.state_after(event.event_id) or {}
+    suffix = ":" + origin
+    if any(fed.dag.lookups.membership_in(state, user) == "join" for (kind, user) in state
+           if kind == "m.room.member" and user.endswith(suffix)):  # fmt: skip
+        return event.pdu
+    version = fed.dag.room_version(event.room_id)
+    return redact(event.pdu, version) if version is not None else event.pdu
 
 
 def _state_at(fed: Federation, room_id: str, event_id: str | None) -> dict[tuple[str, str], str]:
@@ -203,8 +227,10 @@ async def backfill(request: web.Request) -> web.Response:
     except ValueError:
         raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
     events = fed.dag.walk_back(room_id, starts, limit, exclude=set())
-    expired = services(request).sync.expired  # events past the room's retention are not shared (MSC1763)
-    visible = [e.pdu for e in events if fed.dag.server_may_see(origin, e) and not expired(e)]
+    sync = services(request).sync
+    expired = sync.expired  # events past the room's retention are not shared (MSC1763)
+    visible = [_served(fed, sync.erased, origin, e) for e in events
+               if fed.dag.server_may_see(origin, e) and not expired(e)]  # fmt: skip
     return ok({"origin": fed.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": visible})
 
 
@@ -223,9 +249,10 @@ async def get_missing_events(request: web.Request) -> web.Response:
     starts = [e for e in latest[:20] if isinstance(e, str)]
     exclude = {e for e in earliest[:100] if isinstance(e, str)}
     events = fed.dag.walk_back(room_id, starts, limit, exclude=exclude)
-    expired = services(request).sync.expired  # events past the room's retention are not shared (MSC1763)
+    sync = services(request).sync
+    expired = sync.expired  # events past the room's retention are not shared (MSC1763)
     visible = [e for e in events if fed.dag.server_may_see(origin, e) and not expired(e)]
-    return ok({"events": [e.pdu for e in sorted(visible, key=lambda e: e.depth)]})
+    return ok({"events": [_served(fed, sync.erased, origin, e) for e in sorted(visible, key=lambda e: e.depth)]})
 
 
 def routes() -> list[web.RouteDef]:
