@@ -183,6 +183,9 @@ class RetentionConfig:
     #: bounds a room's own max_lifetime is clamped to (None: no bound)
     allowed_min_lifetime_s: float | None = None
     allowed_max_lifetime_s: float | None = None
+    #: telemetry rooms: expired readings become one summary event per (sender, hour) before the purge
+    #: (docs/retention.md, "Hourly summaries")
+    telemetry_summaries: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,8 @@ def _retention(section: dict[str, Any]) -> RetentionConfig:
     values: dict[str, Any] = {}
     if "enabled" in section:
         values["enabled"] = _take(section, "enabled", bool, "retention")
+    if "telemetry_summaries" in section:
+        values["telemetry_summaries"] = _take(section, "telemetry_summaries", bool, "retention")
     if "interval_s" in section:
         values["interval_s"] = _positive(_take(section, "interval_s", (int, float), "retention"), "retention.interval_s")
     if "purge_batch" in section:

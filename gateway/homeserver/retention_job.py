@@ -12,6 +12,9 @@
   and federates). One run deletes at most ``purge_batch`` events in all,
   in slices of at most 500 per write, so the one writer is never held long;
   what is left waits for the next run.
+* **Summaries first.** With ``telemetry_summaries``, a telemetry room's expired readings become one
+  summary event per (sender, hour) before the purge deletes them (:meth:`Retention.summarise`,
+  retention_summary.py).
 * **Clients told.** A purge that deleted something is recorded at a stream
   position; the next ``/sync`` of each member carries the room with
   ``org.lowband.retention`` = ``{"purged_before_ts": ts, "max_lifetime": ms}``
@@ -30,6 +33,7 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.homeserver.retention import (
@@ -40,7 +44,10 @@ from lowband.gateway.homeserver.retention import (
     RetentionPolicy,  # fmt: skip
     effective_policy,
 )
+from lowband.gateway.homeserver.retention_summary import SUMMARY_DEVICE, hour_floor, plan_summaries, summary_content
+from lowband.gateway.homeserver.rooms.sending import SendRequest
 from lowband.gateway.homeserver.services import Services
+from lowband.gateway.matrix.errors import MatrixError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,9 @@ class Retention:
         self.purged_total = 0
         #: the room the next run starts with (where the last one ran out of budget)
         self._resume: str | None = None
+        #: summary events made (a repeated transaction counts again: it is the same event) and refused
+        self.summaries_sent = 0
+        self.summaries_refused = 0
 
     def kind(self, room_id: str) -> str:
         """:data:`KIND_TELEMETRY` when an account an edge owns (``users.owner`` set) is joined, else the default."""
@@ -109,6 +119,8 @@ class Retention:
                 head = rooms.head(room_id)
                 if before is None or head is None:
                     continue
+                if self.config.telemetry_summaries and self.kind(room_id) == KIND_TELEMETRY:
+                    before = await self.summarise(room_id, before, left)  # summaries first, then the purge
                 while left > 0:
                     limit = min(SLICE, left)
                     deleted = await store.purge_history(room_id, before, keep=list(head.extremities), limit=limit)
@@ -127,6 +139,62 @@ class Retention:
             self.services.notifier.notify()  # members' /sync tells them (org.lowband.retention)
             log.info("retention: purged %d expired events", deleted_total)
         return deleted_total
+
+    async def summarise(self, room_id: str, before: int, budget: int) -> int:
+        """Send the hourly summaries (retention_summary.py) of the room's oldest expired readings; returns the
+        cutoff the purge may use: ``before`` lowered to an hour boundary (an hour is summarised whole, or not
+        yet), and, once about ``budget`` events were looked at, to the next hour boundary after the first hour
+        (so a run reads at least one whole hour, however many readings it holds, and then stops at an hour's
+        end). Summaries are sent as each reading's sender with the transaction ID (sender,
+        ``org.lowband.summary``, ``room|hour``): a re-run or a retry after a crash returns the first event.
+        A summary the room refuses (4xx: the sender left) is logged and its readings are purged anyway (the
+        room's policy wins); any other failure raises, so nothing of the room is purged in this run."""
+        before = hour_floor(before)
+        store = self.services.store
+        events: list[tuple[str, int, Any]] = []
+        seen: set[str] = set()
+        since, first_hour = 0, None
+        while True:  # pages of the room's oldest events, by origin_server_ts (state events are there too)
+            rows = store.room_events_near_ts(room_id, since, forwards=True, upto=_UPTO, limit=_PAGE)
+            fresh = [r["event"] for r in rows if r["event"].event_id not in seen]
+            for event in fresh:
+                seen.add(event.event_id)
+                ts = event.pdu.get("origin_server_ts")
+                if event.is_state or event.type != "m.room.message" or not isinstance(ts, int) or ts >= before:
+                    continue
+                events.append((event.sender, ts, event.pdu.get("content")))
+                first_hour = hour_floor(ts) if first_hour is None else first_hour
+            last = rows[-1]["event"].pdu.get("origin_server_ts", 0) if rows else 0
+            if len(rows) < _PAGE or not isinstance(last, int) or last >= before:
+                break  # every expired event of the room was seen
+            if len(seen) >= budget + _MARGIN and first_hour is not None and hour_floor(last) > first_hour:
+                before = hour_floor(last)  # enough for one run: stop at the start of the hour the page ended in
+                break
+            # the next page starts at the last timestamp (its events seen are skipped); a page of one timestamp
+            # only moves on by 1 ms (more than _PAGE events in one millisecond: the rest is not summarised)
+            since = last if fresh and last > since else last + 1
+        plan = plan_summaries(events, before)
+        if not plan:
+            return before
+        requests = [SendRequest(s.sender, "m.room.message", summary_content(s),
+                                txn=(s.sender, SUMMARY_DEVICE, s.txn_id(room_id))) for s in plan]  # fmt: skip
+        for summary, result in zip(plan, await self.services.rooms.send_batch(room_id, requests), strict=True):
+            if isinstance(result, MatrixError):
+                if 400 <= result.status < 500 and result.status != 429:
+                    self.summaries_refused += 1
+                    log.warning("retention: summary of %s at %d in %s refused: %s", summary.sender,
+                                summary.start_ms, room_id, result.errcode)  # fmt: skip
+                    continue
+                raise result
+            self.summaries_sent += 1
+        return before
+
+
+#: events one page of the summaries' scan reads; events looked at beyond the budget (state events and kept
+#: extremities sit at the old end too)
+_PAGE = 1000
+_MARGIN = 256
+_UPTO = 1 << 62
 
 
 async def _loop(retention: Retention, interval_s: float) -> None:
