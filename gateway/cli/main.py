@@ -32,7 +32,20 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser with every subcommand registered."""
-    from lowband.gateway.cli import appservice, bench, ble, coap, coap_clients, demo, device, fuzz, serve, status, wire
+    from lowband.gateway.cli import (
+        appservice,
+        bench,
+        ble,
+        coap,
+        coap_clients,
+        db,
+        demo,
+        device,
+        fuzz,
+        serve,
+        status,
+        wire,
+    )
 
     parser = OneLineParser(
         prog="lowband",
@@ -42,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    for module in (serve, demo, device, ble, status, wire, bench, fuzz, appservice, coap, coap_clients):
+    for module in (serve, demo, device, ble, status, db, wire, bench, fuzz, appservice, coap, coap_clients):
         module.register(subparsers)
     return parser
 

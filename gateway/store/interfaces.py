@@ -1034,6 +1034,33 @@ class SearchStore(Protocol):
                         name_like: tuple[str, str], limit: int) -> list[tuple[str, str | None, str | None]]: ...
 
 
+@dataclass
+class IntegrityFinding:
+    """The outcome of one integrity check: what it looked at, how many problems, a few of them as text."""
+
+    #: the check's name (``sqlite``, ``foreign_keys``, ``events``, ``dag``, ``state``, ``relations``, ...)
+    check: str
+    #: how many items (rows, events, rooms) the check looked at
+    checked: int = 0
+    #: how many problems it found; 0 is clean
+    problems: int = 0
+    #: up to a few problems, one line each
+    examples: list[str] | None = None
+    #: things that are not problems but a reader may want to know (e.g. gaps left by retention on purpose)
+    notes: list[str] | None = None
+
+
+class IntegrityCheck(Protocol):
+    """A read-only integrity check of a store (``lowband db check``); never writes, works beside a live gateway.
+    Contracts are those of :class:`~lowband.gateway.store.sqlite.integrity.SQLiteIntegrity`."""
+
+    def checks(self, *, quick: bool) -> list[tuple[str, int]]: ...
+
+    def run(self, name: str, *, quick: bool, advance: Callable[[int], None]) -> IntegrityFinding: ...
+
+    def close(self) -> None: ...
+
+
 class AccountLifecycleStore(Protocol):
     """OpenID tokens, deactivation and erasure, what ``whois`` shows. Contracts are those of
     :class:`~lowband.gateway.store.sqlite.accounts_lifecycle.AccountLifecycleTables`; writes committed on return."""
