@@ -175,7 +175,8 @@ class Gateway:
             if body:
                 headers.append(("Content-Type", "application/json"))
             try:
-                answer = await self.http.request(req.method, target, headers, body, (peer.host, peer.port))
+                answer = await self.http.request(req.method, target, headers, body, (peer.host, peer.port),
+                                                 _time_bound(req.query, self.http.timeout_s))  # fmt: skip
             except InProcError as exc:
                 raise self._refusal_for(exc) from None
             return self._coap_answer(req, answer, answer_json, integer_keys)
@@ -300,6 +301,20 @@ def _retry_after_ms(value: Any) -> int | None:
 
 
 # --------------------------------------------------------------------------------- helpers for transports
+
+
+#: what a long-poll may add to the time bound of one request beyond its own ``timeout`` (the /sync of an
+#: OBSERVE loop asks for up to ``[coap] observe_timeout_s``, 3,600 s at most; /sync itself waits 300 s at most)
+_LONG_POLL_MARGIN_S = 30.0
+
+
+def _time_bound(query: tuple[str, ...], default_s: float) -> float:
+    """The bound of one in-memory request: the default, or a long-poll's ``timeout`` (ms) and a margin if longer."""
+    for item in query:
+        name, _, value = item.partition("=")
+        if name == "timeout" and value.isdigit() and len(value) <= 9:
+            return max(default_s, int(value) / 1000 + _LONG_POLL_MARGIN_S)
+    return default_s
 
 
 def next_batch(resp: CoapResponse) -> str | None:

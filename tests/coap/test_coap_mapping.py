@@ -367,3 +367,13 @@ async def test_garbage_requests_get_answers_not_exceptions(tmp_path: Path) -> No
             assert resp.code != coap.INTERNAL_SERVER_ERROR, (req, resp, decoded(resp))
             codes.append(resp.code >> 5)
         assert codes.count(2) >= 5 and codes.count(4) > 100  # the stream reached handlers, not only refusals
+
+
+def test_a_long_poll_gets_a_time_bound_past_its_own_timeout() -> None:
+    """An OBSERVE loop's /sync may wait longer than the in-memory default (120 s): its bound follows its timeout."""
+    from lowband.gateway.coap.mapping import _time_bound
+
+    assert _time_bound(("since=s1", "timeout=300000"), 120.0) == 330.0
+    assert _time_bound(("timeout=1000",), 120.0) == 120.0  # never below the default
+    assert _time_bound(("timeout=soon", "full_state=true"), 120.0) == 120.0  # not a number: the default
+    assert _time_bound(("timeout=" + "9" * 40,), 120.0) == 120.0  # absurd: the default, and /sync refuses it
