@@ -6,7 +6,10 @@ Rules:
   (``push_evaluated``), whatever path stored the event (a local client, a
   device, a bridge, federation): each timeline event is judged for the
   room's joined local users other than the sender (and for a local user it
-  invites), with the room's state just before the event, and a row is
+  invites) who can read notifications (:func:`notifiable`: people and
+  guests; never the accounts an edge speaks as, such as device, BLE sensor,
+  MQTT bridge and application-service users), with the room's state just
+  before the event, and a row is
   stored for each user whose rules ask to notify. Rows and the position
   reached go in one write; the position alone is written every few seconds,
   and an event judged again after a crash makes no second row. History
@@ -14,8 +17,9 @@ Rules:
   first start of this version are not judged;
 * the cost per event is bounded by the room's local members: one rule
   evaluation each (``push_eval``), conditions that do not depend on the user
-  judged once per event, and no store read per user besides the cached rules
-  and member events;
+  judged once per event, and no store read per user besides the cached rules,
+  account owners and member events; an event with nobody to judge it for (a
+  bridge's room where only edge accounts are joined) is not even read;
 * ``/sync`` serves no event before it is judged, so an event and its counts
   always come in one response: it waits for judging (a few milliseconds) at
   most :data:`SETTLE_S`, and past that serves up to the position judged; the
@@ -47,9 +51,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lowband.gateway.homeserver import push_rules
+from lowband.gateway.homeserver.guests import GUEST_OWNER
 from lowband.gateway.homeserver.push_eval import PushContext, evaluate, outcome
 from lowband.gateway.matrix import auth_rules
-from lowband.gateway.store.interfaces import NotificationRow, StateMap, Store, TimelineRow
+from lowband.gateway.store.interfaces import NotificationRow, StateMap, Store, TimelineRow, UserRow
 
 if TYPE_CHECKING:
     from lowband.gateway.homeserver.pushers import PusherDelivery
@@ -62,6 +67,7 @@ __all__ = [
     "PushRuleBook",
     "PushRuntime",
     "is_read",
+    "notifiable",
     "push_of",
     "read_position",
     "start_push",
@@ -85,6 +91,19 @@ CURSOR_WRITE_S = 5.0
 SETTLE_S = 0.25
 #: users whose ordered rules are kept in memory
 RULE_CACHE = 10_000
+#: ``users.owner`` values of accounts a person uses (None: a registered person)
+PERSON_OWNERS = (None, GUEST_OWNER)
+
+
+def notifiable(store: Store, user_id: str) -> bool:
+    """Whether a local account can read notifications: a person's account or a guest's. The accounts an edge
+    creates to speak as (``users.owner`` "device:NAME", "mqtt", a BLE sensor's, "appservice:ID") never read
+    them, so no rows are made for them. An unknown user counts as a person."""
+    return _owner_notifiable(store.get_user(user_id))
+
+
+def _owner_notifiable(user: UserRow | None) -> bool:
+    return user is None or user.get("owner") in PERSON_OWNERS
 
 
 class PushRuleBook:
@@ -215,8 +234,11 @@ class NotificationEvaluator:
         self.pending: dict[tuple[str, str], list[tuple[int, bool, str]]] = {}
         self._saved_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
-        #: per state group: (joined members, joined local users); messages share their room's group
+        #: per state group: (joined members, joined local users who can be notified); messages share their
+        #: room's group
         self._members: OrderedDict[int, tuple[int, list[str]]] = OrderedDict()
+        #: local user → :func:`notifiable` (an owner only ever changes from guest to person: both notifiable)
+        self._notifiable: OrderedDict[str, bool] = OrderedDict()
         self.evaluated_events = 0
         self.failed_events = 0
 
@@ -323,17 +345,22 @@ class NotificationEvaluator:
     def judge(self, row: TimelineRow) -> list[NotificationRow]:
         """The notifications one timeline event makes (sans-I/O besides cached reads)."""
         rooms = self.services.rooms
-        event = rooms.event(row.event_id)
-        if event is None:
-            return []
         suffix = ":" + self.services.server_name
         state = self.store.state_for_group(row.state_before) if row.state_before is not None else {}
         count, local = self._joined(row.state_before, state, suffix)
-        targets = [user for user in local if user != event.sender]
-        invited = (event.type == "m.room.member" and event.state_key and event.content.get("membership") == "invite"
-                   and event.state_key.endswith(suffix) and event.state_key not in targets)  # fmt: skip
-        if invited and event.state_key:
-            targets.append(event.state_key)
+        targets = [user for user in local if user != row.sender]
+        # Only a member event can add a target (an invite): anything else with nobody to judge it for is not read.
+        invitee = row.state_key if row.type == "m.room.member" else None
+        if invitee is not None and not (invitee.endswith(suffix) and invitee not in targets
+                                        and self._may_notify(invitee)):  # fmt: skip
+            invitee = None
+        if not targets and invitee is None:
+            return []
+        event = rooms.event(row.event_id)
+        if event is None:
+            return []
+        if invitee is not None and event.content.get("membership") == "invite":
+            targets.append(invitee)
         if not targets:
             return []
         levels = rooms.state_content(state, "m.room.power_levels")
@@ -366,11 +393,24 @@ class NotificationEvaluator:
             joined = [
                 key for (kind, key) in state if kind == "m.room.member" and rooms.membership_in(state, key) == "join"
             ]
-            found = (len(joined), [user for user in joined if user.endswith(suffix)])
+            found = (len(joined), [user for user in joined if user.endswith(suffix) and self._may_notify(user)])
             if group is not None:
                 self._members[group] = found
                 if len(self._members) > 256:
                     self._members.popitem(last=False)
+        return found
+
+    def _may_notify(self, user_id: str) -> bool:
+        """:func:`notifiable`, cached (bounded)."""
+        found = self._notifiable.get(user_id)
+        if found is None:
+            user = self.store.get_user(user_id)
+            found = _owner_notifiable(user)
+            if user is None:
+                return found  # not kept: an account made later under this ID may be an edge's
+            self._notifiable[user_id] = found
+            if len(self._notifiable) > RULE_CACHE:
+                self._notifiable.popitem(last=False)
         return found
 
 
