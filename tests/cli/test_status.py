@@ -262,9 +262,13 @@ def test_watch_refreshes_until_interrupted(tmp_path: Path) -> None:
     for extra, check in ((["--json"], lambda out: len(whole := out.split("\n")[:-1]) >= 2
                           and [json.loads(line)["devices"][0]["name"] for line in whole] == ["kitchen"] * len(whole)),
                          ([], lambda out: "kitchen" in out and "recent refusals" in out)):  # fmt: skip
+        # Ctrl-C must reach it even when the tests run in the background of a shell without job control, which
+        # starts them with SIGINT ignored: an ignored SIGINT is inherited, and Python then installs no handler
+        # (that is how this test hung in CI runs started with `.ci/run &`).
         proc = subprocess.Popen([LOWBAND, "status", "--data-dir", str(data), "--watch", "0.5", *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+                                env={**os.environ, "COLUMNS": "200"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
         try:
             begin, early = time.monotonic(), ""
             if extra:  # --json: two refreshes are on stdout before Ctrl-C (a loaded machine starts slowly)
