@@ -12,9 +12,13 @@ import asyncio
 import gc
 import importlib
 import logging
+import os
+import re
 import signal
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 from pathlib import Path
 
 from aiohttp import web
@@ -149,13 +153,91 @@ def claim_data_dir(config: Config) -> None:
     marker.write_text(config.server_name + "\n")
 
 
-def open_store(db_path: Path) -> Store:
-    """The gateway's store at ``db_path``, created on first use; close it with ``close()``.
+#: Test hook: with this set to a ``postgresql://`` URL, every store without a URL of its own opens in that
+#: database, in a schema of its own per data dir (how the suite runs on PostgreSQL: docs/storage.md).
+TEST_DATABASE_ENV = "LOWBAND_TEST_DATABASE_URL"
+#: the file in a data dir that names its PostgreSQL database, so tools given only the data dir find the store
+DATABASE_MARKER = "database_url"
+
+
+def open_store(db_path: Path, url: str | None = None) -> Store:
+    """The gateway's store, created on first use; close it with ``close()``.
+
+    ``url`` (``[database] url``) names a PostgreSQL database; without it, the one the data dir (``db_path``'s
+    folder) was first served with, else the SQLite file ``db_path``. A data dir served on PostgreSQL keeps
+    the URL in a private file, so command-line tools given only ``--data-dir`` open the same store; a data
+    dir never moves between databases silently (``lowband db migrate`` does it). ConfigError when the
+    database cannot be reached or the URL contradicts the one recorded.
 
     Command-line tools open it too, whether the gateway runs or not: they
     write users and devices, never rooms (see ``store/sqlite/devices.py``).
     """
-    return SQLiteStore(db_path)
+    marker = db_path.parent / DATABASE_MARKER
+    recorded = marker.read_text().strip() if marker.exists() else None
+    if url is not None and recorded is not None and url != recorded:
+        raise ConfigError(f"data dir {db_path.parent} is served from the database in {marker}, not {_safe_url(url)}")
+    url = url or recorded
+    if url is None:
+        test_url = os.environ.get(TEST_DATABASE_ENV)
+        if not test_url:
+            return SQLiteStore(db_path)
+        from lowband.gateway.store.postgres.store import schema_for_path
+
+        return _postgres_store(test_url, schema_for_path(db_path))
+    if recorded is None:
+        if db_path.exists():
+            raise ConfigError(f"data dir {db_path.parent} has a SQLite store ({db_path.name}); move it with"
+                              " `lowband db migrate` before serving it from PostgreSQL")  # fmt: skip
+        store = _postgres_store(url, None)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(url + "\n")
+        return store
+    return _postgres_store(url, None)
+
+
+def open_reader(db_path: Path, timeout_s: float = 5.0) -> Any:
+    """A read-only connection to the store of ``db_path``'s data dir, for tools beside a running gateway: a
+    :class:`sqlite3.Connection` opened read-only, or the PostgreSQL store's reader (the same ``execute`` with
+    SQLite's SQL; sqlite3's errors); None when the data dir has no store yet. The caller closes it."""
+    marker = db_path.parent / DATABASE_MARKER
+    url = marker.read_text().strip() if marker.exists() else None
+    schema = None
+    if url is None and os.environ.get(TEST_DATABASE_ENV):
+        from lowband.gateway.store.postgres.store import schema_for_path
+
+        url, schema = os.environ[TEST_DATABASE_ENV], schema_for_path(db_path)
+    if url is None:
+        if not db_path.exists():
+            return None
+        return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=timeout_s)
+    from lowband.gateway.store.postgres.database import open_reader as open_pg_reader
+    from lowband.gateway.store.postgres.store import split_url
+
+    libpq, named = split_url(url)
+    try:
+        return open_pg_reader(libpq, schema or named)
+    except Exception as exc:  # psycopg's OperationalError
+        raise sqlite3.OperationalError(f"cannot open PostgreSQL database {_safe_url(url)}: {str(exc).strip()}") from None
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _postgres_store(url: str, schema: str | None) -> Store:
+    from lowband.gateway.store.postgres.store import PostgresStore
+
+    try:
+        return PostgresStore(url, schema)
+    except ValueError as exc:
+        raise ConfigError(f"database.url: {exc}") from None
+    except Exception as exc:  # psycopg's OperationalError: the server is down, refuses us, or the database is missing
+        if type(exc).__module__.startswith("psycopg"):
+            raise ConfigError(f"cannot open PostgreSQL database {_safe_url(url)}: {str(exc).strip()}") from None
+        raise
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -181,7 +263,14 @@ def open_services(config: Config) -> Services:
     if config.media_dir.stat().st_mode & 0o077:
         config.media_dir.chmod(0o700)
     key = SigningKey.load_or_create(config.signing_key_path)
-    store = open_store(config.db_path)
+    store = open_store(config.db_path, config.database_url)
+    claim = getattr(store, "claim_serving", None)  # PostgreSQL: one gateway process per schema
+    if claim is not None:
+        try:
+            claim()
+        except ValueError as exc:
+            store.close()
+            raise ConfigError(str(exc)) from None
     notifier = Notifier()
     typing = TypingTracker()
     rooms = RoomService(store, config.server_name, key, on_new_event=lambda sent: notifier.notify())

@@ -227,6 +227,8 @@ class Config:
     ble: BleConfig = field(default_factory=BleConfig)
     push: PushConfig = field(default_factory=PushConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    #: ``[database] url``: a ``postgresql://`` URL (None: the SQLite file in the data dir; docs/storage.md)
+    database_url: str | None = None
     #: PEM certificate chain and key: the one listener speaks HTTPS (client and federation APIs)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -442,7 +444,7 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
         values["components"] = components
     for name, section in sections.items():
         if name not in ("server", "http", "registration", "media", "rate_limits", "federation", "metrics", "ble",
-                        "presence", "user_directory", "push", "retention"):
+                        "presence", "user_directory", "push", "retention", "database"):
             raise ConfigError(f"unknown config section [{name}]")
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table")
@@ -507,10 +509,26 @@ def _apply_file(config: Config, doc: dict[str, Any]) -> Config:
         values["push"] = _push(sections["push"])
     if "retention" in sections:
         values["retention"] = _retention(sections["retention"])
+    database = sections.get("database", {})
+    if "url" in database:
+        values["database_url"] = check_database_url(_take(database, "url", str, "database"))
     for name, section in sections.items():
         if section:
             raise ConfigError(f"unknown config key {name}.{next(iter(section))}")
     return replace(config, **values)
+
+
+def check_database_url(url: str) -> str | None:
+    """``url`` if it names a PostgreSQL database (``postgresql://[user[:password]@]host[:port]/dbname[?schema=NAME]``),
+    None for "sqlite:" or "" (the data dir's SQLite file), else ConfigError."""
+    if url in ("", "sqlite:"):
+        return None
+    if not re.fullmatch(r"postgres(?:ql)?://[^\s]{0,1000}", url):
+        raise ConfigError(f"database.url {url[:60]!r} must be a postgresql:// URL (or \"sqlite:\" for the data dir's file)")
+    schema = re.search(r"[?&]schema=([^&]*)", url)
+    if schema and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema.group(1)):
+        raise ConfigError(f"database.url schema {schema.group(1)[:70]!r}: lower-case letters, digits and _ (at most 63)")
+    return url
 
 
 def _positive(value: Any, key: str) -> Any:

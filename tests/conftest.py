@@ -38,6 +38,35 @@ def load_json(name: str):
     return json.loads((DATA / name).read_text(encoding="utf-8"))
 
 
+# The suite on PostgreSQL (docs/storage.md): LOWBAND_TEST_DATABASE_URL=postgresql://... makes every store opened
+# through app.open_store a schema of that database, one per data dir, named with this run's prefix (gateways the
+# tests start inherit it) and dropped when the run ends; so are those of tests that open a PostgreSQL store
+# themselves (they set LOWBAND_TEST_POSTGRES_USED to the URL).
+os.environ["LOWBAND_TEST_SCHEMA_PREFIX"] = f"t{os.getpid()}_"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("LOWBAND_TEST_DATABASE_URL"):
+        return
+    skip = pytest.mark.skip(reason="reads or writes the SQLite file itself (sqlite_only); the run is on PostgreSQL")
+    for item in items:
+        if "sqlite_only" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    url = os.environ.get("LOWBAND_TEST_DATABASE_URL") or os.environ.get("LOWBAND_TEST_POSTGRES_USED")
+    prefix = os.environ.get("LOWBAND_TEST_SCHEMA_PREFIX")
+    if not url or not prefix:
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        names = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,))]
+        for name in names:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
 @pytest.fixture(scope="session")
 def ctx():
     from lowband.codecs.context import load_context

@@ -80,12 +80,14 @@ def _bridges(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 
 def _status(db_path: Path) -> tuple[int, dict[str, Any]]:
+    from lowband.gateway.app import open_reader
     from lowband.gateway.store.sqlite.appservices import read_queue_status
 
-    if not db_path.exists():
-        return 0, {}
     try:
-        return read_queue_status(db_path)
+        conn = open_reader(db_path)
+        if conn is None:
+            return 0, {}
+        return read_queue_status(conn)
     except sqlite3.Error as exc:
         raise UsageError(f"cannot read {db_path}: {exc}") from None
 

@@ -14,7 +14,7 @@ from typing import Any
 from lowband.gateway.cli.allocator import limit_retention
 from lowband.gateway.cli.logs import setup_logging
 from lowband.gateway.cli.main import UsageError
-from lowband.gateway.config import ConfigError, load_config, parse_listen, parse_peer
+from lowband.gateway.config import ConfigError, check_database_url, load_config, parse_listen, parse_peer
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--data-dir", metavar="DIR", help="where the database, signing key and media live")
     serve.add_argument("--server-name", metavar="NAME", help="the Matrix server name, e.g. gw.example")
     serve.add_argument("--http", metavar="HOST:PORT", help="address of the client-server API (default 127.0.0.1:8008)")
+    serve.add_argument("--database", metavar="URL",
+                       help="postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME[?schema=NAME]: keep the store in "
+                            "PostgreSQL (default: the SQLite file in the data dir; [database] url; docs/storage.md)")
     serve.add_argument(
         "--enable-registration",
         action="store_true",
@@ -78,6 +81,8 @@ def _config_from(args: argparse.Namespace) -> Any:
         overrides["http_host"], overrides["http_port"] = parse_listen(args.http)
     if getattr(args, "enable_registration", None):
         overrides["registration_enabled"] = True
+    if getattr(args, "database", None):
+        overrides["database_url"] = check_database_url(args.database)
     overrides["tls_cert"] = getattr(args, "tls_cert", None)
     overrides["tls_key"] = getattr(args, "tls_key", None)
     peers: dict[str, str] = {}
@@ -168,7 +173,7 @@ def run_user_add(args: argparse.Namespace) -> int:
         raise UsageError(f"{user_id} is in a namespace reserved for {holder}; pass --allow-reserved if you mean it "
                          f"(the account is then a person's: {holder} will never speak as it)")  # fmt: skip
     password = _password(args)
-    store = open_store(config.db_path)
+    store = open_store(config.db_path, config.database_url)
     try:
         store.create_user_sync(user_id, hash_password(password), args.admin, int(time.time() * 1000))
     except UserExists:

@@ -3,8 +3,9 @@
 The homeserver layer (``gateway/homeserver``), the APIs and the edges
 (device links, bridges) are typed against these Protocols; only the
 composition root (``gateway/app.py``) names a concrete store. SQLite
-(``gateway/store/sqlite``) is the embedded one; a second store (PostgreSQL)
-implements the same Protocols without sharing its code.
+(``gateway/store/sqlite``) is the embedded one; the PostgreSQL store
+(``gateway/store/postgres``) runs the same table modules through a connection
+that translates their SQL, with its own full-text and relation indexes.
 
 Words every contract below uses:
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,8 +44,28 @@ SERVER = "localhost"
 ALICE = f"@alice:{SERVER}"
 BOB = f"@bob:{SERVER}"
 
+#: The PostgreSQL server the store's tests use (skipped when it does not answer).
+POSTGRES_URL = os.environ.get("LOWBAND_TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _postgres(directory: Path) -> Store:
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception as exc:  # not installed, not running
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
+    from lowband.gateway.store.postgres.store import PostgresStore, schema_for_path
+
+    os.environ["LOWBAND_TEST_POSTGRES_USED"] = POSTGRES_URL  # the run drops its schemas at the end (conftest.py)
+    return PostgresStore(POSTGRES_URL, schema_for_path(directory / "pg"))
+
+
 #: id → function opening (creating on first use) a store in a directory.
-STORES: dict[str, Callable[[Path], Store]] = {"sqlite": lambda d: open_store(d / "lowband.db")}
+STORES: dict[str, Callable[[Path], Store]] = {
+    "sqlite": lambda d: SQLiteStore(d / "lowband.db"),
+    "postgresql": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -516,6 +537,7 @@ def test_federation_invites_and_knocks_on_rooms_held_elsewhere(opener: Callable[
 # -------------------------------------------------------- read-only view
 
 
+@pytest.mark.sqlite_only
 def test_the_read_only_view_sees_committed_events_and_never_writes(tmp_path: Path) -> None:
     key = SigningKey.generate()
     path = tmp_path / "lowband.db"

@@ -99,6 +99,15 @@ async def plain_bodies(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+@web.middleware
+async def no_nul_in_path(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a path with a NUL character (``%00``) in it: no Matrix identifier, event type or state key holds
+    one, and the PostgreSQL store cannot keep or look up such text (400 M_INVALID_PARAM on either store)."""
+    if "\x00" in request.path:
+        raise MatrixError(400, "M_INVALID_PARAM", "the request path holds a NUL character")
+    return await handler(request)
+
+
 _READ_PREFIXES = ("/_matrix/client/", "/_matrix/media/")
 
 
@@ -120,7 +129,7 @@ def make_app(services: Services) -> web.Application:
     limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
     # The metrics are made before the app so their middleware can come first: it sees every final status.
     gateway_metrics = metrics.GatewayMetrics(services)
-    app = web.Application(middlewares=[gateway_metrics.middleware(), matrix_errors, plain_bodies, bounded_reads,
+    app = web.Application(middlewares=[gateway_metrics.middleware(), matrix_errors, no_nul_in_path, plain_bodies, bounded_reads,
                                        federation_base.bounded_bodies], client_max_size=limit)  # fmt: skip
     app[SERVICES] = services
     metrics.install(app, services, gateway_metrics)

@@ -169,13 +169,13 @@ class QueueStatus:
     in_flight_events: int
 
 
-def read_queue_status(db_path: Path, timeout_s: float = 5.0) -> tuple[int, dict[str, QueueStatus]]:
-    """(the newest timeline position, each bridge's queue by ID) of a gateway's database, opened read-only.
+def read_queue_status(conn: Any) -> tuple[int, dict[str, QueueStatus]]:
+    """(the newest timeline position, each bridge's queue by ID) of a gateway's database, on a read-only
+    connection to it (``app.open_reader``: sqlite3's or PostgreSQL's, closed here).
 
     A database the gateway never pushed from has no rows (an empty dict). sqlite3.OperationalError when the
     file is missing or not a database.
     """
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=timeout_s)
     try:
         head_row = conn.execute("SELECT MAX(stream) FROM events").fetchone()
         head = int(head_row[0]) if head_row and head_row[0] is not None else 0

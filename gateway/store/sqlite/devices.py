@@ -95,7 +95,7 @@ class SQLiteLinkDevices:
         text = json.dumps(state)
         await self.db.write(
             lambda c: c.execute(
-                "INSERT INTO link_sessions VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET key_ts = excluded.key_ts,"
+                "INSERT INTO link_sessions VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET key_ts = excluded.key_ts,"
                 " state = excluded.state",
                 (name, key_ts, text),
             )

@@ -171,7 +171,7 @@ class E2EETables:
         position = self._next_stream()
 
         def fn(c: sqlite3.Connection) -> None:
-            c.execute("INSERT INTO e2e_device_keys VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET keys = excluded.keys",
+            c.execute("INSERT INTO e2e_device_keys VALUES (?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET keys = excluded.keys",
                       (user_id, device_id, text))  # fmt: skip
             _changed(c, [user_id], position)
 
@@ -213,9 +213,9 @@ class E2EETables:
         def fn(c: sqlite3.Connection) -> None:
             for algorithm, key_id, key in keys:
                 c.execute(
-                    "INSERT INTO e2e_fallback_keys VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT DO UPDATE SET "
+                    "INSERT INTO e2e_fallback_keys VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET "
                     "key_id = excluded.key_id, key_json = excluded.key_json, used = 0 "
-                    "WHERE key_id != excluded.key_id OR key_json != excluded.key_json",
+                    "WHERE e2e_fallback_keys.key_id != excluded.key_id OR e2e_fallback_keys.key_json != excluded.key_json",
                     (user_id, device_id, algorithm, key_id, _dumps(key)),
                 )
 
@@ -277,7 +277,7 @@ class E2EETables:
 
         def fn(c: sqlite3.Connection) -> None:
             for usage, key in keys.items():
-                c.execute("INSERT INTO e2e_cross_signing_keys VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET "
+                c.execute("INSERT INTO e2e_cross_signing_keys VALUES (?, ?, ?) ON CONFLICT (user_id, usage) DO UPDATE SET "
                           "key_json = excluded.key_json", (user_id, usage, _dumps(key)))  # fmt: skip
             _changed(c, [user_id], position)
 
@@ -297,7 +297,7 @@ class E2EETables:
         position = self._next_stream()
 
         def fn(c: sqlite3.Connection) -> None:
-            c.executemany("INSERT INTO e2e_signatures VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            c.executemany("INSERT INTO e2e_signatures VALUES (?, ?, ?, ?, ?) ON CONFLICT (target_user, target_key, signer_user, signer_key_id) DO UPDATE SET "
                           "signature = excluded.signature", signatures)  # fmt: skip
             _changed(c, sorted({s[0] for s in signatures}), position)
 
@@ -372,8 +372,8 @@ class E2EETables:
                 held[(user, device)] += 1
                 rows.append((position, user, device, sender, kind, _dumps(content)))
             c.executemany("INSERT INTO to_device_inbox VALUES (?, ?, ?, ?, ?, ?)", rows)
-            c.execute("INSERT INTO e2e_positions VALUES ('to_device', ?) ON CONFLICT DO UPDATE SET "
-                      "position = MAX(position, excluded.position)", (positions[-1],))  # fmt: skip
+            c.execute("INSERT INTO e2e_positions VALUES ('to_device', ?) ON CONFLICT (name) DO UPDATE SET "
+                      "position = MAX(e2e_positions.position, excluded.position)", (positions[-1],))  # fmt: skip
             return len(messages) - len(rows)
 
         result: int | None = await self._write_at(positions[-1], fn)
@@ -400,5 +400,5 @@ class E2EETables:
 
 
 def _changed(c: sqlite3.Connection, user_ids: Iterable[str], position: int) -> None:
-    c.executemany("INSERT INTO e2e_device_list_changes VALUES (?, ?) ON CONFLICT DO UPDATE SET stream = excluded.stream",
+    c.executemany("INSERT INTO e2e_device_list_changes VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET stream = excluded.stream",
                   [(u, position) for u in user_ids])  # fmt: skip

@@ -123,8 +123,8 @@ class FederationTables:
 
         def fn(c: sqlite3.Connection) -> None:
             c.executemany(
-                "INSERT INTO server_keys VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
-                " valid_until_ts = MAX(valid_until_ts, excluded.valid_until_ts), fetched_ts = excluded.fetched_ts,"
+                "INSERT INTO server_keys VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (server_name, key_id) DO UPDATE SET"
+                " valid_until_ts = MAX(server_keys.valid_until_ts, excluded.valid_until_ts), fetched_ts = excluded.fetched_ts,"
                 " document = excluded.document",
                 [(server_name, key_id, key, until, fetched_ts, text) for key_id, key, until in keys],
             )
@@ -227,7 +227,8 @@ class FederationTables:
         text = json.dumps(response, separators=(",", ":"))
 
         def fn(c: sqlite3.Connection) -> None:
-            c.execute("INSERT OR REPLACE INTO federation_received_txns VALUES (?, ?, ?, ?)", (origin, txn_id, text, ts))
+            c.execute("INSERT INTO federation_received_txns VALUES (?, ?, ?, ?) ON CONFLICT (origin, txn_id)"
+                      " DO UPDATE SET response = excluded.response, ts = excluded.ts", (origin, txn_id, text, ts))
             c.execute("DELETE FROM federation_received_txns WHERE ts < ?", (ts - 24 * 3600 * 1000,))
 
         await self.db.write(fn)
@@ -240,7 +241,9 @@ class FederationTables:
         text = json.dumps(stripped_state, ensure_ascii=False, separators=(",", ":"))
 
         def job(c: sqlite3.Connection) -> None:
-            c.execute("INSERT OR REPLACE INTO federation_invites VALUES (?, ?, ?, ?, ?)",
+            c.execute("INSERT INTO federation_invites VALUES (?, ?, ?, ?, ?) ON CONFLICT (room_id, user_id) DO UPDATE"
+                      " SET event_id = excluded.event_id, room_version = excluded.room_version,"
+                      " stripped_state = excluded.stripped_state",
                       (room_id, user_id, event_id, room_version, text))  # fmt: skip
 
         return job
@@ -265,7 +268,9 @@ class FederationTables:
         via = json.dumps(servers, ensure_ascii=False, separators=(",", ":"))
 
         def job(c: sqlite3.Connection) -> None:
-            c.execute("INSERT OR REPLACE INTO federation_knocks VALUES (?, ?, ?, ?, ?, ?)",
+            c.execute("INSERT INTO federation_knocks VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (room_id, user_id) DO UPDATE"
+                      " SET event_id = excluded.event_id, room_version = excluded.room_version,"
+                      " stripped_state = excluded.stripped_state, servers = excluded.servers",
                       (room_id, user_id, event_id, room_version, state, via))  # fmt: skip
 
         await self.db.write(job)

@@ -77,7 +77,7 @@ class SQLiteMqttTables:
         """Record that everything up to ``stream`` was published."""
         await self._write(
             lambda c: c.execute(
-                "INSERT INTO mqtt_cursor VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET stream = excluded.stream",
+                "INSERT INTO mqtt_cursor VALUES (?, ?, ?) ON CONFLICT (mapping, room_id) DO UPDATE SET stream = excluded.stream",
                 (mapping, room_id, stream),
             )
         )
@@ -103,7 +103,7 @@ class SQLiteMqttTables:
         """Store (or replace) one discovery config."""
         await self._write(
             lambda c: c.execute(
-                "INSERT INTO mqtt_discovery VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET payload = excluded.payload",
+                "INSERT INTO mqtt_discovery VALUES (?, ?, ?) ON CONFLICT (broker, topic) DO UPDATE SET payload = excluded.payload",
                 (broker, topic, payload),
             )
         )

@@ -132,7 +132,7 @@ class PushTables:
         def fn(c: sqlite3.Connection) -> dict[str, Any]:
             row = c.execute("SELECT doc FROM push_rule_docs WHERE user_id = ?", (user_id,)).fetchone()
             doc = edit(json.loads(row[0]) if row else None)
-            c.execute("INSERT INTO push_rule_docs VALUES (?, ?) ON CONFLICT DO UPDATE SET doc = excluded.doc",
+            c.execute("INSERT INTO push_rule_docs VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc",
                       (user_id, json.dumps(doc, separators=(",", ":"))))  # fmt: skip
             return doc
 
@@ -172,7 +172,7 @@ class PushTables:
                                 " LIMIT 1 OFFSET ?", (user_id, MAX_NOTIFICATIONS_PER_USER)).fetchone()  # fmt: skip
                 if cut is not None:
                     c.execute("DELETE FROM push_notifications WHERE user_id = ? AND stream <= ?", (user_id, cut[0]))
-            c.execute("INSERT INTO push_evaluated VALUES (0, ?, 0) ON CONFLICT DO UPDATE SET stream = excluded.stream",
+            c.execute("INSERT INTO push_evaluated VALUES (0, ?, 0) ON CONFLICT (id) DO UPDATE SET stream = excluded.stream",
                       (evaluated,))  # fmt: skip
 
         await self.db.write(fn, durable=False)
@@ -280,7 +280,7 @@ class PushTables:
                 if count >= limit:
                     raise TooManyPushers(limit)
             c.execute("INSERT INTO pushers (user_id, app_id, pushkey, kind, body, device_id, cursor, created_ts)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET kind = excluded.kind,"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET kind = excluded.kind,"
                       " body = excluded.body, device_id = excluded.device_id",
                       (pusher.user_id, pusher.app_id, pusher.pushkey, pusher.kind, json.dumps(pusher.body),
                        pusher.device_id, pusher.cursor, ts))  # fmt: skip

@@ -113,6 +113,9 @@ END
 class RelationTables:
     """The relation index on the gateway's database (a ``RelationStore``). Reads see committed events only."""
 
+    #: bundles(): the reader's ignored users, one JSON array parameter (``store/postgres/relations.py``: its own)
+    not_ignored = " AND sender NOT IN (SELECT value FROM json_each(?))"
+
     def __init__(self, db: Database, *, budget_s: float | None = None) -> None:
         """Create the tables and triggers if missing; index older events for up to ``budget_s`` (default
         :data:`BACKFILL_BUDGET_S`), the rest in background write jobs."""
@@ -179,7 +182,7 @@ class RelationTables:
         (the caller keeps the original sender's).
         """
         found: dict[str, dict[str, Any]] = {}
-        unwanted = " AND sender NOT IN (SELECT value FROM json_each(?))" if ignored else ""
+        unwanted = self.not_ignored if ignored else ""
         extra: tuple[str, ...] = (json.dumps(sorted(ignored)),) if ignored else ()
         for start in range(0, len(parent_ids), 500):  # well under SQLite's bound-parameter limit
             part = parent_ids[start:start + 500]
@@ -190,9 +193,11 @@ class RelationTables:
                 " CASE WHEN rel_type = 'm.replace' THEN sender END ORDER BY CASE rel_type"
                 " WHEN 'm.thread' THEN -child_stream WHEN 'm.reference' THEN child_stream ELSE -child_ts END,"
                 " child_id DESC) AS rank, COUNT(*) OVER (PARTITION BY parent_id, rel_type) AS n,"
-                " MAX(sender = ?) OVER (PARTITION BY parent_id, rel_type) AS mine FROM event_relations"
+                " MAX(CASE WHEN sender = ? THEN 1 ELSE 0 END) OVER (PARTITION BY parent_id, rel_type) AS mine"
+                " FROM event_relations"
                 f" WHERE parent_id IN ({marks}) AND rel_type IN ('m.thread', 'm.reference', 'm.replace')"
-                f" AND child_stream <= ?{unwanted}) WHERE rank <= CASE rel_type WHEN 'm.reference' THEN ? ELSE 1 END",
+                f" AND child_stream <= ?{unwanted}) AS ranked"
+                " WHERE rank <= CASE rel_type WHEN 'm.reference' THEN ? ELSE 1 END",
                 (user_id, *part, upto, *extra, MAX_BUNDLED_REFERENCES),
             )  # fmt: skip
             for parent, rel_type, child, sender, count, mine in rows:

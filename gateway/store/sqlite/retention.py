@@ -91,8 +91,8 @@ class RetentionTables:
                 c.execute(f"UPDATE event_threads SET latest_stream = {latest} WHERE room_id = ?"
                           f" AND latest_stream IN ({marks})", (room_id, *streams))  # fmt: skip
             if picked:
-                c.execute("INSERT INTO retention_purges VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET"
-                          " stream = excluded.stream, before_ts = MAX(before_ts, excluded.before_ts)",
+                c.execute("INSERT INTO retention_purges VALUES (?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET"
+                          " stream = excluded.stream, before_ts = MAX(retention_purges.before_ts, excluded.before_ts)",
                           (room_id, position, before_ts))  # fmt: skip
             return [p[1] for p in picked]
 

@@ -152,7 +152,7 @@ class RoomKeyTables:
                 raise RoomKeysFull(f"at most {max_versions} backup versions per user; delete an old one first")
             row = c.execute("SELECT last_version FROM room_key_issued WHERE user_id = ?", (user_id,)).fetchone()
             version = (int(row[0]) if row else 0) + 1
-            c.execute("INSERT INTO room_key_issued VALUES (?, ?) ON CONFLICT DO UPDATE SET"
+            c.execute("INSERT INTO room_key_issued VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET"
                       " last_version = excluded.last_version", (user_id, version))  # fmt: skip
             c.execute("INSERT INTO room_key_versions (user_id, version, algorithm, auth_data) VALUES (?, ?, ?, ?)",
                       (user_id, version, algorithm, auth_data))  # fmt: skip

@@ -95,6 +95,12 @@ def match_expression(words: list[str]) -> str:
 class SearchTables:
     """The full-text index on the gateway's database (a ``SearchStore``). Reads see committed events only."""
 
+    #: directory search's pattern operator, and a joined member's profile field ``{key}`` of events row ``e``
+    #: (the PostgreSQL store has its own: ``store/postgres/search.py``)
+    like = "LIKE"
+    member_field = ("CASE WHEN json_type(e.pdu, '$.content.{key}') = 'text'"
+                    " THEN json_extract(e.pdu, '$.content.{key}') END")  # fmt: skip
+
     def __init__(self, db: Database, *, budget_s: float | None = None) -> None:
         """Create the table and triggers if missing; index older events for up to ``budget_s`` (default
         :data:`BACKFILL_BUDGET_S`), the rest in background write jobs."""
@@ -143,8 +149,7 @@ class SearchTables:
         if everyone:
             sources.append("SELECT user_id, 0 FROM users")
             sources.append("SELECT user_id, 0 FROM memberships WHERE membership = 'join'")
-        member = ("(SELECT CASE WHEN json_type(e.pdu, '$.content.{key}') = 'text' THEN json_extract(e.pdu,"
-                  " '$.content.{key}') END FROM memberships m JOIN events e ON e.event_id = m.event_id"
+        member = (f"(SELECT {self.member_field} FROM memberships m JOIN events e ON e.event_id = m.event_id"
                   " WHERE m.user_id = p.user_id AND m.membership = 'join' LIMIT 1)")  # fmt: skip
         rows = self.db.query(
             f"WITH seen(user_id, shared) AS ({' UNION ALL '.join(sources)}),"
@@ -153,8 +158,8 @@ class SearchTables:
             f" CASE WHEN u.user_id IS NOT NULL THEN u.displayname ELSE {member.format(key='displayname')} END AS name,"
             f" CASE WHEN u.user_id IS NOT NULL THEN u.avatar_url ELSE {member.format(key='avatar_url')} END AS avatar"
             " FROM people p LEFT JOIN users u ON u.user_id = p.user_id)"
-            " SELECT user_id, name, avatar FROM named WHERE gone = 0 AND (user_id LIKE ? ESCAPE '\\'"
-            " OR name LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\')"
+            f" SELECT user_id, name, avatar FROM named WHERE gone = 0 AND (user_id {self.like} ? ESCAPE '\\'"
+            f" OR name {self.like} ? ESCAPE '\\' OR name {self.like} ? ESCAPE '\\')"
             " ORDER BY shared DESC, name IS NULL, lower(COALESCE(name, user_id)), user_id LIMIT ?",
             (*args, user_id_like, *name_like, limit),
         )  # fmt: skip

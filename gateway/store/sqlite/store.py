@@ -65,8 +65,14 @@ _EVENT_COLUMNS = ("event_id, pdu, stream, state_before, state_after, rejected, r
 class SQLiteStore:
     """Persistent state of one gateway in one SQLite file (WAL): a :class:`~lowband.gateway.store.interfaces.Store`."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = Database(path, SCHEMA)
+    def __init__(self, path: Path | None = None, *, db: Any = None) -> None:
+        """The store in the SQLite file at ``path``, or on ``db``: a database with :class:`Database`'s methods
+        (``store/postgres/database.py``) that takes this module's SQL."""
+        if db is None:
+            if path is None:
+                raise ValueError("SQLiteStore needs a path or a database")
+            db = Database(path, SCHEMA)
+        self.db = db
         self.db.write_sync(upgrade)
         row = self.db.query_one(
             "SELECT MAX(m) FROM (SELECT MAX(stream) AS m FROM events UNION ALL "
@@ -88,12 +94,20 @@ class SQLiteStore:
         self.room_keys = RoomKeyTables(self.db)  # key backups, its own tables (store/sqlite/room_keys.py)
         self.appservices = AppServiceTables(self.db)  # the bridges' push queue (store/sqlite/appservices.py)
         self.directory_networks = DirectoryNetworkTables(self.db)  # bridges' networks (directory_networks.py)
-        self.relations = RelationTables(self.db)  # m.relates_to index, kept by triggers (relations.py)
+        self.relations = self._relation_tables()  # m.relates_to index, kept by triggers (relations.py)
         self.presence = PresenceTables(self.db)  # presence across restarts, written in batches (presence.py)
         # OpenID tokens, deactivation and erasure (accounts_lifecycle.py)
         self.account_lifecycle = AccountLifecycleTables(self.db, self._forget_cached_tokens)
-        self.search = SearchTables(self.db)  # full-text index of message bodies, kept by triggers (search.py)
+        self.search = self._search_tables()  # full-text index of message bodies, kept by triggers (search.py)
         self._retention = RetentionTables(self.db)  # MSC1763 purges and their record (retention.py)
+
+    def _relation_tables(self) -> Any:
+        """The relations index on this store's database (PostgreSQL has its own: ``store/postgres``)."""
+        return RelationTables(self.db)
+
+    def _search_tables(self) -> Any:
+        """The full-text index on this store's database (PostgreSQL has its own: ``store/postgres``)."""
+        return SearchTables(self.db)
 
     def close(self) -> None:
         """Flush queued writes and close."""
@@ -161,8 +175,8 @@ class SQLiteStore:
         def fn(c: sqlite3.Connection) -> None:
             c.execute("INSERT INTO access_tokens VALUES (?, ?, ?, ?)", (token_key(token), user_id, device_id, ts))
             c.execute(
-                "INSERT INTO devices VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET display_name = "
-                "COALESCE(excluded.display_name, display_name)",
+                "INSERT INTO devices VALUES (?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET display_name = "
+                "COALESCE(excluded.display_name, devices.display_name)",
                 (user_id, device_id, display_name),
             )
 
@@ -283,7 +297,7 @@ class SQLiteStore:
         await self._write_at(
             position,
             lambda c: c.execute(
-                "INSERT INTO account_data VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "INSERT INTO account_data VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET "
                 "content = excluded.content, stream = excluded.stream",
                 (user_id, room_id, data_type, text, position),
             ),
@@ -399,7 +413,7 @@ class SQLiteStore:
                     c.execute(_INSERT_EVENT, row(w))
                 for user_id, membership, member_event in memberships:
                     c.execute(
-                        "INSERT INTO memberships VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT DO UPDATE SET membership ="
+                        "INSERT INTO memberships VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (room_id, user_id) DO UPDATE SET membership ="
                         " excluded.membership, event_id = excluded.event_id, stream = excluded.stream, forgotten = 0",
                         (event.room_id, user_id, membership, member_event, w.position),
                     )  # fmt: skip
@@ -414,7 +428,7 @@ class SQLiteStore:
             if room_args is not None:
                 c.execute(
                     "INSERT INTO rooms (room_id, room_version, creator, state_group, extremities, depth)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET state_group = excluded.state_group,"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET state_group = excluded.state_group,"
                     " extremities = excluded.extremities, depth = excluded.depth",
                     room_args,
                 )  # fmt: skip
@@ -560,11 +574,8 @@ class SQLiteStore:
         """Map an alias to a room; False if the alias exists."""
 
         def fn(c: sqlite3.Connection) -> bool:
-            try:
-                c.execute("INSERT INTO room_aliases VALUES (?, ?, ?)", (alias, room_id, creator))
-            except sqlite3.IntegrityError:
-                return False
-            return True
+            return c.execute("INSERT INTO room_aliases VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                             (alias, room_id, creator)).rowcount == 1  # fmt: skip
 
         return bool(await self.db.write(fn))
 
@@ -590,7 +601,7 @@ class SQLiteStore:
         await self._write_at(
             position,
             lambda c: c.execute(
-                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET"
                 " event_id = excluded.event_id, ts = excluded.ts, stream = excluded.stream",
                 (room_id, receipt_type, user_id, event_id, ts, position, thread_id or ""),
             ),
@@ -651,13 +662,11 @@ class SQLiteStore:
 
 def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin: bool, ts: int,
                  owner: str | None) -> None:  # fmt: skip
-    try:
-        c.execute(
-            "INSERT INTO users (user_id, password_hash, admin, created_ts, owner) VALUES (?, ?, ?, ?, ?)",
-            (user_id, password_hash, int(admin), ts, owner),
-        )
-    except sqlite3.IntegrityError:
-        raise UserExists(user_id) from None
+    inserted = c.execute(
+        "INSERT INTO users (user_id, password_hash, admin, created_ts, owner) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING", (user_id, password_hash, int(admin), ts, owner)).rowcount  # fmt: skip
+    if inserted != 1:  # a failed statement would leave a PostgreSQL transaction unusable: no try/except here
+        raise UserExists(user_id)
 
 
 def _event_row(row: tuple[Any, ...]) -> EventRow:

@@ -1,0 +1,158 @@
+"""Event relations (``m.relates_to``) on PostgreSQL: the index behind /relations, /threads and ``m.relations``.
+
+The same tables as :mod:`..sqlite.relations` (``event_relations``, ``event_threads``, ``relations_backfill``,
+created by that module's portable DDL) and the same rules, with the triggers written in PL/pgSQL:
+
+* ``event_relations_insert`` (after insert on ``events``): a timeline event (not rejected, outlier,
+  soft-failed or redacted) whose ``content["m.relates_to"]`` has a string ``rel_type`` and a string
+  ``event_id`` other than its own is indexed (a row already there for it is replaced, as SQLite's
+  ``INSERT OR REPLACE``); an ``m.thread`` one moves its root's ``latest_stream`` up;
+* ``event_relations_redact`` (after an update setting ``redacted_by``) and ``event_relations_delete``
+  (after delete): the child's row goes; ``event_threads`` keeps its position, as on SQLite.
+
+The PDU is TEXT holding JSON, read as ``jsonb`` (``lowband_pdu_json``, :mod:`.pdu_json`); SQLite's
+``json_type(...) = 'text'`` is ``jsonb_typeof(...) = 'string'`` here. Events stored before the index existed are
+indexed by :class:`~lowband.gateway.store.sqlite.event_index.OlderEvents` through this module's
+:func:`_index_range`, as on SQLite.
+
+Queries are the SQLite module's (portable) but for two PostgreSQL lacks: the ignored senders of
+:meth:`bundles` come as a JSON array read with ``jsonb_array_elements_text``, and the recursive walk of
+:meth:`children` bounds its nodes outside the recursive query (PostgreSQL refuses LIMIT inside one; it
+evaluates a recursive query only as far as its reader fetches, so the walk still stops at
+:data:`MAX_TREE_NODES`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lowband.gateway.store.postgres.pdu_json import PDU_JSON_FUNCTION
+from lowband.gateway.store.sqlite.event_index import OlderEvents
+from lowband.gateway.store.sqlite.relations import (
+    BACKFILL_BATCH,
+    BACKFILL_BUDGET_S,
+    MAX_TREE_NODES,
+    RELATIONS_SCHEMA,
+    RelationTables,
+)
+
+#: an events row ``{e}`` is shown in a timeline and not redacted
+_TIMELINE = "{e}.rejected IS NULL AND {e}.outlier = 0 AND {e}.soft_failed = 0 AND {e}.redacted_by IS NULL"
+#: ``{r}`` (the ``m.relates_to`` object, jsonb) is a well-formed relation of events row ``{e}``
+_WELL_FORMED = (
+    "jsonb_typeof({r}->'rel_type') = 'string' AND jsonb_typeof({r}->'event_id') = 'string'"
+    " AND {r}->>'event_id' <> {e}.event_id"
+)
+#: event_relations' columns for events row ``{e}`` with relation ``{r}``
+_ROW = (
+    "{e}.event_id, {e}.room_id, {r}->>'event_id', {r}->>'rel_type', {e}.type, {e}.sender, {e}.stream,"
+    " {e}.origin_server_ts, CASE WHEN jsonb_typeof({r}->'key') = 'string' THEN {r}->>'key' END"
+)
+
+RELATIONS_PG_SCHEMA = [s for s in RELATIONS_SCHEMA if "CREATE TRIGGER" not in s] + [
+    PDU_JSON_FUNCTION,
+    f"""
+CREATE OR REPLACE FUNCTION lowband_relations_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+BEGIN
+    -- most events relate to nothing: skip parsing their JSON (the key is in the text as is or through a \\u escape)
+    IF NOT ({_TIMELINE.format(e="NEW")})
+            OR (strpos(NEW.pdu, 'm.relates_to') = 0 AND strpos(NEW.pdu, '\\u') = 0) THEN
+        RETURN NULL;
+    END IF;
+    r := lowband_pdu_json(NEW.pdu)->'content'->'m.relates_to';
+    IF {_WELL_FORMED.format(e="NEW", r="r")} THEN
+        INSERT INTO event_relations VALUES ({_ROW.format(e="NEW", r="r")})
+            ON CONFLICT (child_id) DO UPDATE SET room_id = excluded.room_id, parent_id = excluded.parent_id,
+            rel_type = excluded.rel_type, child_type = excluded.child_type, sender = excluded.sender,
+            child_stream = excluded.child_stream, child_ts = excluded.child_ts,
+            aggregation_key = excluded.aggregation_key;
+        IF r->>'rel_type' = 'm.thread' THEN
+            INSERT INTO event_threads VALUES (NEW.room_id, r->>'event_id', NEW.stream)
+                ON CONFLICT (room_id, root_id)
+                DO UPDATE SET latest_stream = GREATEST(event_threads.latest_stream, excluded.latest_stream);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$
+""",
+    """
+CREATE OR REPLACE FUNCTION lowband_relations_forget() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM event_relations WHERE child_id = OLD.event_id;
+    RETURN NULL;
+END
+$$
+""",
+    (
+        "CREATE OR REPLACE TRIGGER event_relations_insert AFTER INSERT ON events FOR EACH ROW"
+        " EXECUTE FUNCTION lowband_relations_insert()"
+    ),
+    (
+        "CREATE OR REPLACE TRIGGER event_relations_redact AFTER UPDATE OF redacted_by ON events FOR EACH ROW"
+        " WHEN (NEW.redacted_by IS NOT NULL) EXECUTE FUNCTION lowband_relations_forget()"
+    ),
+    (
+        "CREATE OR REPLACE TRIGGER event_relations_delete AFTER DELETE ON events FOR EACH ROW"
+        " EXECUTE FUNCTION lowband_relations_forget()"
+    ),
+]
+
+
+class PgRelationTables(RelationTables):
+    """The relation index on a PostgreSQL store (a ``RelationStore``). Reads see committed events only."""
+
+    #: bundles(): the reader's ignored users, one JSON array parameter
+    not_ignored = " AND sender NOT IN (SELECT jsonb_array_elements_text(CAST(? AS jsonb)))"
+
+    def __init__(self, db: Any, *, budget_s: float | None = None) -> None:
+        """Create the tables if missing and the trigger functions and triggers (replaced); index older events
+        for up to ``budget_s`` (default :data:`BACKFILL_BUDGET_S`), the rest in background write jobs."""
+        self.db = db
+        self.older = OlderEvents(db, marker="event_relations", schema=RELATIONS_PG_SCHEMA,
+                                 progress_table="relations_backfill", index_range=_index_range,
+                                 batch=BACKFILL_BATCH, label="relations",
+                                 budget_s=BACKFILL_BUDGET_S if budget_s is None else budget_s)  # fmt: skip
+
+    def children(
+        self, room_id: str, parent_id: str, *, rel_type: str | None, event_type: str | None, after: int, upto: int,
+        backwards: bool, limit: int, depth: int = 1,
+    ) -> list[str]:  # fmt: skip
+        """As :meth:`RelationTables.children` (the walk bounded outside the recursive query)."""
+        if depth <= 1:
+            return super().children(room_id, parent_id, rel_type=rel_type, event_type=event_type, after=after,
+                                    upto=upto, backwards=backwards, limit=limit, depth=depth)  # fmt: skip
+        match = ""
+        args: list[Any] = []
+        if rel_type is not None:
+            match += " AND r.rel_type = ?"
+            args.append(rel_type)
+        if event_type is not None:
+            match += " AND r.child_type = ?"
+            args.append(event_type)
+        order = "DESC" if backwards else "ASC"
+        rows = self.db.query(
+            "WITH RECURSIVE tree(child_id, level) AS ("
+            f" SELECT r.child_id, 1 FROM event_relations r WHERE r.parent_id = ? AND r.room_id = ?{match}"
+            " UNION SELECT r.child_id, tree.level + 1 FROM event_relations r JOIN tree ON r.parent_id = tree.child_id"
+            f" WHERE tree.level < ? AND r.room_id = ?{match})"
+            " SELECT r.child_id FROM event_relations r WHERE r.child_id IN (SELECT child_id FROM tree LIMIT ?)"
+            f" AND r.child_stream > ? AND r.child_stream <= ? ORDER BY r.child_stream {order} LIMIT ?",
+            (parent_id, room_id, *args, depth, room_id, *args, MAX_TREE_NODES, after, upto, limit),
+        )  # fmt: skip
+        return [str(r[0]) for r in rows]
+
+
+def _index_range(c: Any, lower: int, below: int) -> None:
+    """Index the relations of the events at positions in [lower, below) (stored before the index existed)."""
+    source = (" FROM events e CROSS JOIN LATERAL (SELECT lowband_pdu_json(e.pdu)->'content'->'m.relates_to' AS r) j"
+              f" WHERE e.stream >= ? AND e.stream < ? AND {_TIMELINE.format(e='e')}"
+              f" AND {_WELL_FORMED.format(e='e', r='j.r')}")  # fmt: skip
+    c.execute(f"INSERT INTO event_relations SELECT {_ROW.format(e='e', r='j.r')}{source}"
+              " ON CONFLICT (child_id) DO NOTHING", (lower, below))  # fmt: skip
+    c.execute(f"INSERT INTO event_threads SELECT e.room_id, j.r->>'event_id', MAX(e.stream){source}"
+              " AND j.r->>'rel_type' = 'm.thread' GROUP BY 1, 2 ON CONFLICT (room_id, root_id) DO UPDATE"
+              " SET latest_stream = GREATEST(event_threads.latest_stream, excluded.latest_stream)",
+              (lower, below))  # fmt: skip
