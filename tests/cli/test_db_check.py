@@ -18,6 +18,9 @@ from harness import Client, expect, users_gateway
 
 from lowband.gateway.cli.main import main
 
+# `lowband db check` reads the SQLite file (gateway/store/sqlite/integrity.py); a PostgreSQL store has no such check.
+pytestmark = pytest.mark.sqlite_only
+
 V3 = "/_matrix/client/v3"
 
 

@@ -8,21 +8,24 @@ which filters what it answers by what a user of B could see).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 from fed_harness import bodies, create_room, gateways, has, http_session, put_state, q, send, until, user
 
+from lowband.gateway.app import open_store
+
 pytestmark = pytest.mark.slow
 
 
 def _stored_bodies(database: Path) -> set[str]:
-    """Bodies of every message a gateway's database holds, read-only while it runs."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        rows = db.execute("SELECT pdu FROM events WHERE type = 'm.room.message'").fetchall()
+    """Bodies of every message a gateway's database holds, read through a second store while it runs."""
+    store = open_store(database)
+    try:
+        rows = store.db.query("SELECT pdu FROM events WHERE type = 'm.room.message'")
+    finally:
+        store.close()
     return {json.loads(row[0]).get("content", {}).get("body") for row in rows}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,11 @@ from fed_harness import (
 )
 from hostile_peer import HostilePeer, attacked_gateway, local_user, public_room, visible_to
 
+from lowband.gateway.app import open_store
 from lowband.gateway.config import RetentionConfig
 from lowband.gateway.homeserver.retention_job import RETENTION
 from lowband.gateway.matrix.events import compute_event_id
 from lowband.gateway.matrix.room_versions import V10
-from lowband.gateway.store.sqlite.readonly import ReadOnlyEvents
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +49,15 @@ interval_s = 0.5
 
 
 def stored_bodies(data_dir: Path, room_id: str) -> list[str]:
-    """The bodies of the room's messages in a gateway's database file (read-only, beside the running gateway)."""
-    with ReadOnlyEvents(data_dir / "lowband.db") as events:
-        return [str(c.get("body")) for c in events.contents(room_id, "m.room.message")]
+    """The bodies of the room's messages in a gateway's database (a second store, beside the running gateway)."""
+    store = open_store(data_dir / "lowband.db")
+    try:
+        rows = store.db.query("SELECT pdu FROM events WHERE room_id = ? AND type = ? ORDER BY stream",
+                              (room_id, "m.room.message"))  # fmt: skip
+    finally:
+        store.close()
+    contents = [json.loads(pdu).get("content") for (pdu,) in rows]
+    return [str(c.get("body")) if isinstance(c, dict) else "None" for c in contents]
 
 
 def test_both_servers_purge_and_the_room_still_federates(tmp_path: Path) -> None:

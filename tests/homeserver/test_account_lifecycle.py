@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -202,13 +201,12 @@ def test_openid_tokens_are_checked_over_federation_and_stored_hashed(tmp_path: P
             for _ in range(20):
                 expect(await alice.request("POST", path, {}), 200)
             expect(await bob.request("GET", userinfo + token["access_token"], token=False), 401, "M_UNKNOWN_TOKEN")
-            count = sqlite3.connect(svc.config.db_path).execute("SELECT COUNT(*) FROM openid_tokens").fetchone()[0]
+            count = svc.store.db.query_one("SELECT COUNT(*) FROM openid_tokens")[0]
             assert count == 20
-            # Stored as its hash only: the token's text is nowhere in the file.
+            # Stored as its hash only: the token's text is nowhere in the database.
             last = expect(await alice.request("POST", path, {}), 200)["access_token"]
             await asyncio.sleep(0)
-            conn = sqlite3.connect(svc.config.db_path)
-            rows = conn.execute("SELECT token FROM openid_tokens").fetchall()
+            rows = svc.store.db.query("SELECT token FROM openid_tokens")
             assert rows and all(r[0].startswith("sha256:") for r in rows) and all(last not in r[0] for r in rows)
 
             client = nio.AsyncClient(url, "@bob:localhost")

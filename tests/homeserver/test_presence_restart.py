@@ -12,10 +12,10 @@ from urllib.parse import quote
 import aiohttp
 from harness import Client, GatewayProcess, expect
 
+from lowband.gateway.app import open_store
 from lowband.gateway.homeserver.presence import PresenceTracker, flush
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.store.interfaces import PresenceRecord
-from lowband.gateway.store.sqlite.store import SQLiteStore
 
 V3 = "/_matrix/client/v3"
 CONFIG = "[rate_limits]\nenabled = false\n"
@@ -86,17 +86,17 @@ def test_activity_is_written_in_batches_not_per_request() -> None:
 
 
 def test_store_keeps_the_newest_rows_and_prunes_the_rest(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "lowband.db")
+    store = open_store(tmp_path / "lowband.db")
     store.presence.save([PresenceRecord(f"@u{i}:x", "online", f"msg {i}", 1000 * i, i % 2 == 0) for i in range(5)])
     store.presence.save([PresenceRecord("@u0:x", "offline", None, 9000, True)])  # an update, not a new row
     store.close()
-    store = SQLiteStore(tmp_path / "lowband.db")
+    store = open_store(tmp_path / "lowband.db")
     loaded = store.presence.load(3)
     assert [r.user_id for r in loaded] == ["@u3:x", "@u4:x", "@u0:x"]  # newest last
     assert loaded[-1] == PresenceRecord("@u0:x", "offline", None, 9000, True)
     assert loaded[0] == PresenceRecord("@u3:x", "online", "msg 3", 3000, False)
     store.close()
-    store = SQLiteStore(tmp_path / "lowband.db")
+    store = open_store(tmp_path / "lowband.db")
     assert len(store.presence.load(10)) == 3  # the older rows were deleted by the first load
     store.close()
 

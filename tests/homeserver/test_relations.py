@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from harness import Client, expect, users_gateway
 
 from lowband.gateway.config import RateLimits
@@ -273,6 +274,7 @@ def test_sync_messages_and_event_bundle_threads_references_and_edits(tmp_path: P
     asyncio.run(run())
 
 
+@pytest.mark.sqlite_only  # counts statements with sqlite3's trace callback
 def test_sync_of_fifty_events_in_four_rooms_bundles_in_one_query(tmp_path: Path) -> None:
     async def run() -> None:
         async with gateway(tmp_path, "alice", rate_limits=RateLimits(enabled=False)) as ((alice,), services):

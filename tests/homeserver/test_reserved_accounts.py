@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from harness import LOWBAND
 
 from lowband.gateway.api.http.app import make_app
-from lowband.gateway.app import open_services
+from lowband.gateway.app import open_services, open_store
 from lowband.gateway.config import load_config
 from lowband.gateway.store.sqlite.store import SQLiteStore
 
@@ -84,7 +84,7 @@ def test_user_add_refuses_reserved_names_unless_the_operator_insists(tmp_path: P
     assert _user_add(data, "z2m.lamp").returncode == 0  # without the [mqtt] section the prefix is free
     forced = _user_add(data, "dev.kitchen", "--allow-reserved")
     assert forced.returncode == 0, forced.stderr
-    store = SQLiteStore(data / "lowband.db")
+    store = open_store(data / "lowband.db")
     try:
         assert store.get_user("@dev.kitchen:localhost")["owner"] is None  # a person's: no device will speak as it
         assert store.get_user("@z2m.lamp:localhost")["owner"] is None
@@ -99,6 +99,7 @@ CREATE TABLE mqtt_users (user_id TEXT PRIMARY KEY, created_ts INTEGER NOT NULL);
 """
 
 
+@pytest.mark.sqlite_only  # upgrades an older version's SQLite file
 def test_an_older_database_gets_owners_claimed_once(tmp_path: Path) -> None:
     path = tmp_path / "lowband.db"
     conn = sqlite3.connect(path)
@@ -155,7 +156,7 @@ def test_mqtt_bridge_speaks_only_as_accounts_it_made(tmp_path: Path, owner: str 
             self.users.add(user_id)
 
     async def scenario() -> None:
-        store = SQLiteStore(tmp_path / "lowband.db")
+        store = open_store(tmp_path / "lowband.db")
         try:
             await store.create_user("@mqtt_lamp:gw", "!x", False, 1, owner=owner)
             tables = Tables()

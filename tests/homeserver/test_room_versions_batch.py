@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from lowband.gateway.app import open_store
 from lowband.gateway.homeserver.rooms import RoomService, SendRequest, Sent
 from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.auth_rules import auth_state_from_events, check_auth
 from lowband.gateway.matrix.events import Event, check_event_format, verify_event
 from lowband.gateway.matrix.identifiers import create_event_id_of_room
 from lowband.gateway.matrix.signing import SigningKey
-from lowband.gateway.store.sqlite.store import SQLiteStore
+from lowband.gateway.store.sqlite.store import SQLiteStore  # the type of both stores (PostgresStore is one)
 
 ALICE, BOB = "@alice:localhost", "@bob:localhost"
 KEY = SigningKey.from_seed(bytes(range(32)), "batch")
@@ -55,7 +56,7 @@ def judge_again(store: SQLiteStore, room_id: str, version: room_versions.RoomVer
 @pytest.mark.parametrize("version", list(room_versions.KNOWN), ids=lambda v: f"v{v}")
 def test_every_version_through_the_room_service(tmp_path: Path, version: str) -> None:
     async def first_run() -> str:
-        store = SQLiteStore(tmp_path / "lowband.db")
+        store = open_store(tmp_path / "lowband.db")
         rooms = RoomService(store, "localhost", KEY)
         try:
             room_id = await rooms.create_room(ALICE, {"preset": "public_chat", "room_version": version})
@@ -74,7 +75,7 @@ def test_every_version_through_the_room_service(tmp_path: Path, version: str) ->
     room_id = asyncio.run(first_run())
 
     async def after_restart() -> None:
-        store = SQLiteStore(tmp_path / "lowband.db")
+        store = open_store(tmp_path / "lowband.db")
         rooms = RoomService(store, "localhost", KEY)
         try:
             assert rooms.room_version(room_id).identifier == version
@@ -89,7 +90,7 @@ def test_every_version_through_the_room_service(tmp_path: Path, version: str) ->
 
 def test_a_v12_room_gets_its_alias_and_its_hash_id(tmp_path: Path) -> None:
     async def main() -> None:
-        store = SQLiteStore(tmp_path / "lowband.db")
+        store = open_store(tmp_path / "lowband.db")
         rooms = RoomService(store, "localhost", KEY)
         try:
             room_id = await rooms.create_room(ALICE, {"room_version": "12", "room_alias_name": "greenhouse"})

@@ -264,6 +264,7 @@ async def test_bad_requests(tmp_path: Path) -> None:
                "M_MISSING_TOKEN")
 
 
+@pytest.mark.sqlite_only  # the SQLite file itself; on PostgreSQL: tests/store/test_store_pg_indexes.py
 def test_index_kept_by_triggers_and_backfilled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An older database (no index) is indexed at first open: a batch within the budget, the rest in the
     background; the triggers then keep it for every later write."""

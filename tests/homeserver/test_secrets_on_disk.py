@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -15,7 +16,10 @@ import stat
 from pathlib import Path
 
 import aiohttp
+import pytest
 from harness import Client, gateway_in_loop
+
+from lowband.gateway.app import open_store
 
 
 def _mode(path: Path) -> int:
@@ -34,6 +38,7 @@ async def _use(tmp_path: Path, user: str = "alice") -> Path:
     return next(p for p in media.rglob("*") if p.is_file())
 
 
+@pytest.mark.sqlite_only  # the modes of lowband.db and its WAL
 def test_a_new_data_dir_and_everything_in_it_are_private(tmp_path):
     stored = asyncio.run(_use(tmp_path))
     data = tmp_path / "data"
@@ -45,6 +50,7 @@ def test_a_new_data_dir_and_everything_in_it_are_private(tmp_path):
     assert _mode(stored) == 0o600
 
 
+@pytest.mark.sqlite_only  # the modes of lowband.db and its WAL
 def test_a_data_dir_made_before_is_made_private_at_start(tmp_path):
     asyncio.run(_use(tmp_path))
     data = tmp_path / "data"
@@ -75,6 +81,7 @@ async def _whoami(base: str, token: str) -> int:
         return status
 
 
+@pytest.mark.sqlite_only  # reads the bytes of the SQLite file
 def test_access_tokens_are_kept_only_as_hashes(tmp_path):
     async def main() -> None:
         async with gateway_in_loop(tmp_path) as base, aiohttp.ClientSession() as session:
@@ -90,6 +97,7 @@ def test_access_tokens_are_kept_only_as_hashes(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.sqlite_only  # an older SQLite file, its bytes before and after VACUUM
 def test_tokens_of_an_older_database_are_hashed_at_start_and_keep_working(tmp_path):
     async def register() -> str:
         async with gateway_in_loop(tmp_path) as base, aiohttp.ClientSession() as session:
@@ -128,9 +136,15 @@ def test_a_password_hash_with_old_parameters_is_replaced_at_login(tmp_path):
     digest = hashlib.scrypt(b"right horse", salt=salt, n=2**14, r=8, p=1, dklen=32)
     old = f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
     assert needs_rehash(old)
-    db = sqlite3.connect(tmp_path / "data" / "lowband.db")
-    with db:
-        db.execute("UPDATE users SET password_hash = ? WHERE user_id = '@alice:localhost'", (old,))
+    sql = "UPDATE users SET password_hash = ? WHERE user_id = '@alice:localhost'"
+    with contextlib.closing(open_store(tmp_path / "data" / "lowband.db")) as store:
+        store.db.write_sync(lambda c: c.execute(sql, (old,)))
+
+    def stored_hash() -> str:
+        with contextlib.closing(open_store(tmp_path / "data" / "lowband.db")) as store:
+            row = store.db.query_one("SELECT password_hash FROM users WHERE user_id = '@alice:localhost'")
+        assert row is not None
+        return str(row[0])
 
     async def login(password: str) -> int:
         async with gateway_in_loop(tmp_path) as base, aiohttp.ClientSession() as session:
@@ -140,10 +154,9 @@ def test_a_password_hash_with_old_parameters_is_replaced_at_login(tmp_path):
             return status
 
     assert asyncio.run(login("wrong horse")) == 403
-    (stored,) = db.execute("SELECT password_hash FROM users WHERE user_id = '@alice:localhost'").fetchone()
+    stored = stored_hash()
     assert stored == old  # a wrong password changes nothing
     assert asyncio.run(login("right horse")) == 200
-    (stored,) = db.execute("SELECT password_hash FROM users WHERE user_id = '@alice:localhost'").fetchone()
+    stored = stored_hash()
     assert stored.startswith("scrypt$16384$8$5$") and not needs_rehash(stored)
     assert asyncio.run(login("right horse")) == 200  # the new hash checks
-    db.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from harness import Client, expect, users_gateway
 
 from lowband.gateway.config import RateLimits
@@ -223,6 +224,7 @@ def test_per_thread_counts_move_with_threaded_and_unthreaded_receipts(tmp_path: 
     asyncio.run(asyncio.wait_for(run(), 120))
 
 
+@pytest.mark.sqlite_only  # upgrades an older version's SQLite file
 def test_a_database_from_before_threaded_receipts_keeps_its_receipts(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)

@@ -193,12 +193,12 @@ async def _links(services: Any) -> Any:
 
 @pytest.mark.parametrize("owner", ["device:kitchen", None])
 def test_device_show_tells_whether_the_account_is_the_devices(tmp_path, owner):
-    from lowband.gateway.store.sqlite.store import SQLiteStore
+    from lowband.gateway.app import open_store
 
     data = tmp_path / "data"
     data.mkdir()
     (data / "server_name").write_text("localhost\n")
-    store = SQLiteStore(data / "lowband.db")
+    store = open_store(data / "lowband.db")
     try:
         store.create_user_sync(DEVICE, "!x", False, 1, owner=owner)
         store.db.write_sync(lambda c: c.execute(

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from harness import Client, GatewayProcess
 from nio import AsyncClient, LoginResponse, RoomMessagesResponse
 
+from lowband.gateway.app import open_store
 from lowband.gateway.bench.mqtt import payload
 from lowband.sim.mosquitto import PrivateMosquitto
 
@@ -51,18 +54,18 @@ def publish(port: int, first: int, count: int) -> None:
     client.loop_stop()
 
 
-def event_count(db: Path) -> int:
-    """Message events in the gateway's database (pacing only; the verdict reads /messages)."""
+def event_count(store: Any) -> int:
+    """Message events in the gateway's database, through a second store (pacing only; the verdict reads /messages)."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM events WHERE type = 'm.room.message'").fetchone()[0])
+        row = store.db.query_one("SELECT COUNT(*) FROM events WHERE type = 'm.room.message'")
+        return int(row[0])
     except sqlite3.OperationalError:
         return 0
 
 
-def wait_count(db: Path, want: int, timeout: float) -> None:
+def wait_count(store: Any, want: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while (have := event_count(db)) < want:
+    while (have := event_count(store)) < want:
         assert time.monotonic() < deadline, f"only {have} of {want} events after {timeout} s"
         time.sleep(0.02)
 
@@ -148,25 +151,26 @@ def run_stream(tmp_path: Path, total: int) -> None:
         )  # fmt: skip
         with GatewayProcess(tmp_path / "data", config=config) as gateway:
             room_id = asyncio.run(join_bridge_room(gateway.url))
-            db = gateway.data_dir / "lowband.db"
-            publish(broker.port, 0, part_a)
-            wait_count(db, total // 8, 60)
-            assert gateway.proc is not None
-            worker = worker_pid(gateway.proc.pid)
-            gateway.kill()  # kill -9 with messages committed, in flight and queued at the broker
-            wait_exited(worker, 10)  # the worker noticed and went (the broker then sends the will)
-            gateway.start()
-            wait_count(db, total * 3 // 8, 60)
-            broker.restart()  # the gateway's session and its queued messages survive (persistence)
-            publish(broker.port, part_a, total - part_a)
-            assert gateway.proc is not None
-            os.kill(worker_pid(gateway.proc.pid), signal.SIGKILL)  # the worker alone dies; the gateway starts another
-            wait_count(db, total * 3 // 4, 120)
-            gateway.kill()
-            gateway.start()
-            wait_count(db, total, max(60, total / 100))
-            time.sleep(2.0)  # a duplicate would be committed by now
-            seqs = asyncio.run(read_sequences(gateway.url, room_id))
+            with contextlib.closing(open_store(gateway.data_dir / "lowband.db")) as store:  # beside the gateway
+                publish(broker.port, 0, part_a)
+                wait_count(store, total // 8, 60)
+                assert gateway.proc is not None
+                worker = worker_pid(gateway.proc.pid)
+                gateway.kill()  # kill -9 with messages committed, in flight and queued at the broker
+                wait_exited(worker, 10)  # the worker noticed and went (the broker then sends the will)
+                gateway.start()
+                wait_count(store, total * 3 // 8, 60)
+                broker.restart()  # the gateway's session and its queued messages survive (persistence)
+                publish(broker.port, part_a, total - part_a)
+                assert gateway.proc is not None
+                # the worker alone dies; the gateway starts another
+                os.kill(worker_pid(gateway.proc.pid), signal.SIGKILL)
+                wait_count(store, total * 3 // 4, 120)
+                gateway.kill()
+                gateway.start()
+                wait_count(store, total, max(60, total / 100))
+                time.sleep(2.0)  # a duplicate would be committed by now
+                seqs = asyncio.run(read_sequences(gateway.url, room_id))
     counts = collections.Counter(seqs)
     missing = sorted(set(range(total)) - set(counts))
     twice = sorted(seq for seq, n in counts.items() if n > 1)

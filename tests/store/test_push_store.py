@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from lowband.gateway.app import open_store
 from lowband.gateway.store.interfaces import NotificationRow
 from lowband.gateway.store.sqlite.push import MAX_NOTIFICATIONS_PER_USER, TRIM_EVERY
-from lowband.gateway.store.sqlite.store import SQLiteStore
 
 
 def test_a_users_rows_are_trimmed_back_to_the_cap_oldest_first(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "lowband.db")
+    store = open_store(tmp_path / "lowband.db")
     writes = MAX_NOTIFICATIONS_PER_USER + 2 * TRIM_EVERY + 7
 
     async def fill() -> None:
