@@ -87,7 +87,9 @@ END
 $$
 """,
     (
+        # the function's first test again, as the trigger's condition: most events never call PL/pgSQL
         "CREATE OR REPLACE TRIGGER event_relations_insert AFTER INSERT ON events FOR EACH ROW"
+        r" WHEN (strpos(NEW.pdu, 'm.relates_to') > 0 OR strpos(NEW.pdu, '\u') > 0)"
         " EXECUTE FUNCTION lowband_relations_insert()"
     ),
     (

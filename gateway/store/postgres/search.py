@@ -108,7 +108,7 @@ $$
 """,
     (
         "CREATE OR REPLACE TRIGGER event_search_insert AFTER INSERT ON events FOR EACH ROW"
-        " EXECUTE FUNCTION lowband_search_row()"
+        " WHEN (NEW.type IN " + _TYPES + ") EXECUTE FUNCTION lowband_search_row()"
     ),
     (
         "CREATE OR REPLACE TRIGGER event_search_update"
