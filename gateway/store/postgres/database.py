@@ -22,27 +22,22 @@ the test suite one store per test).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import queue
 import re
 import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg.adapt import Dumper, Loader
 
 from lowband.gateway.store.postgres.dialect import split_script, translate
+from lowband.gateway.store.sqlite.database import GroupCommit
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-_STOP = object()
-_MAX_BATCH = 512
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -146,7 +141,7 @@ def open_reader(url: str, schema: str) -> PgConnection:
     return PgConnection(conn, lookups_only=True)
 
 
-class PostgresDatabase:
+class PostgresDatabase(GroupCommit):
     """One schema of a PostgreSQL database with one group-committing writer and one reader."""
 
     dialect = "postgresql"
@@ -167,50 +162,13 @@ class PostgresDatabase:
         self.schema = schema
         self._writer_conn = PgConnection(writer)
         self.reader = PgConnection(connect(url, schema), lookups_only=True)
-        self._jobs: queue.Queue[Any] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="lowband-db-writer", daemon=True)
-        self._thread.start()
-        self.commits = 0
+        self._start_writer()
 
-    # ------------------------------------------------------------- writing
+    def _close_writer(self) -> None:
+        self._writer_conn.close()
 
-    def submit(self, fn: Callable[[Any], T], *, durable: bool = True) -> Future[T]:
-        """Queue a write job; the future resolves after its COMMIT (``durable``: see the module rules)."""
-        future: Future[T] = Future()
-        self._jobs.put((fn, future, durable))
-        return future
-
-    async def write(self, fn: Callable[[Any], T], *, durable: bool = True) -> T:
-        """Run ``fn`` in the writer's next transaction and wait until committed."""
-        return await asyncio.wrap_future(self.submit(fn, durable=durable))
-
-    def write_sync(self, fn: Callable[[Any], T]) -> T:
-        """Blocking form of :meth:`write`, for command-line tools."""
-        return self.submit(fn).result()
-
-    def _run(self) -> None:
+    def _commit_batch(self, batch: list[Any]) -> None:
         conn = self._writer_conn
-        while True:
-            first = self._jobs.get()
-            if first is _STOP:
-                break
-            batch = [first]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stop = True
-                    break
-                batch.append(job)
-            self._commit_batch(conn, batch)
-            if stop:
-                break
-        conn.raw.close()
-
-    def _commit_batch(self, conn: PgConnection, batch: list[Any]) -> None:
         raw = conn.raw
         results: list[tuple[Future[Any], bool, Any]] = []
         alive = {id(future): future.set_running_or_notify_cancel() for _, future, _ in batch}
@@ -245,31 +203,11 @@ class PostgresDatabase:
                 raw.execute("ROLLBACK")
             except psycopg.Error:
                 pass
-            error = _sqlite_error(exc)
-            for _, future, _ in batch:
-                if alive[id(future)] and not future.done():
-                    future.set_exception(error)
+            self._failed(batch, alive, _sqlite_error(exc))
             return
-        for future, ok, value in results:
-            if not alive[id(future)]:
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-    # ------------------------------------------------------------- reading
-
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """All rows of a read-only query on the reader connection."""
-        return self.reader.execute(sql, args).fetchall()
-
-    def query_one(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        """The first row of a read-only query, or None."""
-        return self.reader.execute(sql, args).fetchone()
+        self._deliver(results, alive)
 
     def close(self) -> None:
         """Finish queued writes, then close both connections."""
-        self._jobs.put(_STOP)
-        self._thread.join(timeout=30)
-        self.reader.raw.close()
+        self._stop_writer()
+        self.reader.close()

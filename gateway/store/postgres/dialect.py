@@ -218,7 +218,7 @@ def translate(sql: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(toks):
-        kind, text = toks[i]
+        text = toks[i][1]
         word = _upper(toks[i])
         if word == "INSERT":
             j = _next_word(toks, i + 1)

@@ -31,7 +31,6 @@ from lowband.gateway.store.sqlite.event_index import OlderEvents
 from lowband.gateway.store.sqlite.relations import (
     BACKFILL_BATCH,
     BACKFILL_BUDGET_S,
-    MAX_TREE_NODES,
     RELATIONS_SCHEMA,
     RelationTables,
 )
@@ -108,6 +107,8 @@ class PgRelationTables(RelationTables):
 
     #: bundles(): the reader's ignored users, one JSON array parameter
     not_ignored = " AND sender NOT IN (SELECT jsonb_array_elements_text(CAST(? AS jsonb)))"
+    #: children(): PostgreSQL refuses LIMIT in a recursive query's term
+    walk_bound_inside = False
 
     def __init__(self, db: Any, *, budget_s: float | None = None) -> None:
         """Create the tables if missing and the trigger functions and triggers (replaced); index older events
@@ -117,34 +118,6 @@ class PgRelationTables(RelationTables):
                                  progress_table="relations_backfill", index_range=_index_range,
                                  batch=BACKFILL_BATCH, label="relations",
                                  budget_s=BACKFILL_BUDGET_S if budget_s is None else budget_s)  # fmt: skip
-
-    def children(
-        self, room_id: str, parent_id: str, *, rel_type: str | None, event_type: str | None, after: int, upto: int,
-        backwards: bool, limit: int, depth: int = 1,
-    ) -> list[str]:  # fmt: skip
-        """As :meth:`RelationTables.children` (the walk bounded outside the recursive query)."""
-        if depth <= 1:
-            return super().children(room_id, parent_id, rel_type=rel_type, event_type=event_type, after=after,
-                                    upto=upto, backwards=backwards, limit=limit, depth=depth)  # fmt: skip
-        match = ""
-        args: list[Any] = []
-        if rel_type is not None:
-            match += " AND r.rel_type = ?"
-            args.append(rel_type)
-        if event_type is not None:
-            match += " AND r.child_type = ?"
-            args.append(event_type)
-        order = "DESC" if backwards else "ASC"
-        rows = self.db.query(
-            "WITH RECURSIVE tree(child_id, level) AS ("
-            f" SELECT r.child_id, 1 FROM event_relations r WHERE r.parent_id = ? AND r.room_id = ?{match}"
-            " UNION SELECT r.child_id, tree.level + 1 FROM event_relations r JOIN tree ON r.parent_id = tree.child_id"
-            f" WHERE tree.level < ? AND r.room_id = ?{match})"
-            " SELECT r.child_id FROM event_relations r WHERE r.child_id IN (SELECT child_id FROM tree LIMIT ?)"
-            f" AND r.child_stream > ? AND r.child_stream <= ? ORDER BY r.child_stream {order} LIMIT ?",
-            (parent_id, room_id, *args, depth, room_id, *args, MAX_TREE_NODES, after, upto, limit),
-        )  # fmt: skip
-        return [str(r[0]) for r in rows]
 
 
 def _index_range(c: Any, lower: int, below: int) -> None:

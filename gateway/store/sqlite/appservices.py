@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lowband.gateway.store.interfaces import AppServiceQueueRow, TimelineRow

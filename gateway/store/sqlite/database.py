@@ -69,18 +69,18 @@ def private_file(path: Path) -> None:
             companion.chmod(0o600)
 
 
-class Database:
-    """A SQLite file with one group-committing writer and one reader."""
+class GroupCommit:
+    """The writer thread and its queue, shared by the SQLite and PostgreSQL databases (``store/postgres``).
 
-    def __init__(self, path: Path, schema: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        private_file(path)  # before SQLite opens it: its -wal and -shm files take the database file's mode
-        writer = connect(path)
-        writer.executescript(schema)
-        self._writer_conn = writer
-        self._synchronous = "FULL"  # the writer connection's setting now (connect() sets FULL)
-        self.reader = connect(path)
+    A subclass opens its connections (``self.reader`` for :meth:`query`), then calls :meth:`_start_writer`; it
+    implements
+    :meth:`_commit_batch` (one transaction for the jobs waiting, a savepoint each) and :meth:`_close_writer`.
+    """
+
+    #: the connection reads run on (the subclass opens it)
+    reader: Any
+
+    def _start_writer(self) -> None:
         self._jobs: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="lowband-db-writer", daemon=True)
         self._thread.start()
@@ -88,13 +88,13 @@ class Database:
 
     # ------------------------------------------------------------- writing
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> Future[T]:
+    def submit(self, fn: Callable[[Any], T], *, durable: bool = True) -> Future[T]:
         """Queue a write job; the future resolves after its COMMIT (``durable``: see the module rules)."""
         future: Future[T] = Future()
         self._jobs.put((fn, future, durable))
         return future
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+    async def write(self, fn: Callable[[Any], T], *, durable: bool = True) -> T:
         """Run ``fn`` in the writer's next transaction and wait until committed.
 
         ``durable=False``: only for data rebuilt from durable data after a power
@@ -102,12 +102,11 @@ class Database:
         """
         return await asyncio.wrap_future(self.submit(fn, durable=durable))
 
-    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def write_sync(self, fn: Callable[[Any], T]) -> T:
         """Blocking form of :meth:`write`, for command-line tools."""
         return self.submit(fn).result()
 
     def _run(self) -> None:
-        conn = self._writer_conn
         while True:
             first = self._jobs.get()
             if first is _STOP:
@@ -123,12 +122,68 @@ class Database:
                     stop = True
                     break
                 batch.append(job)
-            self._commit_batch(conn, batch)
+            self._commit_batch(batch)
             if stop:
                 break
-        conn.close()
+        self._close_writer()
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+    def _commit_batch(self, batch: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _close_writer(self) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _failed(batch: list[Any], alive: dict[int, bool], exc: BaseException) -> None:
+        """Every job of a batch whose commit failed gets ``exc``."""
+        for _, future, _ in batch:
+            if alive[id(future)] and not future.done():
+                future.set_exception(exc)
+
+    @staticmethod
+    def _deliver(results: list[tuple[Future[Any], bool, Any]], alive: dict[int, bool]) -> None:
+        """Each job's result or exception to its caller, after the commit (callers that gave up are skipped)."""
+        for future, ok, value in results:
+            if not alive[id(future)]:
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """All rows of a read-only query on the reader connection."""
+        return self.reader.execute(sql, args).fetchall()
+
+    def query_one(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        """The first row of a read-only query, or None."""
+        return self.reader.execute(sql, args).fetchone()
+
+    def _stop_writer(self) -> None:
+        """Finish queued writes and stop the writer thread."""
+        self._jobs.put(_STOP)
+        self._thread.join(timeout=30)
+
+
+class Database(GroupCommit):
+    """A SQLite file with one group-committing writer and one reader."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        private_file(path)  # before SQLite opens it: its -wal and -shm files take the database file's mode
+        writer = connect(path)
+        writer.executescript(schema)
+        self._writer_conn = writer
+        self._synchronous = "FULL"  # the writer connection's setting now (connect() sets FULL)
+        self.reader = connect(path)
+        self._start_writer()
+
+    def _close_writer(self) -> None:
+        self._writer_conn.close()
+
+    def _commit_batch(self, batch: list[Any]) -> None:
+        conn = self._writer_conn
         results: list[tuple[Future[Any], bool, Any]] = []
         # A caller may have given up waiting (its future was cancelled): the
         # job still runs, in order, but nobody is told its result.
@@ -156,30 +211,11 @@ class Database:
             log.error("database commit failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for _, future, _ in batch:
-                if alive[id(future)] and not future.done():
-                    future.set_exception(exc)
+            self._failed(batch, alive, exc)
             return
-        for future, ok, value in results:
-            if not alive[id(future)]:
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-    # ------------------------------------------------------------- reading
-
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """All rows of a read-only query on the reader connection."""
-        return self.reader.execute(sql, args).fetchall()
-
-    def query_one(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        """The first row of a read-only query, or None."""
-        return self.reader.execute(sql, args).fetchone()
+        self._deliver(results, alive)
 
     def close(self) -> None:
         """Finish queued writes, then close both connections."""
-        self._jobs.put(_STOP)
-        self._thread.join(timeout=30)
+        self._stop_writer()
         self.reader.close()

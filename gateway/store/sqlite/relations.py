@@ -115,6 +115,9 @@ class RelationTables:
 
     #: bundles(): the reader's ignored users, one JSON array parameter (``store/postgres/relations.py``: its own)
     not_ignored = " AND sender NOT IN (SELECT value FROM json_each(?))"
+    #: children(): the walk's node bound sits in the recursive query (False: on its result, where PostgreSQL
+    #: wants it; it evaluates the recursion only as far as that LIMIT reads, so the walk stops there too)
+    walk_bound_inside = True
 
     def __init__(self, db: Database, *, budget_s: float | None = None) -> None:
         """Create the tables and triggers if missing; index older events for up to ``budget_s`` (default
@@ -160,12 +163,13 @@ class RelationTables:
                 (parent_id, room_id, *args, after, upto, limit),
             )  # fmt: skip
             return [str(r[0]) for r in rows]
+        inside, outside = (" LIMIT ?", "") if self.walk_bound_inside else ("", " LIMIT ?")
         rows = self.db.query(
             "WITH RECURSIVE tree(child_id, level) AS ("
             f" SELECT r.child_id, 1 FROM event_relations r WHERE r.parent_id = ? AND r.room_id = ?{match}"
             " UNION SELECT r.child_id, tree.level + 1 FROM event_relations r JOIN tree ON r.parent_id = tree.child_id"
-            f" WHERE tree.level < ? AND r.room_id = ?{match} LIMIT ?)"
-            " SELECT r.child_id FROM event_relations r WHERE r.child_id IN (SELECT child_id FROM tree)"
+            f" WHERE tree.level < ? AND r.room_id = ?{match}{inside})"
+            f" SELECT r.child_id FROM event_relations r WHERE r.child_id IN (SELECT child_id FROM tree{outside})"
             f" AND r.child_stream > ? AND r.child_stream <= ? ORDER BY r.child_stream {order} LIMIT ?",
             (parent_id, room_id, *args, depth, room_id, *args, MAX_TREE_NODES, after, upto, limit),
         )
