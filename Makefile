@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run serve test wire-demo venv clean
+.PHONY: run serve test test-postgres wire-demo venv clean
 
 # Where `make run` keeps the gateway's database, signing key and media.
 DATA ?= run/data
@@ -43,6 +43,11 @@ $(JS_STAMP): $(JS)/package-lock.json
 # The whole test suite.
 test: $(STAMP) $(JS_STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The same suite on the PostgreSQL store (docs/storage.md): every store a test opens is a schema of this database.
+PGTEST ?= postgresql://postgres@127.0.0.1:5432/test
+test-postgres: $(STAMP) $(JS_STAMP)
+	LOWBAND_TEST_DATABASE_URL=$(PGTEST) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(JS)/node_modules

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,15 @@ TARGET_RATIO = 0.7
 TOPIC = "bench/sensor"
 STATUS_TOPIC = "bench/status"  # the bridge's availability topic, set in the gateway's config below
 
+
+def _reader(db_path: Path) -> Any:
+    """A reading connection to the gateway's store (its SQLite file, or PostgreSQL when the data dir says so)."""
+    from lowband.gateway.app import open_reader
+
+    conn = open_reader(db_path)
+    if conn is None:
+        raise sqlite3.OperationalError(f"no store at {db_path}")
+    return conn
 
 def payload(seq: int) -> bytes:
     """A 60-byte JSON reading carrying its sequence number."""
@@ -272,7 +282,7 @@ def _wait_online(port: int, timeout: float) -> None:
 
 def count_sequences(db_path: Path, room_id: str) -> dict[int, int]:
     """seq → number of events carrying it, read from the gateway's database."""
-    with ReadOnlyEvents(db_path) as events:
+    with ReadOnlyEvents(_reader(db_path)) as events:
         contents = events.contents(room_id, "m.room.message")
     counts: dict[int, int] = {}
     for content in contents:
@@ -291,7 +301,7 @@ def _wait_for_events(db_path: Path, room_id: str, want: int, timeout: float) -> 
     the watching costs the gateway next to no CPU on a machine both share.
     """
     deadline = time.perf_counter() + timeout
-    with ReadOnlyEvents(db_path) as events:
+    with ReadOnlyEvents(_reader(db_path)) as events:
         have, after = 0, -1
         while time.perf_counter() < deadline:
             count, last = events.count_after(room_id, "m.room.message", after)

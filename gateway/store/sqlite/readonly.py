@@ -1,4 +1,4 @@
-"""A read-only view of a gateway's SQLite file, for a tool in another process (benchmarks).
+"""A read-only view of a gateway's store, for a tool in another process (benchmarks).
 
 A benchmark that runs the gateway as a child process checks what reached
 the rooms by reading the gateway's database itself, not through the
@@ -23,9 +23,12 @@ from typing import Any, Self
 class ReadOnlyEvents:
     """Committed events of a gateway's database, read from another process."""
 
-    def __init__(self, path: Path, timeout_s: float = 30.0) -> None:
-        """Open ``path`` read-only; sqlite3.OperationalError if it does not exist or is not a database."""
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
+    def __init__(self, source: Path | Any, timeout_s: float = 30.0) -> None:
+        """Open the SQLite file ``source`` read-only (sqlite3.OperationalError if it does not exist or is not a
+        database), or read through ``source``, a reading connection ``app.open_reader`` gave (either store)."""
+        if isinstance(source, Path):
+            source = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=timeout_s)
+        self._conn = source
 
     def count_after(self, room_id: str, event_type: str, after: int) -> tuple[int, int | None]:
         """(how many events of ``event_type`` the room has after stream ``after``, the highest stream among them).
