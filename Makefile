@@ -45,9 +45,11 @@ test: $(STAMP) $(JS_STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The same suite on the PostgreSQL store (docs/storage.md): every store a test opens is a schema of this database.
+# tests/codecs, tests/matrix and tests/hardware never open a store (pure functions and frames): run once, by `test`.
 PGTEST ?= postgresql://postgres@127.0.0.1:5432/test
 test-postgres: $(STAMP) $(JS_STAMP)
-	LOWBAND_TEST_DATABASE_URL=$(PGTEST) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	LOWBAND_TEST_DATABASE_URL=$(PGTEST) $(VENV)/bin/python -m pytest \
+	  --ignore=tests/codecs --ignore=tests/matrix --ignore=tests/hardware $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(JS)/node_modules
