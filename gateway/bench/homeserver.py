@@ -14,6 +14,11 @@ directory, and the same load client measures both:
   with two matrix-nio clients doing Olm and Megolm (``encrypted_room.py``),
   send → *decrypted* by the other client; None without ``matrix-nio[e2e]``.
 
+With ``database`` (``--database postgresql://…``) both run on PostgreSQL:
+our gateway in a fresh schema of that database, Synapse in a fresh database
+on the same server (C collation), each dropped afterwards
+(``postgres.py``); each server's figures say which database it used.
+
 Each load phase stops at a message count or a duration, whichever comes
 first, so a slow server is measured for the duration and a fast one for the
 count. Synapse is installed from PyPI into its own cache venv
@@ -32,6 +37,7 @@ Synapse's installation and config in ``synapse.py``, the load client in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -41,6 +47,7 @@ from typing import Any
 
 import aiohttp
 
+from lowband.gateway.bench import postgres
 from lowband.gateway.bench.encrypted_room import MISSING, measure_encrypted
 from lowband.gateway.bench.figures import median, ratio
 from lowband.gateway.bench.matrix_load import (
@@ -133,7 +140,7 @@ def render_table(result: dict[str, Any]) -> str:
                 f"{f.get('seconds_1', '?')} s, {f.get('messages_8', '?')} with {SENDERS} senders in "
                 f"{f.get('seconds_8', '?')} s (load client at {f.get('client_cpu_8', '?')} of a core), "
                 f"{f.get('latency_rounds', '?')} latency rounds, peak RSS {f.get('rss_peak_mb', '?')} MiB, "
-                f"load average {f.get('loadavg_1m', '?')} before"
+                f"load average {f.get('loadavg_1m', '?')} before, database {f.get('database', 'sqlite')}"
             )
     if any(name in result and result[name].get("e2ee_sends_per_s") is None for name in SERVERS):
         lines.append(MISSING)
@@ -157,11 +164,13 @@ def _lowband_version() -> str:
         return "?"
 
 
-def prepare_lowband(workdir: Path, extra_config: str = "") -> ServerProcess:
-    """The gateway as a subprocess on a fresh data dir, rate limits off, ``extra_config`` (TOML) added."""
+def prepare_lowband(workdir: Path, extra_config: str = "", database_url: str | None = None,
+                    env: dict[str, str] | None = None) -> ServerProcess:
+    """The gateway as a subprocess on a fresh data dir, rate limits off, ``extra_config`` (TOML) added; its store
+    on ``database_url`` (``--database``) when given, else SQLite in the data dir; ``env``: its environment."""
     port = free_port()
     data = workdir / "data"
-    data.mkdir()
+    data.mkdir(exist_ok=True)  # kept: the storage bench restarts a gateway on the store it filled
     config = workdir / "lowband.toml"
     config.write_text("[rate_limits]\nenabled = false\n" + extra_config)
     argv = lowband_argv() + [
@@ -172,7 +181,9 @@ def prepare_lowband(workdir: Path, extra_config: str = "") -> ServerProcess:
         "--config", str(config),
         "--enable-registration",
     ]  # fmt: skip
-    return ServerProcess("lowband", argv, workdir, workdir / "lowband.log", _lowband_version(), port)
+    if database_url is not None:
+        argv += ["--database", database_url]
+    return ServerProcess("lowband", argv, workdir, workdir / "lowband.log", _lowband_version(), port, env=env)
 
 
 async def _sample_peak(pid: int, peak: list[float]) -> None:
@@ -242,22 +253,36 @@ async def measure(server: ServerProcess, plan: LoadPlan) -> dict[str, Any]:
     }
 
 
-_PREPARE: dict[str, Callable[[Path], ServerProcess]] = {"lowband": prepare_lowband, "synapse": prepare_synapse}
+def prepare_on(name: str, workdir: Path, database: str | None, stack: contextlib.ExitStack) -> tuple[ServerProcess, str]:
+    """Server ``name`` prepared in ``workdir``: on SQLite, or on PostgreSQL ``database`` (our gateway in a fresh
+    schema, Synapse in a fresh database, dropped when ``stack`` closes); (server, the database it uses, in words)."""
+    if database is None:
+        server = prepare_lowband(workdir) if name == "lowband" else prepare_synapse(workdir)
+        return server, "sqlite"
+    where = f"postgresql {postgres.server_version(database)} at {postgres.safe_url(database.split('?')[0])}"
+    if name == "lowband":
+        schema = stack.enter_context(postgres.fresh_schema(database))
+        return prepare_lowband(workdir, database_url=schema.url), f"{where}, schema {schema.name}"
+    fresh = stack.enter_context(postgres.fresh_database(database))
+    return prepare_synapse(workdir, database=fresh.synapse_config()), f"{where}, database {fresh.name}"
 
 
-def measure_server(name: str, plan: LoadPlan) -> dict[str, Any]:
-    """Prepare, start, measure and stop one server; the process is stopped whatever happens."""
-    with tempfile.TemporaryDirectory(prefix=f"lowband-bench-{name}-") as tmp:
-        server = _PREPARE[name](Path(tmp))
-        _progress(f"starting {name} on {server.base_url}")
+def measure_server(name: str, plan: LoadPlan, database: str | None = None) -> dict[str, Any]:
+    """Prepare, start, measure and stop one server (on PostgreSQL ``database`` when given); the process is
+    stopped, and its schema or database dropped, whatever happens."""
+    with tempfile.TemporaryDirectory(prefix=f"lowband-bench-{name}-") as tmp, contextlib.ExitStack() as stack:
+        server, used = prepare_on(name, Path(tmp), database, stack)
+        _progress(f"starting {name} on {server.base_url} ({used})")
         try:
             server.start()
-            return asyncio.run(measure(server, plan))
+            figures = asyncio.run(measure(server, plan))
         except OSError as exc:
             raise BenchError(f"{name} could not be started: {exc}") from exc
         finally:
             server.stop()
             _progress(f"{name} stopped")
+        figures["database"] = used
+        return figures
 
 
 def run(
@@ -265,8 +290,12 @@ def run(
     messages: int = 20_000,
     seconds: float = 10.0,
     latency_rounds: int = 30,
+    database: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Measure lowband and Synapse (or ``only`` one); result dict and readable table.
+
+    ``database``: a ``postgresql://`` URL both servers run on (see the module
+    docstring); without it both use SQLite.
 
     ``messages`` and ``seconds`` cap each send phase (whichever is reached
     first); ``latency_rounds`` is the number of send → /sync samples. Lowband
@@ -279,6 +308,11 @@ def run(
     if messages < 1 or seconds <= 0 or latency_rounds < 1:
         raise ValueError("messages, seconds and latency_rounds must be positive")
     plan = LoadPlan(messages=messages, seconds=seconds, latency_rounds=latency_rounds)
-    figures = {name: measure_server(name, plan) for name in SERVERS if only in (None, name)}
+    if database is not None:
+        why = postgres.reachable(database)
+        if why is not None:
+            raise BenchError(why)
+    figures = {name: measure_server(name, plan, database) for name in SERVERS if only in (None, name)}
     result = assemble(figures)
+    result["database"] = "postgresql" if database is not None else "sqlite"  # each side's figures say which one
     return result, render_table(result)

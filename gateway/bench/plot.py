@@ -229,6 +229,29 @@ def _federation_notes(result: dict[str, Any]) -> list[str]:
 
 _TOP = ()  # federation: our figures are at the top level of its result
 
+
+def _flat(engine: str, key: str) -> Getter:
+    """storage: the p50 of ``key`` at the largest stored-event count over the smallest, on ``engine``."""
+
+    def get(result: dict[str, Any]) -> float | None:
+        by_size = result.get("flatness", {}).get(engine) or {}
+        if not by_size:
+            return None
+        return at(max(by_size, key=int), f"{key}_p50")(by_size)
+
+    return get
+
+
+def _storage_notes(result: dict[str, Any]) -> list[str]:
+    sizes = ", ".join(f"{n:,}" for n in result.get("events", []))
+    sends = result.get("sends_per_s", {}).get("1")
+    first = (f"latency at {sizes} stored events; sends/s, 8 senders, one gateway process on PostgreSQL: {sends} "
+             f"(2 and 4 processes: {result.get('multi_process')})")
+    notes = [first]
+    if result.get("postgres_skipped"):
+        notes.append(f"PostgreSQL not measured: {result['postgres_skipped']}")
+    return notes
+
 #: benchmark name → what its figure shows. A benchmark without an entry cannot be plotted (the CLI says so).
 # fmt: off
 DESCRIPTIONS: dict[str, Description] = {
@@ -317,6 +340,24 @@ DESCRIPTIONS: dict[str, Description] = {
             Panel("memory (RSS) after replication", "MiB", (_side_by_side("largest server", "rss_mb", _TOP),), "lower"),
         ),
         _federation_notes,
+    ),
+    "storage": Description(
+        "bytes on disk per event, latency as the store grows", "Synapse on the same database engine, same run",
+        tuple(
+            Panel(title, "bytes", (
+                versus("SQLite", at(key, "sqlite"), at(key, "synapse_sqlite")),
+                versus("PostgreSQL", at(key, "postgres"), at(key, "synapse_postgres"))), "lower")
+            for key, title in (("bytes_per_event", "bytes on disk per telemetry event"),
+                               ("bytes_per_text", "bytes on disk per text message"))
+        ) + (
+            Panel("p50 at the largest stored count / the smallest", "×", tuple(
+                Group(label, (Bar("SQLite", _flat("sqlite", key)), Bar("PostgreSQL", _flat("postgres", key)),
+                              Bar("flat", lambda result: 1.0, "reference")))
+                for key, label in (("send", "send"), ("sync", "→ /sync"), ("initial_sync", "initial /sync"),
+                                   ("messages_newest", "/messages, new"), ("messages_deep", "/messages, deep"))),
+                "lower"),
+        ),
+        _storage_notes,
     ),
     "ble": Description(
         "BLE advertisements → room events", "the same adverts through the decoder alone",

@@ -93,6 +93,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     #: "https" for a listener started with a TLS certificate (federating servers)
     scheme: str = "http"
+    #: the child's whole environment (None: this process's)
+    env: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -104,7 +106,8 @@ class ServerProcess:
             # Own session: the terminal's Ctrl-C reaches only us, and stop()
             # ends the server and anything it forked as one group.
             self.proc = subprocess.Popen(
-                self.argv, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                self.argv, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                env=self.env,
             )
 
     def last_log_line(self) -> str:

@@ -43,7 +43,8 @@ def synapse_rate_limits() -> dict[str, Any]:
 
 
 def configure_synapse(
-    config: dict[str, Any], *, port: int, data_dir: str, app_service_config_files: list[str] | None = None
+    config: dict[str, Any], *, port: int, data_dir: str, app_service_config_files: list[str] | None = None,
+    database: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Synapse's generated config edited for the benchmark; ``config`` is left as it was.
 
@@ -51,7 +52,8 @@ def configure_synapse(
     SQLite and media under ``data_dir``, open registration without
     verification, no key servers, no stats, rate limits out of the way, and
     the bridges' registration files ``app_service_config_files`` when given.
-    Everything else keeps Synapse's generated defaults.
+    ``database`` (a ``database`` section: PostgreSQL, ``bench/postgres.py``)
+    replaces the SQLite file. Everything else keeps Synapse's generated defaults.
     """
     edited = dict(config)
     edited["listeners"] = [
@@ -64,7 +66,7 @@ def configure_synapse(
             "resources": [{"names": ["client"], "compress": False}],
         }
     ]
-    edited["database"] = {"name": "sqlite3", "args": {"database": f"{data_dir}/homeserver.db"}}
+    edited["database"] = database or {"name": "sqlite3", "args": {"database": f"{data_dir}/homeserver.db"}}
     edited["media_store_path"] = f"{data_dir}/media_store"
     edited["pid_file"] = f"{data_dir}/homeserver.pid"
     edited["enable_registration"] = True
@@ -94,8 +96,21 @@ def ensure_synapse() -> Path:
         raise BenchError(str(exc)) from exc
 
 
-def prepare_synapse(workdir: Path, app_service_config_files: list[str] | None = None) -> ServerProcess:
-    """Synapse with a generated, then edited, config in ``workdir`` (and these bridges registered)."""
+def ensure_psycopg2(python: Path) -> None:
+    """Synapse's PostgreSQL driver in its venv, installed from PyPI (``psycopg2-binary``) on first use."""
+    try:
+        run_setup([str(python), "-c", "import psycopg2"], "importing psycopg2", 60)
+        return
+    except SynapseError:
+        progress("synapse", "installing psycopg2-binary from PyPI into Synapse's venv (once)")
+    _run_tool([str(python), "-m", "pip", "install", "--progress-bar", "off", "psycopg2-binary"],
+              "pip install psycopg2-binary (Synapse's PostgreSQL driver)", 600)
+
+
+def prepare_synapse(workdir: Path, app_service_config_files: list[str] | None = None,
+                    database: dict[str, Any] | None = None) -> ServerProcess:
+    """Synapse with a generated, then edited, config in ``workdir`` (and these bridges registered; on ``database``,
+    a config section, instead of SQLite: PostgreSQL needs psycopg2 in Synapse's venv, BenchError without it)."""
     python = ensure_synapse()
     version = _run_tool([str(python), "-c", "import synapse; print(synapse.__version__)"], "reading Synapse's version", 120).strip()
     port = free_port()
@@ -116,8 +131,11 @@ def prepare_synapse(workdir: Path, app_service_config_files: list[str] | None = 
         [str(python), "-c", "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)", str(config_path)],
         "reading the generated Synapse config", 60,
     )  # fmt: skip
+    if database is not None and database.get("name") == "psycopg2":
+        ensure_psycopg2(python)
     config = configure_synapse(
-        json.loads(as_json), port=port, data_dir=str(workdir), app_service_config_files=app_service_config_files
+        json.loads(as_json), port=port, data_dir=str(workdir), app_service_config_files=app_service_config_files,
+        database=database,
     )
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     argv = [str(python), "-m", "synapse.app.homeserver", "-c", str(config_path)]

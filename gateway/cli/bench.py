@@ -39,7 +39,13 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "homeserver": (
         "sends/s, send-to-sync latency and memory, side by side with a real Synapse",
         "lowband.gateway.bench.homeserver",
-        ("only", "messages", "seconds", "latency_rounds"),
+        ("only", "messages", "seconds", "latency_rounds", "database"),
+    ),
+    "storage": (
+        ("bytes on disk per telemetry event and per text message (SQLite, PostgreSQL, Synapse on both), send, "
+         "/sync and /messages latency as the store grows, sends/s on PostgreSQL"),
+        "lowband.gateway.bench.storage",
+        ("only", "messages", "seconds", "latency_rounds", "database", "events"),
     ),
     "federation": (
         ("three gateways replicating a room (events/s, send-to-remote-sync latency, catch-up of a restarted "
@@ -87,19 +93,29 @@ def register(subparsers: Any) -> None:
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     bench.add_argument("--only", choices=("lowband", "synapse"),
-                       help="homeserver, federation, appservice: measure one side only")  # fmt: skip
+                       help="homeserver, federation, appservice, storage: measure one side only")  # fmt: skip
+    bench.add_argument("--database", metavar="URL",
+                       help="homeserver, storage: a postgresql:// URL; our gateway runs in a fresh schema of it "
+                            "(bench_<pid>_<n>) and Synapse in a fresh database on the same server, both dropped "
+                            "afterwards (homeserver: both on PostgreSQL instead of SQLite; storage: the PostgreSQL "
+                            "side, default postgresql://postgres@127.0.0.1:5432/test when it answers)")  # fmt: skip
+    bench.add_argument("--events", metavar="N,N,...",
+                       help="storage: the stored-event counts latency is measured at (default 10000,100000; "
+                            "the store is filled at about 2,000 events/s)")  # fmt: skip
     bench.add_argument("--messages", type=int,
-                       help="homeserver, mqtt, federation, appservice: how many messages (homeserver: per phase; "
+                       help="homeserver, mqtt, federation, appservice, storage: how many messages (homeserver: per phase; "
                             "federation: replicated across the gateways, default 3000; appservice: the burst sent "
                             "by 8 users at once, default 2000; ble: readings per sensor in the flood phase, "
-                            "default 10)")  # fmt: skip
+                            "default 10; storage: telemetry notices, then as many text messages, sent to each server "
+                            "for the bytes on disk, default 2000)")  # fmt: skip
     bench.add_argument("--seconds", type=float,
-                       help="homeserver, mqtt, appservice, ble: at most this long (homeserver: per phase; appservice: "
+                       help="homeserver, mqtt, appservice, ble, storage: at most this long (homeserver: per phase; appservice: "
                             "sending the burst, default 30; ble: the paced latency phase, default 10; coap: the "
-                            "measured idle HTTP long-poll, default 30)")  # fmt: skip
+                            "measured idle HTTP long-poll, default 30; storage: the sends/s phase, default 5)")  # fmt: skip
     bench.add_argument("--latency-rounds", type=int,
-                       help="homeserver, federation, appservice: latency samples (appservice: paced messages, "
-                            "each sent once the previous one reached the bridge, default 100)")  # fmt: skip
+                       help="homeserver, federation, appservice, storage: latency samples (appservice: paced messages, "
+                            "each sent once the previous one reached the bridge, default 100; storage: samples of "
+                            "each latency at each size, default 30)")  # fmt: skip
     bench.add_argument("--catch-up", type=int,
                        help="federation: events a killed gateway misses in the big catch-up (default 100000; 0 skips it)")
     bench.add_argument("--synapse-catch-up", type=int,
@@ -117,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     _, _, accepted = BENCHMARKS[args.name]
     options = {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
     given = [name for name in ("only", "messages", "seconds", "latency_rounds", "rounds", "catch_up", "synapse_catch_up",
-                               "sensors") if getattr(args, name) is not None]  # fmt: skip
+                               "sensors", "database", "events") if getattr(args, name) is not None]  # fmt: skip
     unsupported = [name for name in given if name not in accepted]
     if unsupported:
         sys.stderr.write(f"lowband: error: bench {args.name} takes no --{unsupported[0].replace('_', '-')}\n")

@@ -71,6 +71,19 @@ RESULTS: dict[str, dict] = {
              "login": {"http_json": 775, "msc3079": 172, "compact": 190},
              "idle_10min": {"http_json": 19300, "msc3079": 250, "compact": 54},
              "sync_5": {"http_json": 2311, "msc3079": 989, "compact": 154}, "send_100bps_ms": 4480},
+    # docs/benchmarks.md, abridged
+    "storage": {"bytes_per_event": {"sqlite": 1667.1, "postgres": 1654.8, "synapse_sqlite": 2797.6,
+                                    "synapse_postgres": 4427.8},
+                "bytes_per_text": {"sqlite": 1372.2, "postgres": 2027.5, "synapse_sqlite": 2773.0,
+                                   "synapse_postgres": 3706.9},
+                "flatness": {"sqlite": {"10000": {"send_p50": 1.0}, "100000": {
+                                 "send_p50": 0.92, "sync_p50": 0.94, "initial_sync_p50": 1.14,
+                                 "messages_newest_p50": 1.06, "messages_deep_p50": 1.37}},
+                             "postgres": {"10000": {"send_p50": 1.0}, "100000": {
+                                 "send_p50": 1.04, "sync_p50": 1.12, "initial_sync_p50": 1.1,
+                                 "messages_newest_p50": 1.05, "messages_deep_p50": 1.0}}},
+                "sends_per_s": {"1": 164.2}, "multi_process": "not implemented", "events": [10000, 100000],
+                "postgres_skipped": None},
 }  # fmt: skip
 
 # (panel index, [bar heights left to right]) the figure of each recorded result must hold.
@@ -84,6 +97,7 @@ HEIGHTS = {
     "appservice": (1, [20.0, 71.3, 39.5, 138.0]),
     "federation": (2, [3.1, 66, 133, 1200]),
     "ble": (1, [2.4, 9.8]),
+    "storage": (0, [1667.1, 2797.6, 1654.8, 4427.8]),
 }
 # A label each figure must show: a value with its ratio to the anchor.
 LABELS = {
@@ -96,6 +110,7 @@ LABELS = {
     "federation": "342\n11.8× Synapse",
     "ble": "3,100\n0.316× decoder",
     "coap": "56\n0.0720× HTTP",
+    "storage": "1,667\n0.596× Synapse",
 }
 
 
