@@ -368,6 +368,11 @@ class Migration:
                     current = table.name
                     self._copy_table(table, advance)
                 self._set_sequences()
+            # Planner statistics for the tables just filled: without them (a server with autovacuum off, or
+            # before it comes round) PostgreSQL plans the newest /messages page of a big room as a full sort.
+            for name in sorted(self._pg_tables()):
+                current = name
+                self.pg.execute(f"ANALYZE {name}")
         except sqlite3.DatabaseError as exc:
             raise MigrationRefused(f"{self.source} is damaged (reading {current}: {exc}); nothing was written;"
                                    " see `lowband db check`") from None  # fmt: skip

@@ -8,6 +8,7 @@ triggers in SQLite's syntax, its JSON functions) has a PostgreSQL module here: :
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import urllib.parse
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 from lowband.gateway.store.postgres.database import PostgresDatabase
 from lowband.gateway.store.sqlite.schema import SCHEMA
 from lowband.gateway.store.sqlite.store import SQLiteStore
+
+log = logging.getLogger(__name__)
 
 #: the schema a store uses when its URL names none
 DEFAULT_SCHEMA = "lowband"
@@ -55,6 +58,12 @@ class PostgresStore(SQLiteStore):
         libpq, named = split_url(url)
         self.pg = PostgresDatabase(libpq, schema or named, SCHEMA)
         super().__init__(db=self.pg)
+        row = self.db.query_one("SHOW autovacuum")
+        # said once the store is big enough for stale statistics to matter (a new or small store never warns)
+        if row and row[0] == "off" and self.db.query_one("SELECT 1 FROM events OFFSET 10000 LIMIT 1"):
+            log.warning("autovacuum is off on this PostgreSQL server: planner statistics go stale as the store "
+                        "grows (a big room's newest /messages page becomes a full sort); turn it on or run ANALYZE "
+                        "regularly (docs/storage.md)")
 
     def claim_serving(self) -> None:
         """Take the schema for this process's gateway, until the store closes; ValueError when another gateway
