@@ -222,6 +222,12 @@ def open_reader(db_path: Path, timeout_s: float = 5.0) -> Any:
         raise sqlite3.OperationalError(f"cannot open PostgreSQL database {_safe_url(url)}: {str(exc).strip()}") from None
 
 
+def _store_words(store: Store) -> str:
+    """What the start-up line says of a PostgreSQL store ("" for SQLite, the default)."""
+    pg = getattr(store, "pg", None)
+    return f", store in PostgreSQL schema {pg.schema} at {_safe_url(pg.url)}" if pg is not None else ""
+
+
 def _safe_url(url: str) -> str:
     """``url`` without its password, for messages."""
     return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
@@ -395,9 +401,9 @@ async def run_gateway(
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     log.info(
-        "lowband gateway %s listening on %s://%s:%d (data in %s, registration %s)",
+        "lowband gateway %s listening on %s://%s:%d (data in %s, registration %s)%s",
         config.server_name, "https" if tls else "http", config.http_host, config.http_port, config.data_dir,
-        "open" if config.registration_enabled else "closed",
+        "open" if config.registration_enabled else "closed", _store_words(services.store),
     )  # fmt: skip
     if on_ready is not None:
         on_ready(services)
