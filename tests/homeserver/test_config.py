@@ -94,6 +94,13 @@ def test_flags_override_the_file(tmp_path):
         ('[rate_limits]\nper_user_burst = 1.5', "wrong type"),
         ("[rate_limits]\nunknown = 1", "unknown config key rate_limits.unknown"),
         ("server = 3", "must be a table"),
+        ("[database]\nurl = 5", "wrong type"),
+        ('[database]\nurl = "mysql://db/x"', "must be a postgresql:// URL"),
+        ('[database]\nurl = "postgresql://h/db?schema=Bad-Name"', "lower-case letters"),
+        ('[database]\nurl = "postgresql://h/db?schema=x;drop"', "lower-case letters"),
+        ('[database]\nurl = "postgresql://h/db\\n"', "must be a postgresql:// URL"),
+        ('[database]\nurl = "postgresql://' + "h" * 1200 + '"', "must be a postgresql:// URL"),
+        ('[database]\nhost = "x"', "unknown config key database.host"),
     ],
 )
 def test_malformed_files_are_refused_naming_the_key(tmp_path, text, message):
@@ -160,3 +167,10 @@ def test_bad_sync_tokens_are_invalid_param(token):
 def test_sync_token_round_trip():
     assert SyncToken.parse(str(SyncToken(12, 34))) == SyncToken(12, 34)
     assert SyncToken.parse("s7") == SyncToken(7, 0)
+
+
+def test_database_url_picks_postgresql_and_sqlite_means_the_default(tmp_path):
+    url = "postgresql://gw:secret@db.example:5432/matrix?schema=gw1"
+    assert load_config(write(tmp_path, f'[database]\nurl = "{url}"')).database_url == url
+    assert load_config(write(tmp_path, '[database]\nurl = "sqlite:"')).database_url is None
+    assert load_config(None).database_url is None
