@@ -475,7 +475,8 @@ def _digest(rows: Iterable[Any], batch: int, advance: Advance | None) -> tuple[s
     h = hashlib.sha256()
     count = 0
     for stream, event_id, pdu in rows:
-        h.update(f"{stream}\t{event_id}\t{pdu}\n".encode("utf-8", "surrogatepass"))
+        stored = pdu.encode("utf-8", "surrogatepass") if isinstance(pdu, str) else bytes(pdu)  # BYTEA on PostgreSQL
+        h.update(f"{stream}\t{event_id}\t".encode("utf-8", "surrogatepass") + stored + b"\n")
         count += 1
         if advance is not None and count % batch == 0:
             advance(batch, "events")

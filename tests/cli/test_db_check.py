@@ -121,14 +121,42 @@ def test_db_check_retention_gap_is_not_a_problem(made: tuple[Path, dict[str, str
 
 def test_db_check_changed_event_json(made: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     data_dir = _copy(made, tmp_path)
-    _damage(data_dir, lambda c: c.execute("UPDATE events SET pdu = replace(pdu, 'note 3', 'note 9') WHERE event_id = ?",
-                                          (made[1]["m3"],)))  # fmt: skip
+    _damage(data_dir, lambda c: _edit_pdu(c, made[1]["m3"], lambda text: text.replace("note 3", "note 9")))
     status, report = _check(data_dir)
     assert status == 1
     assert _failing(report) == {"events"}
     assert made[1]["m3"] in report["checks"]["events"]["examples"][0]
     # --quick skips the hashing: it cannot see this
     assert _check(data_dir, "--quick")[0] == 0
+
+
+def _edit_pdu(c: sqlite3.Connection, event_id: str, edit: Callable[[str], str]) -> None:
+    """Rewrite one event's stored JSON (decompressed, edited, stored as plain JSON: a form the store reads)."""
+    from lowband.gateway.store.sqlite.pdu_codec import reader_codec
+
+    stored = c.execute("SELECT pdu FROM events WHERE event_id = ?", (event_id,)).fetchone()[0]
+    text = reader_codec(c).decode_bytes(stored).decode()
+    c.execute("UPDATE events SET pdu = ? WHERE event_id = ?", (edit(text), event_id))
+
+
+def test_db_check_damaged_compressed_event(made: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """A compressed PDU with a byte flipped, and one naming a dictionary the file lacks: both found, named."""
+    data_dir = _copy(made, tmp_path)
+
+    def damage(c: sqlite3.Connection) -> None:
+        packed = [(e, bytes(p)) for e, p in c.execute("SELECT event_id, pdu FROM events WHERE typeof(pdu) = 'blob'"
+                                                       " AND substr(pdu, 1, 1) = x'01' ORDER BY stream DESC LIMIT 2")]
+        assert len(packed) == 2, "the fixture's events are compressed"
+        (first, a), (second, b) = packed
+        c.execute("UPDATE events SET pdu = ? WHERE event_id = ?", (a[:-3] + bytes([a[-3] ^ 0x55]) + a[-2:], first))
+        c.execute("UPDATE events SET pdu = ? WHERE event_id = ?", (b[:1] + b"\x7f" + b[2:], second))
+
+    _damage(data_dir, damage)
+    status, report = _check(data_dir)
+    assert status == 1
+    examples = " | ".join(report["checks"]["events"]["examples"])
+    assert "dictionary 127 is missing" in examples
+    assert "stored PDU" in examples
 
 
 def test_db_check_unparsable_event_json(made: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
@@ -142,7 +170,7 @@ def test_db_check_unparsable_event_json(made: tuple[Path, dict[str, str]], tmp_p
     _damage(data_dir, garble)
     status, report = _check(data_dir)
     assert status == 1
-    assert "does not parse" in report["checks"]["events"]["examples"][0]
+    assert "stored PDU: not JSON" in report["checks"]["events"]["examples"][0]
 
 
 def test_db_check_broken_search_index(made: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
@@ -209,7 +237,7 @@ def test_db_check_beside_a_writer(made: tuple[Path, dict[str, str]], tmp_path: P
     try:
         assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         writer.execute("BEGIN IMMEDIATE")
-        writer.execute("UPDATE events SET pdu = replace(pdu, 'note 0', 'changed') WHERE event_id = ?", (made[1]["m0"],))
+        _edit_pdu(writer, made[1]["m0"], lambda text: text.replace("note 0", "changed"))
         status, report = _check(data_dir)
         assert status == 0, report
     finally:
@@ -223,15 +251,13 @@ def test_db_check_event_stored_redacted_is_clean(made: tuple[Path, dict[str, str
     data_dir = _copy(made, tmp_path)
 
     def prune(c: sqlite3.Connection) -> None:
-        pdu = json.loads(c.execute("SELECT pdu FROM events WHERE event_id = ?", (made[1]["m3"],)).fetchone()[0])
-        pdu["content"] = {}
-        c.execute("UPDATE events SET pdu = ? WHERE event_id = ?", (json.dumps(pdu), made[1]["m3"]))
+        _edit_pdu(c, made[1]["m3"], lambda text: json.dumps({**json.loads(text), "content": {}}))
 
     _damage(data_dir, prune)
     status, report = _check(data_dir)
     assert status == 0, report
-    _damage(data_dir, lambda c: c.execute("UPDATE events SET pdu = json_set(pdu, '$.content.body', 'x')"
-                                          " WHERE event_id = ?", (made[1]["m3"],)))  # fmt: skip
+    _damage(data_dir, lambda c: _edit_pdu(c, made[1]["m3"], lambda text: json.dumps(
+        {**json.loads(text), "content": {"body": "x"}})))
     assert _check(data_dir)[0] == 1
 
 

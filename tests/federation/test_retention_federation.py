@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,9 @@ def stored_bodies(data_dir: Path, room_id: str) -> list[str]:
     try:
         rows = store.db.query("SELECT pdu FROM events WHERE room_id = ? AND type = ? ORDER BY stream",
                               (room_id, "m.room.message"))  # fmt: skip
+        contents = [store.pdus.decode(pdu).get("content") for (pdu,) in rows]
     finally:
         store.close()
-    contents = [json.loads(pdu).get("content") for (pdu,) in rows]
     return [str(c.get("body")) if isinstance(c, dict) else "None" for c in contents]
 
 

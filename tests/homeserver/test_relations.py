@@ -316,9 +316,10 @@ def test_sync_of_fifty_events_in_four_rooms_bundles_in_one_query(tmp_path: Path)
 def _insert(c: sqlite3.Connection, stream: int, event_id: str, content: dict[str, Any]) -> None:
     pdu = {"type": "m.room.message", "room_id": "!r:x", "sender": "@a:x", "content": content,
            "origin_server_ts": stream}  # fmt: skip
-    c.execute("INSERT INTO events (stream, event_id, room_id, type, sender, depth, origin_server_ts, pdu)"
-              " VALUES (?, ?, '!r:x', 'm.room.message', '@a:x', 1, ?, ?)",
-              (stream, event_id, stream, json.dumps(pdu)))  # fmt: skip
+    # index_fields: what the index triggers read (store/sqlite/pdu_codec.py), here the whole content
+    c.execute("INSERT INTO events (stream, event_id, room_id, type, sender, depth, origin_server_ts, pdu, index_fields)"
+              " VALUES (?, ?, '!r:x', 'm.room.message', '@a:x', 1, ?, ?, ?)",
+              (stream, event_id, stream, json.dumps(pdu), json.dumps({"content": content})))  # fmt: skip
 
 
 def test_older_databases_are_indexed_by_the_migration_in_bounded_batches(tmp_path: Path, monkeypatch: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -46,9 +45,9 @@ class Rooms:
         self.store.close()
 
     def bodies(self, room_id: str) -> list[str]:
-        rows = self.store.db.query(  # the pdu read in Python: json_extract is SQLite's alone
+        rows = self.store.db.query(  # the pdu read in Python: it is compressed (store/sqlite/pdu_codec.py)
             "SELECT pdu FROM events WHERE room_id = ? AND type = 'm.room.message' ORDER BY stream", (room_id,))
-        return [json.loads(r[0]).get("content", {}).get("body") for r in rows]
+        return [self.store.pdus.decode(r[0]).get("content", {}).get("body") for r in rows]
 
 
 def with_rooms(tmp_path: Path, key: SigningKey, scenario: Callable[[Rooms], Awaitable[T]]) -> T:

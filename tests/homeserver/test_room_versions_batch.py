@@ -9,7 +9,6 @@ cites (plus, in v12, the create event its room ID names).
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ def message(sender: str, n: int) -> SendRequest:
 
 def stored_events(store: SQLiteStore, room_id: str) -> list[Event]:
     rows = store.db.query("SELECT event_id, pdu FROM events WHERE room_id = ? ORDER BY stream", (room_id,))
-    return [Event(row[0], json.loads(row[1])) for row in rows]
+    return [Event(row[0], store.pdus.decode(row[1])) for row in rows]
 
 
 def judge_again(store: SQLiteStore, room_id: str, version: room_versions.RoomVersion) -> int:

@@ -304,12 +304,12 @@ def test_index_kept_by_triggers_and_backfilled(tmp_path: Path, monkeypatch: pyte
             return [r[0] for r in c.execute("SELECT rowid FROM event_search WHERE event_search MATCH ?", (word,))]
 
     with sqlite3.connect(db) as c:
-        (stream,) = c.execute("SELECT stream FROM events WHERE pdu LIKE '%old message 7 gauge%'").fetchone()
+        (stream,) = c.execute("SELECT stream FROM events WHERE index_fields LIKE '%old message 7 gauge%'").fetchone()
         c.execute("UPDATE events SET soft_failed = 1 WHERE stream = ?", (stream,))
     assert stream not in found("gauge") and len(found("gauge")) == 29
     with sqlite3.connect(db) as c:
-        c.execute("UPDATE events SET soft_failed = 0, pdu = replace(pdu, 'gauge', 'barometer') WHERE stream = ?",
-                  (stream,))  # fmt: skip
+        c.execute("UPDATE events SET soft_failed = 0, index_fields = replace(index_fields, 'gauge', 'barometer')"
+                  " WHERE stream = ?", (stream,))  # fmt: skip
     assert found("barometer") == [stream] and stream not in found("gauge")
     with sqlite3.connect(db) as c:
         c.execute("DELETE FROM events WHERE stream = ?", (stream,))

@@ -50,6 +50,12 @@ def schema() -> Iterator[str]:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
+def index_fields(type_: str, state_key: str | None, content: dict[str, Any]) -> str | None:
+    from lowband.gateway.store.sqlite.pdu_codec import index_fields as fields_of
+
+    return fields_of(type_, state_key, content)
+
+
 def _open(schema: str) -> Any:
     from lowband.gateway.store.postgres.store import PostgresStore
 
@@ -62,11 +68,13 @@ def _insert(store: Any, stream: int, event_id: str, content: dict[str, Any], *, 
     doc = {"type": type_, "room_id": ROOM, "sender": sender, "content": content, "origin_server_ts": stream}
     if state_key is not None:
         doc["state_key"] = state_key
-    row = (stream, event_id, ROOM, type_, state_key, sender, stream, pdu or json.dumps(doc),
+    # index_fields as the store computes it; a raw ``pdu`` (hostile JSON text) is read by the indexes as it is
+    fields = pdu if pdu is not None else index_fields(type_, state_key, content)
+    row = (stream, event_id, ROOM, type_, state_key, sender, stream, (pdu or json.dumps(doc)).encode(), fields,
            flags.get("outlier", 0), flags.get("soft_failed", 0), flags.get("rejected"))  # fmt: skip
     store.db.write_sync(lambda c: c.execute(
         "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu,"
-        " outlier, soft_failed, rejected) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)", row))  # fmt: skip
+        " index_fields, outlier, soft_failed, rejected) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)", row))  # fmt: skip
 
 
 def _found(store: Any, *words: str) -> list[str]:
@@ -147,8 +155,9 @@ def test_redaction_update_and_delete_take_events_out(schema: str) -> None:
 
         store.db.write_sync(lambda c: c.execute("UPDATE events SET soft_failed = 1 WHERE event_id = '$r2'"))
         assert _found(store, "words") == ["$root"]
+        # what the indexes read of an event changes (they read index_fields, never the compressed pdu)
         store.db.write_sync(lambda c: c.execute(
-            "UPDATE events SET soft_failed = 0, pdu = replace(pdu, 'other', 'changed') WHERE event_id = '$r2'"))
+            "UPDATE events SET soft_failed = 0, index_fields = replace(index_fields, 'other', 'changed') WHERE event_id = '$r2'"))
         assert _found(store, "changed") == ["$r2"] and _found(store, "other") == []
         store.db.write_sync(lambda c: c.execute("UPDATE events SET depth = 2 WHERE event_id = '$r2'"))  # no effect
         assert _found(store, "changed") == ["$r2"]

@@ -1,4 +1,5 @@
-"""``lowband_pdu_json(pdu)``: an ``events.pdu`` (TEXT holding JSON) as ``jsonb``, for the index triggers.
+"""``lowband_pdu_json(pdu)``: an ``events.index_fields`` (TEXT holding JSON: what the indexes read of an event,
+``store/sqlite/pdu_codec.py``) as ``jsonb``, for the index triggers; NULL for NULL.
 
 SQLite's JSON functions read any JSON text; ``jsonb`` refuses one thing they take, the escape of U+0000
 (``\\u0000``: PostgreSQL text cannot hold that character). An index trigger must never make storing an

@@ -10,7 +10,7 @@ created by that module's portable DDL) and the same rules, with the triggers wri
 * ``event_relations_redact`` (after an update setting ``redacted_by``) and ``event_relations_delete``
   (after delete): the child's row goes; ``event_threads`` keeps its position, as on SQLite.
 
-The PDU is TEXT holding JSON, read as ``jsonb`` (``lowband_pdu_json``, :mod:`.pdu_json`); SQLite's
+The trigger reads ``index_fields`` (TEXT holding the JSON the indexes need, as on SQLite), as ``jsonb`` (``lowband_pdu_json``, :mod:`.pdu_json`); SQLite's
 ``json_type(...) = 'text'`` is ``jsonb_typeof(...) = 'string'`` here. Events stored before the index existed are
 indexed by :class:`~lowband.gateway.store.sqlite.event_index.OlderEvents` through this module's
 :func:`_index_range`, as on SQLite.
@@ -57,10 +57,10 @@ DECLARE
 BEGIN
     -- most events relate to nothing: skip parsing their JSON (the key is in the text as is or through a \\u escape)
     IF NOT ({_TIMELINE.format(e="NEW")})
-            OR (strpos(NEW.pdu, 'm.relates_to') = 0 AND strpos(NEW.pdu, '\\u') = 0) THEN
+            OR (strpos(COALESCE(NEW.index_fields, ''), 'm.relates_to') = 0 AND strpos(COALESCE(NEW.index_fields, ''), '\\u') = 0) THEN
         RETURN NULL;
     END IF;
-    r := lowband_pdu_json(NEW.pdu)->'content'->'m.relates_to';
+    r := lowband_pdu_json(NEW.index_fields)->'content'->'m.relates_to';
     IF {_WELL_FORMED.format(e="NEW", r="r")} THEN
         INSERT INTO event_relations VALUES ({_ROW.format(e="NEW", r="r")})
             ON CONFLICT (child_id) DO UPDATE SET room_id = excluded.room_id, parent_id = excluded.parent_id,
@@ -88,7 +88,7 @@ $$
     (
         # the function's first test again, as the trigger's condition: most events never call PL/pgSQL
         "CREATE OR REPLACE TRIGGER event_relations_insert AFTER INSERT ON events FOR EACH ROW"
-        r" WHEN (strpos(NEW.pdu, 'm.relates_to') > 0 OR strpos(NEW.pdu, '\u') > 0)"
+        r" WHEN (strpos(COALESCE(NEW.index_fields, ''), 'm.relates_to') > 0 OR strpos(COALESCE(NEW.index_fields, ''), '\u') > 0)"
         " EXECUTE FUNCTION lowband_relations_insert()"
     ),
     (
@@ -122,7 +122,7 @@ class PgRelationTables(RelationTables):
 
 def _index_range(c: Any, lower: int, below: int) -> None:
     """Index the relations of the events at positions in [lower, below) (stored before the index existed)."""
-    source = (" FROM events e CROSS JOIN LATERAL (SELECT lowband_pdu_json(e.pdu)->'content'->'m.relates_to' AS r) j"
+    source = (" FROM events e CROSS JOIN LATERAL (SELECT lowband_pdu_json(e.index_fields)->'content'->'m.relates_to' AS r) j"
               f" WHERE e.stream >= ? AND e.stream < ? AND {_TIMELINE.format(e='e')}"
               f" AND {_WELL_FORMED.format(e='e', r='j.r')}")  # fmt: skip
     c.execute(f"INSERT INTO event_relations SELECT {_ROW.format(e='e', r='j.r')}{source}"

@@ -86,8 +86,8 @@ CREATE OR REPLACE FUNCTION lowband_search_row() RETURNS trigger LANGUAGE plpgsql
 DECLARE
     v text;
 BEGIN
-    IF TG_OP = 'UPDATE' AND (NEW.stream, NEW.pdu, NEW.type, NEW.state_key, NEW.rejected, NEW.outlier,
-            NEW.soft_failed, NEW.redacted_by) IS NOT DISTINCT FROM (OLD.stream, OLD.pdu, OLD.type, OLD.state_key,
+    IF TG_OP = 'UPDATE' AND (NEW.stream, NEW.index_fields, NEW.type, NEW.state_key, NEW.rejected, NEW.outlier,
+            NEW.soft_failed, NEW.redacted_by) IS NOT DISTINCT FROM (OLD.stream, OLD.index_fields, OLD.type, OLD.state_key,
             OLD.rejected, OLD.outlier, OLD.soft_failed, OLD.redacted_by) THEN
         RETURN NULL;
     END IF;
@@ -95,7 +95,7 @@ BEGIN
         DELETE FROM event_search WHERE stream = OLD.stream;
     END IF;
     IF TG_OP <> 'DELETE' AND {_CANDIDATE.format(e="NEW")} THEN
-        v := lowband_search_value(NEW.type, NEW.state_key, lowband_pdu_json(NEW.pdu));
+        v := lowband_search_value(NEW.type, NEW.state_key, lowband_pdu_json(NEW.index_fields));
         IF v IS NOT NULL THEN
             INSERT INTO event_search (stream, value) VALUES (NEW.stream,
                 to_tsvector('simple', lowband_search_fold(v)))
@@ -112,7 +112,7 @@ $$
     ),
     (
         "CREATE OR REPLACE TRIGGER event_search_update"
-        " AFTER UPDATE OF stream, pdu, type, state_key, rejected, outlier, soft_failed, redacted_by ON events"
+        " AFTER UPDATE OF stream, index_fields, type, state_key, rejected, outlier, soft_failed, redacted_by ON events"
         " FOR EACH ROW EXECUTE FUNCTION lowband_search_row()"
     ),
     (
@@ -132,8 +132,8 @@ class PgSearchTables(SearchTables):
 
     #: directory search: ILIKE folds case as SQLite's LIKE does (wider: every letter with a case, not ASCII only)
     like = "ILIKE"
-    member_field = ("CASE WHEN jsonb_typeof(lowband_pdu_json(e.pdu)->'content'->'{key}') = 'string'"
-                    " THEN lowband_pdu_json(e.pdu)->'content'->>'{key}' END")  # fmt: skip
+    member_field = ("CASE WHEN jsonb_typeof(lowband_pdu_json(e.index_fields)->'content'->'{key}') = 'string'"
+                    " THEN lowband_pdu_json(e.index_fields)->'content'->>'{key}' END")  # fmt: skip
 
     def __init__(self, db: Any, *, budget_s: float | None = None) -> None:
         """Create the table, functions and triggers if missing (triggers and functions replaced); index older
@@ -171,6 +171,6 @@ class PgSearchTables(SearchTables):
 def _index_range(c: Any, lower: int, below: int) -> None:
     """Index the events at positions in [lower, below) (stored before the index existed)."""
     c.execute("INSERT INTO event_search (stream, value) SELECT t.stream, to_tsvector('simple', lowband_search_fold(t.v))"
-              " FROM (SELECT e.stream, lowband_search_value(e.type, e.state_key, lowband_pdu_json(e.pdu)) AS v"
+              " FROM (SELECT e.stream, lowband_search_value(e.type, e.state_key, lowband_pdu_json(e.index_fields)) AS v"
               f" FROM events e WHERE e.stream >= ? AND e.stream < ? AND {_CANDIDATE.format(e='e')}) t"
               " WHERE t.v IS NOT NULL ON CONFLICT (stream) DO NOTHING", (lower, below))  # fmt: skip

@@ -56,6 +56,7 @@ from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.events import compute_event_id, content_hash_matches
 from lowband.gateway.matrix.redaction import redacted_view
 from lowband.gateway.store.interfaces import IntegrityFinding
+from lowband.gateway.store.sqlite.pdu_codec import PduDecodeError, reader_codec
 
 # The indexes' own definitions of "this event is indexed", so the check cannot drift from the triggers.
 from lowband.gateway.store.sqlite.relations import _INDEXED as _RELATION_INDEXED
@@ -101,6 +102,7 @@ class SQLiteIntegrity:
             raise NotAStore(f"no database file {path}")
         try:
             self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
+            self._pdus = reader_codec(self._conn)
         except sqlite3.Error as exc:
             raise NotAStore(f"cannot open {path}: {exc}") from None
         try:
@@ -248,12 +250,9 @@ class SQLiteIntegrity:
                 finding.result.checked += 1
                 where = f"stream {stream} ({event_id})"
                 try:
-                    pdu = json.loads(text)
-                except (ValueError, TypeError) as exc:
-                    finding.problem(f"{where}: stored JSON does not parse ({exc})")
-                    continue
-                if not isinstance(pdu, dict):
-                    finding.problem(f"{where}: stored JSON is not an object")
+                    pdu = self._pdus.decode(text)
+                except PduDecodeError as exc:
+                    finding.problem(f"{where}: {exc}")
                     continue
                 differs = [name for name, column in (("room_id", room_id), ("type", kind), ("state_key", state_key),
                                                      ("sender", sender)) if pdu.get(name) != column]  # fmt: skip
@@ -288,11 +287,9 @@ class SQLiteIntegrity:
                 if outlier:
                     continue  # known for auth or state only: its own history is not expected here
                 try:
-                    pdu = json.loads(text)
-                except (ValueError, TypeError):
+                    pdu = self._pdus.decode(text)
+                except PduDecodeError:
                     continue  # the events check reports it
-                if not isinstance(pdu, dict):
-                    continue
                 prevs, auths = _ids(pdu.get("prev_events")), _ids(pdu.get("auth_events"))
                 refs.append((int(stream), str(event_id), str(room_id), prevs, auths))
                 wanted.update(prevs, auths)

@@ -13,11 +13,12 @@ gateway writes). It is not a store: inside the gateway, use the one
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from lowband.gateway.store.sqlite.pdu_codec import reader_codec
 
 
 class ReadOnlyEvents:
@@ -29,6 +30,7 @@ class ReadOnlyEvents:
         if isinstance(source, Path):
             source = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=timeout_s)
         self._conn = source
+        self._pdus = reader_codec(source)
 
     def count_after(self, room_id: str, event_type: str, after: int) -> tuple[int, int | None]:
         """(how many events of ``event_type`` the room has after stream ``after``, the highest stream among them).
@@ -48,7 +50,7 @@ class ReadOnlyEvents:
         ).fetchall()
         contents = []
         for (pdu,) in rows:
-            content = json.loads(pdu).get("content")
+            content = self._pdus.decode(pdu).get("content")
             contents.append(content if isinstance(content, dict) else {})
         return contents
 

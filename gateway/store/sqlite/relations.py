@@ -16,7 +16,8 @@ events shown in a timeline are indexed (not rejected, outliers or
 soft-failed). A redacted child leaves the index (redaction strips
 ``m.relates_to`` in every room version Lowband serves); ``event_threads``
 keeps its latest position then (a thread may sort a little high until its
-next reply).
+next reply). The SQL reads ``index_fields`` (the content keys the indexes
+need, plain JSON: ``pdu_codec.index_fields``), not the compressed ``pdu``.
 
 Events stored before this table existed are indexed by :data:`BACKFILL_BATCH`
 stream positions per write, newest first: for up to :data:`BACKFILL_BUDGET_S`
@@ -49,15 +50,15 @@ _KEY = "'$.content.\"m.relates_to\".key'"
 
 #: the relation columns of an events row ``e`` (for the trigger, ``NEW``), in event_relations' order
 _SELECT_RELATION = (
-    "SELECT {e}.event_id, {e}.room_id, json_extract({e}.pdu, " + _PARENT + "), json_extract({e}.pdu, " + _REL + "),"
+    "SELECT {e}.event_id, {e}.room_id, json_extract({e}.index_fields, " + _PARENT + "), json_extract({e}.index_fields, " + _REL + "),"
     " {e}.type, {e}.sender, {e}.stream, {e}.origin_server_ts,"
-    " CASE WHEN json_type({e}.pdu, " + _KEY + ") = 'text' THEN json_extract({e}.pdu, " + _KEY + ") END"
+    " CASE WHEN json_type({e}.index_fields, " + _KEY + ") = 'text' THEN json_extract({e}.index_fields, " + _KEY + ") END"
 )
 #: when an events row ``e`` is indexed: shown in the timeline, not redacted, with a well-formed relation
 _INDEXED = (
     "{e}.rejected IS NULL AND {e}.outlier = 0 AND {e}.soft_failed = 0 AND {e}.redacted_by IS NULL"
-    " AND json_type({e}.pdu, " + _REL + ") = 'text' AND json_type({e}.pdu, " + _PARENT + ") = 'text'"
-    " AND json_extract({e}.pdu, " + _PARENT + ") != {e}.event_id"
+    " AND json_type({e}.index_fields, " + _REL + ") = 'text' AND json_type({e}.index_fields, " + _PARENT + ") = 'text'"
+    " AND json_extract({e}.index_fields, " + _PARENT + ") != {e}.event_id"
 )
 
 RELATIONS_SCHEMA = [
@@ -89,8 +90,8 @@ CREATE TABLE IF NOT EXISTS event_threads (
 CREATE TRIGGER IF NOT EXISTS event_relations_insert AFTER INSERT ON events WHEN {_INDEXED.format(e="NEW")}
 BEGIN
     INSERT OR REPLACE INTO event_relations {_SELECT_RELATION.format(e="NEW")};
-    INSERT INTO event_threads SELECT NEW.room_id, json_extract(NEW.pdu, {_PARENT}), NEW.stream
-        WHERE json_extract(NEW.pdu, {_REL}) = 'm.thread'
+    INSERT INTO event_threads SELECT NEW.room_id, json_extract(NEW.index_fields, {_PARENT}), NEW.stream
+        WHERE json_extract(NEW.index_fields, {_REL}) = 'm.thread'
         ON CONFLICT DO UPDATE SET latest_stream = MAX(latest_stream, excluded.latest_stream);
 END
 """,
@@ -237,7 +238,7 @@ def _index_range(c: sqlite3.Connection, lower: int, below: int) -> None:
     """Index the relations of the events at positions in [lower, below) (stored before the index existed)."""
     c.execute(f"INSERT OR IGNORE INTO event_relations {_SELECT_RELATION.format(e='e')} FROM events e"
               f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')}", (lower, below))  # fmt: skip
-    c.execute(f"INSERT INTO event_threads SELECT e.room_id, json_extract(e.pdu, {_PARENT}), MAX(e.stream) FROM events e"
-              f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')} AND json_extract(e.pdu, {_REL})"
+    c.execute(f"INSERT INTO event_threads SELECT e.room_id, json_extract(e.index_fields, {_PARENT}), MAX(e.stream) FROM events e"
+              f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')} AND json_extract(e.index_fields, {_REL})"
               " = 'm.thread' GROUP BY 1, 2 ON CONFLICT DO UPDATE SET latest_stream ="
               " MAX(latest_stream, excluded.latest_stream)", (lower, below))  # fmt: skip

@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS events (
     sender TEXT NOT NULL,
     depth INTEGER NOT NULL,
     origin_server_ts INTEGER NOT NULL,
-    pdu TEXT NOT NULL,
+    pdu BLOB NOT NULL,              -- canonical JSON, compressed against a dictionary (store/sqlite/pdu_codec.py)
     state_before INTEGER,
     state_after INTEGER,
     rejected TEXT,                  -- reason, NULL when accepted
@@ -97,11 +97,18 @@ CREATE TABLE IF NOT EXISTS events (
     txn_device TEXT,
     txn_id TEXT,
     outlier INTEGER NOT NULL DEFAULT 0,      -- 1: known for auth/state, not in the timeline
-    soft_failed INTEGER NOT NULL DEFAULT 0   -- 1: refused by the current state when it came, never shown
+    soft_failed INTEGER NOT NULL DEFAULT 0,  -- 1: refused by the current state when it came, never shown
+    index_fields TEXT               -- what search and relations read of the content, JSON (pdu_codec.index_fields)
 );
 CREATE INDEX IF NOT EXISTS events_room_stream ON events(room_id, stream);
 -- timestamp_to_event: the events of a room nearest a time, one index range (created on first start if missing)
 CREATE INDEX IF NOT EXISTS events_room_ts ON events(room_id, origin_server_ts);
+CREATE TABLE IF NOT EXISTS pdu_dictionaries (
+    id INTEGER PRIMARY KEY,
+    first_stream INTEGER NOT NULL,  -- the stream position when it was made: the next one is due counting from here
+    created_ts INTEGER NOT NULL,
+    sample BLOB NOT NULL            -- the DEFLATE dictionary (pdu_codec.py), itself zlib-compressed
+);
 CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events(txn_user, txn_device, txn_id) WHERE txn_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS memberships (
@@ -225,6 +232,8 @@ def upgrade(conn: sqlite3.Connection) -> None:
     for column in ("outlier", "soft_failed"):  # federation: events known outside the timeline
         if column not in event_columns:
             conn.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    if "index_fields" not in event_columns:
+        _index_fields(conn)
     # Access tokens were stored in clear until 0.x; the database now keeps only their SHA-256 (token_key).
     clear = conn.execute("SELECT token FROM access_tokens WHERE token NOT LIKE 'sha256:%'").fetchall()
     for (token,) in clear:
@@ -240,6 +249,31 @@ def upgrade(conn: sqlite3.Connection) -> None:
     )
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mqtt_users'").fetchone():
         conn.execute("UPDATE users SET owner = 'mqtt' WHERE owner IS NULL AND user_id IN (SELECT user_id FROM mqtt_users)")
+
+
+#: the index triggers that read ``pdu`` before ``index_fields`` existed (search.py, relations.py make them anew)
+_OLD_TRIGGERS = ("event_search_insert", "event_search_update", "event_search_delete", "event_relations_insert")
+
+
+def _index_fields(conn: sqlite3.Connection) -> None:
+    """Compact events (pdu_codec.py): the search and relations indexes read ``index_fields``, no longer ``pdu``.
+
+    Rows stored before keep their JSON ``pdu`` and get their whole content as
+    ``index_fields`` (what the index SQL read of them before); their triggers
+    are dropped first, so this rewrite indexes nothing twice, and made anew
+    by the index modules when the store opens. On PostgreSQL ``pdu`` becomes
+    BYTEA (its JSON text as UTF-8 bytes, a form pdu_codec reads).
+    """
+    postgres = not isinstance(conn, sqlite3.Connection)
+    for name in _OLD_TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}" + (" ON events" if postgres else ""))
+    conn.execute("ALTER TABLE events ADD COLUMN index_fields TEXT")
+    if postgres:  # lowband_pdu_json: made with the indexes (store/postgres/pdu_json.py) when the schema was
+        conn.execute("UPDATE events SET index_fields ="
+                     " jsonb_build_object('content', lowband_pdu_json(pdu)->'content')::text")  # fmt: skip
+        conn.execute("ALTER TABLE events ALTER COLUMN pdu TYPE BYTEA USING convert_to(pdu, 'UTF8')")
+    else:
+        conn.execute("UPDATE events SET index_fields = json_object('content', json(json_extract(pdu, '$.content')))")
 
 
 def _thread_receipts(conn: sqlite3.Connection) -> None:

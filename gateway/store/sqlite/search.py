@@ -22,6 +22,10 @@ text it was indexed with: the same expression over the old row (a trigger on
 every update of the columns that decide it takes the old text out and puts
 the new one in).
 
+The SQL reads an event's ``index_fields`` (``{"content": {...}}`` with the
+content keys the indexes need, :func:`lowband.gateway.store.sqlite.pdu_codec.index_fields`),
+not its ``pdu``, which is compressed.
+
 Queries never pass user text to FTS5's query language: :func:`match_expression`
 quotes each word as an FTS5 string, so ``"``, ``NEAR(``, ``*``, ``AND`` or
 ``^`` are plain text and cannot make a query fail or widen it (the homeserver
@@ -43,13 +47,13 @@ BACKFILL_BATCH = 20_000
 BACKFILL_BUDGET_S = 2.0
 #: the text indexed for an events row ``e`` (NULL when it has none)
 _VALUE = (
-    "CASE WHEN json_type({e}.pdu, '$.content.\"org.lowband.senml\"') IS NOT NULL THEN NULL"
-    " WHEN {e}.type = 'm.room.message' AND json_type({e}.pdu, '$.content.body') = 'text'"
-    " THEN json_extract({e}.pdu, '$.content.body')"
-    " WHEN {e}.type = 'm.room.name' AND {e}.state_key = '' AND json_type({e}.pdu, '$.content.name') = 'text'"
-    " THEN json_extract({e}.pdu, '$.content.name')"
-    " WHEN {e}.type = 'm.room.topic' AND {e}.state_key = '' AND json_type({e}.pdu, '$.content.topic') = 'text'"
-    " THEN json_extract({e}.pdu, '$.content.topic') END"
+    "CASE WHEN json_type({e}.index_fields, '$.content.\"org.lowband.senml\"') IS NOT NULL THEN NULL"
+    " WHEN {e}.type = 'm.room.message' AND json_type({e}.index_fields, '$.content.body') = 'text'"
+    " THEN json_extract({e}.index_fields, '$.content.body')"
+    " WHEN {e}.type = 'm.room.name' AND {e}.state_key = '' AND json_type({e}.index_fields, '$.content.name') = 'text'"
+    " THEN json_extract({e}.index_fields, '$.content.name')"
+    " WHEN {e}.type = 'm.room.topic' AND {e}.state_key = '' AND json_type({e}.index_fields, '$.content.topic') = 'text'"
+    " THEN json_extract({e}.index_fields, '$.content.topic') END"
 )
 #: when an events row ``e`` is in the index
 _INDEXED = (
@@ -70,7 +74,7 @@ END
     # Any change of what decides indexing (a redaction, mostly) takes the old text out and puts the new one in.
     f"""
 CREATE TRIGGER IF NOT EXISTS event_search_update
-AFTER UPDATE OF pdu, type, state_key, rejected, outlier, soft_failed, redacted_by ON events
+AFTER UPDATE OF index_fields, type, state_key, rejected, outlier, soft_failed, redacted_by ON events
 BEGIN
     INSERT INTO event_search (event_search, rowid, value)
         SELECT 'delete', OLD.stream, {_VALUE.format(e="OLD")} WHERE {_INDEXED.format(e="OLD")};
@@ -98,8 +102,8 @@ class SearchTables:
     #: directory search's pattern operator, and a joined member's profile field ``{key}`` of events row ``e``
     #: (the PostgreSQL store has its own: ``store/postgres/search.py``)
     like = "LIKE"
-    member_field = ("CASE WHEN json_type(e.pdu, '$.content.{key}') = 'text'"
-                    " THEN json_extract(e.pdu, '$.content.{key}') END")  # fmt: skip
+    member_field = ("CASE WHEN json_type(e.index_fields, '$.content.{key}') = 'text'"
+                    " THEN json_extract(e.index_fields, '$.content.{key}') END")  # fmt: skip
 
     def __init__(self, db: Database, *, budget_s: float | None = None) -> None:
         """Create the table and triggers if missing; index older events for up to ``budget_s`` (default

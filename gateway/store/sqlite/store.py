@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import Awaitable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from lowband.gateway.store.sqlite.directory_networks import DirectoryNetworkTabl
 from lowband.gateway.store.sqlite.e2ee import E2EETables
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
+from lowband.gateway.store.sqlite.pdu_codec import PduCodec, index_fields
 from lowband.gateway.store.sqlite.presence import PresenceTables
 from lowband.gateway.store.sqlite.push import PushTables
 from lowband.gateway.store.sqlite.relations import RelationTables
@@ -52,11 +55,13 @@ from lowband.gateway.store.sqlite.search import SearchTables
 from lowband.gateway.store.sqlite.state_groups import StateGroups
 
 _INSERT_EVENT = (
-    "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu,"
+    "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu, index_fields,"
     " state_before, state_after, rejected, txn_user, txn_device, txn_id, outlier, soft_failed)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+
+log = logging.getLogger(__name__)
 
 _EVENT_COLUMNS = ("event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device,"
                   " txn_id, outlier, soft_failed")
@@ -74,6 +79,10 @@ class SQLiteStore:
             db = Database(path, SCHEMA)
         self.db = db
         self.db.write_sync(upgrade)
+        #: how events.pdu is written and read: compressed against the store's dictionaries (pdu_codec.py)
+        self.pdus = PduCodec(self._dictionary_sample)
+        self.pdus.load_current(self.db.query_one(
+            "SELECT id, first_stream, sample FROM pdu_dictionaries ORDER BY id DESC LIMIT 1"))
         row = self.db.query_one(
             "SELECT MAX(m) FROM (SELECT MAX(stream) AS m FROM events UNION ALL "
             "SELECT MAX(stream) FROM account_data UNION ALL SELECT MAX(stream) FROM receipts)"
@@ -100,6 +109,10 @@ class SQLiteStore:
         self.account_lifecycle = AccountLifecycleTables(self.db, self._forget_cached_tokens)
         self.search = self._search_tables()  # full-text index of message bodies, kept by triggers (search.py)
         self._retention = RetentionTables(self.db)  # MSC1763 purges and their record (retention.py)
+
+    def _dictionary_sample(self, dict_id: int) -> bytes | None:
+        row = self.db.query_one("SELECT sample FROM pdu_dictionaries WHERE id = ?", (dict_id,))
+        return None if row is None else bytes(row[0])
 
     def _relation_tables(self) -> Any:
         """The relations index on this store's database (PostgreSQL has its own: ``store/postgres``)."""
@@ -372,9 +385,11 @@ class SQLiteStore:
         def row(w: EventWrite) -> tuple[Any, ...]:
             event = w.event
             txn_user, txn_device, txn_id = w.txn if w.txn else (None, None, None)
-            pdu_text = pdu_bytes(event).decode()  # signs here, in the writer thread, in parallel with the event loop
+            # signs here, in the writer thread, in parallel with the event loop; compressed here too (pdu_codec.py)
+            stored = self.pdus.encode(pdu_bytes(event))
+            fields = index_fields(event.type, event.state_key, event.pdu.get("content"))
             return (w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
-                    event.depth, event.origin_server_ts, pdu_text, w.state_before, w.state_after, w.rejected,
+                    event.depth, event.origin_server_ts, stored, fields, w.state_before, w.state_after, w.rejected,
                     txn_user, txn_device, txn_id, int(w.outlier), int(w.soft_failed))  # fmt: skip
 
         room_args = None
@@ -439,8 +454,26 @@ class SQLiteStore:
         async def committed() -> None:
             await asyncio.wrap_future(future)
             self._mark_persisted(last)
+            if self.pdus.due(self.persisted):
+                self._new_dictionary()
 
         return committed()
+
+    def _new_dictionary(self) -> None:
+        """Make a compression dictionary from the newest events in a write job of its own; new events use it
+        once it has committed (pdu_codec.py)."""
+        self.pdus.training = True
+        position = self.persisted
+        done = self.db.submit(lambda c: self.pdus.train(c, position), durable=False)
+
+        def adopt(f: Future[tuple[int, int, bytes]]) -> None:
+            if f.exception() is not None:  # the next persist tries again
+                log.warning("making a compression dictionary failed: %s", f.exception())
+                self.pdus.training = False
+            else:
+                self.pdus.adopt(*f.result())
+
+        done.add_done_callback(adopt)
 
     def events_for_txns(self, txns: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
         """Event IDs already sent with any of these transaction IDs (missing ones are absent)."""
@@ -466,7 +499,7 @@ class SQLiteStore:
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?",
             (event_id,),
         )
-        return _event_row(row) if row else None
+        return _event_row(row, self.pdus) if row else None
 
     def get_events(self, event_ids: list[str]) -> dict[str, EventRow]:
         """The rows of those events that are stored, by event ID, in one query per 500 IDs."""
@@ -476,7 +509,7 @@ class SQLiteStore:
             rows = self.db.query(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({','.join('?' * len(part))})",
                                  tuple(part))  # fmt: skip
             for r in rows:
-                found[str(r[0])] = _event_row(r)
+                found[str(r[0])] = _event_row(r, self.pdus)
         return found
 
     def room_events(
@@ -489,7 +522,7 @@ class SQLiteStore:
             f" AND outlier = 0 AND soft_failed = 0 ORDER BY stream {order} LIMIT ?",
             (room_id, after, upto, limit),
         )
-        return [_event_row(r) for r in rows]
+        return [_event_row(r, self.pdus) for r in rows]
 
     def room_events_near_ts(self, room_id: str, ts: int, *, forwards: bool, upto: int, limit: int) -> list[EventRow]:
         """Accepted timeline events at or after ``ts`` (``forwards``) or at or before it, nearest first, among
@@ -504,7 +537,7 @@ class SQLiteStore:
             f" ORDER BY origin_server_ts {order}, stream {order}",
             (room_id, ts, limit, upto),
         )
-        return [_event_row(r) for r in rows]
+        return [_event_row(r, self.pdus) for r in rows]
 
     async def purge_history(self, room_id: str, before_ts: int, *, keep: list[str], limit: int) -> list[str]:
         """Delete up to ``limit`` expired non-state events of the room and what derives from them (rules in
@@ -669,9 +702,9 @@ def _insert_user(c: sqlite3.Connection, user_id: str, password_hash: str, admin:
         raise UserExists(user_id)
 
 
-def _event_row(row: tuple[Any, ...]) -> EventRow:
+def _event_row(row: tuple[Any, ...], pdus: PduCodec) -> EventRow:
     return {
-        "event": Event(event_id=row[0], pdu=json.loads(row[1])),
+        "event": Event(event_id=row[0], pdu=pdus.decode(row[1])),
         "stream": row[2],
         "state_before": row[3],
         "state_after": row[4],
