@@ -617,6 +617,13 @@ def test_transaction_ids_are_idempotent_per_device_even_when_concurrent(tmp_path
         assert expect_ok(await new_device.request("PUT", path, {"body": "once"}))["event_id"] != first
         page = await messages(alice, room, dir="b", limit=50)
         assert bodies(page["chunk"]) == ["once", "once"]
+        # The same ID is another transaction in another room or for another event type.
+        other_room = await create_room(alice)
+        elsewhere = expect_ok(await alice.request("PUT", f"{V3}/rooms/{other_room}/send/m.room.message/same-txn",
+                                                  {"body": "there"}))["event_id"]  # fmt: skip
+        other_type = expect_ok(await alice.request("PUT", f"{V3}/rooms/{room}/send/org.example.kind/same-txn",
+                                                   {"body": "kind"}))["event_id"]  # fmt: skip
+        assert len({first, elsewhere, other_type}) == 3
 
     run(tmp_path, scenario)
 
