@@ -159,6 +159,16 @@ def test_db_check_damaged_compressed_event(made: tuple[Path, dict[str, str]], tm
     assert "stored PDU" in examples
 
 
+def test_db_check_index_fields_that_differ(made: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """index_fields is what search and relations read: one that no longer matches its event is a finding."""
+    data_dir = _copy(made, tmp_path)
+    _damage(data_dir, lambda c: c.execute("UPDATE events SET index_fields = '{\"content\":{\"body\":\"other\"}}'"
+                                          " WHERE event_id = ?", (made[1]["m2"],)))  # fmt: skip
+    status, report = _check(data_dir)
+    assert status == 1 and "events" in _failing(report)
+    assert any("index_fields differ" in line and made[1]["m2"] in line for line in report["checks"]["events"]["examples"])
+
+
 def test_db_check_unparsable_event_json(made: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     data_dir = _copy(made, tmp_path)
 
@@ -252,6 +262,7 @@ def test_db_check_event_stored_redacted_is_clean(made: tuple[Path, dict[str, str
 
     def prune(c: sqlite3.Connection) -> None:
         _edit_pdu(c, made[1]["m3"], lambda text: json.dumps({**json.loads(text), "content": {}}))
+        c.execute("UPDATE events SET index_fields = NULL WHERE event_id = ?", (made[1]["m3"],))  # as stored then
 
     _damage(data_dir, prune)
     status, report = _check(data_dir)

@@ -56,7 +56,7 @@ from lowband.gateway.matrix import room_versions
 from lowband.gateway.matrix.events import compute_event_id, content_hash_matches
 from lowband.gateway.matrix.redaction import redacted_view
 from lowband.gateway.store.interfaces import IntegrityFinding
-from lowband.gateway.store.sqlite.pdu_codec import PduDecodeError, reader_codec
+from lowband.gateway.store.sqlite.pdu_codec import PduDecodeError, index_fields, reader_codec
 
 # The indexes' own definitions of "this event is indexed", so the check cannot drift from the triggers.
 from lowband.gateway.store.sqlite.relations import _INDEXED as _RELATION_INDEXED
@@ -243,10 +243,12 @@ class SQLiteIntegrity:
         advance(1)
 
     def _events(self, finding: _Finding, quick: bool, advance: Callable[[int], None]) -> None:
-        sql = ("SELECT stream, event_id, room_id, type, state_key, sender, pdu, redacted_by FROM events"
-               " WHERE stream > ? ORDER BY stream LIMIT ?")  # fmt: skip
+        # a file no gateway of this version has opened yet has no index_fields (schema.upgrade adds them)
+        upgraded = "index_fields" in {str(r[1]) for r in self._rows("PRAGMA table_info(events)")}
+        sql = ("SELECT stream, event_id, room_id, type, state_key, sender, pdu, redacted_by,"
+               f" {'index_fields' if upgraded else 'NULL'} FROM events WHERE stream > ? ORDER BY stream LIMIT ?")  # fmt: skip
         for rows in self._batches(sql):
-            for stream, event_id, room_id, kind, state_key, sender, text, redacted_by in rows:
+            for stream, event_id, room_id, kind, state_key, sender, text, redacted_by, fields in rows:
                 finding.result.checked += 1
                 where = f"stream {stream} ({event_id})"
                 try:
@@ -258,6 +260,8 @@ class SQLiteIntegrity:
                                                      ("sender", sender)) if pdu.get(name) != column]  # fmt: skip
                 if differs:
                     finding.problem(f"{where}: columns differ from the JSON: {', '.join(differs)}")
+                if upgraded and not _fields_match(fields, kind, state_key, pdu.get("content")):
+                    finding.problem(f"{where}: index_fields differ from the event's content")
                 identifier = self._version(str(room_id))
                 version = room_versions.KNOWN.get(identifier) if identifier is not None else None
                 if version is None:
@@ -425,6 +429,17 @@ class SQLiteIntegrity:
                     " (SELECT 1 FROM events e WHERE e.stream = t.latest_stream)"):  # fmt: skip
                 finding.problem(f"thread {root} in {room_id}: its latest reply (stream {stream}) is not stored")
         advance(1)
+
+
+def _fields_match(fields: str | None, kind: str, state_key: str | None, content: Any) -> bool:
+    """Whether ``index_fields`` is what the store writes for the event (pdu_codec.index_fields), or the whole
+    content an upgraded older row was given."""
+    if fields == index_fields(kind, state_key, content):
+        return True
+    try:
+        return fields is not None and json.loads(fields) == {"content": content}
+    except ValueError:
+        return False
 
 
 def _pruned(pdu: dict[str, Any], version: room_versions.RoomVersion) -> bool:
