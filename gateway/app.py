@@ -43,6 +43,7 @@ from lowband.gateway.homeserver.sync import SyncHandler, typing_expiry_loop
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.matrix.signing import SigningKey
 from lowband.gateway.store.interfaces import Store
+from lowband.gateway.store.sqlite.migrations import SchemaTooNew
 from lowband.gateway.store.sqlite.store import SQLiteStore
 
 log = logging.getLogger("lowband")
@@ -161,7 +162,22 @@ DATABASE_MARKER = "database_url"
 
 
 def open_store(db_path: Path, url: str | None = None) -> Store:
-    """The gateway's store, created on first use; close it with ``close()``.
+    """The gateway's store, created on first use; close it with ``close()``. See :func:`_open_store`; a
+    database written by a newer Lowband is a ConfigError too (schema migrations this one does not know)."""
+    try:
+        return _open_store(db_path, url)
+    except SchemaTooNew as exc:
+        raise ConfigError(f"{_store_place(db_path, url)}: {exc}") from None
+
+
+def _store_place(db_path: Path, url: str | None) -> str:
+    marker = db_path.parent / DATABASE_MARKER
+    url = url or (marker.read_text().strip() if marker.exists() else None)
+    return _safe_url(url) if url else str(db_path)
+
+
+def _open_store(db_path: Path, url: str | None = None) -> Store:
+    """The gateway's store, created on first use.
 
     ``url`` (``[database] url``) names a PostgreSQL database; without it, the one the data dir (``db_path``'s
     folder) was first served with, else the SQLite file ``db_path``. A data dir served on PostgreSQL keeps

@@ -109,11 +109,8 @@ class PushTables:
         self._untrimmed: dict[str, int] = {}
 
         def create(c: sqlite3.Connection) -> None:  # one statement per execute (executescript would commit)
-            for statement in PUSH_SCHEMA:
+            for statement in PUSH_SCHEMA:  # an older table gained thread_id in schema.MIGRATIONS
                 c.execute(statement)
-            # Databases made before threaded counts: their rows count as the main timeline's.
-            if "thread_id" not in {row[1] for row in c.execute("PRAGMA table_info(push_notifications)")}:
-                c.execute("ALTER TABLE push_notifications ADD COLUMN thread_id TEXT NOT NULL DEFAULT 'main'")
 
         self.db.write_sync(create)
 

@@ -1,8 +1,9 @@
 """The SQLite schema of every area, in one place. Every statement is idempotent, so it runs on each start.
 
 :func:`upgrade` brings a database made by an older Lowband up to this
-schema; it runs after :data:`SCHEMA`, on each start, and does nothing the
-second time.
+schema: it runs after :data:`SCHEMA`, on each start, the numbered
+:data:`MIGRATIONS` the database has not recorded (``migrations.py``), and
+refuses a database a newer Lowband wrote.
 
 One exception for now: federation's tables are created by ``federation.py``
 itself (its tests open a bare database with that module alone).
@@ -15,6 +16,8 @@ order (see ``store/interfaces.py``).
 
 import hashlib
 import sqlite3
+
+from lowband.gateway.store.sqlite import migrations
 
 
 def token_key(token: str) -> str:
@@ -216,30 +219,39 @@ CREATE TABLE IF NOT EXISTS mqtt_subscriptions (
 SCHEMA = _HOMESERVER + _LINK_DEVICES + _MQTT
 
 
-def upgrade(conn: sqlite3.Connection) -> None:
-    """Add what older databases lack; a no-op on a current one. Runs inside the writer's transaction.
+def upgrade(conn: sqlite3.Connection) -> list[str]:
+    """Bring a database made by an older Lowband to this schema: the :data:`MIGRATIONS` it has not recorded
+    (``migrations.py``: rules; SchemaTooNew for a newer one). Runs inside the writer's transaction; the names
+    of the migrations run."""
+    return migrations.apply(conn, MIGRATIONS)
 
-    ``users.owner`` (edges speak only as accounts they created): when the
-    column is added, accounts an edge demonstrably made are claimed for it,
-    once — those the MQTT bridge recorded in ``mqtt_users``, and a
+
+def _federation_columns(conn: sqlite3.Connection) -> None:
+    """``events.outlier`` and ``soft_failed``: federation's events known outside the timeline."""
+    event_columns = _columns(conn, "events")
+    for column in ("outlier", "soft_failed"):
+        if column not in event_columns:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+
+
+def _hashed_tokens(conn: sqlite3.Connection) -> None:
+    """Access tokens were stored in clear until 0.x; the database keeps only their SHA-256 (token_key)."""
+    clear = conn.execute("SELECT token FROM access_tokens WHERE token NOT LIKE 'sha256:%'").fetchall()
+    for (token,) in clear:
+        conn.execute("UPDATE access_tokens SET token = ? WHERE token = ?", (token_key(token), token))
+
+
+def _account_owners(conn: sqlite3.Connection) -> None:
+    """``users.owner`` (edges speak only as accounts they created).
+
+    When the column is added, accounts an edge demonstrably made are claimed
+    for it, once — those the MQTT bridge recorded in ``mqtt_users``, and a
     provisioned device's ``@dev.NAME`` created no earlier than the device
     itself (the link makes it within seconds of ``lowband device add``; an
     older one was registered by someone before the device existed). Every
     other account stays NULL: a person's, never adopted by an edge.
     """
-    _thread_receipts(conn)
-    event_columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    for column in ("outlier", "soft_failed"):  # federation: events known outside the timeline
-        if column not in event_columns:
-            conn.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-    if "index_fields" not in event_columns:
-        _index_fields(conn)
-    # Access tokens were stored in clear until 0.x; the database now keeps only their SHA-256 (token_key).
-    clear = conn.execute("SELECT token FROM access_tokens WHERE token NOT LIKE 'sha256:%'").fetchall()
-    for (token,) in clear:
-        conn.execute("UPDATE access_tokens SET token = ? WHERE token = ?", (token_key(token), token))
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
-    if "owner" in columns:
+    if "owner" in _columns(conn, "users"):
         return
     conn.execute("ALTER TABLE users ADD COLUMN owner TEXT")
     # The values are devices.account.device_owner() and the MQTT bridge's rooms.ACCOUNT_OWNER.
@@ -247,8 +259,26 @@ def upgrade(conn: sqlite3.Connection) -> None:
         "UPDATE users SET owner = (SELECT 'device:' || d.name FROM link_devices d WHERE d.user_id = users.user_id"
         " AND users.created_ts >= d.created_ts) WHERE owner IS NULL"
     )
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mqtt_users'").fetchone():
+    if migrations.table_exists(conn, "mqtt_users"):
         conn.execute("UPDATE users SET owner = 'mqtt' WHERE owner IS NULL AND user_id IN (SELECT user_id FROM mqtt_users)")
+
+
+def _threaded_notifications(conn: sqlite3.Connection) -> None:
+    """``push_notifications.thread_id``: rows of databases made before threaded counts count as the main
+    timeline's (the table itself is push.py's, made at the newest shape when missing)."""
+    if migrations.table_exists(conn, "push_notifications") and not migrations.has_columns(
+            conn, "push_notifications", "thread_id"):  # fmt: skip
+        conn.execute("ALTER TABLE push_notifications ADD COLUMN thread_id TEXT NOT NULL DEFAULT 'main'")
+
+
+def _compact_events(conn: sqlite3.Connection) -> None:
+    """Compact events (pdu_codec.py): ``events.index_fields`` (see :func:`_index_fields`)."""
+    if "index_fields" not in _columns(conn, "events"):
+        _index_fields(conn)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 #: the index triggers that read ``pdu`` before ``index_fields`` existed (search.py, relations.py make them anew)
@@ -293,3 +323,14 @@ def _thread_receipts(conn: sqlite3.Connection) -> None:
     )
     conn.execute("DROP TABLE receipts_unthreaded")
     conn.execute("CREATE INDEX IF NOT EXISTS receipts_stream ON receipts(room_id, stream)")
+
+
+#: every schema change since the first release, in order (migrations.py: never renumbered or edited)
+MIGRATIONS: list[migrations.Migration] = [
+    (1, "receipts per thread", _thread_receipts),
+    (2, "events.outlier and events.soft_failed", _federation_columns),
+    (3, "access tokens kept as SHA-256", _hashed_tokens),
+    (4, "users.owner", _account_owners),
+    (5, "push_notifications.thread_id", _threaded_notifications),
+    (6, "compact events: events.index_fields, events.pdu compressed", _compact_events),
+]

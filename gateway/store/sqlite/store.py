@@ -78,7 +78,11 @@ class SQLiteStore:
                 raise ValueError("SQLiteStore needs a path or a database")
             db = Database(path, SCHEMA)
         self.db = db
-        self.db.write_sync(upgrade)
+        try:
+            self.db.write_sync(upgrade)  # SchemaTooNew: a newer Lowband's database, left as it is
+        except BaseException:
+            self.db.close()
+            raise
         #: how events.pdu is written and read: compressed against the store's dictionaries (pdu_codec.py)
         self.pdus = PduCodec(self._dictionary_sample)
         self.pdus.load_current(self.db.query_one(
