@@ -217,25 +217,31 @@ def open_reader(db_path: Path, timeout_s: float = 5.0) -> Any:
     """A read-only connection to the store of ``db_path``'s data dir, for tools beside a running gateway: a
     :class:`sqlite3.Connection` opened read-only, or the PostgreSQL store's reader (the same ``execute`` with
     SQLite's SQL; sqlite3's errors); None when the data dir has no store yet. The caller closes it."""
-    marker = db_path.parent / DATABASE_MARKER
-    url = marker.read_text().strip() if marker.exists() else None
-    schema = None
-    if url is None and os.environ.get(TEST_DATABASE_ENV):
-        from lowband.gateway.store.postgres.store import schema_for_path
-
-        url, schema = os.environ[TEST_DATABASE_ENV], schema_for_path(db_path)
-    if url is None:
+    place = postgres_place(db_path)
+    if place is None:
         if not db_path.exists():
             return None
         return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=timeout_s)
     from lowband.gateway.store.postgres.database import open_reader as open_pg_reader
-    from lowband.gateway.store.postgres.store import split_url
 
-    libpq, named = split_url(url)
+    url, libpq, schema = place
     try:
-        return open_pg_reader(libpq, schema or named)
+        return open_pg_reader(libpq, schema)
     except Exception as exc:  # psycopg's OperationalError
         raise sqlite3.OperationalError(f"cannot open PostgreSQL database {_safe_url(url)}: {str(exc).strip()}") from None
+
+
+def postgres_place(db_path: Path) -> tuple[str, str, str] | None:
+    """Where the data dir of ``db_path`` keeps its store on PostgreSQL: (its URL, libpq's URL, schema), or None
+    for a SQLite store (the URL the data dir records; in a test run, ``LOWBAND_TEST_DATABASE_URL``)."""
+    marker = db_path.parent / DATABASE_MARKER
+    url = marker.read_text().strip() if marker.exists() else os.environ.get(TEST_DATABASE_ENV)
+    if not url:
+        return None
+    from lowband.gateway.store.postgres.store import schema_for_path, split_url  # psycopg: only for PostgreSQL
+
+    libpq, schema = split_url(url)
+    return url, libpq, schema if marker.exists() else schema_for_path(db_path)
 
 
 def _store_words(store: Store) -> str:

@@ -2,11 +2,12 @@
 
 ``lowband db check [--data-dir DIR] [--json] [--quick]`` runs every check of
 the store's :class:`~lowband.gateway.store.interfaces.IntegrityCheck` (what
-each one looks at: ``gateway/store/sqlite/integrity.py``) and prints a line
+each one looks at: ``gateway/store/sqlite/integrity.py``; on a data dir
+served from PostgreSQL, ``gateway/store/postgres/integrity.py``) and prints a line
 per check with the problems it found, or one JSON object with ``--json``.
 It only reads, so it can run beside a live gateway. Exit status: 0 clean,
 1 problems found, 2 the database cannot be checked (no data dir, not a
-Lowband database, locked by a writer).
+Lowband database, locked by a writer, PostgreSQL unreachable).
 
 ``lowband db migrate --from sqlite:PATH --to postgresql://...`` moves a
 stopped gateway's store to PostgreSQL and verifies the copy (the work:
@@ -40,7 +41,8 @@ def register(subparsers: Any) -> None:
         "check",
         help="verify the store's integrity (read-only; safe beside a running gateway)",
         description=(
-            "Verify the store's integrity, read-only: SQLite's own checks, every event's JSON and event ID, "
+            "Verify the store's integrity, read-only (SQLite, or the PostgreSQL schema the data dir is served "
+            "from): SQLite's own checks (PostgreSQL: its version and size), every event's JSON and event ID, "
             "that prev and auth events and the rooms' current state are stored, that the relation, search and "
             "notification indexes agree with the events. Exit status: 0 clean, 1 problems found, 2 cannot check."
         ),
@@ -79,21 +81,24 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """Run every check and report; 0 clean, 1 problems; UsageError when the database cannot be checked."""
-    from lowband.gateway.app import DATABASE_MARKER
+    from lowband.gateway.app import postgres_place
     from lowband.gateway.store.interfaces import IntegrityCheck
     from lowband.gateway.store.sqlite.integrity import NotAStore, SQLiteIntegrity
 
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise UsageError(f"no data dir {data_dir}")
-    if (data_dir / DATABASE_MARKER).exists():
-        raise UsageError(f"data dir {data_dir} is served from PostgreSQL ({DATABASE_MARKER}); `db check` reads "
-                         "SQLite stores only (docs/storage.md)")  # fmt: skip
     try:
         name_file = data_dir / "server_name"
         server_name = name_file.read_text("utf-8").strip() if name_file.is_file() else None
-        checker: IntegrityCheck = SQLiteIntegrity(data_dir / "lowband.db", server_name=server_name)
-    except NotAStore as exc:
+        place = postgres_place(data_dir / "lowband.db")
+        if place is None:
+            checker: IntegrityCheck = SQLiteIntegrity(data_dir / "lowband.db", server_name=server_name)
+        else:
+            from lowband.gateway.store.postgres.integrity import PgIntegrity
+
+            checker = PgIntegrity(place[1], place[2], server_name=server_name)
+    except (NotAStore, ValueError) as exc:  # ValueError: the URL recorded in DATABASE_MARKER is malformed
         raise UsageError(str(exc)) from None
     started = time.monotonic()
     findings = []

@@ -92,6 +92,13 @@ class _Finding:
 class SQLiteIntegrity:
     """The integrity checks of one SQLite file, read-only (see the module rules)."""
 
+    #: what differs on PostgreSQL (store/postgres/integrity.py): the SQL of an event that should be indexed, the
+    #: search index's position column, the last ``len(suffix)`` characters of ``sender`` (parameter: the length)
+    relation_indexed = _RELATION_INDEXED
+    search_indexed = _SEARCH_INDEXED
+    search_position = "rowid"
+    sender_tail = "substr(sender, -?)"
+
     def __init__(self, path: Path, *, server_name: str | None = None, timeout_s: float = 10.0) -> None:
         """Open ``path`` read-only; :class:`NotAStore` if it is missing, not SQLite, has no Lowband schema, or
         stays locked for ``timeout_s`` (a writer in rollback-journal mode). ``server_name`` (the gateway's) tells
@@ -145,12 +152,12 @@ class SQLiteIntegrity:
         snapshot = name not in ("events", "dag")
         try:
             if snapshot:
-                self._conn.execute("BEGIN")
+                self._begin_snapshot()
             try:
                 check(finding, quick, advance)
             finally:
-                if snapshot and self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if snapshot:
+                    self._end_snapshot()
         except sqlite3.DatabaseError as exc:
             finding.problem(f"the database could not be read: {exc}")
         return finding.result
@@ -160,6 +167,13 @@ class SQLiteIntegrity:
         self._conn.close()
 
     # -- helpers ----------------------------------------------------------------
+
+    def _begin_snapshot(self) -> None:
+        self._conn.execute("BEGIN")
+
+    def _end_snapshot(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
     def _count(self, table: str) -> int:
         try:
@@ -209,7 +223,7 @@ class SQLiteIntegrity:
         if room_id not in self._federated:
             suffix = ":" + self._server_name
             row = self._conn.execute(
-                "SELECT 1 FROM events WHERE room_id = ? AND substr(sender, -?) != ? LIMIT 1",
+                f"SELECT 1 FROM events WHERE room_id = ? AND {self.sender_tail} != ? LIMIT 1",
                 (room_id, len(suffix), suffix)).fetchone()  # fmt: skip
             self._federated[room_id] = row is not None
         return self._federated[room_id]
@@ -382,7 +396,7 @@ class SQLiteIntegrity:
         advance(1)
         below = self._backfill_below("relations_backfill") or -(1 << 63)
         for event_id, stream in self._rows(
-                f"SELECT e.event_id, e.stream FROM events e WHERE e.stream >= ? AND {_RELATION_INDEXED.format(e='e')}"
+                f"SELECT e.event_id, e.stream FROM events e WHERE e.stream >= ? AND {self.relation_indexed.format(e='e')}"
                 " AND NOT EXISTS (SELECT 1 FROM event_relations r WHERE r.child_id = e.event_id)", (below,)):
             finding.problem(f"{event_id} (stream {stream}) relates to an event but has no relation row")
         advance(1)
@@ -393,11 +407,10 @@ class SQLiteIntegrity:
             return
         below = self._backfill_below("search_backfill") or -(1 << 63)
         # Both sides in stream order, merged: the index's rowids against the events that should be in it.
-        indexed = self._rows("SELECT rowid FROM event_search ORDER BY rowid")
-        should = self._conn.cursor().execute(  # a second cursor: two statements read at once
-            f"SELECT e.stream FROM events e WHERE e.stream >= ? AND {_SEARCH_INDEXED.format(e='e')} ORDER BY e.stream",
-            (below,))
-        expected = _stream_of(should)
+        indexed = self._rows(f"SELECT {self.search_position} FROM event_search ORDER BY 1")
+        expected = (int(r[0]) for r in self._rows(  # a second statement read beside the first
+            f"SELECT e.stream FROM events e WHERE e.stream >= ? AND {self.search_indexed.format(e='e')} ORDER BY e.stream",
+            (below,)))
         a, b = next(indexed, None), next(expected, None)
         while a is not None or b is not None:
             if b is None or (a is not None and a[0] < b):
@@ -469,12 +482,6 @@ def _ids(value: Any) -> list[str]:
         elif isinstance(item, list) and item and isinstance(item[0], str):
             out.append(item[0])
     return out
-
-
-def _stream_of(cursor: sqlite3.Cursor) -> Iterator[int]:
-    while rows := cursor.fetchmany(BATCH):
-        for (stream,) in rows:
-            yield int(stream)
 
 
 __all__ = ["NotAStore", "SQLiteIntegrity"]
