@@ -24,6 +24,8 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
+
 from lowband.gateway.store.postgres.database import _sqlite_error, open_reader
 from lowband.gateway.store.postgres.dialect import translate
 from lowband.gateway.store.postgres.relations import _TIMELINE, _WELL_FORMED
@@ -113,7 +115,5 @@ class PgIntegrity(SQLiteIntegrity):
                 cursor.execute(translate(sql), values)
                 while rows := cursor.fetchmany(BATCH):
                     yield from rows
-            except Exception as exc:
-                if type(exc).__module__.startswith("psycopg"):
-                    raise _sqlite_error(exc) from exc
-                raise
+            except psycopg.Error as exc:
+                raise _sqlite_error(exc) from exc
