@@ -113,6 +113,22 @@ def _next_word(toks: list[tuple[str, str]], i: int) -> int:
     return i
 
 
+def _group(toks: list[tuple[str, str]], j: int) -> tuple[int, list[int]]:
+    """For the ``(`` at ``j``: the index of its ``)`` (len(toks) when unclosed) and of the tokens directly
+    inside it (not inside a nested group)."""
+    depth, inside = 0, []
+    for k in range(j, len(toks)):
+        if toks[k] == ("op", "("):
+            depth += 1
+        elif toks[k] == ("op", ")"):
+            depth -= 1
+            if depth == 0:
+                return k, inside
+        elif depth == 1:
+            inside.append(k)
+    return len(toks), inside
+
+
 def _scalar_extrema(toks: list[tuple[str, str]]) -> None:
     """MAX(a, b) → GREATEST(a, b) and MIN(a, b) → LEAST(a, b), in place (an aggregate has one argument)."""
     for i, tok in enumerate(toks):
@@ -122,18 +138,7 @@ def _scalar_extrema(toks: list[tuple[str, str]]) -> None:
         j = _next_word(toks, i + 1)
         if j >= len(toks) or toks[j] != ("op", "("):
             continue
-        depth, k, commas = 0, j, 0
-        while k < len(toks):
-            if toks[k] == ("op", "("):
-                depth += 1
-            elif toks[k] == ("op", ")"):
-                depth -= 1
-                if depth == 0:
-                    break
-            elif toks[k] == ("op", ",") and depth == 1:
-                commas += 1
-            k += 1
-        if commas:
+        if any(toks[k] == ("op", ",") for k in _group(toks, j)[1]):
             toks[i] = ("word", "GREATEST" if name == "MAX" else "LEAST")
 
 
@@ -154,15 +159,7 @@ def _name_subqueries(toks: list[tuple[str, str]]) -> None:
         k = _next_word(toks, j + 1)
         if k >= len(toks) or _upper(toks[k]) not in ("SELECT", "WITH", "VALUES"):
             continue
-        depth, end = 0, j
-        while end < len(toks):
-            if toks[end] == ("op", "("):
-                depth += 1
-            elif toks[end] == ("op", ")"):
-                depth -= 1
-                if depth == 0:
-                    break
-            end += 1
+        end = _group(toks, j)[0]
         after = _next_word(toks, end + 1)
         following = toks[after] if after < len(toks) else ("op", "")
         if following[0] == "word" and _upper(following) not in _AFTER_SUBQUERY:
@@ -173,20 +170,17 @@ def _name_subqueries(toks: list[tuple[str, str]]) -> None:
         toks[end] = ("op", f") AS _sub{count}")
 
 
-def _cast_to_blob(toks: list[tuple[str, str]], i: int) -> bool:
-    """Whether the CAST at ``i`` is ``CAST(… AS BLOB)``."""
-    depth = 0
-    for k in range(_next_word(toks, i + 1), len(toks)):
-        if toks[k] == ("op", "("):
-            depth += 1
-        elif toks[k] == ("op", ")"):
-            depth -= 1
-            if depth == 0:
-                return False
-        elif depth == 1 and _upper(toks[k]) == "AS":
-            j = _next_word(toks, k + 1)
-            return j < len(toks) and _upper(toks[j]) == "BLOB"
-    return False
+def _cast_to_blob(toks: list[tuple[str, str]], i: int) -> tuple[int, int] | None:
+    """For ``CAST(… AS BLOB)`` at ``i``: the indexes of its ``AS`` and of its ``)``; None for any other CAST."""
+    j = _next_word(toks, i + 1)
+    if j >= len(toks) or toks[j] != ("op", "("):
+        return None
+    close, inside = _group(toks, j)
+    for k in inside:
+        if _upper(toks[k]) == "AS":
+            blob = _next_word(toks, k + 1)
+            return (k, close) if blob < len(toks) and _upper(toks[blob]) == "BLOB" else None
+    return None
 
 
 def _plain(tok: tuple[str, str]) -> str:
@@ -256,23 +250,12 @@ def translate(sql: str) -> str:
             out.append(text)
         elif word == "ROWID":
             out.append("ctid")
-        elif word == "CAST" and _cast_to_blob(toks, i):
+        elif word == "CAST" and (cast := _cast_to_blob(toks, i)) is not None:
+            as_at, close = cast  # CAST(x AS BLOB) → convert_to(x, 'UTF8')
             out.append("convert_to")
-            depth = 0
-            while i < len(toks):  # copy the argument, then replace " AS BLOB)" at depth 1
-                i += 1
-                tok = toks[i]
-                if tok == ("op", "("):
-                    depth += 1
-                elif tok == ("op", ")"):
-                    depth -= 1
-                if depth == 1 and _upper(tok) == "AS":
-                    j = _next_word(toks, i + 1)
-                    k = _next_word(toks, j + 1)
-                    out.append(", 'UTF8')")
-                    i = k
-                    break
-                out.append(_plain(tok))
+            out.extend(_plain(tok) for tok in toks[i + 1:as_at])
+            out.append(", 'UTF8')")
+            i = close
         elif word == "SQLITE_MASTER":
             out.append(_SQLITE_MASTER)
         else:
