@@ -44,6 +44,16 @@ def q(value: str) -> str:
     return quote(value, safe="")
 
 
+async def telemetry_room(services: Any, alice: Any, accounts: tuple[tuple[str, str], ...]) -> str:
+    """A room alice makes, with each (account, owner) of ``accounts`` created as an edge's account and joined."""
+    room = expect(await alice.request("POST", V3 + "/createRoom", {}), 200)["room_id"]
+    for account, owner in accounts:
+        await services.store.create_user(account, "", False, 0, owner=owner)
+        expect(await alice.request("POST", f"{V3}/rooms/{q(room)}/invite", {"user_id": account}), 200)
+        await services.rooms.set_membership(account, room, account, "join")
+    return str(room)
+
+
 def device_reading(temperature: int, humidity: int, ts: int) -> dict[str, Any]:
     """The content a link device's kind-1 compact message expands to (taken at ``ts``)."""
     event = compact.expand(compact.CompactForm(kind=compact.KIND_TELEMETRY, values=[(0, temperature), (1, humidity)]),
@@ -70,11 +80,7 @@ async def test_expired_readings_become_hourly_summaries_once_then_are_purged(tmp
     config = RetentionConfig(enabled=True, telemetry_summaries=True, telemetry_max_lifetime_s=3600)
     async with running(tmp_path, config) as (session, url, services):
         alice = await user(session, url, "alice")
-        room = expect(await alice.request("POST", V3 + "/createRoom", {}), 200)["room_id"]
-        for account, owner in ((DEVICE, "device:kitchen"), (BRIDGE, "mqtt")):
-            await services.store.create_user(account, "", False, 0, owner=owner)
-            expect(await alice.request("POST", f"{V3}/rooms/{q(room)}/invite", {"user_id": account}), 200)
-            await services.rooms.set_membership(account, room, account, "join")
+        room = await telemetry_room(services, alice, ((DEVICE, "device:kitchen"), (BRIDGE, "mqtt")))
         retention: Retention = services.components[RETENTION]
         h0 = hour_floor(int(time.time() * 1000)) - 4 * HOUR_MS
         now = h0 + 3 * HOUR_MS + 20 * 60_000  # cutoff (1 h): h0 + 2 h 20 min
@@ -157,10 +163,7 @@ async def test_without_the_switch_readings_are_purged_with_no_summary(tmp_path: 
     async with running(tmp_path, RetentionConfig(enabled=True, telemetry_max_lifetime_s=3600)) as (session, url,
                                                                                                    services):  # fmt: skip
         alice = await user(session, url, "alice")
-        room = expect(await alice.request("POST", V3 + "/createRoom", {}), 200)["room_id"]
-        await services.store.create_user(DEVICE, "", False, 0, owner="device:kitchen")
-        expect(await alice.request("POST", f"{V3}/rooms/{q(room)}/invite", {"user_id": DEVICE}), 200)
-        await services.rooms.set_membership(DEVICE, room, DEVICE, "join")
+        room = await telemetry_room(services, alice, ((DEVICE, "device:kitchen"),))
         h0 = hour_floor(int(time.time() * 1000)) - 4 * HOUR_MS
         sent = await services.rooms.send_batch(room, [
             SendRequest(DEVICE, "m.room.message", device_reading(200 + i, 40, h0 + 30_000 * i), origin_server_ts=h0 + 30_000 * i)
@@ -179,10 +182,7 @@ async def test_an_hour_larger_than_the_budget_is_summarised_whole_once(tmp_path:
     config = RetentionConfig(enabled=True, telemetry_summaries=True, telemetry_max_lifetime_s=3600)
     async with running(tmp_path, config) as (session, url, services):
         alice = await user(session, url, "alice")
-        room = expect(await alice.request("POST", V3 + "/createRoom", {}), 200)["room_id"]
-        await services.store.create_user(DEVICE, "", False, 0, owner="device:kitchen")
-        expect(await alice.request("POST", f"{V3}/rooms/{q(room)}/invite", {"user_id": DEVICE}), 200)
-        await services.rooms.set_membership(DEVICE, room, DEVICE, "join")
+        room = await telemetry_room(services, alice, ((DEVICE, "device:kitchen"),))
         h0 = hour_floor(int(time.time() * 1000)) - 4 * HOUR_MS
         # 1,500 readings in hour h0 (more than one scan page and than the run's budget), 10 in h0 + 1 h, 3 in h0 + 2 h
         stamps = [h0 + 2400 * i for i in range(1500)] + [h0 + HOUR_MS + 1000 * i for i in range(10)]
