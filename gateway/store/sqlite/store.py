@@ -468,7 +468,7 @@ class SQLiteStore:
         once it has committed (pdu_codec.py)."""
         self.pdus.training = True
         position = self.persisted
-        done = self.db.submit(lambda c: self.pdus.train(c, position), durable=False)
+        done = self.db.submit(lambda c: self.pdus.train(c, position))
 
         def adopt(f: Future[tuple[int, int, bytes]]) -> None:
             if f.exception() is not None:  # the next persist tries again
