@@ -116,7 +116,8 @@ def _next_word(toks: list[tuple[str, str]], i: int) -> int:
 def _group(toks: list[tuple[str, str]], j: int) -> tuple[int, list[int]]:
     """For the ``(`` at ``j``: the index of its ``)`` (len(toks) when unclosed) and of the tokens directly
     inside it (not inside a nested group)."""
-    depth, inside = 0, []
+    depth = 0
+    inside: list[int] = []
     for k in range(j, len(toks)):
         if toks[k] == ("op", "("):
             depth += 1
