@@ -199,39 +199,52 @@ def test_an_unknown_room_refuses_every_request(tmp_path: Path, key: SigningKey) 
 
 
 def test_compression_dictionaries_follow_the_store(tmp_path: Path, key: SigningKey) -> None:
-    """The first dictionary comes with the first events, the next FIRST_RETRAIN positions later; events name the
-    one they were written with and all read back, also after a restart (store/sqlite/pdu_codec.py)."""
-    from lowband.gateway.store.sqlite.pdu_codec import FIRST_RETRAIN
+    """The first dictionary comes with the first events, the next ones EARLY_RETRAIN positions after them (the
+    second raw content, the third trained); events name the one they were written with and all read back, also
+    after a restart (store/sqlite/pdu_codec.py)."""
+    from lowband.gateway.store.sqlite.pdu_codec import EARLY_RETRAIN
 
     def dictionary_ids(r: Rooms, room_id: str) -> list[int | None]:
         rows = r.store.db.query("SELECT pdu FROM events WHERE room_id = ? AND type = 'm.room.message'"
                                 " ORDER BY stream", (room_id,))  # fmt: skip
         return [bytes(p)[1] if not isinstance(p, str) and bytes(p)[:1] == b"\x01" else None for (p,) in rows]
 
+    async def send(r: Rooms, room_id: str, first: int, count: int) -> None:
+        results = await r.rooms.send_batch(room_id, [message(ALICE, n) for n in range(first, first + count)])
+        assert all(isinstance(s, Sent) for s in results)
+
+    async def adopted(r: Rooms, dict_id: int) -> None:
+        """A dictionary is made in its own write after the batch that made it due, used once committed."""
+        for _ in range(500):
+            if r.store.pdus.current is not None and r.store.pdus.current[0] == dict_id:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"dictionary {dict_id} not in use")
+
     async def fill(r: Rooms) -> str:
         room_id = await new_room(r.rooms)
-        for start in range(0, 450, 150):
-            results = await r.rooms.send_batch(room_id, [message(ALICE, n) for n in range(start, start + 150)])
-            assert all(isinstance(s, Sent) for s in results)
-        # the second is made in its own write after the second batch, used once committed
-        for _ in range(200):
-            if r.store.pdus.current is not None and r.store.pdus.current[0] == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert isinstance((await r.rooms.send_batch(room_id, [message(ALICE, 450)]))[0], Sent)
-        made = r.store.db.query("SELECT id, first_stream FROM pdu_dictionaries ORDER BY id")
-        assert [row[0] for row in made] == [1, 2]
-        assert made[1][1] - made[0][1] >= FIRST_RETRAIN
+        await send(r, room_id, 0, 30)  # with dictionary 1, made from the room's creation
+        await send(r, room_id, 30, 30)  # past EARLY_RETRAIN[0]: dictionary 2 is due
+        await adopted(r, 2)
+        await send(r, room_id, 60, 100)
+        await send(r, room_id, 160, 400)  # past EARLY_RETRAIN[1]: dictionary 3, trained on 400 events
+        await adopted(r, 3)
+        await send(r, room_id, 560, 10)
+        made = r.store.db.query("SELECT id, first_stream, sample FROM pdu_dictionaries ORDER BY id")
+        assert [row[0] for row in made] == [1, 2, 3]
+        assert made[1][1] - made[0][1] >= EARLY_RETRAIN[0] and made[2][1] - made[1][1] >= EARLY_RETRAIN[1]
+        magic = bytes.fromhex("37a430ec")  # Zstandard's trained-dictionary magic; raw content has none
+        assert [bytes(row[2])[:4] == magic for row in made] == [False, False, True]
         ids = dictionary_ids(r, room_id)
-        assert ids[:300] == [1] * 300 and ids[-1] == 2
-        assert r.bodies(room_id) == [f"message {n}" for n in range(451)]
+        assert ids[:30] == [1] * 30 and ids[60:160] == [2] * 100 and ids[-10:] == [3] * 10
+        assert r.bodies(room_id) == [f"message {n}" for n in range(570)]
         return room_id
 
     room_id = with_rooms(tmp_path, key, fill)
 
     async def again(r: Rooms) -> None:
-        assert isinstance((await r.rooms.send_batch(room_id, [message(BOB, 451)]))[0], Sent)
-        assert dictionary_ids(r, room_id)[-1] == 2  # the newest dictionary is the current one after a restart
-        assert r.bodies(room_id)[-2:] == ["message 450", "message 451"]
+        await send(r, room_id, 570, 1)
+        assert dictionary_ids(r, room_id)[-1] == 3  # the newest dictionary is the current one after a restart
+        assert r.bodies(room_id)[-2:] == ["message 569", "message 570"]
 
     with_rooms(tmp_path, key, again)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import zlib
 
 import pytest
+import zstandard
 
 from lowband.gateway.store.sqlite.pdu_codec import (
-    FORMAT_DEFLATE,
+    FORMAT_ZSTD,
     SEED,
     PduCodec,
     PduDecodeError,
@@ -38,23 +38,36 @@ def canonical(pdu: dict[str, object]) -> bytes:
 
 
 def _codec_with(dict_id: int, sample: bytes) -> PduCodec:
-    samples = {dict_id: zlib.compress(sample)}
+    samples = {dict_id: sample}
     codec = PduCodec(samples.get)
     codec.adopt(dict_id, 0, sample)
     return codec
 
 
 def test_layout_byte_by_byte() -> None:
-    """0x01, the dictionary ID as LEB128 (300 = ac 02), raw DEFLATE with the dictionary preset."""
-    sample = make_sample([canonical(PDU)])
+    """0x01, the dictionary ID as LEB128 (300 = ac 02), one Zstandard frame made with the dictionary."""
+    sample = make_sample([canonical(PDU)])  # one event: too few to train on, a raw-content dictionary
+    assert sample.startswith(SEED)
     codec = _codec_with(300, sample)
     stored = codec.encode(canonical(PDU))
-    assert stored[:3] == bytes([FORMAT_DEFLATE, 0xAC, 0x02])
-    inflate = zlib.decompressobj(-15, sample)
-    assert inflate.decompress(stored[3:]) == canonical(PDU) and inflate.eof
+    assert stored[:3] == bytes([FORMAT_ZSTD, 0xAC, 0x02])
+    assert stored[3:7] == bytes.fromhex("28b52ffd")  # the frame's magic number (RFC 8878)
+    zdict = zstandard.ZstdCompressionDict(sample, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    assert zstandard.ZstdDecompressor(dict_data=zdict).decompress(stored[3:], max_output_size=4096) == canonical(PDU)
     assert codec.decode(stored) == PDU
     # the same event again costs a few bytes: it is all in the dictionary
     assert len(stored) < 40 < len(canonical(PDU))
+
+
+def test_a_trained_dictionary() -> None:
+    events = [canonical({**PDU, "depth": n, "content": {"body": f"temperature {n % 30}.{n % 7} Cel"}})
+              for n in range(400)]  # fmt: skip
+    sample = make_sample(events)
+    assert sample[:4] == bytes.fromhex("37a430ec")  # Zstandard's dictionary magic: trained, not raw content
+    codec = _codec_with(1, sample)
+    fresh = canonical({**PDU, "depth": 1000, "content": {"body": "temperature 4.5 Cel"}})
+    stored = codec.encode(fresh)
+    assert codec.decode(stored)["depth"] == 1000 and len(stored) < len(fresh) // 4
 
 
 def test_plain_forms_read_as_they_are() -> None:
@@ -80,6 +93,7 @@ def test_an_event_that_does_not_shrink_is_kept_as_json() -> None:
         (b"\x01\xff\xff\xff\xff\xff\xff", "truncated dictionary ID"),  # a varint longer than 5 bytes
         (b"\x01\x09" + b"\x00" * 10, "dictionary 9 is missing"),
         (b"\x01\x01\xff\xfe\xfd", "damaged"),
+        (b"\x01\x01\x28\xb5\x2f\xfd\x00", "damaged or truncated"),  # a frame header, nothing after
         (b"{\"not json", "not JSON"),
         (b"[1, 2]", "unknown form 0x5b"),
         ("[1, 2]", "not a JSON object"),
@@ -94,8 +108,18 @@ def test_hostile_stored_values_are_one_error(stored: bytes | str, words: str) ->
 def test_truncated_compressed_pdu() -> None:
     codec = _codec_with(1, make_sample([]))
     stored = codec.encode(canonical({**PDU, "content": {"body": "a fresh text " * 20}}))
-    with pytest.raises(PduDecodeError, match="truncated|damaged"):
+    with pytest.raises(PduDecodeError, match="truncated"):
         codec.decode(stored[:-4])
+
+
+def test_a_decompression_bomb_is_refused() -> None:
+    """A frame that would inflate past 256 KiB (no PDU is larger than 64 KiB) is refused, not inflated."""
+    sample = make_sample([canonical(PDU)])
+    codec = _codec_with(1, sample)
+    zdict = zstandard.ZstdCompressionDict(sample, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    bomb = zstandard.ZstdCompressor(dict_data=zdict, write_content_size=False).compress(b"{" + b" " * 10_000_000)
+    with pytest.raises(PduDecodeError, match="damaged or truncated"):
+        codec.decode(b"\x01\x01" + bomb)
 
 
 def test_dictionaries_are_trained_committed_and_found_by_a_reader(tmp_path) -> None:
@@ -116,7 +140,7 @@ def test_dictionaries_are_trained_committed_and_found_by_a_reader(tmp_path) -> N
     assert made[0] == 1 and made[1] == 3
     assert made[2].startswith(SEED) and made[2].endswith(canonical({**PDU, "depth": 2}))  # newest last
     codec.adopt(*made)
-    assert not codec.due(3) and codec.due(3 + 200)  # the first one is replaced soon, later ones seldom
+    assert not codec.due(3 + 49) and codec.due(3 + 50)  # the first ones are replaced soon, later ones seldom
     stored = codec.encode(canonical({**PDU, "depth": 99}))
     assert stored[:2] == b"\x01\x01"
     conn.execute("UPDATE events SET pdu = ? WHERE stream = 3", (stored,))
@@ -126,7 +150,10 @@ def test_dictionaries_are_trained_committed_and_found_by_a_reader(tmp_path) -> N
     assert reader_codec(other).decode(value)["depth"] == 99
     codec.adopt(*codec.train(conn, 300))
     assert codec.current is not None and codec.current[0] == 2
-    assert not codec.due(300 + 9_999) and codec.due(300 + 10_000)
+    assert not codec.due(300 + 449) and codec.due(300 + 450)
+    codec.adopt(*codec.train(conn, 800))
+    assert codec.current is not None and codec.current[0] == 3
+    assert not codec.due(800 + 9_999) and codec.due(800 + 10_000)
 
 
 @pytest.mark.parametrize(

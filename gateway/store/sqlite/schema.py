@@ -110,7 +110,7 @@ CREATE TABLE IF NOT EXISTS pdu_dictionaries (
     id INTEGER PRIMARY KEY,
     first_stream INTEGER NOT NULL,  -- the stream position when it was made: the next one is due counting from here
     created_ts INTEGER NOT NULL,
-    sample BLOB NOT NULL            -- the DEFLATE dictionary (pdu_codec.py), itself zlib-compressed
+    sample BLOB NOT NULL            -- the Zstandard dictionary, trained or raw content (pdu_codec.py)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events(txn_user, txn_device, txn_id) WHERE txn_id IS NOT NULL;
 
