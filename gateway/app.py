@@ -171,8 +171,8 @@ def open_store(db_path: Path, url: str | None = None) -> Store:
 
 
 def _store_place(db_path: Path, url: str | None) -> str:
-    marker = db_path.parent / DATABASE_MARKER
-    url = url or (marker.read_text().strip() if marker.exists() else None)
+    place = postgres_place(db_path) if url is None else None
+    url = url or (place[0] if place else None)
     return _safe_url(url) if url else str(db_path)
 
 

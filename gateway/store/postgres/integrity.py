@@ -57,10 +57,8 @@ class PgIntegrity(SQLiteIntegrity):
             self._conn: Any = open_reader(url, schema)
         except (sqlite3.Error, ValueError) as exc:
             raise NotAStore(f"cannot open schema {schema}: {exc}") from None
-        except Exception as exc:  # psycopg's OperationalError: server down, refused
-            if type(exc).__module__.startswith("psycopg"):
-                raise NotAStore(f"cannot reach PostgreSQL: {str(exc).strip()}") from None
-            raise
+        except psycopg.Error as exc:  # OperationalError: server down, refused
+            raise NotAStore(f"cannot reach PostgreSQL: {str(exc).strip()}") from None
         self._pdus = reader_codec(self._conn)
         tables = {str(r[0]) for r in self._conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}  # fmt: skip

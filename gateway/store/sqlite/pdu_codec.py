@@ -266,5 +266,6 @@ def _row_sample(c: Any, dict_id: int) -> bytes | None:
 
 
 def reader_codec(conn: Any) -> PduCodec:
-    """A codec that decodes through ``conn`` (a read-only connection: ``db check``, ``db migrate``, tools)."""
+    """A codec that reads dictionaries through ``conn`` (the store's reader, or a read-only connection of
+    ``db check`` and tools)."""
     return PduCodec(lambda i: _row_sample(conn, i))

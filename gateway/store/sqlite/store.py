@@ -44,7 +44,7 @@ from lowband.gateway.store.sqlite.directory_networks import DirectoryNetworkTabl
 from lowband.gateway.store.sqlite.e2ee import E2EETables
 from lowband.gateway.store.sqlite.federation import FederationTables
 from lowband.gateway.store.sqlite.mqtt import SQLiteMqttTables
-from lowband.gateway.store.sqlite.pdu_codec import PduCodec, index_fields
+from lowband.gateway.store.sqlite.pdu_codec import PduCodec, index_fields, reader_codec
 from lowband.gateway.store.sqlite.presence import PresenceTables
 from lowband.gateway.store.sqlite.push import PushTables
 from lowband.gateway.store.sqlite.relations import RelationTables
@@ -84,7 +84,7 @@ class SQLiteStore:
             self.db.close()
             raise
         #: how events.pdu is written and read: compressed against the store's dictionaries (pdu_codec.py)
-        self.pdus = PduCodec(self._dictionary_sample)
+        self.pdus = reader_codec(self.db.reader)
         self.pdus.load_current(self.db.query_one(
             "SELECT id, first_stream, sample FROM pdu_dictionaries ORDER BY id DESC LIMIT 1"))
         row = self.db.query_one(
@@ -113,10 +113,6 @@ class SQLiteStore:
         self.account_lifecycle = AccountLifecycleTables(self.db, self._forget_cached_tokens)
         self.search = self._search_tables()  # full-text index of message bodies, kept by triggers (search.py)
         self._retention = RetentionTables(self.db)  # MSC1763 purges and their record (retention.py)
-
-    def _dictionary_sample(self, dict_id: int) -> bytes | None:
-        row = self.db.query_one("SELECT sample FROM pdu_dictionaries WHERE id = ?", (dict_id,))
-        return None if row is None else bytes(row[0])
 
     def _relation_tables(self) -> Any:
         """The relations index on this store's database (PostgreSQL has its own: ``store/postgres``)."""
