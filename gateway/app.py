@@ -14,19 +14,24 @@ import importlib
 import logging
 import os
 import re
+import secrets
 import signal
 import sqlite3
 import ssl
+import sys
+import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from lowband.gateway.aio import cancel_and_wait
 from lowband.gateway.api.http.app import make_app
+from lowband.gateway.api.http.base import READER_WORKER
 from lowband.gateway.api.http.metrics import make_metrics_app, metrics_of
 from lowband.gateway.api.http.status import start_snapshots
+from lowband.gateway.api.http.workers import ReaderWorker
 from lowband.gateway.appservices.registration import APPSERVICES, AppServices, load_appservices
 from lowband.gateway.ble import registry as ble_registry
 from lowband.gateway.bridges.mqtt import config as mqtt_config
@@ -280,11 +285,12 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def open_services(config: Config) -> Services:
+def open_services(config: Config, *, claim_store: bool = True) -> Services:
     """Open (creating on first start) the data dir and build the services.
 
     Must be called inside a running event loop (the room service uses
-    asyncio locks).
+    asyncio locks). ``claim_store`` False: a reader worker, beside the
+    main process that claimed the store.
     """
     claim_data_dir(config)
     config.media_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -293,7 +299,7 @@ def open_services(config: Config) -> Services:
     key = SigningKey.load_or_create(config.signing_key_path)
     store = open_store(config.db_path, config.database_url)
     claim = getattr(store, "claim_serving", None)  # PostgreSQL: one gateway process per schema
-    if claim is not None:
+    if claim is not None and claim_store:
         try:
             claim()
         except ValueError as exc:
@@ -345,18 +351,121 @@ async def _start_metrics_listener(config: Config, services: Services) -> web.App
     return runner
 
 
+#: environment variable that hands a reader worker the secret its forwarded requests carry
+WORKER_SECRET_ENV = "LOWBAND_WORKER_SECRET"
+
+
+class WorkerPool:
+    """The reader worker processes of a main gateway process (docs/scaling.md): started with the main
+    process's own command line plus ``--worker-of``, restarted a second after one dies, stopped with it.
+
+    A worker's standard input is a pipe from this process: when the main process goes, however it goes, the
+    worker reads end-of-file and stops. Its first line on standard output says it listens.
+    """
+
+    def __init__(self, count: int, argv: list[str], main_url: str, secret: str) -> None:
+        self.count = count
+        self.argv = argv
+        self.main_url = main_url
+        self.secret = secret
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def _spawn(self, number: int, timeout_s: float) -> asyncio.subprocess.Process:
+        command = [sys.executable, "-m", "lowband.gateway.cli.main", *self.argv, "--workers", "0",
+                   "--worker-of", f"{number}@{self.main_url}"]  # fmt: skip
+        env = {**os.environ, WORKER_SECRET_ENV: self.secret}
+        process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE,
+                                                       stdout=asyncio.subprocess.PIPE, env=env)  # fmt: skip
+        self.processes[number] = process
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                line = await process.stdout.readline()
+        except TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            await self._end(process)
+            raise ConfigError(f"reader worker {number} did not start (exit status {process.returncode}; its "
+                              f"errors are above)")  # fmt: skip
+        return process
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        """Start every worker; ConfigError when one does not say it listens within ``timeout_s``."""
+        try:
+            for number in range(1, self.count + 1):
+                process = await self._spawn(number, timeout_s)
+                self._tasks.append(asyncio.create_task(self._watch(number, process)))
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("%d reader worker%s serving on the same address (docs/scaling.md)", self.count,
+                 "" if self.count == 1 else "s")  # fmt: skip
+
+    async def _watch(self, number: int, process: asyncio.subprocess.Process) -> None:
+        while True:
+            await process.wait()
+            if self._stopping:
+                return
+            log.error("reader worker %d exited with status %s; starting it again in 1 s", number,
+                      process.returncode)  # fmt: skip
+            await asyncio.sleep(1.0)
+            try:
+                process = await self._spawn(number, 60.0)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                continue
+            self.restarts += 1
+
+    @staticmethod
+    async def _end(process: asyncio.subprocess.Process) -> None:
+        if process.returncode is None:
+            if process.stdin is not None:
+                process.stdin.close()
+            process.terminate()
+            try:
+                async with asyncio.timeout(10.0):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+    async def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL after 10 s) and wait for them."""
+        self._stopping = True
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        await asyncio.gather(*(self._end(p) for p in self.processes.values()))
+
+
+def _is_postgres(services: Services) -> bool:
+    return callable(getattr(getattr(services.store, "db", None), "listen", None))
+
+
 async def run_gateway(
     config: Config,
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Services], None] | None = None,
+    *,
+    workers: int = 0,
+    worker_argv: list[str] | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
 
-    ``on_ready`` is called with the running services once everything listens.
+    ``on_ready`` is called with the running services once everything listens. ``workers``: reader worker
+    processes to start beside this one (PostgreSQL store only), each run as ``lowband`` with ``worker_argv``
+    (this process's arguments) and ``--worker-of``.
     """
     services = open_services(config)
-    app = make_app(services)
+    if workers and not _is_postgres(services):
+        services.store.close()
+        raise ConfigError("--workers needs the PostgreSQL store (--database postgresql://... or [database] url): "
+                          "one process serves a SQLite file (docs/scaling.md)")  # fmt: skip
+    secret = secrets.token_urlsafe(24) if workers else None
+    app = make_app(services, workers_secret=secret)
     # auto_decompress off: a compressed body is refused unread (api.http.app.plain_bodies), never inflated.
     # keepalive_timeout is also aiohttp's only bound on a connection whose request headers never complete
     # (its default, an hour, let 200 half-open requests sit there): it closes such a connection, and an
@@ -375,16 +484,26 @@ async def run_gateway(
         await runner.cleanup()
         services.store.close()
         raise
-    site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True, ssl_context=tls)
+    # with workers every process listens on the address (SO_REUSEPORT): the kernel spreads the connections
+    site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True, ssl_context=tls,
+                       reuse_port=bool(workers) or None)  # fmt: skip
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         services.store.close()
         raise OSError(f"cannot listen on {config.http_host}:{config.http_port}: {exc.strerror}") from None
+    pool: WorkerPool | None = None
     try:
         metrics_runner = await _start_metrics_listener(config, services)
-    except OSError:
+        if workers and secret is not None:
+            # the workers forward what they do not serve to this process's own loopback listener
+            inner = web.TCPSite(runner, "127.0.0.1", 0)
+            await inner.start()
+            port = inner._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            pool = WorkerPool(workers, worker_argv or [], f"http://127.0.0.1:{port}", secret)
+            await pool.start()
+    except (OSError, ConfigError):
         await runner.cleanup()
         services.store.close()
         raise
@@ -396,6 +515,8 @@ async def run_gateway(
     stoppers: list[Callable[[], Awaitable[None]]] = []
     if metrics_runner is not None:
         stoppers.append(metrics_runner.cleanup)
+    if pool is not None:
+        stoppers.append(pool.stop)
     try:
         for component in COMPONENTS:
             stopper = await component(services)
@@ -449,3 +570,62 @@ async def run_gateway(
         if stop is None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+async def run_worker(config: Config, number: int, main_url: str, secret: str) -> None:
+    """Serve as reader worker ``number`` of the main process at ``main_url`` (:class:`WorkerPool`, docs/scaling.md)
+    until SIGTERM, SIGINT or end-of-file on standard input (the main process went)."""
+    services = open_services(config, claim_store=False)
+    if not _is_postgres(services):
+        services.store.close()
+        raise ConfigError("a reader worker needs the PostgreSQL store")
+    store: Any = services.store
+    store.cache_tokens = False  # the main process ends tokens, moves heads, redacts
+    services.rooms.lookups.caching = False
+    worker = ReaderWorker(number, main_url, secret, services.store)
+    await worker.start()
+    services.components[READER_WORKER] = worker
+    if config.retention.enabled:  # the read-time cutoff only: the main process purges
+        from lowband.gateway.homeserver.retention_job import Retention
+
+        services.sync.retention = Retention(services).cutoff
+    loop = asyncio.get_running_loop()
+    erased = services.sync.erased
+
+    def reload_erased() -> None:
+        erased.update(services.store.account_lifecycle.erased_users())
+
+    def on_topic(topic: str) -> None:  # the listener's thread
+        if topic in ("", "erased"):
+            loop.call_soon_threadsafe(reload_erased)
+
+    listening = threading.Event()
+    listener = threading.Thread(target=store.db.listen, args=(on_topic, listening), name=f"worker-{number}-listen",
+                                daemon=True)  # fmt: skip
+    listener.start()
+    runner = web.AppRunner(make_app(services), access_log=None, handle_signals=False, auto_decompress=False,
+                           keepalive_timeout=config.header_timeout_s, lingering_time=2.0,
+                           shutdown_timeout=5.0)  # fmt: skip
+    await runner.setup()
+    stop_event = asyncio.Event()
+    try:
+        site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True, reuse_port=True,
+                           ssl_context=tls_context(config))  # fmt: skip
+        await site.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_event.set)
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        gone = asyncio.create_task(reader.read())  # the main process's end of the pipe closes: EOF
+        gone.add_done_callback(lambda _: stop_event.set())
+        log.info("reader worker %d of %s listening on %s:%d", number, main_url, config.http_host, config.http_port)
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        await stop_event.wait()
+        gone.cancel()
+    finally:
+        await runner.cleanup()
+        await worker.close()
+        listening.set()
+        listener.join(timeout=5.0)
+        services.store.close()

@@ -49,6 +49,12 @@ def register(subparsers: Any) -> None:
         metavar="NAME=HOST:PORT",
         help="reach the server NAME at HOST:PORT without DNS (repeatable; adds to [federation] peers)",
     )
+    serve.add_argument("--workers", type=_worker_count, default=0, metavar="N",
+                       help="start N reader worker processes beside this one, on the same address: they serve "
+                            "/messages, events, state, members, relations and media downloads from the store and "
+                            "pass every other request to this process (PostgreSQL store only; docs/scaling.md)")
+    # how the main process starts a worker (NUMBER@URL of the main process's loopback listener): not for users
+    serve.add_argument("--worker-of", metavar="NUMBER@URL", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(handler=run_serve)
 
@@ -73,6 +79,16 @@ def register(subparsers: Any) -> None:
                      help="create it even in a namespace an edge reserves (dev.*, the MQTT bridge's prefix, as the "
                           "config sets them): it is a person's account, and no device or bridge will ever speak as it")  # fmt: skip
     add.set_defaults(handler=run_user_add)
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers") from None
+    if not 0 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"{count} workers: 0 to 64")
+    return count
 
 
 def _config_from(args: argparse.Namespace) -> Any:
@@ -107,10 +123,25 @@ def run_serve(args: argparse.Namespace) -> int:
     _check_server_name(config)
     logging.getLogger("lowband").debug("allocator: %s", limit_retention())  # before the first thread starts
     try:
-        asyncio.run(run_gateway(config))
+        if args.worker_of:
+            asyncio.run(_run_worker(config, args.worker_of))
+        else:
+            asyncio.run(run_gateway(config, workers=args.workers, worker_argv=sys.argv[1:]))
     except (OSError, ConfigError) as exc:  # ConfigError: a component (links, MQTT) refused its section at start
         raise UsageError(str(exc)) from None
     return 0
+
+
+async def _run_worker(config: Any, worker_of: str) -> None:
+    import os
+
+    from lowband.gateway.app import WORKER_SECRET_ENV, run_worker
+
+    number, _, url = worker_of.partition("@")
+    secret = os.environ.get(WORKER_SECRET_ENV, "")
+    if not number.isdigit() or not url.startswith("http://127.0.0.1:") or not secret:
+        raise ConfigError("--worker-of is how `lowband serve --workers N` starts its workers, not an option to use")
+    await run_worker(config, int(number), url, secret)
 
 
 def _check_server_name(config: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -34,6 +35,7 @@ from lowband.gateway.api.http import (
     metrics,
     status,
     status_page,
+    workers,
 )
 from lowband.gateway.api.http.base import SERVICES, read_limit
 from lowband.gateway.homeserver.services import Services
@@ -122,15 +124,28 @@ async def bounded_reads(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-def make_app(services: Services) -> web.Application:
-    """The application serving the client-server, media and server-server APIs."""
+def make_app(services: Services, *, workers_secret: str | None = None) -> web.Application:
+    """The application serving the client-server, media and server-server APIs.
+
+    In a reader worker (``services`` holds a :class:`~.workers.ReaderWorker`) only the reads of
+    :data:`.workers.LOCAL` run here; the rest go to the main process. ``workers_secret``: the main process of
+    reader workers, which serves their forwarded requests as coming from the client (docs/scaling.md).
+    """
     # The largest body any endpoint takes is a media upload; JSON endpoints
     # check their own, smaller limit in json_body via max_request_bytes.
     limit = max(services.config.max_upload_bytes, services.config.max_request_bytes)
     # The metrics are made before the app so their middleware can come first: it sees every final status.
     gateway_metrics = metrics.GatewayMetrics(services)
-    app = web.Application(middlewares=[gateway_metrics.middleware(), matrix_errors, no_nul_in_path, plain_bodies, bounded_reads,
-                                       federation_base.bounded_bodies], client_max_size=limit)  # fmt: skip
+    middlewares: list[Any] = [gateway_metrics.middleware(), matrix_errors, no_nul_in_path, plain_bodies, bounded_reads,
+                              federation_base.bounded_bodies]  # fmt: skip
+    worker = workers.reader_worker_of(services)
+    if worker is not None:  # after matrix_errors (a 502 is a Matrix error), before every limit: the main applies them
+        middlewares.insert(2, worker.middleware)
+    if workers_secret is not None:  # first: every later middleware sees the client's address
+        middlewares.insert(0, workers.forwarded_by_workers(workers_secret))
+    app = web.Application(middlewares=middlewares, client_max_size=limit)
+    if worker is not None:
+        app.on_response_prepare.append(worker.on_response_prepare)
     app[SERVICES] = services
     metrics.install(app, services, gateway_metrics)
     status.add_status_routes(app)  # GET /_lowband/admin/v1/status (admin only), docs/status.md

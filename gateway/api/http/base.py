@@ -28,6 +28,14 @@ CLIENT = "/_matrix/client/{version:(?:v3|r0)}"
 
 SERVICES = web.AppKey("services", Services)
 
+#: services.components key of a reader worker process's ReaderWorker (workers.py); absent in the main process
+READER_WORKER = "reader_worker"
+
+
+class ForwardToMain(Exception):
+    """Raised in a reader worker by a handler that finds it needs the main process after all (/messages reaching
+    the oldest stored event: only the main process backfills from federation); the request goes there."""
+
 
 def services(request: web.Request) -> Services:
     """The services of the app serving ``request``."""

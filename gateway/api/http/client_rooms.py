@@ -10,6 +10,8 @@ from aiohttp import web
 
 from lowband.gateway.api.http.base import (
     CLIENT,
+    READER_WORKER,
+    ForwardToMain,
     Requester,
     authenticate,
     get_str,
@@ -480,10 +482,13 @@ async def messages(request: web.Request) -> web.Response:
             requester.device_id)  # fmt: skip
     page = svc.sync.messages(*args)
     fed = federation_of(svc)
-    if "end" not in page and args[4] == "b" and fed is not None and args[5] > len(page["chunk"]):
+    if "end" not in page and args[4] == "b" and args[5] > len(page["chunk"]):
         # The page reached the oldest event this server holds: fetch older history from a peer, once per page.
-        if await fed.backfiller.backfill(room_id, args[5]):
-            page = svc.sync.messages(*args)
+        if fed is not None:
+            if await fed.backfiller.backfill(room_id, args[5]):
+                page = svc.sync.messages(*args)
+        elif READER_WORKER in svc.components:  # a reader worker: only the main process backfills
+            raise ForwardToMain()
     return ok(page)
 
 

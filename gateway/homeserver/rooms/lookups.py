@@ -47,6 +47,9 @@ class RoomLookups:
         self._allowed: OrderedDict[int, frozenset[str]] = OrderedDict()  # the same, less those its ACL denies
         # v1-v2 rooms: reference hashes of recent events, which the next events cite before they commit
         self._reference_hashes: dict[str, str] = {}
+        #: False in a reader worker (api/http/workers.py): the main process moves heads and redacts events, so
+        #: heads and state events are read from the store every time
+        self.caching = True
 
     # ---------------------------------------------------------------- heads
 
@@ -59,7 +62,8 @@ class RoomLookups:
                 return None
             head = RoomHead(room_id, row["creator"], row["state_group"], row["extremities"], row["depth"],
                             room_versions.get(row["room_version"]))  # fmt: skip
-            self._heads[room_id] = head
+            if self.caching:
+                self._heads[room_id] = head
         return head
 
     def room_version(self, room_id: str) -> RoomVersion:
@@ -91,7 +95,7 @@ class RoomLookups:
 
     def remember(self, event: Event) -> None:
         """Cache a state event (others are ignored), e.g. one made but not yet committed."""
-        if event.is_state:
+        if event.is_state and self.caching:
             if len(self._event_cache) >= _EVENT_CACHE_SIZE:
                 self._event_cache.pop(next(iter(self._event_cache)))
             self._event_cache[event.event_id] = event

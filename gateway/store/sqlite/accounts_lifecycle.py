@@ -103,6 +103,7 @@ class AccountLifecycleTables:
                 c.execute("DELETE FROM account_data WHERE user_id = ?", (user_id,))
                 c.execute("DELETE FROM filters WHERE user_id = ?", (user_id,))
                 c.execute("INSERT OR IGNORE INTO erased_users VALUES (?, ?)", (user_id, now_ms))
+                self.db.announce(c, "erased")  # reader workers read the set again (api/http/workers.py)
 
         await self.db.write(fn)
         self._forget_cached_tokens(user_id)  # a lookup that ran while the write was queued

@@ -101,6 +101,8 @@ class SQLiteStore:
         self._backfill = min(0, low[0] if low and low[0] is not None else 0)
         self._groups = StateGroups(self.db)
         self._tokens: dict[str, tuple[str, str]] = {}
+        #: False in a reader worker: another process writes, so no token is taken from memory (access_token)
+        self.cache_tokens = True
         self.link_devices = SQLiteLinkDevices(self.db)
         self.mqtt = SQLiteMqttTables(self.db)
         self.federation = FederationTables(self.db)  # creates its own tables (store/sqlite/federation.py)
@@ -137,6 +139,14 @@ class SQLiteStore:
         """``count`` positions below every event stored so far, lowest first: history fetched later."""
         self._backfill -= count
         return list(range(self._backfill, self._backfill + count))
+
+    def see_committed_events(self) -> None:
+        """Move :attr:`persisted` up to the highest event position committed, by any process: a reader worker
+        beside the process that writes (api/http/workers.py). Events commit in the order of their positions
+        (:meth:`persist_events`), so every event below it is committed too."""
+        row = self.db.query_one("SELECT MAX(stream) FROM events")
+        if row and row[0] is not None:
+            self._mark_persisted(row[0])
 
     def _mark_persisted(self, position: int) -> None:
         if position > self.persisted:
@@ -205,7 +215,8 @@ class SQLiteStore:
         """(user_id, device_id) for a live token, else None.
 
         Found tokens are cached: only :meth:`delete_token` ends a token, and
-        it drops the cache entry first.
+        it drops the cache entry first. A reader worker (``cache_tokens``
+        False) asks the store every time: the main process ends tokens.
         """
         cached = self._tokens.get(token)
         if cached is not None:
@@ -217,6 +228,8 @@ class SQLiteStore:
         )
         if row is None:
             return None
+        if not self.cache_tokens:
+            return (row[0], row[1])
         if len(self._tokens) > 50_000:
             self._tokens.clear()
         self._tokens[token] = (row[0], row[1])
