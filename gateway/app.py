@@ -580,9 +580,8 @@ async def run_worker(config: Config, number: int, main_url: str, secret: str) ->
         services.store.close()
         raise ConfigError("a reader worker needs the PostgreSQL store")
     store: Any = services.store
-    store.cache_tokens = False  # the main process ends tokens, moves heads, redacts
-    services.rooms.lookups.caching = False
-    worker = ReaderWorker(number, main_url, secret, services.store)
+    store.cache_tokens = False  # the main process ends tokens (heads and state events: workers.py)
+    worker = ReaderWorker(number, main_url, secret, services)
     await worker.start()
     services.components[READER_WORKER] = worker
     if config.retention.enabled:  # the read-time cutoff only: the main process purges

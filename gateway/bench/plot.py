@@ -244,9 +244,11 @@ def _flat(engine: str, key: str) -> Getter:
 
 def _storage_notes(result: dict[str, Any]) -> list[str]:
     sizes = ", ".join(f"{n:,}" for n in result.get("events", []))
-    sends = result.get("sends_per_s", {}).get("1")
-    first = (f"latency at {sizes} stored events; sends/s, 8 senders, one gateway process on PostgreSQL: {sends} "
-             f"(2 and 4 processes: {result.get('multi_process')})")
+    sends = result.get("sends_per_s", {})
+    reads = result.get("reads_per_s") or {}
+    first = (f"latency at {sizes} stored events; 1, 2, 4 gateway processes on PostgreSQL: sends/s (8 senders) "
+             f"{', '.join(str(sends.get(p)) for p in ('1', '2', '4'))}; /messages pages/s "
+             f"{', '.join(str(reads.get(p)) for p in ('1', '2', '4'))}")
     notes = [first]
     if result.get("postgres_skipped"):
         notes.append(f"PostgreSQL not measured: {result['postgres_skipped']}")

@@ -23,9 +23,11 @@ Three measurements, in one run:
   schema is ANALYZEd after each fill, as autovacuum would after such growth
   (the server's ``autovacuum`` setting is in the result): with an empty
   table's estimates the planner scans the whole room for the newest page.
-* **sends/s on PostgreSQL** — eight users in one room sending at once on one
-  gateway process. Several gateway processes on one database are not
-  implemented: ``sends_per_s`` has ``"1"`` only and ``multi_process`` says why.
+* **sends/s and reads/s with 1, 2 and 4 processes on PostgreSQL** — a
+  gateway started with ``--workers 0``, ``1`` and ``3`` on a fresh schema:
+  eight users sending at once, then sixteen clients reading the newest
+  ``/messages`` page (``scaling.py``). The sends/s of one process on each
+  store after the bytes phase are kept too (``sends_per_s_after_bytes``).
 
 PostgreSQL: ``database`` (``--database``), else the development server's
 ``postgresql://postgres@127.0.0.1:5432/test`` if it answers (else the
@@ -71,6 +73,7 @@ from lowband.gateway.bench.matrix_load import (
     wait_ready,
 )
 from lowband.gateway.bench.processes import BenchError, ServerProcess, progress
+from lowband.gateway.bench.scaling import measure_processes
 from lowband.gateway.bench.storage_fill import telemetry_content, text_content
 from lowband.gateway.bench.synapse import prepare_synapse
 
@@ -83,8 +86,8 @@ BYTES_SERVERS = ("sqlite", "postgres", "synapse_sqlite", "synapse_postgres")
 ENGINES = ("sqlite", "postgres")
 SENDERS = 8
 WARMUP = 20  # sends before the baseline size is read: first-use tables, caches, Synapse's background writes
-MULTI_PROCESS = ("not implemented: one gateway process per store (several processes on one PostgreSQL "
-                 "database are planned); 2 and 4 not measured")  # fmt: skip
+MULTI_PROCESS = ("lowband serve --workers P-1: the main process writes (every send goes to it), reader workers "
+                 "answer /messages, events, state, members, relations and media (docs/scaling.md)")  # fmt: skip
 FILL_METHOD = ("RoomService.send_batch in a child process on the stopped gateway's store (build, authorise, "
                "sign, persist: the send path without HTTP; push rules judge each event), 1,000 events per commit")  # fmt: skip
 #: latency figures at each size, in table order: (key, label)
@@ -419,7 +422,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def assemble(bytes_figures: dict[str, dict[str, Any]], latency: dict[str, dict[str, Any]], *, messages: int,
              sizes: list[int], postgres_skipped: str | None, database: str | None,
-             autovacuum: str | None = None) -> dict[str, Any]:  # fmt: skip
+             autovacuum: str | None = None, processes: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """The benchmark's JSON result from what was measured (a server not measured is None throughout)."""
     per_kind = {kind: {name: bytes_figures.get(name, {}).get(kind) for name in BYTES_SERVERS}
                 for kind in ("telemetry", "text")}  # fmt: skip
@@ -432,8 +435,10 @@ def assemble(bytes_figures: dict[str, dict[str, Any]], latency: dict[str, dict[s
         "flatness": {e: flatness(latency[e]["sizes"]) for e in ENGINES if e in latency},
         "fill_events_per_s": {e: latency[e]["fill_events_per_s"] for e in ENGINES if e in latency},
         "fill_method": FILL_METHOD,
-        "sends_per_s": {"1": bytes_figures.get("postgres", {}).get("sends_per_s")},
-        "sends_per_s_sqlite": bytes_figures.get("sqlite", {}).get("sends_per_s"),
+        "sends_per_s": (processes or {}).get("sends_per_s") or {"1": None, "2": None, "4": None},
+        "reads_per_s": (processes or {}).get("reads_per_s") or {"1": None, "2": None, "4": None},
+        "reads_by_workers": (processes or {}).get("reads_by_workers"),
+        "sends_per_s_after_bytes": {e: bytes_figures.get(e, {}).get("sends_per_s") for e in ENGINES},
         "multi_process": MULTI_PROCESS,
         "servers": {
             name: {k: v for k, v in bytes_figures[name].items() if k in ("database", "version", "store_bytes")}
@@ -474,10 +479,15 @@ def render_table(result: dict[str, Any]) -> str:
         lines.append(f"store filled at {_cell(result['fill_events_per_s'].get(engine))} events/s "
                      f"({result['fill_method'].split(' (')[0]})")  # fmt: skip
     lines.append("")
-    lines.append(
-        f"sends/s, {SENDERS} senders, 1 gateway process on PostgreSQL: {_cell(result['sends_per_s']['1'], '{:,.1f}')}"
-        f" (SQLite: {_cell(result['sends_per_s_sqlite'], '{:,.1f}')}); 2 and 4 processes: {result['multi_process']}"
-    )
+    lines.append(f"{'PostgreSQL, gateway processes':<36}" + "".join(f"{p:>10}" for p in ("1", "2", "4")))
+    for key, label in (("sends_per_s", f"sends/s, {SENDERS} senders"), ("reads_per_s", "/messages pages/s")):
+        lines.append(f"{label:<36}" + "".join(f"{_cell(result[key].get(p), '{:,.1f}'):>10}" for p in ("1", "2", "4")))
+    shares = result.get("reads_by_workers") or {}
+    lines.append(f"{'pages answered by a worker':<36}" + "".join(f"{_cell(shares.get(p), '{:.0%}'):>10}"
+                                                                for p in ("1", "2", "4")))  # fmt: skip
+    after = result["sends_per_s_after_bytes"]
+    lines.append(f"({result['multi_process']}; sends/s of 1 process after the bytes phase: SQLite "
+                 f"{_cell(after.get('sqlite'), '{:,.1f}')}, PostgreSQL {_cell(after.get('postgres'), '{:,.1f}')})")
     for name, server in result["servers"].items():
         lines.append(f"{name}: {server.get('version')} on {server.get('database')}")
     if result.get("postgres_statistics"):
@@ -538,6 +548,8 @@ def run(
         for engine in ENGINES:
             if engine == "sqlite" or pg_url is not None:
                 latency[engine] = measure_latency(engine, pg_url, sizes, latency_rounds)
+    processes = measure_processes(pg_url, seconds, _child_env()) if pg_url is not None and only != "synapse" else None
     result = assemble(bytes_figures, latency, messages=messages, sizes=sizes, postgres_skipped=skipped,
-                      database=pg_url, autovacuum=postgres.autovacuum(pg_url) if pg_url else None)  # fmt: skip
+                      database=pg_url, autovacuum=postgres.autovacuum(pg_url) if pg_url else None,
+                      processes=processes)  # fmt: skip
     return result, render_table(result)

@@ -184,6 +184,16 @@ def test_workers_serve_reads_at_once_after_the_main_process_writes(gateway: Gate
         status, _, event = gw.on_worker("GET", f"{V3}/rooms/{r}/event/{quote(sent[0])}", bob)
         assert status == 200 and event["content"] == {}, event
 
+    # a state event redacted through the main process: the workers' state reads show it redacted at once
+    status, _, body = gw.request("PUT", f"{V3}/rooms/{r}/state/m.room.topic", {"topic": "boiler room"}, alice)
+    assert status == 200, body
+    topic_id = body["event_id"]
+    for status, topic in gw.on_each_worker("GET", f"{V3}/rooms/{r}/state/m.room.topic", bob).values():
+        assert status == 200 and topic == {"topic": "boiler room"}
+    assert gw.request("PUT", f"{V3}/rooms/{r}/redact/{quote(topic_id)}/x2", {}, alice)[0] == 200
+    for status, topic in gw.on_each_worker("GET", f"{V3}/rooms/{r}/state/m.room.topic", bob).values():
+        assert status == 200 and topic == {}, topic
+
     # a page that reaches the room's oldest event goes to the main process (only it backfills from peers)
     for _ in range(10):
         status, worker, page = gw.request("GET", f"{V3}/rooms/{r}/messages?dir=b&limit=100", token=bob)

@@ -4,6 +4,7 @@ and the PostgreSQL side's bytes when the development server answers. Synapse is 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -46,7 +47,7 @@ def test_flatness_is_each_size_over_the_smallest():
     assert "store_bytes" not in flat["1000"]
 
 
-def test_the_result_has_the_contract_of_the_issue_and_never_invents_multi_process_figures():
+def test_the_result_has_the_contract_of_the_issue_and_never_invents_process_figures():
     bytes_figures = {
         "sqlite": {"telemetry": 1500.0, "text": 1400.0, "sends_per_s": 900.0, "database": "sqlite", "version": "1"},
         "postgres": {"telemetry": 1700.0, "text": 1600.0, "sends_per_s": 500.0, "database": "pg", "version": "1"},
@@ -59,12 +60,20 @@ def test_the_result_has_the_contract_of_the_issue_and_never_invents_multi_proces
     assert set(result["bytes_per_event"]) == {"sqlite", "postgres", "synapse_sqlite", "synapse_postgres"}
     assert result["bytes_per_event"]["synapse_postgres"] is None
     assert result["ratio_bytes"] == {"sqlite": 0.3, "postgres": None}
-    assert result["sends_per_s"] == {"1": 500.0}  # one process: 2 and 4 are not implemented, so not there
-    assert "not implemented" in result["multi_process"]
+    # no process counts measured (no PostgreSQL phase): None for each, never the bytes phase's figure in their place
+    assert result["sends_per_s"] == {"1": None, "2": None, "4": None} == result["reads_per_s"]
+    assert result["sends_per_s_after_bytes"] == {"sqlite": 900.0, "postgres": 500.0}
     assert result["flatness"]["sqlite"]["300"]["send_p50"] == 1.5
     assert "secret" not in json.dumps(result)
     table = storage.render_table(result)
-    assert "not implemented" in table and "0.3×" in table and "1.50×" in table
+    assert "0.3×" in table and "1.50×" in table
+    processes = {"sends_per_s": {"1": 400.0, "2": 380.5, "4": 350.0}, "reads_per_s": {"1": 900.0, "2": 1500.0,
+                 "4": 1700.0}, "reads_by_workers": {"1": 0.0, "2": 0.5, "4": 0.74}}  # fmt: skip
+    result = storage.assemble(bytes_figures, latency, messages=50, sizes=[100, 300], postgres_skipped=None,
+                              database=None, processes=processes)  # fmt: skip
+    assert result["sends_per_s"] == processes["sends_per_s"] and result["reads_per_s"]["4"] == 1700.0
+    table = storage.render_table(result)
+    assert "380.5" in table and "1,700.0" in table and "74%" in table
 
 
 def test_homeserver_and_synapse_are_given_the_postgresql_database(tmp_path):
@@ -108,7 +117,7 @@ def test_a_tiny_run_on_sqlite_keeps_the_json_contract_with_plausible_figures():
         assert figures["store_bytes"] > 0
     assert latency["300"]["store_bytes"] > latency["100"]["store_bytes"]
     assert all(v > 0 for v in result["flatness"]["sqlite"]["300"].values())
-    assert result["sends_per_s_sqlite"] > 0 and result["sends_per_s"] == {"1": None}
+    assert result["sends_per_s_after_bytes"]["sqlite"] > 0 and result["sends_per_s"] == {"1": None, "2": None, "4": None}
     assert result["fill_events_per_s"]["sqlite"] > 0
     assert result["postgres_statistics"] is None and result["postgres_skipped"] == "not asked for"
     assert "sqlite, telemetry" in table
@@ -122,4 +131,20 @@ def test_the_postgresql_side_measures_bytes_in_a_schema_it_drops():
     schema = figures["database"].rsplit(" ", 1)[-1]
     with postgres.connect(postgres.DEFAULT_URL) as conn:
         left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()[0]
+    assert left == 0
+
+
+@pytest.mark.skipif(postgres.reachable(postgres.DEFAULT_URL) is not None, reason="no PostgreSQL at the default URL")
+def test_process_counts_are_measured_on_real_workers_and_their_schemas_dropped():
+    from lowband.gateway.bench import scaling
+
+    found = scaling.measure_processes(postgres.DEFAULT_URL, 0.5, counts=(1, 2))
+    assert set(found["sends_per_s"]) == {"1", "2"} and all(v > 0 for v in found["sends_per_s"].values())
+    assert all(v > 0 for v in found["reads_per_s"].values())
+    # one process answers everything itself; with a worker beside it, the kernel gives the worker some of the
+    # sixteen readers' connections (all of them going to one process: about 2**-15)
+    assert found["reads_by_workers"]["1"] == 0.0 and 0 < found["reads_by_workers"]["2"] < 1
+    with postgres.connect(postgres.DEFAULT_URL) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s",
+                            (f"bench_{os.getpid()}_%",)).fetchone()[0]  # fmt: skip
     assert left == 0

@@ -7,9 +7,10 @@ loopback, unchanged, with the client's address; the main process is the only one
 stream positions, typing, presence and the /sync wake-ups live there).
 
 What a worker keeps in memory must not go stale behind the main process's writes, so it keeps little: room
-heads and state events are read from the store per request (the main process caches both), access tokens are
-looked up per request (a logout in the main process ends them at once), and the set of erased users is read
-again when the main process announces an erasure (a PostgreSQL NOTIFY sent in the erasure's transaction).
+heads and state events are held for one request at most (the main process keeps both), access tokens are
+looked up per request (a logout in the main process ends them at once), the newest committed event position
+is read per request, and the set of erased users is read again when the main process announces an erasure (a
+PostgreSQL NOTIFY sent in the erasure's transaction).
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "
 class ReaderWorker:
     """A worker's link to its main process: forwards requests there over one connection pool."""
 
-    def __init__(self, number: int, main_url: str, secret: str, store: Any) -> None:
+    def __init__(self, number: int, main_url: str, secret: str, services: Any) -> None:
         self.number = number
-        self.store = store
+        self.services = services
         self.main_url = main_url.rstrip("/")
         self.secret = secret
         self.forwarded = 0
@@ -116,8 +117,10 @@ class ReaderWorker:
         """Run a :data:`LOCAL` handler here, forward the rest (and what raises :class:`ForwardToMain`)."""
         if request.match_info.handler not in LOCAL:
             return await self.forward(request)
-        # what the main process committed up to now, not when this process started: read your writes
-        self.store.see_committed_events()
+        # what the main process committed up to now, not when this process started (read your writes); heads
+        # and state events are held for one request at most
+        self.services.store.see_committed_events()
+        self.services.rooms.lookups.forget_cached()
         request[SERVED_HERE] = True
         try:
             response = await handler(request)

@@ -47,9 +47,6 @@ class RoomLookups:
         self._allowed: OrderedDict[int, frozenset[str]] = OrderedDict()  # the same, less those its ACL denies
         # v1-v2 rooms: reference hashes of recent events, which the next events cite before they commit
         self._reference_hashes: dict[str, str] = {}
-        #: False in a reader worker (api/http/workers.py): the main process moves heads and redacts events, so
-        #: heads and state events are read from the store every time
-        self.caching = True
 
     # ---------------------------------------------------------------- heads
 
@@ -62,14 +59,19 @@ class RoomLookups:
                 return None
             head = RoomHead(room_id, row["creator"], row["state_group"], row["extremities"], row["depth"],
                             room_versions.get(row["room_version"]))  # fmt: skip
-            if self.caching:
-                self._heads[room_id] = head
+            self._heads[room_id] = head
         return head
 
     def room_version(self, room_id: str) -> RoomVersion:
         """The version of a room this server knows (``room_versions.DEFAULT`` for an unknown room)."""
         head = self.head(room_id)
         return head.version if head is not None else room_versions.DEFAULT
+
+    def forget_cached(self) -> None:
+        """Forget every head and state event held: a reader worker does at the start of each request, since
+        another process moves heads and redacts events (api/http/workers.py)."""
+        self._heads.clear()
+        self._event_cache.clear()
 
     def add_head(self, head: RoomHead) -> None:
         """Hold the head of a room being created (before anything of it is stored)."""
@@ -95,7 +97,7 @@ class RoomLookups:
 
     def remember(self, event: Event) -> None:
         """Cache a state event (others are ignored), e.g. one made but not yet committed."""
-        if event.is_state and self.caching:
+        if event.is_state:
             if len(self._event_cache) >= _EVENT_CACHE_SIZE:
                 self._event_cache.pop(next(iter(self._event_cache)))
             self._event_cache[event.event_id] = event

@@ -1,0 +1,118 @@
+"""Sends/s and reads/s of one gateway served by 1, 2 and 4 processes on one PostgreSQL store (docs/scaling.md).
+
+For each process count P a fresh schema gets a gateway started with ``--workers P-1``; eight users join one
+room and send ``HISTORY`` messages; then, each for ``seconds``:
+
+* **sends/s** — the eight users send at once (``concurrent_sends``), every connection held open;
+* **reads/s** — ``READERS`` clients each ask for the newest ``/messages`` page of 20 in a loop, each on a
+  connection of its own (the kernel gives each new connection to one of the P processes: SO_REUSEPORT), and
+  the share answered by a worker (``X-Lowband-Worker``) is counted.
+
+The load generator runs on the same machine as the gateway and PostgreSQL: what it takes is what the gateway's
+processes do not get, so the figures say how the gateway shares this machine's cores, not what a bigger one gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from lowband.gateway.bench import postgres
+from lowband.gateway.bench.homeserver import prepare_lowband
+from lowband.gateway.bench.matrix_load import Counters, LoadPlan, concurrent_sends, users_in_one_room, wait_ready
+from lowband.gateway.bench.processes import BenchError, ServerProcess, progress
+
+PROCESS_COUNTS = (1, 2, 4)
+SENDERS = 8
+READERS = 16
+HISTORY = 200
+PAGE = 20
+#: how long the main process may take to start its workers and say it listens
+READY_S = 120.0
+
+
+def _progress(message: str) -> None:
+    progress("storage", message)
+
+
+async def _listening(server: ServerProcess) -> None:
+    """Wait for the main process's "listening" line: it comes after every worker said it listens."""
+    assert server.proc is not None
+    deadline = time.monotonic() + READY_S
+    while "listening on http" not in server.log.read_text(errors="replace"):
+        if server.proc.poll() is not None:
+            raise BenchError(f"lowband with workers exited: {server.last_log_line()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"lowband with workers not listening after {READY_S:g} s: {server.last_log_line()}")
+        await asyncio.sleep(0.1)
+
+
+async def _reads(server: ServerProcess, token: str, room_id: str, seconds: float) -> tuple[int, int, float]:
+    """(pages read, pages a worker answered, seconds) for READERS clients on a connection each."""
+    path = f"{server.base_url}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages?dir=b&limit={PAGE}"
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+
+    async def reader() -> tuple[int, int]:
+        done = by_worker = 0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+            while time.perf_counter() < deadline:
+                async with http.get(path, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    body = await resp.json()
+                    if resp.status != 200 or len(body.get("chunk", [])) != PAGE:
+                        raise BenchError(f"/messages answered {resp.status}: {str(body)[:200]}")
+                    done += 1
+                    by_worker += resp.headers.get("X-Lowband-Worker") is not None
+        return done, by_worker
+
+    counts = await asyncio.gather(*(reader() for _ in range(READERS)))
+    return sum(c[0] for c in counts), sum(c[1] for c in counts), time.perf_counter() - start
+
+
+async def _measure(server: ServerProcess, seconds: float) -> dict[str, Any]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        await _listening(server)
+        await wait_ready(http, server)
+        users, room_id = await users_in_one_room(http, server, Counters(), SENDERS)
+        for n in range(HISTORY):
+            await users[n % SENDERS].send(room_id, f"history {n}")
+        sent, took = await concurrent_sends(users, room_id, LoadPlan(messages=10**9, seconds=seconds))
+        read, by_worker, read_took = await _reads(server, users[0].token, room_id, seconds)
+    return {
+        "sends_per_s": round(sent / took, 1),
+        "reads_per_s": round(read / read_took, 1),
+        "reads_by_workers": round(by_worker / read, 3) if read else None,
+    }
+
+
+def measure_processes(pg_url: str, seconds: float, env: dict[str, str] | None = None,
+                      counts: tuple[int, ...] = PROCESS_COUNTS) -> dict[str, Any]:  # fmt: skip
+    """{"sends_per_s": {"1": x, ...}, "reads_per_s": {...}, "reads_by_workers": {...}} for each process count;
+    ``env``: the gateways' environment."""
+    found: dict[str, dict[str, Any]] = {"sends_per_s": {}, "reads_per_s": {}, "reads_by_workers": {}}
+    for count in counts:
+        with (
+            tempfile.TemporaryDirectory(prefix=f"lowband-bench-processes-{count}-") as tmp,
+            postgres.fresh_schema(pg_url) as schema,
+        ):
+            server = prepare_lowband(Path(tmp), database_url=schema.url, env=env)
+            server.argv += ["--workers", str(count - 1)]
+            _progress(f"{count} gateway process{'es' if count > 1 else ''} on PostgreSQL: {SENDERS} senders, then "
+                      f"{READERS} readers, {seconds:g} s each")  # fmt: skip
+            try:
+                server.start()
+                figures = asyncio.run(_measure(server, seconds))
+            except OSError as exc:
+                raise BenchError(f"lowband with {count - 1} workers could not be started: {exc}") from exc
+            finally:
+                server.stop()
+        for key, value in figures.items():
+            found[key][str(count)] = value
+    return found
