@@ -1,4 +1,4 @@
-"""``lowband bench storage``: bytes on disk per event, latency as the store grows, sends/s on PostgreSQL.
+"""``lowband bench storage``: bytes on disk per event, latency as the store grows, 1, 2 and 4 processes on PostgreSQL.
 
 Three measurements, in one run:
 
