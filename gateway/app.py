@@ -19,7 +19,6 @@ import signal
 import sqlite3
 import ssl
 import sys
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from lowband.gateway.homeserver.presence import presence_loop
 from lowband.gateway.homeserver.ratelimit import LoginThrottle
 from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.services import HTTP_SERVER, Services
-from lowband.gateway.homeserver.sync import SyncHandler, typing_expiry_loop
+from lowband.gateway.homeserver.sync import ErasedInStore, SyncHandler, typing_expiry_loop
 from lowband.gateway.homeserver.typing import TypingTracker
 from lowband.gateway.matrix.signing import SigningKey
 from lowband.gateway.store.interfaces import Store
@@ -441,7 +440,7 @@ class WorkerPool:
 
 
 def _is_postgres(services: Services) -> bool:
-    return callable(getattr(getattr(services.store, "db", None), "listen", None))
+    return callable(getattr(services.store, "claim_serving", None))  # PostgresStore's
 
 
 async def run_gateway(
@@ -588,20 +587,9 @@ async def run_worker(config: Config, number: int, main_url: str, secret: str) ->
         from lowband.gateway.homeserver.retention_job import Retention
 
         services.sync.retention = Retention(services).cutoff
+    # erasures are the main process's: each sender asked about is looked up, once per request (sync.py)
+    services.sync.erased = ErasedInStore(store.account_lifecycle.is_erased)
     loop = asyncio.get_running_loop()
-    erased = services.sync.erased
-
-    def reload_erased() -> None:
-        erased.update(services.store.account_lifecycle.erased_users())
-
-    def on_topic(topic: str) -> None:  # the listener's thread
-        if topic in ("", "erased"):
-            loop.call_soon_threadsafe(reload_erased)
-
-    listening = threading.Event()
-    listener = threading.Thread(target=store.db.listen, args=(on_topic, listening), name=f"worker-{number}-listen",
-                                daemon=True)  # fmt: skip
-    listener.start()
     runner = web.AppRunner(make_app(services), access_log=None, handle_signals=False, auto_decompress=False,
                            keepalive_timeout=config.header_timeout_s, lingering_time=2.0,
                            shutdown_timeout=5.0)  # fmt: skip
@@ -625,6 +613,4 @@ async def run_worker(config: Config, number: int, main_url: str, secret: str) ->
     finally:
         await runner.cleanup()
         await worker.close()
-        listening.set()
-        listener.join(timeout=5.0)
         services.store.close()

@@ -187,6 +187,29 @@ def _string_list(value: Any) -> list[str] | None:
     return [v for v in value if isinstance(v, str)]
 
 
+class ErasedInStore(set[str]):
+    """:attr:`SyncHandler.erased` in a reader worker (api/http/workers.py): the main process records erasures,
+    so each sender asked about is looked up in the store, the answer kept until :meth:`forget` (the worker
+    forgets at the start of each request: a few distinct senders per request, one indexed lookup each)."""
+
+    def __init__(self, is_erased: Callable[[str], bool]) -> None:
+        super().__init__()
+        self._is_erased = is_erased
+        self._asked: dict[str, bool] = {}
+
+    def __contains__(self, user_id: object) -> bool:
+        if not isinstance(user_id, str):
+            return False
+        known = self._asked.get(user_id)
+        if known is None:
+            known = self._asked[user_id] = self._is_erased(user_id)
+        return known
+
+    def forget(self) -> None:
+        """Ask the store again from now on."""
+        self._asked.clear()
+
+
 class SyncHandler:
     """Answers /sync, /messages and single-event reads for a user."""
 

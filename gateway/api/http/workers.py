@@ -9,8 +9,7 @@ stream positions, typing, presence and the /sync wake-ups live there).
 What a worker keeps in memory must not go stale behind the main process's writes, so it keeps little: room
 heads and state events are held for one request at most (the main process keeps both), access tokens are
 looked up per request (a logout in the main process ends them at once), the newest committed event position
-is read per request, and the set of erased users is read again when the main process announces an erasure (a
-PostgreSQL NOTIFY sent in the erasure's transaction).
+is read per request, and whether a sender was erased is asked of the store, once per sender and request.
 """
 
 from __future__ import annotations
@@ -121,6 +120,7 @@ class ReaderWorker:
         # and state events are held for one request at most
         self.services.store.see_committed_events()
         self.services.rooms.lookups.forget_cached()
+        self.services.sync.erased.forget()  # an ErasedInStore (app.run_worker)
         request[SERVED_HERE] = True
         try:
             response = await handler(request)

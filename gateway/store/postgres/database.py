@@ -25,8 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from decimal import Decimal
 from typing import Any
@@ -207,32 +206,6 @@ class PostgresDatabase(GroupCommit):
             self._failed(batch, alive, _sqlite_error(exc))
             return
         self._deliver(results, alive)
-
-    @property
-    def channel(self) -> str:
-        """The NOTIFY channel of this store's announcements (:meth:`announce`)."""
-        return "lowband_" + self.schema
-
-    def announce(self, conn: Any, topic: str) -> None:
-        """NOTIFY ``topic`` on :attr:`channel`: PostgreSQL delivers it when the job's transaction commits,
-        never when it rolls back."""
-        conn.execute("SELECT pg_notify(?, ?)", (self.channel, topic))
-
-    def listen(self, on_topic: Callable[[str], None], stop: threading.Event) -> None:
-        """Call ``on_topic`` with every announcement until ``stop`` is set (blocks: run it on a thread). A lost
-        connection is opened again after a second, and ``on_topic("")`` called: what was announced meanwhile is
-        unknown, so the listener reads everything again."""
-        while not stop.is_set():
-            try:
-                with connect(self.url, self.schema) as conn:
-                    conn.execute(f"LISTEN {self.channel}")
-                    on_topic("")
-                    while not stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            on_topic(note.payload)
-            except psycopg.Error as exc:
-                log.warning("listening for %s: %s; again in 1 s", self.channel, exc)
-                stop.wait(1.0)
 
     def close(self) -> None:
         """Finish queued writes, then close both connections."""

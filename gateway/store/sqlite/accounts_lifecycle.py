@@ -103,10 +103,13 @@ class AccountLifecycleTables:
                 c.execute("DELETE FROM account_data WHERE user_id = ?", (user_id,))
                 c.execute("DELETE FROM filters WHERE user_id = ?", (user_id,))
                 c.execute("INSERT OR IGNORE INTO erased_users VALUES (?, ?)", (user_id, now_ms))
-                self.db.announce(c, "erased")  # reader workers read the set again (api/http/workers.py)
 
         await self.db.write(fn)
         self._forget_cached_tokens(user_id)  # a lookup that ran while the write was queued
+
+    def is_erased(self, user_id: str) -> bool:
+        """Whether ``user_id`` was deactivated with ``erase`` (one primary-key lookup)."""
+        return self.db.query_one("SELECT 1 FROM erased_users WHERE user_id = ?", (user_id,)) is not None
 
     def erased_users(self) -> list[str]:
         """Every user deactivated with ``erase``, in no particular order."""

@@ -151,10 +151,6 @@ class GroupCommit:
             else:
                 future.set_exception(value)
 
-    def announce(self, conn: Any, topic: str) -> None:
-        """Tell the store's other processes (reader workers) ``topic`` when the running write job commits.
-        One process serves a SQLite store: nobody to tell (PostgreSQL: a NOTIFY)."""
-
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """All rows of a read-only query on the reader connection."""
         return self.reader.execute(sql, args).fetchall()
