@@ -73,10 +73,12 @@ class ReaderWorker:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        # no total timeout: a forwarded /sync long-poll waits as long as the client asked; connecting is bounded
+        # no total timeout: a forwarded /sync long-poll waits as long as the client asked; connecting is bounded.
+        # No pool limit either: one loopback connection per request in flight, as if the client had reached the
+        # main process itself (whose own limits then apply); a limit would hold reads behind parked long-polls.
         timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=10.0)
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
-                                              connector=aiohttp.TCPConnector(limit=256))  # fmt: skip
+                                              connector=aiohttp.TCPConnector(limit=0))  # fmt: skip
 
     async def close(self) -> None:
         if self._session is not None:
