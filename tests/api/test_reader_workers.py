@@ -194,6 +194,15 @@ def test_workers_serve_reads_at_once_after_the_main_process_writes(gateway: Gate
     for status, topic in gw.on_each_worker("GET", f"{V3}/rooms/{r}/state/m.room.topic", bob).values():
         assert status == 200 and topic == {}, topic
 
+    # paths are passed on as sent: a state key with "/", "?" and "#" (%2F, %3F, %23) stays one key, whichever
+    # process got it
+    for n in range(20):
+        status, _, body = gw.request("PUT", f"{V3}/rooms/{r}/state/org.example.probe/k%2F%3F%23{n}", {"n": n}, alice)
+        assert status == 200, body
+    for n in range(20):
+        status, _, body = gw.request("GET", f"{V3}/rooms/{r}/state/org.example.probe/k%2F%3F%23{n}", token=alice)
+        assert status == 200 and body == {"n": n}, body
+
     # a page that reaches the room's oldest event goes to the main process (only it backfills from peers)
     for _ in range(10):
         status, worker, page = gw.request("GET", f"{V3}/rooms/{r}/messages?dir=b&limit=100", token=bob)

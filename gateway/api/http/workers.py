@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from lowband.gateway.api.http import client_relations, client_rooms, media
 from lowband.gateway.api.http.base import READER_WORKER, ForwardToMain
@@ -60,6 +61,10 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "
                          "upgrade", "host", SECRET_HEADER.lower(), CLIENT_HEADER.lower()})  # fmt: skip
 
 
+#: headers aiohttp's client would add of its own: the main process sees the client's, or none
+_CLIENT_DEFAULTS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
 class ReaderWorker:
     """A worker's link to its main process: forwards requests there over one connection pool."""
 
@@ -95,8 +100,10 @@ class ReaderWorker:
         body = request.content.iter_chunked(65536) if request.body_exists else None
         self.forwarded += 1
         try:
-            async with self._session.request(request.method, self.main_url + request.path_qs, headers=headers,
-                                              data=body, allow_redirects=False) as answer:  # fmt: skip
+            # the path as the client sent it, percent-escapes and all (%2F in a state key is not a slash)
+            url = URL(self.main_url + request.raw_path, encoded=True)
+            async with self._session.request(request.method, url, headers=headers, data=body, allow_redirects=False,
+                                              skip_auto_headers=_CLIENT_DEFAULTS) as answer:  # fmt: skip
                 response = web.StreamResponse(status=answer.status, reason=answer.reason)
                 for key, value in answer.headers.items():
                     if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
