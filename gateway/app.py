@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import sqlite3
 import ssl
 import sys
@@ -497,10 +498,10 @@ async def run_gateway(
         metrics_runner = await _start_metrics_listener(config, services)
         if workers and secret is not None:
             # the workers forward what they do not serve to this process's own loopback listener
-            inner = web.TCPSite(runner, "127.0.0.1", 0)
-            await inner.start()
-            port = inner._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            pool = WorkerPool(workers, worker_argv or [], f"http://127.0.0.1:{port}", secret)
+            inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            inner.bind(("127.0.0.1", 0))
+            await web.SockSite(runner, inner).start()
+            pool = WorkerPool(workers, worker_argv or [], f"http://127.0.0.1:{inner.getsockname()[1]}", secret)
             await pool.start()
     except (OSError, ConfigError):
         await runner.cleanup()
@@ -608,6 +609,7 @@ async def run_worker(config: Config, number: int, main_url: str, secret: str) ->
         log.info("reader worker %d of %s listening on %s:%d", number, main_url, config.http_host, config.http_port)
         sys.stdout.write("ready\n")
         sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe any more: later output to stderr
         await stop_event.wait()
         gone.cancel()
     finally:

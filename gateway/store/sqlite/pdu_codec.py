@@ -162,6 +162,14 @@ class PduCodec:
         self.current = (dict_id, first_stream, sample)
         self.training = False
 
+    def begin_training(self) -> None:
+        """A dictionary is being made: :meth:`due` says no until it is adopted or :meth:`training_failed`."""
+        self.training = True
+
+    def training_failed(self) -> None:
+        """Making the dictionary failed: the next :meth:`due` may start another."""
+        self.training = False
+
     def due(self, position: int) -> bool:
         """Whether a new dictionary should be made now that the store is at stream ``position``."""
         if self.training:

@@ -475,14 +475,14 @@ class SQLiteStore:
     def _new_dictionary(self) -> None:
         """Make a compression dictionary from the newest events in a write job of its own; new events use it
         once it has committed (pdu_codec.py)."""
-        self.pdus.training = True
+        self.pdus.begin_training()
         position = self.persisted
         done = self.db.submit(lambda c: self.pdus.train(c, position))
 
         def adopt(f: Future[tuple[int, int, bytes]]) -> None:
             if f.exception() is not None:  # the next persist tries again
                 log.warning("making a compression dictionary failed: %s", f.exception())
-                self.pdus.training = False
+                self.pdus.training_failed()
             else:
                 self.pdus.adopt(*f.result())
 
