@@ -353,6 +353,8 @@ async def _start_metrics_listener(config: Config, services: Services) -> web.App
 
 #: environment variable that hands a reader worker the secret its forwarded requests carry
 WORKER_SECRET_ENV = "LOWBAND_WORKER_SECRET"
+#: services.components key of the main process's :class:`WorkerPool` (the status summary describes it)
+WORKER_POOL = "worker_pool"
 
 
 class WorkerPool:
@@ -432,6 +434,12 @@ class WorkerPool:
                 process.kill()
                 await process.wait()
 
+    def describe(self) -> dict[str, Any]:
+        """The status summary's ``workers`` (docs/status.md)."""
+        running = sorted(n for n, p in self.processes.items() if p.returncode is None)
+        return {"configured": self.count, "running": len(running), "restarts": self.restarts,
+                "pids": [self.processes[n].pid for n in running]}  # fmt: skip
+
     async def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after 10 s) and wait for them."""
         self._stopping = True
@@ -503,6 +511,7 @@ async def run_gateway(
             await web.SockSite(runner, inner).start()
             pool = WorkerPool(workers, worker_argv or [], f"http://127.0.0.1:{inner.getsockname()[1]}", secret)
             await pool.start()
+            services.components[WORKER_POOL] = pool
     except (OSError, ConfigError):
         await runner.cleanup()
         services.store.close()

@@ -266,6 +266,18 @@ def test_a_dead_worker_is_started_again_and_all_stop_with_the_main_process(gatew
         assert time.monotonic() < deadline, gw.output()
         time.sleep(0.1)
     assert "reader worker" in gw.output() and "starting it again" in gw.output()
+    # the status snapshot (every 5 s) counts the restart
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            workers = json.loads((gw.data_dir / "status.json").read_text())["workers"]
+        except (OSError, ValueError):
+            workers = None
+        if workers and workers["restarts"] == 1:
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.2)
+    assert workers["configured"] == 2 and workers["running"] == 2 and sorted(workers["pids"]) == sorted(gw.worker_pids())
     token = _register(gw, "alice")
     assert gw.on_worker("GET", V3 + "/rooms/%21nowhere%3Aw.test/members", token)[0] == 403
 

@@ -180,6 +180,7 @@ def build_status(svc: Services) -> dict[str, Any]:
         "federation": part("federation", lambda: _federation(svc), []),
         "appservices": part("appservices", lambda: _appservices(svc), []),
         "process": part("process", lambda: process_figures(tracker.started_at_ms, now_ms), {}),
+        "workers": part("workers", lambda: _workers(svc), None),
     }
     part("link refusals", lambda: _link_refusals(svc, tracker, now_ms), None)
     summary["refusals"] = tracker.recent_refusals()
@@ -363,6 +364,12 @@ def _appservices(svc: Services) -> list[dict[str, Any]]:
     return [{"id": appservice_id, "behind": max(0, head - row.cursor), "in_flight": row.txn_upto is not None,
              "failures": row.failures, "last_success_ms": row.last_ok_ts}
             for appservice_id, row in sorted(svc.store.appservices.queues().items())]  # fmt: skip
+
+
+def _workers(svc: Services) -> dict[str, Any] | None:
+    """The reader workers of ``lowband serve --workers N`` (app.WorkerPool, docs/scaling.md); None without."""
+    describe = getattr(svc.components.get("worker_pool"), "describe", None)
+    return describe() if callable(describe) else None
 
 
 def process_figures(started_at_ms: int, now_ms: int) -> dict[str, Any]:
