@@ -391,6 +391,10 @@ def render(summary: dict[str, Any], now: float, from_file: bool = True) -> Any:
         header.append(f", RSS {rss / 1e6:.0f} MB")
     if _num(process.get("cpu_s")) is not None:
         header.append(f", CPU {process['cpu_s']:.1f} s")
+    workers = _obj(summary.get("workers"))
+    if _num(workers.get("configured")) is not None:  # lowband serve --workers N (docs/scaling.md)
+        header.append(f", reader workers {_count(workers.get('running'))}/{_count(workers.get('configured'))}"
+                      f" ({_count(workers.get('restarts'))} restarted)")  # fmt: skip
     parts.append(header)
 
     listed = summary["devices"]

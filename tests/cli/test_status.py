@@ -147,6 +147,11 @@ def test_a_fresh_snapshot_is_shown_as_tables(tmp_path: Path, capsys: pytest.Capt
     assert "WARNING" not in out and "recent refusals (1" in out and "bad_tag" in out
     assert main(["status", "--data-dir", str(data), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads((data / "status.json").read_bytes())
+    assert "reader workers" not in out  # none configured (no "workers" key, as older snapshots, or null)
+    (data / "status.json").write_text(json.dumps(_summary(workers={"configured": 3, "running": 2, "restarts": 4,
+                                                                   "pids": [10, 11]})))  # fmt: skip
+    assert main(["status", "--data-dir", str(data)]) == 0
+    assert "reader workers 2/3 (4 restarted)" in capsys.readouterr().out
 
 
 def test_a_stale_snapshot_is_reported_as_stale(tmp_path: Path) -> None:
