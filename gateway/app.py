@@ -501,6 +501,7 @@ async def run_gateway(
         await runner.cleanup()
         services.store.close()
         raise OSError(f"cannot listen on {config.http_host}:{config.http_port}: {exc.strerror}") from None
+    bound_host, bound_port = runner.addresses[0][:2]  # port 0 in the config: the port the kernel chose
     pool: WorkerPool | None = None
     try:
         metrics_runner = await _start_metrics_listener(config, services)
@@ -509,7 +510,9 @@ async def run_gateway(
             inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             inner.bind(("127.0.0.1", 0))
             await web.SockSite(runner, inner).start()
-            pool = WorkerPool(workers, worker_argv or [], f"http://127.0.0.1:{inner.getsockname()[1]}", secret)
+            where = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+            pool = WorkerPool(workers, [*(worker_argv or []), "--http", where],
+                              f"http://127.0.0.1:{inner.getsockname()[1]}", secret)  # fmt: skip
             await pool.start()
             services.components[WORKER_POOL] = pool
     except (OSError, ConfigError):
@@ -554,7 +557,7 @@ async def run_gateway(
     gc.set_threshold(20_000, 20, 20)
     log.info(
         "lowband gateway %s listening on %s://%s:%d (data in %s, registration %s)%s",
-        config.server_name, "https" if tls else "http", config.http_host, config.http_port, config.data_dir,
+        config.server_name, "https" if tls else "http", config.http_host, bound_port, config.data_dir,
         "open" if config.registration_enabled else "closed", _store_words(services.store),
     )  # fmt: skip
     if on_ready is not None:
