@@ -55,8 +55,9 @@ CREATE OR REPLACE FUNCTION lowband_relations_insert() RETURNS trigger LANGUAGE p
 DECLARE
     r jsonb;
 BEGIN
-    -- most events relate to nothing: skip parsing their JSON (index_fields is our own JSON: keys never escaped)
-    IF NOT ({_TIMELINE.format(e="NEW")}) OR strpos(COALESCE(NEW.index_fields, ''), 'm.relates_to') = 0 THEN
+    -- most events relate to nothing: skip parsing their JSON (the key is in the text as is or through a \\u escape)
+    IF NOT ({_TIMELINE.format(e="NEW")})
+            OR (strpos(COALESCE(NEW.index_fields, ''), 'm.relates_to') = 0 AND strpos(COALESCE(NEW.index_fields, ''), '\\u') = 0) THEN
         RETURN NULL;
     END IF;
     r := lowband_pdu_json(NEW.index_fields)->'content'->'m.relates_to';
