@@ -62,8 +62,9 @@ class PostgresStore(SQLiteStore):
         # said once the store is big enough for stale statistics to matter (a new or small store never warns)
         if row and row[0] == "off" and self.db.query_one("SELECT 1 FROM events OFFSET 10000 LIMIT 1"):
             log.warning("autovacuum is off on this PostgreSQL server: planner statistics go stale as the store "
-                        "grows (a big room's newest /messages page becomes a full sort); turn it on or run ANALYZE "
-                        "regularly (docs/storage.md)")
+                        "grows (a big room's newest /messages page becomes a full sort) and the rows the gateway "
+                        "deletes (notification trims, retention purges) are never reclaimed (a /sync counts unread "
+                        "notifications through them); turn it on or run VACUUM ANALYZE regularly (docs/storage.md)")
 
     def claim_serving(self) -> None:
         """Take the schema for this process's gateway, until the store closes; ValueError when another gateway
