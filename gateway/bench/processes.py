@@ -8,13 +8,16 @@ all its descendants. Nothing here prints to stdout.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lowband.gateway.matrix.numbers import parse_digits
 
@@ -147,3 +150,15 @@ def lowband_argv() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "lowband.gateway.cli.main"]
+
+
+def run_started(server: ServerProcess, job: Callable[[], Coroutine[Any, Any, Any]], what: str) -> Any:
+    """Start ``server``, run ``job()`` in an event loop of its own and return its result; the server is stopped
+    whatever happens. A server that cannot be started is a :class:`BenchError` naming ``what``."""
+    try:
+        server.start()
+        return asyncio.run(job())
+    except OSError as exc:
+        raise BenchError(f"{what} could not be started: {exc}") from exc
+    finally:
+        server.stop()

@@ -15,6 +15,7 @@ processes do not get, so the figures say how the gateway shares this machine's c
 from __future__ import annotations
 
 import asyncio
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import aiohttp
 from lowband.gateway.bench import postgres
 from lowband.gateway.bench.homeserver import prepare_lowband
 from lowband.gateway.bench.matrix_load import Counters, LoadPlan, concurrent_sends, users_in_one_room, wait_ready
-from lowband.gateway.bench.processes import BenchError, ServerProcess, progress
+from lowband.gateway.bench.processes import BenchError, ServerProcess, progress, run_started
 
 PROCESS_COUNTS = (1, 2, 4)
 SENDERS = 8
@@ -106,13 +107,7 @@ def measure_processes(pg_url: str, seconds: float, env: dict[str, str] | None = 
             server.argv += ["--workers", str(count - 1)]
             _progress(f"{count} gateway process{'es' if count > 1 else ''} on PostgreSQL: {SENDERS} senders, then "
                       f"{READERS} readers, {seconds:g} s each")  # fmt: skip
-            try:
-                server.start()
-                figures = asyncio.run(_measure(server, seconds))
-            except OSError as exc:
-                raise BenchError(f"lowband with {count - 1} workers could not be started: {exc}") from exc
-            finally:
-                server.stop()
+            figures = run_started(server, functools.partial(_measure, server, seconds), f"lowband with {count - 1} workers")
         for key, value in figures.items():
             found[key][str(count)] = value
     return found

@@ -40,7 +40,6 @@ measures Synapse's bytes only. A server that fails ends the run with
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -72,7 +71,7 @@ from lowband.gateway.bench.matrix_load import (
     users_in_one_room,
     wait_ready,
 )
-from lowband.gateway.bench.processes import BenchError, ServerProcess, progress
+from lowband.gateway.bench.processes import BenchError, ServerProcess, progress, run_started
 from lowband.gateway.bench.scaling import measure_processes
 from lowband.gateway.bench.storage_fill import telemetry_content, text_content
 from lowband.gateway.bench.synapse import prepare_synapse
@@ -237,13 +236,9 @@ def measure_bytes(name: str, pg_url: str | None, messages: int, seconds: float) 
         _side(name, Path(tmp), pg_url) as side,
     ):
         _progress(f"starting {name} ({side.server.name} {side.server.version}, {side.database})")
-        try:
-            side.server.start()
-            return asyncio.run(_measure_bytes(side, name, messages, seconds))
-        except OSError as exc:
-            raise BenchError(f"{name} could not be started: {exc}") from exc
-        finally:
-            side.server.stop()
+        result: dict[str, Any] = run_started(side.server, functools.partial(_measure_bytes, side, name, messages,
+                                                                            seconds), name)  # fmt: skip
+        return result
 
 
 # --------------------------------------------------------------------------
@@ -327,13 +322,7 @@ async def _measure_latency(grown: Grown, server: ServerProcess, rounds: int) -> 
 
 
 def _run_gateway(server: ServerProcess, job: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    try:
-        server.start()
-        return asyncio.run(job())
-    except OSError as exc:
-        raise BenchError(f"lowband could not be started: {exc}") from exc
-    finally:
-        server.stop()
+    return run_started(server, job, "lowband")
 
 
 def _fill(grown: Grown, count: int) -> float:
