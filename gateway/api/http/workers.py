@@ -73,8 +73,6 @@ class ReaderWorker:
         self.services = services
         self.main_url = main_url.rstrip("/")
         self.secret = secret
-        self.forwarded = 0
-        self.served = 0
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -98,7 +96,6 @@ class ReaderWorker:
         headers[SECRET_HEADER] = self.secret
         headers[CLIENT_HEADER] = request.remote or ""
         body = request.content.iter_chunked(65536) if request.body_exists else None
-        self.forwarded += 1
         try:
             # the path as the client sent it, percent-escapes and all (%2F in a state key is not a slash)
             url = URL(self.main_url + request.raw_path, encoded=True)
@@ -136,7 +133,6 @@ class ReaderWorker:
         except ForwardToMain:
             request[SERVED_HERE] = False
             return await self.forward(request)
-        self.served += 1
         return response
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
