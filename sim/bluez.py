@@ -243,7 +243,7 @@ class FakeBluez:
             config.write_text(_BUS_CONFIG.format(socket=self.socket_path))
             self._start_daemon(config, timeout)
             self._loop = _LoopThread()
-            self._loop.run(self._connect(), timeout)
+            self._loop.run(self._connect(time.monotonic() + timeout), timeout + 1)
             self.start_bluez(timeout)
         except BaseException:
             self.stop()
@@ -263,8 +263,16 @@ class FakeBluez:
                 raise FakeBluezError(f"dbus-daemon made no socket within {timeout} s")
             time.sleep(0.02)
 
-    async def _connect(self) -> None:
-        self._bus = await MessageBus(bus_address=self.address).connect()
+    async def _connect(self, deadline: float) -> None:
+        # The daemon binds its socket (the file appears) a moment before it listens: refused until then.
+        while True:
+            try:
+                self._bus = await MessageBus(bus_address=self.address).connect()
+                return
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise FakeBluezError(f"dbus-daemon refused connections on {self.socket_path} until the deadline")
+                await asyncio.sleep(0.02)
 
     def start_bluez(self, timeout: float = 20.0) -> None:
         """Start (or start again) the mock bluetoothd: a fresh BlueZ with no adapter."""

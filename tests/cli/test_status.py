@@ -25,6 +25,12 @@ from harness import LOWBAND, Client, GatewayProcess, provision_kitchen
 
 from lowband.gateway.cli.main import main
 
+
+@pytest.fixture(autouse=True)
+def _no_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output to a pipe with no COLUMNS set (pytest-xdist's workers set COLUMNS=80): the tables are 160 wide."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
 V3 = "/_matrix/client/v3"
 
 

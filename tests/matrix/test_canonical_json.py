@@ -126,7 +126,8 @@ def test_deep_nesting_is_a_canonical_json_error():
 
 
 @pytest.mark.parametrize("value", [1.5, {"a": [1, 2.5]}, MAX_SAFE_INTEGER + 1, {"n": 2**63}, {1: "int key"},
-                                   {None: "null key"}, b"bytes", {1, 2}, object()], ids=repr)  # fmt: skip
+                                   {None: "null key"}, b"bytes", {1, 2}, object()],
+                         ids=lambda v: type(v).__name__ if type(v) is object else repr(v))  # the same id in every process
 def test_checked_copy_refuses_what_the_encoder_refuses_with_the_same_message(value):
     with pytest.raises(CanonicalJSONError) as encoded:
         encode_canonical_json({"x": value})
