@@ -14,7 +14,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from lowband.gateway.store.postgres.database import PostgresDatabase
+from lowband.gateway.store.postgres import upkeep
+from lowband.gateway.store.postgres.database import PostgresDatabase, connect
+from lowband.gateway.store.postgres.upkeep import Upkeep
 from lowband.gateway.store.sqlite.schema import SCHEMA
 from lowband.gateway.store.sqlite.store import SQLiteStore
 
@@ -59,20 +61,28 @@ class PostgresStore(SQLiteStore):
         self.pg = PostgresDatabase(libpq, schema or named, SCHEMA)
         super().__init__(db=self.pg)
         row = self.db.query_one("SHOW autovacuum")
-        # said once the store is big enough for stale statistics to matter (a new or small store never warns)
-        if row and row[0] == "off" and self.db.query_one("SELECT 1 FROM events OFFSET 10000 LIMIT 1"):
-            log.warning("autovacuum is off on this PostgreSQL server: planner statistics go stale as the store "
-                        "grows (a big room's newest /messages page becomes a full sort) and the rows the gateway "
-                        "deletes (notification trims, retention purges) are never reclaimed (a /sync counts unread "
-                        "notifications through them); turn it on or run VACUUM ANALYZE regularly (docs/storage.md)")
+        self.autovacuum = not (row and row[0] == "off")
+        #: the serving process's own VACUUM/ANALYZE where the server's autovacuum is off (upkeep.py)
+        self.upkeep: Upkeep | None = None
 
     def claim_serving(self) -> None:
         """Take the schema for this process's gateway, until the store closes; ValueError when another gateway
         process serves it (stream positions and /sync wake-ups live in one process: docs/storage.md).
-        Command-line tools open the store without claiming it."""
+        Command-line tools open the store without claiming it. Where the server's autovacuum is off, the
+        serving process vacuums and analyses the schema's tables itself (upkeep.py)."""
         row = self.db.query_one("SELECT pg_try_advisory_lock(hashtext(?))", ("lowband-gateway:" + self.pg.schema,))
         if not row or not row[0]:
             raise ValueError(f"another gateway process serves schema {self.pg.schema} of this database")
+        if not self.autovacuum and self.upkeep is None:
+            log.info("autovacuum is off on this PostgreSQL server: the gateway vacuums and analyses the tables of "
+                     "schema %s itself, checked every %g s (docs/storage.md)", self.pg.schema, upkeep.INTERVAL_S)
+            self.upkeep = Upkeep(lambda: connect(self.pg.url, self.pg.schema), self.pg.schema)
+            self.upkeep.start()
+
+    def close(self) -> None:
+        if self.upkeep is not None:
+            self.upkeep.stop()
+        super().close()
 
     def _relation_tables(self) -> Any:
         from lowband.gateway.store.postgres.relations import PgRelationTables
