@@ -74,8 +74,12 @@ class PostgresStore(SQLiteStore):
         if not row or not row[0]:
             raise ValueError(f"another gateway process serves schema {self.pg.schema} of this database")
         if not self.autovacuum and self.upkeep is None:
-            log.info("autovacuum is off on this PostgreSQL server: the gateway vacuums and analyses the tables of "
-                     "schema %s itself, checked every %g s (docs/storage.md)", self.pg.schema, upkeep.INTERVAL_S)
+            log.info(
+                "autovacuum is off on this PostgreSQL server: the gateway vacuums and analyses the tables of "
+                "schema %s itself, checked every %g s (docs/storage.md)",
+                self.pg.schema,
+                upkeep.INTERVAL_S,
+            )
             self.upkeep = Upkeep(lambda: connect(self.pg.url, self.pg.schema), self.pg.schema)
             self.upkeep.start()
 
