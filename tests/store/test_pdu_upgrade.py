@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -13,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_schema import POSTGRES_URL, fresh_schema
 
 ROOM = "!old:x"
 BIG = 10**9
-POSTGRES_URL = os.environ.get("LOWBAND_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _old_events() -> list[tuple[int, str, str | None, dict[str, Any]]]:
@@ -76,7 +75,7 @@ def test_a_sqlite_store_from_before_compact_events_is_upgraded(tmp_path: Path) -
     # The schema as it was: pdu TEXT, no index_fields, no dictionaries; triggers reading pdu.
     old = re.sub(r"\n\s*index_fields TEXT[^\n]*", "", SCHEMA).replace("pdu BLOB NOT NULL", "pdu TEXT NOT NULL")
     old = old.replace("soft_failed INTEGER NOT NULL DEFAULT 0,", "soft_failed INTEGER NOT NULL DEFAULT 0")
-    old = re.sub(r"CREATE TABLE IF NOT EXISTS pdu_dictionaries \(.*?\);", "", old, flags=re.S)
+    old = re.sub(r"CREATE TABLE IF NOT EXISTS pdu_dictionaries \(.*?\);", "", old, flags=re.DOTALL)
     path = tmp_path / "lowband.db"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.executescript(old)
@@ -97,17 +96,7 @@ def test_a_sqlite_store_from_before_compact_events_is_upgraded(tmp_path: Path) -
 
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
-    try:
-        import psycopg
-
-        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-    except Exception as exc:  # noqa: BLE001 - not installed, not running
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
-    os.environ["LOWBAND_TEST_POSTGRES_USED"] = POSTGRES_URL  # conftest drops the run's schemas at the end too
-    name = f"{os.environ.get('LOWBAND_TEST_SCHEMA_PREFIX', 't_')}pduup_{os.getpid()}"
-    yield name
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    yield from fresh_schema("pduup")
 
 
 def test_a_postgres_store_from_before_compact_events_is_upgraded(pg_schema: str) -> None:

@@ -7,18 +7,14 @@ with it. Each test has a schema of its own, dropped at the end; skipped when no 
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pg_schema import POSTGRES_URL, fresh_schema
 
 from lowband.gateway.store.postgres.upkeep import TableStats, Upkeep, due
-
-POSTGRES_URL = os.environ.get("LOWBAND_TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
-_serial = itertools.count()
 
 
 def test_due_uses_autovacuums_default_thresholds() -> None:
@@ -37,17 +33,7 @@ def test_due_uses_autovacuums_default_thresholds() -> None:
 
 @pytest.fixture
 def schema() -> Iterator[str]:
-    try:
-        import psycopg
-
-        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-    except Exception as exc:  # noqa: BLE001 - not installed, nothing listening, no such database
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
-    os.environ["LOWBAND_TEST_POSTGRES_USED"] = POSTGRES_URL  # conftest drops the run's schemas at the end too
-    name = f"{os.environ.get('LOWBAND_TEST_SCHEMA_PREFIX', 't_')}upkeep_{os.getpid()}_{next(_serial)}"
-    yield name
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    yield from fresh_schema("upkeep")
 
 
 def _open(schema: str) -> Any:

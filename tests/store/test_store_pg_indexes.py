@@ -7,47 +7,22 @@ when no PostgreSQL answers at 127.0.0.1:5432.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pg_schema import POSTGRES_URL, fresh_schema
 
-POSTGRES_URL = os.environ.get("LOWBAND_TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 ROOM = "!r:x"
 BIG = 1 << 62
-_serial = itertools.count()
-
-
-def _reachable() -> str | None:
-    """Why PostgreSQL cannot be used here, or None."""
-    try:
-        import psycopg
-    except ImportError as exc:
-        return f"psycopg is not installed: {exc}"
-    try:
-        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:  # nothing listening, refused, no such database
-        return f"no PostgreSQL at {POSTGRES_URL}: {exc}"
-    return None
 
 
 @pytest.fixture
 def schema() -> Iterator[str]:
     """A fresh schema name, dropped (with everything in it) after the test."""
-    reason = _reachable()
-    if reason:
-        pytest.skip(reason)
-    import psycopg
-
-    os.environ["LOWBAND_TEST_POSTGRES_USED"] = POSTGRES_URL  # conftest drops the run's schemas at the end too
-    name = f"{os.environ.get('LOWBAND_TEST_SCHEMA_PREFIX', 't_')}pgidx_{os.getpid()}_{next(_serial)}"
-    yield name
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    yield from fresh_schema("pgidx")
 
 
 def index_fields(type_: str, state_key: str | None, content: dict[str, Any]) -> str | None:
