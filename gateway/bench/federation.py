@@ -202,7 +202,10 @@ async def until_read(user: MatrixUser, room_id: str, prefix: str, expected: set[
             best, best_at = have, now
             progress(BENCH, f"{what}: {have}/{len(expected)} after {now - start:.0f} s")
         elif now - best_at > stall_s:
-            raise BenchError(f"{what}: stuck at {have} of {len(expected)} events for {stall_s:.0f} s")
+            missing = sorted(expected - got)
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise BenchError(f"{what}: stuck at {have} of {len(expected)} events for {stall_s:.0f} s"
+                             f" (missing: {shown})")  # fmt: skip
         await asyncio.sleep(0.5)
 
 
