@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pg_schema import POSTGRES_URL, fresh_schema
 
+from lowband.gateway.api.http.status import _store_upkeep
 from lowband.gateway.store.postgres.upkeep import TableStats, Upkeep, due
 
 
@@ -112,6 +114,9 @@ def test_the_serving_store_runs_the_loop_only_where_the_server_does_not(schema: 
         with _connect(schema) as conn:
             server_off = conn.execute("SHOW autovacuum").fetchone()[0] == "off"
         assert (store.upkeep is not None) == server_off
+        summary = _store_upkeep(SimpleNamespace(store=store))  # what the status summary shows of it
+        assert summary == ({"interval_s": 60.0, "rounds": 0, "vacuums": 0, "analyses": 0, "failures": 0}
+                           if server_off else None)  # fmt: skip
         if store.upkeep is not None:
             began = time.monotonic()
             store.upkeep.stop()  # wakes the loop's 60 s wait

@@ -181,6 +181,7 @@ def build_status(svc: Services) -> dict[str, Any]:
         "appservices": part("appservices", lambda: _appservices(svc), []),
         "process": part("process", lambda: process_figures(tracker.started_at_ms, now_ms), {}),
         "workers": part("workers", lambda: _workers(svc), None),
+        "store_upkeep": part("store_upkeep", lambda: _store_upkeep(svc), None),
     }
     part("link refusals", lambda: _link_refusals(svc, tracker, now_ms), None)
     summary["refusals"] = tracker.recent_refusals()
@@ -369,6 +370,14 @@ def _appservices(svc: Services) -> list[dict[str, Any]]:
 def _workers(svc: Services) -> dict[str, Any] | None:
     """The reader workers of ``lowband serve --workers N`` (app.WorkerPool, docs/scaling.md); None without."""
     describe = getattr(svc.components.get("worker_pool"), "describe", None)
+    return describe() if callable(describe) else None
+
+
+def _store_upkeep(svc: Services) -> dict[str, Any] | None:
+    """The PostgreSQL store's own VACUUM/ANALYZE where the server's autovacuum is off (docs/storage.md); None
+    on SQLite, where autovacuum is on, and in a reader worker."""
+    upkeep = getattr(getattr(svc, "store", None), "upkeep", None)
+    describe = getattr(upkeep, "describe", None)
     return describe() if callable(describe) else None
 
 

@@ -83,6 +83,11 @@ class Upkeep:
         self.failures = 0
         self.rounds = 0
 
+    def describe(self) -> dict[str, Any]:
+        """What the loop has done, for the status summary (docs/status.md ``store_upkeep``)."""
+        return {"interval_s": self.interval_s, "rounds": self.rounds, "vacuums": self.vacuums,
+                "analyses": self.analyses, "failures": self.failures}  # fmt: skip
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"pg-upkeep-{self.schema}", daemon=True)
         self._thread.start()
