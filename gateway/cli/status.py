@@ -395,6 +395,11 @@ def render(summary: dict[str, Any], now: float, from_file: bool = True) -> Any:
     if _num(workers.get("configured")) is not None:  # lowband serve --workers N (docs/scaling.md)
         header.append(f", reader workers {_count(workers.get('running'))}/{_count(workers.get('configured'))}"
                       f" ({_count(workers.get('restarts'))} restarted)")  # fmt: skip
+    upkeep = _obj(summary.get("store_upkeep"))
+    if _num(upkeep.get("rounds")) is not None:  # PostgreSQL with autovacuum off (docs/storage.md)
+        failures = _num(upkeep.get("failures"))
+        header.append(f", store upkeep {_count(upkeep.get('vacuums'))} vacuums, {_count(upkeep.get('analyses'))}"
+                      f" analyses" + (f", {_count(failures)} failed rounds" if failures else ""))  # fmt: skip
     parts.append(header)
 
     listed = summary["devices"]

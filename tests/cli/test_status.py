@@ -31,6 +31,7 @@ def _no_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     """Output to a pipe with no COLUMNS set (pytest-xdist's workers set COLUMNS=80): the tables are 160 wide."""
     monkeypatch.delenv("COLUMNS", raising=False)
 
+
 V3 = "/_matrix/client/v3"
 
 
@@ -158,6 +159,13 @@ def test_a_fresh_snapshot_is_shown_as_tables(tmp_path: Path, capsys: pytest.Capt
                                                                    "pids": [10, 11]})))  # fmt: skip
     assert main(["status", "--data-dir", str(data)]) == 0
     assert "reader workers 2/3 (4 restarted)" in capsys.readouterr().out
+    assert main(["status", "--data-dir", str(data)]) == 0
+    assert "store upkeep" not in capsys.readouterr().out  # SQLite, or a server whose autovacuum is on: null
+    for failures, said in ((0, "store upkeep 3 vacuums, 7 analyses\n"), (2, "7 analyses, 2 failed rounds")):
+        upkeep = {"interval_s": 60.0, "rounds": 9, "vacuums": 3, "analyses": 7, "failures": failures}
+        (data / "status.json").write_text(json.dumps(_summary(store_upkeep=upkeep)))
+        assert main(["status", "--data-dir", str(data)]) == 0
+        assert said in capsys.readouterr().out
 
 
 def test_a_stale_snapshot_is_reported_as_stale(tmp_path: Path) -> None:
