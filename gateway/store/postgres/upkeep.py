@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class Upkeep:
                 if conn is not None:
                     conn.close()
                     conn = None
+            except Exception:  # a fault of ours: said with its trace, the loop goes on (the store keeps serving)
+                self.failures += 1
+                log.exception("store upkeep of schema %s failed", self.schema)
         if conn is not None:
             conn.close()
 
@@ -132,9 +136,8 @@ class Upkeep:
             if self._stopping.is_set():
                 break
             began = time.monotonic()
-            # names come from the catalogue of our own schema; quoted all the same
-            target = f'"{self.schema}"."{table}"'
-            conn.execute(f"VACUUM (ANALYZE) {target}" if action == "vacuum" else f"ANALYZE {target}")
+            statement = sql.SQL("VACUUM (ANALYZE) {}.{}" if action == "vacuum" else "ANALYZE {}.{}")
+            conn.execute(statement.format(sql.Identifier(self.schema), sql.Identifier(table)))
             if action == "vacuum":
                 self.vacuums += 1
             else:
