@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LOWBAND, free_udp_port, in_loop, users_gateway
+from harness import LOWBAND, free_udp_port, in_loop, until, users_gateway
 
 from lowband.codecs import coap
 from lowband.gateway.coap.client import BadUrl, CoapClient, KeyFileError, NoAnswer, parse_url
@@ -148,11 +148,7 @@ async def test_observe_sync_gets_a_confirmable_push_and_acknowledges_it(tmp_path
                 return {m.mid for m in relay.messages("down") if m.mtype == coap.RST}
 
             # the newest ping may still be on its way back when the pings are counted: each answered within 5 s
-            for _ in range(50):
-                if pings <= pongs():
-                    break
-                await asyncio.sleep(0.1)
-            assert pings <= pongs()
+            await until(lambda: pings <= pongs(), timeout=5)
             status, _ = await users[1].request("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/b1",
                                                {"msgtype": "m.text", "body": "from http"})  # fmt: skip
             assert status == 200

@@ -367,18 +367,21 @@ def _appservices(svc: Services) -> list[dict[str, Any]]:
             for appservice_id, row in sorted(svc.store.appservices.queues().items())]  # fmt: skip
 
 
+def _described(part: Any) -> dict[str, Any] | None:
+    """What ``part.describe()`` says; None where there is no such part (or it cannot describe itself)."""
+    describe = getattr(part, "describe", None)
+    return describe() if callable(describe) else None
+
+
 def _workers(svc: Services) -> dict[str, Any] | None:
     """The reader workers of ``lowband serve --workers N`` (app.WorkerPool, docs/scaling.md); None without."""
-    describe = getattr(svc.components.get("worker_pool"), "describe", None)
-    return describe() if callable(describe) else None
+    return _described(svc.components.get("worker_pool"))
 
 
 def _store_upkeep(svc: Services) -> dict[str, Any] | None:
     """The PostgreSQL store's own VACUUM/ANALYZE where the server's autovacuum is off (docs/storage.md); None
     on SQLite, where autovacuum is on, and in a reader worker."""
-    upkeep = getattr(getattr(svc, "store", None), "upkeep", None)
-    describe = getattr(upkeep, "describe", None)
-    return describe() if callable(describe) else None
+    return _described(getattr(getattr(svc, "store", None), "upkeep", None))
 
 
 def process_figures(started_at_ms: int, now_ms: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from lowband.gateway.store.postgres import upkeep
 from lowband.gateway.store.postgres.database import PostgresDatabase, connect
 from lowband.gateway.store.postgres.upkeep import Upkeep
 from lowband.gateway.store.sqlite.schema import SCHEMA
@@ -74,13 +73,13 @@ class PostgresStore(SQLiteStore):
         if not row or not row[0]:
             raise ValueError(f"another gateway process serves schema {self.pg.schema} of this database")
         if not self.autovacuum and self.upkeep is None:
+            self.upkeep = Upkeep(lambda: connect(self.pg.url, self.pg.schema), self.pg.schema)
             log.info(
                 "autovacuum is off on this PostgreSQL server: the gateway vacuums and analyses the tables of "
                 "schema %s itself, checked every %g s (docs/storage.md)",
                 self.pg.schema,
-                upkeep.INTERVAL_S,
+                self.upkeep.interval_s,
             )
-            self.upkeep = Upkeep(lambda: connect(self.pg.url, self.pg.schema), self.pg.schema)
             self.upkeep.start()
 
     def close(self) -> None:

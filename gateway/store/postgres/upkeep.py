@@ -77,6 +77,7 @@ class Upkeep:
         self.interval_s = interval_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: the loop's connection (stop() cancels what runs on it)
         self._conn: psycopg.Connection[Any] | None = None
         #: what each round did, for the status summary and the tests: vacuums, analyses, failures
         self.vacuums = 0
@@ -106,26 +107,24 @@ class Upkeep:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
         while not self._stopping.wait(self.interval_s):
             try:
-                if conn is None or conn.closed:
-                    conn = self._conn = self._connect()
-                self.round(conn)
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                self.round(self._conn)
             except psycopg.Error as exc:  # the server restarting, a lock timeout: tried again next round
                 if self._stopping.is_set():
                     break
                 self.failures += 1
                 log.warning("store upkeep (VACUUM/ANALYZE of schema %s) failed, tried again in %g s: %s",
                             self.schema, self.interval_s, exc)  # fmt: skip
-                if conn is not None:
-                    conn.close()
-                    conn = None
+                if self._conn is not None:
+                    self._conn.close()  # a new connection next round
             except Exception:  # a fault of ours: said with its trace, the loop goes on (the store keeps serving)
                 self.failures += 1
                 log.exception("store upkeep of schema %s failed", self.schema)
-        if conn is not None:
-            conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def round(self, conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
         """One look at the numbers and the work they call for, on ``conn`` (autocommit); returns the work done."""
