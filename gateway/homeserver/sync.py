@@ -21,10 +21,7 @@ joiners, ``world_readable`` readers); members of that moment still see it whole.
 from __future__ import annotations
 
 import asyncio
-import base64
 import fnmatch
-import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -44,6 +41,7 @@ from lowband.gateway.matrix.errors import MatrixError, forbidden, invalid_param
 from lowband.gateway.matrix.events import Event, redact
 from lowband.gateway.matrix.numbers import parse_digits
 from lowband.gateway.store.interfaces import EventRow, StateMap, Store
+from lowband.gateway.store.txn_keys import is_senders
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_LIMIT = 1000
@@ -147,38 +145,6 @@ class EventFilter:
         kept = [e for e in events
                 if self.allows_kind(str(e.get("type", "")), e["sender"] if isinstance(e.get("sender"), str) else None)]  # fmt: skip
         return kept[: self.limit] if self.explicit_limit else kept
-
-
-#: the form of :func:`transaction_key` before 0.x (JSON ``["send", room, type, txn]``), still read in old rows
-_LEGACY_KEY = '["send"'
-
-
-def transaction_key(room_id: str, event_type: str, txn_id: str) -> str:
-    """The stored idempotency key of a client send, scoped to room and event type as clients expect.
-
-    ``s.``, 8 characters (base64url) of the SHA-256 of room ID and event type
-    (48 bits: two scopes of one device meet only with the same transaction ID
-    as well), ``.`` and the client's ID. The room and type themselves are in
-    the event's row already; spelt out here they cost ~50 bytes per stored
-    event twice (row and unique index). A send retried across the upgrade
-    from the older JSON key is not recognised as a retry.
-    """
-    scope = hashlib.sha256(f"{room_id}\0{event_type}".encode("utf-8", "surrogatepass")).digest()[:6]
-    return f"s.{base64.urlsafe_b64encode(scope).decode()}.{txn_id}"
-
-
-def client_transaction_id(key: str) -> str | None:
-    """The client's own transaction ID inside a key from :func:`transaction_key` (or its older JSON form), else
-    None."""
-    if key.startswith("s.") and len(key) >= 11 and key[10] == ".":
-        return key[11:]
-    if not key.startswith(_LEGACY_KEY):
-        return None
-    try:
-        parts = json.loads(key)
-    except ValueError:
-        return None
-    return parts[3] if isinstance(parts, list) and len(parts) == 4 else None
 
 
 def _string_list(value: Any) -> list[str] | None:
@@ -298,11 +264,9 @@ class SyncHandler:
         unsigned: dict[str, Any] = {"age": max(0, self.rooms.now_ms() - event.origin_server_ts)}
         if relations:
             unsigned["m.relations"] = relations
-        txn = row.get("txn")
-        if txn is not None and device is not None and txn[:2] == device:
-            client_txn = client_transaction_id(txn[2])
-            if client_txn is not None:
-                unsigned["transaction_id"] = client_txn
+        sent = row.get("txn")
+        if sent is not None and device is not None and is_senders(sent, *device, event.room_id, event.type):
+            unsigned["transaction_id"] = sent.client_id
         redacted_by = row.get("redacted_by")
         if redacted_by:
             redaction = self.rooms.event(redacted_by)

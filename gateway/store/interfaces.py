@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypedDict
 
 from lowband.gateway.matrix.events import Event
+from lowband.gateway.store.txn_keys import TxnMark
 
 #: A room's state: (event type, state key) → event ID.
 StateMap = dict[tuple[str, str], str]
@@ -121,7 +122,7 @@ class EventRow(TypedDict):
     state_after: int | None
     rejected: str | None  # the reason, None when accepted
     redacted_by: str | None
-    txn: tuple[str, str, str] | None  # (user, device, transaction ID) it was sent with
+    txn: TxnMark | None  # what is kept of the transaction it was sent with (txn_keys.py)
     outlier: bool  # known (an auth or state event fetched from a peer) but not placed in the timeline
     soft_failed: bool  # accepted in the DAG but not allowed by the room's state when it came: never shown
 

@@ -38,6 +38,7 @@ from lowband.gateway.store.interfaces import (
 )
 from lowband.gateway.store.sqlite.readonly import ReadOnlyEvents
 from lowband.gateway.store.sqlite.store import SQLiteStore
+from lowband.gateway.store.txn_keys import txn_digest
 
 T = TypeVar("T")
 SERVER = "localhost"
@@ -263,7 +264,8 @@ def test_a_batch_commits_together_signed_in_order_and_only_then_counts_as_persis
             assert row is not None and row["stream"] == write.position and row["rejected"] is None
             assert row["state_before"] == write.state_before and row["state_after"] == write.state_after
             _verify(row["event"], key)  # signed by the store (sign_later) or at build time, and it verifies
-        assert store.get_event(writes[2].event.event_id)["txn"] == (ALICE, "D", "t1")  # type: ignore[index]
+        # an edge's key ("t1" is no client's): its digest kept, no client ID
+        assert store.get_event(writes[2].event.event_id)["txn"] == (txn_digest(ALICE, "D", "t1"), None)  # type: ignore[index]
         assert store.events_for_txns([(ALICE, "D", "t1"), (ALICE, "D", "t9")]) == {
             (ALICE, "D", "t1"): writes[2].event.event_id}  # fmt: skip
 

@@ -25,11 +25,11 @@ from lowband.gateway.appservices.queries import ask_bridges_for_alias
 from lowband.gateway.appservices.registration import appservices_of
 from lowband.gateway.federation.component import federation_of
 from lowband.gateway.homeserver.filter_check import check_room_event_filter
-from lowband.gateway.homeserver.sync import transaction_key
 from lowband.gateway.matrix.errors import MatrixError, bad_json, forbidden, not_found
 from lowband.gateway.matrix.events import server_name_of
 from lowband.gateway.matrix.identifiers import is_room_alias, is_room_id, is_user_id
 from lowband.gateway.store.interfaces import EventWrite
+from lowband.gateway.store.txn_keys import transaction_key
 
 MAX_ID_BYTES = 255
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ order (see ``store/interfaces.py``).
 import hashlib
 import sqlite3
 
+from lowband.gateway.store import txn_keys
 from lowband.gateway.store.sqlite import migrations
 
 
@@ -96,9 +97,8 @@ CREATE TABLE IF NOT EXISTS events (
     state_after INTEGER,
     rejected TEXT,                  -- reason, NULL when accepted
     redacted_by TEXT,
-    txn_user TEXT,
-    txn_device TEXT,
-    txn_id TEXT,
+    txn_hash INTEGER,               -- txn_keys.txn_digest of (user, device, key) it was sent with; unique index below
+    txn_id TEXT,                    -- the client's own transaction ID (a client's send), for unsigned.transaction_id
     outlier INTEGER NOT NULL DEFAULT 0,      -- 1: known for auth/state, not in the timeline
     soft_failed INTEGER NOT NULL DEFAULT 0,  -- 1: refused by the current state when it came, never shown
     index_fields TEXT               -- what search and relations read of the content, JSON (pdu_codec.index_fields)
@@ -112,7 +112,6 @@ CREATE TABLE IF NOT EXISTS pdu_dictionaries (
     created_ts INTEGER NOT NULL,
     sample BLOB NOT NULL            -- the Zstandard dictionary, trained or raw content (pdu_codec.py)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events(txn_user, txn_device, txn_id) WHERE txn_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS memberships (
     room_id TEXT NOT NULL,
@@ -277,6 +276,36 @@ def _compact_events(conn: sqlite3.Connection) -> None:
         _index_fields(conn)
 
 
+def _txn_digests(conn: sqlite3.Connection) -> None:
+    """Transaction keys as 64-bit digests (txn_keys.py): ``events.txn_hash`` under a unique index replaces
+    ``txn_user``, ``txn_device`` and the whole key in ``txn_id`` (and their unique index), which keeps only a
+    client's own transaction ID. Older JSON keys get the digest of the current form of the same send, so a
+    retry and ``unsigned.transaction_id`` work for them too."""
+    if "txn_hash" not in _columns(conn, "events"):
+        conn.execute("ALTER TABLE events ADD COLUMN txn_hash INTEGER")
+        conn.execute("DROP INDEX IF EXISTS events_txn")
+        last = -1
+        while True:  # in batches: no whole table in memory
+            rows = conn.execute(
+                "SELECT stream, room_id, type, txn_user, txn_device, txn_id FROM events"
+                " WHERE txn_id IS NOT NULL AND stream > ? ORDER BY stream LIMIT 5000", (last,)).fetchall()  # fmt: skip
+            if not rows:
+                break
+            last = rows[-1][0]
+            conn.executemany("UPDATE events SET txn_hash = ?, txn_id = ? WHERE stream = ?",
+                             [(*_txn_mark(*row[1:]), row[0]) for row in rows])  # fmt: skip
+        for column in ("txn_user", "txn_device"):
+            conn.execute(f"ALTER TABLE events DROP COLUMN {column}")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_txn_hash ON events(txn_hash) WHERE txn_hash IS NOT NULL")
+
+
+def _txn_mark(room_id: str, event_type: str, user_id: str, device_id: str, key: str) -> tuple[int, str | None]:
+    client_id = txn_keys.client_transaction_id(key)
+    if client_id is not None:  # the current form of the key, whichever form it was stored in
+        key = txn_keys.transaction_key(room_id, event_type, client_id)
+    return txn_keys.txn_digest(user_id, device_id, key), client_id
+
+
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
 
@@ -333,4 +362,5 @@ MIGRATIONS: list[migrations.Migration] = [
     (4, "users.owner", _account_owners),
     (5, "push_notifications.thread_id", _threaded_notifications),
     (6, "compact events: events.index_fields, events.pdu compressed", _compact_events),
+    (7, "transaction keys as 64-bit digests: events.txn_hash", _txn_digests),
 ]

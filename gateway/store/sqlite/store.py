@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lowband.gateway.matrix.events import Event
+from lowband.gateway.store import txn_keys
 from lowband.gateway.store.interfaces import (
     MAX_FILTERS_PER_USER,
     DeviceInfo,
@@ -53,18 +54,19 @@ from lowband.gateway.store.sqlite.room_keys import RoomKeyTables
 from lowband.gateway.store.sqlite.schema import SCHEMA, token_key, upgrade
 from lowband.gateway.store.sqlite.search import SearchTables
 from lowband.gateway.store.sqlite.state_groups import StateGroups
+from lowband.gateway.store.txn_keys import TxnMark
 
 _INSERT_EVENT = (
     "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu, index_fields,"
-    " state_before, state_after, rejected, txn_user, txn_device, txn_id, outlier, soft_failed)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " state_before, state_after, rejected, txn_hash, txn_id, outlier, soft_failed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
 log = logging.getLogger(__name__)
 
-_EVENT_COLUMNS = ("event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_user, txn_device,"
-                  " txn_id, outlier, soft_failed")
+_EVENT_COLUMNS = ("event_id, pdu, stream, state_before, state_after, rejected, redacted_by, txn_hash, txn_id,"
+                  " outlier, soft_failed")
 
 
 class SQLiteStore:
@@ -149,8 +151,7 @@ class SQLiteStore:
             self._mark_persisted(row[0])
 
     def _mark_persisted(self, position: int) -> None:
-        if position > self.persisted:
-            self.persisted = position
+        self.persisted = max(self.persisted, position)
 
     async def _write_at(self, position: int, fn: Any) -> Any:
         result = await self.db.write(fn)
@@ -397,13 +398,13 @@ class SQLiteStore:
         """
         def row(w: EventWrite) -> tuple[Any, ...]:
             event = w.event
-            txn_user, txn_device, txn_id = w.txn if w.txn else (None, None, None)
+            digest, client_id = txn_keys.mark(*w.txn) if w.txn else (None, None)
             # signs here, in the writer thread, in parallel with the event loop; compressed here too (pdu_codec.py)
             stored = self.pdus.encode(pdu_bytes(event))
             fields = index_fields(event.type, event.state_key, event.pdu.get("content"))
             return (w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
                     event.depth, event.origin_server_ts, stored, fields, w.state_before, w.state_after, w.rejected,
-                    txn_user, txn_device, txn_id, int(w.outlier), int(w.soft_failed))  # fmt: skip
+                    digest, client_id, int(w.outlier), int(w.soft_failed))  # fmt: skip
 
         room_args = None
         if room_row is not None and writes:
@@ -489,21 +490,25 @@ class SQLiteStore:
         done.add_done_callback(adopt)
 
     def events_for_txns(self, txns: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
-        """Event IDs already sent with any of these transaction IDs (missing ones are absent)."""
+        """Event IDs already sent with any of these transactions (missing ones are absent), found by their
+        digests (txn_keys.py). A row whose digest matches but whose kept client ID does not is another send
+        whose digest collides: logged, and not an answer (writing this send then fails on the unique index)."""
+        wanted = {txn_keys.txn_digest(*txn): txn for txn in txns}
         found: dict[tuple[str, str, str], str] = {}
-        by_device: dict[tuple[str, str], list[str]] = {}
-        for user, device, txn_id in txns:
-            by_device.setdefault((user, device), []).append(txn_id)
-        for (user, device), ids in by_device.items():
-            for start in range(0, len(ids), 500):  # well under SQLite's bound-parameter limit
-                chunk = ids[start:start + 500]
-                rows = self.db.query(
-                    "SELECT txn_id, event_id FROM events WHERE txn_user = ? AND txn_device = ? AND txn_id IN"
-                    f" ({','.join('?' * len(chunk))})",
-                    (user, device, *chunk),
-                )  # fmt: skip
-                for txn_id, event_id in rows:
-                    found[(user, device, txn_id)] = event_id
+        digests = list(wanted)
+        for start in range(0, len(digests), 500):  # well under SQLite's bound-parameter limit
+            chunk = digests[start:start + 500]
+            rows = self.db.query(
+                f"SELECT txn_hash, txn_id, event_id FROM events WHERE txn_hash IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for digest, client_id, event_id in rows:
+                txn = wanted[digest]
+                if client_id != txn_keys.client_transaction_id(txn[2]):
+                    log.error("transaction digest %d of %s's device %s matches event %s, sent with another"
+                              " transaction: the send is refused", digest, txn[0], txn[1], event_id)  # fmt: skip
+                    continue
+                found[txn] = event_id
         return found
 
     def get_event(self, event_id: str) -> EventRow | None:
@@ -723,7 +728,7 @@ def _event_row(row: tuple[Any, ...], pdus: PduCodec) -> EventRow:
         "state_after": row[4],
         "rejected": row[5],
         "redacted_by": row[6],
-        "txn": (row[7], row[8], row[9]) if row[9] is not None else None,
-        "outlier": bool(row[10]),
-        "soft_failed": bool(row[11]),
+        "txn": TxnMark(row[7], row[8]) if row[7] is not None else None,
+        "outlier": bool(row[9]),
+        "soft_failed": bool(row[10]),
     }
