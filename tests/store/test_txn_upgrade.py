@@ -64,6 +64,16 @@ def _check_upgraded(store: Any) -> None:
     assert 7 in versions
 
 
+def _check_collisions_refused(store: Any) -> None:
+    """Rows made to carry another send's digest (what a collision would look like) are not taken for it."""
+    other_client = ("@a:x", "PHONE", transaction_key(ROOM, "m.room.message", "other"))
+    other_edge = ("@b:x", "mqtt", "p." + "cd" * 32)
+    for event_id, txn in (("$client", other_client), ("$mqtt", other_edge)):
+        store.db.write_sync(lambda c, e=event_id, t=txn: c.execute(
+            "UPDATE events SET txn_hash = ? WHERE event_id = ?", (txn_digest(*t), e)))  # fmt: skip
+    assert store.events_for_txns([other_client, other_edge]) == {}
+
+
 @pytest.mark.sqlite_only
 def test_a_sqlite_store_from_before_transaction_digests_is_upgraded(tmp_path: Path) -> None:
     from lowband.gateway.store.sqlite.store import SQLiteStore
@@ -76,6 +86,7 @@ def test_a_sqlite_store_from_before_transaction_digests_is_upgraded(tmp_path: Pa
     store = SQLiteStore(path)
     try:
         _check_upgraded(store)
+        _check_collisions_refused(store)
         index = store.db.query_one("SELECT sql FROM sqlite_master WHERE name = 'events_txn_hash'")
         assert index is not None and "UNIQUE" in index[0]
         assert store.db.query_one("SELECT name FROM sqlite_master WHERE name = 'events_txn'") is None
@@ -102,6 +113,7 @@ def test_a_postgres_store_from_before_transaction_digests_is_upgraded(pg_schema:
     store = PostgresStore(POSTGRES_URL, schema=pg_schema)
     try:
         _check_upgraded(store)
+        _check_collisions_refused(store)
         indexes = {row[0] for row in store.db.query("SELECT indexname FROM pg_indexes WHERE schemaname = ?",
                                                     (pg_schema,))}  # fmt: skip
         assert "events_txn_hash" in indexes and "events_txn" not in indexes

@@ -491,20 +491,23 @@ class SQLiteStore:
 
     def events_for_txns(self, txns: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
         """Event IDs already sent with any of these transactions (missing ones are absent), found by their
-        digests (txn_keys.py). A row whose digest matches but whose kept client ID does not is another send
-        whose digest collides: logged, and not an answer (writing this send then fails on the unique index)."""
+        digests (txn_keys.py). A row whose digest matches but not its kept client ID (a client's key) or its
+        sender (an edge's key: edges send as the user they name) is another send whose digest collides: logged,
+        and not an answer (writing this send then fails on the unique index)."""
         wanted = {txn_keys.txn_digest(*txn): txn for txn in txns}
         found: dict[tuple[str, str, str], str] = {}
         digests = list(wanted)
         for start in range(0, len(digests), 500):  # well under SQLite's bound-parameter limit
             chunk = digests[start:start + 500]
             rows = self.db.query(
-                f"SELECT txn_hash, txn_id, event_id FROM events WHERE txn_hash IN ({','.join('?' * len(chunk))})",
+                "SELECT txn_hash, txn_id, event_id, sender FROM events"
+                f" WHERE txn_hash IN ({','.join('?' * len(chunk))})",
                 chunk,
             )
-            for digest, client_id, event_id in rows:
+            for digest, client_id, event_id, sender in rows:
                 txn = wanted[digest]
-                if client_id != txn_keys.client_transaction_id(txn[2]):
+                expected = txn_keys.client_transaction_id(txn[2])
+                if client_id != expected or (expected is None and sender != txn[0]):
                     log.error("transaction digest %d of %s's device %s matches event %s, sent with another"
                               " transaction: the send is refused", digest, txn[0], txn[1], event_id)  # fmt: skip
                     continue
