@@ -512,7 +512,8 @@ def _integer(value: Any, adapted: Counter[str]) -> Any:
     return value
 
 
-_ADAPT: dict[str, Callable[[Any, Counter[str]], Any]] = {"text": _text, "bytea": _bytea, "bigint": _integer}
+_ADAPT: dict[str, Callable[[Any, Counter[str]], Any]] = {"text": _text, "bytea": _bytea, "bigint": _integer,
+                                                      "smallint": _integer}
 
 
 def _adapt_row(row: tuple[Any, ...], fixes: list[Any], adapted: Counter[str]) -> tuple[Any, ...]:

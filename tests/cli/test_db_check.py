@@ -290,3 +290,20 @@ def test_db_check_gap_in_a_room_with_remote_members_is_noted(made: tuple[Path, d
     assert report["checks"]["dag"]["problems"] == 0, report["checks"]["dag"]
     assert any("remote members" in note for note in report["checks"]["dag"]["notes"])
     assert _failing(report) == {"events"} and status == 1  # the sender column no longer matches its JSON
+
+
+def test_db_check_event_with_another_rooms_number(made: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """An event whose room number (what the room indexes hold) is not its room's: it would be listed in another
+    room's history, and missing from its own."""
+    data_dir = _copy(made, tmp_path)
+
+    def damage(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO room_numbers (room_id) VALUES ('!elsewhere:x')")
+        c.execute("UPDATE events SET room_nid = (SELECT nid FROM room_numbers WHERE room_id = '!elsewhere:x')"
+                  " WHERE event_id = ?", (made[1]["m3"],))  # fmt: skip
+
+    _damage(data_dir, damage)
+    status, report = _check(data_dir)
+    assert status == 1 and _failing(report) == {"events"}
+    assert made[1]["m3"] in report["checks"]["events"]["examples"][0]
+    assert "is not its room's" in report["checks"]["events"]["examples"][0]

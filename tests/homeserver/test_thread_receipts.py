@@ -234,7 +234,8 @@ def test_a_database_from_before_threaded_receipts_keeps_its_receipts(tmp_path: P
             PRIMARY KEY (room_id, receipt_type, user_id));
         CREATE INDEX receipts_stream ON receipts(room_id, stream);
         INSERT INTO receipts VALUES ('!r:x', 'm.read', '@a:x', '$e', 5, 7);
-        CREATE TABLE events (outlier INTEGER, soft_failed INTEGER, index_fields TEXT, txn_hash INTEGER);
+        CREATE TABLE events (stream INTEGER, origin_server_ts INTEGER, outlier INTEGER, soft_failed INTEGER,
+            index_fields TEXT, txn_hash INTEGER, room_nid INTEGER);
         CREATE TABLE access_tokens (token TEXT);
         CREATE TABLE users (owner TEXT);
     """)  # only what upgrade() reads besides receipts

@@ -60,6 +60,7 @@ from lowband.gateway.store.sqlite.pdu_codec import PduDecodeError, index_fields,
 
 # The indexes' own definitions of "this event is indexed", so the check cannot drift from the triggers.
 from lowband.gateway.store.sqlite.relations import _INDEXED as _RELATION_INDEXED
+from lowband.gateway.store.sqlite.schema import ROOM_NID
 from lowband.gateway.store.sqlite.search import _INDEXED as _SEARCH_INDEXED
 
 #: events read per batch (one IN (...) lookup of their references each)
@@ -223,7 +224,7 @@ class SQLiteIntegrity:
         if room_id not in self._federated:
             suffix = ":" + self._server_name
             row = self._conn.execute(
-                f"SELECT 1 FROM events WHERE room_id = ? AND {self.sender_tail} != ? LIMIT 1",
+                f"SELECT 1 FROM events WHERE room_nid = {ROOM_NID} AND {self.sender_tail} != ? LIMIT 1",
                 (room_id, len(suffix), suffix)).fetchone()  # fmt: skip
             self._federated[room_id] = row is not None
         return self._federated[room_id]
@@ -258,13 +259,19 @@ class SQLiteIntegrity:
 
     def _events(self, finding: _Finding, quick: bool, advance: Callable[[int], None]) -> None:
         # a file no gateway of this version has opened yet has no index_fields (schema.upgrade adds them)
-        upgraded = "index_fields" in {str(r[1]) for r in self._rows("PRAGMA table_info(events)")}
+        columns = {str(r[1]) for r in self._rows("PRAGMA table_info(events)")}
+        upgraded = "index_fields" in columns
+        # room numbers (schema migration 8): each event's must be its room's
+        numbers = dict(self._rows("SELECT nid, room_id FROM room_numbers")) if "room_nid" in columns else None
         sql = ("SELECT stream, event_id, room_id, type, state_key, sender, pdu, redacted_by,"
-               f" {'index_fields' if upgraded else 'NULL'} FROM events WHERE stream > ? ORDER BY stream LIMIT ?")  # fmt: skip
+               f" {'index_fields' if upgraded else 'NULL'}, {'room_nid' if numbers is not None else 'NULL'}"
+               " FROM events WHERE stream > ? ORDER BY stream LIMIT ?")  # fmt: skip
         for rows in self._batches(sql):
-            for stream, event_id, room_id, kind, state_key, sender, text, redacted_by, fields in rows:
+            for stream, event_id, room_id, kind, state_key, sender, text, redacted_by, fields, nid in rows:
                 finding.result.checked += 1
                 where = f"stream {stream} ({event_id})"
+                if numbers is not None and numbers.get(nid) != room_id:
+                    finding.problem(f"{where}: room number {nid} is not its room's")
                 try:
                     pdu = self._pdus.decode(text)
                 except PduDecodeError as exc:

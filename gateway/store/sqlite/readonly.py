@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from lowband.gateway.store.sqlite.pdu_codec import reader_codec
+from lowband.gateway.store.sqlite.schema import ROOM_NID
 
 
 class ReadOnlyEvents:
@@ -38,7 +39,7 @@ class ReadOnlyEvents:
         One indexed range scan: cheap enough to poll every few milliseconds.
         """
         count, last = self._conn.execute(
-            "SELECT COUNT(*), MAX(stream) FROM events WHERE room_id = ? AND stream > ? AND type = ?",
+            f"SELECT COUNT(*), MAX(stream) FROM events WHERE room_nid = {ROOM_NID} AND stream > ? AND type = ?",
             (room_id, after, event_type),
         ).fetchone()
         return int(count), last
@@ -46,7 +47,7 @@ class ReadOnlyEvents:
     def contents(self, room_id: str, event_type: str) -> list[dict[str, Any]]:
         """The content of every event of ``event_type`` in the room, in stream order (rejected ones included)."""
         rows = self._conn.execute(
-            "SELECT pdu FROM events WHERE room_id = ? AND type = ? ORDER BY stream", (room_id, event_type)
+            f"SELECT pdu FROM events WHERE room_nid = {ROOM_NID} AND type = ? ORDER BY stream", (room_id, event_type)
         ).fetchall()
         contents = []
         for (pdu,) in rows:

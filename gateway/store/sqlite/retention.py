@@ -29,6 +29,7 @@ import sqlite3
 from typing import Any
 
 from lowband.gateway.store.sqlite.database import Database
+from lowband.gateway.store.sqlite.schema import ROOM_NID
 
 RETENTION_SCHEMA = [
     ("CREATE TABLE IF NOT EXISTS retention_purges (room_id TEXT PRIMARY KEY, stream INTEGER NOT NULL,"
@@ -53,9 +54,9 @@ class RetentionTables:
 
     def candidates(self, room_id: str, before_ts: int, keep: set[str], limit: int) -> list[tuple[int, str]]:
         """(stream, event_id) of up to ``limit`` expired non-state events of the room not in ``keep``, oldest
-        first (one range of the ``events_room_ts`` index)."""
+        first (one range of the ``events_room_nid_ts`` index)."""
         rows = self.db.query(
-            "SELECT stream, event_id FROM events WHERE room_id = ? AND origin_server_ts < ? AND state_key IS NULL"
+            f"SELECT stream, event_id FROM events WHERE room_nid = {ROOM_NID} AND origin_server_ts < ? AND state_key IS NULL"
             " ORDER BY origin_server_ts, stream LIMIT ?",
             (room_id, before_ts, limit + len(keep)),
         )
@@ -68,7 +69,7 @@ class RetentionTables:
 
         def job(c: sqlite3.Connection) -> list[str]:
             rows = c.execute(
-                "SELECT stream, event_id FROM events WHERE room_id = ? AND origin_server_ts < ? AND state_key IS NULL"
+                f"SELECT stream, event_id FROM events WHERE room_nid = {ROOM_NID} AND origin_server_ts < ? AND state_key IS NULL"
                 " ORDER BY origin_server_ts, stream LIMIT ?",
                 (room_id, before_ts, limit + len(keep)),
             ).fetchall()

@@ -83,29 +83,35 @@ CREATE TABLE IF NOT EXISTS state_groups (
     chain_length INTEGER NOT NULL,
     delta TEXT NOT NULL             -- JSON [[type, state_key, event_id], ...]
 );
+-- Fixed-width columns first, then text, the PDU last: on PostgreSQL each 8-byte column after text is aligned
+-- with padding (SQLite does not care). Stores made before keep their column order (nothing reads by position).
 CREATE TABLE IF NOT EXISTS events (
     stream INTEGER PRIMARY KEY,
+    room_nid INTEGER,               -- room_numbers.nid of room_id: what the room indexes hold (migration 8)
+    depth INTEGER NOT NULL,
+    origin_server_ts INTEGER NOT NULL,
+    state_before INTEGER,
+    state_after INTEGER,
+    txn_hash INTEGER,               -- txn_keys.txn_digest of (user, device, key) it was sent with (migration 7)
+    outlier SMALLINT NOT NULL DEFAULT 0,      -- 1: known for auth/state, not in the timeline
+    soft_failed SMALLINT NOT NULL DEFAULT 0,  -- 1: refused by the current state when it came, never shown
     event_id TEXT NOT NULL UNIQUE,
     room_id TEXT NOT NULL,
     type TEXT NOT NULL,
     state_key TEXT,
     sender TEXT NOT NULL,
-    depth INTEGER NOT NULL,
-    origin_server_ts INTEGER NOT NULL,
-    pdu BLOB NOT NULL,              -- canonical JSON, compressed against a dictionary (store/sqlite/pdu_codec.py)
-    state_before INTEGER,
-    state_after INTEGER,
     rejected TEXT,                  -- reason, NULL when accepted
     redacted_by TEXT,
-    txn_hash INTEGER,               -- txn_keys.txn_digest of (user, device, key) it was sent with; unique index below
     txn_id TEXT,                    -- the client's own transaction ID (a client's send), for unsigned.transaction_id
-    outlier INTEGER NOT NULL DEFAULT 0,      -- 1: known for auth/state, not in the timeline
-    soft_failed INTEGER NOT NULL DEFAULT 0,  -- 1: refused by the current state when it came, never shown
-    index_fields TEXT               -- what search and relations read of the content, JSON (pdu_codec.index_fields)
+    index_fields TEXT,              -- what search and relations read of the content, JSON (pdu_codec.index_fields)
+    pdu BLOB NOT NULL               -- canonical JSON, compressed against a dictionary (store/sqlite/pdu_codec.py)
 );
-CREATE INDEX IF NOT EXISTS events_room_stream ON events(room_id, stream);
--- timestamp_to_event: the events of a room nearest a time, one index range (created on first start if missing)
-CREATE INDEX IF NOT EXISTS events_room_ts ON events(room_id, origin_server_ts);
+-- A number for each room that has events: the room indexes on events (made by migration 8: events_room_nid_stream,
+-- and for timestamp_to_event and retention events_room_nid_ts) hold it instead of the room ID's ~30 bytes.
+CREATE TABLE IF NOT EXISTS room_numbers (
+    nid INTEGER PRIMARY KEY,
+    room_id TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS pdu_dictionaries (
     id INTEGER PRIMARY KEY,
     first_stream INTEGER NOT NULL,  -- the stream position when it was made: the next one is due counting from here
@@ -299,6 +305,28 @@ def _txn_digests(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_txn_hash ON events(txn_hash) WHERE txn_hash IS NOT NULL")
 
 
+def _room_numbers(conn: sqlite3.Connection) -> None:
+    """Room numbers (``room_numbers``, ``events.room_nid``): the two room indexes on events hold a room's
+    number instead of its ID. Every room with events gets its number, every event its room's, and the indexes
+    on the room ID are replaced."""
+    if "room_nid" not in _columns(conn, "events"):
+        conn.execute("ALTER TABLE events ADD COLUMN room_nid INTEGER")
+        conn.execute("INSERT INTO room_numbers (room_id) SELECT DISTINCT room_id FROM events")
+        conn.execute("UPDATE events SET room_nid = (SELECT nid FROM room_numbers n WHERE n.room_id = events.room_id)")
+        conn.execute("DROP INDEX IF EXISTS events_room_stream")
+        conn.execute("DROP INDEX IF EXISTS events_room_ts")
+    conn.execute("CREATE INDEX IF NOT EXISTS events_room_nid_stream ON events(room_nid, stream)")
+    conn.execute("CREATE INDEX IF NOT EXISTS events_room_nid_ts ON events(room_nid, origin_server_ts)")
+
+
+#: ``events.room_nid = {ROOM_NID}`` picks a room's events through the room indexes (one parameter: the room ID;
+#: a room without a number has no events, and the comparison with NULL matches none)
+ROOM_NID = "(SELECT nid FROM room_numbers WHERE room_id = ?)"
+#: gives a room its number in a write job before its first event is inserted (parameters: the room ID, twice)
+NEW_ROOM_NUMBER = ("INSERT INTO room_numbers (room_id) SELECT ? WHERE NOT EXISTS"
+                   " (SELECT 1 FROM room_numbers WHERE room_id = ?)")  # fmt: skip
+
+
 def _txn_mark(room_id: str, event_type: str, user_id: str, device_id: str, key: str) -> tuple[int, str | None]:
     client_id = txn_keys.client_transaction_id(key)
     if client_id is not None:  # the current form of the key, whichever form it was stored in
@@ -363,4 +391,5 @@ MIGRATIONS: list[migrations.Migration] = [
     (5, "push_notifications.thread_id", _threaded_notifications),
     (6, "compact events: events.index_fields, events.pdu compressed", _compact_events),
     (7, "transaction keys as 64-bit digests: events.txn_hash", _txn_digests),
+    (8, "room numbers: events.room_nid in the room indexes", _room_numbers),
 ]

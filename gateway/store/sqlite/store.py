@@ -51,15 +51,15 @@ from lowband.gateway.store.sqlite.push import PushTables
 from lowband.gateway.store.sqlite.relations import RelationTables
 from lowband.gateway.store.sqlite.retention import RetentionTables
 from lowband.gateway.store.sqlite.room_keys import RoomKeyTables
-from lowband.gateway.store.sqlite.schema import SCHEMA, token_key, upgrade
+from lowband.gateway.store.sqlite.schema import NEW_ROOM_NUMBER, ROOM_NID, SCHEMA, token_key, upgrade
 from lowband.gateway.store.sqlite.search import SearchTables
 from lowband.gateway.store.sqlite.state_groups import StateGroups
 from lowband.gateway.store.txn_keys import TxnMark
 
 _INSERT_EVENT = (
     "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu, index_fields,"
-    " state_before, state_after, rejected, txn_hash, txn_id, outlier, soft_failed)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " state_before, state_after, rejected, txn_hash, txn_id, outlier, soft_failed, room_nid)"
+    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {ROOM_NID})"
 )
 
 
@@ -404,7 +404,7 @@ class SQLiteStore:
             fields = index_fields(event.type, event.state_key, event.pdu.get("content"))
             return (w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
                     event.depth, event.origin_server_ts, stored, fields, w.state_before, w.state_after, w.rejected,
-                    digest, client_id, int(w.outlier), int(w.soft_failed))  # fmt: skip
+                    digest, client_id, int(w.outlier), int(w.soft_failed), event.room_id)  # fmt: skip
 
         room_args = None
         if room_row is not None and writes:
@@ -412,6 +412,8 @@ class SQLiteStore:
                          room_row["state_group"], json.dumps(room_row["extremities"]), room_row["depth"])  # fmt: skip
 
         def fn(c: sqlite3.Connection) -> None:
+            for room_id in {w.event.room_id for w in writes}:  # numbered before its first event (schema.py)
+                c.execute(NEW_ROOM_NUMBER, (room_id, room_id))
             plain: list[tuple[Any, ...]] = []  # rows with nothing else to write, inserted in one call
             for w in writes:
                 event = w.event
@@ -539,8 +541,8 @@ class SQLiteStore:
         """Accepted events of a room with after < stream <= upto, oldest or newest first."""
         order = "DESC" if backwards else "ASC"
         rows = self.db.query(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE room_id = ? AND stream > ? AND stream <= ? AND rejected IS NULL"
-            f" AND outlier = 0 AND soft_failed = 0 ORDER BY stream {order} LIMIT ?",
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE room_nid = {ROOM_NID} AND stream > ? AND stream <= ?"
+            f" AND rejected IS NULL AND outlier = 0 AND soft_failed = 0 ORDER BY stream {order} LIMIT ?",
             (room_id, after, upto, limit),
         )
         return [_event_row(r, self.pdus) for r in rows]
@@ -548,11 +550,11 @@ class SQLiteStore:
     def room_events_near_ts(self, room_id: str, ts: int, *, forwards: bool, upto: int, limit: int) -> list[EventRow]:
         """Accepted timeline events at or after ``ts`` (``forwards``) or at or before it, nearest first, among
         the ``limit`` nearest by origin_server_ts (those past ``upto`` or not in the timeline are left out)."""
-        # The inner query walks at most ``limit`` entries of events_room_ts (stream, the rowid, is in the
+        # The inner query walks at most ``limit`` entries of events_room_nid_ts (stream, the rowid, is in the
         # index): filtering in one query would walk on past rows it refuses, up to the whole room.
         compare, order = (">=", "ASC") if forwards else ("<=", "DESC")
         rows = self.db.query(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream IN (SELECT stream FROM events WHERE room_id = ?"
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream IN (SELECT stream FROM events WHERE room_nid = {ROOM_NID}"
             f" AND origin_server_ts {compare} ? ORDER BY origin_server_ts {order}, stream {order} LIMIT ?)"
             f" AND stream <= ? AND rejected IS NULL AND outlier = 0 AND soft_failed = 0"
             f" ORDER BY origin_server_ts {order}, stream {order}",
