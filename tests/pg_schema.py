@@ -1,4 +1,5 @@
-"""A PostgreSQL schema of one test's own, for the tests that open a PostgreSQL store themselves.
+"""A PostgreSQL schema of one test's own, for the tests that open a PostgreSQL store themselves; a store of
+either kind turned back to an older shape and opened again, for the tests of schema migrations.
 
 The server is the suite's (``LOWBAND_TEST_DATABASE_URL``) or the development one at 127.0.0.1:5432; a test
 using :func:`fresh_schema` is skipped, saying why, where none answers. The schema is named with the run's
@@ -7,9 +8,13 @@ prefix (conftest drops what a run left behind) and dropped when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +47,40 @@ def fresh_schema(tag: str) -> Iterator[str]:
     yield name
     with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@contextlib.contextmanager
+def upgraded_postgres(schema: str, make_old: Callable[[Any], None]) -> Iterator[Any]:
+    """A PostgreSQL store in ``schema`` made at the newest shape, turned back to an older one by ``make_old``
+    (given a connection whose search path is the schema), then opened again: upgraded by its migrations."""
+    import psycopg
+
+    from lowband.gateway.store.postgres.store import PostgresStore
+
+    PostgresStore(POSTGRES_URL, schema=schema).close()
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        make_old(conn)
+    store = PostgresStore(POSTGRES_URL, schema=schema)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def upgraded_sqlite(path: Path, make_old: Callable[[sqlite3.Connection], None]) -> Iterator[Any]:
+    """The same with a SQLite file at ``path``; its ``PRAGMA integrity_check`` must pass once the store closed."""
+    from lowband.gateway.store.sqlite.store import SQLiteStore
+
+    SQLiteStore(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        make_old(conn)
+        conn.commit()
+    store = SQLiteStore(path)
+    try:
+        yield store
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_schema import POSTGRES_URL, fresh_schema
+from pg_schema import fresh_schema, upgraded_postgres
 
 ROOM = "!old:x"
 BIG = 10**9
@@ -99,28 +99,22 @@ def pg_schema() -> Iterator[str]:
     yield from fresh_schema("pduup")
 
 
+def _back_to_json_pdus(conn: Any) -> None:
+    """The PostgreSQL shape before compact events: pdu TEXT, no index_fields; the old rows are indexed by the
+    backfill on open."""
+    for trigger in ("event_search_insert", "event_search_update", "event_search_delete",
+                    "event_relations_insert"):  # fmt: skip
+        conn.execute(f"DROP TRIGGER {trigger} ON events")
+    conn.execute("ALTER TABLE events DROP COLUMN index_fields")
+    conn.execute("DROP TABLE schema_migrations")  # older stores had none: each migration checks the schema
+    conn.execute("ALTER TABLE events ALTER COLUMN pdu TYPE text USING convert_from(pdu, 'UTF8')")
+    _insert_old(conn, "%s")
+    conn.execute("UPDATE search_backfill SET below = 100")
+    conn.execute("UPDATE relations_backfill SET below = 100")
+
+
 def test_a_postgres_store_from_before_compact_events_is_upgraded(pg_schema: str) -> None:
-    import psycopg
-
-    from lowband.gateway.store.postgres.store import PostgresStore
-
-    PostgresStore(POSTGRES_URL, schema=pg_schema).close()
-    # Back to the old shape: pdu TEXT, no index_fields; the old rows are indexed by the backfill on open.
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"SET search_path TO {pg_schema}")
-        for trigger in ("event_search_insert", "event_search_update", "event_search_delete",
-                        "event_relations_insert"):  # fmt: skip
-            conn.execute(f"DROP TRIGGER {trigger} ON events")
-        conn.execute("ALTER TABLE events DROP COLUMN index_fields")
-        conn.execute("DROP TABLE schema_migrations")  # older stores had none: each migration checks the schema
-        conn.execute("ALTER TABLE events ALTER COLUMN pdu TYPE text USING convert_from(pdu, 'UTF8')")
-        _insert_old(conn, "%s")
-        conn.execute("UPDATE search_backfill SET below = 100")
-        conn.execute("UPDATE relations_backfill SET below = 100")
-    store = PostgresStore(POSTGRES_URL, schema=pg_schema)
-    try:
+    with upgraded_postgres(pg_schema, _back_to_json_pdus) as store:
         assert not store.search.older.pending() and not store.relations.older.pending()
         _check_upgraded(store)
         assert bytes(store.db.query_one("SELECT pdu FROM events WHERE event_id = '$name'")[0]).startswith(b"{")
-    finally:
-        store.close()

@@ -5,15 +5,13 @@ on PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_schema import POSTGRES_URL, fresh_schema
+from pg_schema import fresh_schema, upgraded_postgres, upgraded_sqlite
 
 ROOMS = ("!north:x", "!south:x")
 BIG = 10**9
@@ -65,15 +63,8 @@ def _check_upgraded(store: Any) -> None:
 @pytest.mark.sqlite_only
 def test_a_sqlite_store_from_before_room_numbers_is_upgraded_and_reads_through_the_new_indexes(tmp_path: Path) -> None:
     from lowband.gateway.store.sqlite.schema import ROOM_NID
-    from lowband.gateway.store.sqlite.store import SQLiteStore
 
-    path = tmp_path / "lowband.db"
-    SQLiteStore(path).close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        _make_old(conn)
-        conn.commit()
-    store = SQLiteStore(path)
-    try:
+    with upgraded_sqlite(tmp_path / "lowband.db", _make_old) as store:
         _check_upgraded(store)
         indexes = {row[1] for row in store.db.query("PRAGMA index_list(events)")}
         assert {"events_room_nid_stream", "events_room_nid_ts"} <= indexes
@@ -87,10 +78,6 @@ def test_a_sqlite_store_from_before_room_numbers_is_upgraded_and_reads_through_t
             f"EXPLAIN QUERY PLAN SELECT stream FROM events WHERE room_nid = {ROOM_NID} AND origin_server_ts < ?"
             " ORDER BY origin_server_ts LIMIT 5", ("!north:x", 0)))  # fmt: skip
         assert "events_room_nid_ts" in plan and "TEMP B-TREE" not in plan
-    finally:
-        store.close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 @pytest.fixture
@@ -99,20 +86,9 @@ def pg_schema() -> Iterator[str]:
 
 
 def test_a_postgres_store_from_before_room_numbers_is_upgraded(pg_schema: str) -> None:
-    import psycopg
-
-    from lowband.gateway.store.postgres.store import PostgresStore
-
-    PostgresStore(POSTGRES_URL, schema=pg_schema).close()
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"SET search_path TO {pg_schema}")
-        _make_old(conn, "%s")
-    store = PostgresStore(POSTGRES_URL, schema=pg_schema)
-    try:
+    with upgraded_postgres(pg_schema, lambda conn: _make_old(conn, "%s")) as store:
         _check_upgraded(store)
         indexes = {row[0] for row in store.db.query("SELECT indexname FROM pg_indexes WHERE schemaname = ?"
                                                     " AND tablename = 'events'", (pg_schema,))}  # fmt: skip
         assert {"events_room_nid_stream", "events_room_nid_ts"} <= indexes
         assert not {"events_room_stream", "events_room_ts"} & indexes
-    finally:
-        store.close()

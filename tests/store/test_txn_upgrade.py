@@ -5,15 +5,13 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_schema import POSTGRES_URL, fresh_schema
+from pg_schema import fresh_schema, upgraded_postgres, upgraded_sqlite
 
 from lowband.gateway.store.txn_keys import TxnMark, is_senders, transaction_key, txn_digest
 
@@ -76,24 +74,12 @@ def _check_collisions_refused(store: Any) -> None:
 
 @pytest.mark.sqlite_only
 def test_a_sqlite_store_from_before_transaction_digests_is_upgraded(tmp_path: Path) -> None:
-    from lowband.gateway.store.sqlite.store import SQLiteStore
-
-    path = tmp_path / "lowband.db"
-    SQLiteStore(path).close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        _insert_old(conn)
-        conn.commit()
-    store = SQLiteStore(path)
-    try:
+    with upgraded_sqlite(tmp_path / "lowband.db", _insert_old) as store:
         _check_upgraded(store)
         _check_collisions_refused(store)
         index = store.db.query_one("SELECT sql FROM sqlite_master WHERE name = 'events_txn_hash'")
         assert index is not None and "UNIQUE" in index[0]
         assert store.db.query_one("SELECT name FROM sqlite_master WHERE name = 'events_txn'") is None
-    finally:
-        store.close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 @pytest.fixture
@@ -102,20 +88,9 @@ def pg_schema() -> Iterator[str]:
 
 
 def test_a_postgres_store_from_before_transaction_digests_is_upgraded(pg_schema: str) -> None:
-    import psycopg
-
-    from lowband.gateway.store.postgres.store import PostgresStore
-
-    PostgresStore(POSTGRES_URL, schema=pg_schema).close()
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"SET search_path TO {pg_schema}")
-        _insert_old(conn, "%s")
-    store = PostgresStore(POSTGRES_URL, schema=pg_schema)
-    try:
+    with upgraded_postgres(pg_schema, lambda conn: _insert_old(conn, "%s")) as store:
         _check_upgraded(store)
         _check_collisions_refused(store)
         indexes = {row[0] for row in store.db.query("SELECT indexname FROM pg_indexes WHERE schemaname = ?",
                                                     (pg_schema,))}  # fmt: skip
         assert "events_txn_hash" in indexes and "events_txn" not in indexes
-    finally:
-        store.close()
