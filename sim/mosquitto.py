@@ -18,16 +18,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from lowband.sim.ports import free_port
+
 
 class MosquittoError(RuntimeError):
     """The broker could not be started (not installed, port taken, bad config)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateMosquitto:

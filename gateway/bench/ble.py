@@ -53,7 +53,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from lowband.gateway.bench.processes import BenchError, free_port, progress
+from lowband.gateway.bench.processes import BenchError, progress
+from lowband.sim.ports import free_port
 
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 _UUID16_LE = b"\xd2\xfc"

@@ -66,7 +66,8 @@ from typing import Any
 
 import aiohttp
 
-from lowband.gateway.bench.processes import BenchError, free_port, progress
+from lowband.gateway.bench.processes import BenchError, progress
+from lowband.sim.ports import free_port
 
 TEXT = {"msgtype": "m.text", "body": "temp 21.5 C"}
 USER, PASSWORD, FEEDER = "bench", "bench-password-1", "feeder"

@@ -44,7 +44,8 @@ from urllib.parse import quote
 import aiohttp
 
 from lowband.gateway.bench.matrix_load import Counters, MatrixUser, sync_latencies, wait_ready
-from lowband.gateway.bench.processes import BenchError, ServerProcess, free_port, lowband_argv, progress, rss_mib
+from lowband.gateway.bench.processes import BenchError, ServerProcess, lowband_argv, progress, rss_mib
+from lowband.sim.ports import free_port
 
 BENCH = "federation"
 MESSAGES = 3000

@@ -59,8 +59,9 @@ from lowband.gateway.bench.matrix_load import (
     users_in_one_room,
     wait_ready,
 )
-from lowband.gateway.bench.processes import BenchError, ServerProcess, free_port, lowband_argv, progress, rss_mib
+from lowband.gateway.bench.processes import BenchError, ServerProcess, lowband_argv, progress, rss_mib
 from lowband.gateway.bench.synapse import SERVER_NAME, prepare_synapse
+from lowband.sim.ports import free_port
 
 SERVERS = ("lowband", "synapse")
 #: The keys every server's figures carry; the result may add others.

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lowband.gateway.bench.processes import BenchError, ServerProcess, free_port, progress
+from lowband.gateway.bench.processes import BenchError, ServerProcess, progress
+from lowband.sim.ports import free_port
 from lowband.sim.synapse import SynapseError, run_setup
 from lowband.sim.synapse import ensure_synapse as sim_ensure_synapse
 

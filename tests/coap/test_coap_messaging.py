@@ -8,13 +8,13 @@ import dataclasses
 import heapq
 import random
 import shutil
-import socket
 import time
 from collections.abc import Callable
 
 import aiocoap
 import aiocoap.resource
 import pytest
+from harness import free_udp_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -720,7 +720,7 @@ def test_our_endpoint_as_client_against_an_aiocoap_server():
     async def run():
         site = aiocoap.resource.Site()
         site.add_resource(["hello"], _Hello())
-        port = _free_udp_port()
+        port = free_udp_port()
         server = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
         try:
             loop = asyncio.get_running_loop()
@@ -744,12 +744,6 @@ def test_our_endpoint_as_client_against_an_aiocoap_server():
     responses = events_of(events, Response)
     assert [(r.msg.code, r.msg.payload) for r in responses] == [(CONTENT, b"hello"), (coap.CHANGED, b"cba")]
     assert all(r.msg.mtype == ACK for r in responses)  # aiocoap piggybacks
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------ any input
