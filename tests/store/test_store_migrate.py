@@ -20,26 +20,13 @@ from urllib.parse import quote
 
 import pytest
 from harness import Client, expect, gateway_in_loop, users_gateway
+from pg_schema import POSTGRES_URL, fresh_schema, unreachable
 
 from lowband.gateway.cli.main import main
 
 V3 = "/_matrix/client/v3"
-SERVER = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _postgres_reachable() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed"
-    try:
-        psycopg.connect(SERVER, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        return f"PostgreSQL at 127.0.0.1:5432 unreachable ({str(exc).strip()[:160]})"
-    return None
-
-
-_UNREACHABLE = _postgres_reachable()
+SERVER = POSTGRES_URL
+_UNREACHABLE = unreachable()
 pytestmark = pytest.mark.skipif(_UNREACHABLE is not None, reason=_UNREACHABLE or "")
 
 
@@ -57,14 +44,7 @@ def _sqlite_env() -> Iterator[None]:
 @pytest.fixture()
 def schema() -> Iterator[str]:
     """A schema name of this test's own, dropped when it ends."""
-    import psycopg
-
-    name = f"t_migrate_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-    try:
-        yield name
-    finally:
-        with psycopg.connect(SERVER, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    yield from fresh_schema("migrate")
 
 
 def _url(schema: str) -> str:
