@@ -120,6 +120,15 @@ class Schema:
             for table in tables:
                 conn.execute(f'ANALYZE "{self.name}"."{table}"')
 
+    def upkeep_round(self) -> list[tuple[str, str]]:
+        """One round of the store's own upkeep (``store/postgres/upkeep.py``: VACUUM ANALYZE or ANALYZE of the
+        tables past autovacuum's thresholds) as the serving gateway runs it every minute: what a fill left
+        since its last round (up to a minute of writes) is not the history's size. The work done."""
+        from lowband.gateway.store.postgres.upkeep import Upkeep
+
+        with connect(self.libpq) as conn:
+            return Upkeep(lambda: conn, self.name).round(conn)
+
     def table_bytes(self) -> int:
         """``pg_total_relation_size`` summed over the schema's tables, after VACUUM ANALYZE of each."""
         with connect(self.libpq) as conn:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -148,3 +149,25 @@ def test_process_counts_are_measured_on_real_workers_and_their_schemas_dropped()
         left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s",
                             (f"bench_{os.getpid()}_%",)).fetchone()[0]  # fmt: skip
     assert left == 0
+
+
+@pytest.mark.skipif(postgres.reachable(postgres.DEFAULT_URL) is not None, reason="no PostgreSQL at the default URL")
+def test_the_round_after_a_fill_vacuums_the_rows_the_fill_left_dead():
+    """What the latency phase runs after each fill: the store's own upkeep round, on the bench's schema."""
+    with postgres.fresh_schema(postgres.DEFAULT_URL) as schema:
+        table = f'"{schema.name}".notes'
+        with postgres.connect(schema.libpq) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema.name}"')
+            conn.execute(f"CREATE TABLE {table} (n int)")
+            conn.execute(f"INSERT INTO {table} SELECT generate_series(1, 5000)")
+            conn.execute(f"DELETE FROM {table} WHERE n > 1000")
+            dead = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = %s AND relname = 'notes'"
+            deadline = time.monotonic() + 10  # the statistics reach pg_stat_user_tables a moment after the commit
+            while (conn.execute(dead, (schema.name,)).fetchone() or (0,))[0] < 4000:
+                assert time.monotonic() < deadline, "the deleted rows never showed as dead"
+                time.sleep(0.1)
+                conn.execute("SELECT pg_stat_clear_snapshot()")
+        assert ("notes", "vacuum") in schema.upkeep_round()
+        with postgres.connect(schema.libpq) as conn:
+            assert conn.execute(dead, (schema.name,)).fetchone()[0] == 0
+        assert schema.upkeep_round() == []  # nothing due any more
