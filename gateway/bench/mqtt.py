@@ -42,7 +42,8 @@ from paho.mqtt.properties import Properties
 from lowband.gateway.bench.processes import BenchError, lowband_argv
 from lowband.gateway.bridges.mqtt.discovery import ONLINE
 from lowband.gateway.store.sqlite.readonly import ReadOnlyEvents
-from lowband.sim.mosquitto import MosquittoError, PrivateMosquitto, free_port
+from lowband.sim.mosquitto import MosquittoError, PrivateMosquitto
+from lowband.sim.ports import free_port
 
 PAYLOAD_BYTES = 60
 WARMUP = 200

@@ -327,11 +327,11 @@ NEW_ROOM_NUMBER = ("INSERT INTO room_numbers (room_id) SELECT ? WHERE NOT EXISTS
                    " (SELECT 1 FROM room_numbers WHERE room_id = ?)")  # fmt: skip
 
 
-def _txn_mark(room_id: str, event_type: str, user_id: str, device_id: str, key: str) -> tuple[int, str | None]:
+def _txn_mark(room_id: str, event_type: str, user_id: str, device_id: str, key: str) -> txn_keys.TxnMark:
     client_id = txn_keys.client_transaction_id(key)
     if client_id is not None:  # the current form of the key, whichever form it was stored in
         key = txn_keys.transaction_key(room_id, event_type, client_id)
-    return txn_keys.txn_digest(user_id, device_id, key), client_id
+    return txn_keys.mark(user_id, device_id, key)
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
