@@ -8,8 +8,10 @@ import sqlite3
 import pytest
 import zstandard
 
+from lowband.gateway.matrix.events import compute_content_hash
 from lowband.gateway.store.sqlite.pdu_codec import (
     FORMAT_ZSTD,
+    FORMAT_ZSTD_NO_HASH,
     SEED,
     PduCodec,
     PduDecodeError,
@@ -35,6 +37,11 @@ PDU = {
 
 def canonical(pdu: dict[str, object]) -> bytes:
     return json.dumps(pdu, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def hashed(pdu: dict[str, object]) -> dict[str, object]:
+    """``pdu`` with its true content hash (PDU's is a stand-in)."""
+    return {**pdu, "hashes": {"sha256": compute_content_hash(pdu)}}
 
 
 def _codec_with(dict_id: int, sample: bytes) -> PduCodec:
@@ -70,6 +77,80 @@ def test_a_trained_dictionary() -> None:
     assert codec.decode(stored)["depth"] == 1000 and len(stored) < len(fresh) // 4
 
 
+def test_format_2_leaves_the_content_hash_out_byte_by_byte() -> None:
+    """0x02, the dictionary ID, where the hash member goes (varints), then the frame of the JSON without it;
+    read back, the hash is computed again and the JSON is the original byte for byte."""
+    pdu = hashed(PDU)
+    text = canonical(pdu)
+    member = b'"hashes":{"sha256":"' + str(pdu["hashes"]["sha256"]).encode() + b'"},'  # type: ignore[index]
+    at = text.index(member)
+    assert at == 120  # after auth_events, content and depth: one byte as a varint (two from 128 on)
+    sample = make_sample([text])
+    codec = _codec_with(3, sample)
+    stored = codec.encode(text)
+    assert stored[:3] == bytes([FORMAT_ZSTD_NO_HASH, 0x03, 120])
+    zdict = zstandard.ZstdCompressionDict(sample, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    unhashed = zstandard.ZstdDecompressor(dict_data=zdict).decompress(stored[3:], max_output_size=4096)
+    assert unhashed == text.replace(member, b"")
+    assert codec.decode_bytes(stored) == text and codec.decode(stored) == pdu
+    # a damaged offset past the signatures (where no hash member can be) is refused, not spliced in
+    with pytest.raises(PduDecodeError, match="no content hash can go back at offset 2000"):
+        codec.decode(stored[:2] + bytes([0xD0, 0x0F]) + stored[3:])
+    # the form with the hash is kept for an event whose hash is not its content's: format 1, nothing computed
+    assert codec.encode(canonical(PDU))[0] == FORMAT_ZSTD
+
+
+def test_format_2_saves_the_hash_on_a_trained_dictionary() -> None:
+    events = [canonical(hashed({**PDU, "depth": n, "content": {"body": f"temperature {n % 30}.{n % 7} Cel"}}))
+              for n in range(400)]  # fmt: skip
+    codec = _codec_with(1, make_sample(events))
+    fresh = canonical(hashed({**PDU, "depth": 1000, "content": {"body": "temperature 4.5 Cel"}}))
+    stored = codec.encode(fresh)
+    with_hash = bytes([FORMAT_ZSTD, 1]) + zstandard.ZstdCompressor(
+        level=3, dict_data=zstandard.ZstdCompressionDict(make_sample(events)), write_checksum=False,
+        write_content_size=False, write_dict_id=False).compress(fresh)  # fmt: skip
+    assert stored[0] == FORMAT_ZSTD_NO_HASH and codec.decode_bytes(stored) == fresh
+    assert len(stored) <= len(with_hash) - 25  # 43 base64 characters of a SHA-256 do not compress below 32 bytes
+
+
+@pytest.mark.parametrize(
+    "pdu",
+    [
+        # an encrypted attachment's own "hashes":{"sha256":...} in the content, before the top-level one
+        {**PDU, "content": {"file": {"hashes": {"sha256": "abc"}, "url": "mxc://x/y"}, "msgtype": "m.file"}},
+        # two signing servers, two keys of one
+        {**PDU, "signatures": {"a.example": {"ed25519:1": "s" * 86, "ed25519:2": "t" * 86}, "b.example": {"ed25519:x": "u" * 86}}},
+        # a state event: members after signatures
+        {**PDU, "state_key": "@sensor:example.org", "type": "m.room.member", "content": {"membership": "join"}},
+        # a relation's "event_id" in the content (a room version 1 or 2 event has one at the top level)
+        {**PDU, "content": {"m.relates_to": {"event_id": "$x", "rel_type": "m.thread"}, "depth": 3}},
+        # "signatures" and "}}" inside the content
+        {**PDU, "content": {"body": '"}},"signatures":{', "signatures": {"a": {"b": "c"}}}},
+    ],
+)
+def test_format_2_reads_back_every_shape(pdu: dict[str, object]) -> None:
+    text = canonical(hashed(pdu))
+    codec = _codec_with(1, make_sample([text]))
+    stored = codec.encode(text)
+    assert stored[0] == FORMAT_ZSTD_NO_HASH and codec.decode_bytes(stored) == text
+
+
+@pytest.mark.parametrize(
+    "pdu",
+    [
+        {**PDU, "unsigned": {"age": 5}},  # the hash does not cover unsigned: left out, the hash would differ
+        {k: v for k, v in PDU.items() if k != "signatures"},  # nothing to leave out of what is hashed
+        {**PDU, "hashes": {"sha256": "x" * 43, "sha512": "y"}},  # another shape of the hashes member
+        {**PDU, "event_id": "$abc:example.org"},  # room versions 1 and 2: the hash is what db check can verify
+    ],
+)
+def test_what_format_2_cannot_give_back_keeps_its_hash(pdu: dict[str, object]) -> None:
+    text = canonical(pdu if "sha512" in pdu.get("hashes", {}) else hashed(pdu))  # type: ignore[operator]
+    codec = _codec_with(1, make_sample([text]))
+    stored = codec.encode(text)
+    assert stored[0] == FORMAT_ZSTD and codec.decode_bytes(stored) == text
+
+
 def test_plain_forms_read_as_they_are() -> None:
     codec = PduCodec(lambda i: None)
     text = canonical(PDU).decode()
@@ -88,12 +169,15 @@ def test_an_event_that_does_not_shrink_is_kept_as_json() -> None:
     ("stored", "words"),
     [
         (b"", "empty"),
-        (b"\x02abc", "unknown form 0x02"),
+        (b"\x03abc", "unknown form 0x03"),
         (b"\x01", "truncated dictionary ID"),
         (b"\x01\xff\xff\xff\xff\xff\xff", "truncated dictionary ID"),  # a varint longer than 5 bytes
         (b"\x01\x09" + b"\x00" * 10, "dictionary 9 is missing"),
         (b"\x01\x01\xff\xfe\xfd", "damaged"),
         (b"\x01\x01\x28\xb5\x2f\xfd\x00", "damaged or truncated"),  # a frame header, nothing after
+        (b"\x02\x01", "truncated hash offset"),
+        (b"\x02\x01\xff\xff\xff\xff\xff\xff", "truncated hash offset"),
+        (b"\x02\x01\x05\x28\xb5\x2f\xfd\x00", "damaged or truncated"),
         (b"{\"not json", "not JSON"),
         (b"[1, 2]", "unknown form 0x5b"),
         ("[1, 2]", "not a JSON object"),

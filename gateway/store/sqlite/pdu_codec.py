@@ -2,21 +2,26 @@
 
 Rules (docs/storage.md, "Compact events"):
 
-* ``events.pdu`` holds the event's canonical JSON in one of two forms:
+* ``events.pdu`` holds the event's canonical JSON in one of three forms:
   the JSON itself (TEXT, or a BLOB whose first byte is ``{``: stores
   written before compression, events written before the store had a
-  dictionary, an event that would not shrink), or format 1: the byte
+  dictionary, an event that would not shrink); format 1: the byte
   ``0x01``, the dictionary's ID as an unsigned LEB128 varint, then one
   Zstandard frame (RFC 8878; no content size, checksum or dictionary ID in
-  the frame header) of the JSON, compressed with that dictionary. Any
-  other first byte is refused as :class:`PduDecodeError`.
-* A dictionary is trained by Zstandard (``ZDICT``, 16 KiB) on the canonical
-  JSON of the newest stored events; while there are fewer than
+  the frame header) of the JSON, compressed with that dictionary; or
+  format 2, the same without the content hash: ``0x02``, the dictionary's
+  ID, the offset where the ``"hashes":{"sha256":"…"},`` member goes back
+  (both varints), then the frame of the JSON without that member. The hash
+  is computed again when read (:func:`_with_hash`); an event is stored so
+  only when that gives back its JSON byte for byte. Any other first byte
+  is refused as :class:`PduDecodeError`.
+* A dictionary is trained by Zstandard (``ZDICT``, 8 KiB) on the stored
+  form (without the hash) of the newest events; while there are fewer than
   ``MIN_TRAIN`` events to train on, it is raw content: a fixed seed of the keys every PDU has and the
-  newest events' JSON, at most 32 KiB. Thousands of near-identical events
+  newest events' JSON, at most 8 KiB. Thousands of near-identical events
   (telemetry from one room: same room, sender, auth events, keys) then cost
-  little more than what differs between them: signature, hash,
-  ``prev_events``, values.
+  little more than what differs between them: signature, ``prev_events``,
+  values.
 * Dictionaries are rows of ``pdu_dictionaries`` and never change or go
   away while an event uses them. A new one is made in its own write job
   and used only after that job has committed, so no committed event ever
@@ -33,6 +38,8 @@ Rules (docs/storage.md, "Compact events"):
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sqlite3
 import threading
@@ -43,13 +50,17 @@ from typing import Any
 import zstandard
 
 FORMAT_ZSTD = 0x01
-#: a raw-content dictionary's size at most; a trained one's size
-RAW_MAX = 32 * 1024
-TRAINED_SIZE = 16 * 1024
+FORMAT_ZSTD_NO_HASH = 0x02
+#: a raw-content dictionary's size at most; a trained one's size (telemetry after 600 events: 16 KiB stored
+#: them in 181.7 bytes each, 8 KiB in 182.7, 4 KiB in 186.9; 16 KiB costs 0.8 bytes per event more when made
+#: every RETRAIN_EVERY events, and 8 KiB more in a store that is still small)
+RAW_MAX = 8 * 1024
+TRAINED_SIZE = 8 * 1024
 #: events sampled to make a new dictionary (canonical JSON, newest first); fewer than MIN_TRAIN: raw content
-#: (a dictionary trained on 8 events stored the next 200 in 410 bytes each, raw content in about 210)
+#: (a dictionary trained on 8 events stored the next 200 in 410 bytes each, raw content in about 210; trained
+#: on 50, the next 450 telemetry notices took about 26 bytes each fewer than with 8 KiB of raw content)
 SAMPLE_EVENTS = 400
-MIN_TRAIN = 100
+MIN_TRAIN = 50
 #: positions after dictionaries 1 and 2 before the next
 EARLY_RETRAIN = (50, 450)
 RETRAIN_EVERY = 10_000
@@ -105,7 +116,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+def _read_varint(data: bytes, at: int, what: str) -> tuple[int, int]:
     n = shift = 0
     while at < len(data) and shift <= 28:
         byte = data[at]
@@ -114,19 +125,64 @@ def _read_varint(data: bytes, at: int) -> tuple[int, int]:
         if not byte & 0x80:
             return n, at
         shift += 7
-    raise PduDecodeError("stored PDU: truncated dictionary ID")
+    raise PduDecodeError(f"stored PDU: truncated {what}")
+
+
+_HASH_MEMBER = b'"hashes":{"sha256":"'
+_SIGNATURES = b',"signatures":{'
+
+
+def _with_hash(unhashed: bytes, at: int) -> bytes | None:
+    """The canonical JSON of a PDU stored without its content hash: the member put back at ``at``, its value the
+    SHA-256 of the JSON without the hash, ``signatures`` and ``unsigned`` (the content hash's definition; a
+    stored PDU has no ``unsigned``). None when there is no top-level ``signatures`` member to leave out.
+
+    The top-level ``signatures`` member is the last ``,"signatures":{`` and ends at the first ``"}}`` after it
+    (server names, key IDs and unpadded base64 signatures hold no braces); :func:`_without_hash` stores an
+    event in this form only when this function gives back its JSON exactly, so neither rule can make a stored
+    PDU read wrong.
+    """
+    start = unhashed.rfind(_SIGNATURES)
+    end = unhashed.find(b'"}}', start)
+    if start < 0 or end < 0 or not 0 < at <= start:
+        return None
+    digest = hashlib.sha256(unhashed[:start] + unhashed[end + 3:]).digest()
+    value = base64.b64encode(digest).rstrip(b"=")
+    return unhashed[:at] + _HASH_MEMBER + value + b'"},' + unhashed[at:]
+
+
+def _without_hash(canonical: bytes) -> tuple[bytes, int] | None:
+    """``(the JSON without its content hash member, where it was)``, or None when :func:`_with_hash` would not
+    give the same JSON back (no hash member, another hash than the content's, ``unsigned`` kept, ...) or the
+    event has an ``event_id`` member (room versions 1 and 2): its ID is no hash, so only the content hash lets
+    ``lowband db check`` see a damaged body."""
+    at = canonical.rfind(_HASH_MEMBER)
+    if at >= 0 and canonical.find(b',"event_id":', max(0, canonical.rfind(b',"depth":', 0, at)), at) >= 0:
+        return None  # the top-level members sort depth, event_id, hashes: content's "event_id" comes before depth
+    while at >= 0:  # the top-level member is the last one unless a later member holds one (tried in turn)
+        end = canonical.find(b'"},', at + len(_HASH_MEMBER))
+        if end >= 0:
+            unhashed = canonical[:at] + canonical[end + 3:]
+            if _with_hash(unhashed, at) == canonical:
+                return unhashed, at
+        at = canonical.rfind(_HASH_MEMBER, 0, at)
+    return None
 
 
 def make_sample(recent: list[bytes]) -> bytes:
-    """A dictionary from the canonical JSON of recent events (oldest first): trained by Zstandard when there are
-    enough of them, else raw content (the seed, then them, the last 32 KiB)."""
-    samples: list[bytes | bytearray | memoryview] = list(recent)
+    """A dictionary from the canonical JSON of recent events (oldest first), in the form they are compressed in
+    (without the content hash where it is left out): trained by Zstandard when there are enough of them, else
+    raw content (the seed, then them, the last RAW_MAX bytes)."""
+    samples: list[bytes | bytearray | memoryview] = []
+    for canonical in recent:
+        unhashed = _without_hash(canonical)
+        samples.append(canonical if unhashed is None else unhashed[0])
     if len(samples) >= MIN_TRAIN:
         try:
             return bytes(zstandard.train_dictionary(TRAINED_SIZE, samples).as_bytes())
         except zstandard.ZstdError:  # samples too small or too alike to train on
             pass
-    return (SEED + b"".join(recent))[-RAW_MAX:]
+    return (SEED + b"".join(samples))[-RAW_MAX:]
 
 
 Lookup = Callable[[int], bytes | None]
@@ -192,7 +248,11 @@ class PduCodec:
             cctx = compressors[dict_id] = zstandard.ZstdCompressor(
                 level=LEVEL, dict_data=self._dictionary(dict_id, current[2]), write_checksum=False,
                 write_content_size=False, write_dict_id=False)  # fmt: skip
-        packed = bytes([FORMAT_ZSTD]) + _varint(dict_id) + cctx.compress(canonical)
+        unhashed = _without_hash(canonical)
+        if unhashed is None:
+            packed = bytes([FORMAT_ZSTD]) + _varint(dict_id) + cctx.compress(canonical)
+        else:
+            packed = bytes([FORMAT_ZSTD_NO_HASH]) + _varint(dict_id) + _varint(unhashed[1]) + cctx.compress(unhashed[0])
         return packed if len(packed) < len(canonical) else canonical
 
     def decode_bytes(self, stored: str | bytes | memoryview, lookup: Lookup | None = None) -> bytes:
@@ -205,17 +265,26 @@ class PduCodec:
             raise PduDecodeError("stored PDU: empty")
         if data[0] == 0x7B:  # '{': the JSON itself
             return data
-        if data[0] != FORMAT_ZSTD:
+        if data[0] not in (FORMAT_ZSTD, FORMAT_ZSTD_NO_HASH):
             raise PduDecodeError(f"stored PDU: unknown form 0x{data[0]:02x}")
-        dict_id, at = _read_varint(data, 1)
+        dict_id, at = _read_varint(data, 1, "dictionary ID")
+        hash_at = None
+        if data[0] == FORMAT_ZSTD_NO_HASH:
+            hash_at, at = _read_varint(data, at, "hash offset")
         decompressors = self._per_thread("decompressors")
         dctx = decompressors.get(dict_id)
         if dctx is None:
             dctx = decompressors[dict_id] = zstandard.ZstdDecompressor(dict_data=self._dictionary(dict_id, None, lookup))
         try:
-            return bytes(dctx.decompress(data[at:], max_output_size=MAX_PDU))
+            canonical = bytes(dctx.decompress(data[at:], max_output_size=MAX_PDU))
         except zstandard.ZstdError as exc:
             raise PduDecodeError(f"stored PDU: damaged or truncated ({exc})") from None
+        if hash_at is None:
+            return canonical
+        hashed = _with_hash(canonical, hash_at)
+        if hashed is None:
+            raise PduDecodeError(f"stored PDU: no content hash can go back at offset {hash_at}")
+        return hashed
 
     def decode(self, stored: str | bytes | memoryview, lookup: Lookup | None = None) -> dict[str, Any]:
         """The PDU of a stored ``events.pdu``. Raises PduDecodeError (also for JSON that is no object)."""
