@@ -49,6 +49,17 @@ def fresh_schema(tag: str) -> Iterator[str]:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
+def with_room_ids(conn: Any) -> None:
+    """A store's events back to holding their room ID as text (the shape before schema migration 9), on either
+    store; the relations trigger, which reads the room through its number now, is dropped (the store makes it
+    anew when it opens)."""
+    postgres = not isinstance(conn, sqlite3.Connection)
+    conn.execute("DROP TRIGGER IF EXISTS event_relations_insert" + (" ON events" if postgres else ""))
+    conn.execute("ALTER TABLE events ADD COLUMN room_id TEXT")
+    conn.execute("UPDATE events SET room_id = (SELECT room_id FROM room_numbers n WHERE n.nid = events.room_nid)")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 9")
+
+
 @contextlib.contextmanager
 def upgraded_postgres(schema: str, make_old: Callable[[Any], None]) -> Iterator[Any]:
     """A PostgreSQL store in ``schema`` made at the newest shape, turned back to an older one by ``make_old``

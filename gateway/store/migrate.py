@@ -12,7 +12,9 @@ Rules:
   :class:`~lowband.gateway.store.postgres.store.PostgresStore` (its tables, the index triggers). A schema
   that already holds users or events is refused: a migration never merges two stores;
 * every table both sides have is copied column by column by name, in source order (events by stream
-  position), with one ``COPY`` per :data:`BATCH` rows, all tables in **one** transaction: a copy
+  position; a table a foreign key points at before the table holding it, and ``room_numbers`` before
+  ``events``, whose relations trigger reads it), with one ``COPY`` per :data:`BATCH` rows, all tables in
+  **one** transaction: a copy
   that fails leaves the destination as empty as it found it, so it can be retried as is. Both sides must
   have the same columns (a source made by an older Lowband is upgraded by starting that gateway once with
   this version; one made by a newer Lowband is refused);
@@ -327,7 +329,8 @@ class Migration:
             "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c"
             " JOIN pg_namespace n ON n.oid = c.connamespace WHERE c.contype = 'f' AND n.nspname = %s",
             (self.schema,)).fetchall()  # fmt: skip
-        parents: dict[str, set[str]] = {}
+        # no foreign key says so, but the events' relations trigger reads an event's room ID from room_numbers
+        parents: dict[str, set[str]] = {"events": {"room_numbers"}}
         for child, parent in edges:
             child, parent = child.split(".")[-1], parent.split(".")[-1]
             if child != parent:

@@ -51,7 +51,7 @@ def stored_bodies(data_dir: Path, room_id: str) -> list[str]:
     """The bodies of the room's messages in a gateway's database (a second store, beside the running gateway)."""
     store = open_store(data_dir / "lowband.db")
     try:
-        rows = store.db.query("SELECT pdu FROM events WHERE room_id = ? AND type = ? ORDER BY stream",
+        rows = store.db.query("SELECT pdu FROM events WHERE room_nid = (SELECT nid FROM room_numbers WHERE room_id = ?) AND type = ? ORDER BY stream",
                               (room_id, "m.room.message"))  # fmt: skip
         contents = [store.pdus.decode(pdu).get("content") for (pdu,) in rows]
     finally:

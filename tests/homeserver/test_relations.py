@@ -18,6 +18,7 @@ from harness import Client, expect, users_gateway
 
 from lowband.gateway.config import RateLimits
 from lowband.gateway.store.sqlite import relations as relation_tables
+from lowband.gateway.store.sqlite.schema import NEW_ROOM_NUMBER, ROOM_NID
 from lowband.gateway.store.sqlite.store import SQLiteStore
 
 V1 = "/_matrix/client/v1"
@@ -305,7 +306,7 @@ def test_sync_of_fifty_events_in_four_rooms_bundles_in_one_query(tmp_path: Path)
             print(f"/sync of 4 rooms, {served} timeline events: {len(statements)} statements, "
                   f"{len([s for s in statements if 'event_relations' in s])} on the relation index")
             assert len([s for s in statements if "event_relations" in s]) == 1, statements
-            assert len([s for s in statements if "WHERE event_id IN" in s]) == 1
+            assert len([s for s in statements if "FROM events WHERE" in s and "AND event_id IN (" in s]) == 1
 
     asyncio.run(run())
 
@@ -317,9 +318,10 @@ def _insert(c: sqlite3.Connection, stream: int, event_id: str, content: dict[str
     pdu = {"type": "m.room.message", "room_id": "!r:x", "sender": "@a:x", "content": content,
            "origin_server_ts": stream}  # fmt: skip
     # index_fields: what the index triggers read (store/sqlite/pdu_codec.py), here the whole content
-    c.execute("INSERT INTO events (stream, event_id, room_id, type, sender, depth, origin_server_ts, pdu, index_fields)"
-              " VALUES (?, ?, '!r:x', 'm.room.message', '@a:x', 1, ?, ?, ?)",
-              (stream, event_id, stream, json.dumps(pdu), json.dumps({"content": content})))  # fmt: skip
+    c.execute(NEW_ROOM_NUMBER, ("!r:x", "!r:x"))
+    c.execute("INSERT INTO events (stream, event_id, room_nid, type, sender, depth, origin_server_ts, pdu, index_fields)"
+              f" VALUES (?, ?, {ROOM_NID}, 'm.room.message', '@a:x', 1, ?, ?, ?)",
+              (stream, event_id, "!r:x", stream, json.dumps(pdu), json.dumps({"content": content})))  # fmt: skip
 
 
 def test_older_databases_are_indexed_by_the_migration_in_bounded_batches(tmp_path: Path, monkeypatch: Any) -> None:

@@ -46,7 +46,7 @@ class Rooms:
 
     def bodies(self, room_id: str) -> list[str]:
         rows = self.store.db.query(  # the pdu read in Python: it is compressed (store/sqlite/pdu_codec.py)
-            "SELECT pdu FROM events WHERE room_id = ? AND type = 'm.room.message' ORDER BY stream", (room_id,))
+            "SELECT pdu FROM events WHERE room_nid = (SELECT nid FROM room_numbers WHERE room_id = ?) AND type = 'm.room.message' ORDER BY stream", (room_id,))
         return [self.store.pdus.decode(r[0]).get("content", {}).get("body") for r in rows]
 
 
@@ -176,7 +176,7 @@ def test_a_batch_survives_a_restart_with_the_head_on_its_last_event(tmp_path: Pa
 
     room_id = with_rooms(tmp_path, key, first)
     with contextlib.closing(open_store(tmp_path / "lowband.db")) as store:
-        last = store.db.query_one("SELECT event_id, depth FROM events WHERE room_id = ? ORDER BY stream DESC LIMIT 1",
+        last = store.db.query_one("SELECT event_id, depth FROM events WHERE room_nid = (SELECT nid FROM room_numbers WHERE room_id = ?) ORDER BY stream DESC LIMIT 1",
                                   (room_id,))  # fmt: skip
         row = store.db.query_one("SELECT extremities, depth FROM rooms WHERE room_id = ?", (room_id,))
     assert row == (f'["{last[0]}"]', last[1])
@@ -205,7 +205,7 @@ def test_compression_dictionaries_follow_the_store(tmp_path: Path, key: SigningK
     from lowband.gateway.store.sqlite.pdu_codec import EARLY_RETRAIN
 
     def dictionary_ids(r: Rooms, room_id: str) -> list[int | None]:
-        rows = r.store.db.query("SELECT pdu FROM events WHERE room_id = ? AND type = 'm.room.message'"
+        rows = r.store.db.query("SELECT pdu FROM events WHERE room_nid = (SELECT nid FROM room_numbers WHERE room_id = ?) AND type = 'm.room.message'"
                                 " ORDER BY stream", (room_id,))  # fmt: skip
         return [bytes(p)[1] if not isinstance(p, str) and bytes(p)[:1] in (b"\x01", b"\x02") else None
                 for (p,) in rows]  # fmt: skip

@@ -31,7 +31,7 @@ def message(sender: str, n: int) -> SendRequest:
 
 
 def stored_events(store: SQLiteStore, room_id: str) -> list[Event]:
-    rows = store.db.query("SELECT event_id, pdu FROM events WHERE room_id = ? ORDER BY stream", (room_id,))
+    rows = store.db.query("SELECT event_id, pdu FROM events WHERE room_nid = (SELECT nid FROM room_numbers WHERE room_id = ?) ORDER BY stream", (room_id,))
     return [Event(row[0], store.pdus.decode(row[1])) for row in rows]
 
 

@@ -235,7 +235,7 @@ def test_a_database_from_before_threaded_receipts_keeps_its_receipts(tmp_path: P
         CREATE INDEX receipts_stream ON receipts(room_id, stream);
         INSERT INTO receipts VALUES ('!r:x', 'm.read', '@a:x', '$e', 5, 7);
         CREATE TABLE events (stream INTEGER, origin_server_ts INTEGER, outlier INTEGER, soft_failed INTEGER,
-            index_fields TEXT, txn_hash INTEGER, room_nid INTEGER);
+            index_fields TEXT, txn_hash INTEGER, room_nid INTEGER, event_id TEXT);
         CREATE TABLE access_tokens (token TEXT);
         CREATE TABLE users (owner TEXT);
     """)  # only what upgrade() reads besides receipts

@@ -214,9 +214,9 @@ def test_dictionaries_are_trained_committed_and_found_by_a_reader(tmp_path) -> N
     codec = PduCodec(lambda i: None)
     for n in range(3):
         pdu = {**PDU, "depth": n}
-        conn.execute("INSERT INTO events (stream, event_id, room_id, type, sender, depth, origin_server_ts, pdu)"
-                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     (n + 1, f"$e{n}", PDU["room_id"], PDU["type"], PDU["sender"], n, 0,
+        conn.execute("INSERT INTO events (stream, event_id, type, sender, depth, origin_server_ts, pdu)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (n + 1, f"$e{n}", PDU["type"], PDU["sender"], n, 0,
                       codec.encode(canonical(pdu))))  # fmt: skip
     assert codec.current is None and codec.due(0)  # a store without a dictionary wants one at once
     made = codec.train(conn, 3)

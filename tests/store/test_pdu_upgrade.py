@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_schema import fresh_schema, upgraded_postgres
+from pg_schema import fresh_schema, upgraded_postgres, with_room_ids
 
 ROOM = "!old:x"
 BIG = 10**9
@@ -68,19 +68,22 @@ def _check_upgraded(store: Any) -> None:
 @pytest.mark.sqlite_only
 def test_a_sqlite_store_from_before_compact_events_is_upgraded(tmp_path: Path) -> None:
     from lowband.gateway.store.sqlite.relations import RELATIONS_SCHEMA
-    from lowband.gateway.store.sqlite.schema import SCHEMA
+    from lowband.gateway.store.sqlite.schema import ROOM_OF, SCHEMA
     from lowband.gateway.store.sqlite.search import SEARCH_SCHEMA
     from lowband.gateway.store.sqlite.store import SQLiteStore
 
     # The schema as it was: pdu TEXT, no index_fields, no dictionaries; triggers reading pdu.
     old = re.sub(r"\n\s*index_fields TEXT[^\n]*", "", SCHEMA).replace("pdu BLOB NOT NULL", "pdu TEXT NOT NULL")
     old = old.replace("soft_failed INTEGER NOT NULL DEFAULT 0,", "soft_failed INTEGER NOT NULL DEFAULT 0")
+    # before migrations 9 and 10: the room ID in the row, the event ID unique by the column's own index
+    old = old.replace("    event_id TEXT NOT NULL,         -- unique:", "    event_id TEXT NOT NULL UNIQUE, room_id TEXT NOT NULL, --")
     old = re.sub(r"CREATE TABLE IF NOT EXISTS pdu_dictionaries \(.*?\);", "", old, flags=re.DOTALL)
     path = tmp_path / "lowband.db"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.executescript(old)
         for statement in SEARCH_SCHEMA + RELATIONS_SCHEMA:
-            conn.execute(statement.replace("index_fields", "pdu"))
+            # the triggers as they were: reading pdu, and the room ID from the row (before migration 9)
+            conn.execute(statement.replace("index_fields", "pdu").replace(ROOM_OF.format(e="NEW"), "NEW.room_id"))
         _insert_old(conn)
         conn.commit()
         assert "index_fields" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
@@ -102,9 +105,10 @@ def pg_schema() -> Iterator[str]:
 def _back_to_json_pdus(conn: Any) -> None:
     """The PostgreSQL shape before compact events: pdu TEXT, no index_fields; the old rows are indexed by the
     backfill on open."""
+    with_room_ids(conn)
     for trigger in ("event_search_insert", "event_search_update", "event_search_delete",
                     "event_relations_insert"):  # fmt: skip
-        conn.execute(f"DROP TRIGGER {trigger} ON events")
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON events")
     conn.execute("ALTER TABLE events DROP COLUMN index_fields")
     conn.execute("DROP TABLE schema_migrations")  # older stores had none: each migration checks the schema
     conn.execute("ALTER TABLE events ALTER COLUMN pdu TYPE text USING convert_from(pdu, 'UTF8')")

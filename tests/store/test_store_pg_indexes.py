@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from pg_schema import POSTGRES_URL, fresh_schema
 
+from lowband.gateway.store.sqlite.schema import NEW_ROOM_NUMBER, ROOM_NID
+
 ROOM = "!r:x"
 BIG = 1 << 62
 
@@ -47,9 +49,14 @@ def _insert(store: Any, stream: int, event_id: str, content: dict[str, Any], *, 
     fields = pdu if pdu is not None else index_fields(type_, state_key, content)
     row = (stream, event_id, ROOM, type_, state_key, sender, stream, (pdu or json.dumps(doc)).encode(), fields,
            flags.get("outlier", 0), flags.get("soft_failed", 0), flags.get("rejected"))  # fmt: skip
-    store.db.write_sync(lambda c: c.execute(
-        "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu,"
-        " index_fields, outlier, soft_failed, rejected) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)", row))  # fmt: skip
+
+    def write(c: Any) -> None:
+        c.execute(NEW_ROOM_NUMBER, (ROOM, ROOM))
+        c.execute("INSERT INTO events (stream, event_id, room_nid, type, state_key, sender, depth, origin_server_ts,"
+                  f" pdu, index_fields, outlier, soft_failed, rejected) VALUES (?, ?, {ROOM_NID}, ?, ?, ?, 1, ?, ?, ?,"
+                  " ?, ?, ?)", row)  # fmt: skip
+
+    store.db.write_sync(write)
 
 
 def _found(store: Any, *words: str) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_schema import fresh_schema, upgraded_postgres, upgraded_sqlite
+from pg_schema import fresh_schema, upgraded_postgres, upgraded_sqlite, with_room_ids
 
 from lowband.gateway.store.txn_keys import TxnMark, is_senders, transaction_key, txn_digest
 
@@ -27,6 +27,7 @@ SENT = [
 
 
 def _insert_old(c: Any, placeholder: str = "?") -> None:
+    with_room_ids(c)
     c.execute("DROP INDEX IF EXISTS events_txn_hash")
     c.execute("ALTER TABLE events ADD COLUMN txn_user TEXT")
     c.execute("ALTER TABLE events ADD COLUMN txn_device TEXT")

@@ -34,6 +34,7 @@ from lowband.gateway.store.sqlite.relations import (
     RELATIONS_SCHEMA,
     RelationTables,
 )
+from lowband.gateway.store.sqlite.schema import ROOM_OF
 
 #: an events row ``{e}`` is shown in a timeline and not redacted
 _TIMELINE = "{e}.rejected IS NULL AND {e}.outlier = 0 AND {e}.soft_failed = 0 AND {e}.redacted_by IS NULL"
@@ -44,7 +45,7 @@ _WELL_FORMED = (
 )
 #: event_relations' columns for events row ``{e}`` with relation ``{r}``
 _ROW = (
-    "{e}.event_id, {e}.room_id, {r}->>'event_id', {r}->>'rel_type', {e}.type, {e}.sender, {e}.stream,"
+    "{e}.event_id, " + ROOM_OF + ", {r}->>'event_id', {r}->>'rel_type', {e}.type, {e}.sender, {e}.stream,"
     " {e}.origin_server_ts, CASE WHEN jsonb_typeof({r}->'key') = 'string' THEN {r}->>'key' END"
 )
 
@@ -68,7 +69,7 @@ BEGIN
             child_stream = excluded.child_stream, child_ts = excluded.child_ts,
             aggregation_key = excluded.aggregation_key;
         IF r->>'rel_type' = 'm.thread' THEN
-            INSERT INTO event_threads VALUES (NEW.room_id, r->>'event_id', NEW.stream)
+            INSERT INTO event_threads VALUES ({ROOM_OF.format(e="NEW")}, r->>'event_id', NEW.stream)
                 ON CONFLICT (room_id, root_id)
                 DO UPDATE SET latest_stream = GREATEST(event_threads.latest_stream, excluded.latest_stream);
         END IF;
@@ -127,7 +128,7 @@ def _index_range(c: Any, lower: int, below: int) -> None:
               f" AND {_WELL_FORMED.format(e='e', r='j.r')}")  # fmt: skip
     c.execute(f"INSERT INTO event_relations SELECT {_ROW.format(e='e', r='j.r')}{source}"
               " ON CONFLICT (child_id) DO NOTHING", (lower, below))  # fmt: skip
-    c.execute(f"INSERT INTO event_threads SELECT e.room_id, j.r->>'event_id', MAX(e.stream){source}"
-              " AND j.r->>'rel_type' = 'm.thread' GROUP BY 1, 2 ON CONFLICT (room_id, root_id) DO UPDATE"
+    c.execute(f"INSERT INTO event_threads SELECT {ROOM_OF.format(e='e')}, j.r->>'event_id', MAX(e.stream){source}"
+              " AND j.r->>'rel_type' = 'm.thread' GROUP BY e.room_nid, 2 ON CONFLICT (room_id, root_id) DO UPDATE"
               " SET latest_stream = GREATEST(event_threads.latest_stream, excluded.latest_stream)",
               (lower, below))  # fmt: skip

@@ -45,6 +45,7 @@ from typing import Any
 from lowband.gateway.store.interfaces import SearchHit
 from lowband.gateway.store.postgres.pdu_json import PDU_JSON_FUNCTION
 from lowband.gateway.store.sqlite.event_index import OlderEvents
+from lowband.gateway.store.sqlite.schema import ROOM_OF
 from lowband.gateway.store.sqlite.search import BACKFILL_BATCH, BACKFILL_BUDGET_S, SearchTables
 
 #: event types whose text is indexed
@@ -149,7 +150,8 @@ class PgSearchTables(SearchTables):
         if not words:
             return []
         rows = self.db.query(
-            "SELECT m.stream, e.event_id, e.room_id, e.type, e.sender, e.state_before, m.score, e.origin_server_ts"
+            f"SELECT m.stream, e.event_id, {ROOM_OF.format(e='e')}, e.type, e.sender, e.state_before, m.score,"
+            " e.origin_server_ts"
             " FROM (SELECT s.stream, ts_rank(s.value, q.query) AS score FROM event_search s,"
             f" (SELECT {tsquery_sql(len(words))} AS query) q WHERE s.value @@ q.query AND s.stream < ?"
             " ORDER BY s.stream DESC LIMIT ?) m JOIN events e ON e.stream = m.stream ORDER BY m.stream DESC",

@@ -26,6 +26,7 @@ from typing import Any
 
 from lowband.gateway.store.interfaces import AppServiceQueueRow, TimelineRow
 from lowband.gateway.store.sqlite.database import Database
+from lowband.gateway.store.sqlite.schema import ROOM_OF
 
 APPSERVICE_SCHEMA = [
     """
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS appservice_queue (
 ]
 
 #: the columns of a timeline row the interest rules need
-TIMELINE_COLUMNS = "stream, event_id, room_id, type, state_key, sender, state_before"
+TIMELINE_COLUMNS = f"stream, event_id, {ROOM_OF.format(e='events')}, type, state_key, sender, state_before"
 
 
 _QUEUE_COLUMNS = ("appservice_id, cursor, txn_prefix, txn_seq, txn_upto, txn_content, failures, last_ok_ts,"

@@ -60,7 +60,7 @@ from lowband.gateway.store.sqlite.pdu_codec import PduDecodeError, index_fields,
 
 # The indexes' own definitions of "this event is indexed", so the check cannot drift from the triggers.
 from lowband.gateway.store.sqlite.relations import _INDEXED as _RELATION_INDEXED
-from lowband.gateway.store.sqlite.schema import ROOM_NID
+from lowband.gateway.store.sqlite.schema import ROOM_NID, ROOM_OF, by_event_ids, event_ids_args, same_event
 from lowband.gateway.store.sqlite.search import _INDEXED as _SEARCH_INDEXED
 
 #: events read per batch (one IN (...) lookup of their references each)
@@ -210,9 +210,9 @@ class SQLiteIntegrity:
         ids = list(event_ids)
         for start in range(0, len(ids), BATCH):
             part = ids[start:start + BATCH]
-            marks = ",".join("?" * len(part))
             for event_id, stream in self._conn.execute(
-                    f"SELECT event_id, stream FROM events WHERE event_id IN ({marks})", part):  # fmt: skip
+                    f"SELECT event_id, stream FROM events WHERE {by_event_ids(len(part))}",
+                    event_ids_args(part)):  # fmt: skip
                 found[str(event_id)] = int(stream)
         return found
 
@@ -257,21 +257,31 @@ class SQLiteIntegrity:
         finding.result.checked = 1
         advance(1)
 
+    @staticmethod
+    def _room_column(columns: set[str]) -> str:
+        """What an events row's room ID is read as: its own column before schema migration 9, else the ID its
+        room number names (NULL for a number ``room_numbers`` does not hold)."""
+        return "room_id" if "room_id" in columns else ROOM_OF.format(e="events")
+
     def _events(self, finding: _Finding, quick: bool, advance: Callable[[int], None]) -> None:
         # a file no gateway of this version has opened yet has no index_fields (schema.upgrade adds them)
         columns = {str(r[1]) for r in self._rows("PRAGMA table_info(events)")}
         upgraded = "index_fields" in columns
-        # room numbers (schema migration 8): each event's must be its room's
+        # room numbers (schema migration 8): each event's must be its room's; since migration 9 the row holds only
+        # the number, and the room ID it names is compared with the JSON's
         numbers = dict(self._rows("SELECT nid, room_id FROM room_numbers")) if "room_nid" in columns else None
-        sql = ("SELECT stream, event_id, room_id, type, state_key, sender, pdu, redacted_by,"
+        sql = (f"SELECT stream, event_id, {self._room_column(columns)}, type, state_key, sender, pdu, redacted_by,"
                f" {'index_fields' if upgraded else 'NULL'}, {'room_nid' if numbers is not None else 'NULL'}"
                " FROM events WHERE stream > ? ORDER BY stream LIMIT ?")  # fmt: skip
         for rows in self._batches(sql):
             for stream, event_id, room_id, kind, state_key, sender, text, redacted_by, fields, nid in rows:
                 finding.result.checked += 1
                 where = f"stream {stream} ({event_id})"
-                if numbers is not None and numbers.get(nid) != room_id:
+                if numbers is not None and (nid not in numbers or numbers[nid] != room_id):
                     finding.problem(f"{where}: room number {nid} is not its room's")
+                    numbered_wrong = True
+                else:
+                    numbered_wrong = False
                 try:
                     pdu = self._pdus.decode(text)
                 except PduDecodeError as exc:
@@ -279,6 +289,10 @@ class SQLiteIntegrity:
                     continue
                 differs = [name for name, column in (("room_id", room_id), ("type", kind), ("state_key", state_key),
                                                      ("sender", sender)) if pdu.get(name) != column]  # fmt: skip
+                if "room_id" in differs and (numbered_wrong or "room_id" not in columns):
+                    differs.remove("room_id")  # the row holds the number alone: it names another room
+                    if not numbered_wrong:
+                        finding.problem(f"{where}: room number {nid} is not its room's")
                 if differs:
                     finding.problem(f"{where}: columns differ from the JSON: {', '.join(differs)}")
                 if upgraded and not _fields_match(fields, kind, state_key, pdu.get("content")):
@@ -304,7 +318,8 @@ class SQLiteIntegrity:
         purged = {str(r[0]) for r in self._rows("SELECT room_id FROM retention_purges")} \
             if "retention_purges" in self._tables else set()  # fmt: skip
         excused = gaps = 0
-        sql = "SELECT stream, event_id, room_id, outlier, pdu FROM events WHERE stream > ? ORDER BY stream LIMIT ?"
+        room = self._room_column({str(r[1]) for r in self._rows("PRAGMA table_info(events)")})
+        sql = f"SELECT stream, event_id, {room}, outlier, pdu FROM events WHERE stream > ? ORDER BY stream LIMIT ?"
         for rows in self._batches(sql):
             refs: list[tuple[int, str, str, list[str], list[str]]] = []
             wanted: set[str] = set()
@@ -439,7 +454,7 @@ class SQLiteIntegrity:
             finding.result.checked += self._count("push_notifications")
             for user, event_id in self._rows(
                     "SELECT n.user_id, n.event_id FROM push_notifications n WHERE NOT EXISTS"
-                    " (SELECT 1 FROM events e WHERE e.event_id = n.event_id)"):  # fmt: skip
+                    f" (SELECT 1 FROM events e WHERE {same_event('e.event_id', 'n.event_id')})"):  # fmt: skip
                 finding.problem(f"notification of {user} names {event_id}, not stored")
         advance(1)
         if "event_threads" in self._tables:

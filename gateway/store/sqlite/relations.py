@@ -34,6 +34,7 @@ from typing import Any
 
 from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.event_index import OlderEvents
+from lowband.gateway.store.sqlite.schema import ROOM_OF, same_event
 
 #: stream positions indexed per backfill write (a position holds at most one event)
 BACKFILL_BATCH = 20_000
@@ -50,7 +51,7 @@ _KEY = "'$.content.\"m.relates_to\".key'"
 
 #: the relation columns of an events row ``e`` (for the trigger, ``NEW``), in event_relations' order
 _SELECT_RELATION = (
-    "SELECT {e}.event_id, {e}.room_id, json_extract({e}.index_fields, " + _PARENT + "), json_extract({e}.index_fields, " + _REL + "),"
+    "SELECT {e}.event_id, " + ROOM_OF + ", json_extract({e}.index_fields, " + _PARENT + "), json_extract({e}.index_fields, " + _REL + "),"
     " {e}.type, {e}.sender, {e}.stream, {e}.origin_server_ts,"
     " CASE WHEN json_type({e}.index_fields, " + _KEY + ") = 'text' THEN json_extract({e}.index_fields, " + _KEY + ") END"
 )
@@ -90,7 +91,7 @@ CREATE TABLE IF NOT EXISTS event_threads (
 CREATE TRIGGER IF NOT EXISTS event_relations_insert AFTER INSERT ON events WHEN {_INDEXED.format(e="NEW")}
 BEGIN
     INSERT OR REPLACE INTO event_relations {_SELECT_RELATION.format(e="NEW")};
-    INSERT INTO event_threads SELECT NEW.room_id, json_extract(NEW.index_fields, {_PARENT}), NEW.stream
+    INSERT INTO event_threads SELECT {ROOM_OF.format(e="NEW")}, json_extract(NEW.index_fields, {_PARENT}), NEW.stream
         WHERE json_extract(NEW.index_fields, {_REL}) = 'm.thread'
         ON CONFLICT DO UPDATE SET latest_stream = MAX(latest_stream, excluded.latest_stream);
 END
@@ -224,7 +225,8 @@ class RelationTables:
             where += " AND t.latest_stream < ?"
             args.append(below)
         if participant is not None:
-            where += (" AND (EXISTS (SELECT 1 FROM events e WHERE e.event_id = t.root_id AND e.sender = ?) OR EXISTS"
+            where += (f" AND (EXISTS (SELECT 1 FROM events e WHERE {same_event('e.event_id', 't.root_id')} AND e.sender = ?)"
+                      " OR EXISTS"
                       " (SELECT 1 FROM event_relations r WHERE r.parent_id = t.root_id AND r.rel_type = 'm.thread'"
                       " AND r.sender = ?))")  # fmt: skip
             args += [participant, participant]
@@ -238,7 +240,7 @@ def _index_range(c: sqlite3.Connection, lower: int, below: int) -> None:
     """Index the relations of the events at positions in [lower, below) (stored before the index existed)."""
     c.execute(f"INSERT OR IGNORE INTO event_relations {_SELECT_RELATION.format(e='e')} FROM events e"
               f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')}", (lower, below))  # fmt: skip
-    c.execute(f"INSERT INTO event_threads SELECT e.room_id, json_extract(e.index_fields, {_PARENT}), MAX(e.stream) FROM events e"
+    c.execute(f"INSERT INTO event_threads SELECT {ROOM_OF.format(e='e')}, json_extract(e.index_fields, {_PARENT}), MAX(e.stream) FROM events e"
               f" WHERE e.stream >= ? AND e.stream < ? AND {_INDEXED.format(e='e')} AND json_extract(e.index_fields, {_REL})"
-              " = 'm.thread' GROUP BY 1, 2 ON CONFLICT DO UPDATE SET latest_stream ="
+              " = 'm.thread' GROUP BY e.room_nid, 2 ON CONFLICT DO UPDATE SET latest_stream ="
               " MAX(latest_stream, excluded.latest_stream)", (lower, below))  # fmt: skip

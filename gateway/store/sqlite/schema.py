@@ -15,6 +15,7 @@ order (see ``store/interfaces.py``).
 """
 
 import hashlib
+import re
 import sqlite3
 
 from lowband.gateway.store import txn_keys
@@ -87,7 +88,7 @@ CREATE TABLE IF NOT EXISTS state_groups (
 -- with padding (SQLite does not care). Stores made before keep their column order (nothing reads by position).
 CREATE TABLE IF NOT EXISTS events (
     stream INTEGER PRIMARY KEY,
-    room_nid INTEGER,               -- room_numbers.nid of room_id: what the room indexes hold (migration 8)
+    room_nid INTEGER,               -- room_numbers.nid of the event's room: its room ID is there (migrations 8, 9)
     depth INTEGER NOT NULL,
     origin_server_ts INTEGER NOT NULL,
     state_before INTEGER,
@@ -95,8 +96,7 @@ CREATE TABLE IF NOT EXISTS events (
     txn_hash INTEGER,               -- txn_keys.txn_digest of (user, device, key) it was sent with (migration 7)
     outlier SMALLINT NOT NULL DEFAULT 0,      -- 1: known for auth/state, not in the timeline
     soft_failed SMALLINT NOT NULL DEFAULT 0,  -- 1: refused by the current state when it came, never shown
-    event_id TEXT NOT NULL UNIQUE,
-    room_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,         -- unique: events_event_key (SQLite), events_event_id_key (PostgreSQL), migration 10
     type TEXT NOT NULL,
     state_key TEXT,
     sender TEXT NOT NULL,
@@ -107,7 +107,8 @@ CREATE TABLE IF NOT EXISTS events (
     pdu BLOB NOT NULL               -- canonical JSON, compressed against a dictionary (store/sqlite/pdu_codec.py)
 );
 -- A number for each room that has events: the room indexes on events (made by migration 8: events_room_nid_stream,
--- and for timestamp_to_event and retention events_room_nid_ts) hold it instead of the room ID's ~30 bytes.
+-- and for timestamp_to_event and retention events_room_nid_ts) and the events rows themselves (migration 9) hold it
+-- instead of the room ID's ~30 bytes.
 CREATE TABLE IF NOT EXISTS room_numbers (
     nid INTEGER PRIMARY KEY,
     room_id TEXT NOT NULL UNIQUE
@@ -325,6 +326,88 @@ ROOM_NID = "(SELECT nid FROM room_numbers WHERE room_id = ?)"
 #: gives a room its number in a write job before its first event is inserted (parameters: the room ID, twice)
 NEW_ROOM_NUMBER = ("INSERT INTO room_numbers (room_id) SELECT ? WHERE NOT EXISTS"
                    " (SELECT 1 FROM room_numbers WHERE room_id = ?)")  # fmt: skip
+#: the room ID of events row ``{e}`` (the row holds its room's number only, since schema migration 9)
+ROOM_OF = "(SELECT room_id FROM room_numbers WHERE nid = {e}.room_nid)"
+
+#: What SQLite's unique index on event IDs holds (``events_event_key``, migration 10) for event ID ``{c}``: a
+#: computed ID (room versions 3 and later: ``$`` and 43 base64 characters of a SHA-256, no ``:``) by its first 17
+#: characters, 96 bits of the hash, about 30 bytes less per event than the whole ID; any other ID (room versions
+#: 1 and 2 carry ``$opaque:server``) whole. A lookup by event ID names this expression and the ID
+#: (:data:`BY_EVENT_ID`, :func:`event_key`) so SQLite reads the index; PostgreSQL keeps its unique index on the
+#: whole ID and finds the row by ``event_id = ?``.
+EVENT_KEY = "(CASE WHEN length({c}) = 44 AND replace({c}, ':', '') = {c} THEN substr({c}, 1, 17) ELSE {c} END)"
+#: one event by ID; parameters: ``event_key(id)``, then the ID. The CAST keeps SQLite from putting the ID in
+#: place of the column inside the key expression (its constant propagation), which would stop it matching the
+#: index; tests/store/test_event_key.py checks the plans.
+BY_EVENT_ID = EVENT_KEY.format(c="event_id") + " = ? AND event_id = CAST(? AS TEXT)"
+
+
+def event_key(event_id: str) -> str:
+    """:data:`EVENT_KEY` of ``event_id``, computed here."""
+    return event_id[:17] if len(event_id) == 44 and ":" not in event_id else event_id
+
+
+def by_event_ids(count: int) -> str:
+    """SQL choosing the events of ``count`` IDs (parameters: :func:`event_ids_args`) through the key index (one
+    ID is :data:`BY_EVENT_ID`: SQLite reads a one-item ``IN`` as ``=``)."""
+    if count == 1:
+        return BY_EVENT_ID
+    marks = ",".join("?" * count)
+    return f"{EVENT_KEY.format(c='event_id')} IN ({marks}) AND event_id IN ({marks})"
+
+
+def event_ids_args(event_ids: list[str]) -> tuple[str, ...]:
+    """The parameters of :func:`by_event_ids` for ``event_ids``."""
+    return (*map(event_key, event_ids), *event_ids)
+
+
+def same_event(a: str, b: str) -> str:
+    """SQL saying the event IDs in columns ``a`` and ``b`` are the same, in a form SQLite's index serves."""
+    return f"{EVENT_KEY.format(c=a)} = {EVENT_KEY.format(c=b)} AND {a} = {b}"
+
+
+def _event_key_index(conn: sqlite3.Connection) -> None:
+    """Event IDs unique through :data:`EVENT_KEY` on SQLite (``events_event_key``) instead of the column's own
+    unique index, which held every whole ID a second time. SQLite cannot drop a column's UNIQUE, so a store made
+    before has its events table made anew (every row copied, in the new column order; the indexes made again,
+    the index triggers by search.py and relations.py when the store opens). On PostgreSQL the whole ID stays
+    unique (``events_event_id_key``: the constraint's index in a store made before, an index in a new one)."""
+    if not isinstance(conn, sqlite3.Connection):
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_event_id_key ON events(event_id)")
+        return
+    unique = [row for row in conn.execute("PRAGMA index_list(events)") if row[3] == "u"]  # a column's UNIQUE
+    if unique:
+        match = re.search(r"CREATE TABLE IF NOT EXISTS events \(.*?\n\);", SCHEMA, re.DOTALL)
+        assert match is not None
+        columns = ", ".join(sorted(_columns(conn, "events")))
+        conn.execute("ALTER TABLE events RENAME TO events_before_10")  # its triggers follow it, and go with it
+        conn.execute(match.group(0))
+        conn.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM events_before_10")
+        conn.execute("DROP TABLE events_before_10")
+        conn.execute("CREATE UNIQUE INDEX events_txn_hash ON events(txn_hash) WHERE txn_hash IS NOT NULL")
+        conn.execute("CREATE INDEX events_room_nid_stream ON events(room_nid, stream)")
+        conn.execute("CREATE INDEX events_room_nid_ts ON events(room_nid, origin_server_ts)")
+    conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS events_event_key ON events {EVENT_KEY.format(c='event_id')}")
+
+
+def _room_id_dropped(conn: sqlite3.Connection) -> None:
+    """``events.room_id`` goes: every row has its room's number (migration 8), and the queries that read an
+    event's room by its stream position take the ID from ``room_numbers`` (:data:`ROOM_OF`). The relations
+    trigger that read ``NEW.room_id`` is dropped first (SQLite refuses to drop a column a trigger names; on
+    PostgreSQL the trigger's function is replaced): relations.py makes it anew when the store opens. SQLite
+    rewrites the table (a while on a large store); PostgreSQL only marks the column dropped, and its bytes go
+    as rows are rewritten."""
+    if "room_id" not in _columns(conn, "events"):
+        return
+    postgres = not isinstance(conn, sqlite3.Connection)
+    missing = conn.execute("SELECT COUNT(*) FROM events WHERE room_nid IS NULL").fetchone()[0]
+    if missing:  # every writer since migration 8 sets it; a row without one would lose its room here
+        conn.execute("INSERT INTO room_numbers (room_id) SELECT DISTINCT room_id FROM events e WHERE e.room_nid IS"
+                     " NULL AND NOT EXISTS (SELECT 1 FROM room_numbers n WHERE n.room_id = e.room_id)")  # fmt: skip
+        conn.execute("UPDATE events SET room_nid = (SELECT nid FROM room_numbers n WHERE n.room_id = events.room_id)"
+                     " WHERE room_nid IS NULL")  # fmt: skip
+    conn.execute("DROP TRIGGER IF EXISTS event_relations_insert" + (" ON events" if postgres else ""))
+    conn.execute("ALTER TABLE events DROP COLUMN room_id")
 
 
 def _txn_mark(room_id: str, event_type: str, user_id: str, device_id: str, key: str) -> txn_keys.TxnMark:
@@ -392,4 +475,6 @@ MIGRATIONS: list[migrations.Migration] = [
     (6, "compact events: events.index_fields, events.pdu compressed", _compact_events),
     (7, "transaction keys as 64-bit digests: events.txn_hash", _txn_digests),
     (8, "room numbers: events.room_nid in the room indexes", _room_numbers),
+    (9, "events.room_id dropped: the row's room number names its room", _room_id_dropped),
+    (10, "event IDs unique by a 17-character key on SQLite: events_event_key", _event_key_index),
 ]

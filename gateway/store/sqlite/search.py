@@ -40,6 +40,7 @@ from typing import Any
 from lowband.gateway.store.interfaces import SearchHit
 from lowband.gateway.store.sqlite.database import Database
 from lowband.gateway.store.sqlite.event_index import OlderEvents
+from lowband.gateway.store.sqlite.schema import ROOM_OF, same_event
 
 #: stream positions indexed per backfill write
 BACKFILL_BATCH = 20_000
@@ -120,7 +121,8 @@ class SearchTables:
         if not words:
             return []
         rows = self.db.query(
-            "SELECT m.stream, e.event_id, e.room_id, e.type, e.sender, e.state_before, m.score, e.origin_server_ts"
+            f"SELECT m.stream, e.event_id, {ROOM_OF.format(e='e')}, e.type, e.sender, e.state_before, m.score,"
+            " e.origin_server_ts"
             " FROM (SELECT rowid AS stream,"
             " -bm25(event_search) AS score FROM event_search WHERE event_search MATCH ? AND rowid < ?"
             " ORDER BY rowid DESC LIMIT ?) m JOIN events e ON e.stream = m.stream ORDER BY m.stream DESC",
@@ -153,7 +155,7 @@ class SearchTables:
         if everyone:
             sources.append("SELECT user_id, 0 FROM users")
             sources.append("SELECT user_id, 0 FROM memberships WHERE membership = 'join'")
-        member = (f"(SELECT {self.member_field} FROM memberships m JOIN events e ON e.event_id = m.event_id"
+        member = (f"(SELECT {self.member_field} FROM memberships m JOIN events e ON {same_event('e.event_id', 'm.event_id')}"
                   " WHERE m.user_id = p.user_id AND m.membership = 'join' LIMIT 1)")  # fmt: skip
         rows = self.db.query(
             f"WITH seen(user_id, shared) AS ({' UNION ALL '.join(sources)}),"

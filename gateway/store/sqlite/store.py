@@ -51,15 +51,26 @@ from lowband.gateway.store.sqlite.push import PushTables
 from lowband.gateway.store.sqlite.relations import RelationTables
 from lowband.gateway.store.sqlite.retention import RetentionTables
 from lowband.gateway.store.sqlite.room_keys import RoomKeyTables
-from lowband.gateway.store.sqlite.schema import NEW_ROOM_NUMBER, ROOM_NID, SCHEMA, token_key, upgrade
+from lowband.gateway.store.sqlite.schema import (
+    BY_EVENT_ID,
+    NEW_ROOM_NUMBER,
+    ROOM_NID,
+    SCHEMA,
+    by_event_ids,
+    event_ids_args,
+    event_key,
+    same_event,
+    token_key,
+    upgrade,
+)
 from lowband.gateway.store.sqlite.search import SearchTables
 from lowband.gateway.store.sqlite.state_groups import StateGroups
 from lowband.gateway.store.txn_keys import TxnMark
 
 _INSERT_EVENT = (
-    "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts, pdu, index_fields,"
+    "INSERT INTO events (stream, event_id, type, state_key, sender, depth, origin_server_ts, pdu, index_fields,"
     " state_before, state_after, rejected, txn_hash, txn_id, outlier, soft_failed, room_nid)"
-    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {ROOM_NID})"
+    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {ROOM_NID})"
 )
 
 
@@ -402,7 +413,7 @@ class SQLiteStore:
             # signs here, in the writer thread, in parallel with the event loop; compressed here too (pdu_codec.py)
             stored = self.pdus.encode(pdu_bytes(event))
             fields = index_fields(event.type, event.state_key, event.pdu.get("content"))
-            return (w.position, event.event_id, event.room_id, event.type, event.state_key, event.sender,
+            return (w.position, event.event_id, event.type, event.state_key, event.sender,
                     event.depth, event.origin_server_ts, stored, fields, w.state_before, w.state_after, w.rejected,
                     digest, client_id, int(w.outlier), int(w.soft_failed), event.room_id)  # fmt: skip
 
@@ -440,7 +451,8 @@ class SQLiteStore:
                 if w.outlier:  # an outlier already known (or placed) stays as it is
                     c.execute(_INSERT_EVENT.replace("INSERT INTO", "INSERT OR IGNORE INTO"), row(w))
                 else:  # an event known as an outlier is placed now: its old row goes
-                    c.execute("DELETE FROM events WHERE event_id = ? AND outlier = 1", (event.event_id,))
+                    c.execute(f"DELETE FROM events WHERE {BY_EVENT_ID} AND outlier = 1",
+                              (event_key(event.event_id), event.event_id))  # fmt: skip
                     c.execute(_INSERT_EVENT, row(w))
                 for user_id, membership, member_event in memberships:
                     c.execute(
@@ -451,9 +463,9 @@ class SQLiteStore:
                 if w.federate:
                     c.execute("INSERT OR IGNORE INTO federation_log VALUES (?, ?, ?)",
                               (w.position, event.event_id, event.room_id))  # fmt: skip
-                if redaction:
-                    c.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?",
-                              (event.event_id, event.redacts, event.room_id))  # fmt: skip
+                if redaction and event.redacts is not None:  # (redaction says so; for the type checker)
+                    c.execute(f"UPDATE events SET redacted_by = ? WHERE {BY_EVENT_ID} AND room_nid = {ROOM_NID}",
+                              (event.event_id, event_key(event.redacts), event.redacts, event.room_id))  # fmt: skip
             if plain:
                 c.executemany(_INSERT_EVENT, plain)
             if room_args is not None:
@@ -519,8 +531,8 @@ class SQLiteStore:
     def get_event(self, event_id: str) -> EventRow | None:
         """An event row: event, stream, state groups, rejected reason, redacted_by."""
         row = self.db.query_one(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?",
-            (event_id,),
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {BY_EVENT_ID}",
+            (event_key(event_id), event_id),
         )
         return _event_row(row, self.pdus) if row else None
 
@@ -529,8 +541,8 @@ class SQLiteStore:
         found: dict[str, EventRow] = {}
         for start in range(0, len(event_ids), 500):
             part = event_ids[start:start + 500]
-            rows = self.db.query(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({','.join('?' * len(part))})",
-                                 tuple(part))  # fmt: skip
+            rows = self.db.query(f"SELECT {_EVENT_COLUMNS} FROM events WHERE {by_event_ids(len(part))}",
+                                 event_ids_args(part))  # fmt: skip
             for r in rows:
                 found[str(r[0])] = _event_row(r, self.pdus)
         return found
@@ -686,7 +698,7 @@ class SQLiteStore:
         latest read receipt (``m.read`` or ``m.read.private``, the later one) points at; receipts on events not
         stored are left out."""
         rows = self.db.query(
-            "SELECT r.thread_id, MAX(e.stream) FROM receipts r JOIN events e ON e.event_id = r.event_id"
+            f"SELECT r.thread_id, MAX(e.stream) FROM receipts r JOIN events e ON {same_event('e.event_id', 'r.event_id')}"
             " WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN ('m.read', 'm.read.private')"
             " GROUP BY r.thread_id",
             (room_id, user_id),
