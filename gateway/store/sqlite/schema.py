@@ -379,9 +379,9 @@ def _event_key_index(conn: sqlite3.Connection) -> None:
     if unique:
         match = re.search(r"CREATE TABLE IF NOT EXISTS events \(.*?\n\);", SCHEMA, re.DOTALL)
         assert match is not None
-        columns = ", ".join(sorted(_columns(conn, "events")))
         conn.execute("ALTER TABLE events RENAME TO events_before_10")  # its triggers follow it, and go with it
         conn.execute(match.group(0))
+        columns = ", ".join(sorted(_columns(conn, "events") & _columns(conn, "events_before_10")))
         conn.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM events_before_10")
         conn.execute("DROP TABLE events_before_10")
         conn.execute("CREATE UNIQUE INDEX events_txn_hash ON events(txn_hash) WHERE txn_hash IS NOT NULL")
