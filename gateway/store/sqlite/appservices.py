@@ -26,7 +26,7 @@ from typing import Any
 
 from lowband.gateway.store.interfaces import AppServiceQueueRow, TimelineRow
 from lowband.gateway.store.sqlite.database import Database
-from lowband.gateway.store.sqlite.schema import ROOM_OF
+from lowband.gateway.store.sqlite.schema import TIMELINE_COLUMNS
 
 APPSERVICE_SCHEMA = [
     """
@@ -46,9 +46,6 @@ CREATE TABLE IF NOT EXISTS appservice_queue (
 ) WITHOUT ROWID
 """,
 ]
-
-#: the columns of a timeline row the interest rules need
-TIMELINE_COLUMNS = f"stream, event_id, {ROOM_OF.format(e='events')}, type, state_key, sender, state_before"
 
 
 _QUEUE_COLUMNS = ("appservice_id, cursor, txn_prefix, txn_seq, txn_upto, txn_content, failures, last_ok_ts,"

@@ -277,11 +277,9 @@ class SQLiteIntegrity:
             for stream, event_id, room_id, kind, state_key, sender, text, redacted_by, fields, nid in rows:
                 finding.result.checked += 1
                 where = f"stream {stream} ({event_id})"
-                if numbers is not None and (nid not in numbers or numbers[nid] != room_id):
+                numbered_wrong = numbers is not None and (nid not in numbers or numbers[nid] != room_id)
+                if numbered_wrong:
                     finding.problem(f"{where}: room number {nid} is not its room's")
-                    numbered_wrong = True
-                else:
-                    numbered_wrong = False
                 try:
                     pdu = self._pdus.decode(text)
                 except PduDecodeError as exc:

@@ -34,7 +34,7 @@ from typing import Any
 
 from lowband.gateway.store.interfaces import NotificationRow, PusherRow, TimelineRow, TooManyPushers
 from lowband.gateway.store.sqlite.database import Database
-from lowband.gateway.store.sqlite.schema import ROOM_OF
+from lowband.gateway.store.sqlite.schema import TIMELINE_COLUMNS
 
 PUSH_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS push_rule_docs (user_id TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",
@@ -84,7 +84,7 @@ MAX_THREAD_POSITIONS = 1000
 TRIM_EVERY = 100
 
 _TIMELINE = (
-    f"SELECT stream, event_id, {ROOM_OF.format(e='events')}, type, state_key, sender, state_before FROM events WHERE stream > ?"
+    f"SELECT {TIMELINE_COLUMNS} FROM events WHERE stream > ?"
     " AND stream <= ? AND rejected IS NULL AND outlier = 0 AND soft_failed = 0 ORDER BY stream LIMIT ?"
 )
 _NOTIFICATION_COLUMNS = "user_id, stream, room_id, event_id, actions, highlight, ts, thread_id"

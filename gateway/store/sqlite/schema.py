@@ -328,6 +328,9 @@ NEW_ROOM_NUMBER = ("INSERT INTO room_numbers (room_id) SELECT ? WHERE NOT EXISTS
                    " (SELECT 1 FROM room_numbers WHERE room_id = ?)")  # fmt: skip
 #: the room ID of events row ``{e}`` (the row holds its room's number only, since schema migration 9)
 ROOM_OF = "(SELECT room_id FROM room_numbers WHERE nid = {e}.room_nid)"
+#: the columns of a timeline row (push rules, the application-service queue's interest rules), by stream position:
+#: store/interfaces.py TimelineRow
+TIMELINE_COLUMNS = f"stream, event_id, {ROOM_OF.format(e='events')}, type, state_key, sender, state_before"
 
 #: What SQLite's unique index on event IDs holds (``events_event_key``, migration 10) for event ID ``{c}``: a
 #: computed ID (room versions 3 and later: ``$`` and 43 base64 characters of a SHA-256, no ``:``) by its first 17
@@ -384,9 +387,8 @@ def _event_key_index(conn: sqlite3.Connection) -> None:
         columns = ", ".join(sorted(_columns(conn, "events") & _columns(conn, "events_before_10")))
         conn.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM events_before_10")
         conn.execute("DROP TABLE events_before_10")
-        conn.execute("CREATE UNIQUE INDEX events_txn_hash ON events(txn_hash) WHERE txn_hash IS NOT NULL")
-        conn.execute("CREATE INDEX events_room_nid_stream ON events(room_nid, stream)")
-        conn.execute("CREATE INDEX events_room_nid_ts ON events(room_nid, origin_server_ts)")
+        _txn_digests(conn)  # on this shape these two only make their indexes again
+        _room_numbers(conn)
     conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS events_event_key ON events {EVENT_KEY.format(c='event_id')}")
 
 
