@@ -31,13 +31,14 @@ from lowband.gateway.api.http.app import make_app
 from lowband.gateway.api.http.base import READER_WORKER
 from lowband.gateway.api.http.metrics import make_metrics_app, metrics_of
 from lowband.gateway.api.http.status import start_snapshots
-from lowband.gateway.api.http.workers import ReaderWorker
+from lowband.gateway.api.http.workers import FEED_SOURCE, ReaderWorker
 from lowband.gateway.appservices.registration import APPSERVICES, AppServices, load_appservices
 from lowband.gateway.ble import registry as ble_registry
 from lowband.gateway.bridges.mqtt import config as mqtt_config
 from lowband.gateway.config import Config, ConfigError
 from lowband.gateway.devices import registry as devices_registry
 from lowband.gateway.homeserver.accounts import Reservation, ReservedNamespaces
+from lowband.gateway.homeserver.notifications import CountsChanged, unread_counts
 from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.presence import flush as flush_presence
 from lowband.gateway.homeserver.presence import presence_loop
@@ -46,6 +47,7 @@ from lowband.gateway.homeserver.rooms import RoomService
 from lowband.gateway.homeserver.services import HTTP_SERVER, Services
 from lowband.gateway.homeserver.sync import ErasedInStore, SyncHandler, typing_expiry_loop
 from lowband.gateway.homeserver.typing import TypingTracker
+from lowband.gateway.homeserver.worker_feed import FeedMirror, FeedSource
 from lowband.gateway.matrix.signing import SigningKey
 from lowband.gateway.store.interfaces import Store
 from lowband.gateway.store.sqlite.migrations import SchemaTooNew
@@ -473,6 +475,8 @@ async def run_gateway(
         raise ConfigError("--workers needs the PostgreSQL store (--database postgresql://... or [database] url): "
                           "one process serves a SQLite file (docs/scaling.md)")  # fmt: skip
     secret = secrets.token_urlsafe(24) if workers else None
+    if workers:  # what the workers' /sync needs of this process's memory (worker_feed.py)
+        services.components[FEED_SOURCE] = FeedSource(services)
     app = make_app(services, workers_secret=secret)
     # auto_decompress off: a compressed body is refused unread (api.http.app.plain_bodies), never inflated.
     # keepalive_timeout is also aiohttp's only bound on a connection whose request headers never complete
@@ -586,7 +590,7 @@ async def run_gateway(
 
 async def run_worker(config: Config, number: int, main_url: str, secret: str) -> None:
     """Serve as reader worker ``number`` of the main process at ``main_url`` (:class:`WorkerPool`, docs/scaling.md)
-    until SIGTERM, SIGINT or end-of-file on standard input (the main process went)."""
+    until SIGTERM, SIGINT, end-of-file on standard input (the main process went) or the end of its feed."""
     services = open_services(config, claim_store=False)
     if not _is_postgres(services):
         services.store.close()
@@ -602,12 +606,27 @@ async def run_worker(config: Config, number: int, main_url: str, secret: str) ->
         services.sync.retention = Retention(services).cutoff
     # erasures are the main process's: each sender asked about is looked up, once per request (sync.py)
     services.sync.erased = ErasedInStore(store.account_lifecycle.is_erased)
+    stop_event = asyncio.Event()
+    # /sync: positions, typing, presence and wake-ups from the main process's feed (worker_feed.py)
+    mirror = FeedMirror(services)
+    try:
+        await worker.follow_feed(mirror, stop_event.set)
+    except RuntimeError as exc:
+        await worker.close()
+        services.store.close()
+        raise ConfigError(f"reader worker {number}: {exc}") from None
+    services.sync.settle, services.sync.catch_up, services.sync.before_round = (mirror.settle, mirror.catch_up,
+                                                                                mirror.before_round)  # fmt: skip
+    # unread counts from the store (the main process always judges push rules: the push component): a worker
+    # serves only positions judged with their notifications committed (FeedMirror.settle)
+    services.sync.unread = lambda user_id, room_id, per_thread: unread_counts(store, user_id, room_id, None,
+                                                                              per_thread)  # fmt: skip
+    services.sync.unread_changed = CountsChanged(store)
     loop = asyncio.get_running_loop()
     runner = web.AppRunner(make_app(services), access_log=None, handle_signals=False, auto_decompress=False,
                            keepalive_timeout=config.header_timeout_s, lingering_time=2.0,
                            shutdown_timeout=5.0)  # fmt: skip
     await runner.setup()
-    stop_event = asyncio.Event()
     try:
         site = web.TCPSite(runner, config.http_host, config.http_port, reuse_address=True, reuse_port=True,
                            ssl_context=tls_context(config))  # fmt: skip
@@ -625,6 +644,7 @@ async def run_worker(config: Config, number: int, main_url: str, secret: str) ->
         await stop_event.wait()
         gone.cancel()
     finally:
+        services.notifier.close()  # parked /sync requests answer now: runner.cleanup() waits for every handler
         await runner.cleanup()
         await worker.close()
         services.store.close()

@@ -274,6 +274,14 @@ class NotificationEvaluator:
             except TimeoutError:
                 pass
 
+    def servable(self) -> int:
+        """The position up to which every event is judged and its notifications committed: what a reader
+        worker's /sync may serve (it counts from the store alone; ``pending`` is this process's)."""
+        low = self.position
+        for waiting in self.pending.values():
+            low = min([low, *(stream - 1 for stream, _, _ in waiting)])
+        return low
+
     async def _run(self) -> None:
         notifier = self.services.notifier
         while not notifier.closed:
@@ -336,6 +344,8 @@ class NotificationEvaluator:
                     waiting.remove((n.stream, n.highlight, n.thread_id))
                     if not waiting:
                         del self.pending[(n.user_id, n.room_id)]
+            if self.position > before:
+                self.services.notifier.moved()  # the reader workers serve up to servable() (worker_feed.py)
         self._fresh = False
         if made and self.on_notified is not None:
             self.on_notified({n.user_id for n in made})
@@ -446,12 +456,13 @@ async def start_push(services: Services) -> Callable[[], Awaitable[None]]:
                                                                               evaluator.pending, per_thread)
     services.sync.unread_changed = CountsChanged(store)
     services.sync.settle = evaluator.settle
+    services.sync.servable = evaluator.servable
     await delivery.start(evaluator)
     evaluator.start()
 
     async def stop() -> None:
         services.sync.unread = services.sync.unread_changed = None
-        services.sync.settle = None
+        services.sync.settle = services.sync.servable = None
         await evaluator.stop()
         await delivery.stop()
 

@@ -10,6 +10,7 @@ checks, then waits for a later one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class Notifier:
@@ -20,6 +21,9 @@ class Notifier:
         self._changed = asyncio.Event()
         #: set when the gateway stops: long-polls answer at once instead of holding the shutdown
         self.closed = False
+        #: told of every :meth:`notify` and :meth:`moved`: the reader workers' feed (worker_feed.py), which wakes
+        #: the long-polls of other processes
+        self.listeners: list[Callable[[], None]] = []
 
     def close(self) -> None:
         """The gateway is stopping: wake every waiter, and let none wait again."""
@@ -31,6 +35,13 @@ class Notifier:
         self.generation += 1
         self._changed.set()
         self._changed = asyncio.Event()
+        self.moved()
+
+    def moved(self) -> None:
+        """A position other processes serve from moved, with nothing for this process's long-polls (the push
+        rules' judging committed a step): only the listeners are told."""
+        for listener in self.listeners:
+            listener()
 
     async def wait(self, generation: int, timeout: float) -> bool:
         """Wait until the generation passes ``generation``; False on timeout."""

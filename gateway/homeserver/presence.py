@@ -47,6 +47,8 @@ MAX_STATUS_MSG = 1024
 ACTIVE_WINDOW_S = 60.0
 #: at most this many presence events in one /sync response (the filter's limit may ask fewer)
 MAX_EVENTS = 1000
+#: an online user's activity reaches the reader workers at most this often (their ``last_active_ago``)
+TOUCH_S = 10.0
 
 
 @dataclass
@@ -75,6 +77,9 @@ class PresenceTracker:
         self.on_change = on_change
         #: told the user ID of every change of a local user's presence (federation sends it on)
         self.listeners: list[Callable[[str], None]] = []
+        #: told the user ID of every change, local or remote, and of an online user's activity at most every
+        #: :data:`TOUCH_S`: the reader workers' feed (worker_feed.py)
+        self.watchers: list[Callable[[str], None]] = []
         #: the serial of the latest change (0: none yet), so a /sync with nothing new skips the room query
         self.latest = 0
         self._users: OrderedDict[str, UserPresence] = OrderedDict()
@@ -95,6 +100,8 @@ class PresenceTracker:
         self._dirty.add(user_id)
         while len(self._users) > self.max_users:
             self._users.popitem(last=False)
+        for watcher in self.watchers:
+            watcher(user_id)
         if self.on_change is not None:
             self.on_change()
         if local:
@@ -125,8 +132,11 @@ class PresenceTracker:
         now = self.clock()
         if set_presence == "online":
             if known is not None and known.presence == "online":
-                known.last_active = now  # activity, not a change: no new serial, no wake-up
-                self._dirty.add(user_id)  # but kept on disk with the next batch
+                touched, known.last_active = known.last_active, now  # activity, not a change: no new serial,
+                self._dirty.add(user_id)  # no wake-up, but kept on disk with the next batch
+                if now - touched >= TOUCH_S:
+                    for watcher in self.watchers:
+                        watcher(user_id)
                 return
             self._store(user_id, "online", known.status_msg if known else None, now)
         elif set_presence == "unavailable" and (known is None or known.presence != "unavailable"):
@@ -168,6 +178,33 @@ class PresenceTracker:
             self.latest = self._bump()
             self._users[record.user_id] = UserPresence(record.presence, status, record.last_active_ms / 1000,
                                                        self.latest, record.local)  # fmt: skip
+
+    def get(self, user_id: str) -> UserPresence | None:
+        """What is tracked of a user, or None."""
+        return self._users.get(user_id)
+
+    def apply(self, user_id: str, known: UserPresence) -> None:
+        """A user's presence as the main process tracks it (a reader worker's copy, worker_feed.py): kept in
+        place of any before, nothing written, no listener told; ``on_change`` when its serial is new."""
+        before = self._users.get(user_id)
+        self._users[user_id] = known
+        self._users.move_to_end(user_id)
+        while len(self._users) > self.max_users:
+            self._users.popitem(last=False)
+        self.latest = max(self.latest, known.serial)
+        self.serial_source.serial = max(self.serial_source.serial, known.serial)
+        if (before is None or before.serial != known.serial) and self.on_change is not None:
+            self.on_change()
+
+    def reset(self) -> None:
+        """Forget everyone (a reader worker's copy starts again from the main process's)."""
+        self._users.clear()
+        self._dirty.clear()
+        self.latest = 0
+
+    def users(self) -> list[tuple[str, UserPresence]]:
+        """Every tracked user, least recently changed first."""
+        return list(self._users.items())
 
     def next_expiry(self) -> float | None:
         """The clock time of the next idle transition, or None."""

@@ -192,6 +192,13 @@ class SyncHandler:
         #: also the push component's: the position a /sync may serve up to, once every stored event is judged
         #: (waiting briefly), else the position judged: an event and its counts come in one response
         self.settle: Callable[[], Awaitable[int]] | None = None
+        #: also the push component's: the position up to which events are judged and their counts committed,
+        #: what a reader worker may serve (worker_feed.py); None when push rules are not judged
+        self.servable: Callable[[], int] | None = None
+        #: a reader worker's (worker_feed.py): called before each round of a /sync (what the main process wrote
+        #: since is read again), and awaited first with the token, until this process has caught up with it
+        self.before_round: Callable[[], None] | None = None
+        self.catch_up: Callable[[SyncToken], Awaitable[None]] | None = None
         #: member events (and summaries) each device was sent, for lazy loading (lazy_members.py)
         self.sent_members = SentMembers()
         #: presence of local users (presence.py); None: presence is off in the config
@@ -332,8 +339,12 @@ class SyncHandler:
     ) -> dict[str, Any]:
         """The /sync response; long-polls up to ``timeout_ms`` when nothing is new."""
         deadline = time.monotonic() + max(0, min(timeout_ms, 300_000)) / 1000
+        if since is not None and self.catch_up is not None:
+            await self.catch_up(since)
         while True:
             generation = self.notifier.generation
+            if self.before_round is not None:
+                self.before_round()
             # the push component holds back events not judged yet (their counts come with them)
             upto = await self.settle() if self.settle is not None else self.store.persisted
             response, empty = self._sync_once(user_id, since, full_state, filter_doc, device_id, upto)

@@ -22,6 +22,9 @@ class TypingTracker:
         self.serial = int(clock() * 1000)
         #: told (room_id, user_id, typing, timeout_ms) of every change a local user makes (federation relays it)
         self.listeners: list[Callable[[str, str, bool, int], None]] = []
+        #: told (room_id, user_id, until in clock seconds or None when stopped, serial) of every change, local,
+        #: remote or expired: the reader workers' feed (worker_feed.py)
+        self.watchers: list[Callable[[str, str, float | None, int], None]] = []
 
     def _bump(self, room_id: str) -> None:
         self.serial = max(self.serial + 1, int(self.clock() * 1000))
@@ -39,6 +42,8 @@ class TypingTracker:
         elif room.pop(user_id, None) is None:
             return
         self._bump(room_id)
+        for watcher in self.watchers:
+            watcher(room_id, user_id, room.get(user_id), self.serial)
         if local:
             for listener in self.listeners:
                 listener(room_id, user_id, typing, timeout_ms)
@@ -54,7 +59,43 @@ class TypingTracker:
             if gone:
                 self._bump(room_id)
                 changed = True
+                for user in gone:
+                    for watcher in self.watchers:
+                        watcher(room_id, user, None, self.serial)
         return changed
+
+    def apply(self, room_id: str, user_id: str, until: float | None, serial: int) -> None:
+        """A change the main process made (a reader worker's copy, worker_feed.py): ``until`` in clock seconds,
+        None when the user stopped; ``serial`` the main process's. Notices do not expire here: the main process
+        sends their end."""
+        room = self._typing.setdefault(room_id, {})
+        if until is None:
+            room.pop(user_id, None)
+            if not room:
+                del self._typing[room_id]
+        else:
+            room[user_id] = until
+        self._changed[room_id] = max(self._changed.get(room_id, 0), serial)
+        self.serial = max(self.serial, serial)
+
+    def reset(self, serial: int) -> None:
+        """Forget every notice and take the main process's ``serial`` (a reader worker's copy starts again)."""
+        self._typing.clear()
+        self._changed.clear()
+        self.serial = serial
+
+    def notices(self) -> list[tuple[str, str, float]]:
+        """Every notice now: (room_id, user_id, until in clock seconds)."""
+        return [(room_id, user_id, until) for room_id, users in self._typing.items() for user_id, until in users.items()]
+
+    def room_serials(self) -> dict[str, int]:
+        """Each room's serial of its last change."""
+        return dict(self._changed)
+
+    def apply_room_serial(self, room_id: str, serial: int) -> None:
+        """The main process's serial of a room's last change (a reader worker's copy)."""
+        self._changed[room_id] = max(self._changed.get(room_id, 0), serial)
+        self.serial = max(self.serial, serial)
 
     def next_expiry(self) -> float | None:
         """Earliest time a notice runs out, or None."""

@@ -331,6 +331,14 @@ class RoomStore(Protocol):
         """The highest stream position known committed (everything at or below it is)."""
         ...
 
+    def see_committed_events(self) -> None:
+        """Move :attr:`persisted` up to the highest event position committed by any process (a reader worker)."""
+        ...
+
+    def mark_committed(self, position: int) -> None:
+        """Another process says everything up to ``position`` is committed: :attr:`persisted` moves up to it."""
+        ...
+
     def next_stream(self) -> int:
         """Allocate the next stream position; queue the write that uses it before yielding to the loop."""
         ...

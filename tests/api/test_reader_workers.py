@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,6 +261,13 @@ def test_a_dead_worker_is_started_again_and_all_stop_with_the_main_process(gatew
     gw = gateway
     first = sorted(gw.worker_pids())
     assert len(first) == 2
+    # alice types before the worker dies: the new worker has the notice from the main process's snapshot
+    token = _register(gw, "alice")
+    status, _, body = gw.request("POST", V3 + "/createRoom", {}, token)
+    assert status == 200, body
+    room = body["room_id"]
+    assert gw.request("PUT", f"{V3}/rooms/{quote(room)}/typing/{quote('@alice:w.test')}",
+                      {"typing": True, "timeout": 120000}, token)[0] == 200  # fmt: skip
     os.kill(first[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
     while not (len(gw.worker_pids()) == 2 and first[0] not in gw.worker_pids()):
@@ -278,8 +286,11 @@ def test_a_dead_worker_is_started_again_and_all_stop_with_the_main_process(gatew
         assert time.monotonic() < deadline, workers
         time.sleep(0.2)
     assert workers["configured"] == 2 and workers["running"] == 2 and sorted(workers["pids"]) == sorted(gw.worker_pids())
-    token = _register(gw, "alice")
     assert gw.on_worker("GET", V3 + "/rooms/%21nowhere%3Aw.test/members", token)[0] == 403
+    for status, synced in gw.on_each_worker("GET", V3 + "/sync?set_presence=offline", token).values():
+        assert status == 200, synced
+        assert {"type": "m.typing", "content": {"user_ids": ["@alice:w.test"]}} in (
+            synced["rooms"]["join"][room]["ephemeral"]["events"])  # fmt: skip
 
     # the main process killed outright: the workers read end-of-file on their pipe and stop
     pids = gw.worker_pids()
@@ -307,3 +318,155 @@ def test_workers_need_the_postgresql_store(tmp_path: Path) -> None:
     done = subprocess.run([LOWBAND, "serve", "--data-dir", str(tmp_path / "data"), "--workers", "-1"],
                           check=False, capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
     assert done.returncode == 2 and "-1 workers: 0 to 64" in done.stderr
+
+
+class Pinned:
+    """One keep-alive connection, on the process the kernel gave it (every request on it goes there)."""
+
+    def __init__(self, gw: Gateway, token: str, want_worker: bool) -> None:
+        # a read every process answers tells which one holds the connection: new connections until one fits
+        for _ in range(TRIES):
+            self.conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=60)
+            self.worker = self._probe(token)
+            if (self.worker is not None) == want_worker:
+                self.token = token
+                return
+            self.conn.close()
+        raise AssertionError(f"no connection to {'a worker' if want_worker else 'the main process'} in {TRIES}")
+
+    def _probe(self, token: str) -> str | None:
+        self.conn.request("GET", V3 + "/capabilities", headers={"Authorization": f"Bearer {token}"})
+        answer = self.conn.getresponse()
+        answer.read()
+        # /capabilities is forwarded: the main process answers it either way; the worker's middleware does not
+        # name itself on a forwarded answer, so ask a worker-served read as well
+        self.conn.request("GET", V3 + "/rooms/%21none%3Aw.test/members", headers={"Authorization": f"Bearer {token}"})
+        answer = self.conn.getresponse()
+        answer.read()
+        return answer.getheader("X-Lowband-Worker")
+
+    def sync(self, since: str | None = None, timeout_ms: int = 0, presence: str = "offline") -> tuple[str | None, Any]:
+        """A /sync; ``set_presence`` offline unless told (presence changes wake long-polls too)."""
+        path = f"{V3}/sync?timeout={timeout_ms}&set_presence={presence}" + (f"&since={since}" if since else "")
+        self.conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}"})
+        answer = self.conn.getresponse()
+        body = json.loads(answer.read())
+        assert answer.status == 200, body
+        return answer.getheader("X-Lowband-Worker"), body
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _timeline(body: Any, room: str) -> list[str]:
+    joined = body["rooms"]["join"].get(room)
+    return [e["event_id"] for e in joined["timeline"]["events"]] if joined else []
+
+
+def _long_poll(pinned: Pinned, since: str, timeout_ms: int = 20_000) -> tuple[Any, float, threading.Thread, list[Any]]:
+    """Start a /sync long-poll on ``pinned`` in a thread: (None, start time, thread, [answer when it came])."""
+    found: list[Any] = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: found.append(pinned.sync(since, timeout_ms)[1]), daemon=True)
+    thread.start()
+    time.sleep(0.5)  # parked on the worker before anything is written
+    return None, started, thread, found
+
+
+def _answer(thread: threading.Thread, found: list[Any], started: float) -> tuple[Any, float]:
+    thread.join(timeout=30)
+    assert found, "the long-poll did not answer"
+    return found[0], time.monotonic() - started
+
+
+def test_sync_in_a_worker_is_woken_by_the_main_process(gateway: Gateway) -> None:
+    gw = gateway
+    alice, bob = _register(gw, "alice"), _register(gw, "bob")
+    status, _, body = gw.request("POST", V3 + "/createRoom", {"preset": "public_chat"}, alice)
+    assert status == 200, body
+    room = body["room_id"]
+    r = quote(room)
+    assert gw.request("POST", f"{V3}/join/{r}", {}, bob)[0] == 200
+    first = _send(gw, alice, room, "a0", "before the sync")
+    # the feed and the presence route are the workers' only: a client is refused, with or without a secret
+    for method, path in (("GET", "/_lowband/worker/v1/feed"), ("POST", "/_lowband/worker/v1/synced")):
+        for headers in ({}, {"X-Lowband-Worker-Secret": "guessed"}):
+            status, _, refused = gw.request(method, path, {"user_id": "@bob:w.test", "set_presence": "online"},
+                                            headers=headers)  # fmt: skip
+            assert status == 403 and refused["errcode"] == "M_FORBIDDEN", (path, headers, refused)
+    on_worker, on_main = Pinned(gw, bob, want_worker=True), Pinned(gw, bob, want_worker=False)
+    try:
+        # an initial /sync answered by the worker itself, from the store
+        worker, initial = on_worker.sync()
+        assert worker == on_worker.worker
+        assert first in _timeline(initial, room)
+        assert initial["rooms"]["join"][room]["unread_notifications"]["notification_count"] >= 1
+
+        # a long-poll parked on the worker answers when the main process stores a message
+        _, started, thread, found = _long_poll(on_worker, initial["next_batch"])
+        sent = _send(gw, alice, room, "a1", "woken")
+        answer, took = _answer(thread, found, started)
+        assert _timeline(answer, room) == [sent] and took < 15, (took, answer)
+        # with its unread count (judged by the main process's push rules before the worker serves it)
+        assert answer["rooms"]["join"][room]["unread_notifications"]["notification_count"] == 2
+
+        # typing, set through the main process, wakes the worker's long-poll and is in it
+        _, started, thread, found = _long_poll(on_worker, answer["next_batch"])
+        assert gw.request("PUT", f"{V3}/rooms/{r}/typing/{quote('@alice:w.test')}",
+                          {"typing": True, "timeout": 30000}, alice)[0] == 200  # fmt: skip
+        typed, took = _answer(thread, found, started)
+        ephemeral = typed["rooms"]["join"][room]["ephemeral"]["events"]
+        assert {"type": "m.typing", "content": {"user_ids": ["@alice:w.test"]}} in ephemeral, typed
+        assert took < 15
+
+        # tokens cross processes: the worker's token on the main process and the main's on the worker give
+        # each event once, and never a position below the token's
+        after_typing = typed["next_batch"]
+        second = _send(gw, alice, room, "a2", "second")
+        _, from_main = on_main.sync(after_typing)
+        assert _timeline(from_main, room) == [second]
+        third = _send(gw, alice, room, "a3", "third")
+        _, from_worker = on_worker.sync(from_main["next_batch"])
+        assert _timeline(from_worker, room) == [third]
+        assert int(from_worker["next_batch"][1:].split("_")[0]) >= int(from_main["next_batch"][1:].split("_")[0])
+        # the typing notice was already given: not again, on either process
+        assert room not in from_worker["rooms"]["join"] or not any(
+            e["type"] == "m.typing" for e in from_worker["rooms"]["join"][room]["ephemeral"]["events"])  # fmt: skip
+
+        # a to-device message sent through the main process: delivered once by the worker, acknowledged by the
+        # next token (the worker deletes it), not delivered again by the main process
+        devices = gw.request("GET", V3 + "/devices", token=bob)[2]["devices"]
+        status, _, _ = gw.request("PUT", f"{V3}/sendToDevice/m.test/d1",
+                                  {"messages": {"@bob:w.test": {devices[0]["device_id"]: {"n": 1}}}}, alice)  # fmt: skip
+        assert status == 200
+        _, delivered = on_worker.sync(from_worker["next_batch"])
+        assert delivered["to_device"]["events"] == [{"sender": "@alice:w.test", "type": "m.test", "content": {"n": 1}}]
+        _, again = on_worker.sync(delivered["next_batch"])
+        assert again["to_device"]["events"] == []
+        _, on_main_again = on_main.sync(from_worker["next_batch"])  # the older token: already acknowledged
+        assert on_main_again["to_device"]["events"] == []
+
+        # presence: bob's /sync on the worker makes him online in the main process, which keeps presence
+        on_worker.sync(again["next_batch"], presence="online")
+        deadline = time.monotonic() + 10  # the worker tells the main process in the background
+        while (seen := gw.request("GET", f"{V3}/presence/{quote('@bob:w.test')}/status", token=alice)[2]).get(
+                "presence") != "online":  # fmt: skip
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+        # an explicit change through the main process reaches the worker's /sync (the feed)
+        assert gw.request("PUT", f"{V3}/presence/{quote('@alice:w.test')}/status",
+                          {"presence": "unavailable", "status_msg": "in the boiler room"}, alice)[0] == 200  # fmt: skip
+        deadline = time.monotonic() + 10
+        since = again["next_batch"]
+        while True:
+            _, changed = on_worker.sync(since, 2000)
+            since = changed["next_batch"]
+            events = [e for e in changed["presence"]["events"] if e["sender"] == "@alice:w.test"]
+            if events:
+                assert events[-1]["content"]["presence"] == "unavailable"
+                assert events[-1]["content"]["status_msg"] == "in the boiler room"
+                break
+            assert time.monotonic() < deadline, changed
+    finally:
+        on_worker.close()
+        on_main.close()

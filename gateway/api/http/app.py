@@ -159,4 +159,6 @@ def make_app(services: Services, *, workers_secret: str | None = None) -> web.Ap
     for module in (client_legacy, client_push, client_search, client_tags):  # push, search, directory, tags, legacy
         app.router.add_routes(module.routes())
     app.router.add_routes(client_retention.routes())  # MSC1763 retention configuration (docs/retention.md)
+    if workers_secret is not None:  # the feed of the workers' /sync and their presence updates (worker_feed.py)
+        app.router.add_routes(workers.feed_routes())
     return app

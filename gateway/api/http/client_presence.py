@@ -9,7 +9,16 @@ import time
 
 from aiohttp import web
 
-from lowband.gateway.api.http.base import CLIENT, authenticate, get_str, json_body, ok, rate_limit, services
+from lowband.gateway.api.http.base import (
+    CLIENT,
+    READER_WORKER,
+    authenticate,
+    get_str,
+    json_body,
+    ok,
+    rate_limit,
+    services,
+)
 from lowband.gateway.homeserver.accounts import new_device_id, new_token
 from lowband.gateway.homeserver.presence import MAX_STATUS_MSG, STATES
 from lowband.gateway.homeserver.services import Services
@@ -63,7 +72,10 @@ def note_sync(svc: Services, user_id: str, set_presence: str | None) -> None:
     value = "online" if set_presence is None else set_presence
     if value not in STATES:
         raise invalid_param("set_presence must be online, unavailable or offline")
-    if svc.sync.presence is not None:
+    worker = svc.components.get(READER_WORKER)
+    if worker is not None:  # a reader worker: the main process tracks presence (api/http/workers.py)
+        worker.note_sync(user_id, value)
+    elif svc.sync.presence is not None:
         svc.sync.presence.synced(user_id, value)
 
 

@@ -14,8 +14,11 @@ is read per request, and whether a sender was erased is asked of the store, once
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,8 +26,11 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from lowband.gateway.api.http import client_relations, client_rooms, media
-from lowband.gateway.api.http.base import READER_WORKER, ForwardToMain
+from lowband.gateway.api.http import client_relations, client_rooms, client_sync, media
+from lowband.gateway.api.http.base import READER_WORKER, ForwardToMain, services
+from lowband.gateway.homeserver import worker_feed
+from lowband.gateway.homeserver.presence import STATES
+from lowband.gateway.homeserver.worker_feed import FeedError, FeedMirror, FeedSource
 from lowband.gateway.matrix.errors import MatrixError
 
 log = logging.getLogger(__name__)
@@ -38,9 +44,17 @@ CLIENT_HEADER = "X-Lowband-Client-Address"
 SERVED_BY_HEADER = "X-Lowband-Worker"
 #: request key: a worker runs the request's handler itself
 SERVED_HERE = web.RequestKey("served_here", bool)
+#: the main process's routes for its workers (loopback, with the secret only): the feed, a /sync's presence
+FEED_PATH = "/_lowband/worker/v1/feed"
+SYNCED_PATH = "/_lowband/worker/v1/synced"
+#: services.components key of the main process's :class:`~lowband.gateway.homeserver.worker_feed.FeedSource`
+FEED_SOURCE = "worker_feed"
+#: presence updates a worker has in flight to the main process at most (more are left out: presence is advisory)
+MAX_TELLING = 64
 
 #: the handlers a worker runs itself: reads of stored events, state and media, none of which writes
 LOCAL: frozenset[Callable[..., Any]] = frozenset({
+    client_sync.sync,
     client_rooms.messages,
     client_rooms.get_event,
     client_rooms.get_state,
@@ -74,6 +88,10 @@ class ReaderWorker:
         self.main_url = main_url.rstrip("/")
         self.secret = secret
         self._session: aiohttp.ClientSession | None = None
+        self._feed: asyncio.Task[None] | None = None
+        self._telling: set[asyncio.Task[None]] = set()
+        #: presence updates left out because :data:`MAX_TELLING` were in flight
+        self.untold = 0
 
     async def start(self) -> None:
         # no total timeout: a forwarded /sync long-poll waits as long as the client asked; connecting is bounded.
@@ -84,9 +102,92 @@ class ReaderWorker:
                                               connector=aiohttp.TCPConnector(limit=0))  # fmt: skip
 
     async def close(self) -> None:
+        if self._feed is not None:
+            self._feed.cancel()
+            await asyncio.gather(self._feed, return_exceptions=True)
+        for task in list(self._telling):
+            task.cancel()
+        await asyncio.gather(*self._telling, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def follow_feed(self, mirror: FeedMirror, on_end: Callable[[], None], timeout_s: float = 60.0) -> None:
+        """Read the main process's feed (worker_feed.py) into ``mirror`` until its snapshot is complete, then
+        go on reading in a task; ``on_end`` is called when the feed ends (the worker then stops: started again
+        by the main process, it reads a new snapshot). RuntimeError when the snapshot does not come."""
+        assert self._session is not None
+        try:
+            answer = await self._session.get(URL(self.main_url + FEED_PATH), headers={SECRET_HEADER: self.secret},
+                                             timeout=aiohttp.ClientTimeout(total=None, connect=10.0))  # fmt: skip
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise RuntimeError(f"the main process's feed cannot be reached: {exc}") from None
+        if answer.status != 200:
+            answer.release()
+            raise RuntimeError(f"the main process refused its feed: HTTP {answer.status}")
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not mirror.ready:
+                    line = await answer.content.readline()
+                    if not line:
+                        raise RuntimeError("the main process's feed ended before its snapshot was complete")
+                    self._apply(mirror, line)
+        except BaseException:
+            answer.release()
+            raise
+        self._feed = asyncio.create_task(self._read_feed(answer, mirror, on_end))
+
+    def _apply(self, mirror: FeedMirror, line: bytes) -> None:
+        try:
+            mirror.apply(line)
+        except FeedError as exc:
+            mirror.refused += 1
+            log.warning("worker %d: a line of the main process's feed was refused (%s): %r", self.number, exc,
+                        line[:120])  # fmt: skip
+
+    async def _read_feed(self, answer: aiohttp.ClientResponse, mirror: FeedMirror, on_end: Callable[[], None]) -> None:
+        try:
+            while True:
+                async with asyncio.timeout(worker_feed.SILENCE_S):
+                    line = await answer.content.readline()
+                if not line:
+                    log.warning("worker %d: the main process ended its feed; stopping", self.number)
+                    break
+                self._apply(mirror, line)
+        except TimeoutError:
+            log.warning("worker %d: nothing from the main process's feed in %g s; stopping", self.number,
+                        worker_feed.SILENCE_S)  # fmt: skip
+        except (aiohttp.ClientError, ConnectionError, ValueError) as exc:
+            log.warning("worker %d: the main process's feed failed (%s); stopping", self.number, exc)
+        finally:
+            answer.release()
+            on_end()
+
+    def note_sync(self, user_id: str, set_presence: str) -> None:
+        """A /sync's ``set_presence`` in this worker: told to the main process (which tracks presence) when it
+        changes something there (:func:`worker_feed.must_tell`); in the background, at most :data:`MAX_TELLING`
+        at once."""
+        presence = self.services.sync.presence
+        if presence is None or not worker_feed.must_tell(presence, user_id, set_presence, time.time()):
+            return
+        if len(self._telling) >= MAX_TELLING or self._session is None:
+            self.untold += 1
+            return
+        task = asyncio.create_task(self._tell(user_id, set_presence))
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
+
+    async def _tell(self, user_id: str, set_presence: str) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.post(URL(self.main_url + SYNCED_PATH), headers={SECRET_HEADER: self.secret},
+                                          json={"user_id": user_id, "set_presence": set_presence},
+                                          timeout=aiohttp.ClientTimeout(total=10.0)) as answer:  # fmt: skip
+                if answer.status != 200:
+                    log.warning("worker %d: the main process refused %s's presence: HTTP %d", self.number, user_id,
+                                answer.status)  # fmt: skip
+        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+            log.warning("worker %d: %s's presence did not reach the main process: %s", self.number, user_id, exc)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """Send ``request`` to the main process and stream its answer back (502 when it cannot be reached)."""
@@ -120,6 +221,8 @@ class ReaderWorker:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Run a :data:`LOCAL` handler here, forward the rest (and what raises :class:`ForwardToMain`)."""
+        if request.path.startswith(WORKER_PATHS):  # the main process's routes for its workers: never a client's
+            raise MatrixError(403, "M_FORBIDDEN", "only this gateway's reader workers may ask this")
         if request.match_info.handler not in LOCAL:
             return await self.forward(request)
         # what the main process committed up to now, not when this process started (read your writes); heads
@@ -166,3 +269,65 @@ def forwarded_by_workers(secret: str) -> Callable[..., Any]:
         return await handler(request.clone(remote=client) if client else request)
 
     return middleware
+
+
+#: the paths of the main process's routes for its workers
+WORKER_PATHS = "/_lowband/worker/"
+
+
+def _from_a_worker(request: web.Request) -> None:
+    """403 unless a worker asks for itself: with the workers' secret (:func:`forwarded_by_workers` compared it)
+    and without a client's address (which every request a worker forwards carries)."""
+    if request.headers.get(SECRET_HEADER) is None or CLIENT_HEADER in request.headers:
+        raise MatrixError(403, "M_FORBIDDEN", "only this gateway's reader workers may ask this")
+
+
+async def feed(request: web.Request) -> web.StreamResponse:
+    """GET the feed (worker_feed.py): the snapshot, then every change, until the worker goes or falls behind."""
+    _from_a_worker(request)
+    svc = services(request)
+    source = svc.components.get(FEED_SOURCE)
+    if not isinstance(source, FeedSource):
+        raise MatrixError(404, "M_UNRECOGNIZED", "this gateway has no reader workers")
+    sub = source.subscribe()
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
+    try:
+        await response.prepare(request)
+        while not sub.overflowed and not svc.notifier.closed:
+            if not sub.lines:
+                try:
+                    async with asyncio.timeout(worker_feed.HEARTBEAT_S):
+                        await sub.waiting.wait()
+                except TimeoutError:
+                    sub.put(source.pos_line())
+            if sub.overflowed:
+                break
+            await response.write(sub.take())
+    except ConnectionError:
+        pass  # the worker went: its queue goes with it
+    finally:
+        source.unsubscribe(sub)
+    return response
+
+
+async def synced(request: web.Request) -> web.Response:
+    """POST a worker's /sync ``set_presence`` for a user: ``{"user_id": U, "set_presence": S}``."""
+    _from_a_worker(request)
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        raise MatrixError(400, "M_NOT_JSON", "not JSON") from None
+    user_id = body.get("user_id") if isinstance(body, dict) else None
+    set_presence = body.get("set_presence") if isinstance(body, dict) else None
+    if not isinstance(user_id, str) or not 0 < len(user_id) <= 255 or set_presence not in STATES:
+        raise MatrixError(400, "M_BAD_JSON", "user_id (1 to 255 characters) and set_presence (online, unavailable "
+                                             "or offline) are required")  # fmt: skip
+    presence = services(request).sync.presence
+    if presence is not None:
+        presence.synced(user_id, set_presence)
+    return web.json_response({})
+
+
+def feed_routes() -> list[web.RouteDef]:
+    """The main process's routes for its workers."""
+    return [web.get(FEED_PATH, feed), web.post(SYNCED_PATH, synced)]

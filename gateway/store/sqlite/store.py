@@ -161,6 +161,11 @@ class SQLiteStore:
         if row and row[0] is not None:
             self._mark_persisted(row[0])
 
+    def mark_committed(self, position: int) -> None:
+        """Another process (the main process of a reader worker) says every position up to ``position`` is
+        committed: :attr:`persisted` moves up to it."""
+        self._mark_persisted(position)
+
     def _mark_persisted(self, position: int) -> None:
         self.persisted = max(self.persisted, position)
 
