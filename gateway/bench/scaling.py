@@ -7,6 +7,11 @@ room and send ``HISTORY`` messages; then, each for ``seconds``:
 * **reads/s** — ``READERS`` clients each ask for the newest ``/messages`` page of 20 in a loop, each on a
   connection of its own (the kernel gives each new connection to one of the P processes: SO_REUSEPORT), and
   the share answered by a worker (``X-Lowband-Worker``) is counted.
+* **syncs/s** — ``READERS`` clients each make an initial ``/sync`` with a timeline of 10 in a loop, a connection
+  each, and the share a worker answered is counted;
+* **wake-up** — ``READERS`` clients park a ``/sync`` long-poll each (a connection each: on every process) while
+  one user sends a message every ``WAKE_EVERY_S``: the time from the start of the send to each long-poll's answer
+  holding it, p50 and p95 in ms (a long-poll in a worker is woken by the main process's feed).
 
 The load generator runs on the same machine as the gateway and PostgreSQL: what it takes is what the gateway's
 processes do not get, so the figures say how the gateway shares this machine's cores, not what a bigger one gives.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +42,9 @@ HISTORY = 200
 PAGE = 20
 #: how long the main process may take to start its workers and say it listens
 READY_S = 120.0
+#: the /sync of the syncs/s phase: an initial sync, 10 events of timeline, no presence change
+SYNC_QUERY = "set_presence=offline&filter=" + quote('{"room":{"timeline":{"limit":10}}}', safe="")
+WAKE_EVERY_S = 0.1
 
 
 def _progress(message: str) -> None:
@@ -77,6 +86,83 @@ async def _reads(server: ServerProcess, token: str, room_id: str, seconds: float
     return sum(c[0] for c in counts), sum(c[1] for c in counts), time.perf_counter() - start
 
 
+async def _syncs(server: ServerProcess, tokens: list[str], room_id: str, seconds: float) -> tuple[int, int, float]:
+    """(initial /syncs made, how many a worker answered, seconds) for READERS clients on a connection each."""
+    path = f"{server.base_url}/_matrix/client/v3/sync?{SYNC_QUERY}"
+    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+
+    async def syncer(token: str) -> tuple[int, int]:
+        done = by_worker = 0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+            while time.perf_counter() < deadline:
+                async with http.get(path, headers={"Authorization": f"Bearer {token}"},
+                                    timeout=aiohttp.ClientTimeout(total=30)) as resp:  # fmt: skip
+                    body = await resp.json()
+                    if resp.status != 200 or room_id not in body.get("rooms", {}).get("join", {}):
+                        raise BenchError(f"/sync answered {resp.status}: {str(body)[:200]}")
+                    done += 1
+                    by_worker += resp.headers.get("X-Lowband-Worker") is not None
+        return done, by_worker
+
+    counts = await asyncio.gather(*(syncer(tokens[n % len(tokens)]) for n in range(READERS)))
+    return sum(c[0] for c in counts), sum(c[1] for c in counts), time.perf_counter() - start
+
+
+async def _wakes(server: ServerProcess, users: list[Any], room_id: str, seconds: float) -> tuple[list[float], float]:
+    """(ms from the start of each send to each parked long-poll's answer holding it, share of the long-polls a
+    worker held)."""
+    sent_at: dict[str, float] = {}
+    arrived: list[tuple[str, float]] = []
+    stop = asyncio.Event()
+    parked: list[bool] = []
+    url = f"{server.base_url}/_matrix/client/v3/sync?set_presence=offline&timeout=20000"
+
+    async def poller(token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+            async with http.get(f"{server.base_url}/_matrix/client/v3/sync?set_presence=offline&filter="
+                                + quote('{"room":{"timeline":{"limit":1}}}', safe=""), headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=30)) as resp:  # fmt: skip
+                since = (await resp.json())["next_batch"]
+                parked.append(resp.headers.get("X-Lowband-Worker") is not None)
+            while not stop.is_set():
+                async with http.get(f"{url}&since={quote(since, safe='')}", headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=40)) as resp:  # fmt: skip
+                    body = await resp.json()
+                    now = time.perf_counter()
+                    if resp.status != 200:
+                        raise BenchError(f"/sync answered {resp.status}: {str(body)[:200]}")
+                since = body["next_batch"]
+                timeline = body.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {})
+                arrived.extend((e["event_id"], now) for e in timeline.get("events", []))
+
+    tasks = [asyncio.create_task(poller(users[n % len(users)].token)) for n in range(READERS)]
+    try:
+        while len(parked) < READERS:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # every long-poll parked
+        deadline = time.perf_counter() + seconds
+        n = 0
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            sent_at[await users[0].send(room_id, f"wake {n}")] = start
+            n += 1
+            await asyncio.sleep(max(0.0, WAKE_EVERY_S - (time.perf_counter() - start)))
+        settle = time.perf_counter() + 5
+        while sum(1 for e, _ in arrived if e in sent_at) < len(sent_at) * READERS and time.perf_counter() < settle:
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    waits = [(at - sent_at[e]) * 1000 for e, at in arrived if e in sent_at]
+    if len(waits) < len(sent_at) * READERS:
+        raise BenchError(f"{len(sent_at) * READERS - len(waits)} of {len(sent_at) * READERS} wake-ups never came")
+    return waits, sum(parked) / len(parked)
+
+
 async def _measure(server: ServerProcess, seconds: float) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         await _listening(server)
@@ -86,18 +172,27 @@ async def _measure(server: ServerProcess, seconds: float) -> dict[str, Any]:
             await users[n % SENDERS].send(room_id, f"history {n}")
         sent, took = await concurrent_sends(users, room_id, LoadPlan(messages=10**9, seconds=seconds))
         read, by_worker, read_took = await _reads(server, users[0].token, room_id, seconds)
+        synced, synced_by_worker, sync_took = await _syncs(server, [u.token for u in users], room_id, seconds)
+        waits, parked_on_workers = await _wakes(server, users, room_id, seconds)
+    cuts = statistics.quantiles(waits, n=20)
     return {
         "sends_per_s": round(sent / took, 1),
         "reads_per_s": round(read / read_took, 1),
         "reads_by_workers": round(by_worker / read, 3) if read else None,
+        "syncs_per_s": round(synced / sync_took, 1),
+        "syncs_by_workers": round(synced_by_worker / synced, 3) if synced else None,
+        "sync_wake_ms": {"p50": round(statistics.median(waits), 2), "p95": round(cuts[18], 2),
+                         "by_workers": round(parked_on_workers, 3)},  # fmt: skip
     }
 
 
 def measure_processes(pg_url: str, seconds: float, env: dict[str, str] | None = None,
                       counts: tuple[int, ...] = PROCESS_COUNTS) -> dict[str, Any]:  # fmt: skip
-    """{"sends_per_s": {"1": x, ...}, "reads_per_s": {...}, "reads_by_workers": {...}} for each process count;
-    ``env``: the gateways' environment."""
-    found: dict[str, dict[str, Any]] = {"sends_per_s": {}, "reads_per_s": {}, "reads_by_workers": {}}
+    """{"sends_per_s": {"1": x, ...}, "reads_per_s": {...}, "reads_by_workers": {...}, "syncs_per_s": {...},
+    "syncs_by_workers": {...}, "sync_wake_ms": {"1": {"p50": x, "p95": x, "by_workers": x}, ...}} for each process
+    count; ``env``: the gateways' environment."""
+    found: dict[str, dict[str, Any]] = {key: {} for key in ("sends_per_s", "reads_per_s", "reads_by_workers",
+                                                              "syncs_per_s", "syncs_by_workers", "sync_wake_ms")}  # fmt: skip
     for count in counts:
         with (
             tempfile.TemporaryDirectory(prefix=f"lowband-bench-processes-{count}-") as tmp,
@@ -106,7 +201,7 @@ def measure_processes(pg_url: str, seconds: float, env: dict[str, str] | None = 
             server = prepare_lowband(Path(tmp), database_url=schema.url, env=env)
             server.argv += ["--workers", str(count - 1)]
             _progress(f"{count} gateway process{'es' if count > 1 else ''} on PostgreSQL: {SENDERS} senders, then "
-                      f"{READERS} readers, {seconds:g} s each")  # fmt: skip
+                      f"{READERS} readers of /messages, of /sync, and parked long-polls, {seconds:g} s each")  # fmt: skip
             figures = run_started(server, functools.partial(_measure, server, seconds), f"lowband with {count - 1} workers")
         for key, value in figures.items():
             found[key][str(count)] = value

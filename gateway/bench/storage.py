@@ -433,6 +433,9 @@ def assemble(bytes_figures: dict[str, dict[str, Any]], latency: dict[str, dict[s
         "sends_per_s": (processes or {}).get("sends_per_s") or {"1": None, "2": None, "4": None},
         "reads_per_s": (processes or {}).get("reads_per_s") or {"1": None, "2": None, "4": None},
         "reads_by_workers": (processes or {}).get("reads_by_workers"),
+        "syncs_per_s": (processes or {}).get("syncs_per_s") or {"1": None, "2": None, "4": None},
+        "syncs_by_workers": (processes or {}).get("syncs_by_workers"),
+        "sync_wake_ms": (processes or {}).get("sync_wake_ms"),
         "sends_per_s_after_bytes": {e: bytes_figures.get(e, {}).get("sends_per_s") for e in ENGINES},
         "multi_process": MULTI_PROCESS,
         "servers": {
@@ -475,11 +478,17 @@ def render_table(result: dict[str, Any]) -> str:
                      f"({result['fill_method'].split(' (')[0]})")  # fmt: skip
     lines.append("")
     lines.append(f"{'PostgreSQL, gateway processes':<36}" + "".join(f"{p:>10}" for p in ("1", "2", "4")))
-    for key, label in (("sends_per_s", f"sends/s, {SENDERS} senders"), ("reads_per_s", "/messages pages/s")):
+    for key, label in (("sends_per_s", f"sends/s, {SENDERS} senders"), ("reads_per_s", "/messages pages/s"),
+                       ("syncs_per_s", "initial /syncs/s")):  # fmt: skip
         lines.append(f"{label:<36}" + "".join(f"{_cell(result[key].get(p), '{:,.1f}'):>10}" for p in ("1", "2", "4")))
-    shares = result.get("reads_by_workers") or {}
-    lines.append(f"{'pages answered by a worker':<36}" + "".join(f"{_cell(shares.get(p), '{:.0%}'):>10}"
-                                                                for p in ("1", "2", "4")))  # fmt: skip
+    for key, label in (("reads_by_workers", "pages answered by a worker"), ("syncs_by_workers",
+                                                                           "/syncs answered by a worker")):  # fmt: skip
+        shares = result.get(key) or {}
+        lines.append(f"{label:<36}" + "".join(f"{_cell(shares.get(p), '{:.0%}'):>10}" for p in ("1", "2", "4")))
+    wakes = result.get("sync_wake_ms") or {}
+    lines.append(f"{'long-poll wake-up, ms p50 / p95':<36}" + "".join(
+        f"{(_cell(wakes[p]['p50'], '{:.1f}') + ' / ' + _cell(wakes[p]['p95'], '{:.1f}')) if p in wakes else '—':>14}"
+        for p in ("1", "2", "4")))  # fmt: skip
     after = result["sends_per_s_after_bytes"]
     lines.append(f"({result['multi_process']}; sends/s of 1 process after the bytes phase: SQLite "
                  f"{_cell(after.get('sqlite'), '{:,.1f}')}, PostgreSQL {_cell(after.get('postgres'), '{:,.1f}')})")

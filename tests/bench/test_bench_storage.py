@@ -68,13 +68,19 @@ def test_the_result_has_the_contract_of_the_issue_and_never_invents_process_figu
     assert "secret" not in json.dumps(result)
     table = storage.render_table(result)
     assert "0.3×" in table and "1.50×" in table
+    assert "/syncs answered by a worker" in table and "long-poll wake-up" in table
     processes = {"sends_per_s": {"1": 400.0, "2": 380.5, "4": 350.0}, "reads_per_s": {"1": 900.0, "2": 1500.0,
-                 "4": 1700.0}, "reads_by_workers": {"1": 0.0, "2": 0.5, "4": 0.74}}  # fmt: skip
+                 "4": 1700.0}, "reads_by_workers": {"1": 0.0, "2": 0.5, "4": 0.74},
+                 "syncs_per_s": {"1": 120.0, "2": 210.5, "4": 230.0}, "syncs_by_workers": {"1": 0.0, "2": 0.47,
+                 "4": 0.71}, "sync_wake_ms": {"1": {"p50": 4.2, "p95": 9.9, "by_workers": 0.0},
+                 "2": {"p50": 5.5, "p95": 12.25, "by_workers": 0.5}}}  # fmt: skip
     result = storage.assemble(bytes_figures, latency, messages=50, sizes=[100, 300], postgres_skipped=None,
                               database=None, processes=processes)  # fmt: skip
     assert result["sends_per_s"] == processes["sends_per_s"] and result["reads_per_s"]["4"] == 1700.0
+    assert result["syncs_per_s"] == processes["syncs_per_s"] and result["sync_wake_ms"] == processes["sync_wake_ms"]
     table = storage.render_table(result)
     assert "380.5" in table and "1,700.0" in table and "74%" in table
+    assert "210.5" in table and "71%" in table and "5.5 / 12.2" in table
 
 
 def test_homeserver_and_synapse_are_given_the_postgresql_database(tmp_path):
@@ -145,6 +151,12 @@ def test_process_counts_are_measured_on_real_workers_and_their_schemas_dropped()
     # one process answers everything itself; with a worker beside it, the kernel gives the worker some of the
     # sixteen readers' connections (all of them going to one process: about 2**-15)
     assert found["reads_by_workers"]["1"] == 0.0 and 0 < found["reads_by_workers"]["2"] < 1
+    # initial /syncs too, and long-polls parked on every process, each woken by every message sent
+    assert all(v > 0 for v in found["syncs_per_s"].values())
+    assert found["syncs_by_workers"]["1"] == 0.0 and 0 < found["syncs_by_workers"]["2"] < 1
+    for count, wake in found["sync_wake_ms"].items():
+        assert 0 < wake["p50"] <= wake["p95"] < 10_000, (count, wake)
+    assert found["sync_wake_ms"]["1"]["by_workers"] == 0.0 and 0 < found["sync_wake_ms"]["2"]["by_workers"] < 1
     with postgres.connect(postgres.DEFAULT_URL) as conn:
         left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s",
                             (f"bench_{os.getpid()}_%",)).fetchone()[0]  # fmt: skip
