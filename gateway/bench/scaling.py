@@ -175,14 +175,14 @@ async def _measure(server: ServerProcess, seconds: float) -> dict[str, Any]:
         synced, synced_by_worker, sync_took = await _syncs(server, [u.token for u in users], room_id, seconds)
         waits, parked_on_workers = await _wakes(server, users, room_id, seconds)
     cuts = statistics.quantiles(waits, n=20)
+    wake = {"p50": round(statistics.median(waits), 2), "p95": round(cuts[18], 2), "by_workers": round(parked_on_workers, 3)}
     return {
         "sends_per_s": round(sent / took, 1),
         "reads_per_s": round(read / read_took, 1),
         "reads_by_workers": round(by_worker / read, 3) if read else None,
         "syncs_per_s": round(synced / sync_took, 1),
         "syncs_by_workers": round(synced_by_worker / synced, 3) if synced else None,
-        "sync_wake_ms": {"p50": round(statistics.median(waits), 2), "p95": round(cuts[18], 2),
-                         "by_workers": round(parked_on_workers, 3)},  # fmt: skip
+        "sync_wake_ms": wake,
     }
 
 
