@@ -90,7 +90,7 @@ ENGINES = ("sqlite", "postgres")
 SENDERS = 8
 WARMUP = 20  # sends before the baseline size is read: first-use tables, caches, Synapse's background writes
 MULTI_PROCESS = ("lowband serve --workers P-1: the main process writes (every send goes to it), reader workers "
-                 "answer /messages, events, state, members, relations and media (docs/scaling.md)")  # fmt: skip
+                 "answer /sync, /messages, events, state, members, relations and media (docs/scaling.md)")  # fmt: skip
 FILL_METHOD = ("RoomService.send_batch in a child process on the stopped gateway's store (build, authorise, "
                "sign, persist: the send path without HTTP; push rules judge each event), 1,000 events per commit")  # fmt: skip
 #: latency figures at each size, in table order: (key, label)
