@@ -154,6 +154,8 @@ class FeedSubscriber:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        #: bytes allowed above ``limit`` until the next :meth:`take` (the snapshot's)
+        self.allowance = 0
         self.lines: deque[bytes] = deque()
         self.size = 0
         #: set when a line waits
@@ -166,7 +168,7 @@ class FeedSubscriber:
             return
         self.lines.append(line)
         self.size += len(line)
-        if self.size > self.limit:
+        if self.size > self.limit + self.allowance:
             self.overflowed = True
             self.lines.clear()
             self.size = 0
@@ -176,7 +178,7 @@ class FeedSubscriber:
         """Every waiting line, at once."""
         out = b"".join(self.lines)
         self.lines.clear()
-        self.size = 0
+        self.size = self.allowance = 0
         self.waiting.clear()
         return out
 
@@ -208,23 +210,22 @@ class FeedSource:
     def subscribe(self) -> FeedSubscriber:
         """A new worker's queue, the snapshot in it."""
         sub = FeedSubscriber(self.limit)
+        sub.allowance = 1 << 62  # a snapshot of 100,000 users' presence is ~12 MB: the limit counts from its end
         typing = self.services.typing
         presence = self.services.sync.presence
         sub.put(encode({"k": "hello", "v": VERSION, "serial": typing.serial}))
-        for room_id, serial in typing.room_serials().items():
-            sub.put(encode({"k": "room", "room": room_id, "serial": serial}))
         serials = typing.room_serials()
+        for room_id, serial in serials.items():
+            sub.put(encode({"k": "room", "room": room_id, "serial": serial}))
         for room_id, user_id, until in typing.notices():
             sub.put(encode({"k": "typing", "room": room_id, "user": user_id, "until": int(until * 1000),
                             "serial": serials.get(room_id, 0)}))  # fmt: skip
         if presence is not None:
-            # a snapshot of 100,000 users is ~12 MB: the limit applies from the next line on
-            sub.limit = 1 << 62
             for user_id, known in presence.users():
                 sub.put(presence_line(user_id, known))
-            sub.limit = self.limit + sub.size
         sub.put(self.pos_line())
         sub.put(encode({"k": "ready"}))
+        sub.allowance = sub.size
         self.subscribers.add(sub)
         return sub
 

@@ -244,6 +244,16 @@ def test_a_worker_that_reads_too_slowly_has_its_feed_ended() -> None:
         main.typing.set_typing("!r:w.test", "@late:w.test", True, 30_000)
         assert slow.take() == b""  # nothing more is queued for it
         assert b"@late:w.test" in fast.take()
+        # a snapshot larger than the limit (many users' presence) is sent whole; the limit counts after it
+        for n in range(100):
+            main.sync.presence.set_status(f"@p{n}:w.test", "online", "x" * 50)
+        big = source.subscribe()
+        assert not big.overflowed and big.size > 2000
+        snapshot = big.take()
+        assert snapshot.count(b'"k":"presence"') == 100 and snapshot.endswith(b'{"k":"ready"}\n')
+        for n in range(40):
+            main.typing.set_typing("!r:w.test", f"@v{n}:w.test", True, 30_000)
+        assert big.overflowed
 
     asyncio.run(asyncio.wait_for(run(), 30))
 

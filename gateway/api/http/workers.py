@@ -7,9 +7,12 @@ loopback, unchanged, with the client's address; the main process is the only one
 stream positions, typing, presence and the /sync wake-ups live there).
 
 What a worker keeps in memory must not go stale behind the main process's writes, so it keeps little: room
-heads and state events are held for one request at most (the main process keeps both), access tokens are
-looked up per request (a logout in the main process ends them at once), the newest committed event position
-is read per request, and whether a sender was erased is asked of the store, once per sender and request.
+heads and state events are held for one request (or one round of a /sync long-poll) at most (the main process
+keeps both), access tokens are looked up per request (a logout in the main process ends them at once), the
+newest committed event position is read per request, and whether a sender was erased is asked of the store,
+once per sender and request. What a /sync needs of the main process's memory (positions judged, typing,
+presence, wake-ups) comes over the feed it reads from the main process (homeserver/worker_feed.py); a /sync's
+presence goes back with a POST.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ FEED_SOURCE = "worker_feed"
 #: presence updates a worker has in flight to the main process at most (more are left out: presence is advisory)
 MAX_TELLING = 64
 
-#: the handlers a worker runs itself: reads of stored events, state and media, none of which writes
+#: the handlers a worker runs itself: /sync and reads of stored events, state and media; none writes to a room
+#: (/sync deletes the to-device messages its token acknowledges)
 LOCAL: frozenset[Callable[..., Any]] = frozenset({
     client_sync.sync,
     client_rooms.messages,
@@ -142,8 +146,8 @@ class ReaderWorker:
             mirror.apply(line)
         except FeedError as exc:
             mirror.refused += 1
-            log.warning("worker %d: a line of the main process's feed was refused (%s): %r", self.number, exc,
-                        line[:120])  # fmt: skip
+            log.warning("worker %d: a line of the main process's feed was refused (%s; %d so far): %r", self.number,
+                        exc, mirror.refused, line[:120])  # fmt: skip
 
     async def _read_feed(self, answer: aiohttp.ClientResponse, mirror: FeedMirror, on_end: Callable[[], None]) -> None:
         try:
@@ -172,6 +176,8 @@ class ReaderWorker:
             return
         if len(self._telling) >= MAX_TELLING or self._session is None:
             self.untold += 1
+            log.warning("worker %d: %s's presence left untold: %d updates already on their way to the main process "
+                        "(%d left untold so far)", self.number, user_id, MAX_TELLING, self.untold)  # fmt: skip
             return
         task = asyncio.create_task(self._tell(user_id, set_presence))
         self._telling.add(task)
