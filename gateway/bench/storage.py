@@ -27,10 +27,11 @@ Three measurements, in one run:
   serving gateway does every minute): the fill writes thousands of events a
   second, and the notification rows it trimmed since its last round would
   otherwise be counted by every ``/sync`` of the first minute.
-* **sends/s and reads/s with 1, 2 and 4 processes on PostgreSQL** — a
+* **sends/s, reads/s and /sync with 1, 2 and 4 processes on PostgreSQL** — a
   gateway started with ``--workers 0``, ``1`` and ``3`` on a fresh schema:
   eight users sending at once, then sixteen clients reading the newest
-  ``/messages`` page (``scaling.py``). The sends/s of one process on each
+  ``/messages`` page, then sixteen making initial ``/sync``s, then sixteen
+  long-polls woken by a message every 0.1 s (``scaling.py``). The sends/s of one process on each
   store after the bytes phase are kept too (``sends_per_s_after_bytes``).
 
 PostgreSQL: ``database`` (``--database``), else the development server's

@@ -43,8 +43,8 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "storage": (
         ("bytes on disk per telemetry event and per text message (SQLite, PostgreSQL, Synapse on both), send, "
-         "/sync and /messages latency as the store grows, sends/s and reads/s with 1, 2 and 4 gateway processes on "
-         "PostgreSQL"),
+         "/sync and /messages latency as the store grows, sends/s, reads/s, initial /syncs/s and long-poll "
+         "wake-ups with 1, 2 and 4 gateway processes on PostgreSQL"),
         "lowband.gateway.bench.storage",
         ("only", "messages", "seconds", "latency_rounds", "database", "events"),
     ),
