@@ -397,6 +397,16 @@ async def audit(readers: list[MatrixUser], room_id: str, sent: list[str]) -> tup
 # ------------------------------------------------------------------------------------------------ one side
 
 
+#: words of the log lines a stall's error quotes
+_FEDERATION_WORDS = ("dropped PDU", "refused", "rejected", "soft-failed", "failed", "cannot get the keys", "WARNING",
+                     "ERROR")
+
+
+def _federation_log(servers: list[Any]) -> str:
+    return " | ".join(f"{s.process.name}: " + (" / ".join(s.process.log_lines(_FEDERATION_WORDS)) or "nothing")
+                      for s in servers)  # fmt: skip
+
+
 async def measure(servers: list[Any], names: list[str], messages: int, small: int, big: int | None,
                   rounds: int) -> dict[str, Any]:  # fmt: skip
     """Every figure for one set of servers: ``servers[0]`` hosts the room, ``servers[1]`` is the one restarted."""
@@ -423,8 +433,11 @@ async def measure(servers: list[Any], names: list[str], messages: int, small: in
         for user in users:
             await user.send(room_id, f"ready {user.user_id}")
         ready = {f"ready {u.user_id}" for u in users}
-        for user in users:
-            await until_read(user, room_id, "ready ", ready, f"joins seen by {user.user_id}", stall_s=60)
+        try:
+            for user in users:
+                await until_read(user, room_id, "ready ", ready, f"joins seen by {user.user_id}", stall_s=60)
+        except BenchError as exc:  # say what each server made of its federation traffic (a rare stall in CI)
+            raise BenchError(f"{exc}; what the servers logged: {_federation_log(servers)}") from None
 
         progress(BENCH, f"{names}: replicating {messages} events")
         figures = await replicate(users, users, room_id, messages)

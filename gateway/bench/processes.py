@@ -112,6 +112,15 @@ class ServerProcess:
             return ""
         return lines[-1].strip() if lines else ""
 
+    def log_lines(self, words: tuple[str, ...], last: int = 8, width: int = 300) -> list[str]:
+        """The last ``last`` lines of the output holding any of ``words``, each cut at ``width`` characters."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        found = [line.strip()[:width] for line in text.splitlines() if any(word in line for word in words)]
+        return found[-last:]
+
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after :data:`STOP_TIMEOUT_S`."""
         self._end(((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)))

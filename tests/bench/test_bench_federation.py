@@ -49,3 +49,20 @@ def test_the_table_shows_unmeasured_figures_as_dashes():
     row = next(line for line in lines if line.startswith("catch_up_100k_s"))
     assert row.split()[1:] == ["-", "-"]
     assert next(line for line in lines if line.startswith("ratio_events_per_s")).split()[1] == "2.0"
+
+
+def test_a_stall_quotes_what_each_server_logged_of_its_federation(tmp_path):
+    from types import SimpleNamespace
+
+    from lowband.gateway.bench.processes import ServerProcess
+
+    log = tmp_path / "serve.log"
+    log.write_text("INFO listening\n" + "".join(f"INFO dropped PDU $e{n} from b: no key\n" for n in range(12))
+                   + "INFO federation to c failed (timeout); retrying in 2 s\n" + "x" * 400 + " refused\n")  # fmt: skip
+    server = ServerProcess("lowband-a", [], tmp_path, log, "", 1)
+    lines = server.log_lines(("dropped PDU", "failed", "refused"), last=3, width=50)
+    assert lines == ["INFO dropped PDU $e11 from b: no key", "INFO federation to c failed (timeout); retrying in",
+                     "x" * 50]  # fmt: skip
+    quiet = ServerProcess("lowband-b", [], tmp_path, tmp_path / "none.log", "", 2)
+    text = federation._federation_log([SimpleNamespace(process=server), SimpleNamespace(process=quiet)])
+    assert text.startswith("lowband-a: ") and "$e11" in text and text.endswith("lowband-b: nothing")
