@@ -45,6 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from lowband.gateway.homeserver.notifier import Notifier
 from lowband.gateway.homeserver.presence import STATES, PresenceTracker, UserPresence
 from lowband.gateway.homeserver.services import Services
 from lowband.gateway.homeserver.sync import SyncToken
@@ -278,7 +279,8 @@ class FeedMirror:
         #: lines refused (:class:`FeedError`) and applied
         self.refused = 0
         self.applied = 0
-        self._changed = asyncio.Event()
+        #: moves when a line changed what the waits below look at
+        self._changes = Notifier()
 
     def apply(self, line: bytes) -> None:
         """Apply one line; FeedError when it is refused (nothing changed)."""
@@ -311,22 +313,18 @@ class FeedMirror:
         # a heartbeat, or a line applied before, wakes nothing; presence wakes through the tracker's on_change
         if kind in ("typing", "ready") or (kind == "pos" and moved):
             services.notifier.notify()
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self._changes.notify()
 
     async def _wait(self, reached: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while not reached():
+        while True:
+            generation = self._changes.generation
+            if reached():
+                return True
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.services.notifier.closed:
                 return False
-            changed = self._changed
-            try:
-                async with asyncio.timeout(remaining):
-                    await changed.wait()
-            except TimeoutError:
-                return reached()
-        return True
+            await self._changes.wait(generation, remaining)
 
     async def settle(self) -> int:
         """``SyncHandler.settle`` in a worker: what is committed in the store, once the main process says it is
