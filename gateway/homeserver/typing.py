@@ -75,8 +75,7 @@ class TypingTracker:
                 del self._typing[room_id]
         else:
             room[user_id] = until
-        self._changed[room_id] = max(self._changed.get(room_id, 0), serial)
-        self.serial = max(self.serial, serial)
+        self.apply_room_serial(room_id, serial)
 
     def reset(self, serial: int) -> None:
         """Forget every notice and take the main process's ``serial`` (a reader worker's copy starts again)."""

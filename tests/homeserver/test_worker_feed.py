@@ -298,3 +298,73 @@ def test_a_worker_tells_the_main_process_what_changes_its_presence_only() -> Non
     tracker.apply("@a:w.test", UserPresence("unavailable", None, clock.now, 6, True))
     assert not must_tell(tracker, "@a:w.test", "unavailable", clock.now)
     assert must_tell(tracker, "@a:w.test", "online", clock.now)
+
+
+def test_a_worker_reads_its_feed_over_http_and_stops_when_it_ends_or_fails() -> None:
+    """ReaderWorker.follow_feed against a scripted main process on loopback: the snapshot read before it
+    returns, later lines in the background, a refused line skipped, and every way a feed can fail."""
+    from aiohttp import web
+
+    from lowband.gateway.api.http.workers import FEED_PATH, SECRET_HEADER, ReaderWorker
+
+    snapshot = (b'{"k":"hello","v":1,"serial":100}\n{"k":"pos","persisted":5,"servable":5}\n{"k":"ready"}\n')
+    scripts: dict[str, tuple[int, list[bytes], float]] = {
+        "ok": (200, [snapshot, b"not json\n", b'{"k":"pos","persisted":9,"servable":8}\n'], 0.0),
+        "short": (200, [b'{"k":"hello","v":1,"serial":100}\n'], 0.0),
+        "refused": (403, [], 0.0),
+        "stalls": (200, [b'{"k":"hello","v":1,"serial":100}\n'], 1.0),
+    }
+
+    async def run() -> None:
+        chosen = {"name": "ok"}
+        seen_secrets: list[str | None] = []
+
+        async def feed(request: web.Request) -> web.StreamResponse:
+            seen_secrets.append(request.headers.get(SECRET_HEADER))
+            status, parts, hold = scripts[chosen["name"]]
+            if status != 200:
+                return web.Response(status=status)
+            response = web.StreamResponse()
+            await response.prepare(request)
+            for part in parts:
+                await response.write(part)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(hold)
+            return response
+
+        app = web.Application()
+        app.router.add_get(FEED_PATH, feed)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            for name, expected in (("short", "ended before its snapshot"), ("refused", "HTTP 403"),
+                                   ("stalls", "not complete within 0.3 s")):  # fmt: skip
+                chosen["name"] = name
+                worker = ReaderWorker(1, f"http://127.0.0.1:{port}", "s3cret", process(Clock()))
+                await worker.start()
+                try:
+                    with pytest.raises(RuntimeError, match=expected):
+                        await worker.follow_feed(FeedMirror(worker.services), lambda: None, timeout_s=0.3)
+                finally:
+                    await worker.close()
+            chosen["name"] = "ok"
+            services = process(Clock())
+            worker = ReaderWorker(1, f"http://127.0.0.1:{port}", "s3cret", services)
+            await worker.start()
+            mirror = FeedMirror(services)
+            ended = asyncio.Event()
+            try:
+                await worker.follow_feed(mirror, ended.set, timeout_s=5)
+                assert mirror.ready and (mirror.persisted, services.typing.serial) == (5, 100)
+                await asyncio.wait_for(ended.wait(), 5)  # the main process ended the feed: the worker is told
+                assert (mirror.refused, mirror.persisted, mirror.servable) == (1, 9, 8)
+            finally:
+                await worker.close()
+            assert set(seen_secrets) == {"s3cret"}
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(asyncio.wait_for(run(), 60))

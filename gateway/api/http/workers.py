@@ -136,6 +136,12 @@ class ReaderWorker:
                     if not line:
                         raise RuntimeError("the main process's feed ended before its snapshot was complete")
                     self._apply(mirror, line)
+        except TimeoutError:
+            answer.release()
+            raise RuntimeError(f"the main process's snapshot was not complete within {timeout_s:g} s") from None
+        except (aiohttp.ClientError, ConnectionError, ValueError) as exc:
+            answer.release()
+            raise RuntimeError(f"the main process's feed failed during its snapshot: {exc}") from None
         except BaseException:
             answer.release()
             raise
