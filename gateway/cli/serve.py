@@ -51,8 +51,9 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument("--workers", type=_worker_count, default=0, metavar="N",
                        help="start N reader worker processes beside this one, on the same address: they serve "
-                            "/messages, events, state, members, relations and media downloads from the store and "
-                            "pass every other request to this process (PostgreSQL store only; docs/scaling.md)")
+                            "/sync (woken by this process), /messages, events, state, members, relations and media "
+                            "downloads from the store and pass every other request (every write) to this process "
+                            "(PostgreSQL store only; docs/scaling.md)")
     # how the main process starts a worker (NUMBER@URL of the main process's loopback listener): not for users
     serve.add_argument("--worker-of", metavar="NUMBER@URL", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
