@@ -174,6 +174,21 @@ async def gateway_in_loop(tmp_path: Path, *, on_ready: Callable[[Any], None] | N
 
 
 @contextlib.asynccontextmanager
+async def stub_server(app: Any) -> AsyncIterator[int]:
+    """An aiohttp ``app`` (a stand-in for another server) on a free loopback port, in the current loop; yields
+    the port, and stops it afterwards."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def users_gateway(tmp_path: Path, *names: str, **config: Any) -> AsyncIterator[tuple[list[Client], Any, str]]:
     """A gateway in the current loop (:func:`gateway_in_loop`, ``config`` passed on), one registered
     :class:`Client` per name on one HTTP session; yields (clients, the gateway's ``Services``, its base URL)."""

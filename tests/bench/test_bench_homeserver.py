@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from harness import stub_server
 
 from lowband.gateway.bench import homeserver as bench
 from lowband.gateway.bench import matrix_load, processes, synapse
@@ -200,19 +201,12 @@ def test_registration_answers_a_uia_401_with_its_session(tmp_path):
     async def scenario():
         app = web.Application()
         app.router.add_post("/_matrix/client/v3/register", register)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        try:
+        async with stub_server(app) as port:
             server = processes.ServerProcess("stub", [], tmp_path, tmp_path / "log", "0", port)
             async with ClientSession() as http:
                 user = matrix_load.MatrixUser(http, server, matrix_load.Counters())
                 await user.register("bench0")
                 return user
-        finally:
-            await runner.cleanup()
 
     user = asyncio.run(scenario())
     assert (user.token, user.user_id) == ("t0", "@bench0:localhost")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from harness import stub_server
 
 from lowband.gateway.homeserver import worker_feed
 from lowband.gateway.homeserver.notifier import Notifier
@@ -334,12 +335,7 @@ def test_a_worker_reads_its_feed_over_http_and_stops_when_it_ends_or_fails() -> 
 
         app = web.Application()
         app.router.add_get(FEED_PATH, feed)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        try:
+        async with stub_server(app) as port:
             for name, expected in (("short", "ended before its snapshot"), ("refused", "HTTP 403"),
                                    ("stalls", "not complete within 0.3 s")):  # fmt: skip
                 chosen["name"] = name
@@ -364,7 +360,5 @@ def test_a_worker_reads_its_feed_over_http_and_stops_when_it_ends_or_fails() -> 
             finally:
                 await worker.close()
             assert set(seen_secrets) == {"s3cret"}
-        finally:
-            await runner.cleanup()
 
     asyncio.run(asyncio.wait_for(run(), 60))
