@@ -24,6 +24,7 @@ import functools
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,50 +64,42 @@ async def _listening(server: ServerProcess) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _reads(server: ServerProcess, token: str, room_id: str, seconds: float) -> tuple[int, int, float]:
-    """(pages read, pages a worker answered, seconds) for READERS clients on a connection each."""
-    path = f"{server.base_url}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages?dir=b&limit={PAGE}"
-    headers = {"Authorization": f"Bearer {token}"}
+async def _in_a_loop(path: str, tokens: list[str], seconds: float, what: str,
+                     answered: Callable[[dict[str, Any]], bool]) -> tuple[int, int, float]:  # fmt: skip
+    """(requests answered, how many a worker answered, seconds): READERS clients, each on a connection of its own
+    with ``tokens[n % len(tokens)]``, GET ``path`` in a loop for ``seconds``; BenchError unless each answer is a
+    200 that ``answered`` accepts."""
     deadline = time.perf_counter() + seconds
     start = time.perf_counter()
 
-    async def reader() -> tuple[int, int]:
-        done = by_worker = 0
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
-            while time.perf_counter() < deadline:
-                async with http.get(path, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as resp:
-                    body = await resp.json()
-                    if resp.status != 200 or len(body.get("chunk", [])) != PAGE:
-                        raise BenchError(f"/messages answered {resp.status}: {str(body)[:200]}")
-                    done += 1
-                    by_worker += resp.headers.get("X-Lowband-Worker") is not None
-        return done, by_worker
-
-    counts = await asyncio.gather(*(reader() for _ in range(READERS)))
-    return sum(c[0] for c in counts), sum(c[1] for c in counts), time.perf_counter() - start
-
-
-async def _syncs(server: ServerProcess, tokens: list[str], room_id: str, seconds: float) -> tuple[int, int, float]:
-    """(initial /syncs made, how many a worker answered, seconds) for READERS clients on a connection each."""
-    path = f"{server.base_url}/_matrix/client/v3/sync?{SYNC_QUERY}"
-    deadline = time.perf_counter() + seconds
-    start = time.perf_counter()
-
-    async def syncer(token: str) -> tuple[int, int]:
+    async def client(token: str) -> tuple[int, int]:
         done = by_worker = 0
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
             while time.perf_counter() < deadline:
                 async with http.get(path, headers={"Authorization": f"Bearer {token}"},
                                     timeout=aiohttp.ClientTimeout(total=30)) as resp:  # fmt: skip
                     body = await resp.json()
-                    if resp.status != 200 or room_id not in body.get("rooms", {}).get("join", {}):
-                        raise BenchError(f"/sync answered {resp.status}: {str(body)[:200]}")
+                    if resp.status != 200 or not answered(body):
+                        raise BenchError(f"{what} answered {resp.status}: {str(body)[:200]}")
                     done += 1
                     by_worker += resp.headers.get("X-Lowband-Worker") is not None
         return done, by_worker
 
-    counts = await asyncio.gather(*(syncer(tokens[n % len(tokens)]) for n in range(READERS)))
+    counts = await asyncio.gather(*(client(tokens[n % len(tokens)]) for n in range(READERS)))
     return sum(c[0] for c in counts), sum(c[1] for c in counts), time.perf_counter() - start
+
+
+async def _reads(server: ServerProcess, token: str, room_id: str, seconds: float) -> tuple[int, int, float]:
+    """(pages read, pages a worker answered, seconds): the newest /messages page of PAGE events."""
+    path = f"{server.base_url}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages?dir=b&limit={PAGE}"
+    return await _in_a_loop(path, [token], seconds, "/messages", lambda body: len(body.get("chunk", [])) == PAGE)
+
+
+async def _syncs(server: ServerProcess, tokens: list[str], room_id: str, seconds: float) -> tuple[int, int, float]:
+    """(initial /syncs made, how many a worker answered, seconds): each holding the room."""
+    path = f"{server.base_url}/_matrix/client/v3/sync?{SYNC_QUERY}"
+    return await _in_a_loop(path, tokens, seconds, "/sync",
+                            lambda body: room_id in body.get("rooms", {}).get("join", {}))  # fmt: skip
 
 
 async def _wakes(server: ServerProcess, users: list[Any], room_id: str, seconds: float) -> tuple[list[float], float]:
