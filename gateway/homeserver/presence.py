@@ -95,11 +95,8 @@ class PresenceTracker:
     def _store(self, user_id: str, presence: str, status_msg: str | None, last_active: float,
                local: bool = True) -> None:  # fmt: skip
         self.latest = self._bump()
-        self._users[user_id] = UserPresence(presence, status_msg, last_active, self.latest, local)
-        self._users.move_to_end(user_id)
+        self._put(user_id, UserPresence(presence, status_msg, last_active, self.latest, local))
         self._dirty.add(user_id)
-        while len(self._users) > self.max_users:
-            self._users.popitem(last=False)
         for watcher in self.watchers:
             watcher(user_id)
         if self.on_change is not None:
@@ -179,6 +176,13 @@ class PresenceTracker:
             self._users[record.user_id] = UserPresence(record.presence, status, record.last_active_ms / 1000,
                                                        self.latest, record.local)  # fmt: skip
 
+    def _put(self, user_id: str, known: UserPresence) -> None:
+        """Track ``known`` as the user's newest, forgetting the least recently changed past ``max_users``."""
+        self._users[user_id] = known
+        self._users.move_to_end(user_id)
+        while len(self._users) > self.max_users:
+            self._users.popitem(last=False)
+
     def get(self, user_id: str) -> UserPresence | None:
         """What is tracked of a user, or None."""
         return self._users.get(user_id)
@@ -187,10 +191,7 @@ class PresenceTracker:
         """A user's presence as the main process tracks it (a reader worker's copy, worker_feed.py): kept in
         place of any before, nothing written, no listener told; ``on_change`` when its serial is new."""
         before = self._users.get(user_id)
-        self._users[user_id] = known
-        self._users.move_to_end(user_id)
-        while len(self._users) > self.max_users:
-            self._users.popitem(last=False)
+        self._put(user_id, known)
         self.latest = max(self.latest, known.serial)
         self.serial_source.serial = max(self.serial_source.serial, known.serial)
         if (before is None or before.serial != known.serial) and self.on_change is not None:

@@ -234,7 +234,7 @@ class ReaderWorker:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Run a :data:`LOCAL` handler here, forward the rest (and what raises :class:`ForwardToMain`)."""
         if request.path.startswith(WORKER_PATHS):  # the main process's routes for its workers: never a client's
-            raise MatrixError(403, "M_FORBIDDEN", "only this gateway's reader workers may ask this")
+            raise _workers_only()
         if request.match_info.handler not in LOCAL:
             return await self.forward(request)
         # what the main process committed up to now, not when this process started (read your writes); heads
@@ -287,11 +287,16 @@ def forwarded_by_workers(secret: str) -> Callable[..., Any]:
 WORKER_PATHS = "/_lowband/worker/"
 
 
+def _workers_only() -> MatrixError:
+    """The refusal of the main process's routes for its workers to anyone else."""
+    return MatrixError(403, "M_FORBIDDEN", "only this gateway's reader workers may ask this")
+
+
 def _from_a_worker(request: web.Request) -> None:
     """403 unless a worker asks for itself: with the workers' secret (:func:`forwarded_by_workers` compared it)
     and without a client's address (which every request a worker forwards carries)."""
     if request.headers.get(SECRET_HEADER) is None or CLIENT_HEADER in request.headers:
-        raise MatrixError(403, "M_FORBIDDEN", "only this gateway's reader workers may ask this")
+        raise _workers_only()
 
 
 async def feed(request: web.Request) -> web.StreamResponse:
