@@ -276,9 +276,8 @@ class FeedMirror:
         self.ready = False
         self.persisted = 0
         self.servable = 0
-        #: lines refused (:class:`FeedError`) and applied
+        #: lines refused (:class:`FeedError`)
         self.refused = 0
-        self.applied = 0
         #: moves when a line changed what the waits below look at
         self._changes = Notifier()
 
@@ -309,7 +308,6 @@ class FeedMirror:
             services.store.mark_committed(self.persisted)
         elif kind == "ready":
             self.ready = True
-        self.applied += 1
         # a heartbeat, or a line applied before, wakes nothing; presence wakes through the tracker's on_change
         if kind in ("typing", "ready") or (kind == "pos" and moved):
             services.notifier.notify()
