@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from aiohttp import web
 from yarl import URL
 
 from lowband.gateway.api.http import client_relations, client_rooms, client_sync, media
-from lowband.gateway.api.http.base import READER_WORKER, ForwardToMain, services
+from lowband.gateway.api.http.base import READER_WORKER, ForwardToMain, json_body, services
 from lowband.gateway.homeserver import worker_feed
 from lowband.gateway.homeserver.presence import STATES
 from lowband.gateway.homeserver.worker_feed import FeedError, FeedMirror, FeedSource
@@ -330,12 +329,8 @@ async def feed(request: web.Request) -> web.StreamResponse:
 async def synced(request: web.Request) -> web.Response:
     """POST a worker's /sync ``set_presence`` for a user: ``{"user_id": U, "set_presence": S}``."""
     _from_a_worker(request)
-    try:
-        body = json.loads(await request.read())
-    except ValueError:
-        raise MatrixError(400, "M_NOT_JSON", "not JSON") from None
-    user_id = body.get("user_id") if isinstance(body, dict) else None
-    set_presence = body.get("set_presence") if isinstance(body, dict) else None
+    body = await json_body(request)
+    user_id, set_presence = body.get("user_id"), body.get("set_presence")
     if not isinstance(user_id, str) or not 0 < len(user_id) <= 255 or set_presence not in STATES:
         raise MatrixError(400, "M_BAD_JSON", "user_id (1 to 255 characters) and set_presence (online, unavailable "
                                              "or offline) are required")  # fmt: skip
